@@ -1,0 +1,23 @@
+"""arcoforge: bake archives of scientific files into analysis-ready, cloud-optimized stores."""
+
+from .bake import BakeResult, bake
+from .errors import ArcoforgeError
+from .patterns import ConcatDim, FilePattern, MergeDim, pattern_from_file_sequence
+from .recipe import OpenURLWithFSSpec, OpenWithXarray, Preprocess, Recipe, StoreToZarr
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArcoforgeError",
+    "BakeResult",
+    "ConcatDim",
+    "FilePattern",
+    "MergeDim",
+    "OpenURLWithFSSpec",
+    "OpenWithXarray",
+    "Preprocess",
+    "Recipe",
+    "StoreToZarr",
+    "bake",
+    "pattern_from_file_sequence",
+]

@@ -1,0 +1,37 @@
+"""The one interface every engine implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from ..errors import ArcoforgeError
+
+
+class Engine(ABC):
+    """Runs ``func`` over items and yields results as they finish (in any order)."""
+
+    name = "engine"
+
+    @abstractmethod
+    def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        """Yield ``func(item)`` for every item; raise the first task error."""
+
+    def close(self) -> None:
+        """Release workers."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def get_engine(name: str = "local", **options: Any) -> Engine:
+    """The engine called ``name``, configured by ``options``."""
+    if name == "local":
+        from .local import LocalEngine
+
+        return LocalEngine(**options)
+    raise ArcoforgeError(f"engine {name!r} is not known (available: local)")

@@ -1,0 +1,63 @@
+"""The embedded engine: a pool of forked worker processes on this machine."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any
+
+import cloudpickle
+
+from .base import Engine
+
+
+class LocalEngine(Engine):
+    """Run tasks on ``workers`` processes; ``workers=1`` runs them in this process.
+
+    At most ``2 * workers`` tasks are in flight, so memory on the driver does not grow
+    with the number of tasks.
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None):
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        if self.workers == 1 or len(items) <= 1:
+            yield from (func(item) for item in items)
+            return
+        pool = self._get_pool()
+        pending: set[Future] = set()
+        queue = iter(items)
+        try:
+            for item in queue:
+                pending.add(pool.submit(_call, cloudpickle.dumps((func, item))))
+                if len(pending) >= 2 * self.workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (f.result() for f in done)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def _get_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _call(payload: bytes) -> Any:
+    func, item = cloudpickle.loads(payload)
+    return func(item)

@@ -1,0 +1,77 @@
+"""Openers: turn an input's bytes into an xarray Dataset, preprocessing applied."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import xarray as xr
+
+from .errors import ArcoforgeError, SourceError, one_line
+from .recipe import Preprocess
+from .sources import FetchConfig, local_copy
+
+ENGINES = {
+    "netcdf4": "h5netcdf",
+    "hdf5": "h5netcdf",
+    "netcdf3": "scipy",
+    "zarr": "zarr",
+    "grib": "cfgrib",
+    "unknown": None,
+}
+
+
+@dataclass(frozen=True)
+class OpenConfig:
+    """How every input of a recipe is fetched, opened and preprocessed; picklable."""
+
+    fetch: FetchConfig
+    file_type: str = "netcdf4"
+    xarray_open_kwargs: dict = field(default_factory=dict)
+    preprocessors: tuple[Preprocess, ...] = ()
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret masked."""
+        return self.fetch.redact(text)
+
+
+@contextmanager
+def open_input(url: str, config: OpenConfig) -> Iterator[xr.Dataset]:
+    """Open ``url`` as a lazy Dataset with preprocessing applied; close it afterwards."""
+    where = config.redact(url)
+    target = url if config.file_type == "zarr" else local_copy(url, config.fetch)
+    ds = _open(target, where, config)
+    try:
+        yield _preprocess(ds, where, config.preprocessors)
+    finally:
+        ds.close()
+
+
+def _open(target: str, where: str, config: OpenConfig) -> xr.Dataset:
+    kwargs = {"engine": ENGINES[config.file_type], "chunks": None, **config.xarray_open_kwargs}
+    if config.file_type == "zarr":
+        kwargs.setdefault("storage_options", config.fetch.open_kwargs or None)
+    if config.file_type == "grib":
+        kwargs.setdefault("backend_kwargs", {"indexpath": ""})
+    try:
+        return xr.open_dataset(target, **kwargs)
+    except ImportError as exc:
+        extra = " (pip install 'arcoforge[grib]')" if config.file_type == "grib" else ""
+        raise SourceError(f"{where}: cannot open {config.file_type}: {one_line(exc)}{extra}") from None
+    except Exception as exc:
+        cause = config.redact(one_line(exc))
+        raise SourceError(f"{where}: cannot open as {config.file_type}: {cause}") from None
+
+
+def _preprocess(ds: xr.Dataset, where: str, steps: Sequence[Preprocess]) -> xr.Dataset:
+    for step in steps:
+        try:
+            ds = step.func(ds)
+        except ArcoforgeError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"{where}: preprocessing {step.name} failed: {one_line(exc)}") from None
+        if not isinstance(ds, xr.Dataset):
+            raise SourceError(f"{where}: preprocessing {step.name} returned {type(ds).__name__}")
+    return ds

@@ -1,0 +1,245 @@
+"""The plan: which tasks a bake runs, in which stage, as plain picklable data.
+
+Building a plan runs nothing. Each :class:`Stage` maps a function over items on an
+engine's workers and folds the results into the :class:`BakeState` on the driver; the
+items of a stage may depend on what earlier stages learned (the write tasks follow from
+the combined schema), so a stage gets them from the state.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .chunking import resolve_chunks
+from .openers import OpenConfig
+from .patterns import Input
+from .recipe import Recipe
+from .schema import DatasetSchema, ScanTask, SchemaCombiner, scan_input
+from .sources import FetchConfig
+from .validate import validate_sample
+from .secrets import secret_values
+from .writers import zarr as zarr_writer
+from .writers.zarr import Piece, Target, WriteTask
+
+DEFAULT_TASK_BYTES = 1 << 29
+
+
+@dataclass
+class BakeState:
+    """What the driver knows so far; each stage's ``reduce`` adds to it."""
+
+    schema: DatasetSchema | None = None
+    chunks: dict[str, int] = field(default_factory=dict)
+    encoding: dict = field(default_factory=dict)
+    written: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A map of ``func`` over ``items(state)`` on workers, then ``reduce`` on the driver."""
+
+    name: str
+    description: str
+    items: Callable[[BakeState], Sequence]
+    func: Callable[[Any], Any] | None
+    reduce: Callable[[BakeState, Iterable], None]
+
+
+@dataclass
+class Plan:
+    """Everything a bake of one recipe does, stage by stage."""
+
+    recipe: Recipe
+    target: Target
+    open: OpenConfig
+    inputs: list[Input]
+    workers: int = 1
+    max_task_bytes: int = DEFAULT_TASK_BYTES
+
+    @property
+    def concat_dims(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.recipe.pattern.concat_dims)
+
+    @property
+    def stages(self) -> list[Stage]:
+        """scan -> write -> finalize."""
+        return [
+            Stage("scan", "open every input, check that they combine", self.scan_tasks, scan_input, self.combine),
+            Stage("write", "write chunk regions from their inputs", self.write_tasks, zarr_writer.write_region, self.count_written),
+            Stage("finalize", "check a sample against the sources, then publish", _nothing, None, self.finalize),
+        ]  # fmt: skip
+
+    def scan_tasks(self, state: BakeState) -> list[ScanTask]:
+        """One task per input."""
+        return [ScanTask(item, self.open, self.concat_dims) for item in self.inputs]
+
+    def combine(self, state: BakeState, results: Iterable) -> None:
+        """Fold input schemas into the dataset schema, choose chunks and write the template."""
+        combiner = SchemaCombiner(self.recipe.pattern)
+        for schema in results:
+            combiner.add(schema)
+        state.schema = combiner.result()
+        state.chunks = resolve_chunks(state.schema, self.recipe.writer.target_chunks)
+        state.encoding = zarr_writer.encodings(state.schema, state.chunks, self.recipe.writer)
+        owners = {}
+        for item in self.inputs:
+            group = item.pos(self.merge_dim) if self.merge_dim else None
+            owners.setdefault(group, item)
+        attrs = {**state.schema.attrs, **self.recipe.writer.attrs}
+        zarr_writer.write_template(state.schema, self.target, state.encoding, self.open, owners, attrs)
+
+    @property
+    def merge_dim(self) -> str | None:
+        merge = self.recipe.pattern.merge_dim
+        return merge.name if merge else None
+
+    def write_tasks(self, state: BakeState) -> list[WriteTask]:
+        """Tasks over chunk-aligned regions, each reading only the inputs it needs."""
+        schema = state.schema
+        groups = self._variable_groups(schema, state.chunks)
+        tasks = []
+        for region, variables in itertools.product(self._regions(schema, state.chunks), groups):
+            variables = [v for v in variables if self._owns(schema, v, region)]
+            if variables:
+                tasks.append(self._write_task(schema, region, variables))
+        return tasks
+
+    def finalize(self, state: BakeState, results: Iterable) -> None:
+        """Validate the store against a sample of inputs, then consolidate its metadata."""
+        state.stats["validated_inputs"] = validate_sample(self, state.schema)
+        if self.recipe.writer.consolidated:
+            zarr_writer.consolidate(self.target)
+
+    def count_written(self, state: BakeState, results: Iterable) -> None:
+        """Add up what the write tasks report."""
+        for result in results:
+            state.written += result["bytes"]
+
+    def _regions(self, schema: DatasetSchema, chunks: dict[str, int]) -> list[dict[str, slice]]:
+        blocks = {}
+        for dim, size in schema.dims.items():
+            step = chunks[dim] if dim in self.concat_dims else self._static_block(schema, chunks, dim)
+            blocks[dim] = [slice(i, min(i + step, size)) for i in range(0, size, step)]
+        dims = list(blocks)
+        return [dict(zip(dims, combo, strict=True)) for combo in itertools.product(*blocks.values())]
+
+    def _static_block(self, schema: DatasetSchema, chunks: dict[str, int], dim: str) -> int:
+        """Whole dims, unless one variable's region would exceed the task memory budget."""
+        size = schema.dims[dim]
+        if chunks[dim] >= size:
+            return size
+        largest = max(self._region_bytes(schema, v, chunks) for v in self._data_vars(schema))
+        splits = max(1, math.ceil(largest / self.max_task_bytes))
+        nchunks = math.ceil(size / chunks[dim])
+        return chunks[dim] * math.ceil(nchunks / min(splits, nchunks))
+
+    def _region_bytes(self, schema: DatasetSchema, name: str, chunks: dict[str, int]) -> int:
+        import numpy as np
+
+        info = schema.variables[name]
+        lengths = [chunks[d] if d in self.concat_dims else schema.dims[d] for d in info.dims]
+        return np.dtype(info.dtype).itemsize * math.prod(lengths)
+
+    def _data_vars(self, schema: DatasetSchema) -> list[str]:
+        """Variables written by tasks: all with a concat dim, except the concat coordinates."""
+        return [
+            n
+            for n, v in schema.variables.items()
+            if set(v.dims) & set(self.concat_dims) and n not in schema.concat_values
+        ]
+
+    def _variable_groups(self, schema: DatasetSchema, chunks: dict[str, int]) -> list[list[str]]:
+        """Variables read from the same inputs share a task while it stays within budget."""
+        names = self._data_vars(schema)
+        nregions = len(self._regions(schema, chunks))
+        if nregions * len({schema.owners[n] for n in names}) < 2 * self.workers:
+            return [[n] for n in names]
+        groups: list[list[str]] = []
+        by_owner = sorted(names, key=lambda n: str(schema.owners[n]))
+        for _, members in itertools.groupby(by_owner, key=lambda n: schema.owners[n]):
+            groups.append([])
+            size = 0
+            for name in members:
+                nbytes = self._region_bytes(schema, name, chunks)
+                if groups[-1] and size + nbytes > self.max_task_bytes:
+                    groups.append([])
+                    size = 0
+                groups[-1].append(name)
+                size += nbytes
+        return groups
+
+    def _owns(self, schema: DatasetSchema, name: str, region: dict[str, slice]) -> bool:
+        """A variable is written by the region's tasks only once per block of dims it lacks."""
+        dims = schema.variables[name].dims
+        return all(region[d].start == 0 for d in region if d not in dims)
+
+    def _write_task(self, schema, region, variables) -> WriteTask:
+        owner = schema.owners[variables[0]]
+        pieces = []
+        for item in self.inputs:
+            if self.merge_dim and item.pos(self.merge_dim) != owner:
+                continue
+            piece = _overlap(schema.region_of(item), region, item)
+            if piece is not None:
+                pieces.append(piece)
+        return WriteTask(
+            target=self.target,
+            open=self.open,
+            variables=tuple(variables),
+            dims=tuple((v, schema.variables[v].dims) for v in variables),
+            dtypes=tuple(schema.variables[v].dtype for v in variables),
+            region=tuple(region.items()),
+            pieces=tuple(pieces),
+        )
+
+
+def _nothing(state: BakeState) -> list:
+    return []
+
+
+def _overlap(covers: dict[str, slice], region: dict[str, slice], item: Input) -> Piece | None:
+    source, dest = [], []
+    for dim, span in covers.items():
+        lo, hi = max(span.start, region[dim].start), min(span.stop, region[dim].stop)
+        if lo >= hi:
+            return None
+        source.append((dim, slice(lo - span.start, hi - span.start)))
+        dest.append((dim, slice(lo - region[dim].start, hi - region[dim].start)))
+    return Piece(item, tuple(source), tuple(dest))
+
+
+def make_plan(recipe: Recipe, target_root: str, *, cache: str | None, workers: int,
+              storage_options: dict | None = None) -> Plan:  # fmt: skip
+    """Turn a recipe into a plan; pure, touches nothing."""
+    recipe.check()
+    pattern, fetch = recipe.pattern, recipe.fetch
+    open_kwargs = {**pattern.fsspec_open_kwargs, **(fetch.open_kwargs or {})}
+    query = {**pattern.query_string_secrets, **(fetch.secrets or {})}
+    config = OpenConfig(
+        fetch=FetchConfig(
+            cache=cache or fetch.cache,
+            open_kwargs=open_kwargs,
+            query_secrets=query,
+            secrets=tuple(secret_values(query, open_kwargs)),
+            retries=fetch.retries,
+            max_connections_per_host=fetch.max_connections_per_host,
+            timeout=fetch.timeout,
+        ),
+        file_type=recipe.file_type,
+        xarray_open_kwargs=dict(recipe.opener.xarray_open_kwargs),
+        preprocessors=recipe.preprocessors,
+    )
+    writer = recipe.writer
+    url = target_root.rstrip("/") + "/" + writer.store_name
+    return Plan(
+        recipe=recipe,
+        target=Target(url, writer.zarr_format, storage_options),
+        open=config,
+        inputs=list(pattern.inputs()),
+        workers=workers,
+    )

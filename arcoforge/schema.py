@@ -1,0 +1,358 @@
+"""Schemas: what each input holds, and how all inputs combine into one dataset.
+
+Each input is described by a small :class:`InputSchema` on a worker; the driver folds
+them into a :class:`DatasetSchema` with :class:`SchemaCombiner`, keeping one full
+schema per distinct layout, so driver memory does not grow with the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import SchemaError
+from .openers import OpenConfig, open_input
+from .patterns import FilePattern, Input
+from .sources import local_copy
+
+_TIME_ENCODING = ("units", "calendar", "dtype")
+
+
+@dataclass(frozen=True)
+class VarInfo:
+    """One variable of an input: layout, decoded dtype, attributes and time encoding."""
+
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: str
+    attrs: dict[str, Any]
+    encoding: dict[str, Any]
+    is_coord: bool
+    fingerprint: str | None = None
+    summary: str = ""
+
+    def layout(self, concat: set[str]) -> tuple:
+        """What must agree between inputs: dims, dtype, static sizes and static values."""
+        static = tuple(n for d, n in zip(self.dims, self.shape, strict=True) if d not in concat)
+        return (self.dims, self.dtype, static, self.is_coord, self.fingerprint)
+
+
+@dataclass(frozen=True)
+class InputSchema:
+    """What one input holds, as seen after opening and preprocessing."""
+
+    input: Input
+    sizes: dict[str, int]
+    variables: dict[str, VarInfo]
+    attrs: dict[str, Any]
+    concat_values: dict[str, np.ndarray]
+    nbytes: int = 0
+
+    def layout(self, concat: set[str]) -> tuple:
+        """A hashable summary of everything that must agree with other inputs."""
+        return tuple(sorted((name, v.layout(concat)) for name, v in self.variables.items()))
+
+
+@dataclass(frozen=True)
+class ScanTask:
+    """Open one input and describe it."""
+
+    input: Input
+    open: OpenConfig
+    concat_dims: tuple[str, ...]
+
+
+def scan_input(task: ScanTask) -> InputSchema:
+    """The schema of one input (fetching it into the cache on the way)."""
+    nbytes = 0
+    if task.open.file_type != "zarr":
+        nbytes = os.path.getsize(local_copy(task.input.url, task.open.fetch))
+    with open_input(task.input.url, task.open) as ds:
+        return describe_input(ds, task.input, task.concat_dims, nbytes, task.open.redact)
+
+
+def describe_input(
+    ds: xr.Dataset, item: Input, concat_dims: tuple[str, ...], nbytes: int = 0, redact=str
+) -> InputSchema:
+    """Build the :class:`InputSchema` of an opened input (its URL redacted)."""
+    item = replace(item, url=redact(item.url))
+    for dim in concat_dims:
+        if dim not in ds.dims:
+            raise SchemaError(
+                f"{item.url}: no dimension {dim!r} to concatenate along "
+                f"(dims are {', '.join(map(str, ds.dims)) or 'none'}); "
+                f"add a preprocessing step such as ds.expand_dims({dim!r})"
+            )
+    variables = {
+        str(name): _var_info(var, name in ds.coords, set(concat_dims))
+        for name, var in ds.variables.items()
+    }
+    values = {d: np.asarray(ds[d].values) for d in concat_dims if d in ds.variables}
+    return InputSchema(
+        input=item,
+        sizes={str(k): int(v) for k, v in ds.sizes.items()},
+        variables=variables,
+        attrs=dict(ds.attrs),
+        concat_values=values,
+        nbytes=nbytes,
+    )
+
+
+def _var_info(var: xr.Variable, is_coord: bool, concat: set[str]) -> VarInfo:
+    dtype = var.dtype
+    encoding = {}
+    if _is_time(var):
+        encoding = {k: var.encoding[k] for k in _TIME_ENCODING if k in var.encoding}
+        encoding["dtype"] = str(np.dtype(encoding.get("dtype", "float64")))
+    fingerprint = summary = None
+    if not concat.intersection(var.dims):
+        values = np.asarray(var.values)
+        fingerprint, summary = _fingerprint(values), _summarize(values)
+    return VarInfo(
+        dims=tuple(str(d) for d in var.dims),
+        shape=tuple(int(n) for n in var.shape),
+        dtype=str(dtype),
+        attrs=dict(var.attrs),
+        encoding=encoding,
+        is_coord=is_coord,
+        fingerprint=fingerprint,
+        summary=summary or "",
+    )
+
+
+def _is_time(var: xr.Variable) -> bool:
+    return var.dtype.kind == "M" or (var.dtype == object and "calendar" in var.encoding)
+
+
+def _fingerprint(values: np.ndarray) -> str:
+    data = values.tobytes() if values.dtype != object else repr(values.tolist()).encode()
+    return hashlib.sha1(data + str(values.shape).encode()).hexdigest()
+
+
+def _summarize(values: np.ndarray) -> str:
+    flat = values.ravel()
+    if flat.size == 0:
+        return "empty"
+    if flat.size == 1:
+        return f"value {flat[0]}"
+    return f"{flat.size} values {flat[0]} .. {flat[-1]}"
+
+
+@dataclass
+class DatasetSchema:
+    """The combined dataset: output sizes and variables, and where each input lands."""
+
+    dims: dict[str, int]
+    variables: dict[str, VarInfo]
+    attrs: dict[str, Any]
+    concat_dims: tuple[str, ...]
+    offsets: dict[str, list[int]]
+    counts: dict[str, list[int]]
+    concat_values: dict[str, np.ndarray]
+    owners: dict[str, int | None]
+    inputs: list[Input] = field(default_factory=list)
+    nbytes: int = 0
+
+    def region_of(self, item: Input) -> dict[str, slice]:
+        """The slice along each concat dim that ``item`` fills in the output."""
+        return {
+            d: slice(
+                self.offsets[d][item.pos(d)],
+                self.offsets[d][item.pos(d)] + self.counts[d][item.pos(d)],
+            )
+            for d in self.concat_dims
+        }
+
+
+class SchemaCombiner:
+    """Fold input schemas, in any order, into one :class:`DatasetSchema`."""
+
+    def __init__(self, pattern: FilePattern):
+        self.pattern = pattern
+        self.concat = tuple(d.name for d in pattern.concat_dims)
+        self.merge = pattern.merge_dim.name if pattern.merge_dim else None
+        self.layouts: dict[tuple[int | None, tuple], InputSchema] = {}
+        self.first: dict[int | None, InputSchema] = {}
+        self.counts: dict[str, dict[int, tuple[int, Input]]] = {d: {} for d in self.concat}
+        self.values: dict[str, dict[int, tuple[np.ndarray, Input]]] = {d: {} for d in self.concat}
+        self.attr_values: dict[tuple[str | None, str], Any] = {}
+        self.conflicts: set[tuple[str | None, str]] = set()
+        self.nbytes = 0
+        self.n = 0
+
+    def add(self, schema: InputSchema) -> None:
+        """Take one input's schema into account."""
+        self.n += 1
+        self.nbytes += schema.nbytes
+        group = schema.input.pos(self.merge) if self.merge else None
+        key = (group, schema.layout(set(self.concat)))
+        self.layouts.setdefault(key, schema)
+        first = self.first.get(group)
+        if first is None or _order(schema.input) < _order(first.input):
+            self.first[group] = schema
+        for dim in self.concat:
+            self._add_steps(dim, schema)
+        self._fold_attrs(None, schema.attrs)
+        for name, info in schema.variables.items():
+            self._fold_attrs(name, info.attrs)
+
+    def _fold_attrs(self, scope: str | None, attrs: dict[str, Any]) -> None:
+        """Attributes that differ between inputs are dropped, as xarray's drop_conflicts does."""
+        for key, value in attrs.items():
+            seen = self.attr_values.setdefault((scope, key), value)
+            if seen is not value and not _equal(seen, value):
+                self.conflicts.add((scope, key))
+
+    def _add_steps(self, dim: str, schema: InputSchema) -> None:
+        pos, item = schema.input.pos(dim), schema.input
+        n = schema.sizes[dim]
+        known = self.counts[dim].setdefault(pos, (n, item))
+        if known[0] != n:
+            raise SchemaError(
+                f"{item.url} has {n} steps along {dim!r} but {known[1].url} has {known[0]}"
+            )
+        expected = self._nitems(dim)
+        if expected is not None and n != expected:
+            raise SchemaError(
+                f"{item.url} has {n} steps along {dim!r}, the pattern says nitems_per_file={expected}"
+            )
+        if dim in schema.concat_values:
+            values = schema.concat_values[dim]
+            seen = self.values[dim].setdefault(pos, (values, item))
+            if not _same_values(seen[0], values):
+                raise SchemaError(f"{item.url} and {seen[1].url} differ in their {dim!r} values")
+
+    def _nitems(self, dim: str) -> int | None:
+        return next(d.nitems_per_file for d in self.pattern.concat_dims if d.name == dim)
+
+    def result(self) -> DatasetSchema:
+        """The combined schema; raises :class:`SchemaError` naming the inputs that disagree."""
+        if not self.first:
+            raise SchemaError("the pattern has no inputs")
+        self._check_layouts()
+        variables, owners = self._variables()
+        dims, offsets, counts, values = {}, {}, {}, {}
+        for dim in self.concat:
+            counts[dim] = [self.counts[dim][p][0] for p in sorted(self.counts[dim])]
+            offsets[dim] = list(np.cumsum([0, *counts[dim][:-1]]).tolist())
+            dims[dim] = int(sum(counts[dim]))
+            if self.values[dim]:
+                values[dim] = self._concat_values(dim)
+        for info in variables.values():
+            for d, n in zip(info.dims, info.shape, strict=True):
+                dims.setdefault(d, n)
+        out_vars = {
+            name: replace(
+                info,
+                shape=tuple(dims[d] for d in info.dims),
+                attrs=self._kept(name, info.attrs),
+            )
+            for name, info in variables.items()
+        }
+        return DatasetSchema(
+            dims=dims,
+            variables=out_vars,
+            attrs=self._attrs(),
+            concat_dims=self.concat,
+            offsets=offsets,
+            counts=counts,
+            concat_values=values,
+            owners=owners,
+            nbytes=self.nbytes,
+        )
+
+    def _check_layouts(self) -> None:
+        for (group, _), schema in self.layouts.items():
+            ref = self.first[group]
+            if schema is not ref and schema.layout(set(self.concat)) != ref.layout(
+                set(self.concat)
+            ):
+                raise SchemaError(
+                    f"{schema.input.url} does not match {ref.input.url}: {_difference(ref, schema, set(self.concat))}"
+                )
+
+    def _variables(self) -> tuple[dict[str, VarInfo], dict[str, int | None]]:
+        variables: dict[str, VarInfo] = {}
+        owners: dict[str, int | None] = {}
+        for group in sorted(self.first, key=lambda g: -1 if g is None else g):
+            schema = self.first[group]
+            for name, info in schema.variables.items():
+                if name not in variables:
+                    variables[name], owners[name] = info, group
+                elif not info.is_coord and set(self.concat) & set(info.dims):
+                    other = self.first[owners[name]].input.url
+                    raise SchemaError(
+                        f"variable {name!r} is in both {other} and {schema.input.url}; "
+                        "each merge key must hold different variables"
+                    )
+        return variables, owners
+
+    def _concat_values(self, dim: str) -> np.ndarray:
+        parts = sorted(self.values[dim].items())
+        for (_, (a, ia)), (_, (b, ib)) in zip(parts, parts[1:], strict=False):
+            if len(a) and len(b) and _sortable(a) and not b[0] > a[-1]:
+                how = "repeats" if b[0] == a[-1] or b[0] in a else "comes before"
+                raise SchemaError(
+                    f"{dim} {b[0]} in {ib.url} {how} {dim} {a[-1]} in {ia.url}: "
+                    f"inputs must be sorted along {dim!r} without duplicates or overlaps"
+                )
+        for values, item in self.values[dim].values():
+            if _sortable(values) and len(values) > 1 and not np.all(values[1:] > values[:-1]):
+                raise SchemaError(f"{item.url}: {dim!r} values are not strictly increasing")
+        return np.concatenate([v for _, (v, _) in parts])
+
+    def _kept(self, scope: str | None, attrs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in attrs.items() if (scope, k) not in self.conflicts}
+
+    def _attrs(self) -> dict[str, Any]:
+        first = self.first[min(self.first, key=lambda g: -1 if g is None else g)]
+        return self._kept(None, first.attrs)
+
+
+def _order(item: Input) -> tuple[int, ...]:
+    return tuple(p for _, p in item.position)
+
+
+def _same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.all(a == b))
+
+
+def _sortable(values: np.ndarray) -> bool:
+    return values.dtype.kind in "iufcmM" or (
+        values.dtype == object and len(values) > 0 and hasattr(values.flat[0], "calendar")
+    )
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.array_equal(a, b)) if isinstance(a, np.ndarray | list) else bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _difference(ref: InputSchema, other: InputSchema, concat: set[str]) -> str:
+    missing = sorted(set(ref.variables) - set(other.variables))
+    if missing:
+        return f"variable {', '.join(map(repr, missing))} is missing"
+    extra = sorted(set(other.variables) - set(ref.variables))
+    if extra:
+        return f"it has extra variable {', '.join(map(repr, extra))}"
+    for name, a in ref.variables.items():
+        b = other.variables[name]
+        if a.dims != b.dims:
+            return f"{name!r} has dims {b.dims}, not {a.dims}"
+        if a.dtype != b.dtype:
+            return f"{name!r} has dtype {b.dtype}, not {a.dtype}"
+        for d, na, nb in zip(a.dims, a.shape, b.shape, strict=True):
+            if d not in concat and na != nb:
+                return f"different grid: {d!r} has {nb} points, not {na}"
+        if a.fingerprint != b.fingerprint:
+            return f"different values of {name!r}: {b.summary}, not {a.summary}"
+        if a.is_coord != b.is_coord:
+            return f"{name!r} is {'a coordinate' if b.is_coord else 'a data variable'} only here"
+    return "layouts differ"

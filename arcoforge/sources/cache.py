@@ -1,0 +1,73 @@
+"""A content-verified cache of input files, safe with concurrent workers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..errors import SourceError
+
+
+class Cache:
+    """Input files kept under ``root``, each with a sidecar recording its size and sha256.
+
+    Entries are written to a temporary name and renamed into place, the data before its
+    sidecar, so a reader never takes a partial file for a complete one.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        root = str(root)
+        if root.startswith("file://"):
+            root = root[len("file://") :]
+        elif "://" in root:
+            raise SourceError(f"cache {root}: only local cache folders are supported")
+        self.root = Path(root)
+
+    def path_for(self, url: str) -> Path:
+        """Where ``url`` (without secrets) is cached."""
+        digest = hashlib.sha256(url.encode()).hexdigest()[:20]
+        name = os.path.basename(urlsplit(url).path) or "input"
+        return self.root / f"{digest}-{name}"
+
+    def lookup(self, url: str) -> Path | None:
+        """The cached file for ``url`` if present and intact, else ``None``."""
+        path = self.path_for(url)
+        try:
+            meta = json.loads(_sidecar(path).read_text())
+            if path.stat().st_size != meta["size"] or file_sha256(path) != meta["sha256"]:
+                return None
+        except (OSError, ValueError, KeyError):
+            return None
+        return path
+
+    def store(self, url: str, tmp: Path, sha256: str) -> Path:
+        """Move the verified download ``tmp`` into place for ``url``."""
+        path = self.path_for(url)
+        meta = {"url": url, "size": tmp.stat().st_size, "sha256": sha256}
+        os.replace(tmp, path)
+        side_tmp = _sidecar(tmp)
+        side_tmp.write_text(json.dumps(meta))
+        os.replace(side_tmp, _sidecar(path))
+        return path
+
+    def temp_path(self, url: str) -> Path:
+        """A fresh temporary name beside the entry for ``url``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.path_for(url)
+        return final.with_name(f".{final.name}.{os.getpid()}.{os.urandom(4).hex()}.part")
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,1 @@
+"""Writers: put the combined dataset into its output format."""
