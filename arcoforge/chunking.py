@@ -11,7 +11,16 @@ from .errors import RecipeError
 from .schema import DatasetSchema
 
 DEFAULT_CHUNK_BYTES = 100 * 2**20
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
 
 
 def parse_bytes(text: str | int) -> int:
@@ -24,7 +33,9 @@ def parse_bytes(text: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-def resolve_chunks(schema: DatasetSchema, target: dict[str, int] | str | int | None) -> dict[str, int]:
+def resolve_chunks(
+    schema: DatasetSchema, target: dict[str, int] | str | int | None
+) -> dict[str, int]:
     """Chunk length of every output dim.
 
     A dict fixes dims by name (others stay whole, concat dims default to one input's
@@ -36,7 +47,9 @@ def resolve_chunks(schema: DatasetSchema, target: dict[str, int] | str | int | N
         for dim, n in target.items():
             if dim not in schema.dims:
                 have = ", ".join(schema.dims)
-                raise RecipeError(f"target_chunks: dim {dim!r} is not in the dataset (dims: {have})")
+                raise RecipeError(
+                    f"target_chunks: dim {dim!r} is not in the dataset (dims: {have})"
+                )
             if not isinstance(n, int | np.integer) or n < 1:
                 raise RecipeError(f"target_chunks: {dim}={n!r} must be a positive integer")
             chunks[dim] = min(int(n), schema.dims[dim])
@@ -54,8 +67,7 @@ def _chunks_for_size(schema: DatasetSchema, chunks: dict[str, int], budget: int)
         chunks[dim] = 1
     per_step = max(
         (
-            np.dtype(v.dtype).itemsize
-            * math.prod(chunks[d] for d in v.dims if d != concat[0])
+            np.dtype(v.dtype).itemsize * math.prod(chunks[d] for d in v.dims if d != concat[0])
             for v in schema.variables.values()
             if concat[0] in v.dims
         ),

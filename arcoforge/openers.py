@@ -13,9 +13,9 @@ from .recipe import Preprocess
 from .sources import FetchConfig, local_copy
 
 ENGINES = {
-    "netcdf4": "h5netcdf",
+    "netcdf4": "netcdf4",
     "hdf5": "h5netcdf",
-    "netcdf3": "scipy",
+    "netcdf3": "netcdf4",
     "zarr": "zarr",
     "grib": "cfgrib",
     "unknown": None,
@@ -58,7 +58,9 @@ def _open(target: str, where: str, config: OpenConfig) -> xr.Dataset:
         return xr.open_dataset(target, **kwargs)
     except ImportError as exc:
         extra = " (pip install 'arcoforge[grib]')" if config.file_type == "grib" else ""
-        raise SourceError(f"{where}: cannot open {config.file_type}: {one_line(exc)}{extra}") from None
+        raise SourceError(
+            f"{where}: cannot open {config.file_type}: {one_line(exc)}{extra}"
+        ) from None
     except Exception as exc:
         cause = config.redact(one_line(exc))
         raise SourceError(f"{where}: cannot open as {config.file_type}: {cause}") from None
@@ -71,7 +73,9 @@ def _preprocess(ds: xr.Dataset, where: str, steps: Sequence[Preprocess]) -> xr.D
         except ArcoforgeError:
             raise
         except Exception as exc:
-            raise SourceError(f"{where}: preprocessing {step.name} failed: {one_line(exc)}") from None
+            raise SourceError(
+                f"{where}: preprocessing {step.name} failed: {one_line(exc)}"
+            ) from None
         if not isinstance(ds, xr.Dataset):
             raise SourceError(f"{where}: preprocessing {step.name} returned {type(ds).__name__}")
     return ds

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .chunking import resolve_chunks
@@ -19,9 +19,9 @@ from .openers import OpenConfig
 from .patterns import Input
 from .recipe import Recipe
 from .schema import DatasetSchema, ScanTask, SchemaCombiner, scan_input
-from .sources import FetchConfig
-from .validate import validate_sample
 from .secrets import secret_values
+from .sources import FetchConfig
+from .validate import CheckTask, check_input, sample_positions
 from .writers import zarr as zarr_writer
 from .writers.zarr import Piece, Target, WriteTask
 
@@ -69,10 +69,29 @@ class Plan:
     def stages(self) -> list[Stage]:
         """scan -> write -> finalize."""
         return [
-            Stage("scan", "open every input, check that they combine", self.scan_tasks, scan_input, self.combine),
-            Stage("write", "write chunk regions from their inputs", self.write_tasks, zarr_writer.write_region, self.count_written),
-            Stage("finalize", "check a sample against the sources, then publish", _nothing, None, self.finalize),
-        ]  # fmt: skip
+            Stage(
+                "scan",
+                "open every input, check that they combine",
+                self.scan_tasks,
+                scan_input,
+                self.combine,
+            ),
+            Stage(
+                "write",
+                "write chunk regions from their inputs",
+                self.write_tasks,
+                zarr_writer.write_region,
+                self.count_written,
+            ),
+            Stage(
+                "validate",
+                "compare a sample of inputs with the store",
+                self.check_tasks,
+                check_input,
+                self.count_checked,
+            ),
+            Stage("publish", "write consolidated metadata", _nothing, None, self.publish),
+        ]
 
     def scan_tasks(self, state: BakeState) -> list[ScanTask]:
         """One task per input."""
@@ -91,7 +110,9 @@ class Plan:
             group = item.pos(self.merge_dim) if self.merge_dim else None
             owners.setdefault(group, item)
         attrs = {**state.schema.attrs, **self.recipe.writer.attrs}
-        zarr_writer.write_template(state.schema, self.target, state.encoding, self.open, owners, attrs)
+        zarr_writer.write_template(
+            state.schema, self.target, state.encoding, self.open, owners, attrs
+        )
 
     @property
     def merge_dim(self) -> str | None:
@@ -109,9 +130,20 @@ class Plan:
                 tasks.append(self._write_task(schema, region, variables))
         return tasks
 
-    def finalize(self, state: BakeState, results: Iterable) -> None:
-        """Validate the store against a sample of inputs, then consolidate its metadata."""
-        state.stats["validated_inputs"] = validate_sample(self, state.schema)
+    def check_tasks(self, state: BakeState) -> list[CheckTask]:
+        """The first and last inputs (every input's variables, all their steps)."""
+        chosen = [self.inputs[i] for i in sample_positions(len(self.inputs))]
+        return [
+            CheckTask(self.target, self.open, item, tuple(state.schema.region_of(item).items()))
+            for item in chosen
+        ]
+
+    def count_checked(self, state: BakeState, results: Iterable) -> None:
+        """Record how many inputs were compared value for value."""
+        state.stats["validated_inputs"] = len(list(results))
+
+    def publish(self, state: BakeState, results: Iterable) -> None:
+        """Consolidate metadata once everything is written and checked."""
         if self.recipe.writer.consolidated:
             zarr_writer.consolidate(self.target)
 
@@ -123,10 +155,14 @@ class Plan:
     def _regions(self, schema: DatasetSchema, chunks: dict[str, int]) -> list[dict[str, slice]]:
         blocks = {}
         for dim, size in schema.dims.items():
-            step = chunks[dim] if dim in self.concat_dims else self._static_block(schema, chunks, dim)
+            step = (
+                chunks[dim] if dim in self.concat_dims else self._static_block(schema, chunks, dim)
+            )
             blocks[dim] = [slice(i, min(i + step, size)) for i in range(0, size, step)]
         dims = list(blocks)
-        return [dict(zip(dims, combo, strict=True)) for combo in itertools.product(*blocks.values())]
+        return [
+            dict(zip(dims, combo, strict=True)) for combo in itertools.product(*blocks.values())
+        ]
 
     def _static_block(self, schema: DatasetSchema, chunks: dict[str, int], dim: str) -> int:
         """Whole dims, unless one variable's region would exceed the task memory budget."""
@@ -154,19 +190,25 @@ class Plan:
         ]
 
     def _variable_groups(self, schema: DatasetSchema, chunks: dict[str, int]) -> list[list[str]]:
-        """Variables read from the same inputs share a task while it stays within budget."""
+        """Variables read from the same inputs share a task, within the memory budget.
+
+        Opening an input costs more than reading one variable from it, so variables are
+        split over tasks only as far as needed to give every worker two tasks.
+        """
         names = self._data_vars(schema)
         nregions = len(self._regions(schema, chunks))
-        if nregions * len({schema.owners[n] for n in names}) < 2 * self.workers:
-            return [[n] for n in names]
+        wanted = math.ceil(2 * self.workers / max(nregions, 1))
         groups: list[list[str]] = []
         by_owner = sorted(names, key=lambda n: str(schema.owners[n]))
         for _, members in itertools.groupby(by_owner, key=lambda n: schema.owners[n]):
+            members = list(members)
+            per_group = math.ceil(len(members) / min(wanted, len(members)))
             groups.append([])
             size = 0
             for name in members:
                 nbytes = self._region_bytes(schema, name, chunks)
-                if groups[-1] and size + nbytes > self.max_task_bytes:
+                full = len(groups[-1]) >= per_group or size + nbytes > self.max_task_bytes
+                if groups[-1] and full:
                     groups.append([])
                     size = 0
                 groups[-1].append(name)
@@ -213,8 +255,14 @@ def _overlap(covers: dict[str, slice], region: dict[str, slice], item: Input) ->
     return Piece(item, tuple(source), tuple(dest))
 
 
-def make_plan(recipe: Recipe, target_root: str, *, cache: str | None, workers: int,
-              storage_options: dict | None = None) -> Plan:  # fmt: skip
+def make_plan(
+    recipe: Recipe,
+    target_root: str,
+    *,
+    cache: str | None,
+    workers: int,
+    storage_options: dict | None = None,
+) -> Plan:
     """Turn a recipe into a plan; pure, touches nothing."""
     recipe.check()
     pattern, fetch = recipe.pattern, recipe.fetch
@@ -243,3 +291,24 @@ def make_plan(recipe: Recipe, target_root: str, *, cache: str | None, workers: i
         inputs=list(pattern.inputs()),
         workers=workers,
     )
+
+
+def estimate(plan: Plan) -> BakeState:
+    """What the plan will do, from the first input of each merge key only (for --dry-run).
+
+    Every other input is assumed to hold ``nitems_per_file`` steps, or as many as the
+    first one when the pattern does not say.
+    """
+    firsts: dict[int | None, Input] = {}
+    for item in plan.inputs:
+        firsts.setdefault(item.pos(plan.merge_dim) if plan.merge_dim else None, item)
+    scanned = {g: scan_input(ScanTask(i, plan.open, plan.concat_dims)) for g, i in firsts.items()}
+    nitems = {d.name: d.nitems_per_file for d in plan.recipe.pattern.concat_dims}
+    combiner = SchemaCombiner(plan.recipe.pattern)
+    for item in plan.inputs:
+        ref = scanned[item.pos(plan.merge_dim) if plan.merge_dim else None]
+        sizes = {**ref.sizes, **{d: n for d, n in nitems.items() if n}}
+        combiner.add(replace(ref, input=item, sizes=sizes, concat_values={}))
+    state = BakeState(schema=combiner.result())
+    state.chunks = resolve_chunks(state.schema, plan.recipe.writer.target_chunks)
+    return state

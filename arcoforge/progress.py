@@ -50,8 +50,13 @@ class RichReporter(Reporter):
     """A progress bar per stage on the terminal."""
 
     def __init__(self, console=None):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-        from rich.progress import TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.progress = Progress(
             TextColumn("[bold]{task.description:<9}"),

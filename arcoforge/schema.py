@@ -8,6 +8,7 @@ schema per distinct layout, so driver memory does not grow with the data.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -294,7 +295,7 @@ class SchemaCombiner:
 
     def _concat_values(self, dim: str) -> np.ndarray:
         parts = sorted(self.values[dim].items())
-        for (_, (a, ia)), (_, (b, ib)) in zip(parts, parts[1:], strict=False):
+        for (_, (a, ia)), (_, (b, ib)) in itertools.pairwise(parts):
             if len(a) and len(b) and _sortable(a) and not b[0] > a[-1]:
                 how = "repeats" if b[0] == a[-1] or b[0] in a else "comes before"
                 raise SchemaError(

@@ -18,7 +18,7 @@ class Engine(ABC):
     def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
         """Yield ``func(item)`` for every item; raise the first task error."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - engines without workers need not override it
         """Release workers."""
 
     def __enter__(self) -> Engine:

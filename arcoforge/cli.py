@@ -1,0 +1,176 @@
+"""The ``arcoforge`` command: demo, bake, lint, init."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+
+import click
+
+from .errors import one_line
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def friendly(func: Callable) -> Callable:
+    """Turn any error into one line on stderr and exit 1; tracebacks only with --debug."""
+
+    @wraps(func)
+    def wrapper(*args, debug: bool = False, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except click.exceptions.Exit:
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if debug:
+                traceback.print_exception(exc)
+            click.echo(f"error: {one_line(exc)}", err=True)
+            sys.exit(1)
+
+    return click.option("--debug", is_flag=True, help="Show tracebacks of errors.")(wrapper)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="arcoforge")
+def main():
+    """Bake archives of netCDF, HDF5, GRIB or Zarr files into analysis-ready Zarr stores.
+
+    Start with `arcoforge demo`; write a feedstock with `arcoforge init NAME`, check it
+    with `arcoforge lint NAME` and run it with `arcoforge bake NAME --target-root DIR`.
+    """
+
+
+@main.command()
+@click.argument("feedstock", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--target-root", help="Folder or URL under which each store is written.")
+@click.option("--cache", help="Folder where remote inputs are cached (reused between bakes).")
+@click.option("--recipe", "recipe_id", help="Bake only the recipe with this id.")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes [default: cores].")
+@click.option(
+    "--prune", type=click.IntRange(min=1), help="Bake only the first N inputs per concat dim."
+)
+@click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), help="YAML/JSON settings."
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan (stages, tasks, bytes); run nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Structured log lines instead of bars.")
+@friendly
+def bake(feedstock, target_root, cache, recipe_id, workers, prune, config_file, dry_run, as_json):
+    """Bake the recipes of FEEDSTOCK into TARGET_ROOT/STORE_NAME."""
+    from .bake import bake as run_bake
+    from .bake import normalize_root
+    from .config import read_config
+    from .feedstock import load_recipes
+    from .plan import make_plan
+    from .progress import JsonReporter, RichReporter
+    from .summary import describe_plan, render_plan, render_result, result_dict
+
+    config = read_config(config_file)
+    target_root = target_root or config.target_root
+    if not target_root:
+        raise click.UsageError("give --target-root (or target_root in the config file)")
+    recipes = load_recipes(feedstock, recipe_id or config.recipe)
+    prune, workers = prune or config.prune, workers or config.workers
+    console = _console()
+    for rid, recipe in recipes.items():
+        if dry_run:
+            plan = make_plan(
+                recipe.prune(prune) if prune else recipe,
+                normalize_root(target_root),
+                cache=cache or config.cache,
+                workers=workers or 1,
+            )
+            info = describe_plan(plan)
+            _emit(
+                as_json,
+                console,
+                {"event": "plan", "recipe": rid, **info},
+                lambda info=info, rid=rid: render_plan(info, console, rid),
+            )
+            continue
+        reporter = JsonReporter() if as_json else RichReporter(_console(stderr=True))
+        try:
+            result = run_bake(
+                recipe,
+                target_root,
+                cache=cache or config.cache,
+                workers=workers,
+                prune=prune,
+                engine=config.engine,
+                reporter=reporter,
+            )
+        finally:
+            reporter.close()
+        _emit(
+            as_json,
+            console,
+            {"event": "summary", "recipe": rid, **result_dict(result)},
+            lambda result=result, rid=rid: render_result(result, console, rid),
+        )
+
+
+def _emit(as_json: bool, console, record: dict, render: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(record, default=str))
+    else:
+        render()
+
+
+@main.command()
+@click.argument("feedstock", type=click.Path(file_okay=False, path_type=Path))
+@friendly
+def lint(feedstock):
+    """Check FEEDSTOCK's meta.yaml against its schema and that every recipe builds."""
+    from .feedstock import lint as run_lint
+
+    for line in run_lint(feedstock):
+        click.echo(f"ok  {line}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Write into an existing folder.")
+@friendly
+def init(name, force):
+    """Write a new feedstock NAME/ (meta.yaml, recipe.py, sample data) that lints and bakes."""
+    from .templates import write_feedstock
+
+    folder = write_feedstock(Path(name), force=force)
+    click.echo(f"wrote {folder}/: edit recipe.py and meta.yaml, then run:")
+    click.echo(f"  arcoforge lint {folder}")
+    click.echo(f"  arcoforge bake {folder} --target-root ./output --prune 2")
+
+
+@main.command()
+@click.option(
+    "--dir",
+    "folder",
+    default="arcoforge-demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the demo writes.",
+)
+@click.option("--days", default=30, show_default=True, type=click.IntRange(2, 3660))
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes [default: cores].")
+@click.option("--json", "as_json", is_flag=True, help="Structured log lines instead of bars.")
+@friendly
+def demo(folder, days, workers, as_json):
+    """Write an OISST-like archive, serve it over HTTP on loopback, bake it and check it."""
+    from .demo import run_demo
+
+    run_demo(folder, days=days, workers=workers, as_json=as_json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

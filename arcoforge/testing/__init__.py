@@ -1,0 +1,1 @@
+"""Helpers that make realistic inputs for tests, the demo and the benchmark."""
