@@ -275,6 +275,7 @@ def make_plan(
             query_secrets=query,
             secrets=tuple(secret_values(query, open_kwargs)),
             retries=fetch.retries,
+            retry_delay=fetch.retry_delay,
             max_connections_per_host=fetch.max_connections_per_host,
             timeout=fetch.timeout,
         ),

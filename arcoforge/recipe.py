@@ -25,13 +25,15 @@ class OpenURLWithFSSpec(Step):
 
     ``cache`` is a local folder or fsspec URL; without one, remote inputs go through a
     temporary cache that lives as long as the bake. ``open_kwargs`` are added to the
-    pattern's ``fsspec_open_kwargs``; ``secrets`` to its query-string secrets.
+    pattern's ``fsspec_open_kwargs``; ``secrets`` to its query-string secrets. Failed
+    downloads are retried ``retries`` times, waiting ``retry_delay`` seconds, doubling.
     """
 
     cache: str | None = None
     secrets: dict | None = None
     open_kwargs: dict | None = None
     retries: int = 5
+    retry_delay: float = 0.5
     max_connections_per_host: int = 4
     timeout: float = 60.0
 

@@ -64,7 +64,7 @@ def compare(source: xr.Dataset, output: xr.Dataset, where: str) -> None:
             raise ValidationError(
                 f"{where}: {name!r} has shape {got.shape} in the store, not {want.shape}"
             )
-        same = _equal_mask(got, want)
+        same = _equal_mask(got, want, _tolerance(output.variables[name]))
         if not same.all():
             index = tuple(int(i) for i in np.argwhere(~same)[0])
             raise ValidationError(
@@ -73,9 +73,16 @@ def compare(source: xr.Dataset, output: xr.Dataset, where: str) -> None:
             )
 
 
-def _equal_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if a.dtype.kind in "fc" or b.dtype.kind in "fc":
-        return (a == b) | (np.isnan(a) & np.isnan(b))
+def _tolerance(var: xr.Variable) -> float:
+    """Half a step of a packed (scale_factor) encoding; zero for lossless ones."""
+    return abs(float(var.encoding.get("scale_factor", 0.0))) / 2
+
+
+def _equal_mask(a: np.ndarray, b: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+    if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+        a = a.astype(b.dtype, copy=False)
+        close = (a == b) if not tolerance else np.abs(a - b) <= tolerance * (1 + 1e-6)
+        return close | (np.isnan(a) & np.isnan(b))
     if a.dtype.kind == "M":
         return (a == b) | (np.isnat(a) & np.isnat(b))
     return np.asarray(a == b)

@@ -1,0 +1,61 @@
+"""Shared fixtures: generated archives and real HTTP servers on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, pattern_from_file_sequence
+from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.httpserver import FileServer
+
+
+@pytest.fixture
+def small_archive(tmp_path: Path) -> list[Path]:
+    """Eight daily OISST-like files on an 18x36 grid."""
+    return write_oisst_archive(tmp_path / "src", days=8, ny=18, nx=36)
+
+
+@pytest.fixture
+def served(small_archive):
+    """The small archive on a plain loopback HTTP server."""
+    with FileServer(small_archive[0].parent) as server:
+        yield server
+
+
+def simple_recipe(urls, store="out.zarr", chunks=None, **pattern_kwargs):
+    """``urls`` concatenated along time, one step each, into ``store``."""
+    pattern = pattern_from_file_sequence(
+        [str(u) for u in urls], "time", nitems_per_file=1, **pattern_kwargs
+    )
+    return (
+        pattern
+        | OpenURLWithFSSpec(retry_delay=0.01)
+        | OpenWithXarray()
+        | StoreToZarr(store, target_chunks=chunks or {"time": 3})
+    )
+
+
+def assert_same_as_sources(store_url: str, paths, concat_dim: str = "time", **open_kwargs):
+    """Every variable and coordinate of the store equals the sources read directly by xarray."""
+    out = xr.open_zarr(store_url)
+    src = xr.concat(
+        [xr.open_dataset(p, **open_kwargs).load() for p in paths],
+        dim=concat_dim,
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+    )
+    assert set(out.variables) == set(src.variables)
+    for name, var in src.variables.items():
+        got = out[name].transpose(*var.dims).values
+        want = var.values
+        assert got.dtype == want.dtype, name
+        if want.dtype.kind == "f":
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        else:
+            assert (got == want).all(), name
+    return out, src
