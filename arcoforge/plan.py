@@ -186,7 +186,7 @@ class Plan:
         return [
             n
             for n, v in schema.variables.items()
-            if set(v.dims) & set(self.concat_dims) and n not in schema.concat_values
+            if set(v.dims) & set(self.concat_dims) and n not in self.concat_dims
         ]
 
     def _variable_groups(self, schema: DatasetSchema, chunks: dict[str, int]) -> list[list[str]]:

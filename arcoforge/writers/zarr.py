@@ -176,7 +176,10 @@ def _len(s: slice) -> int:
 
 
 def write_region(task: WriteTask) -> dict[str, int]:
-    """Read every piece, assemble the region in memory and write it; idempotent."""
+    """Read every piece, assemble the region in memory, write it a variable at a time.
+
+    Writing the same task twice writes the same bytes.
+    """
     region = dict(task.region)
     dims = dict(task.dims)
     arrays = {
@@ -185,17 +188,20 @@ def write_region(task: WriteTask) -> dict[str, int]:
     }
     for piece in task.pieces:
         _read_piece(piece, task, arrays, dims, region)
-    out = xr.Dataset({n: (dims[n], a) for n, a in arrays.items()})
-    used = {d: region[d] for n in task.variables for d in dims[n]}
-    out.to_zarr(
-        task.target.url,
-        region=used,
-        mode="r+",
-        consolidated=False,
-        zarr_format=task.target.zarr_format,
-        storage_options=task.target.storage_options,
-    )
-    return {"bytes": sum(a.nbytes for a in arrays.values()), "inputs": len(task.pieces)}
+    nbytes = 0
+    for name in list(arrays):
+        array = arrays.pop(name)
+        nbytes += array.nbytes
+        xr.Dataset({name: (dims[name], array)}).to_zarr(
+            task.target.url,
+            region={d: region[d] for d in dims[name]},
+            mode="r+",
+            consolidated=False,
+            zarr_format=task.target.zarr_format,
+            storage_options=task.target.storage_options,
+        )
+        del array
+    return {"bytes": nbytes, "inputs": len(task.pieces)}
 
 
 def _read_piece(piece: Piece, task: WriteTask, arrays, dims, region) -> None:

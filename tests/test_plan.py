@@ -1,0 +1,72 @@
+"""Plans are data: stages, tasks and regions follow from the recipe without running anything."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from arcoforge.bake import normalize_root
+from arcoforge.chunking import parse_bytes, resolve_chunks
+from arcoforge.errors import RecipeError
+from arcoforge.plan import estimate, make_plan
+from arcoforge.validate import sample_positions
+from tests.conftest import simple_recipe
+
+
+def plan_for(tmp_path, paths, chunks, workers=2):
+    return make_plan(
+        simple_recipe(paths, chunks=chunks), normalize_root(tmp_path), cache=None, workers=workers
+    )
+
+
+def test_stages_and_task_counts(tmp_path, small_archive):
+    plan = plan_for(tmp_path, small_archive, {"time": 3})
+    state = estimate(plan)
+    assert [s.name for s in plan.stages] == ["scan", "write", "validate", "publish"]
+    counts = {s.name: len(s.items(state)) for s in plan.stages}
+    # 3 time chunks x 4 variables; 3 regions < 2*2 workers, so variables split in 2 groups
+    assert counts == {"scan": 8, "write": 6, "validate": 2, "publish": 0}
+    assert not (tmp_path / "out.zarr").exists(), "planning writes nothing"
+
+
+def test_write_tasks_cover_every_step_once_and_are_picklable(tmp_path, small_archive):
+    plan = plan_for(tmp_path, small_archive, {"time": 3})
+    tasks = plan.write_tasks(estimate(plan))
+    covered = {}
+    for task in tasks:
+        pickle.loads(pickle.dumps(task))
+        region = dict(task.region)["time"]
+        for var in task.variables:
+            for t in range(region.start, region.stop):
+                covered[(var, t)] = covered.get((var, t), 0) + 1
+        # each task reads exactly the inputs of its region
+        assert [p.input.pos("time") for p in task.pieces] == list(range(region.start, region.stop))
+    assert covered == {(v, t): 1 for v in ("sst", "anom", "err", "ice") for t in range(8)}
+
+
+def test_more_workers_split_variables_fewer_share(tmp_path, small_archive):
+    one = plan_for(tmp_path, small_archive, {"time": 4}, workers=1)
+    many = plan_for(tmp_path, small_archive, {"time": 4}, workers=4)
+    assert len(one.write_tasks(estimate(one))) == 2
+    assert len(many.write_tasks(estimate(many))) == 8
+
+
+def test_chunk_resolution(tmp_path, small_archive):
+    schema = estimate(plan_for(tmp_path, small_archive, {"time": 3})).schema
+    assert resolve_chunks(schema, {"time": 100}) == {"time": 8, "lat": 18, "lon": 36}
+    assert resolve_chunks(schema, None)["time"] == 8
+    assert resolve_chunks(schema, "2kB") == {"time": 1, "lat": 18, "lon": 18}
+    with pytest.raises(RecipeError, match="'depth' is not in the dataset"):
+        resolve_chunks(schema, {"depth": 3})
+    with pytest.raises(RecipeError, match="positive integer"):
+        resolve_chunks(schema, {"time": 0})
+    assert parse_bytes("100MB") == 100_000_000 and parse_bytes("1.5 KiB") == 1536
+    with pytest.raises(RecipeError, match="size such as"):
+        parse_bytes("lots")
+
+
+def test_validation_samples_first_and_last():
+    assert sample_positions(1) == [0]
+    assert sample_positions(10) == [0, 9]
+    assert sample_positions(10, 3) == [0, 4, 9] or sample_positions(10, 3) == [0, 5, 9]
