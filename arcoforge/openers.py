@@ -30,6 +30,8 @@ class OpenConfig:
     file_type: str = "netcdf4"
     xarray_open_kwargs: dict = field(default_factory=dict)
     preprocessors: tuple[Preprocess, ...] = ()
+    concat_dims: tuple[str, ...] = ()
+    promoted: tuple[str, ...] = ()
 
     def redact(self, text: str) -> str:
         """``text`` with every secret masked."""
@@ -43,7 +45,7 @@ def open_input(url: str, config: OpenConfig) -> Iterator[xr.Dataset]:
     target = url if config.file_type == "zarr" else local_copy(url, config.fetch)
     ds = _open(target, where, config)
     try:
-        yield _preprocess(ds, where, config.preprocessors)
+        yield _promote_scalars(_preprocess(ds, where, config.preprocessors), config)
     finally:
         ds.close()
 
@@ -64,6 +66,20 @@ def _open(target: str, where: str, config: OpenConfig) -> xr.Dataset:
     except Exception as exc:
         cause = config.redact(one_line(exc))
         raise SourceError(f"{where}: cannot open as {config.file_type}: {cause}") from None
+
+
+def _promote_scalars(ds: xr.Dataset, config: OpenConfig) -> xr.Dataset:
+    """A concat dim held as a scalar coordinate (GRIB's ``time``) becomes a length-1 dim,
+    and so do scalar coordinates that the scan found to differ between inputs."""
+    for dim in config.concat_dims:
+        if dim not in ds.dims and dim in ds.coords and ds[dim].ndim == 0:
+            ds = ds.expand_dims(dim)
+    if config.promoted:
+        along = config.concat_dims[0]
+        ds = ds.assign_coords(
+            {n: ds[n].expand_dims(along) for n in config.promoted if n in ds.coords}
+        )
+    return ds
 
 
 def _preprocess(ds: xr.Dataset, where: str, steps: Sequence[Preprocess]) -> xr.Dataset:

@@ -35,6 +35,7 @@ class BakeState:
     schema: DatasetSchema | None = None
     chunks: dict[str, int] = field(default_factory=dict)
     encoding: dict = field(default_factory=dict)
+    open: OpenConfig | None = None
     written: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +104,7 @@ class Plan:
         for schema in results:
             combiner.add(schema)
         state.schema = combiner.result()
+        state.open = replace(self.open, promoted=state.schema.promoted)
         state.chunks = resolve_chunks(state.schema, self.recipe.writer.target_chunks)
         state.encoding = zarr_writer.encodings(state.schema, state.chunks, self.recipe.writer)
         owners = {}
@@ -111,7 +113,7 @@ class Plan:
             owners.setdefault(group, item)
         attrs = {**state.schema.attrs, **self.recipe.writer.attrs}
         zarr_writer.write_template(
-            state.schema, self.target, state.encoding, self.open, owners, attrs
+            state.schema, self.target, state.encoding, state.open, owners, attrs
         )
 
     @property
@@ -127,14 +129,19 @@ class Plan:
         for region, variables in itertools.product(self._regions(schema, state.chunks), groups):
             variables = [v for v in variables if self._owns(schema, v, region)]
             if variables:
-                tasks.append(self._write_task(schema, region, variables))
+                tasks.append(self._write_task(schema, region, variables, state.open or self.open))
         return tasks
 
     def check_tasks(self, state: BakeState) -> list[CheckTask]:
         """The first and last inputs (every input's variables, all their steps)."""
         chosen = [self.inputs[i] for i in sample_positions(len(self.inputs))]
         return [
-            CheckTask(self.target, self.open, item, tuple(state.schema.region_of(item).items()))
+            CheckTask(
+                self.target,
+                state.open or self.open,
+                item,
+                tuple(state.schema.region_of(item).items()),
+            )
             for item in chosen
         ]
 
@@ -220,7 +227,7 @@ class Plan:
         dims = schema.variables[name].dims
         return all(region[d].start == 0 for d in region if d not in dims)
 
-    def _write_task(self, schema, region, variables) -> WriteTask:
+    def _write_task(self, schema, region, variables, opener: OpenConfig) -> WriteTask:
         owner = schema.owners[variables[0]]
         pieces = []
         for item in self.inputs:
@@ -231,7 +238,7 @@ class Plan:
                 pieces.append(piece)
         return WriteTask(
             target=self.target,
-            open=self.open,
+            open=opener,
             variables=tuple(variables),
             dims=tuple((v, schema.variables[v].dims) for v in variables),
             dtypes=tuple(schema.variables[v].dtype for v in variables),
@@ -282,6 +289,7 @@ def make_plan(
         file_type=recipe.file_type,
         xarray_open_kwargs=dict(recipe.opener.xarray_open_kwargs),
         preprocessors=recipe.preprocessors,
+        concat_dims=tuple(d.name for d in pattern.concat_dims),
     )
     writer = recipe.writer
     url = target_root.rstrip("/") + "/" + writer.store_name

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -38,9 +38,18 @@ class VarInfo:
     summary: str = ""
 
     def layout(self, concat: set[str]) -> tuple:
-        """What must agree between inputs: dims, dtype, static sizes and static values."""
+        """What must agree between inputs: dims, dtype, static sizes and static values.
+
+        Scalar coordinates may vary (GRIB's ``valid_time``): they are concatenated.
+        """
         static = tuple(n for d, n in zip(self.dims, self.shape, strict=True) if d not in concat)
-        return (self.dims, self.dtype, static, self.is_coord, self.fingerprint)
+        values = None if self.is_scalar_coord else self.fingerprint
+        return (self.dims, self.dtype, static, self.is_coord, values)
+
+    @property
+    def is_scalar_coord(self) -> bool:
+        """A 0-d coordinate."""
+        return self.is_coord and not self.dims
 
 
 @dataclass(frozen=True)
@@ -156,7 +165,7 @@ class DatasetSchema:
     counts: dict[str, list[int]]
     concat_values: dict[str, np.ndarray]
     owners: dict[str, int | None]
-    inputs: list[Input] = field(default_factory=list)
+    promoted: tuple[str, ...] = ()
     nbytes: int = 0
 
     def region_of(self, item: Input) -> dict[str, slice]:
@@ -183,6 +192,8 @@ class SchemaCombiner:
         self.values: dict[str, dict[int, tuple[np.ndarray, Input]]] = {d: {} for d in self.concat}
         self.attr_values: dict[tuple[str | None, str], Any] = {}
         self.conflicts: set[tuple[str | None, str]] = set()
+        self.scalars: dict[str, str | None] = {}
+        self.varying: set[str] = set()
         self.nbytes = 0
         self.n = 0
 
@@ -201,6 +212,9 @@ class SchemaCombiner:
         self._fold_attrs(None, schema.attrs)
         for name, info in schema.variables.items():
             self._fold_attrs(name, info.attrs)
+            if info.is_scalar_coord and self.concat:
+                if self.scalars.setdefault(name, info.fingerprint) != info.fingerprint:
+                    self.varying.add(name)
 
     def _fold_attrs(self, scope: str | None, attrs: dict[str, Any]) -> None:
         """Attributes that differ between inputs are dropped, as xarray's drop_conflicts does."""
@@ -244,6 +258,8 @@ class SchemaCombiner:
             dims[dim] = int(sum(counts[dim]))
             if self.values[dim]:
                 values[dim] = self._concat_values(dim)
+        for name in self.varying:
+            variables[name] = replace(variables[name], dims=(self.concat[0],), shape=(0,))
         for info in variables.values():
             for d, n in zip(info.dims, info.shape, strict=True):
                 dims.setdefault(d, n)
@@ -264,6 +280,7 @@ class SchemaCombiner:
             counts=counts,
             concat_values=values,
             owners=owners,
+            promoted=tuple(sorted(self.varying)),
             nbytes=self.nbytes,
         )
 

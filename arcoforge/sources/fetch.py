@@ -74,6 +74,9 @@ def _download(url: str, cache: Cache, config: FetchConfig) -> Path:
             return cache.store(url, tmp, sha)
         except Exception as exc:
             tmp.unlink(missing_ok=True)
+            # fsspec's HTTP size lookup raises FileNotFoundError(url) from any failure (401, 503...)
+            if isinstance(exc, FileNotFoundError) and isinstance(exc.__cause__, Exception):
+                exc = exc.__cause__
             if not _retryable(exc) or attempt >= config.retries:
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
                 raise SourceError(config.redact(f"{url}: {_describe(exc)}{tries}")) from None

@@ -341,3 +341,74 @@ def write_corrupt_file(path: str | Path, size: int = 4096, intact: int = 512) ->
     garbage = np.random.default_rng(0).integers(0, 256, size - len(head), dtype=np.uint8)
     path.write_bytes(head + garbage.tobytes())
     return path
+
+
+def write_grib_archive(
+    root: str | Path,
+    days: int = 3,
+    ny: int = 7,
+    nx: int = 12,
+    *,
+    steps_per_file: int = 2,
+    members: int = 0,
+    variables: tuple[str, ...] = ("2t", "msl"),
+) -> list[Path]:
+    """Write GRIB2 files of ``steps_per_file`` analysis times (every 12 h) each.
+
+    Each file holds one message per time, variable and (when ``members`` > 0) ensemble
+    member, on a regular lat/lon grid, written with eccodes and packed to 16 bits.
+    """
+    import eccodes
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    times = pd.date_range("2020-01-01", periods=days * 2, freq="12h")
+    synth = _Synth(ny, nx, seed=0)
+    paths = []
+    for first in range(0, len(times), steps_per_file):
+        path = root / f"analysis-{times[first]:%Y%m%d%H}.grib2"
+        with open(path, "wb") as out:
+            for time in times[first : first + steps_per_file]:
+                for number in range(members) if members else [None]:
+                    for name in variables:
+                        field = _grib_field(synth, name, time, number or 0)
+                        _write_message(eccodes, out, name, time, number, field)
+        paths.append(path)
+    return paths
+
+
+def _grib_field(synth: _Synth, name: str, time: pd.Timestamp, member: int) -> np.ndarray:
+    day = _Day(time.year, time.month, time.day, time.day_of_year)
+    base = synth.sst(day) + 0.5 * member + time.hour / 12
+    return (273.15 + base if name == "2t" else 101325.0 + 100 * base).astype(np.float64)
+
+
+def _write_message(eccodes, out, name: str, time: pd.Timestamp, number: int | None, field):
+    ny, nx = field.shape
+    gid = eccodes.codes_grib_new_from_samples("regular_ll_sfc_grib2")
+    try:
+        if number is not None:
+            eccodes.codes_set(gid, "productDefinitionTemplateNumber", 1)
+            eccodes.codes_set(gid, "typeOfEnsembleForecast", 3)
+            eccodes.codes_set(gid, "numberOfForecastsInEnsemble", 10)
+            eccodes.codes_set(gid, "perturbationNumber", number)
+        keys = {
+            "Ni": nx,
+            "Nj": ny,
+            "latitudeOfFirstGridPointInDegrees": 60.0,
+            "longitudeOfFirstGridPointInDegrees": 0.0,
+            "latitudeOfLastGridPointInDegrees": 60.0 - 2.0 * (ny - 1),
+            "longitudeOfLastGridPointInDegrees": 2.0 * (nx - 1),
+            "iDirectionIncrementInDegrees": 2.0,
+            "jDirectionIncrementInDegrees": 2.0,
+            "shortName": name,
+            "dataDate": int(f"{time:%Y%m%d}"),
+            "dataTime": int(f"{time:%H%M}"),
+            "bitsPerValue": 16,
+        }
+        for key, value in keys.items():
+            eccodes.codes_set(gid, key, value)
+        eccodes.codes_set_values(gid, np.nan_to_num(field, nan=float(np.nanmean(field))).ravel())
+        eccodes.codes_write(gid, out)
+    finally:
+        eccodes.codes_release(gid)
