@@ -84,13 +84,13 @@ def run_plan(plan: Plan, engine: Engine, reporter: Reporter) -> BakeResult:
         reporter.stage_done(stage.name, timings[stage.name])
     seconds = time.perf_counter() - started
     return BakeResult(
-        url=plan.target.url,
+        url=plan.url,
         inputs=len(plan.inputs),
         dims=dict(state.schema.dims),
         chunks=dict(state.chunks),
         bytes_in=state.schema.nbytes,
         bytes_decoded=state.written,
-        bytes_out=stored_bytes(plan.target.url, plan.target.storage_options),
+        bytes_out=stored_bytes(plan.url, plan.target.storage_options),
         seconds=seconds,
         stage_seconds=timings,
         stats=state.stats,

@@ -53,9 +53,15 @@ class Stage:
 
 @dataclass
 class Plan:
-    """Everything a bake of one recipe does, stage by stage."""
+    """Everything a bake of one recipe does, stage by stage.
+
+    Tasks write to ``target``, a staging store beside the final one; publishing moves it
+    to ``url``, so a failed bake never leaves a store that looks complete there and never
+    harms the store a previous bake published.
+    """
 
     recipe: Recipe
+    url: str
     target: Target
     open: OpenConfig
     inputs: list[Input]
@@ -91,7 +97,13 @@ class Plan:
                 check_input,
                 self.count_checked,
             ),
-            Stage("publish", "write consolidated metadata", _nothing, None, self.publish),
+            Stage(
+                "publish",
+                "consolidate metadata, move the store into place",
+                _nothing,
+                None,
+                self.publish,
+            ),
         ]
 
     def scan_tasks(self, state: BakeState) -> list[ScanTask]:
@@ -150,9 +162,10 @@ class Plan:
         state.stats["validated_inputs"] = len(list(results))
 
     def publish(self, state: BakeState, results: Iterable) -> None:
-        """Consolidate metadata once everything is written and checked."""
+        """Once everything is written and checked: consolidate, then move into place."""
         if self.recipe.writer.consolidated:
             zarr_writer.consolidate(self.target)
+        zarr_writer.publish(self.target, self.url)
 
     def count_written(self, state: BakeState, results: Iterable) -> None:
         """Add up what the write tasks report."""
@@ -292,10 +305,12 @@ def make_plan(
         concat_dims=tuple(d.name for d in pattern.concat_dims),
     )
     writer = recipe.writer
-    url = target_root.rstrip("/") + "/" + writer.store_name
+    root = target_root.rstrip("/")
+    staging = f"{root}/.{writer.store_name}.partial"
     return Plan(
         recipe=recipe,
-        target=Target(url, writer.zarr_format, storage_options),
+        url=f"{root}/{writer.store_name}",
+        target=Target(staging, writer.zarr_format, storage_options),
         open=config,
         inputs=list(pattern.inputs()),
         workers=workers,

@@ -212,9 +212,9 @@ class SchemaCombiner:
         self._fold_attrs(None, schema.attrs)
         for name, info in schema.variables.items():
             self._fold_attrs(name, info.attrs)
-            if info.is_scalar_coord and self.concat:
-                if self.scalars.setdefault(name, info.fingerprint) != info.fingerprint:
-                    self.varying.add(name)
+            first = self.scalars.setdefault(name, info.fingerprint)
+            if info.is_scalar_coord and self.concat and first != info.fingerprint:
+                self.varying.add(name)
 
     def _fold_attrs(self, scope: str | None, attrs: dict[str, Any]) -> None:
         """Attributes that differ between inputs are dropped, as xarray's drop_conflicts does."""

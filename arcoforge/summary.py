@@ -21,7 +21,7 @@ def describe_plan(plan: Plan) -> dict[str, Any]:
         {"stage": s.name, "tasks": len(s.items(state)), "what": s.description} for s in plan.stages
     ]
     return {
-        "target": plan.target.url,
+        "target": plan.url,
         "inputs": len(plan.inputs),
         "input_bytes_estimate": int(schema.nbytes),
         "output_bytes_decoded_estimate": int(decoded),

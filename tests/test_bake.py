@@ -211,3 +211,44 @@ def test_memory_budget_splits_static_dims(tmp_path, small_archive):
     with LocalEngine(workers=2) as engine:
         result = run_plan(plan, engine, Reporter())
     assert_same_as_sources(result.url, small_archive)
+
+
+class FailAfter:
+    """A preprocessing step that raises from its ``n``-th call on (calls counted in a file)."""
+
+    def __init__(self, counter, n):
+        self.counter, self.n = counter, n
+        self.__name__ = "fail_after"
+
+    def __call__(self, ds):
+        calls = int(self.counter.read_text() or 0) + 1 if self.counter.exists() else 1
+        self.counter.write_text(str(calls))
+        if calls >= self.n:
+            raise OSError("disk went away")
+        return ds
+
+
+def test_failed_bake_leaves_the_published_store_untouched(tmp_path, small_archive):
+    from arcoforge.errors import SourceError
+
+    good = bake(simple_recipe(small_archive), tmp_path / "out", workers=1)
+    before = xr.open_zarr(good.url).load()
+    pattern = pattern_from_file_sequence([str(p) for p in small_archive], "time", nitems_per_file=1)
+    # scan: 8 calls, template (lat, lon): 1 call; the write stage fails on its second input
+    failing = FailAfter(tmp_path / "calls", n=11)
+    recipe = (
+        pattern | OpenWithXarray() | failing | StoreToZarr("out.zarr", target_chunks={"time": 3})
+    )
+    with pytest.raises(
+        SourceError,
+        match="oisst-avhrr-v02r01.19810902.nc: preprocessing fail_after failed: OSError: disk went away",
+    ):
+        bake(recipe, tmp_path / "out", workers=1)
+    xr.testing.assert_identical(before, xr.open_zarr(good.url).load())
+    assert (tmp_path / "out" / ".out.zarr.partial").exists(), "the unfinished store is kept aside"
+
+
+def test_published_store_has_no_staging_left(tmp_path, small_archive):
+    result = bake(simple_recipe(small_archive), tmp_path / "out", workers=2)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["out.zarr"]
+    assert result.url == str(tmp_path / "out" / "out.zarr")

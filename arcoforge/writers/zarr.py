@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import fsspec
 import numpy as np
 import xarray as xr
 import zarr
@@ -223,10 +225,28 @@ def _read_piece(piece: Piece, task: WriteTask, arrays, dims, region) -> None:
 
 
 def consolidate(target: Target) -> None:
-    """Write consolidated metadata: the store is published."""
-    store = (
-        zarr.storage.FsspecStore.from_url(target.url, storage_options=target.storage_options)
-        if "://" in target.url and not target.url.startswith("file://")
-        else target.url.removeprefix("file://")
-    )
-    zarr.consolidate_metadata(store, zarr_format=target.zarr_format)
+    """Write consolidated metadata."""
+    zarr.consolidate_metadata(_store(target), zarr_format=target.zarr_format)
+
+
+def _store(target: Target):
+    if "://" in target.url and not target.url.startswith("file://"):
+        return zarr.storage.FsspecStore.from_url(target.url, storage_options=target.storage_options)
+    return target.url.removeprefix("file://")
+
+
+def publish(staging: Target, final_url: str) -> None:
+    """Move the finished store from its staging name to its final name.
+
+    On a local disk the new store replaces the old one by two renames, so readers see the
+    old store or the new one, never a mix; object stores copy, then delete.
+    """
+    fs, src = fsspec.core.url_to_fs(staging.url, **(staging.storage_options or {}))
+    _, dst = fsspec.core.url_to_fs(final_url, **(staging.storage_options or {}))
+    old = f"{dst}.replaced-{os.getpid()}"
+    had_old = fs.exists(dst)
+    if had_old:
+        fs.mv(dst, old, recursive=True)
+    fs.mv(src, dst, recursive=True)
+    if had_old:
+        fs.rm(old, recursive=True)
