@@ -8,10 +8,12 @@ the combined schema), so a stage gets them from the state.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from .chunking import resolve_chunks
@@ -74,41 +76,41 @@ class Plan:
 
     @property
     def stages(self) -> list[Stage]:
-        """scan -> write -> finalize."""
+        """scan -> write -> validate -> publish."""
         return [
             Stage(
-                "scan",
-                "open every input, check that they combine",
-                self.scan_tasks,
-                scan_input,
-                self.combine,
+                name="scan",
+                description="open every input, check that they combine",
+                items=self.scan_tasks,
+                func=scan_input,
+                reduce=self.combine,
             ),
             Stage(
-                "write",
-                "write chunk regions from their inputs",
-                self.write_tasks,
-                zarr_writer.write_region,
-                self.count_written,
+                name="write",
+                description="write chunk regions from their inputs",
+                items=self.write_tasks,
+                func=zarr_writer.write_region,
+                reduce=self.count_written,
             ),
             Stage(
-                "validate",
-                "compare a sample of inputs with the store",
-                self.check_tasks,
-                check_input,
-                self.count_checked,
+                name="validate",
+                description="compare a sample of inputs with the store",
+                items=self.check_tasks,
+                func=check_input,
+                reduce=self.count_checked,
             ),
             Stage(
-                "publish",
-                "consolidate metadata, move the store into place",
-                _nothing,
-                None,
-                self.publish,
+                name="publish",
+                description="consolidate metadata, move the store into place",
+                items=_nothing,
+                func=None,
+                reduce=self.publish,
             ),
         ]
 
     def scan_tasks(self, state: BakeState) -> list[ScanTask]:
         """One task per input."""
-        return [ScanTask(item, self.open, self.concat_dims) for item in self.inputs]
+        return [ScanTask(item, self.open) for item in self.inputs]
 
     def combine(self, state: BakeState, results: Iterable) -> None:
         """Fold input schemas into the dataset schema, choose chunks and write the template."""
@@ -235,6 +237,21 @@ class Plan:
                 size += nbytes
         return groups
 
+    def _inputs_along(self, schema: DatasetSchema, span: slice) -> Iterator[Input]:
+        """Inputs whose steps along the first concat dim meet ``span`` (found by bisection)."""
+        offsets = schema.offsets[self.concat_dims[0]]
+        first = bisect.bisect_right(offsets, span.start) - 1
+        last = bisect.bisect_left(offsets, span.stop)
+        for position in range(max(first, 0), last):
+            yield from self._by_position[position]
+
+    @cached_property
+    def _by_position(self) -> dict[int, list[Input]]:
+        grouped: dict[int, list[Input]] = {}
+        for item in self.inputs:
+            grouped.setdefault(item.pos(self.concat_dims[0]), []).append(item)
+        return grouped
+
     def _owns(self, schema: DatasetSchema, name: str, region: dict[str, slice]) -> bool:
         """A variable is written by the region's tasks only once per block of dims it lacks."""
         dims = schema.variables[name].dims
@@ -243,7 +260,7 @@ class Plan:
     def _write_task(self, schema, region, variables, opener: OpenConfig) -> WriteTask:
         owner = schema.owners[variables[0]]
         pieces = []
-        for item in self.inputs:
+        for item in self._inputs_along(schema, region[self.concat_dims[0]]):
             if self.merge_dim and item.pos(self.merge_dim) != owner:
                 continue
             piece = _overlap(schema.region_of(item), region, item)
@@ -326,7 +343,7 @@ def estimate(plan: Plan) -> BakeState:
     firsts: dict[int | None, Input] = {}
     for item in plan.inputs:
         firsts.setdefault(item.pos(plan.merge_dim) if plan.merge_dim else None, item)
-    scanned = {g: scan_input(ScanTask(i, plan.open, plan.concat_dims)) for g, i in firsts.items()}
+    scanned = {g: scan_input(ScanTask(i, plan.open)) for g, i in firsts.items()}
     nitems = {d.name: d.nitems_per_file for d in plan.recipe.pattern.concat_dims}
     combiner = SchemaCombiner(plan.recipe.pattern)
     for item in plan.inputs:

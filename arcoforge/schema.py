@@ -74,7 +74,6 @@ class ScanTask:
 
     input: Input
     open: OpenConfig
-    concat_dims: tuple[str, ...]
 
 
 def scan_input(task: ScanTask) -> InputSchema:
@@ -83,7 +82,7 @@ def scan_input(task: ScanTask) -> InputSchema:
     if task.open.file_type != "zarr":
         nbytes = os.path.getsize(local_copy(task.input.url, task.open.fetch))
     with open_input(task.input.url, task.open) as ds:
-        return describe_input(ds, task.input, task.concat_dims, nbytes, task.open.redact)
+        return describe_input(ds, task.input, task.open.concat_dims, nbytes, task.open.redact)
 
 
 def describe_input(
