@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
 _SECRET_KEYS = re.compile(r"pass|secret|token|key|auth|credential|signature", re.IGNORECASE)
@@ -33,18 +33,21 @@ def _walk(obj, key: str = "") -> Iterable[tuple[str, str]]:
     if isinstance(obj, Mapping):
         for k, v in obj.items():
             yield from _walk(v, str(k))
+    elif hasattr(obj, "password") and isinstance(obj.password, str):
+        yield "password", obj.password
     elif isinstance(obj, list | tuple):
         for v in obj:
             yield from _walk(v, key)
     elif isinstance(obj, str):
         yield key, obj
-    elif hasattr(obj, "password") and isinstance(obj.password, str):
-        yield "password", obj.password
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Replace every secret value and any ``user:password@`` in ``text`` with ``***``."""
     text = _USERINFO.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
-    for value in sorted(set(secrets), key=len, reverse=True):
-        text = text.replace(value, MASK)
+    forms = {
+        form for value in secrets for form in (value, quote_plus(value), quote(value, safe=""))
+    }
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, MASK)
     return text

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 import cloudpickle
 
+from ..errors import ArcoforgeError, one_line
 from .base import Engine
 
 
@@ -60,4 +62,17 @@ class LocalEngine(Engine):
 
 def _call(payload: bytes) -> Any:
     func, item = cloudpickle.loads(payload)
-    return func(item)
+    try:
+        return func(item)
+    except Exception as exc:
+        raise portable(exc) from None
+
+
+def portable(exc: Exception) -> Exception:
+    """``exc`` without its chain, or as a one-line error if it cannot cross processes."""
+    exc.__context__ = exc.__cause__ = None
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return ArcoforgeError(one_line(exc))
+    return exc

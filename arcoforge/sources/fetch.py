@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import random
 import time
@@ -105,7 +106,8 @@ def _fs_options(url: str, config: FetchConfig) -> dict:
         user, password = options.pop("username", None), options.pop("password", None)
         client = dict(options.pop("client_kwargs", {}))
         if user is not None:
-            client.setdefault("auth", aiohttp.BasicAuth(user, password or ""))
+            token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+            options["headers"] = {"Authorization": f"Basic {token}", **options.get("headers", {})}
         client.setdefault(
             "timeout",
             aiohttp.ClientTimeout(sock_connect=config.timeout, sock_read=config.timeout),

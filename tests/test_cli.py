@@ -1,0 +1,288 @@
+"""The ``arcoforge`` command, run as a real subprocess: init, lint, bake, demo, help."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import xarray as xr
+import yaml
+from conftest import assert_same_as_sources
+
+TIMEOUT = 120
+NAME = "sst-feed"
+
+
+def arcoforge(*args, cwd: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ``python -m arcoforge.cli ARGS`` in ``cwd``; wide, colourless output."""
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    return subprocess.run(
+        [sys.executable, "-m", "arcoforge.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def error_line(proc: subprocess.CompletedProcess, rc: int | None = None) -> str:
+    """The one ``error:`` line of a failed run (and no traceback)."""
+    assert proc.returncode != 0, proc.stdout
+    if rc is not None:
+        assert proc.returncode == rc, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1] == errors[0]
+    return errors[0]
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def sources(feedstock: Path) -> list[Path]:
+    return sorted((feedstock / "sample-data").glob("*.nc"))
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A feedstock written by ``arcoforge init`` (copy it before changing it)."""
+    root = tmp_path_factory.mktemp("init")
+    proc = ok(arcoforge("init", NAME, cwd=root))
+    assert f"arcoforge lint {NAME}" in proc.stdout
+    return root / NAME
+
+
+@pytest.fixture
+def feedstock(template, tmp_path) -> Path:
+    """A private copy of the template feedstock under ``tmp_path``."""
+    return Path(shutil.copytree(template, tmp_path / NAME))
+
+
+# -- init, lint, bake ----------------------------------------------------------------
+
+
+def test_init_writes_a_feedstock_that_lints_and_bakes(feedstock, tmp_path):
+    assert {p.name for p in feedstock.iterdir()} >= {"meta.yaml", "recipe.py", "sample-data"}
+    assert len(sources(feedstock)) == 4
+
+    lint = ok(arcoforge("lint", NAME, cwd=tmp_path))
+    assert "ok  meta.yaml" in lint.stdout and f"recipe {NAME}: 4 inputs" in lint.stdout
+
+    baked = ok(arcoforge("bake", NAME, "--target-root", "out", "--workers", "2", cwd=tmp_path))
+    store = tmp_path / "out" / f"{NAME}.zarr"
+    assert str(store) in baked.stdout
+    out, _ = assert_same_as_sources(str(store), sources(feedstock))
+    assert dict(out.sizes) == {"time": 4, "lat": 36, "lon": 72}
+    # only the published store is left under the target root
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{NAME}.zarr"]
+
+
+def test_init_refuses_a_folder_that_is_not_empty(feedstock, tmp_path):
+    line = error_line(arcoforge("init", NAME, cwd=tmp_path), rc=1)
+    assert NAME in line and "already exists" in line and "--force" in line
+
+
+def test_bake_prune_with_json_lines(feedstock, tmp_path):
+    proc = ok(
+        arcoforge(
+            "bake",
+            NAME,
+            "--target-root",
+            "out",
+            "--prune",
+            "2",
+            "--json",
+            "--workers",
+            "1",
+            cwd=tmp_path,
+        )
+    )
+    events = json_lines(proc.stdout)
+    summary = events[-1]
+    assert summary["event"] == "summary" and summary["recipe"] == NAME
+    kept = sources(feedstock)[:2]
+    store = tmp_path / "out" / f"{NAME}.zarr"
+    out, src = assert_same_as_sources(str(store), kept)
+    assert summary["url"] == str(store)
+    assert summary["inputs"] == 2
+    assert summary["dims"] == {"time": 2, "lat": 36, "lon": 72} == dict(out.sizes)
+    assert summary["bytes_in"] == sum(p.stat().st_size for p in kept)
+    assert summary["bytes_decoded"] == sum(v.nbytes for v in src.data_vars.values())
+    assert summary["validated_inputs"] == 2
+    started = {e["stage"]: e["tasks"] for e in events if e["event"] == "stage_started"}
+    assert list(started) == ["scan", "write", "validate", "publish"]
+    assert started["scan"] == 2
+    done = {e["stage"]: e["done"] for e in events if e["event"] == "task_done"}
+    assert all(done.get(stage, 0) == n for stage, n in started.items())
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(feedstock, tmp_path):
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    table = ok(arcoforge("bake", NAME, "--target-root", "out", "--dry-run", cwd=tmp_path))
+    for stage, tasks in [("scan", 4), ("write", None), ("validate", 2), ("publish", 0)]:
+        row = re.search(rf"^\W*{stage}\W+(\d+)\b", table.stdout, re.MULTILINE)
+        assert row, f"{stage} missing from\n{table.stdout}"
+        if tasks is not None:
+            assert int(row.group(1)) == tasks, table.stdout
+    assert "time=4 lat=36 lon=72" in table.stdout
+
+    plan = json_lines(
+        ok(
+            arcoforge("bake", NAME, "--target-root", "out", "--dry-run", "--json", cwd=tmp_path)
+        ).stdout
+    )
+    assert [e["event"] for e in plan] == ["plan"]
+    info = plan[0]
+    assert info["inputs"] == 4 and info["dims"] == {"time": 4, "lat": 36, "lon": 72}
+    tasks = {s["stage"]: s["tasks"] for s in info["stages"]}
+    assert list(tasks) == ["scan", "write", "validate", "publish"]
+    assert tasks["scan"] == 4 and tasks["write"] >= 1 and tasks["publish"] == 0
+    assert info["variables"] == ["anom", "err", "ice", "lat", "lon", "sst", "time"]
+
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not (tmp_path / "out").exists()
+
+
+# -- config files --------------------------------------------------------------------
+
+
+def test_config_file_sets_target_root_workers_and_prune(feedstock, tmp_path):
+    config = tmp_path / "bake.yaml"
+    config.write_text(
+        yaml.safe_dump({"target_root": str(tmp_path / "cfg-out"), "workers": 2, "prune": 3})
+    )
+    proc = ok(arcoforge("bake", NAME, "--config", config, "--json", cwd=tmp_path))
+    summary = json_lines(proc.stdout)[-1]
+    store = tmp_path / "cfg-out" / f"{NAME}.zarr"
+    assert summary["url"] == str(store) and summary["inputs"] == 3
+    assert_same_as_sources(str(store), sources(feedstock)[:3])
+
+
+def test_config_file_with_an_unknown_key_fails_naming_it(feedstock, tmp_path):
+    config = tmp_path / "bake.yaml"
+    config.write_text("target_root: out\nwrokers: 2\n")
+    line = error_line(arcoforge("bake", NAME, "--config", config, cwd=tmp_path), rc=1)
+    assert "bake.yaml" in line and "wrokers" in line
+    assert not (tmp_path / "out").exists()
+
+
+# -- broken feedstocks ---------------------------------------------------------------
+
+
+def drop_provenance(folder: Path) -> tuple[str, ...]:
+    meta = yaml.safe_load((folder / "meta.yaml").read_text())
+    del meta["provenance"]
+    (folder / "meta.yaml").write_text(yaml.safe_dump(meta))
+    return ("meta.yaml", "provenance", "required")
+
+
+def break_yaml(folder: Path) -> tuple[str, ...]:
+    path = folder / "meta.yaml"
+    lines = path.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.lstrip().startswith("- id:"))
+    lines.insert(at + 1, "   object: misindented")
+    path.write_text("\n".join(lines) + "\n")
+    return ("meta.yaml", f"line {at + 2}", "not valid YAML")
+
+
+def name_missing_object(folder: Path) -> tuple[str, ...]:
+    meta = yaml.safe_load((folder / "meta.yaml").read_text())
+    meta["recipes"][0]["object"] = "recipe:no_such_recipe"
+    (folder / "meta.yaml").write_text(yaml.safe_dump(meta))
+    return ("recipe.py", "no object 'no_such_recipe'", NAME)
+
+
+def break_recipe_syntax(folder: Path) -> tuple[str, ...]:
+    path = folder / "recipe.py"
+    lines = path.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("def make_url"))
+    lines[at] = "def make_url(time:"
+    path.write_text("\n".join(lines) + "\n")
+    return ("recipe.py", f"line {at + 1}", "SyntaxError")
+
+
+BREAKAGES = [drop_provenance, break_yaml, name_missing_object, break_recipe_syntax]
+
+
+@pytest.mark.parametrize("command", ["lint", "bake"])
+@pytest.mark.parametrize("breakage", BREAKAGES, ids=lambda f: f.__name__)
+def test_broken_feedstock_gives_one_error_line(feedstock, tmp_path, breakage, command):
+    needles = breakage(feedstock)
+    extra = ["--target-root", "out"] if command == "bake" else []
+    line = error_line(arcoforge(command, NAME, *extra, cwd=tmp_path), rc=1)
+    for needle in needles:
+        assert needle in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_debug_shows_the_traceback(feedstock, tmp_path):
+    needles = break_recipe_syntax(feedstock)
+    proc = arcoforge("lint", NAME, "--debug", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last.startswith("error:") and all(n in last for n in needles)
+
+
+def test_bake_failure_names_the_missing_file(feedstock, tmp_path):
+    recipe = feedstock / "recipe.py"
+    recipe.write_text(recipe.read_text().replace("periods=4", "periods=5"))
+    ok(arcoforge("lint", NAME, cwd=tmp_path))  # the recipe itself is fine
+    proc = arcoforge("bake", NAME, "--target-root", "out", "--workers", "2", cwd=tmp_path)
+    line = error_line(proc, rc=1)
+    assert "sample-data/oisst-avhrr-v02r01.19810905.nc" in line and "not found" in line
+    assert not (tmp_path / "out" / f"{NAME}.zarr").exists()
+
+
+# -- demo and help -------------------------------------------------------------------
+
+
+def test_demo_bakes_a_served_archive(tmp_path):
+    folder = tmp_path / "demo"
+    proc = ok(arcoforge("demo", "--dir", folder, "--days", "3", "--workers", "2", cwd=tmp_path))
+    assert "http://127.0.0.1:" in proc.stdout and "checked: all 3 days" in proc.stdout
+    paths = sorted((folder / "source").glob("*.nc"))
+    assert len(paths) == 3
+    out, _ = assert_same_as_sources(str(folder / "oisst.zarr"), paths)
+    assert dict(out.sizes) == {"time": 3, "lat": 360, "lon": 720}
+    with xr.open_dataset(paths[0]) as first:
+        assert out.sst.attrs["units"] == first.sst.attrs["units"]
+
+
+def test_help_explains_commands_and_options(tmp_path):
+    script = Path(sys.executable).parent / "arcoforge"
+    assert script.exists(), "the console script is installed beside the interpreter"
+    top = ok(subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)).stdout
+    assert top == ok(arcoforge("--help", cwd=tmp_path)).stdout.replace(
+        "python -m arcoforge.cli", "arcoforge"
+    )
+    for command in ("init", "lint", "bake", "demo"):
+        assert re.search(rf"^\s+{command}\s+\S", top, re.MULTILINE), top
+    bake_help = ok(arcoforge("bake", "--help", cwd=tmp_path)).stdout
+    assert "Usage:" in bake_help and "FEEDSTOCK" in bake_help
+    for option in (
+        "--target-root",
+        "--cache",
+        "--recipe",
+        "--workers",
+        "--prune",
+        "--config",
+        "--dry-run",
+        "--json",
+        "--debug",
+    ):
+        assert re.search(rf"^\s+{option}\b.*\w", bake_help, re.MULTILINE), option
