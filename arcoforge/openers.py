@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import xarray as xr
 
 from .errors import ArcoforgeError, SourceError, one_line
@@ -95,3 +96,67 @@ def _preprocess(ds: xr.Dataset, where: str, steps: Sequence[Preprocess]) -> xr.D
         if not isinstance(ds, xr.Dataset):
             raise SourceError(f"{where}: preprocessing {step.name} returned {type(ds).__name__}")
     return ds
+
+
+def read_variables(
+    url: str, config: OpenConfig, wanted: dict[str, dict[str, slice]]
+) -> dict[str, np.ndarray]:
+    """Decoded values of the ``wanted`` variables of one input, each sliced by dim name.
+
+    netCDF and HDF5 inputs without preprocessing are read with the netCDF4 library and
+    decoded by xarray's CF decoder, three times faster than through ``open_dataset``;
+    everything else goes through :func:`open_input`.
+    """
+    where = config.redact(url)
+    if _direct(config):
+        with _netcdf(local_copy(url, config.fetch), where) as nc:
+            return {n: _read(nc.variables.get(n), n, sel, where) for n, sel in wanted.items()}
+    with open_input(url, config) as ds:
+        return {n: _read(ds.variables.get(n), n, sel, where) for n, sel in wanted.items()}
+
+
+def _direct(config: OpenConfig) -> bool:
+    return (
+        config.file_type in ("netcdf4", "hdf5", "netcdf3")
+        and not config.preprocessors
+        and not config.xarray_open_kwargs
+        and not config.promoted
+    )
+
+
+@contextmanager
+def _netcdf(path: str, where: str):
+    import netCDF4
+
+    try:
+        nc = netCDF4.Dataset(path)
+    except Exception as exc:
+        raise SourceError(f"{where}: cannot open: {one_line(exc)}") from None
+    try:
+        nc.set_auto_maskandscale(False)
+        yield nc
+    finally:
+        nc.close()
+
+
+def _read(var, name: str, sel: dict[str, slice], where: str) -> np.ndarray:
+    if var is None:
+        raise SourceError(f"{where}: variable {name!r} is missing")
+    try:
+        if isinstance(var, xr.Variable):
+            return var.transpose(*sel).isel(sel).values
+        return _decode_netcdf(var, name, sel)
+    except ArcoforgeError:
+        raise
+    except Exception as exc:
+        raise SourceError(f"{where}: reading {name!r} failed: {one_line(exc)}") from None
+
+
+def _decode_netcdf(var, name: str, sel: dict[str, slice]) -> np.ndarray:
+    dims = tuple(var.dimensions)
+    if set(dims) != set(sel):
+        raise ValueError(f"dims {dims} differ from the scanned {tuple(sel)}")
+    raw = var[tuple(sel[d] for d in dims)]
+    attrs = {k: var.getncattr(k) for k in var.ncattrs()}
+    decoded = xr.conventions.decode_cf_variable(name, xr.Variable(dims, np.asarray(raw), attrs))
+    return decoded.transpose(*sel).values

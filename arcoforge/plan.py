@@ -27,7 +27,7 @@ from .validate import CheckTask, check_input, sample_positions
 from .writers import zarr as zarr_writer
 from .writers.zarr import Piece, Target, WriteTask
 
-DEFAULT_TASK_BYTES = 1 << 29
+DEFAULT_TASK_BYTES = 1 << 27
 
 
 @dataclass

@@ -13,8 +13,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ..errors import ArcoforgeError, SourceError, one_line
-from ..openers import OpenConfig, open_input
+from ..errors import ArcoforgeError
+from ..openers import OpenConfig, open_input, read_variables
 from ..patterns import Input
 from ..recipe import StoreToZarr
 from ..schema import DatasetSchema, VarInfo
@@ -208,20 +208,9 @@ def write_region(task: WriteTask) -> dict[str, int]:
 
 def _read_piece(piece: Piece, task: WriteTask, arrays, dims, region) -> None:
     source, dest = dict(piece.source), dict(piece.dest)
-    with open_input(piece.input.url, task.open) as ds:
-        for name, array in arrays.items():
-            if name not in ds.variables:
-                raise SourceError(
-                    f"{task.open.redact(piece.input.url)}: variable {name!r} is missing"
-                )
-            var = ds.variables[name]
-            sel = {d: source.get(d, region[d]) for d in dims[name]}
-            try:
-                values = var.transpose(*dims[name]).isel(sel).values
-                array[tuple(dest.get(d, slice(None)) for d in dims[name])] = values
-            except Exception as exc:
-                where = task.open.redact(piece.input.url)
-                raise SourceError(f"{where}: reading {name!r} failed: {one_line(exc)}") from None
+    wanted = {n: {d: source.get(d, region[d]) for d in dims[n]} for n in arrays}
+    for name, values in read_variables(piece.input.url, task.open, wanted).items():
+        arrays[name][tuple(dest.get(d, slice(None)) for d in dims[name])] = values
 
 
 def consolidate(target: Target) -> None:
