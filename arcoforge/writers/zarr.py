@@ -99,36 +99,49 @@ def write_template(
     inputs_by_owner: Mapping[int | None, Input],
     attrs: Mapping[str, Any],
 ) -> None:
-    """Write all metadata, the concat-dim coordinates and every static variable."""
-    import dask.array as da
+    """Write all metadata, the concat-dim coordinates and every static variable.
 
-    variables = {}
-    static = [n for n, v in schema.variables.items() if not set(v.dims) & set(schema.concat_dims)]
+    xarray writes the variables that grow along concat dims with length 0 there (so no
+    data is touched and their CF attributes are xarray's own); they are then resized to
+    their full shape, and the concat-dim coordinates are added with their values.
+    """
+    concat = set(schema.concat_dims)
+    variables, coords = {}, {}
     for name, info in schema.variables.items():
         if name in schema.concat_values:
-            data = schema.concat_values[name]
-        elif name in static:
-            continue
-        else:
-            data = da.empty(info.shape, dtype=info.dtype, chunks=encoding[name]["chunks"])
-        variables[name] = xr.Variable(info.dims, data, info.attrs)
+            coords[name] = xr.Variable(info.dims, schema.concat_values[name], info.attrs)
+        elif set(info.dims) & concat:
+            empty = [0 if d in concat else n for d, n in zip(info.dims, info.shape, strict=True)]
+            variables[name] = xr.Variable(info.dims, np.empty(empty, info.dtype), info.attrs)
+    variables.update(_static_variables(schema, open_config, inputs_by_owner))
+    names = [n for n, v in schema.variables.items() if v.is_coord and n in variables]
+    _to_zarr(xr.Dataset(variables, attrs=dict(attrs)).set_coords(names), target, encoding, "w")
+    group = zarr.open_group(_store(target), mode="r+", zarr_format=target.zarr_format)
+    for name in variables:
+        if set(schema.variables[name].dims) & concat:
+            group[name].resize(schema.variables[name].shape)
+    _to_zarr(xr.Dataset(coords=coords, attrs=dict(attrs)), target, encoding, "a")
+
+
+def _static_variables(schema: DatasetSchema, open_config: OpenConfig, inputs_by_owner) -> dict:
+    """Variables without concat dims, read from the first input that holds them."""
+    static = [n for n, v in schema.variables.items() if not set(v.dims) & set(schema.concat_dims)]
+    out = {}
     for owner in {schema.owners[n] for n in static}:
         with open_input(inputs_by_owner[owner].url, open_config) as ds:
-            for name in static:
-                if schema.owners[name] == owner:
-                    var = ds.variables[name]
-                    variables[name] = xr.Variable(
-                        var.dims, var.values, schema.variables[name].attrs
-                    )
-    coords = [n for n, v in schema.variables.items() if v.is_coord]
-    ds = xr.Dataset(variables, attrs=dict(attrs)).set_coords(coords)
+            for name in (n for n in static if schema.owners[n] == owner):
+                var = ds.variables[name]
+                out[name] = xr.Variable(var.dims, var.values, schema.variables[name].attrs)
+    return out
+
+
+def _to_zarr(ds: xr.Dataset, target: Target, encoding: dict, mode: str) -> None:
     ds.to_zarr(
         target.url,
-        mode="w",
-        compute=False,
+        mode=mode,
         consolidated=False,
         zarr_format=target.zarr_format,
-        encoding=encoding,
+        encoding={n: e for n, e in encoding.items() if n in ds.variables},
         storage_options=target.storage_options,
     )
 
