@@ -15,6 +15,7 @@ from typing import Any
 import fsspec
 
 from .engines import Engine, get_engine
+from .openers import preload
 from .plan import BakeState, Plan, make_plan
 from .progress import Reporter
 from .recipe import Recipe
@@ -64,6 +65,7 @@ def bake(
     reporter = reporter or Reporter()
     with _cache_for(recipe, cache) as cache_dir:
         plan = make_plan(recipe, normalize_root(target_root), cache=cache_dir, workers=workers)
+        preload(plan.open)
         runner = get_engine(engine, workers=workers) if isinstance(engine, str) else engine
         with runner:
             return run_plan(plan, runner, reporter)

@@ -39,6 +39,13 @@ class OpenConfig:
         return self.fetch.redact(text)
 
 
+def preload(config: OpenConfig) -> None:
+    """Import the backends a bake will use, once, before worker processes are forked."""
+    xr.backends.list_engines()
+    if config.file_type in ("netcdf4", "hdf5", "netcdf3"):
+        import netCDF4  # noqa: F401
+
+
 @contextmanager
 def open_input(url: str, config: OpenConfig) -> Iterator[xr.Dataset]:
     """Open ``url`` as a lazy Dataset with preprocessing applied; close it afterwards."""
