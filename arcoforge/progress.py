@@ -47,7 +47,8 @@ class JsonReporter(Reporter):
 
 
 class RichReporter(Reporter):
-    """A progress bar per stage on the terminal."""
+    """A progress bar per stage on the terminal, cleared when the bake ends (the summary
+    table, or the one-line error, takes its place)."""
 
     def __init__(self, console=None):
         from rich.progress import (
@@ -64,7 +65,7 @@ class RichReporter(Reporter):
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
-            transient=False,
+            transient=True,
         )
         self.tasks: dict[str, Any] = {}
         self.progress.start()

@@ -176,15 +176,6 @@ class WriteTask:
     region: tuple[tuple[str, slice], ...]
     pieces: tuple[Piece, ...]
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of decoded data this task holds in memory."""
-        region = dict(self.region)
-        return sum(
-            np.dtype(t).itemsize * int(np.prod([_len(region[d]) for d in dims]))
-            for (_, dims), t in zip(self.dims, self.dtypes, strict=True)
-        )
-
 
 def _len(s: slice) -> int:
     return s.stop - s.start
