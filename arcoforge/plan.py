@@ -23,7 +23,7 @@ from .recipe import Recipe
 from .schema import DatasetSchema, ScanTask, SchemaCombiner, scan_input
 from .secrets import secret_values
 from .sources import FetchConfig
-from .validate import CheckTask, check_input, sample_positions
+from .validate import CheckTask, sample_positions
 from .writers import zarr as zarr_writer
 from .writers.zarr import Piece, Target, WriteTask
 
@@ -76,7 +76,7 @@ class Plan:
 
     @property
     def stages(self) -> list[Stage]:
-        """scan -> write -> validate -> publish."""
+        """scan -> write (and validate) -> publish."""
         return [
             Stage(
                 name="scan",
@@ -87,17 +87,10 @@ class Plan:
             ),
             Stage(
                 name="write",
-                description="write chunk regions from their inputs",
+                description="write chunk regions from their inputs, check sample inputs",
                 items=self.write_tasks,
                 func=zarr_writer.write_region,
                 reduce=self.count_written,
-            ),
-            Stage(
-                name="validate",
-                description="compare a sample of inputs with the store",
-                items=self.check_tasks,
-                func=check_input,
-                reduce=self.count_checked,
             ),
             Stage(
                 name="publish",
@@ -146,23 +139,6 @@ class Plan:
                 tasks.append(self._write_task(schema, region, variables, state.open or self.open))
         return tasks
 
-    def check_tasks(self, state: BakeState) -> list[CheckTask]:
-        """The first and last inputs (every input's variables, all their steps)."""
-        chosen = [self.inputs[i] for i in sample_positions(len(self.inputs))]
-        return [
-            CheckTask(
-                self.target,
-                state.open or self.open,
-                item,
-                tuple(state.schema.region_of(item).items()),
-            )
-            for item in chosen
-        ]
-
-    def count_checked(self, state: BakeState, results: Iterable) -> None:
-        """Record how many inputs were compared value for value."""
-        state.stats["validated_inputs"] = len(list(results))
-
     def publish(self, state: BakeState, results: Iterable) -> None:
         """Once everything is written and checked: consolidate, then move into place."""
         if self.recipe.writer.consolidated:
@@ -171,8 +147,11 @@ class Plan:
 
     def count_written(self, state: BakeState, results: Iterable) -> None:
         """Add up what the write tasks report."""
+        checked = set()
         for result in results:
             state.written += result["bytes"]
+            checked.update(result["checked"])
+        state.stats["validated_inputs"] = len(checked)
 
     def _regions(self, schema: DatasetSchema, chunks: dict[str, int]) -> list[dict[str, slice]]:
         blocks = {}
@@ -259,13 +238,15 @@ class Plan:
 
     def _write_task(self, schema, region, variables, opener: OpenConfig) -> WriteTask:
         owner = schema.owners[variables[0]]
-        pieces = []
+        pieces, checks = [], []
         for item in self._inputs_along(schema, region[self.concat_dims[0]]):
             if self.merge_dim and item.pos(self.merge_dim) != owner:
                 continue
             piece = _overlap(schema.region_of(item), region, item)
             if piece is not None:
                 pieces.append(piece)
+                if item in self._samples:
+                    checks.append(self._check(piece, region, variables, opener))
         return WriteTask(
             target=self.target,
             open=opener,
@@ -274,7 +255,30 @@ class Plan:
             dtypes=tuple(schema.variables[v].dtype for v in variables),
             region=tuple(region.items()),
             pieces=tuple(pieces),
+            checks=tuple(checks),
         )
+
+    @cached_property
+    def _samples(self) -> set[Input]:
+        """The inputs compared value for value with the store: the first and the last."""
+        return {self.inputs[i] for i in sample_positions(len(self.inputs))}
+
+    def _check(self, piece: Piece, region, variables, opener: OpenConfig) -> CheckTask:
+        source, dest = dict(piece.source), dict(piece.dest)
+        store = {d: _shift(dest[d], region[d].start) if d in dest else s for d, s in region.items()}
+        source = {d: source.get(d, s) for d, s in region.items()}
+        return CheckTask(
+            self.target,
+            opener,
+            piece.input,
+            tuple(source.items()),
+            tuple(store.items()),
+            tuple(variables),
+        )
+
+
+def _shift(s: slice, by: int) -> slice:
+    return slice(s.start + by, s.stop + by)
 
 
 def _nothing(state: BakeState) -> list:

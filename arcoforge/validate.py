@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -10,7 +11,6 @@ import xarray as xr
 from .errors import ValidationError
 from .openers import OpenConfig, open_input
 from .patterns import Input
-from .writers.zarr import Target
 
 
 def sample_positions(n: int, k: int = 2) -> list[int]:
@@ -22,12 +22,14 @@ def sample_positions(n: int, k: int = 2) -> list[int]:
 
 @dataclass(frozen=True)
 class CheckTask:
-    """Compare one input, read directly, with the region of the store it fills."""
+    """Compare ``variables`` of part of one input, opened by xarray, with the store."""
 
-    target: Target
+    target: Any
     open: OpenConfig
     input: Input
-    region: tuple[tuple[str, slice], ...]
+    source: tuple[tuple[str, slice], ...]
+    store: tuple[tuple[str, slice], ...]
+    variables: tuple[str, ...]
 
 
 def check_input(task: CheckTask) -> str:
@@ -35,11 +37,16 @@ def check_input(task: CheckTask) -> str:
     out = open_store(task.target)
     try:
         with open_input(task.input.url, task.open) as src:
+            names = [n for n in task.variables if n in src.variables]
             where = task.open.redact(task.input.url)
-            compare(src, out.isel(dict(task.region)), where)
+            compare(_isel(src[names], task.source), _isel(out, task.store), where)
     finally:
         out.close()
     return task.input.url
+
+
+def _isel(ds: xr.Dataset, sel) -> xr.Dataset:
+    return ds.isel({d: s for d, s in sel if d in ds.dims})
 
 
 def open_store(target) -> xr.Dataset:

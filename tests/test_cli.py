@@ -124,7 +124,7 @@ def test_bake_prune_with_json_lines(feedstock, tmp_path):
     assert summary["bytes_decoded"] == sum(v.nbytes for v in src.data_vars.values())
     assert summary["validated_inputs"] == 2
     started = {e["stage"]: e["tasks"] for e in events if e["event"] == "stage_started"}
-    assert list(started) == ["scan", "write", "validate", "publish"]
+    assert list(started) == ["scan", "write", "publish"]
     assert started["scan"] == 2
     done = {e["stage"]: e["done"] for e in events if e["event"] == "task_done"}
     assert all(done.get(stage, 0) == n for stage, n in started.items())
@@ -133,7 +133,7 @@ def test_bake_prune_with_json_lines(feedstock, tmp_path):
 def test_dry_run_prints_the_plan_and_writes_nothing(feedstock, tmp_path):
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     table = ok(arcoforge("bake", NAME, "--target-root", "out", "--dry-run", cwd=tmp_path))
-    for stage, tasks in [("scan", 4), ("write", None), ("validate", 2), ("publish", 0)]:
+    for stage, tasks in [("scan", 4), ("write", None), ("publish", 0)]:
         row = re.search(rf"^\W*{stage}\W+(\d+)\b", table.stdout, re.MULTILINE)
         assert row, f"{stage} missing from\n{table.stdout}"
         if tasks is not None:
@@ -149,7 +149,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(feedstock, tmp_path):
     info = plan[0]
     assert info["inputs"] == 4 and info["dims"] == {"time": 4, "lat": 36, "lon": 72}
     tasks = {s["stage"]: s["tasks"] for s in info["stages"]}
-    assert list(tasks) == ["scan", "write", "validate", "publish"]
+    assert list(tasks) == ["scan", "write", "publish"]
     assert tasks["scan"] == 4 and tasks["write"] >= 1 and tasks["publish"] == 0
     assert info["variables"] == ["anom", "err", "ice", "lat", "lon", "sst", "time"]
 

@@ -18,6 +18,7 @@ from ..openers import OpenConfig, open_input, read_variables
 from ..patterns import Input
 from ..recipe import StoreToZarr
 from ..schema import DatasetSchema, VarInfo
+from ..validate import check_input
 
 _ENCODING_KEYS = {
     "dtype",
@@ -175,6 +176,7 @@ class WriteTask:
     dtypes: tuple[str, ...]
     region: tuple[tuple[str, slice], ...]
     pieces: tuple[Piece, ...]
+    checks: tuple = ()
 
 
 def _len(s: slice) -> int:
@@ -182,7 +184,8 @@ def _len(s: slice) -> int:
 
 
 def write_region(task: WriteTask) -> dict[str, int]:
-    """Read every piece, assemble the region in memory, write it a variable at a time.
+    """Read every piece, assemble the region in memory, write it a variable at a time, then
+    compare the sample inputs among the pieces, opened afresh by xarray, with the store.
 
     Writing the same task twice writes the same bytes.
     """
@@ -207,7 +210,8 @@ def write_region(task: WriteTask) -> dict[str, int]:
             storage_options=task.target.storage_options,
         )
         del array
-    return {"bytes": nbytes, "inputs": len(task.pieces)}
+    checked = [check_input(check) for check in task.checks]
+    return {"bytes": nbytes, "inputs": len(task.pieces), "checked": checked}
 
 
 def _read_piece(piece: Piece, task: WriteTask, arrays, dims, region) -> None:
