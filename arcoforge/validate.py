@@ -37,12 +37,24 @@ def check_input(task: CheckTask) -> str:
     out = open_store(task.target)
     try:
         with open_input(task.input.url, task.open) as src:
-            names = [n for n in task.variables if n in src.variables]
             where = task.open.redact(task.input.url)
-            compare(_isel(src[names], task.source), _isel(out, task.store), where)
+            compare(_isel(_own(src, task), task.source), _isel(out, task.store), where)
     finally:
         out.close()
     return task.input.url
+
+
+def _own(src: xr.Dataset, task: CheckTask) -> xr.Dataset:
+    """The task's variables and the coordinates written before any task ran; coordinates
+    along concat dims that other tasks write are left to those tasks."""
+    ds = src[[n for n in task.variables if n in src.variables]]
+    concat = set(task.open.concat_dims)
+    others = [
+        n
+        for n, c in ds.coords.items()
+        if n not in ds.dims and n not in task.variables and concat & set(c.dims)
+    ]
+    return ds.drop_vars(others)
 
 
 def _isel(ds: xr.Dataset, sel) -> xr.Dataset:
