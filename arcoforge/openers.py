@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,10 +40,16 @@ class OpenConfig:
 
 
 def preload(config: OpenConfig) -> None:
-    """Import the backends a bake will use, once, before worker processes are forked."""
+    """Import the backends a bake will use, once, before worker processes are forked.
+
+    xarray imports dask, when it is installed, the first time it writes Zarr; doing it
+    here saves every worker that import (about 0.4 s each).
+    """
     xr.backends.list_engines()
     if config.file_type in ("netcdf4", "hdf5", "netcdf3"):
         import netCDF4  # noqa: F401
+    with suppress(ImportError):
+        import dask.array  # noqa: F401
 
 
 @contextmanager
