@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ArcoforgeError
+from .errors import ArcoforgeError, first_field_error
 
 
 class BakeConfig(BaseModel):
@@ -39,6 +39,4 @@ def read_config(path: str | Path | None) -> BakeConfig:
     try:
         return BakeConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise ArcoforgeError(f"{path}: {field}: {err['msg']}") from None
+        raise ArcoforgeError(f"{path}: {first_field_error(exc)}") from None

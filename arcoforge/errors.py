@@ -33,3 +33,11 @@ def one_line(exc: BaseException) -> str:
     if not isinstance(exc, ArcoforgeError) and type(exc).__name__ not in text:
         text = f"{type(exc).__name__}: {text}"
     return " ".join(text.split())
+
+
+def first_field_error(exc) -> str:
+    """A pydantic ``ValidationError`` as ``field: message (and N more)``."""
+    errors = exc.errors()
+    field = ".".join(str(p) for p in errors[0]["loc"]) or "(top level)"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{field}: {errors[0]['msg']}{more}"

@@ -12,7 +12,7 @@ import cloudpickle
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import FeedstockError, one_line
+from .errors import FeedstockError, first_field_error, one_line
 from .recipe import Recipe
 
 
@@ -89,10 +89,7 @@ def read_meta(folder: Path) -> Meta:
     try:
         return Meta.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "meta.yaml"
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        raise FeedstockError(f"{path}: {field}: {err['msg']}{more}") from None
+        raise FeedstockError(f"{path}: {first_field_error(exc)}") from None
 
 
 def load_module(folder: Path, module: str):
