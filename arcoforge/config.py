@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ArcoforgeError, first_field_error
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class BakeConfig(BaseModel):
@@ -25,18 +28,23 @@ class BakeConfig(BaseModel):
 
 def read_config(path: str | Path | None) -> BakeConfig:
     """Parse a config file; errors name the file and the field."""
-    if path is None:
-        return BakeConfig()
-    path = Path(path)
+    return BakeConfig() if path is None else read_model(Path(path), BakeConfig, ArcoforgeError)
+
+
+def read_model(path: Path, model: type[M], error: type[ArcoforgeError]) -> M:
+    """Read a YAML (or JSON) mapping into ``model``; errors name the file and the line or
+    field, as one line of ``error``."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise ArcoforgeError(f"{path}: cannot read config: {exc.strerror}") from None
+        raise error(f"{path}: cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ArcoforgeError(f"{path}: not valid YAML or JSON: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise error(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
-        raise ArcoforgeError(f"{path}: a config file is a mapping of settings")
+        raise error(f"{path}: must be a mapping of fields")
     try:
-        return BakeConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ArcoforgeError(f"{path}: {first_field_error(exc)}") from None
+        raise error(f"{path}: {first_field_error(exc)}") from None

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Literal
 
 import cloudpickle
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .errors import FeedstockError, first_field_error, one_line
+from .config import read_model
+from .errors import FeedstockError, one_line
 from .recipe import Recipe
 
 
@@ -76,20 +76,7 @@ def read_meta(folder: Path) -> Meta:
     path = folder / "meta.yaml"
     if not path.is_file():
         raise FeedstockError(f"{path}: missing (a feedstock needs meta.yaml and recipe.py)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise FeedstockError(
-            f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}"
-        ) from None
-    if not isinstance(data, dict):
-        raise FeedstockError(f"{path}: must be a mapping of fields (title, recipes, ...)")
-    try:
-        return Meta.model_validate(data)
-    except ValidationError as exc:
-        raise FeedstockError(f"{path}: {first_field_error(exc)}") from None
+    return read_model(path, Meta, FeedstockError)
 
 
 def load_module(folder: Path, module: str):
