@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import xarray as xr
 
 from .engines import Engine, get_engine
 from .openers import preload
@@ -52,8 +53,12 @@ def bake(
     engine: str | Engine = "local",
     prune: int | None = None,
     reporter: Reporter | None = None,
+    force: bool = False,
 ) -> BakeResult:
     """Bake ``recipe`` into ``target_root/STORE_NAME`` and return a :class:`BakeResult`.
+
+    A bake that was interrupted resumes where it stopped; a store already baked from the
+    same recipe and inputs is left as it is, unless ``force``.
 
     >>> result = bake(recipe, target_root="out/", workers=2)  # doctest: +SKIP
     >>> result.url
@@ -65,10 +70,14 @@ def bake(
     reporter = reporter or Reporter()
     with _cache_for(recipe, cache) as cache_dir:
         plan = make_plan(recipe, normalize_root(target_root), cache=cache_dir, workers=workers)
-        preload(plan.open)
-        runner = get_engine(engine, workers=workers) if isinstance(engine, str) else engine
-        with runner:
-            return run_plan(plan, runner, reporter)
+        with plan.ledger.lock():
+            if not force and plan.up_to_date():
+                reporter.event("up_to_date", url=plan.url)
+                return unchanged_result(plan)
+            preload(plan.open)
+            runner = get_engine(engine, workers=workers) if isinstance(engine, str) else engine
+            with runner:
+                return run_plan(plan, runner, reporter)
 
 
 def run_plan(plan: Plan, engine: Engine, reporter: Reporter) -> BakeResult:
@@ -96,6 +105,29 @@ def run_plan(plan: Plan, engine: Engine, reporter: Reporter) -> BakeResult:
         seconds=seconds,
         stage_seconds=timings,
         stats=state.stats,
+    )
+
+
+def unchanged_result(plan: Plan) -> BakeResult:
+    """The result of a bake that found its store up to date."""
+    options = plan.target.storage_options
+    with xr.open_zarr(plan.url, storage_options=options, chunks=None) as ds:
+        dims = {str(k): int(v) for k, v in ds.sizes.items()}
+        chunks = {
+            str(d): int(c)
+            for var in ds.data_vars.values()
+            for d, c in zip(var.dims, var.encoding.get("chunks", ()), strict=False)
+        }
+    return BakeResult(
+        url=plan.url,
+        inputs=len(plan.inputs),
+        dims=dims,
+        chunks=chunks,
+        bytes_in=0,
+        bytes_decoded=0,
+        bytes_out=stored_bytes(plan.url, options),
+        seconds=0.0,
+        stats={"up_to_date": True},
     )
 
 

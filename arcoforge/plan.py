@@ -16,6 +16,9 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+import fsspec
+
+from . import ledger as ledgers
 from .chunking import resolve_chunks
 from .openers import OpenConfig
 from .patterns import Input
@@ -39,6 +42,7 @@ class BakeState:
     encoding: dict = field(default_factory=dict)
     open: OpenConfig | None = None
     written: int = 0
+    resumed: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,6 +71,7 @@ class Plan:
     target: Target
     open: OpenConfig
     inputs: list[Input]
+    ledger: ledgers.Ledger
     workers: int = 1
     max_task_bytes: int = DEFAULT_TASK_BYTES
 
@@ -76,8 +81,15 @@ class Plan:
 
     @property
     def stages(self) -> list[Stage]:
-        """scan -> write (and validate) -> publish."""
+        """prepare -> scan -> write (and validate) -> publish."""
         return [
+            Stage(
+                name="prepare",
+                description="resume the unfinished bake of this recipe, if there is one",
+                items=_nothing,
+                func=None,
+                reduce=self.prepare,
+            ),
             Stage(
                 name="scan",
                 description="open every input, check that they combine",
@@ -101,12 +113,52 @@ class Plan:
             ),
         ]
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """What makes two bakes the same bake: inputs, opening and writing settings."""
+        recipe = self.recipe
+        return ledgers.fingerprint(
+            [(i.url, i.position) for i in self.inputs],
+            recipe.file_type,
+            recipe.opener,
+            [p.func for p in recipe.preprocessors],
+            recipe.writer,
+            self.target.zarr_format,
+        )
+
+    def prepare(self, state: BakeState, results: Iterable) -> None:
+        """Pick up the interrupted bake of this same recipe, if there is one; otherwise
+        clear whatever is left at the staging name."""
+        staged = self.ledger.read(STAGED)
+        same = staged is not None and staged["fingerprint"] == self.fingerprint
+        saved = self.ledger.load_state() if same else None
+        if saved is not None:
+            state.schema, state.chunks, state.encoding, state.open = saved
+            state.resumed = True
+        else:
+            self.ledger.clear_staging()
+
+    def up_to_date(self) -> bool:
+        """Whether the published store is this recipe's, complete, with no bake pending."""
+        published = self.ledger.read()
+        return (
+            published is not None
+            and published["fingerprint"] == self.fingerprint
+            and published["status"] == "complete"
+            and self.ledger.read(STAGED) is None
+            and _exists(self.url, self.target.storage_options)
+        )
+
     def scan_tasks(self, state: BakeState) -> list[ScanTask]:
-        """One task per input."""
+        """One task per input (none when resuming: the scan's result was kept)."""
+        if state.resumed:
+            return []
         return [ScanTask(item, self.open) for item in self.inputs]
 
     def combine(self, state: BakeState, results: Iterable) -> None:
         """Fold input schemas into the dataset schema, choose chunks and write the template."""
+        if state.resumed:
+            return
         combiner = SchemaCombiner(self.recipe.pattern)
         for schema in results:
             combiner.add(schema)
@@ -122,6 +174,11 @@ class Plan:
         zarr_writer.write_template(
             state.schema, self.target, state.encoding, state.open, owners, attrs
         )
+        self.ledger.save_state((state.schema, state.chunks, state.encoding, state.open))
+        self.ledger.write(self._manifest("writing"), STAGED)
+
+    def _manifest(self, status: str, **extra) -> dict:
+        return {"fingerprint": self.fingerprint, "status": status, **extra}
 
     @property
     def merge_dim(self) -> str | None:
@@ -132,18 +189,35 @@ class Plan:
         """Tasks over chunk-aligned regions, each reading only the inputs it needs."""
         schema = state.schema
         groups = self._variable_groups(schema, state.chunks)
-        tasks = []
+        done = self.ledger.done_units()
+        tasks, skipped = [], 0
         for region, variables in itertools.product(self._regions(schema, state.chunks), groups):
             variables = [v for v in variables if self._owns(schema, v, region)]
-            if variables:
-                tasks.append(self._write_task(schema, region, variables, state.open or self.open))
+            units = tuple(ledgers.unit_key(v, _spans(schema, v, region)) for v in variables)
+            if not variables:
+                continue
+            if done.issuperset(units):
+                skipped += 1
+            else:
+                task = self._write_task(schema, region, variables, state.open or self.open)
+                tasks.append(replace(task, units=units, ledger=self.ledger))
+        state.stats["tasks_resumed"] = skipped
         return tasks
 
     def publish(self, state: BakeState, results: Iterable) -> None:
-        """Once everything is written and checked: consolidate, then move into place."""
-        if self.recipe.writer.consolidated:
-            zarr_writer.consolidate(self.target)
+        """Once everything is written and checked: consolidate, record the store as
+        complete, move it into place. Each step can be repeated, so an interrupted
+        publish is finished by the next bake."""
+        staged = self.ledger.read(STAGED)
+        if staged["status"] != "complete":
+            if self.recipe.writer.consolidated:
+                zarr_writer.consolidate(self.target)
+            inputs = [i.url for i in self.inputs]
+            staged = self._manifest("complete", inputs=inputs, dims=state.schema.dims)
+            self.ledger.write(staged, STAGED)
         zarr_writer.publish(self.target, self.url)
+        self.ledger.write({k: v for k, v in staged.items() if k != "version"})
+        self.ledger.clear_staging()
 
     def count_written(self, state: BakeState, results: Iterable) -> None:
         """Add up what the write tasks report."""
@@ -277,6 +351,18 @@ class Plan:
         )
 
 
+STAGED = "staging/manifest.json"
+
+
+def _spans(schema: DatasetSchema, name: str, region: dict[str, slice]):
+    return [(d, region[d]) for d in schema.variables[name].dims]
+
+
+def _exists(url: str, options: dict | None) -> bool:
+    fs, path = fsspec.core.url_to_fs(url, **(options or {}))
+    return fs.exists(path)
+
+
 def _shift(s: slice, by: int) -> slice:
     return slice(s.start + by, s.stop + by)
 
@@ -326,14 +412,15 @@ def make_plan(
         concat_dims=tuple(d.name for d in pattern.concat_dims),
     )
     writer = recipe.writer
-    root = target_root.rstrip("/")
-    staging = f"{root}/.{writer.store_name}.partial"
+    url = f"{target_root.rstrip('/')}/{writer.store_name}"
+    ledger = ledgers.Ledger(url, storage_options)
     return Plan(
         recipe=recipe,
-        url=f"{root}/{writer.store_name}",
-        target=Target(staging, writer.zarr_format, storage_options),
+        url=url,
+        target=Target(ledger.staging_store, writer.zarr_format, storage_options),
         open=config,
         inputs=list(pattern.inputs()),
+        ledger=ledger,
         workers=workers,
     )
 

@@ -91,6 +91,16 @@ def render_result(result: BakeResult, console, recipe_id: str) -> None:
         ("stages", ", ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())),
         ("validated", f"{result.stats.get('validated_inputs', 0)} inputs compared value for value"),
     ]
+    if result.stats.get("up_to_date"):
+        rows = [
+            rows[0],
+            rows[1],
+            ("status", "up to date: baked before from the same recipe and inputs"),
+        ]
+    elif result.stats.get("tasks_resumed"):
+        rows.append(
+            ("resumed", f"{result.stats['tasks_resumed']} write tasks done by an earlier run")
+        )
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)

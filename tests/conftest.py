@@ -59,3 +59,8 @@ def assert_same_as_sources(store_url: str, paths, concat_dim: str = "time", **op
         else:
             assert (got == want).all(), name
     return out, src
+
+
+def nothing_baked(target: Path) -> bool:
+    """No store, staged or published, under ``target``: at most the records beside one."""
+    return not target.exists() or all(p.name.endswith(".arcoforge") for p in target.iterdir())

@@ -253,5 +253,10 @@ def test_failed_bake_leaves_the_published_store_untouched(tmp_path, small_archiv
 
 def test_published_store_has_no_staging_left(tmp_path, small_archive):
     result = bake(simple_recipe(small_archive), tmp_path / "out", workers=2)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["out.zarr"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".out.zarr.arcoforge",
+        "out.zarr",
+    ]
+    records = tmp_path / "out" / ".out.zarr.arcoforge"
+    assert sorted(p.name for p in records.iterdir()) == ["lock", "manifest.json"]
     assert result.url == str(tmp_path / "out" / "out.zarr")

@@ -88,7 +88,10 @@ def test_init_writes_a_feedstock_that_lints_and_bakes(feedstock, tmp_path):
     out, _ = assert_same_as_sources(str(store), sources(feedstock))
     assert dict(out.sizes) == {"time": 4, "lat": 36, "lon": 72}
     # only the published store is left under the target root
-    assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{NAME}.zarr"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f".{NAME}.zarr.arcoforge",
+        f"{NAME}.zarr",
+    ]
 
 
 def test_init_refuses_a_folder_that_is_not_empty(feedstock, tmp_path):
@@ -124,7 +127,7 @@ def test_bake_prune_with_json_lines(feedstock, tmp_path):
     assert summary["bytes_decoded"] == sum(v.nbytes for v in src.data_vars.values())
     assert summary["validated_inputs"] == 2
     started = {e["stage"]: e["tasks"] for e in events if e["event"] == "stage_started"}
-    assert list(started) == ["scan", "write", "publish"]
+    assert list(started) == ["prepare", "scan", "write", "publish"]
     assert started["scan"] == 2
     done = {e["stage"]: e["done"] for e in events if e["event"] == "task_done"}
     assert all(done.get(stage, 0) == n for stage, n in started.items())
@@ -149,7 +152,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(feedstock, tmp_path):
     info = plan[0]
     assert info["inputs"] == 4 and info["dims"] == {"time": 4, "lat": 36, "lon": 72}
     tasks = {s["stage"]: s["tasks"] for s in info["stages"]}
-    assert list(tasks) == ["scan", "write", "publish"]
+    assert list(tasks) == ["prepare", "scan", "write", "publish"]
     assert tasks["scan"] == 4 and tasks["write"] >= 1 and tasks["publish"] == 0
     assert info["variables"] == ["anom", "err", "ice", "lat", "lon", "sst", "time"]
 

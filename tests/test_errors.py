@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-from conftest import assert_same_as_sources, simple_recipe
+from conftest import assert_same_as_sources, nothing_baked, simple_recipe
 
 from arcoforge import (
     OpenURLWithFSSpec,
@@ -101,14 +101,14 @@ def test_http_404(served, small_archive, tmp_path):
     urls[5] = f"{served.url}/oisst-avhrr-v02r01.19810999.nc"
     text = bake_fails(simple_recipe(urls), tmp_path / "out", SourceError, urls[5], "404")
     assert "not found" in text.lower()
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 def test_missing_local_file(archive, tmp_path):
     missing = archive[0].parent / "oisst-avhrr-v02r01.19810905.nc"
     recipe = simple_recipe([*archive, missing])
     bake_fails(recipe, tmp_path / "out", SourceError, str(missing), "not found", workers=2)
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 def test_corrupt_file(archive, tmp_path):
@@ -122,7 +122,7 @@ def test_corrupt_file(archive, tmp_path):
         workers=2,
     )
     assert "netcdf4" in text.lower()
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 def test_different_grid(archive, tmp_path):
@@ -137,7 +137,7 @@ def test_different_grid(archive, tmp_path):
         workers=2,
     )
     assert "'lat' has 9 points, not 18" in text
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 def test_missing_variable(archive, tmp_path):
@@ -149,7 +149,7 @@ def test_missing_variable(archive, tmp_path):
         simple_recipe([*archive, *odd]), tmp_path / "out", SchemaError, str(odd[0]), "missing"
     )
     assert "'anom'" in text and "'err'" in text and "'sst'" not in text
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 def test_duplicate_times(archive, tmp_path):
@@ -166,7 +166,7 @@ def test_duplicate_times(archive, tmp_path):
         workers=2,
     )
     assert "1981-09-04" in text and "duplicates" in text
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 def test_same_file_listed_twice(archive, tmp_path):
@@ -189,7 +189,7 @@ def test_unsorted_times(archive, tmp_path):
         "sorted",
     )
     assert "1981-09-02" in text and "1981-09-03" in text
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 def test_more_steps_per_file_than_the_pattern_says(tmp_path):
@@ -198,7 +198,7 @@ def test_more_steps_per_file_than_the_pattern_says(tmp_path):
         simple_recipe(files), tmp_path / "out", SchemaError, "nitems_per_file=1", "3 steps"
     )
     assert any(str(f) in text for f in files)
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 def test_fewer_steps_per_file_than_the_pattern_says(archive, tmp_path):
@@ -211,7 +211,7 @@ def test_fewer_steps_per_file_than_the_pattern_says(archive, tmp_path):
 def test_target_chunks_naming_an_unknown_dim(archive, tmp_path):
     recipe = simple_recipe(archive, chunks={"time": 2, "depth": 3})
     bake_fails(recipe, tmp_path / "out", RecipeError, "target_chunks", "'depth'", "time, lat, lon")
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 def test_preprocessing_function_that_raises(archive, tmp_path):
@@ -230,7 +230,7 @@ def test_preprocessing_function_that_raises(archive, tmp_path):
         workers=2,
     )
     assert "preprocessing" in text
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 def test_preprocessing_that_returns_no_dataset(archive, tmp_path):

@@ -23,10 +23,10 @@ def plan_for(tmp_path, paths, chunks, workers=2):
 def test_stages_and_task_counts(tmp_path, small_archive):
     plan = plan_for(tmp_path, small_archive, {"time": 3})
     state = estimate(plan)
-    assert [s.name for s in plan.stages] == ["scan", "write", "publish"]
+    assert [s.name for s in plan.stages] == ["prepare", "scan", "write", "publish"]
     counts = {s.name: len(s.items(state)) for s in plan.stages}
     # 3 time chunks x 4 variables; 3 regions < 2*2 workers, so variables split in 2 groups
-    assert counts == {"scan": 8, "write": 6, "publish": 0}
+    assert counts == {"prepare": 0, "scan": 8, "write": 6, "publish": 0}
     checks = [c.input.pos("time") for t in plan.write_tasks(state) for c in t.checks]
     # the first and last inputs are checked by every task that writes part of them
     assert sorted(checks) == [0, 0, 7, 7]

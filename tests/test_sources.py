@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import assert_same_as_sources, simple_recipe
+from conftest import assert_same_as_sources, nothing_baked, simple_recipe
 
 from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
 from arcoforge.errors import SourceError
@@ -99,7 +99,7 @@ def test_missing_credentials_fail_with_401_naming_the_url(small_archive, tmp_pat
     assert "401" in text and "not found" not in text
     # a refusal is not retried: one HEAD, then fsspec's GET fallback for the size
     assert requests <= 2
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 def test_wrong_password_fails_with_401_and_is_not_echoed(small_archive, tmp_path):
@@ -226,7 +226,7 @@ def test_persistent_faults_fail_after_the_retries(small_archive, tmp_path, fault
     text = assert_one_line(info.value)
     assert urls[0] in text
     assert expected in text and "(after 2 attempts)" in text
-    assert not (tmp_path / "out").exists()
+    assert nothing_baked(tmp_path / "out")
 
 
 # -- the cache -----------------------------------------------------------------------

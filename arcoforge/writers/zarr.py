@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import xarray as xr
 import zarr
 
 from ..errors import ArcoforgeError
+from ..ledger import Ledger, is_local
 from ..openers import OpenConfig, open_input, read_variables
 from ..patterns import Input
 from ..recipe import StoreToZarr
@@ -177,6 +179,8 @@ class WriteTask:
     region: tuple[tuple[str, slice], ...]
     pieces: tuple[Piece, ...]
     checks: tuple = ()
+    units: tuple[str, ...] = ()
+    ledger: Ledger | None = None
 
 
 def _len(s: slice) -> int:
@@ -211,6 +215,8 @@ def write_region(task: WriteTask) -> dict[str, int]:
         )
         del array
     checked = [check_input(check) for check in task.checks]
+    if task.ledger is not None:
+        task.ledger.mark_done(task.units)
     return {"bytes": nbytes, "inputs": len(task.pieces), "checked": checked}
 
 
@@ -233,17 +239,39 @@ def _store(target: Target):
 
 
 def publish(staging: Target, final_url: str) -> None:
-    """Move the finished store from its staging name to its final name.
+    """Move the finished store from its staging name to its final name; repeatable, so an
+    interrupted publish is finished by running it again.
 
-    On a local disk the new store replaces the old one by two renames, so readers see the
-    old store or the new one, never a mix; object stores copy, then delete.
+    On a local disk the old store steps aside and the new one takes its name, two renames
+    that readers never see half done. Object stores copy file by file, chunks first and
+    the root metadata last.
     """
     fs, src = fsspec.core.url_to_fs(staging.url, **(staging.storage_options or {}))
     _, dst = fsspec.core.url_to_fs(final_url, **(staging.storage_options or {}))
-    old = f"{dst}.replaced-{os.getpid()}"
-    had_old = fs.exists(dst)
-    if had_old:
-        fs.mv(dst, old, recursive=True)
-    fs.mv(src, dst, recursive=True)
-    if had_old:
-        fs.rm(old, recursive=True)
+    if is_local(fs):
+        _rename_into_place(src, dst)
+    elif fs.exists(src):
+        files = sorted(fs.find(src), key=lambda p: _publish_order(p.removeprefix(src)))
+        for path in files:
+            fs.copy(path, dst + path.removeprefix(src))
+        fs.rm(src, recursive=True)
+
+
+def _publish_order(relative: str) -> tuple[int, str]:
+    name = relative.rsplit("/", 1)[-1]
+    if name not in _METADATA:
+        return (0, relative)
+    return (2 if relative.count("/") == 1 else 1, relative)
+
+
+_METADATA = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+
+
+def _rename_into_place(src: str, dst: str) -> None:
+    old = f"{dst}.replaced"
+    if os.path.exists(src):
+        if os.path.exists(dst):
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(dst, old)
+        os.rename(src, dst)
+    shutil.rmtree(old, ignore_errors=True)

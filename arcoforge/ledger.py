@@ -1,0 +1,220 @@
+"""What a bake has finished, recorded beside the store, and the lock that keeps two bakes
+of one store apart."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import inspect
+import json
+import os
+import pickle
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import fsspec
+
+from .errors import ArcoforgeError
+
+VERSION = 1
+
+
+class LockedError(ArcoforgeError):
+    """Another bake holds the store."""
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The bookkeeping of the store at ``store``, kept beside it in ``.NAME.arcoforge/``.
+
+    ``manifest.json`` describes the published store: the recipe's fingerprint, the inputs
+    it holds, its status. ``staging/`` belongs to the bake in progress: its manifest, what
+    its scan learned, and one marker per finished write task. Keeping all of it beside the
+    store leaves the store pure Zarr. Picklable, so write tasks carry it to workers.
+    """
+
+    store: str
+    storage_options: dict | None = None
+
+    @property
+    def folder(self) -> str:
+        parent, _, name = self.store.rstrip("/").rpartition("/")
+        return f"{parent}/.{name}.arcoforge"
+
+    @property
+    def staging_store(self) -> str:
+        parent, _, name = self.store.rstrip("/").rpartition("/")
+        return f"{parent}/.{name}.partial"
+
+    def read(self, name: str = "manifest.json") -> dict | None:
+        """A manifest (the published one by default), or None if there is none."""
+        data = get(f"{self.folder}/{name}", self.storage_options)
+        if data is None:
+            return None
+        try:
+            manifest = json.loads(data)
+        except ValueError:
+            raise ArcoforgeError(f"{self.folder}/{name}: not valid JSON") from None
+        if manifest.get("version") != VERSION:
+            raise ArcoforgeError(
+                f"{self.folder}/{name}: unknown version {manifest.get('version')!r}"
+            )
+        return manifest
+
+    def write(self, manifest: dict, name: str = "manifest.json") -> None:
+        """Write a manifest atomically."""
+        body = json.dumps({"version": VERSION, **manifest}, indent=1, default=str)
+        put(f"{self.folder}/{name}", body.encode(), self.storage_options)
+
+    def save_state(self, state: Any) -> None:
+        """Keep what the scan learned, so that a resumed bake need not scan again."""
+        put(f"{self.folder}/staging/state.pkl", cloudpickle.dumps(state), self.storage_options)
+
+    def load_state(self) -> Any | None:
+        """What :meth:`save_state` kept, or None."""
+        data = get(f"{self.folder}/staging/state.pkl", self.storage_options)
+        return None if data is None else pickle.loads(data)
+
+    def mark_done(self, units: Iterable[str]) -> None:
+        """Record that ``units`` are written and checked."""
+        body = "\n".join(units).encode()
+        task = hashlib.sha1(body).hexdigest()[:20]
+        put(f"{self.folder}/staging/done/{task}", body, self.storage_options)
+
+    def done_units(self) -> set[str]:
+        """Every unit recorded as finished by the bake in progress."""
+        fs, path = _fs(f"{self.folder}/staging/done", self.storage_options)
+        try:
+            paths = [p for p in fs.find(path) if not p.rsplit("/", 1)[-1].startswith(".")]
+        except FileNotFoundError:
+            return set()
+        done: set[str] = set()
+        for body in fs.cat(paths).values() if paths else ():
+            done.update(body.decode().splitlines())
+        return done
+
+    def clear_staging(self) -> None:
+        """Forget the bake in progress: its staging store and its records."""
+        fs, _ = _fs(self.folder, self.storage_options)
+        for url in (self.staging_store, f"{self.folder}/staging"):
+            path = fs._strip_protocol(url)
+            if fs.exists(path):
+                fs.rm(path, recursive=True)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold this store for one bake; a second bake is refused with :class:`LockedError`.
+
+        On a local disk the lock is an ``flock`` the kernel drops when the process dies,
+        so a killed bake never leaves a stale lock. Elsewhere it is a lock object naming
+        its owner, removed when the bake ends.
+        """
+        fs, folder = _fs(self.folder, self.storage_options)
+        path = f"{folder}/lock"
+        if is_local(fs):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            with _flock(path, self.store):
+                yield
+            return
+        if fs.exists(path):
+            raise LockedError(_locked_message(self.store, fs.cat_file(path).decode()))
+        fs.pipe_file(path, _owner().encode())
+        try:
+            yield
+        finally:
+            fs.rm_file(path)
+
+
+@contextmanager
+def _flock(path: str, store: str) -> Iterator[None]:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(_locked_message(store, Path(path).read_text())) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, _owner().encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def _fs(url: str, storage_options: dict | None):
+    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+
+
+def put(url: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write ``data`` to ``url`` whole or not at all (temp file and rename on local disks)."""
+    fs, path = _fs(url, storage_options)
+    if is_local(fs):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def get(url: str, storage_options: dict | None = None) -> bytes | None:
+    """The bytes at ``url``, or None when there are none."""
+    fs, path = _fs(url, storage_options)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+
+
+def is_local(fs) -> bool:
+    """Whether ``fs`` is this machine's file system."""
+    return "file" in fs.protocol or "local" in fs.protocol
+
+
+def unit_key(name: str, region: Iterable[tuple[str, slice]]) -> str:
+    """A name for one variable over one region, the unit whose completion is recorded."""
+    span = ",".join(f"{d}={s.start}:{s.stop}" for d, s in region)
+    return f"{name}[{span}]"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable digest of a recipe's inputs and settings (functions by their source)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(_stable(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _stable(value: Any) -> str:
+    if callable(value) and not isinstance(value, type):
+        try:
+            return f"{getattr(value, '__qualname__', '')}:{inspect.getsource(value)}"
+        except (OSError, TypeError):
+            return getattr(value, "__qualname__", repr(value))
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k!r}:{_stable(v)}" for k, v in sorted(value.items())) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_stable(v) for v in value) + "]"
+    if hasattr(value, "__dataclass_fields__"):
+        fields = {k: getattr(value, k) for k in value.__dataclass_fields__}
+        return f"{type(value).__name__}{_stable(fields)}"
+    return repr(value)
+
+
+def _owner() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}"
+
+
+def _locked_message(store: str, owner: str) -> str:
+    holder = f" ({owner.strip()})" if owner.strip() else ""
+    return (
+        f"{store} is being baked by another process{holder}; "
+        "wait for it to finish, or remove the lock file if that process is gone"
+    )
