@@ -1,0 +1,193 @@
+"""Interrupted bakes resume and end with the bytes of an uninterrupted one; finished bakes
+are not redone; two bakes of one store do not run at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import assert_same_as_sources
+
+from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
+from arcoforge.ledger import LockedError
+from arcoforge.testing.archives import write_oisst_archive
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    from pathlib import Path
+    from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
+
+    src, target, counter = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    kill_at, pause = int(sys.argv[4]), float(sys.argv[5])
+
+    def count_calls(ds):
+        fd = os.open(counter, os.O_CREAT | os.O_APPEND | os.O_WRONLY)
+        os.write(fd, b"x")
+        calls = os.lseek(fd, 0, os.SEEK_CUR)
+        os.close(fd)
+        if calls == kill_at:
+            os.killpg(0, signal.SIGKILL)
+        time.sleep(pause)
+        return ds
+
+    urls = sorted(str(p) for p in Path(src).glob("*.nc"))
+    recipe = (
+        pattern_from_file_sequence(urls, "time", nitems_per_file=1)
+        | OpenWithXarray()
+        | count_calls
+        | StoreToZarr("out.zarr", target_chunks={"time": 2})
+    )
+    result = bake(recipe, target, workers=2)
+    print(json.dumps(result.stats))
+    """
+)
+
+DAYS = 12
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> list[Path]:
+    return write_oisst_archive(tmp_path_factory.mktemp("src"), days=DAYS, ny=18, nx=36)
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("script") / "bake_it.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+def run(script, archive, target: Path, kill_at: int = 0, pause: float = 0.0):
+    """Bake in a process group of its own; ``kill_at`` kills the whole group with SIGKILL
+    on that call of the preprocessing step (scan calls come first, one per input)."""
+    counter = target.parent / f"{target.name}.calls"
+    counter.unlink(missing_ok=True)
+    args = [sys.executable, str(script), str(archive[0].parent), str(target), str(counter)]
+    return subprocess.run(
+        [*args, str(kill_at), str(pause)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        start_new_session=True,
+    )
+
+
+def digest(store: Path) -> dict[str, str]:
+    """sha256 of every file of a store."""
+    return {
+        str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(store.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def clean(script, archive, tmp_path_factory) -> dict[str, str]:
+    target = tmp_path_factory.mktemp("clean")
+    done = run(script, archive, target)
+    assert done.returncode == 0, done.stderr
+    assert_same_as_sources(str(target / "out.zarr"), archive)
+    return digest(target / "out.zarr")
+
+
+@pytest.mark.parametrize(
+    "kill_at, where",
+    [(4, "scan"), (DAYS + 6, "early write"), (DAYS + 12, "late write")],
+)
+def test_killed_bake_resumes_to_the_same_bytes(script, archive, clean, tmp_path, kill_at, where):
+    target = tmp_path / "target"
+    killed = run(script, archive, target, kill_at=kill_at)
+    assert killed.returncode == -9, (where, killed.stderr)
+    assert not (target / "out.zarr").exists(), "nothing published by the killed bake"
+    again = run(script, archive, target)
+    assert again.returncode == 0, again.stderr
+    stats = json.loads(again.stdout.strip().splitlines()[-1])
+    if where != "scan":
+        assert stats["tasks_resumed"] > 0, "finished write tasks are not redone"
+    assert digest(target / "out.zarr") == clean
+    assert not (target / ".out.zarr.partial").exists()
+
+
+def test_bake_killed_between_the_publishing_renames_is_finished_by_the_next(
+    script, archive, clean, tmp_path, monkeypatch
+):
+    target = tmp_path / "target"
+    assert run(script, archive, target).returncode == 0
+    old = digest(target / "out.zarr")
+
+    real_rename = os.rename
+
+    class Killed(BaseException):
+        pass
+
+    def rename_then_die(src, dst):
+        real_rename(src, dst)
+        raise Killed
+
+    recipe = _recipe(archive)
+    monkeypatch.setattr(os, "rename", rename_then_die)
+    with pytest.raises(Killed):
+        bake(recipe, target, workers=1)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert not (target / "out.zarr").exists(), "the old store stepped aside"
+    assert digest(target / "out.zarr.replaced") == old
+    result = bake(recipe, target, workers=1)
+    assert result.stats["tasks_resumed"] > 0
+    assert_same_as_sources(result.url, archive)
+    assert not (target / "out.zarr.replaced").exists()
+    assert sorted(p.name for p in target.iterdir()) == [".out.zarr.arcoforge", "out.zarr"]
+
+
+def _recipe(archive, chunks: int = 2):
+    pattern = pattern_from_file_sequence([str(p) for p in archive], "time", nitems_per_file=1)
+    return pattern | OpenWithXarray() | StoreToZarr("out.zarr", target_chunks={"time": chunks})
+
+
+def test_finished_bake_is_not_redone_unless_forced(archive, tmp_path):
+    first = bake(_recipe(archive), tmp_path, workers=1)
+    stamp = (Path(first.url) / "zarr.json").stat().st_mtime_ns
+    again = bake(_recipe(archive), tmp_path, workers=1)
+    assert again.stats == {"up_to_date": True}
+    assert again.dims == first.dims and again.chunks == first.chunks
+    assert (Path(first.url) / "zarr.json").stat().st_mtime_ns == stamp
+    forced = bake(_recipe(archive), tmp_path, workers=1, force=True)
+    assert "up_to_date" not in forced.stats
+    assert (Path(first.url) / "zarr.json").stat().st_mtime_ns != stamp
+    assert_same_as_sources(forced.url, archive)
+
+
+def test_a_changed_recipe_does_not_resume_a_stale_staging_store(script, archive, tmp_path):
+    assert run(script, archive, tmp_path, kill_at=DAYS + 6).returncode == -9
+    assert (tmp_path / ".out.zarr.partial").exists()
+    result = bake(_recipe(archive, chunks=5), tmp_path, workers=1)
+    assert result.stats["tasks_resumed"] == 0
+    assert result.chunks["time"] == 5
+    assert_same_as_sources(result.url, archive)
+
+
+def test_a_second_bake_of_the_same_store_is_refused(script, archive, clean, tmp_path):
+    target = tmp_path / "target"
+    counter = tmp_path / "target.calls"
+    args = [sys.executable, str(script), str(archive[0].parent), str(target), str(counter)]
+    first = subprocess.Popen(
+        [*args, "0", "0.15"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not counter.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert counter.exists(), "the first bake started"
+        with pytest.raises(LockedError, match=r"out\.zarr is being baked by another process"):
+            bake(_recipe(archive), target, workers=1)
+    finally:
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert digest(target / "out.zarr") == clean
