@@ -15,6 +15,7 @@ from typing import Any
 import fsspec
 import xarray as xr
 
+from .append import plan_append
 from .engines import Engine, get_engine
 from .openers import preload
 from .plan import BakeState, Plan, make_plan
@@ -54,11 +55,13 @@ def bake(
     prune: int | None = None,
     reporter: Reporter | None = None,
     force: bool = False,
+    append: bool = False,
 ) -> BakeResult:
     """Bake ``recipe`` into ``target_root/STORE_NAME`` and return a :class:`BakeResult`.
 
     A bake that was interrupted resumes where it stopped; a store already baked from the
-    same recipe and inputs is left as it is, unless ``force``.
+    same recipe and inputs is left as it is, unless ``force``. With ``append``, only the
+    inputs the store lacks are baked, and added to it.
 
     >>> result = bake(recipe, target_root="out/", workers=2)  # doctest: +SKIP
     >>> result.url
@@ -71,6 +74,8 @@ def bake(
     with _cache_for(recipe, cache) as cache_dir:
         plan = make_plan(recipe, normalize_root(target_root), cache=cache_dir, workers=workers)
         with plan.ledger.lock():
+            if append:
+                plan = plan_append(plan)
             if not force and plan.up_to_date():
                 reporter.event("up_to_date", url=plan.url)
                 return unchanged_result(plan)

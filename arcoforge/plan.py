@@ -114,17 +114,22 @@ class Plan:
         ]
 
     @cached_property
-    def fingerprint(self) -> str:
-        """What makes two bakes the same bake: inputs, opening and writing settings."""
+    def settings(self) -> str:
+        """A digest of how inputs are opened and written, whatever they are."""
         recipe = self.recipe
         return ledgers.fingerprint(
-            [(i.url, i.position) for i in self.inputs],
             recipe.file_type,
             recipe.opener,
             [p.func for p in recipe.preprocessors],
             recipe.writer,
             self.target.zarr_format,
         )
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """What makes two bakes the same bake: all the inputs and the settings."""
+        pattern_inputs = self.recipe.pattern.inputs()
+        return ledgers.fingerprint([(i.url, i.position) for i in pattern_inputs], self.settings)
 
     def prepare(self, state: BakeState, results: Iterable) -> None:
         """Pick up the interrupted bake of this same recipe, if there is one; otherwise
@@ -146,7 +151,7 @@ class Plan:
             and published["fingerprint"] == self.fingerprint
             and published["status"] == "complete"
             and self.ledger.read(STAGED) is None
-            and _exists(self.url, self.target.storage_options)
+            and exists(self.url, self.target.storage_options)
         )
 
     def scan_tasks(self, state: BakeState) -> list[ScanTask]:
@@ -178,7 +183,12 @@ class Plan:
         self.ledger.write(self._manifest("writing"), STAGED)
 
     def _manifest(self, status: str, **extra) -> dict:
-        return {"fingerprint": self.fingerprint, "status": status, **extra}
+        return {
+            "fingerprint": self.fingerprint,
+            "settings": self.settings,
+            "status": status,
+            **extra,
+        }
 
     @property
     def merge_dim(self) -> str | None:
@@ -233,11 +243,17 @@ class Plan:
             step = (
                 chunks[dim] if dim in self.concat_dims else self._static_block(schema, chunks, dim)
             )
-            blocks[dim] = [slice(i, min(i + step, size)) for i in range(0, size, step)]
+            start = self.start(dim)
+            edges = [start, *range(start + step - start % step, size, step), size]
+            blocks[dim] = [slice(a, b) for a, b in itertools.pairwise(edges)]
         dims = list(blocks)
         return [
             dict(zip(dims, combo, strict=True)) for combo in itertools.product(*blocks.values())
         ]
+
+    def start(self, dim: str) -> int:
+        """Where this plan's writes begin along ``dim``: 0, or the end of an appended store."""
+        return 0
 
     def _static_block(self, schema: DatasetSchema, chunks: dict[str, int], dim: str) -> int:
         """Whole dims, unless one variable's region would exceed the task memory budget."""
@@ -358,7 +374,8 @@ def _spans(schema: DatasetSchema, name: str, region: dict[str, slice]):
     return [(d, region[d]) for d in schema.variables[name].dims]
 
 
-def _exists(url: str, options: dict | None) -> bool:
+def exists(url: str, options: dict | None) -> bool:
+    """Whether anything is at ``url``."""
     fs, path = fsspec.core.url_to_fs(url, **(options or {}))
     return fs.exists(path)
 

@@ -119,7 +119,7 @@ def write_template(
     variables.update(_static_variables(schema, open_config, inputs_by_owner))
     names = [n for n, v in schema.variables.items() if v.is_coord and n in variables]
     _to_zarr(xr.Dataset(variables, attrs=dict(attrs)).set_coords(names), target, encoding, "w")
-    group = zarr.open_group(_store(target), mode="r+", zarr_format=target.zarr_format)
+    group = zarr.open_group(zarr_store(target), mode="r+", zarr_format=target.zarr_format)
     for name in variables:
         if set(schema.variables[name].dims) & concat:
             group[name].resize(schema.variables[name].shape)
@@ -229,10 +229,11 @@ def _read_piece(piece: Piece, task: WriteTask, arrays, dims, region) -> None:
 
 def consolidate(target: Target) -> None:
     """Write consolidated metadata."""
-    zarr.consolidate_metadata(_store(target), zarr_format=target.zarr_format)
+    zarr.consolidate_metadata(zarr_store(target), zarr_format=target.zarr_format)
 
 
-def _store(target: Target):
+def zarr_store(target: Target):
+    """What zarr opens for ``target``: a local path or an fsspec store."""
     if "://" in target.url and not target.url.startswith("file://"):
         return zarr.storage.FsspecStore.from_url(target.url, storage_options=target.storage_options)
     return target.url.removeprefix("file://")
@@ -251,20 +252,21 @@ def publish(staging: Target, final_url: str) -> None:
     if is_local(fs):
         _rename_into_place(src, dst)
     elif fs.exists(src):
-        files = sorted(fs.find(src), key=lambda p: _publish_order(p.removeprefix(src)))
+        files = sorted(fs.find(src), key=lambda p: publish_order(p.removeprefix(src)))
         for path in files:
             fs.copy(path, dst + path.removeprefix(src))
         fs.rm(src, recursive=True)
 
 
-def _publish_order(relative: str) -> tuple[int, str]:
+def publish_order(relative: str) -> tuple[int, str]:
+    """Chunks first, then array metadata, then the root metadata."""
     name = relative.rsplit("/", 1)[-1]
-    if name not in _METADATA:
+    if name not in METADATA_FILES:
         return (0, relative)
     return (2 if relative.count("/") == 1 else 1, relative)
 
 
-_METADATA = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+METADATA_FILES = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
 
 
 def _rename_into_place(src: str, dst: str) -> None:
