@@ -15,13 +15,13 @@ from typing import Any
 import fsspec
 import xarray as xr
 
-from .append import plan_append
 from .engines import Engine, get_engine
 from .openers import preload
 from .plan import BakeState, Plan, make_plan
 from .progress import Reporter
 from .recipe import Recipe
 from .sources import is_remote
+from .updates import plan_append, plan_retry
 
 
 @dataclass
@@ -56,12 +56,16 @@ def bake(
     reporter: Reporter | None = None,
     force: bool = False,
     append: bool = False,
+    skip_failed: bool = False,
+    retry_failed: bool = False,
 ) -> BakeResult:
     """Bake ``recipe`` into ``target_root/STORE_NAME`` and return a :class:`BakeResult`.
 
     A bake that was interrupted resumes where it stopped; a store already baked from the
     same recipe and inputs is left as it is, unless ``force``. With ``append``, only the
-    inputs the store lacks are baked, and added to it.
+    inputs the store lacks are baked, and added to it. With ``skip_failed``, inputs that
+    still fail after their retries are left as fill values and recorded in the store's
+    manifest; ``retry_failed`` later fills them in.
 
     >>> result = bake(recipe, target_root="out/", workers=2)  # doctest: +SKIP
     >>> result.url
@@ -72,10 +76,18 @@ def bake(
     workers = workers or os.cpu_count() or 1
     reporter = reporter or Reporter()
     with _cache_for(recipe, cache) as cache_dir:
-        plan = make_plan(recipe, normalize_root(target_root), cache=cache_dir, workers=workers)
+        plan = make_plan(
+            recipe,
+            normalize_root(target_root),
+            cache=cache_dir,
+            workers=workers,
+            skip_failed=skip_failed,
+        )
         with plan.ledger.lock():
             if append:
                 plan = plan_append(plan)
+            if retry_failed:
+                plan = plan_retry(plan)
             if not force and plan.up_to_date():
                 reporter.event("up_to_date", url=plan.url)
                 return unchanged_result(plan)

@@ -65,9 +65,39 @@ def main():
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan (stages, tasks, bytes); run nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Structured log lines instead of bars.")
+@click.option(
+    "--append", is_flag=True, help="Add the inputs the store lacks; refuse gaps and overlaps."
+)
+@click.option(
+    "--skip-failed",
+    is_flag=True,
+    help="Finish despite inputs that fail after retries; record them, leave fill values.",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Fill in the inputs an earlier --skip-failed bake lacks."
+)
+@click.option("--force", is_flag=True, help="Bake again even if the store is up to date.")
 @friendly
-def bake(feedstock, target_root, cache, recipe_id, workers, prune, config_file, dry_run, as_json):
-    """Bake the recipes of FEEDSTOCK into TARGET_ROOT/STORE_NAME."""
+def bake(
+    feedstock,
+    target_root,
+    cache,
+    recipe_id,
+    workers,
+    prune,
+    config_file,
+    dry_run,
+    as_json,
+    append,
+    skip_failed,
+    retry_failed,
+    force,
+):
+    """Bake the recipes of FEEDSTOCK into TARGET_ROOT/STORE_NAME.
+
+    An interrupted bake resumes where it stopped when run again; a store already baked
+    from the same recipe and inputs is left as it is (use --force to bake it again).
+    """
     from .bake import bake as run_bake
     from .bake import normalize_root
     from .config import read_config
@@ -109,6 +139,10 @@ def bake(feedstock, target_root, cache, recipe_id, workers, prune, config_file, 
                 prune=prune,
                 engine=config.engine,
                 reporter=reporter,
+                force=force,
+                append=append,
+                skip_failed=skip_failed or config.skip_failed,
+                retry_failed=retry_failed,
             )
         finally:
             reporter.close()

@@ -24,6 +24,7 @@ class BakeConfig(BaseModel):
     workers: int | None = Field(default=None, ge=1)
     prune: int | None = Field(default=None, ge=1)
     engine: str = "local"
+    skip_failed: bool = False
 
 
 def read_config(path: str | Path | None) -> BakeConfig:

@@ -81,23 +81,27 @@ class Ledger:
         data = get(f"{self.folder}/staging/state.pkl", self.storage_options)
         return None if data is None else pickle.loads(data)
 
-    def mark_done(self, units: Iterable[str]) -> None:
-        """Record that ``units`` are written and checked."""
-        body = "\n".join(units).encode()
-        task = hashlib.sha1(body).hexdigest()[:20]
+    def mark_done(self, units: Iterable[str], missing: dict[str, str] | None = None) -> None:
+        """Record that ``units`` are written and checked, and which inputs they lack."""
+        units = list(units)
+        body = json.dumps({"units": units, "missing": missing or {}}).encode()
+        task = hashlib.sha1("\n".join(units).encode()).hexdigest()[:20]
         put(f"{self.folder}/staging/done/{task}", body, self.storage_options)
 
-    def done_units(self) -> set[str]:
-        """Every unit recorded as finished by the bake in progress."""
+    def finished(self) -> tuple[set[str], dict[str, str]]:
+        """The units the bake in progress has finished, and the inputs they lack."""
         fs, path = _fs(f"{self.folder}/staging/done", self.storage_options)
         try:
             paths = [p for p in fs.find(path) if not p.rsplit("/", 1)[-1].startswith(".")]
         except FileNotFoundError:
-            return set()
-        done: set[str] = set()
+            paths = []
+        units: set[str] = set()
+        missing: dict[str, str] = {}
         for body in fs.cat(paths).values() if paths else ():
-            done.update(body.decode().splitlines())
-        return done
+            record = json.loads(body)
+            units.update(record["units"])
+            missing.update(record["missing"])
+        return units, missing
 
     def clear_staging(self) -> None:
         """Forget the bake in progress: its staging store and its records."""

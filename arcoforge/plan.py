@@ -23,7 +23,7 @@ from .chunking import resolve_chunks
 from .openers import OpenConfig
 from .patterns import Input
 from .recipe import Recipe
-from .schema import DatasetSchema, ScanTask, SchemaCombiner, scan_input
+from .schema import DatasetSchema, Missing, ScanTask, SchemaCombiner, Skipping, scan_input
 from .secrets import secret_values
 from .sources import FetchConfig
 from .validate import CheckTask, sample_positions
@@ -43,6 +43,7 @@ class BakeState:
     open: OpenConfig | None = None
     written: int = 0
     resumed: bool = False
+    missing: dict[str, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +75,7 @@ class Plan:
     ledger: ledgers.Ledger
     workers: int = 1
     max_task_bytes: int = DEFAULT_TASK_BYTES
+    skip_failed: bool = False
 
     @property
     def concat_dims(self) -> tuple[str, ...]:
@@ -94,7 +96,7 @@ class Plan:
                 name="scan",
                 description="open every input, check that they combine",
                 items=self.scan_tasks,
-                func=scan_input,
+                func=Skipping(scan_input) if self.skip_failed else scan_input,
                 reduce=self.combine,
             ),
             Stage(
@@ -126,10 +128,15 @@ class Plan:
         )
 
     @cached_property
-    def fingerprint(self) -> str:
-        """What makes two bakes the same bake: all the inputs and the settings."""
+    def store_fingerprint(self) -> str:
+        """What makes two stores the same: all the pattern's inputs and the settings."""
         pattern_inputs = self.recipe.pattern.inputs()
         return ledgers.fingerprint([(i.url, i.position) for i in pattern_inputs], self.settings)
+
+    @property
+    def fingerprint(self) -> str:
+        """What makes two runs the same run, so that one resumes the other."""
+        return self.store_fingerprint
 
     def prepare(self, state: BakeState, results: Iterable) -> None:
         """Pick up the interrupted bake of this same recipe, if there is one; otherwise
@@ -138,7 +145,7 @@ class Plan:
         same = staged is not None and staged["fingerprint"] == self.fingerprint
         saved = self.ledger.load_state() if same else None
         if saved is not None:
-            state.schema, state.chunks, state.encoding, state.open = saved
+            state.schema, state.chunks, state.encoding, state.open, state.missing = saved
             state.resumed = True
         else:
             self.ledger.clear_staging()
@@ -164,9 +171,7 @@ class Plan:
         """Fold input schemas into the dataset schema, choose chunks and write the template."""
         if state.resumed:
             return
-        combiner = SchemaCombiner(self.recipe.pattern)
-        for schema in results:
-            combiner.add(schema)
+        combiner = self._combined(state, results)
         state.schema = combiner.result()
         state.open = replace(self.open, promoted=state.schema.promoted)
         state.chunks = resolve_chunks(state.schema, self.recipe.writer.target_chunks)
@@ -179,7 +184,13 @@ class Plan:
         zarr_writer.write_template(
             state.schema, self.target, state.encoding, state.open, owners, attrs
         )
-        self.ledger.save_state((state.schema, state.chunks, state.encoding, state.open))
+        self.keep(state)
+
+    def keep(self, state: BakeState) -> None:
+        """Record the scan's result, so that an interrupted bake resumes after it."""
+        self.ledger.save_state(
+            (state.schema, state.chunks, state.encoding, state.open, state.missing)
+        )
         self.ledger.write(self._manifest("writing"), STAGED)
 
     def _manifest(self, status: str, **extra) -> dict:
@@ -190,6 +201,17 @@ class Plan:
             **extra,
         }
 
+    def _combined(self, state: BakeState, results: Iterable) -> SchemaCombiner:
+        """Fold scan results; skipped inputs are recorded in ``state.missing``."""
+        combiner = SchemaCombiner(self.recipe.pattern)
+        for result in results:
+            if isinstance(result, Missing):
+                combiner.add_missing(result.input)
+                state.missing[result.input.url] = result.error
+            else:
+                combiner.add(result)
+        return combiner
+
     @property
     def merge_dim(self) -> str | None:
         merge = self.recipe.pattern.merge_dim
@@ -199,7 +221,8 @@ class Plan:
         """Tasks over chunk-aligned regions, each reading only the inputs it needs."""
         schema = state.schema
         groups = self._variable_groups(schema, state.chunks)
-        done = self.ledger.done_units()
+        done, missing = self.ledger.finished()
+        state.missing.update(missing)
         tasks, skipped = [], 0
         for region, variables in itertools.product(self._regions(schema, state.chunks), groups):
             variables = [v for v in variables if self._owns(schema, v, region)]
@@ -209,7 +232,7 @@ class Plan:
             if done.issuperset(units):
                 skipped += 1
             else:
-                task = self._write_task(schema, region, variables, state.open or self.open)
+                task = self._write_task(schema, region, variables, state)
                 tasks.append(replace(task, units=units, ledger=self.ledger))
         state.stats["tasks_resumed"] = skipped
         return tasks
@@ -222,12 +245,28 @@ class Plan:
         if staged["status"] != "complete":
             if self.recipe.writer.consolidated:
                 zarr_writer.consolidate(self.target)
-            inputs = [i.url for i in self.inputs]
-            staged = self._manifest("complete", inputs=inputs, dims=state.schema.dims)
+            staged = self._manifest("complete", **self._contents(state))
             self.ledger.write(staged, STAGED)
-        zarr_writer.publish(self.target, self.url)
-        self.ledger.write({k: v for k, v in staged.items() if k != "version"})
+        self.move_into_place()
+        published = {k: v for k, v in staged.items() if k != "version"}
+        self.ledger.write({**published, "fingerprint": self.store_fingerprint})
         self.ledger.clear_staging()
+
+    def move_into_place(self) -> None:
+        """Put the staged store at the final name (repeatable)."""
+        zarr_writer.publish(self.target, self.url)
+
+    def _contents(self, state: BakeState) -> dict:
+        """What the published store holds: its inputs, their steps, the skipped ones."""
+        dim = self.concat_dims[0]
+        firsts = {i.pos(dim): i for i in reversed(self.inputs)}
+        counts = [state.schema.counts[dim][p] for p in sorted(firsts)]
+        return {
+            "inputs": [i.url for i in self.inputs],
+            "counts": counts,
+            "dims": state.schema.dims,
+            "missing": state.missing,
+        }
 
     def count_written(self, state: BakeState, results: Iterable) -> None:
         """Add up what the write tasks report."""
@@ -235,7 +274,10 @@ class Plan:
         for result in results:
             state.written += result["bytes"]
             checked.update(result["checked"])
+            state.missing.update(result["missing"])
         state.stats["validated_inputs"] = len(checked)
+        if state.missing:
+            state.stats["missing_inputs"] = sorted(state.missing)
 
     def _regions(self, schema: DatasetSchema, chunks: dict[str, int]) -> list[dict[str, slice]]:
         blocks = {}
@@ -312,7 +354,7 @@ class Plan:
         first = bisect.bisect_right(offsets, span.start) - 1
         last = bisect.bisect_left(offsets, span.stop)
         for position in range(max(first, 0), last):
-            yield from self._by_position[position]
+            yield from self._by_position.get(position, ())
 
     @cached_property
     def _by_position(self) -> dict[int, list[Input]]:
@@ -326,11 +368,12 @@ class Plan:
         dims = schema.variables[name].dims
         return all(region[d].start == 0 for d in region if d not in dims)
 
-    def _write_task(self, schema, region, variables, opener: OpenConfig) -> WriteTask:
+    def _write_task(self, schema, region, variables, state: BakeState) -> WriteTask:
         owner = schema.owners[variables[0]]
+        opener = state.open or self.open
         pieces, checks = [], []
         for item in self._inputs_along(schema, region[self.concat_dims[0]]):
-            if self.merge_dim and item.pos(self.merge_dim) != owner:
+            if (self.merge_dim and item.pos(self.merge_dim) != owner) or item.url in state.missing:
                 continue
             piece = _overlap(schema.region_of(item), region, item)
             if piece is not None:
@@ -346,6 +389,7 @@ class Plan:
             region=tuple(region.items()),
             pieces=tuple(pieces),
             checks=tuple(checks),
+            skip_failed=self.skip_failed,
         )
 
     @cached_property
@@ -406,6 +450,7 @@ def make_plan(
     cache: str | None,
     workers: int,
     storage_options: dict | None = None,
+    skip_failed: bool = False,
 ) -> Plan:
     """Turn a recipe into a plan; pure, touches nothing."""
     recipe.check()
@@ -439,6 +484,7 @@ def make_plan(
         inputs=list(pattern.inputs()),
         ledger=ledger,
         workers=workers,
+        skip_failed=skip_failed,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .errors import SchemaError
+from .errors import SchemaError, SourceError, one_line
 from .openers import OpenConfig, open_input
 from .patterns import FilePattern, Input
 from .sources import local_copy
@@ -74,6 +74,28 @@ class ScanTask:
 
     input: Input
     open: OpenConfig
+
+
+@dataclass(frozen=True)
+class Missing:
+    """An input that failed after its retries and is skipped: its steps stay fill values."""
+
+    input: Input
+    error: str
+
+
+@dataclass(frozen=True)
+class Skipping:
+    """``func`` over tasks with an ``input``, returning :class:`Missing` for an input that
+    cannot be fetched or opened instead of raising."""
+
+    func: Any
+
+    def __call__(self, task) -> Any:
+        try:
+            return self.func(task)
+        except SourceError as exc:
+            return Missing(task.input, one_line(exc))
 
 
 def scan_input(task: ScanTask) -> InputSchema:
@@ -195,6 +217,7 @@ class SchemaCombiner:
         self.varying: set[str] = set()
         self.nbytes = 0
         self.n = 0
+        self.missing: dict[str, Input] = {}
 
     def add(self, schema: InputSchema) -> None:
         """Take one input's schema into account."""
@@ -214,6 +237,18 @@ class SchemaCombiner:
             first = self.scalars.setdefault(name, info.fingerprint)
             if info.is_scalar_coord and self.concat and first != info.fingerprint:
                 self.varying.add(name)
+
+    def add_missing(self, item: Input) -> None:
+        """Take a skipped input into account: its steps are known from the pattern only."""
+        for dim in self.concat:
+            n = self._nitems(dim)
+            if n is None:
+                raise SchemaError(
+                    f"cannot skip {item.url}: its length along {dim!r} is unknown; "
+                    "give the pattern's ConcatDim nitems_per_file"
+                )
+            self.counts[dim].setdefault(item.pos(dim), (n, item))
+        self.missing[item.url] = item
 
     def _fold_attrs(self, scope: str | None, attrs: dict[str, Any]) -> None:
         """Attributes that differ between inputs are dropped, as xarray's drop_conflicts does."""
@@ -321,7 +356,36 @@ class SchemaCombiner:
         for values, item in self.values[dim].values():
             if _sortable(values) and len(values) > 1 and not np.all(values[1:] > values[:-1]):
                 raise SchemaError(f"{item.url}: {dim!r} values are not strictly increasing")
+        gaps = sorted(set(self.counts[dim]) - set(self.values[dim]))
+        if gaps:
+            return self._fill_gaps(dim, dict(parts), gaps)
         return np.concatenate([v for _, (v, _) in parts])
+
+    def _fill_gaps(self, dim: str, parts: dict, gaps: list[int]) -> np.ndarray:
+        """Concat values of skipped inputs, continuing the others' regular step."""
+        known = np.concatenate([v for _, (v, _) in sorted(parts.items())])
+        steps = np.diff(known)
+        item = self.counts[dim][gaps[0]][1]
+        if not len(steps) or known.dtype == object:
+            raise SchemaError(
+                f"cannot skip {item.url}: its {dim!r} values cannot be inferred from the "
+                "other inputs'"
+            )
+        step = steps.min()
+        n = sum(count for count, _ in self.counts[dim].values())
+        first_pos = min(parts)
+        before = sum(self.counts[dim][p][0] for p in self.counts[dim] if p < first_pos)
+        values = parts[first_pos][0][0] + step * (np.arange(n) - before)
+        start = 0
+        for pos in sorted(self.counts[dim]):
+            count = self.counts[dim][pos][0]
+            if pos in parts and not _same_values(values[start : start + count], parts[pos][0]):
+                raise SchemaError(
+                    f"cannot skip {item.url}: the other inputs' {dim!r} values do not "
+                    f"follow one regular step (see {parts[pos][1].url})"
+                )
+            start += count
+        return values
 
     def _kept(self, scope: str | None, attrs: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in attrs.items() if (scope, k) not in self.conflicts}

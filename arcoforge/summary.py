@@ -97,7 +97,11 @@ def render_result(result: BakeResult, console, recipe_id: str) -> None:
             rows[1],
             ("status", "up to date: baked before from the same recipe and inputs"),
         ]
-    elif result.stats.get("tasks_resumed"):
+    if result.stats.get("missing_inputs"):
+        missing = result.stats["missing_inputs"]
+        rows.append(("missing", f"{len(missing)} inputs skipped, first {missing[0]}"))
+        rows.append(("", "fill them in later with --retry-failed"))
+    if result.stats.get("tasks_resumed"):
         rows.append(
             ("resumed", f"{result.stats['tasks_resumed']} write tasks done by an earlier run")
         )

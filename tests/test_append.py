@@ -12,8 +12,8 @@ import xarray as xr
 from conftest import assert_same_as_sources, simple_recipe
 
 from arcoforge import bake
-from arcoforge.append import AppendError
 from arcoforge.testing.archives import oisst_dataset, write_files, write_oisst_archive
+from arcoforge.updates import AppendError
 from arcoforge.writers import patch
 
 GRID = {"ny": 18, "nx": 36}

@@ -289,3 +289,18 @@ def test_help_explains_commands_and_options(tmp_path):
         "--debug",
     ):
         assert re.search(rf"^\s+{option}\b.*\w", bake_help, re.MULTILINE), option
+
+
+def test_rebake_is_a_no_op_and_append_adds_the_rest(feedstock, tmp_path):
+    args = ("bake", NAME, "--target-root", "out", "--workers", "2")
+    ok(arcoforge(*args, "--prune", "2", cwd=tmp_path))
+    again = ok(arcoforge(*args, "--prune", "2", cwd=tmp_path))
+    assert "up to date" in again.stdout
+    grown = ok(arcoforge(*args, "--append", "--json", cwd=tmp_path))
+    summary = json_lines(grown.stdout)[-1]
+    assert summary["inputs"] == 2 and summary["dims"]["time"] == 4
+    store = tmp_path / "out" / f"{NAME}.zarr"
+    assert_same_as_sources(str(store), sources(feedstock))
+    assert "up to date" in ok(arcoforge(*args, "--append", cwd=tmp_path)).stdout
+    refused = error_line(arcoforge(*args, "--prune", "3", "--append", cwd=tmp_path), rc=1)
+    assert "cannot append" in refused and "lacks" in refused

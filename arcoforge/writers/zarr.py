@@ -14,7 +14,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ..errors import ArcoforgeError
+from ..errors import ArcoforgeError, SourceError, one_line
 from ..ledger import Ledger, is_local
 from ..openers import OpenConfig, open_input, read_variables
 from ..patterns import Input
@@ -181,6 +181,7 @@ class WriteTask:
     checks: tuple = ()
     units: tuple[str, ...] = ()
     ledger: Ledger | None = None
+    skip_failed: bool = False
 
 
 def _len(s: slice) -> int:
@@ -196,11 +197,17 @@ def write_region(task: WriteTask) -> dict[str, int]:
     region = dict(task.region)
     dims = dict(task.dims)
     arrays = {
-        name: np.empty([_len(region[d]) for d in dims[name]], dtype=dtype)
+        name: _allocate([_len(region[d]) for d in dims[name]], dtype, task.skip_failed)
         for name, dtype in zip(task.variables, task.dtypes, strict=True)
     }
+    missing = {}
     for piece in task.pieces:
-        _read_piece(piece, task, arrays, dims, region)
+        try:
+            _read_piece(piece, task, arrays, dims, region)
+        except SourceError as exc:
+            if not task.skip_failed:
+                raise
+            missing[piece.input.url] = one_line(exc)
     nbytes = 0
     for name in list(arrays):
         array = arrays.pop(name)
@@ -214,10 +221,19 @@ def write_region(task: WriteTask) -> dict[str, int]:
             storage_options=task.target.storage_options,
         )
         del array
-    checked = [check_input(check) for check in task.checks]
+    checked = [check_input(c) for c in task.checks if c.input.url not in missing]
     if task.ledger is not None:
-        task.ledger.mark_done(task.units)
-    return {"bytes": nbytes, "inputs": len(task.pieces), "checked": checked}
+        task.ledger.mark_done(task.units, missing)
+    return {"bytes": nbytes, "inputs": len(task.pieces), "checked": checked, "missing": missing}
+
+
+def _allocate(shape: list[int], dtype: str, fill: bool) -> np.ndarray:
+    """An array for a region; filled with the missing value if inputs may be skipped."""
+    if not fill:
+        return np.empty(shape, dtype=dtype)
+    kind = np.dtype(dtype).kind
+    missing = np.nan if kind in "fc" else np.datetime64("NaT") if kind in "mM" else 0
+    return np.full(shape, missing, dtype=dtype)
 
 
 def _read_piece(piece: Piece, task: WriteTask, arrays, dims, region) -> None:

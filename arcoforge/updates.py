@@ -1,0 +1,366 @@
+"""Plans that change a published store: append new inputs, retry skipped ones.
+
+Both scan only the inputs they need and write only the chunks those inputs land in, into
+a patch (see :mod:`arcoforge.writers.patch`) applied once every chunk is written and
+checked, so the cost follows the new data, not the store.
+
+An append must continue the store: the same variables, grids and dtypes, and steps along
+the concat dim that follow its last one without a gap, overlap, duplicate or reordering.
+Otherwise it is refused with a message naming the input, before anything is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from . import ledger as ledgers
+from .errors import SchemaError
+from .patterns import Input
+from .plan import BakeState, Plan, exists
+from .schema import DatasetSchema
+from .writers import patch
+from .writers.zarr import zarr_store
+
+
+class AppendError(SchemaError):
+    """The new inputs do not continue the store."""
+
+
+@dataclass
+class PatchPlan(Plan):
+    """A :class:`Plan` whose writes go into a patch of the published store."""
+
+    published: dict = field(default_factory=dict)
+
+    @property
+    def dim(self) -> str:
+        return self.concat_dims[0]
+
+    def stage_patch(self, state: BakeState, store: xr.Dataset, new: DatasetSchema) -> None:
+        """Fill ``state`` from the scan and the store, stage the patch, record progress."""
+        state.chunks = _store_chunks(store)
+        state.open = replace(self.open, promoted=new.promoted)
+        patch.stage(self.url, self.target, self.dim, state.schema.dims[self.dim])
+        self.keep(state)
+
+    def move_into_place(self) -> None:
+        patch.apply(self.target, self.url)
+
+
+@dataclass
+class AppendPlan(PatchPlan):
+    """The new inputs only, written after the store's ``held`` steps."""
+
+    held: int = 0
+
+    def start(self, dim: str) -> int:
+        return self.held if dim == self.dim else 0
+
+    def combine(self, state: BakeState, results: Iterable) -> None:
+        """Check that the new inputs continue the store, then stage the patch."""
+        if state.resumed:
+            return
+        new = self._combined(state, results).result()
+        with xr.open_zarr(self.url, storage_options=self.target.storage_options) as store:
+            check_continuation(store, new, self.dim, self._input_at(new))
+            state.schema = _shifted(new, self.dim, self.held)
+            self.stage_patch(state, store, new)
+        _write_coords(self.target, new, self.dim, slice(self.held, state.schema.dims[self.dim]))
+
+    def _input_at(self, schema: DatasetSchema):
+        """The new input that holds step ``i`` of the new steps."""
+        offsets = schema.offsets[self.dim]
+        by_pos = {item.pos(self.dim): item for item in self.inputs}
+
+        def find(i: int) -> Input:
+            return by_pos[int(np.searchsorted(offsets, i, side="right")) - 1]
+
+        return find
+
+    def _contents(self, state: BakeState) -> dict:
+        new = super()._contents(state)
+        return {
+            "inputs": [*self.published["inputs"], *new["inputs"]],
+            "counts": [*self.published["counts"], *new["counts"]],
+            "dims": state.schema.dims,
+            "missing": {**self.published.get("missing", {}), **state.missing},
+        }
+
+
+@dataclass
+class RetryPlan(PatchPlan):
+    """The chunks that lack skipped inputs, rewritten from all the inputs they hold."""
+
+    blocks: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def fingerprint(self) -> str:
+        return ledgers.fingerprint(self.store_fingerprint, "retry", self.blocks)
+
+    def combine(self, state: BakeState, results: Iterable) -> None:
+        """Check that the inputs fit where the store expects them, then stage the patch."""
+        if state.resumed:
+            return
+        new = self._combined(state, results).result()
+        counts = self.published["counts"]
+        offsets = np.cumsum([0, *counts[:-1]]).tolist()
+        with xr.open_zarr(self.url, storage_options=self.target.storage_options) as store:
+            _check_steps(store, new, self.inputs, self.dim, counts)
+            dims = {**new.dims, self.dim: int(store.sizes[self.dim])}
+            variables = {
+                n: replace(v, shape=tuple(dims[d] for d in v.dims))
+                for n, v in new.variables.items()
+            }
+            state.schema = replace(
+                new,
+                dims=dims,
+                variables=variables,
+                offsets={self.dim: offsets},
+                counts={self.dim: list(counts)},
+            )
+            self.stage_patch(state, store, new)
+
+    def _regions(self, schema: DatasetSchema, chunks: dict[str, int]) -> list[dict[str, slice]]:
+        return [
+            r
+            for r in super()._regions(schema, chunks)
+            if (r[self.dim].start, r[self.dim].stop) in self.blocks
+        ]
+
+    def _contents(self, state: BakeState) -> dict:
+        retried = {i.url for i in self.inputs}
+        kept = {u: e for u, e in self.published["missing"].items() if u not in retried}
+        held = {k: self.published[k] for k in ("inputs", "counts", "dims")}
+        return {**held, "missing": {**kept, **state.missing}}
+
+
+def plan_append(plan: Plan) -> Plan:
+    """The plan that adds to ``plan``'s store the pattern's inputs it lacks.
+
+    With no store yet, that is ``plan`` itself; with nothing new, a plan with no inputs.
+    """
+    published = _published(plan, "append to")
+    if published is None:
+        return plan
+    if len(plan.concat_dims) != 1:
+        raise AppendError("appending works along one concat dim; this pattern has several")
+    dim = plan.concat_dims[0]
+    held = set(published["inputs"])
+    gone = held - {i.url for i in plan.inputs}
+    if gone:
+        raise AppendError(f"cannot append: {plan.url} holds {min(gone)}, which the recipe lacks")
+    new = [i for i in plan.inputs if i.url not in held]
+    if not new:
+        if published["fingerprint"] == plan.fingerprint:
+            return plan
+        raise AppendError(
+            f"nothing to append to {plan.url}, but its inputs were in another order; "
+            "bake it afresh with --force"
+        )
+    _check_order(plan, new, held, dim)
+    first = min(i.pos(dim) for i in new)
+    return AppendPlan(
+        **_fields(plan, inputs=[_moved(i, dim, -first) for i in new]),
+        published=published,
+        held=int(published["dims"][dim]),
+    )
+
+
+def plan_retry(plan: Plan) -> Plan:
+    """The plan that fills in the inputs ``plan``'s store lacks because they were skipped.
+
+    With nothing skipped, that is ``plan`` itself, which finds the store up to date.
+    """
+    published = _published(plan, "retry the failed inputs of")
+    if published is None:
+        raise AppendError(f"cannot retry failed inputs: there is no store at {plan.url}")
+    if published["fingerprint"] != plan.store_fingerprint:
+        raise AppendError(
+            f"cannot retry the failed inputs of {plan.url}: the recipe's inputs differ from "
+            "those it was baked from"
+        )
+    if not published.get("missing"):
+        return plan
+    dim = plan.concat_dims[0]
+    with xr.open_zarr(plan.url, storage_options=plan.target.storage_options) as store:
+        step = _store_chunks(store)[dim]
+    counts = published["counts"]
+    offsets = np.cumsum([0, *counts]).tolist()
+    spans = {i.url: (offsets[i.pos(dim)], offsets[i.pos(dim) + 1]) for i in plan.inputs}
+    blocks = sorted(
+        {
+            (b, min(b + step, offsets[-1]))
+            for url in published["missing"]
+            for b in range(spans[url][0] // step * step, spans[url][1], step)
+        }
+    )
+    wanted = [i for i in plan.inputs if any(_meets(spans[i.url], b) for b in blocks)]
+    return RetryPlan(**_fields(plan, inputs=wanted), published=published, blocks=tuple(blocks))
+
+
+def _meets(span: tuple[int, int], block: tuple[int, int]) -> bool:
+    return span[0] < block[1] and block[0] < span[1]
+
+
+def _published(plan: Plan, doing: str) -> dict | None:
+    """The store's manifest, if the store was baked with ``plan``'s settings."""
+    published = plan.ledger.read()
+    if published is None:
+        if exists(plan.url, plan.target.storage_options):
+            raise AppendError(
+                f"cannot {doing} {plan.url}: it has no arcoforge manifest, so which inputs "
+                "it holds is unknown; bake it afresh with arcoforge"
+            )
+        return None
+    if published["settings"] != plan.settings:
+        raise AppendError(
+            f"cannot {doing} {plan.url}: the recipe's settings (opener, preprocessing, "
+            "StoreToZarr) differ from those it was baked with; bake it afresh with --force"
+        )
+    return published
+
+
+def _fields(plan: Plan, **changes) -> dict:
+    return {**{f: getattr(plan, f) for f in Plan.__dataclass_fields__}, **changes}
+
+
+def _check_steps(store: xr.Dataset, new: DatasetSchema, inputs, dim: str, counts) -> None:
+    """The inputs being retried must hold the steps the store has for them."""
+    positions = sorted({i.pos(dim) for i in inputs})
+    by_pos = {i.pos(dim): i for i in inputs}
+    offsets = np.cumsum([0, *counts]).tolist()
+    values = new.concat_values.get(dim)
+    start = 0
+    for rank, pos in enumerate(positions):
+        n = counts[pos]
+        same = new.counts[dim][rank] == n and (
+            values is None
+            or np.array_equal(
+                values[start : start + n], store[dim].values[offsets[pos] : offsets[pos] + n]
+            )
+        )
+        if not same:
+            raise AppendError(
+                f"cannot retry {by_pos[pos].url}: its {dim} steps differ from those the "
+                "store has for it"
+            )
+        start += n
+
+
+def _check_order(plan: Plan, new: list[Input], held: set[str], dim: str) -> None:
+    old = [i for i in plan.inputs if i.url in held]
+    if not new or not old:
+        return
+    last = max(old, key=lambda i: i.pos(dim))
+    early = min(new, key=lambda i: i.pos(dim))
+    if early.pos(dim) <= last.pos(dim):
+        raise AppendError(
+            f"cannot append {early.url}: it comes before {last.url}, which {plan.url} "
+            f"already holds; appends must follow the store along {dim!r}"
+        )
+
+
+def _moved(item: Input, dim: str, by: int) -> Input:
+    position = tuple((d, p + by if d == dim else p) for d, p in item.position)
+    return replace(item, position=position)
+
+
+def check_continuation(store: xr.Dataset, new: DatasetSchema, dim: str, input_at) -> None:
+    """Raise :class:`AppendError` unless ``new`` continues ``store`` along ``dim``."""
+    first = input_at(0).url
+    _check_variables(store, new, dim, first)
+    values = new.concat_values.get(dim)
+    if values is None or dim not in store.coords or not len(values):
+        return
+    held = store[dim].values
+    last = held[-1]
+    if values[0] <= last:
+        how = "is already in" if values[0] in held else "overlaps"
+        raise AppendError(
+            f"cannot append {first}: {dim} {values[0]} {how} the store, whose last {dim} is {last}"
+        )
+    step = _regular_step(held)
+    if step is None:
+        return
+    joined = np.concatenate([held[-1:], values])
+    gaps = np.flatnonzero(np.diff(joined) != step)
+    if len(gaps):
+        i = int(gaps[0])
+        raise AppendError(
+            f"cannot append {input_at(i).url}: {dim} {joined[i + 1]} leaves a gap after "
+            f"{dim} {joined[i]} (the store's steps are {_text(step)})"
+        )
+
+
+def _check_variables(store: xr.Dataset, new: DatasetSchema, dim: str, url: str) -> None:
+    names = {n for n, v in new.variables.items() if not v.is_coord}
+    for name in sorted(names ^ set(store.data_vars)):
+        where = "the store lacks it" if name in names else "the new inputs lack it"
+        raise AppendError(f"cannot append {url}: variable {name!r}: {where}")
+    for name, info in new.variables.items():
+        if name not in store.variables or name == dim:
+            continue
+        var = store.variables[name]
+        shape = tuple(n for d, n in zip(info.dims, info.shape, strict=True) if d != dim)
+        held = tuple(n for d, n in var.sizes.items() if d != dim)
+        if var.dims != info.dims or shape != held or str(var.dtype) != info.dtype:
+            raise AppendError(
+                f"cannot append {url}: {name!r} is {info.dtype} {dict(zip(info.dims, info.shape, strict=True))}, "
+                f"the store's is {var.dtype} {dict(var.sizes)}"
+            )
+        if dim not in info.dims and info.fingerprint and not _same(var, info):
+            raise AppendError(f"cannot append {url}: {name!r} differs from the store's")
+
+
+def _same(var: xr.Variable, info) -> bool:
+    from .schema import _fingerprint
+
+    return _fingerprint(np.asarray(var.values)) == info.fingerprint
+
+
+def _regular_step(values: np.ndarray) -> Any:
+    """The constant step of ``values``, or None if they are too few or irregular."""
+    if len(values) < 2 or values.dtype == object:
+        return None
+    steps = np.diff(values)
+    return steps[0] if (steps == steps[0]).all() else None
+
+
+def _text(step: Any) -> str:
+    if isinstance(step, np.timedelta64):
+        return str(step.astype("timedelta64[s]").item())
+    return str(step)
+
+
+def _store_chunks(store: xr.Dataset) -> dict[str, int]:
+    chunks: dict[str, int] = {}
+    for var in store.data_vars.values():
+        for d, c in zip(var.dims, var.encoding.get("chunks", ()), strict=False):
+            chunks.setdefault(str(d), int(c))
+    return chunks
+
+
+def _shifted(schema: DatasetSchema, dim: str, by: int) -> DatasetSchema:
+    """``schema`` placed after ``by`` steps already in the store."""
+    dims = {**schema.dims, dim: schema.dims[dim] + by}
+    variables = {
+        n: replace(v, shape=tuple(dims[d] for d in v.dims)) for n, v in schema.variables.items()
+    }
+    offsets = {**schema.offsets, dim: [o + by for o in schema.offsets[dim]]}
+    return replace(schema, dims=dims, variables=variables, offsets=offsets)
+
+
+def _write_coords(target, schema: DatasetSchema, dim: str, region: slice) -> None:
+    """The new values of the concat coordinate, encoded as the store encodes it."""
+    if dim not in schema.concat_values:
+        return
+    array = zarr.open_array(zarr_store(target), path=dim, mode="r+")
+    kept = {k: array.attrs[k] for k in ("units", "calendar") if k in array.attrs}
+    var = xr.Variable((dim,), schema.concat_values[dim], encoding={**kept, "dtype": array.dtype})
+    array[region] = xr.conventions.encode_cf_variable(var).values

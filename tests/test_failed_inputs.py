@@ -1,0 +1,96 @@
+"""Inputs that fail after their retries: they stop the bake by default; with skip_failed
+the bake finishes with their steps as fill values and records them; retry_failed later
+fills them in, rewriting only the chunks they land in."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import assert_same_as_sources, simple_recipe
+
+from arcoforge import bake
+from arcoforge.errors import SchemaError, SourceError
+from arcoforge.testing.httpserver import FileServer
+
+
+@pytest.fixture
+def half_served(small_archive, tmp_path):
+    """The small archive on a loopback server that lacks day 6 (404)."""
+    root = tmp_path / "served"
+    shutil.copytree(small_archive[0].parent, root)
+    (root / small_archive[5].name).unlink()
+    with FileServer(root) as server:
+        yield server, root, [f"{server.url}/{p.name}" for p in small_archive]
+
+
+def manifest(target, store="out.zarr") -> dict:
+    return json.loads((target / f".{store}.arcoforge" / "manifest.json").read_text())
+
+
+def test_failed_input_stops_the_bake_by_default(half_served, tmp_path):
+    _, _, urls = half_served
+    with pytest.raises(SourceError, match=rf"{urls[5]}.*404"):
+        bake(simple_recipe(urls), tmp_path / "out", workers=2)
+
+
+def test_skipped_input_leaves_fill_values_and_is_recorded(half_served, small_archive, tmp_path):
+    _, _, urls = half_served
+    result = bake(simple_recipe(urls), tmp_path / "out", workers=2, skip_failed=True)
+    assert result.stats["missing_inputs"] == [urls[5]]
+    out = xr.open_zarr(result.url).load()
+    src = xr.concat([xr.open_dataset(p).load() for p in small_archive], dim="time")
+    np.testing.assert_array_equal(out.time.values, src.time.values)  # inferred for day 6
+    for name in src.data_vars:
+        assert np.isnan(out[name].isel(time=5).values).all(), name
+        kept = [i for i in range(len(small_archive)) if i != 5]
+        np.testing.assert_array_equal(
+            out[name].isel(time=kept).values, src[name].isel(time=kept).values
+        )
+    missing = manifest(tmp_path / "out")["missing"]
+    assert list(missing) == [urls[5]] and "404" in missing[urls[5]]
+
+
+def test_retry_fills_in_what_was_skipped(half_served, small_archive, tmp_path):
+    _, root, urls = half_served
+    target = tmp_path / "out"
+    bake(simple_recipe(urls), target, workers=2, skip_failed=True)
+    store = target / "out.zarr"
+    untouched = (store / "sst" / "c" / "0" / "0" / "0").read_bytes()
+    shutil.copy(small_archive[5], root / small_archive[5].name)
+    result = bake(simple_recipe(urls), target, workers=2, retry_failed=True)
+    assert result.inputs == 3, "only the inputs of the chunk that lacked day 6 are read"
+    assert_same_as_sources(result.url, small_archive)
+    assert manifest(target)["missing"] == {}
+    assert (store / "sst" / "c" / "0" / "0" / "0").read_bytes() == untouched
+    again = bake(simple_recipe(urls), target, workers=2, retry_failed=True)
+    assert again.stats == {"up_to_date": True}
+
+
+def test_retry_that_fails_again_keeps_the_store(half_served, tmp_path):
+    _, _, urls = half_served
+    target = tmp_path / "out"
+    bake(simple_recipe(urls), target, workers=2, skip_failed=True)
+    before = xr.open_zarr(target / "out.zarr").load()
+    with pytest.raises(SourceError, match="404"):
+        bake(simple_recipe(urls), target, workers=2, retry_failed=True)
+    xr.testing.assert_identical(xr.open_zarr(target / "out.zarr").load(), before)
+    assert list(manifest(target)["missing"]) == [urls[5]]
+
+
+def test_skipping_needs_the_length_of_each_input(half_served, tmp_path):
+    from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr
+    from arcoforge.patterns import pattern_from_file_sequence
+
+    _, _, urls = half_served
+    recipe = (
+        pattern_from_file_sequence(urls, "time")
+        | OpenURLWithFSSpec(retry_delay=0.01)
+        | OpenWithXarray()
+        | StoreToZarr("out.zarr")
+    )
+    with pytest.raises(SchemaError, match=rf"cannot skip {urls[5]}.*nitems_per_file"):
+        bake(recipe, tmp_path / "out", workers=2, skip_failed=True)
