@@ -191,3 +191,33 @@ def test_a_second_bake_of_the_same_store_is_refused(script, archive, clean, tmp_
         _, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
     assert digest(target / "out.zarr") == clean
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root can mount one; the test needs it to fill a real disk)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)])
+    if made.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_full_disk_fails_cleanly_and_resumes_once_there_is_room(small_disk, tmp_path):
+    from arcoforge.testing.archives import write_oisst_archive
+
+    files = write_oisst_archive(tmp_path / "src", days=12, ny=90, nx=180)
+    clean = bake(_recipe(files), tmp_path / "clean", workers=2)
+    with pytest.raises(OSError, match="No space left on device"):
+        bake(_recipe(files), small_disk, workers=2)
+    assert not (small_disk / "out.zarr").exists(), "nothing published"
+    staged = json.loads((small_disk / ".out.zarr.arcoforge/staging/manifest.json").read_text())
+    assert staged["status"] == "writing"
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    result = bake(_recipe(files), small_disk, workers=2)
+    assert result.stats["tasks_resumed"] > 0
+    assert digest(small_disk / "out.zarr") == digest(Path(clean.url))
