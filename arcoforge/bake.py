@@ -20,6 +20,7 @@ from .openers import preload
 from .plan import BakeState, Plan, make_plan
 from .progress import Reporter
 from .recipe import Recipe
+from .runs import RunContext, recorded_run
 from .sources import is_remote
 from .updates import plan_append, plan_retry
 
@@ -58,6 +59,7 @@ def bake(
     append: bool = False,
     skip_failed: bool = False,
     retry_failed: bool = False,
+    run: RunContext | None = None,
 ) -> BakeResult:
     """Bake ``recipe`` into ``target_root/STORE_NAME`` and return a :class:`BakeResult`.
 
@@ -65,7 +67,8 @@ def bake(
     same recipe and inputs is left as it is, unless ``force``. With ``append``, only the
     inputs the store lacks are baked, and added to it. With ``skip_failed``, inputs that
     still fail after their retries are left as fill values and recorded in the store's
-    manifest; ``retry_failed`` later fills them in.
+    manifest; ``retry_failed`` later fills them in. Every bake leaves a run record
+    (see :mod:`arcoforge.runs`); ``run`` adds what the caller knows to it.
 
     >>> result = bake(recipe, target_root="out/", workers=2)  # doctest: +SKIP
     >>> result.url
@@ -75,7 +78,7 @@ def bake(
         recipe = recipe.prune(prune)
     workers = workers or os.cpu_count() or 1
     reporter = reporter or Reporter()
-    with _cache_for(recipe, cache) as cache_dir:
+    with cache_for(recipe, cache) as cache_dir:
         plan = make_plan(
             recipe,
             normalize_root(target_root),
@@ -83,18 +86,19 @@ def bake(
             workers=workers,
             skip_failed=skip_failed,
         )
-        with plan.ledger.lock():
+        with recorded_run(plan, reporter, run) as record, plan.ledger.lock():
+            reporter = record.reporter
             if append:
                 plan = plan_append(plan)
             if retry_failed:
                 plan = plan_retry(plan)
             if not force and plan.up_to_date():
                 reporter.event("up_to_date", url=plan.url)
-                return unchanged_result(plan)
+                return record.finished(unchanged_result(plan))
             preload(plan.open)
             runner = get_engine(engine, workers=workers) if isinstance(engine, str) else engine
             with runner:
-                return run_plan(plan, runner, reporter)
+                return record.finished(run_plan(plan, runner, reporter))
 
 
 def run_plan(plan: Plan, engine: Engine, reporter: Reporter) -> BakeResult:
@@ -155,7 +159,7 @@ def _counted(results, reporter: Reporter, name: str):
 
 
 @contextmanager
-def _cache_for(recipe: Recipe, cache: str | None) -> Iterator[str | None]:
+def cache_for(recipe: Recipe, cache: str | None) -> Iterator[str | None]:
     """The cache folder: the given one, or a temporary one while remote inputs need it."""
     given = cache or recipe.fetch.cache
     remote = recipe.file_type != "zarr" and any(is_remote(i.url) for i in recipe.pattern.inputs())

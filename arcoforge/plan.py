@@ -454,10 +454,27 @@ def make_plan(
 ) -> Plan:
     """Turn a recipe into a plan; pure, touches nothing."""
     recipe.check()
+    writer = recipe.writer
+    url = f"{target_root.rstrip('/')}/{writer.store_name}"
+    ledger = ledgers.Ledger(url, storage_options)
+    return Plan(
+        recipe=recipe,
+        url=url,
+        target=Target(ledger.staging_store, writer.zarr_format, storage_options),
+        open=open_config(recipe, cache),
+        inputs=list(recipe.pattern.inputs()),
+        ledger=ledger,
+        workers=workers,
+        skip_failed=skip_failed,
+    )
+
+
+def open_config(recipe: Recipe, cache: str | None) -> OpenConfig:
+    """How a bake of ``recipe`` fetches, opens and preprocesses every input."""
     pattern, fetch = recipe.pattern, recipe.fetch
     open_kwargs = {**pattern.fsspec_open_kwargs, **(fetch.open_kwargs or {})}
     query = {**pattern.query_string_secrets, **(fetch.secrets or {})}
-    config = OpenConfig(
+    return OpenConfig(
         fetch=FetchConfig(
             cache=cache or fetch.cache,
             open_kwargs=open_kwargs,
@@ -472,19 +489,6 @@ def make_plan(
         xarray_open_kwargs=dict(recipe.opener.xarray_open_kwargs),
         preprocessors=recipe.preprocessors,
         concat_dims=tuple(d.name for d in pattern.concat_dims),
-    )
-    writer = recipe.writer
-    url = f"{target_root.rstrip('/')}/{writer.store_name}"
-    ledger = ledgers.Ledger(url, storage_options)
-    return Plan(
-        recipe=recipe,
-        url=url,
-        target=Target(ledger.staging_store, writer.zarr_format, storage_options),
-        open=config,
-        inputs=list(pattern.inputs()),
-        ledger=ledger,
-        workers=workers,
-        skip_failed=skip_failed,
     )
 
 

@@ -9,8 +9,18 @@ import pytest
 import xarray as xr
 
 from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, pattern_from_file_sequence
+from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_dir(tmp_path_factory):
+    """Run records go to a temporary state folder, never to the real home's."""
+    with pytest.MonkeyPatch.context() as mp:
+        folder = tmp_path_factory.mktemp("state")
+        mp.setenv("ARCOFORGE_STATE_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture
@@ -62,5 +72,8 @@ def assert_same_as_sources(store_url: str, paths, concat_dim: str = "time", **op
 
 
 def nothing_baked(target: Path) -> bool:
-    """No store, staged or published, under ``target``: at most the records beside one."""
-    return not target.exists() or all(p.name.endswith(".arcoforge") for p in target.iterdir())
+    """No store, staged or published, under ``target``: at most the records beside one,
+    and the run records."""
+    return not target.exists() or all(
+        p.name.endswith(".arcoforge") or p.name == RUNS_FOLDER for p in target.iterdir()
+    )

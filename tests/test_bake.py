@@ -19,6 +19,7 @@ from arcoforge import (
     bake,
     pattern_from_file_sequence,
 )
+from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import (
     oisst_dataset,
     write_coords_archive,
@@ -254,6 +255,7 @@ def test_failed_bake_leaves_the_published_store_untouched(tmp_path, small_archiv
 def test_published_store_has_no_staging_left(tmp_path, small_archive):
     result = bake(simple_recipe(small_archive), tmp_path / "out", workers=2)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        RUNS_FOLDER,
         ".out.zarr.arcoforge",
         "out.zarr",
     ]

@@ -15,6 +15,8 @@ import xarray as xr
 import yaml
 from conftest import assert_same_as_sources
 
+from arcoforge.runs import RUNS_FOLDER
+
 TIMEOUT = 120
 NAME = "sst-feed"
 
@@ -89,6 +91,7 @@ def test_init_writes_a_feedstock_that_lints_and_bakes(feedstock, tmp_path):
     assert dict(out.sizes) == {"time": 4, "lat": 36, "lon": 72}
     # only the published store is left under the target root
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        RUNS_FOLDER,
         f".{NAME}.zarr.arcoforge",
         f"{NAME}.zarr",
     ]

@@ -17,6 +17,7 @@ from conftest import assert_same_as_sources
 
 from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
 from arcoforge.ledger import LockedError
+from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
 
 SCRIPT = textwrap.dedent(
@@ -143,7 +144,11 @@ def test_bake_killed_between_the_publishing_renames_is_finished_by_the_next(
     assert result.stats["tasks_resumed"] > 0
     assert_same_as_sources(result.url, archive)
     assert not (target / "out.zarr.replaced").exists()
-    assert sorted(p.name for p in target.iterdir()) == [".out.zarr.arcoforge", "out.zarr"]
+    assert sorted(p.name for p in target.iterdir()) == [
+        RUNS_FOLDER,
+        ".out.zarr.arcoforge",
+        "out.zarr",
+    ]
 
 
 def _recipe(archive, chunks: int = 2):

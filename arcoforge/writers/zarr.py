@@ -146,6 +146,7 @@ def _to_zarr(ds: xr.Dataset, target: Target, encoding: dict, mode: str) -> None:
         zarr_format=target.zarr_format,
         encoding={n: e for n, e in encoding.items() if n in ds.variables},
         storage_options=target.storage_options,
+        write_empty_chunks=True,
     )
 
 
@@ -192,7 +193,8 @@ def write_region(task: WriteTask) -> dict[str, int]:
     """Read every piece, assemble the region in memory, write it a variable at a time, then
     compare the sample inputs among the pieces, opened afresh by xarray, with the store.
 
-    Writing the same task twice writes the same bytes.
+    Writing the same task twice writes the same bytes. Chunks of fill values are written
+    too, so that an audit can tell a lost chunk from an empty one.
     """
     region = dict(task.region)
     dims = dict(task.dims)
@@ -219,6 +221,7 @@ def write_region(task: WriteTask) -> dict[str, int]:
             consolidated=False,
             zarr_format=task.target.zarr_format,
             storage_options=task.target.storage_options,
+            write_empty_chunks=True,
         )
         del array
     checked = [check_input(c) for c in task.checks if c.input.url not in missing]
