@@ -123,9 +123,10 @@ def _open_group(url: str, storage_options: dict | None) -> zarr.Group:
     if not fs.exists(path):
         raise ValidationError(f"{url}: no such store")
     try:
-        return zarr.open_group(_zarr_store(url, storage_options), mode="r")
+        return zarr.open_group(_zarr_store(url, storage_options), mode="r", use_consolidated=False)
     except Exception as exc:
-        raise ValidationError(f"{url}: not a Zarr store ({one_line(exc)})") from None
+        cause = type(exc).__name__
+        raise ValidationError(f"{url}: not a Zarr store (no group metadata: {cause})") from None
 
 
 def _zarr_store(url: str, storage_options: dict | None):
@@ -138,13 +139,14 @@ def _zarr_store(url: str, storage_options: dict | None):
 
 def _open_dataset(report: StoreReport, url: str, options: dict | None) -> xr.Dataset | None:
     """Check that xarray opens the store and decodes its CF times; return it decoded as far
-    as it decodes."""
+    as it decodes. Metadata is read from each array, not from the consolidated copy."""
 
     def open_(decode_times: bool) -> xr.Dataset:
         return xr.open_dataset(
             url,
             engine="zarr",
             chunks=None,
+            consolidated=False,
             decode_times=decode_times,
             decode_timedelta=decode_times,
             storage_options=options,
@@ -157,7 +159,8 @@ def _open_dataset(report: StoreReport, url: str, options: dict | None) -> xr.Dat
         return None
     report.add("opens", [], f"{len(raw.data_vars)} variables, {_sizes(raw)}")
     problems = [p for name in _time_variables(raw) for p in _time_problems(raw, name)]
-    report.add("cf-time", problems, f"{len(_time_variables(raw))} time variables decode")
+    names = ", ".join(_time_variables(raw)) or "none"
+    report.add("cf-time", problems, f"times decode: {names}")
     if problems:
         return raw
     raw.close()
@@ -208,9 +211,9 @@ def _coordinate_problems(name: str, values: np.ndarray) -> list[str]:
         earlier = int(np.flatnonzero(values[:first] == values[first])[0])
         problems.append(f"{name}: duplicate value {values[first]} at indices {earlier} and {first}")
     if not (index.is_monotonic_increasing or index.is_monotonic_decreasing):
-        step = np.sign(values[-1] - values[0]) if values.dtype.kind in "iufmM" else 1
-        order = np.diff(values) * step if values.dtype.kind in "iufmM" else None
-        bad = int(np.flatnonzero(order < order.dtype.type(0))[0]) if order is not None else 0
+        ahead, behind = values[1:], values[:-1]
+        breaks = ahead < behind if values[-1] >= values[0] else ahead > behind
+        bad = int(np.flatnonzero(breaks)[0])
         problems.append(
             f"{name}: not sorted: {values[bad]} at index {bad} is followed by {values[bad + 1]}"
         )
@@ -392,5 +395,6 @@ CHECKERS: list[tuple[Callable[[str], bool], Checker]] = []
 
 def checker_for(url: str) -> Checker:
     """The audit for the store at ``url``: the first of :data:`CHECKERS` whose test accepts
-    the URL (reference stores register theirs there), else the Zarr audit."""
+    the URL (reference stores register theirs there), else the Zarr audit. A checker takes
+    the URL and the keywords of :func:`validate_store` and returns a :class:`StoreReport`."""
     return next((check for accepts, check in CHECKERS if accepts(url)), validate_store)

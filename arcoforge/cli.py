@@ -1,4 +1,4 @@
-"""The ``arcoforge`` command: demo, bake, lint, init."""
+"""The ``arcoforge`` command: demo, bake, lint, init, validate, runs."""
 
 from __future__ import annotations
 
@@ -104,6 +104,7 @@ def bake(
     from .feedstock import load_recipes
     from .plan import make_plan
     from .progress import JsonReporter, RichReporter
+    from .runs import RunContext
     from .summary import describe_plan, render_plan, render_result, result_dict
 
     config = read_config(config_file)
@@ -143,6 +144,7 @@ def bake(
                 append=append,
                 skip_failed=skip_failed or config.skip_failed,
                 retry_failed=retry_failed,
+                run=RunContext(rid, str(feedstock.resolve()), ("arcoforge", *sys.argv[1:])),
             )
         finally:
             reporter.close()
@@ -204,6 +206,94 @@ def demo(folder, days, workers, as_json):
     from .demo import run_demo
 
     run_demo(folder, days=days, workers=workers, as_json=as_json)
+
+
+@main.command()
+@click.argument("target")
+@click.option(
+    "--against",
+    "feedstock",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Compare sample inputs of this feedstock's recipe with the store.",
+)
+@click.option("--recipe", "recipe_id", help="With --against: the recipe that baked TARGET.")
+@click.option("--full", is_flag=True, help="Decode every chunk and compare every input.")
+@click.option("--cache", help="Folder where remote inputs are cached (with --against).")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@friendly
+def validate(target, feedstock, recipe_id, full, cache, as_json):
+    """Check the store at TARGET: it opens, its CF times decode, its dimension coordinates
+    are complete, sorted and unique, every chunk is there and decodes (a sample of them,
+    all with --full), and, with --against, that it holds its sources' values.
+
+    Exits with 1 when any check fails.
+    """
+    from .audit import checker_for
+    from .bake import normalize_root
+    from .errors import ValidationError
+    from .reports import render_report
+
+    url = normalize_root(target)
+    against = _recipe_of(feedstock, recipe_id, url) if feedstock else None
+    report = checker_for(url)(url, against=against, full=full, cache=cache)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        render_report(report, _console())
+    if not report.ok:
+        raise ValidationError(report.summary())
+
+
+def _recipe_of(feedstock: Path, recipe_id: str | None, url: str):
+    """The feedstock's recipe named ``recipe_id``, else the one that writes ``url``'s store."""
+    from .errors import FeedstockError
+    from .feedstock import load_recipes
+
+    recipes = load_recipes(feedstock, recipe_id)
+    if len(recipes) == 1:
+        return next(iter(recipes.values()))
+    name = url.rstrip("/").rpartition("/")[2]
+    matching = [r for r in recipes.values() if r.writer.store_name == name]
+    if len(matching) != 1:
+        raise FeedstockError(f"{feedstock}: {len(recipes)} recipes; choose one with --recipe")
+    return matching[0]
+
+
+@main.group(invoke_without_command=True)
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="The records as JSON, one a line.")
+@click.pass_context
+@friendly
+def runs(ctx, limit, as_json):
+    """List the bakes run on this machine, newest first ($ARCOFORGE_STATE_DIR/runs, by
+    default ~/.local/state/arcoforge/runs); `arcoforge runs show ID` shows one."""
+    from .reports import render_runs
+    from .runs import list_runs
+
+    if ctx.invoked_subcommand is not None:
+        return
+    records = list_runs(limit)
+    if as_json:
+        for record in records:
+            click.echo(record.model_dump_json())
+    else:
+        render_runs(records, _console())
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="The record as JSON.")
+@friendly
+def show_run(run_id, as_json):
+    """Show the run RUN_ID (any unique prefix of it)."""
+    from .reports import render_run
+    from .runs import find_run
+
+    record = find_run(run_id)
+    if as_json:
+        click.echo(record.model_dump_json(indent=1))
+    else:
+        render_run(record, _console())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,6 +23,7 @@ from .errors import ArcoforgeError, one_line
 from .ledger import put
 from .progress import Reporter
 from .secrets import redact
+from .sources.cache import Cache
 
 Status = Literal["running", "succeeded", "failed", "interrupted"]
 RUNS_FOLDER = ".arcoforge-runs"
@@ -81,7 +82,7 @@ class RunRecord(BaseModel):
     outputs: list[Output] = []
     stage_seconds: dict[str, float] = {}
     seconds: float | None = None
-    retries: int = 0
+    retries: int = 0  # download retries, as counted by the cache
     failures: list[str] = []
     stats: dict[str, Any] = {}
     validation: dict[str, Any] | None = None
@@ -130,7 +131,9 @@ class Recorder:
 
     def __init__(self, plan, reporter: Reporter, context: RunContext | None = None):
         context = context or RunContext()
-        self.started = time.perf_counter()
+        self.started, self.since = time.perf_counter(), time.time()
+        self.cache = plan.open.fetch.cache
+        self.urls = [i.url for i in plan.inputs]
         self.url = plan.url
         self.storage_options = plan.target.storage_options
         self.secrets = tuple(plan.open.fetch.secrets)
@@ -201,6 +204,8 @@ class Recorder:
             self.record.stage_seconds[name] = round(time.perf_counter() - began, 3)
             if failure:
                 failure = f"during {name}: {failure}"
+        if self.cache:
+            self.record.retries = Cache(self.cache).retries(self.urls, self.since)
         self.record.status = status
         self.record.failures += [failure] if failure else []
         self.record.seconds = round(time.perf_counter() - self.started, 3)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -12,7 +14,8 @@ from ..errors import SourceError
 
 
 class Cache:
-    """Input files kept under ``root``, each with a sidecar recording its size and sha256.
+    """Input files kept under ``root``, each with a sidecar recording its size, sha256 and
+    how many attempts its download took.
 
     Entries are written to a temporary name and renamed into place, the data before its
     sidecar, so a reader never takes a partial file for a complete one.
@@ -43,15 +46,25 @@ class Cache:
             return None
         return path
 
-    def store(self, url: str, tmp: Path, sha256: str) -> Path:
+    def store(self, url: str, tmp: Path, sha256: str, attempts: int = 1) -> Path:
         """Move the verified download ``tmp`` into place for ``url``."""
         path = self.path_for(url)
-        meta = {"url": url, "size": tmp.stat().st_size, "sha256": sha256}
+        meta = {"url": url, "size": tmp.stat().st_size, "sha256": sha256, "attempts": attempts}
         os.replace(tmp, path)
         side_tmp = _sidecar(tmp)
         side_tmp.write_text(json.dumps(meta))
         os.replace(side_tmp, _sidecar(path))
         return path
+
+    def retries(self, urls: Iterable[str], since: float) -> int:
+        """How many times the downloads of ``urls`` stored after ``since`` were retried."""
+        count = 0
+        for url in urls:
+            sidecar = _sidecar(self.path_for(url))
+            with suppress(OSError, ValueError, KeyError):
+                if sidecar.stat().st_mtime >= since:
+                    count += json.loads(sidecar.read_text()).get("attempts", 1) - 1
+        return count
 
     def temp_path(self, url: str) -> Path:
         """A fresh temporary name beside the entry for ``url``."""

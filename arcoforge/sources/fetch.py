@@ -72,7 +72,7 @@ def _download(url: str, cache: Cache, config: FetchConfig) -> Path:
         try:
             with host_slot(host, config.max_connections_per_host):
                 sha = _get(url, tmp, config)
-            return cache.store(url, tmp, sha)
+            return cache.store(url, tmp, sha, attempts=attempt + 1)
         except Exception as exc:
             tmp.unlink(missing_ok=True)
             # fsspec's HTTP size lookup raises FileNotFoundError(url) from any failure (401, 503...)
