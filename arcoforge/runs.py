@@ -277,8 +277,8 @@ def _redacted(value: Any, secret_values: tuple[str, ...]) -> Any:
 def list_runs(limit: int | None = None, folder: Path | None = None) -> list[RunRecord]:
     """The records in the state folder, newest first."""
     folder = folder or state_dir()
-    paths = sorted(folder.glob("*.json"), reverse=True) if folder.is_dir() else []
-    return [read_run(p) for p in paths[:limit]]
+    found = [read_run(p) for p in folder.glob("*.json")] if folder.is_dir() else []
+    return sorted(found, key=lambda r: (r.started, r.id), reverse=True)[:limit]
 
 
 def read_run(path: Path) -> RunRecord:
