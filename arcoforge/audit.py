@@ -11,6 +11,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 import fsspec
@@ -24,6 +25,7 @@ from .recipe import Recipe
 from .validate import compare, sample_positions
 
 MAX_FINDINGS_PER_CHECK = 20
+PUBLISH_DECODE_BUDGET = 16 * 2**20
 
 
 @dataclass
@@ -83,6 +85,7 @@ def validate_store(
     full: bool = False,
     sample: int = 5,
     cache: str | None = None,
+    decode_budget: int | None = None,
 ) -> StoreReport:
     """Audit the Zarr store (v2 or v3) at ``url``.
 
@@ -91,6 +94,7 @@ def validate_store(
     array is stored, and that ``sample`` chunks per array decode (all with ``full``).
     With ``against``, ``sample`` of the recipe's inputs (first, last, seeded random ones;
     all with ``full``) are opened as the bake opens them and compared with the store.
+    ``decode_budget`` caps the decoded bytes of the chunks decoded, smallest first.
     Raises :class:`ValidationError` when ``url`` holds no Zarr store at all.
     """
     report = StoreReport(url)
@@ -98,7 +102,8 @@ def validate_store(
     ds = _open_dataset(report, url, storage_options)
     if ds is not None:
         _check_coordinates(report, ds)
-    _check_chunks(report, group, url, storage_options, None if full else sample)
+    sample_ = None if full else sample
+    _check_chunks(report, group, url, storage_options, sample_, decode_budget)
     if ds is not None:
         with ds:
             if against is not None:
@@ -107,9 +112,17 @@ def validate_store(
 
 
 def check_before_publish(url: str, storage_options: dict | None = None) -> StoreReport:
-    """The fast audit (no sources, two chunks decoded per array) that a bake runs before it
-    publishes; raises :class:`ValidationError` naming the first problem."""
-    report = validate_store(url, storage_options=storage_options, sample=2)
+    """The fast audit that a bake runs before it publishes; raises :class:`ValidationError`
+    naming the first problem.
+
+    Every check but the sources', with at most two chunks per array and 16 MB in all
+    decoded, smallest first: the write tasks have already read back the chunks of the
+    first and the last input, so this adds what they cannot see (lost chunks, damaged
+    coordinates) and stays cheap however large the chunks are.
+    """
+    report = validate_store(
+        url, storage_options=storage_options, sample=2, decode_budget=PUBLISH_DECODE_BUDGET
+    )
     if not report.ok:
         raise ValidationError(report.summary())
     return report
@@ -224,28 +237,53 @@ def _coordinate_problems(name: str, values: np.ndarray) -> list[str]:
 
 
 def _check_chunks(
-    report: StoreReport, group: zarr.Group, url: str, options: dict | None, sample: int | None
+    report: StoreReport,
+    group: zarr.Group,
+    url: str,
+    options: dict | None,
+    sample: int | None,
+    budget: int | None = None,
 ) -> None:
     """Every stored chunk (shard, when sharded) of every array is present; a sample of them
-    (all when ``sample`` is None) decodes."""
+    (all when ``sample`` is None; within ``budget`` decoded bytes, if given) decodes."""
     stored = _stored_keys(url, options)
     arrays = list(_arrays(group))
-    missing, broken, decoded, total = [], [], 0, 0
+    missing, chosen, total = [], [], 0
     for path, array in arrays:
         coords = list(_grid(array))
         total += len(coords)
-        keys = {c: f"{path}/{array.metadata.encode_chunk_key(c)}" for c in coords}
-        absent = [k for c, k in keys.items() if k not in stored]
-        missing += [f"{path}: chunk {k.removeprefix(path + '/')} is missing" for k in absent]
-        present = [c for c in coords if keys[c] in stored]
-        for c in _pick(present, sample, seed=path):
-            decoded += 1
-            problem = _decode_problem(array, c)
-            if problem:
-                key = keys[c].removeprefix(path + "/")
-                broken.append(f"{path}: chunk {key} does not decode: {problem}")
+        keys = {c: array.metadata.encode_chunk_key(c) for c in coords}
+        missing += [
+            f"{path}: chunk {k} is missing" for k in keys.values() if f"{path}/{k}" not in stored
+        ]
+        present = [c for c in coords if f"{path}/{keys[c]}" in stored]
+        chosen += [(path, array, c, keys[c]) for c in _pick(present, sample, seed=path)]
+    if budget is not None:
+        chosen = _within(chosen, budget)
+    broken = [
+        f"{path}: chunk {key} does not decode: {problem}"
+        for path, array, c, key in chosen
+        if (problem := _decode_problem(array, c))
+    ]
     report.add("chunks-present", missing, f"{total} chunks of {len(arrays)} arrays")
-    report.add("chunks-decode", broken, f"{decoded} of {total} chunks decoded")
+    limit = f" (budget {budget >> 20} MiB)" if budget is not None else ""
+    report.add("chunks-decode", broken, f"{len(chosen)} of {total} chunks decoded{limit}")
+
+
+def _within(chosen: list, budget: int) -> list:
+    """The smallest chunks of ``chosen`` whose decoded bytes add up to at most ``budget``."""
+
+    def size(entry) -> int:
+        array = entry[1]
+        return math.prod(_storage_chunks(array)) * array.dtype.itemsize
+
+    kept, used = [], 0
+    for entry in sorted(chosen, key=size):
+        used += size(entry)
+        if used > budget:
+            break
+        kept.append(entry)
+    return kept
 
 
 def _stored_keys(url: str, options: dict | None) -> set[str]:
@@ -302,71 +340,120 @@ def _check_sources(
     report: StoreReport, ds: xr.Dataset, recipe: Recipe, sample: int | None, cache: str | None
 ) -> None:
     """Compare a sample of the recipe's inputs, opened as the bake opens them, with the
-    store at their positions."""
+    store at their positions, one store chunk along the concat dim at a time: each chunk
+    is read once for all the inputs in it."""
     from .bake import cache_for
-    from .openers import open_input
     from .plan import open_config
 
     inputs = list(recipe.pattern.inputs())
     chosen = _pick(inputs, sample, seed="inputs")
-    if sample is not None and len(inputs) > sample:
-        ends = [inputs[i] for i in sample_positions(len(inputs), 2)]
-        chosen = sorted({*chosen, *ends}, key=inputs.index)
-    problems = []
+    dims = [d.name for d in recipe.pattern.concat_dims]
+    if not dims or dims[0] not in ds.coords:
+        missing = f"no concat coordinate {dims[0]!r}" if dims else "no concat dim in the recipe"
+        report.add("sources", [f"{report.url}: {missing} to find the inputs by"], "")
+        return
+    problems: list[str] = []
     with cache_for(recipe, cache) as cache_dir:
         config = open_config(recipe, cache_dir)
+        dim = dims[0]
+        index, step = pd.Index(ds[dim].values), _chunk_length(ds, dim)
+        by_chunk: dict[int, list[Span]] = {}
         for item in chosen:
-            where = config.redact(item.url)
             try:
-                with open_input(item.url, config) as src:
-                    problems += _input_problems(src, ds, config.concat_dims, where)
+                for span in _spans(item, index, config, dim, step):
+                    by_chunk.setdefault(span.store.start // step, []).append(span)
             except ArcoforgeError as exc:
                 problems.append(one_line(exc))
+        static_done: set[tuple[str, str]] = set()
+        for index in sorted(by_chunk):
+            chunk = slice(index * step, min((index + 1) * step, ds.sizes[dim]))
+            problems += _compare_chunk(ds, dim, chunk, by_chunk[index], config, static_done)
     report.add("sources", problems, f"{len(chosen)} of {len(inputs)} inputs equal the store")
 
 
-def _input_problems(
-    src: xr.Dataset, store: xr.Dataset, concat_dims: tuple[str, ...], where: str
-) -> list[str]:
-    """Compare one input with the store where its concat coordinate values are, a store
-    chunk's length along the concat dim at a time."""
-    dims = [d for d in concat_dims if d in src.dims]
-    if not dims:
-        return [f"{where}: none of the concat dims {concat_dims} is in the input"]
-    dim = dims[0]
-    positions, problem = _positions(src, store, dim, where)
-    if problem:
-        return [problem]
-    src = _promote(src, store, dim)
-    step = _chunk_length(store, dim)
-    for name, var in src.variables.items():
-        if name == dim:
-            continue
-        if name not in store.variables:
-            return [f"{where}: variable {name!r} is missing from the store"]
-        blocks = range(0, len(positions), step) if dim in var.dims else [None]
-        for start in blocks:
-            part = {dim: slice(start, start + step)} if start is not None else {}
-            at = {dim: positions[start : start + step]} if start is not None else {}
-            try:
-                compare(
-                    xr.Dataset({name: var.isel(part)}),
-                    xr.Dataset({name: store.variables[name].isel(at)}),
-                    where,
-                )
-            except ValidationError as exc:
-                return [one_line(exc)]
-    return []
+@dataclass(frozen=True)
+class Span:
+    """The steps of one input that lie in one store chunk along the concat dim."""
+
+    url: str
+    source: np.ndarray  # indices along the dim in the input
+    store: slice  # where they are in the store (contiguous)
 
 
-def _positions(src: xr.Dataset, store: xr.Dataset, dim: str, where: str):
-    if dim not in store.coords:
-        return None, f"{where}: the store has no {dim!r} coordinate"
-    found = pd.Index(store[dim].values).get_indexer(src[dim].values)
+def _spans(item, index: pd.Index, config, dim: str, step: int) -> list[Span]:
+    """Where the input's concat coordinate values are in the store, split by store chunk."""
+    from .openers import open_input
+
+    where = config.redact(item.url)
+    with open_input(item.url, config) as src:
+        if dim not in src.dims:
+            raise ValidationError(f"{where}: no dimension {dim!r} in the input")
+        values = src[dim].values
+    found = index.get_indexer(values)
     if (found < 0).any():
-        value = src[dim].values[np.flatnonzero(found < 0)[0]]
-        return None, f"{where}: {dim} value {value} is not in the store"
-    return found, None
+        value = values[np.flatnonzero(found < 0)[0]]
+        raise ValidationError(f"{where}: {dim} value {value} is not in the store")
+    if (np.diff(found) != 1).any():
+        raise ValidationError(f"{where}: its {dim} values are not consecutive in the store")
+    spans = []
+    for k in np.unique(found // step):
+        at = np.flatnonzero(found // step == k)
+        spans.append(Span(item.url, at, slice(int(found[at[0]]), int(found[at[-1]]) + 1)))
+    return spans
+
+
+def _compare_chunk(
+    store: xr.Dataset,
+    dim: str,
+    chunk: slice,
+    spans: list[Span],
+    config,
+    static_done: set[tuple[str, str]],
+) -> list[str]:
+    """Compare the spans of one store chunk, reading each variable's chunk once."""
+    from .openers import open_input
+
+    problems, opened = [], []
+    with ExitStack() as stack:
+        for span in spans:
+            try:
+                src = stack.enter_context(open_input(span.url, config))
+            except ArcoforgeError as exc:
+                problems.append(one_line(exc))
+                continue
+            opened.append((span, _promote(src, store, dim), config.redact(span.url)))
+        failed: set[str] = set()
+        names = dict.fromkeys(n for _, src, _ in opened for n in src.variables if n != dim)
+        for name in names:
+            if name not in store.variables:
+                problems += [
+                    f"{w}: variable {name!r} is missing from the store" for *_, w in opened
+                ]
+                break
+            block = store.variables[name]
+            along = dim in block.dims
+            if along:
+                block = block.isel({dim: chunk}).load()
+            for span, src, where in opened:
+                if name not in src.variables or span.url in failed:
+                    continue
+                if not along and (span.url, name) in static_done:
+                    continue
+                static_done.add((span.url, name))
+                want, got = src.variables[name], block
+                if along:
+                    want = want.isel({dim: span.source})
+                    got = block.isel({dim: _shift(span.store, -chunk.start)})
+                try:
+                    compare(xr.Dataset({name: want}), xr.Dataset({name: got}), where)
+                except ValidationError as exc:
+                    problems.append(one_line(exc))
+                    failed.add(span.url)
+    return problems
+
+
+def _shift(s: slice, by: int) -> slice:
+    return slice(s.start + by, s.stop + by)
 
 
 def _promote(src: xr.Dataset, store: xr.Dataset, dim: str) -> xr.Dataset:
@@ -380,11 +467,12 @@ def _promote(src: xr.Dataset, store: xr.Dataset, dim: str) -> xr.Dataset:
 
 
 def _chunk_length(store: xr.Dataset, dim: str) -> int:
+    """The chunk length along ``dim`` of the store's first data variable that has it."""
     for var in store.data_vars.values():
-        chunks = var.encoding.get("chunks") or var.encoding.get("preferred_chunks", {})
-        if dim in var.dims and chunks and not isinstance(chunks, dict):
+        chunks = var.encoding.get("chunks")
+        if dim in var.dims and chunks:
             return int(chunks[var.dims.index(dim)])
-    return store.sizes[dim]
+    return max(store.sizes[dim], 1)
 
 
 # -- dispatch -------------------------------------------------------------------------

@@ -25,7 +25,8 @@ def render_runs(records: list[RunRecord], console) -> None:
     """One row per run, newest first."""
     table = Table(title="runs (newest first)")
     for col in ("id", "status", "recipe", "target", "inputs", "seconds", "started"):
-        table.add_column(col, justify="right" if col in ("inputs", "seconds") else "left")
+        right = col in ("inputs", "seconds")
+        table.add_column(col, justify="right" if right else "left", overflow="fold")
     for r in records:
         table.add_row(
             r.id,
