@@ -443,17 +443,14 @@ def _compare_chunk(
                 want, got = src.variables[name], block
                 if along:
                     want = want.isel({dim: span.source})
-                    got = block.isel({dim: _shift(span.store, -chunk.start)})
+                    at = slice(span.store.start - chunk.start, span.store.stop - chunk.start)
+                    got = block.isel({dim: at})
                 try:
                     compare(xr.Dataset({name: want}), xr.Dataset({name: got}), where)
                 except ValidationError as exc:
                     problems.append(one_line(exc))
                     failed.add(span.url)
     return problems
-
-
-def _shift(s: slice, by: int) -> slice:
-    return slice(s.start + by, s.stop + by)
 
 
 def _promote(src: xr.Dataset, store: xr.Dataset, dim: str) -> xr.Dataset:
