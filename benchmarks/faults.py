@@ -8,9 +8,9 @@ resume after a kill costs a fraction of a full bake.
    of faults: HTTP 500/503 answers, connection resets, truncated bodies, stalls, and
    kill -9 of the whole bake (process group) at a random moment followed by a re-run.
    A run counts when its store's files hash exactly like the clean bake's.
-2. Resume cost. The benchmark archive of ``run.py`` (60 days, 720x1440) is baked whole,
-   then baked again and killed with SIGKILL once 80% of its write tasks are recorded
-   done, then re-run. The ratio of the re-run's wall time to the full bake's is the
+2. Resume cost. The benchmark archives of ``run.py`` (60 and 300 days, 720x1440) are
+   baked whole, then baked again and killed with SIGKILL once 80% of their write tasks
+   are recorded done, then re-run. The ratio of the re-run's wall time to the full bake's is the
    resume cost (target: under 30%). Medians of ``--repeat``.
 
 Results go to stdout as markdown and to benchmarks/results-faults.md.
@@ -50,7 +50,7 @@ pattern = FilePattern(lambda time: urls[time], ConcatDim("time", list(range(len(
 recipe = (pattern | OpenURLWithFSSpec(retry_delay=0.05, timeout=2) | OpenWithXarray()
           | StoreToZarr("out.zarr", target_chunks={"time": chunk}))
 result = bake(recipe, target, workers=2)
-print(json.dumps({"seconds": result.seconds, **result.stats}))
+print(json.dumps({"seconds": result.seconds, "stages": result.stage_seconds, **result.stats}))
 """
 
 KINDS = ("errors", "resets", "truncations", "stalls", "kill", "mixed")
@@ -176,6 +176,8 @@ def resume_cost(repeat: int, days: int, ny: int, nx: int) -> dict:
                 f"resume {r}: full {full:.2f} s, resume {resume:.2f} s after {done}/{total} tasks"
             )
     return {
+        "days": days,
+        "tasks": total,
         "full": statistics.median(fulls),
         "resume": statistics.median(resumes),
         "killed_at": statistics.median(fractions),
@@ -197,7 +199,7 @@ def _tasks(urls: list[str], root: Path) -> int:
     return len(plan.write_tasks(estimate(plan)))
 
 
-def render(rows: list[dict], cost: dict) -> str:
+def render(rows: list[dict], costs: list[dict]) -> str:
     ok = sum(r["ok"] for r in rows)
     lines = [
         f"## Fault runs: {ok} of {len(rows)} identical to a clean bake (target: all)",
@@ -212,12 +214,16 @@ def render(rows: list[dict], cost: dict) -> str:
             for r in rows
         ),
         "",
-        f"## Resume after kill -9 at {cost['killed_at']:.0%} of write tasks",
+        "## Resume after kill -9 at 80% of write tasks (wall time of the whole command)",
         "",
-        "| full bake s | resume s | resume / full | target |",
-        "| ---: | ---: | ---: | --- |",
-        f"| {cost['full']:.2f} | {cost['resume']:.2f} | {cost['ratio']:.2f} | < {TARGET_RESUME:.2f}: "
-        f"{'met' if cost['ratio'] < TARGET_RESUME else 'not met'} |",
+        "| archive | write tasks | killed after | full bake s | resume s | resume / full | target |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        *(
+            f"| {c['days']} days 720x1440 | {c['tasks']} | {c['killed_at']:.0%} | {c['full']:.2f} | "
+            f"{c['resume']:.2f} | {c['ratio']:.2f} | < {TARGET_RESUME:.2f}: "
+            f"{'met' if c['ratio'] < TARGET_RESUME else 'not met'} |"
+            for c in costs
+        ),
     ]
     return "\n".join(lines) + "\n"
 
@@ -231,11 +237,11 @@ def main(argv=None) -> int:
     WORK.mkdir(exist_ok=True)
     if args.quick:
         rows = fault_runs(6, 12, (90, 180), 3)
-        cost = resume_cost(1, 20, 180, 360)
+        costs = [resume_cost(1, 20, 180, 360)]
     else:
         rows = fault_runs(args.runs, 24, (180, 360), 6)
-        cost = resume_cost(args.repeat, 60, 720, 1440)
-    text = render(rows, cost)
+        costs = [resume_cost(args.repeat, days, 720, 1440) for days in (60, 300)]
+    text = render(rows, costs)
     print(text)
     (BENCH / "results-faults.md").write_text(text)
     return 0 if all(r["ok"] for r in rows) else 1
