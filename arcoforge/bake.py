@@ -58,6 +58,7 @@ def bake(
     append: bool = False,
     skip_failed: bool = False,
     retry_failed: bool = False,
+    storage_options: dict | None = None,
 ) -> BakeResult:
     """Bake ``recipe`` into ``target_root/STORE_NAME`` and return a :class:`BakeResult`.
 
@@ -65,7 +66,8 @@ def bake(
     same recipe and inputs is left as it is, unless ``force``. With ``append``, only the
     inputs the store lacks are baked, and added to it. With ``skip_failed``, inputs that
     still fail after their retries are left as fill values and recorded in the store's
-    manifest; ``retry_failed`` later fills them in.
+    manifest; ``retry_failed`` later fills them in. ``storage_options`` go to fsspec for
+    the target (an object store's endpoint and credentials, say).
 
     >>> result = bake(recipe, target_root="out/", workers=2)  # doctest: +SKIP
     >>> result.url
@@ -81,6 +83,7 @@ def bake(
             normalize_root(target_root),
             cache=cache_dir,
             workers=workers,
+            storage_options=storage_options,
             skip_failed=skip_failed,
         )
         with plan.ledger.lock():
