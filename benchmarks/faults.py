@@ -127,7 +127,7 @@ def fault_runs(n: int, days: int, grid: tuple[int, int], chunk: int) -> list[dic
             target = Path(tmp) / f"run{i}"
             with FileServer(src, faults=faults) as server:
                 urls = [f"{server.url}/{name}" for name in names]
-                kill = random.Random(i).uniform(0.2, 0.9) * clean_seconds
+                kill = random.Random(i).uniform(0.15, 0.6) * clean_seconds
                 first = bake(
                     urls, target, chunk, kill_after=kill if kind in ("kill", "mixed") else None
                 )
