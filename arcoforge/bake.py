@@ -59,6 +59,7 @@ def bake(
     append: bool = False,
     skip_failed: bool = False,
     retry_failed: bool = False,
+    storage_options: dict | None = None,
     run: RunContext | None = None,
 ) -> BakeResult:
     """Bake ``recipe`` into ``target_root/STORE_NAME`` and return a :class:`BakeResult`.
@@ -67,8 +68,9 @@ def bake(
     same recipe and inputs is left as it is, unless ``force``. With ``append``, only the
     inputs the store lacks are baked, and added to it. With ``skip_failed``, inputs that
     still fail after their retries are left as fill values and recorded in the store's
-    manifest; ``retry_failed`` later fills them in. Every bake leaves a run record
-    (see :mod:`arcoforge.runs`); ``run`` adds what the caller knows to it.
+    manifest; ``retry_failed`` later fills them in. ``storage_options`` go to fsspec for
+    the target (an object store's endpoint and credentials, say). Every bake leaves a run
+    record (see :mod:`arcoforge.runs`); ``run`` adds what the caller knows to it.
 
     >>> result = bake(recipe, target_root="out/", workers=2)  # doctest: +SKIP
     >>> result.url
@@ -84,6 +86,7 @@ def bake(
             normalize_root(target_root),
             cache=cache_dir,
             workers=workers,
+            storage_options=storage_options,
             skip_failed=skip_failed,
         )
         with recorded_run(plan, reporter, run) as record, plan.ledger.lock():

@@ -151,13 +151,12 @@ class Plan:
             self.ledger.clear_staging()
 
     def up_to_date(self) -> bool:
-        """Whether the published store is this recipe's, complete, with no bake pending."""
+        """Whether the published store is this recipe's and complete."""
         published = self.ledger.read()
         return (
             published is not None
             and published["fingerprint"] == self.fingerprint
             and published["status"] == "complete"
-            and self.ledger.read(STAGED) is None
             and exists(self.url, self.target.storage_options)
         )
 

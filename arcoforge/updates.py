@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 import zarr
 
@@ -283,7 +284,8 @@ def check_continuation(store: xr.Dataset, new: DatasetSchema, dim: str, input_at
     if values[0] <= last:
         how = "is already in" if values[0] in held else "overlaps"
         raise AppendError(
-            f"cannot append {first}: {dim} {values[0]} {how} the store, whose last {dim} is {last}"
+            f"cannot append {first}: {dim} {_text(values[0])} {how} the store, whose last "
+            f"{dim} is {_text(last)}"
         )
     step = _regular_step(held)
     if step is None:
@@ -293,8 +295,8 @@ def check_continuation(store: xr.Dataset, new: DatasetSchema, dim: str, input_at
     if len(gaps):
         i = int(gaps[0])
         raise AppendError(
-            f"cannot append {input_at(i).url}: {dim} {joined[i + 1]} leaves a gap after "
-            f"{dim} {joined[i]} (the store's steps are {_text(step)})"
+            f"cannot append {input_at(i).url}: {dim} {_text(joined[i + 1])} leaves a gap after "
+            f"{dim} {_text(joined[i])} (the store's steps are {_text(step)})"
         )
 
 
@@ -332,10 +334,14 @@ def _regular_step(values: np.ndarray) -> Any:
     return steps[0] if (steps == steps[0]).all() else None
 
 
-def _text(step: Any) -> str:
-    if isinstance(step, np.timedelta64):
-        return str(step.astype("timedelta64[s]").item())
-    return str(step)
+def _text(value: Any) -> str:
+    """A coordinate value or step as people write it: ``1981-09-07 12:00:00``, ``1 day``."""
+    if isinstance(value, np.datetime64):
+        return str(pd.Timestamp(value))
+    if isinstance(value, np.timedelta64):
+        days = pd.Timedelta(value) / pd.Timedelta(days=1)
+        return f"{days:g} day{'s' * (days != 1)}" if days == int(days) else str(pd.Timedelta(value))
+    return str(value)
 
 
 def _store_chunks(store: xr.Dataset) -> dict[str, int]:

@@ -49,9 +49,10 @@ def simple_recipe(urls, store="out.zarr", chunks=None, **pattern_kwargs):
     )
 
 
-def assert_same_as_sources(store_url: str, paths, concat_dim: str = "time", **open_kwargs):
-    """Every variable and coordinate of the store equals the sources read directly by xarray."""
-    out = xr.open_zarr(store_url)
+def assert_same_as_sources(store, paths, concat_dim: str = "time", **open_kwargs):
+    """Every variable and coordinate of the store (a URL or an opened dataset) equals the
+    sources read directly by xarray."""
+    out = store if isinstance(store, xr.Dataset) else xr.open_zarr(store)
     src = xr.concat(
         [xr.open_dataset(p, **open_kwargs).load() for p in paths],
         dim=concat_dim,

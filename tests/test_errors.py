@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 from conftest import assert_same_as_sources, nothing_baked, simple_recipe
@@ -109,6 +110,33 @@ def test_missing_local_file(archive, tmp_path):
     recipe = simple_recipe([*archive, missing])
     bake_fails(recipe, tmp_path / "out", SourceError, str(missing), "not found", workers=2)
     assert nothing_baked(tmp_path / "out")
+
+
+def truncated_copy(path: Path, folder: Path, keep: float = 0.6) -> Path:
+    """A copy of ``path`` cut off after ``keep`` of its bytes, as an interrupted download."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cut = folder / path.name
+    cut.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+    return cut
+
+
+def test_truncated_file(archive, tmp_path):
+    cut = truncated_copy(archive[2], tmp_path / "cut")
+    files = [*archive[:2], cut, archive[3]]
+    bake_fails(simple_recipe(files), tmp_path / "out", SourceError, str(cut), workers=2)
+    assert nothing_baked(tmp_path / "out")
+
+
+def test_truncated_file_is_skipped_with_skip_failed(archive, tmp_path):
+    cut = truncated_copy(archive[2], tmp_path / "cut")
+    files = [*archive[:2], cut, archive[3]]
+    result = bake(simple_recipe(files), tmp_path / "out", workers=2, skip_failed=True)
+    assert result.stats["missing_inputs"] == [str(cut)]
+    out = xr.open_zarr(result.url).load()
+    assert np.isnan(out.sst.isel(time=2).values).all()
+    for i in (0, 1, 3):
+        with xr.open_dataset(archive[i]) as src:
+            np.testing.assert_array_equal(out.sst.isel(time=i).values, src.sst.values[0])
 
 
 def test_corrupt_file(archive, tmp_path):

@@ -94,3 +94,43 @@ def test_skipping_needs_the_length_of_each_input(half_served, tmp_path):
     )
     with pytest.raises(SchemaError, match=rf"cannot skip {urls[5]}.*nitems_per_file"):
         bake(recipe, tmp_path / "out", workers=2, skip_failed=True)
+
+
+class FailsOnSecondOpen:
+    """A preprocessing step that fails for one input from its second opening on (the scan
+    opens it first, the write task second), as a file that goes bad mid-bake."""
+
+    def __init__(self, name: str, marks):
+        self.name, self.marks = name, marks
+        self.__name__ = "fails_on_second_open"
+
+    def __call__(self, ds):
+        if ds.encoding.get("source", "").endswith(self.name):
+            seen = self.marks / self.name
+            if seen.exists():
+                raise OSError("the file went bad")
+            seen.touch()
+        return ds
+
+
+def test_input_failing_in_the_write_stage_is_skipped_and_recorded(small_archive, tmp_path):
+    from arcoforge import OpenWithXarray, StoreToZarr
+    from arcoforge.patterns import pattern_from_file_sequence
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    pattern = pattern_from_file_sequence([str(p) for p in small_archive], "time", 1)
+    recipe = (
+        pattern
+        | OpenWithXarray()
+        | FailsOnSecondOpen(small_archive[3].name, marks)
+        | StoreToZarr("out.zarr", target_chunks={"time": 3})
+    )
+    result = bake(recipe, tmp_path / "out", workers=2, skip_failed=True)
+    assert result.stats["missing_inputs"] == [str(small_archive[3])]
+    missing = manifest(tmp_path / "out")["missing"]
+    assert "the file went bad" in missing[str(small_archive[3])]
+    out = xr.open_zarr(result.url).load()
+    assert np.isnan(out.sst.isel(time=3).values).all()
+    with xr.open_dataset(small_archive[4]) as src:
+        np.testing.assert_array_equal(out.sst.isel(time=4).values, src.sst.values[0])

@@ -1,0 +1,251 @@
+"""Safety benchmark: bakes under injected faults end with a clean bake's bytes, and a
+resume after a kill costs a fraction of a full bake.
+
+    python benchmarks/faults.py [--runs 20] [--repeat 3] [--quick]
+
+1. Fault runs. An OISST-like archive is served on loopback by arcoforge's test server.
+   A clean bake gives the reference hashes. Then ``--runs`` bakes each get a seeded mix
+   of faults: HTTP 500/503 answers, connection resets, truncated bodies, stalls, and
+   kill -9 of the whole bake (process group) at a random moment followed by a re-run.
+   A run counts when its store's files hash exactly like the clean bake's.
+2. Resume cost. The benchmark archives of ``run.py`` (60 and 300 days, 720x1440) are
+   baked whole, then baked again and killed with SIGKILL once 80% of their write tasks
+   are recorded done, then re-run. The ratio of the re-run's wall time to the full bake's is the
+   resume cost (target: under 30%). Medians of ``--repeat``.
+
+Results go to stdout as markdown and to benchmarks/results-faults.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+WORK = BENCH / ".work"
+sys.path[:0] = [str(REPO), str(BENCH)]
+
+import run as harness  # noqa: E402  (the main harness: archive cache, logging)
+
+from arcoforge.testing.archives import write_oisst_archive  # noqa: E402
+from arcoforge.testing.httpserver import Faults, FileServer  # noqa: E402
+
+BAKE = """
+import json, sys
+from arcoforge import ConcatDim, FilePattern, OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
+urls, target, chunk = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3])
+pattern = FilePattern(lambda time: urls[time], ConcatDim("time", list(range(len(urls))), 1))
+recipe = (pattern | OpenURLWithFSSpec(retry_delay=0.05, timeout=2) | OpenWithXarray()
+          | StoreToZarr("out.zarr", target_chunks={"time": chunk}))
+result = bake(recipe, target, workers=2)
+print(json.dumps({"seconds": result.seconds, "stages": result.stage_seconds, **result.stats}))
+"""
+
+KINDS = ("errors", "resets", "truncations", "stalls", "kill", "mixed")
+TARGET_RESUME = 0.30
+
+
+def bake(
+    urls: list[str], target: Path, chunk: int, kill_after: float | None = None, kill_when=None
+):
+    """Bake in a process group of its own; SIGKILL the group after ``kill_after`` seconds or
+    once ``kill_when()`` is true. Returns (exit code, wall seconds, stats or None)."""
+    listing = target.parent / f"{target.name}.urls.json"
+    listing.write_text(json.dumps(urls))
+    args = [sys.executable, "-c", BAKE, str(listing), str(target), str(chunk)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = t0 + 600
+    while proc.poll() is None and time.perf_counter() < deadline:
+        due = kill_after is not None and time.perf_counter() - t0 >= kill_after
+        if due or (kill_when is not None and kill_when()):
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=60)
+    seconds = time.perf_counter() - t0
+    stats = json.loads(out.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    if proc.returncode not in (0, -9):
+        harness.log(
+            f"bake failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}"
+        )
+    return proc.returncode, seconds, stats
+
+
+def digest(store: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in store.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(store)).encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def faults_for(kind: str, seed: int) -> Faults:
+    rng = random.Random(seed)
+    rate = rng.uniform(0.15, 0.4)
+    cap = {"max_faults_per_path": 3, "seed": seed}
+    return {
+        "errors": Faults(error_rate=rate, **cap),
+        "resets": Faults(reset_rate=rate, **cap),
+        "truncations": Faults(truncate_rate=rate, **cap),
+        "stalls": Faults(error_rate=rate / 2, stall_seconds=0.3, **cap),
+        "kill": Faults(),
+        "mixed": Faults(error_rate=rate / 3, reset_rate=rate / 3, truncate_rate=rate / 3, **cap),
+    }[kind]
+
+
+def fault_runs(n: int, days: int, grid: tuple[int, int], chunk: int) -> list[dict]:
+    src = WORK / f"faults-{days}x{grid[0]}x{grid[1]}"
+    if not src.exists():
+        write_oisst_archive(src, days=days, ny=grid[0], nx=grid[1])
+    names = sorted(p.name for p in src.glob("*.nc"))
+    rows = []
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        with FileServer(src) as server:
+            urls = [f"{server.url}/{name}" for name in names]
+            code, clean_seconds, _ = bake(urls, Path(tmp) / "clean", chunk)
+            assert code == 0, "the clean bake failed"
+            clean_requests = len(server.requests)
+            clean = digest(Path(tmp) / "clean" / "out.zarr")
+        for i in range(n):
+            kind = KINDS[i % len(KINDS)]
+            faults = faults_for(kind, seed=i)
+            target = Path(tmp) / f"run{i}"
+            with FileServer(src, faults=faults) as server:
+                urls = [f"{server.url}/{name}" for name in names]
+                kill = random.Random(i).uniform(0.15, 0.6) * clean_seconds
+                first = bake(
+                    urls, target, chunk, kill_after=kill if kind in ("kill", "mixed") else None
+                )
+                runs = 1
+                if first[0] == -9:
+                    first, runs = bake(urls, target, chunk), 2
+                store = target / "out.zarr"
+                same = first[0] == 0 and store.exists() and digest(store) == clean
+                rows.append(
+                    {
+                        "run": i,
+                        "faults": kind,
+                        "bakes": runs,
+                        "ok": same,
+                        "requests": len(server.requests),
+                        "clean_requests": clean_requests,
+                    }
+                )
+            harness.log(f"fault run {i}: {kind}, {runs} bake(s), identical={same}")
+    return rows
+
+
+def resume_cost(repeat: int, days: int, ny: int, nx: int) -> dict:
+    archive = harness.get_archive(days, ny, nx)
+    urls = [str(p) for p in archive.paths]
+    fulls, resumes, fractions = [], [], []
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        for r in range(repeat):
+            full_target = Path(tmp) / f"full{r}"
+            code, full, _ = bake(urls, full_target, 10)
+            assert code == 0
+            total = _tasks(urls, Path(tmp) / "plan")
+            target = Path(tmp) / f"killed{r}"
+            done_dir = target / ".out.zarr.arcoforge" / "staging" / "done"
+            wanted = math.ceil(0.8 * total)
+            code, _, _ = bake(
+                urls, target, 10, kill_when=lambda d=done_dir, n=wanted: _count(d) >= n
+            )
+            done = _count(done_dir)
+            code, resume, _ = bake(urls, target, 10)
+            assert code == 0 and digest(target / "out.zarr") == digest(full_target / "out.zarr")
+            fulls.append(full)
+            resumes.append(resume)
+            fractions.append(done / total)
+            harness.log(
+                f"resume {r}: full {full:.2f} s, resume {resume:.2f} s after {done}/{total} tasks"
+            )
+    return {
+        "days": days,
+        "tasks": total,
+        "full": statistics.median(fulls),
+        "resume": statistics.median(resumes),
+        "killed_at": statistics.median(fractions),
+        "ratio": statistics.median(r / f for r, f in zip(resumes, fulls, strict=True)),
+    }
+
+
+def _count(folder: Path) -> int:
+    return sum(1 for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else 0
+
+
+def _tasks(urls: list[str], root: Path) -> int:
+    from arcoforge import ConcatDim, FilePattern, OpenWithXarray, StoreToZarr
+    from arcoforge.plan import estimate, make_plan
+
+    pattern = FilePattern(lambda time: urls[time], ConcatDim("time", list(range(len(urls))), 1))
+    recipe = pattern | OpenWithXarray() | StoreToZarr("out.zarr", target_chunks={"time": 10})
+    plan = make_plan(recipe, str(root), cache=None, workers=2)
+    return len(plan.write_tasks(estimate(plan)))
+
+
+def render(rows: list[dict], costs: list[dict]) -> str:
+    ok = sum(r["ok"] for r in rows)
+    lines = [
+        f"## Fault runs: {ok} of {len(rows)} identical to a clean bake (target: all)",
+        "",
+        f"(a clean bake makes {rows[0]['clean_requests']} requests)" if rows else "",
+        "",
+        "| run | faults | bakes | requests | identical |",
+        "| ---: | --- | ---: | ---: | --- |",
+        *(
+            f"| {r['run']} | {r['faults']} | {r['bakes']} | {r['requests']} | "
+            f"{'yes' if r['ok'] else '**no**'} |"
+            for r in rows
+        ),
+        "",
+        "## Resume after kill -9 at 80% of write tasks (wall time of the whole command)",
+        "",
+        "| archive | write tasks | killed after | full bake s | resume s | resume / full | target |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        *(
+            f"| {c['days']} days 720x1440 | {c['tasks']} | {c['killed_at']:.0%} | {c['full']:.2f} | "
+            f"{c['resume']:.2f} | {c['ratio']:.2f} | < {TARGET_RESUME:.2f}: "
+            f"{'met' if c['ratio'] < TARGET_RESUME else 'not met'} |"
+            for c in costs
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=24)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="small archives, few runs")
+    args = p.parse_args(argv)
+    WORK.mkdir(exist_ok=True)
+    if args.quick:
+        rows = fault_runs(6, 12, (90, 180), 3)
+        costs = [resume_cost(1, 20, 180, 360)]
+    else:
+        rows = fault_runs(args.runs, 24, (180, 360), 6)
+        costs = [resume_cost(args.repeat, days, 720, 1440) for days in (60, 300)]
+    text = render(rows, costs)
+    print(text)
+    (BENCH / "results-faults.md").write_text(text)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

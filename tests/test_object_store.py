@@ -1,0 +1,65 @@
+"""Bakes to an S3 object store (a moto server on loopback): publishing copies chunks first
+and metadata last, the lock is an object, re-bakes are no-ops, appends patch the store."""
+
+from __future__ import annotations
+
+import pytest
+import s3fs
+import xarray as xr
+from conftest import assert_same_as_sources, simple_recipe
+from moto import server as moto_server
+
+from arcoforge import bake
+from arcoforge.ledger import LockedError
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "eu-west-1"},
+    }
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("bakery")
+    yield options
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3, request):
+    """A fresh prefix in the bucket for each test."""
+    return f"s3://bakery/{request.node.name}"
+
+
+def test_bake_to_s3_and_rebake_is_a_no_op(small_archive, s3, bucket):
+    result = bake(simple_recipe(small_archive), bucket, workers=2, storage_options=s3)
+    assert result.url == f"{bucket}/out.zarr"
+    assert_same_as_sources(xr.open_zarr(result.url, storage_options=s3), small_archive)
+    fs = s3fs.S3FileSystem(**s3)
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(bucket.removeprefix("s3://")))
+    assert names == [".out.zarr.arcoforge", "out.zarr"], "staging store removed"
+    again = bake(simple_recipe(small_archive), bucket, workers=2, storage_options=s3)
+    assert again.stats == {"up_to_date": True}
+
+
+def test_append_on_s3(small_archive, s3, bucket):
+    bake(simple_recipe(small_archive[:5]), bucket, workers=2, storage_options=s3)
+    grown = bake(simple_recipe(small_archive), bucket, workers=2, storage_options=s3, append=True)
+    assert grown.inputs == 3
+    assert_same_as_sources(xr.open_zarr(grown.url, storage_options=s3), small_archive)
+
+
+def test_lock_object_refuses_a_second_bake(small_archive, s3, bucket):
+    fs = s3fs.S3FileSystem(**s3)
+    lock = f"{bucket.removeprefix('s3://')}/.out.zarr.arcoforge/lock"
+    fs.pipe_file(lock, b"pid 1 on elsewhere since 2026-11-25T07:00:00")
+    with pytest.raises(LockedError, match=r"being baked by another process \(pid 1 on elsewhere"):
+        bake(simple_recipe(small_archive), bucket, workers=1, storage_options=s3)
+    fs.rm_file(lock)
+    result = bake(simple_recipe(small_archive), bucket, workers=1, storage_options=s3)
+    assert_same_as_sources(xr.open_zarr(result.url, storage_options=s3), small_archive)
+    assert not fs.exists(lock), "the lock is removed when the bake ends"
