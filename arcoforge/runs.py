@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from .errors import ArcoforgeError, one_line
 from .ledger import put
 from .progress import Reporter
-from .secrets import redact
+from .secrets import redact, secret_values
 from .sources.cache import Cache
 
 Status = Literal["running", "succeeded", "failed", "interrupted"]
@@ -136,7 +136,8 @@ class Recorder:
         self.urls = [i.url for i in plan.inputs]
         self.url = plan.url
         self.storage_options = plan.target.storage_options
-        self.secrets = tuple(plan.open.fetch.secrets)
+        target_secrets = secret_values(open_kwargs=plan.target.storage_options)
+        self.secrets = (*plan.open.fetch.secrets, *target_secrets)
         self.reporter = _Watcher(reporter, self)
         self.stage: tuple[str, float] | None = None
         inputs = plan.inputs
