@@ -4,13 +4,19 @@ masked; listed and shown by ``arcoforge runs``."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 import xarray as xr
 from conftest import assert_same_as_sources, simple_recipe
-from test_cli import arcoforge, error_line, ok
+from test_cli import NAME, arcoforge, error_line, ok
 from test_sources import PASSWORD, TOKEN, USER, files_containing, urls_on
 
 from arcoforge import bake
@@ -200,6 +206,42 @@ def test_download_retries_are_counted(small_archive, tmp_path, state):
     # one retry per failed attempt; an attempt may meet two faults (fsspec asks for the size
     # with HEAD, then with GET)
     assert 0 < record["retries"] <= injected
+
+
+def test_ctrl_c_of_the_command_is_recorded_as_interrupted(tmp_path, state):
+    ok(arcoforge("init", NAME, cwd=tmp_path))
+    feedstock = tmp_path / NAME
+    # every request stalls for 5 s, so the bake is still scanning when Ctrl-C comes
+    with FileServer(feedstock / "sample-data", faults=Faults(stall_seconds=5)) as server:
+        recipe = feedstock / "recipe.py"
+        local = '(HERE / "sample-data" / f"oisst-avhrr-v02r01.{time:%Y%m%d}.nc").as_uri()'
+        remote = f'f"{server.url}/oisst-avhrr-v02r01.{{time:%Y%m%d}}.nc"'
+        recipe.write_text(recipe.read_text().replace(local, remote))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "arcoforge.cli", "bake", NAME, "--target-root", "out"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a process group of its own, as in a terminal
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not server.requests and time.monotonic() < deadline:  # scanning
+                time.sleep(0.05)
+            [running] = [json.loads(p.read_text()) for p in state.glob("*.json")]
+            assert running["status"] == "running"
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the workers too
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted"
+    [record] = records(tmp_path / "out", state)
+    assert record["id"] == running["id"] and record["status"] == "interrupted"
+    assert record["failures"] == ["during scan: interrupted (KeyboardInterrupt)"]
+    assert record["recipe"] == NAME and record["args"][:3] == ["arcoforge", "bake", NAME]
 
 
 # -- the command ---------------------------------------------------------------------

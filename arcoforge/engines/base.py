@@ -21,11 +21,18 @@ class Engine(ABC):
     def close(self) -> None:  # noqa: B027 - engines without workers need not override it
         """Release workers."""
 
+    def abort(self) -> None:
+        """Stop workers without waiting for their tasks (after an error or Ctrl-C)."""
+        self.close()
+
     def __enter__(self) -> Engine:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def get_engine(name: str = "local", **options: Any) -> Engine:

@@ -59,6 +59,16 @@ class LocalEngine(Engine):
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    def abort(self) -> None:
+        """Terminate the workers: tasks already queued to them would otherwise run to the
+        end, and a Ctrl-C would wait for them (tasks are idempotent, so a re-run redoes
+        what they left half done)."""
+        if self._pool is not None:
+            for process in list(self._pool._processes.values()):  # no public API in 3.11
+                process.terminate()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
 
 def _call(payload: bytes) -> Any:
     func, item = cloudpickle.loads(payload)
