@@ -22,7 +22,8 @@ import zarr
 
 from .errors import ArcoforgeError, ValidationError, one_line
 from .recipe import Recipe
-from .validate import compare, sample_positions
+from .validate import compare
+from .writers.zarr import Target, zarr_store
 
 MAX_FINDINGS_PER_CHECK = 20
 PUBLISH_DECODE_BUDGET = 16 * 2**20
@@ -99,15 +100,17 @@ def validate_store(
     """
     report = StoreReport(url)
     group = _open_group(url, storage_options)
+    sampled = None if full else sample
     ds = _open_dataset(report, url, storage_options)
-    if ds is not None:
-        _check_coordinates(report, ds)
-    sample_ = None if full else sample
-    _check_chunks(report, group, url, storage_options, sample_, decode_budget)
-    if ds is not None:
-        with ds:
-            if against is not None:
-                _check_sources(report, ds, against, None if full else sample, cache)
+    try:
+        if ds is not None:
+            _check_coordinates(report, ds)
+        _check_chunks(report, group, url, storage_options, sampled, decode_budget)
+        if ds is not None and against is not None:
+            _check_sources(report, ds, against, sampled, cache)
+    finally:
+        if ds is not None:
+            ds.close()
     return report
 
 
@@ -115,7 +118,7 @@ def check_before_publish(url: str, storage_options: dict | None = None) -> Store
     """The fast audit that a bake runs before it publishes; raises :class:`ValidationError`
     naming the first problem.
 
-    Every check but the sources', with at most two chunks per array and 16 MB in all
+    Every check but the sources', with at most two chunks per array and 16 MiB in all
     decoded, smallest first: the write tasks have already read back the chunks of the
     first and the last input, so this adds what they cannot see (lost chunks, damaged
     coordinates) and stays cheap however large the chunks are.
@@ -136,18 +139,11 @@ def _open_group(url: str, storage_options: dict | None) -> zarr.Group:
     if not fs.exists(path):
         raise ValidationError(f"{url}: no such store")
     try:
-        return zarr.open_group(_zarr_store(url, storage_options), mode="r", use_consolidated=False)
+        store = zarr_store(Target(url, storage_options=storage_options))
+        return zarr.open_group(store, mode="r", use_consolidated=False)
     except Exception as exc:
         cause = type(exc).__name__
         raise ValidationError(f"{url}: not a Zarr store (no group metadata: {cause})") from None
-
-
-def _zarr_store(url: str, storage_options: dict | None):
-    if "://" in url and not url.startswith("file://"):
-        return zarr.storage.FsspecStore.from_url(
-            url, storage_options=storage_options, read_only=True
-        )
-    return zarr.storage.LocalStore(url.removeprefix("file://"), read_only=True)
 
 
 def _open_dataset(report: StoreReport, url: str, options: dict | None) -> xr.Dataset | None:
@@ -311,13 +307,13 @@ def _grid(array: zarr.Array) -> Iterator[tuple[int, ...]]:
 
 
 def _pick(items: list, k: int | None, seed: str) -> list:
-    """All of ``items`` when ``k`` is None; else the first, the last and seeded random ones."""
+    """All of ``items`` when ``k`` is None; else ``k`` of them: the first, the last and
+    seeded random ones between."""
     if k is None or len(items) <= k:
         return items
-    ends = sample_positions(len(items), min(k, 2))
-    rest = [i for i in range(len(items)) if i not in ends]
-    chosen = ends + random.Random(seed).sample(rest, k - len(ends))
-    return [items[i] for i in sorted(chosen)]
+    ends = [0, len(items) - 1][: max(k, 0)]
+    between = random.Random(seed).sample(range(1, len(items) - 1), max(k - len(ends), 0))
+    return [items[i] for i in sorted(ends + between)]
 
 
 def _decode_problem(array: zarr.Array, coords: tuple[int, ...]) -> str | None:
