@@ -143,7 +143,10 @@ class Plan:
         clear whatever is left at the staging name."""
         staged = self.ledger.read(STAGED)
         same = staged is not None and staged["fingerprint"] == self.fingerprint
-        saved = self.ledger.load_state() if same else None
+        there = same and (
+            staged["status"] == "complete" or exists(self.target.url, self.target.storage_options)
+        )
+        saved = self.ledger.load_state() if there else None
         if saved is not None:
             state.schema, state.chunks, state.encoding, state.open, state.missing = saved
             state.resumed = True
@@ -178,7 +181,8 @@ class Plan:
         owners = {}
         for item in self.inputs:
             group = item.pos(self.merge_dim) if self.merge_dim else None
-            owners.setdefault(group, item)
+            if item.url not in state.missing:
+                owners.setdefault(group, item)
         attrs = {**state.schema.attrs, **self.recipe.writer.attrs}
         zarr_writer.write_template(
             state.schema, self.target, state.encoding, state.open, owners, attrs

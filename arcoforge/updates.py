@@ -44,11 +44,10 @@ class PatchPlan(Plan):
         return self.concat_dims[0]
 
     def stage_patch(self, state: BakeState, store: xr.Dataset, new: DatasetSchema) -> None:
-        """Fill ``state`` from the scan and the store, stage the patch, record progress."""
+        """Fill ``state`` from the scan and the store, and stage the patch."""
         state.chunks = _store_chunks(store)
         state.open = replace(self.open, promoted=new.promoted)
         patch.stage(self.url, self.target, self.dim, state.schema.dims[self.dim])
-        self.keep(state)
 
     def move_into_place(self) -> None:
         patch.apply(self.target, self.url)
@@ -73,6 +72,7 @@ class AppendPlan(PatchPlan):
             state.schema = _shifted(new, self.dim, self.held)
             self.stage_patch(state, store, new)
         _write_coords(self.target, new, self.dim, slice(self.held, state.schema.dims[self.dim]))
+        self.keep(state)
 
     def _input_at(self, schema: DatasetSchema):
         """The new input that holds step ``i`` of the new steps."""
@@ -126,6 +126,7 @@ class RetryPlan(PatchPlan):
                 counts={self.dim: list(counts)},
             )
             self.stage_patch(state, store, new)
+        self.keep(state)
 
     def _regions(self, schema: DatasetSchema, chunks: dict[str, int]) -> list[dict[str, slice]]:
         return [

@@ -134,3 +134,16 @@ def test_input_failing_in_the_write_stage_is_skipped_and_recorded(small_archive,
     assert np.isnan(out.sst.isel(time=3).values).all()
     with xr.open_dataset(small_archive[4]) as src:
         np.testing.assert_array_equal(out.sst.isel(time=4).values, src.sst.values[0])
+
+
+def test_the_first_input_can_be_skipped(half_served, small_archive, tmp_path):
+    _, root, urls = half_served
+    (root / small_archive[0].name).unlink()
+    result = bake(simple_recipe(urls), tmp_path / "out", workers=2, skip_failed=True)
+    assert result.stats["missing_inputs"] == sorted([urls[0], urls[5]])
+    out = xr.open_zarr(result.url).load()
+    with xr.open_dataset(small_archive[1]) as src:
+        np.testing.assert_array_equal(out.lat.values, src.lat.values)
+        np.testing.assert_array_equal(out.sst.isel(time=1).values, src.sst.values[0])
+    assert np.isnan(out.sst.isel(time=0).values).all()
+    assert str(out.time.values[0]).startswith("1981-09-01")
