@@ -18,6 +18,7 @@ from typing import Any
 
 import fsspec
 
+from . import audit
 from . import ledger as ledgers
 from .chunking import resolve_chunks
 from .openers import OpenConfig
@@ -246,16 +247,23 @@ class Plan:
         publish is finished by the next bake."""
         staged = self.ledger.read(STAGED)
         if staged["status"] != "complete":
+            self.check(state, self.target.url)
             if self.recipe.writer.consolidated:
                 zarr_writer.consolidate(self.target)
             staged = self._manifest("complete", **self._contents(state))
             self.ledger.write(staged, STAGED)
-        self.move_into_place()
+        self.move_into_place(state)
         published = {k: v for k, v in staged.items() if k != "version"}
         self.ledger.write({**published, "fingerprint": self.store_fingerprint})
         self.ledger.clear_staging()
 
-    def move_into_place(self) -> None:
+    def check(self, state: BakeState, url: str) -> None:
+        """The audit every bake runs before it publishes (see :mod:`arcoforge.audit`):
+        the store opens, its coordinates are sound, every chunk is there and decodes."""
+        report = audit.check_before_publish(url, self.target.storage_options)
+        state.stats["store_check"] = report.summary()
+
+    def move_into_place(self, state: BakeState) -> None:
         """Put the staged store at the final name (repeatable)."""
         zarr_writer.publish(self.target, self.url)
 

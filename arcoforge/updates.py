@@ -49,8 +49,12 @@ class PatchPlan(Plan):
         state.open = replace(self.open, promoted=new.promoted)
         patch.stage(self.url, self.target, self.dim, state.schema.dims[self.dim])
 
-    def move_into_place(self) -> None:
+    def check(self, state: BakeState, url: str) -> None:
+        """A patch is not a whole store: the audit runs on the store once it is applied."""
+
+    def move_into_place(self, state: BakeState) -> None:
         patch.apply(self.target, self.url)
+        super().check(state, self.url)
 
 
 @dataclass
