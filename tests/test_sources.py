@@ -347,3 +347,43 @@ def test_redact_masks_secrets_inside_the_urls_that_carry_them(token):
     text = redact(f"Connection timeout to host {url}", secret_values(secrets))
     assert url.split("token=")[1] not in text
     assert MASK in text
+
+
+def test_query_string_secret_is_in_no_file_or_log_line_of_a_faulty_bake(small_archive, tmp_path):
+    """Faults, a skipped input and a failed retry: the secret reaches the server and nothing
+    else (store, ledger, run records, state folder, JSON log lines, errors)."""
+    import io
+    import os
+
+    from arcoforge.progress import JsonReporter
+
+    log = io.StringIO()
+    faults = Faults(
+        error_rate=0.2, reset_rate=0.1, truncate_rate=0.1, seed=7, max_faults_per_path=2
+    )
+    with FileServer(small_archive[0].parent, token=TOKEN, faults=faults) as server:
+        urls = [*urls_on(server, small_archive[:5]), f"{server.url}/no-such-file.nc"]
+        secret = {"query_string_secrets": {"token": TOKEN}}
+        first = bake(
+            simple_recipe(urls, **secret),
+            tmp_path / "out",
+            workers=2,
+            skip_failed=True,
+            reporter=JsonReporter(log),
+        )
+        assert first.stats["missing_inputs"] == [urls[-1]]
+        with pytest.raises(SourceError) as info:  # the missing file is still missing
+            bake(
+                simple_recipe(urls, **secret),
+                tmp_path / "out",
+                workers=2,
+                retry_failed=True,
+                reporter=JsonReporter(log),
+            )
+        assert urls[-1] in str(info.value) and TOKEN not in str(info.value)
+        assert any(TOKEN in r for r in server.requests)
+    state = Path(os.environ["ARCOFORGE_STATE_DIR"])
+    assert any((tmp_path / "out").rglob("*.json")) and any(state.rglob("*.json"))
+    assert files_containing(tmp_path, TOKEN.encode()) == []
+    assert files_containing(state, TOKEN.encode()) == []
+    assert log.getvalue() and TOKEN not in log.getvalue()
