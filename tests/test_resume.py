@@ -152,6 +152,18 @@ def test_bake_finishes_when_a_worker_process_dies(archive, clean, tmp_path, kill
     assert digest(Path(result.url)) == clean
 
 
+def test_local_engine_recovers_from_a_worker_that_died_while_idle():
+    from arcoforge.engines.local import LocalEngine
+
+    with LocalEngine(workers=2) as engine:
+        assert sorted(engine.map(abs, [-1, -2, -3])) == [1, 2, 3]
+        for process in engine._pool._processes.values():
+            os.kill(process.pid, signal.SIGKILL)
+        time.sleep(0.5)  # the pool notices and refuses new tasks
+        assert sorted(engine.map(abs, [-4, -5, -6])) == [4, 5, 6]
+        assert engine.worker_losses == 1
+
+
 def test_a_task_that_keeps_killing_its_worker_is_named(archive, tmp_path):
     def always_die(ds):
         if ds.time.dt.day.item() == 5:

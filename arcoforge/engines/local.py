@@ -63,9 +63,16 @@ class LocalEngine(Engine):
         """Submit tasks up to the limit; the tasks in flight when a worker died run one at
         a time, so that a task that kills its worker is known for sure."""
         while (todo or suspects) and len(running) < (1 if suspects else 2 * self.workers):
-            index = suspects.popleft() if suspects else todo.popleft()
+            queue = suspects or todo
+            index = queue.popleft()
             payload = cloudpickle.dumps((func, items[index]))
-            running[self._get_pool().submit(_call, payload)] = index
+            try:
+                running[self._get_pool().submit(_call, payload)] = index
+            except BrokenProcessPool:  # a worker died since the last look
+                queue.appendleft(index)
+                if not running:  # ... while idle: no task to blame
+                    self._recover(running, [], items)
+                return
 
     def _recover(self, running: dict, deaths: list[int], items: Sequence[Any]) -> None:
         """Start a new pool after a worker died, or give up on a task that keeps dying."""
