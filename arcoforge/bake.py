@@ -17,7 +17,7 @@ import xarray as xr
 
 from .engines import Engine, get_engine
 from .openers import preload
-from .plan import BakeState, Plan, make_plan
+from .plan import Plan, make_plan
 from .progress import Reporter
 from .recipe import Recipe
 from .runs import RunContext, recorded_run
@@ -106,17 +106,8 @@ def bake(
 
 def run_plan(plan: Plan, engine: Engine, reporter: Reporter) -> BakeResult:
     """Run every stage of ``plan`` on ``engine``."""
-    state = BakeState()
     started = time.perf_counter()
-    timings = {}
-    for stage in plan.stages:
-        t0 = time.perf_counter()
-        items = stage.items(state)
-        reporter.stage_started(stage.name, len(items), stage.description)
-        results = engine.map(stage.func, items) if stage.func else iter(())
-        stage.reduce(state, _counted(results, reporter, stage.name))
-        timings[stage.name] = time.perf_counter() - t0
-        reporter.stage_done(stage.name, timings[stage.name])
+    state, timings = engine.run(plan, reporter)
     seconds = time.perf_counter() - started
     return BakeResult(
         url=plan.url,
@@ -153,12 +144,6 @@ def unchanged_result(plan: Plan) -> BakeResult:
         seconds=0.0,
         stats={"up_to_date": True},
     )
-
-
-def _counted(results, reporter: Reporter, name: str):
-    for result in results:
-        yield result
-        reporter.advanced(name)
 
 
 @contextmanager
