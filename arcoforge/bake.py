@@ -53,6 +53,7 @@ def bake(
     cache: str | None = None,
     workers: int | None = None,
     engine: str | Engine = "local",
+    engine_options: dict | None = None,
     prune: int | None = None,
     reporter: Reporter | None = None,
     force: bool = False,
@@ -69,7 +70,9 @@ def bake(
     inputs the store lacks are baked, and added to it. With ``skip_failed``, inputs that
     still fail after their retries are left as fill values and recorded in the store's
     manifest; ``retry_failed`` later fills them in. ``storage_options`` go to fsspec for
-    the target (an object store's endpoint and credentials, say). Every bake leaves a run
+    the target (an object store's endpoint and credentials, say). ``engine`` is "local",
+    "dask", "spark" or "beam" (configured by ``engine_options``, see
+    :mod:`arcoforge.engines`) or an :class:`Engine`. Every bake leaves a run
     record (see :mod:`arcoforge.runs`); ``run`` adds what the caller knows to it.
 
     >>> result = bake(recipe, target_root="out/", workers=2)  # doctest: +SKIP
@@ -99,7 +102,11 @@ def bake(
                 reporter.event("up_to_date", url=plan.url)
                 return record.finished(unchanged_result(plan))
             preload(plan.open)
-            runner = get_engine(engine, workers=workers) if isinstance(engine, str) else engine
+            runner = (
+                get_engine(engine, workers=workers, **(engine_options or {}))
+                if isinstance(engine, str)
+                else engine
+            )
             with runner:
                 return record.finished(run_plan(plan, runner, reporter))
 
