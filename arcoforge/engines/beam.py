@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import apache_beam as beam
@@ -33,6 +33,8 @@ from ..progress import Reporter
 from .base import Engine, Failed, call
 
 LOCAL_RUNNERS = ("DirectRunner", "PrismRunner")
+# threads of the DirectRunner that die with a worker (their error is the pipeline's)
+WORKER_THREADS = ("run_worker", "read_grpc_client_inputs", "beam_control_read")
 
 
 class BeamEngine(Engine):
@@ -66,7 +68,7 @@ class BeamEngine(Engine):
         for attempt in range(1, self.attempts + 1):
             relay = Relay(reporter) if self.runner in LOCAL_RUNNERS else nullcontext()
             try:
-                with relay:
+                with relay, _quiet_worker_threads():
                     state, timings, totals = self._run_once(plan, getattr(relay, "address", None))
             except Exception as exc:
                 why = _last_line(exc)
@@ -93,6 +95,22 @@ class BeamEngine(Engine):
         fs, path = fsspec.core.url_to_fs(outcome, **(options or {}))
         fs.rm(path)
         return cloudpickle.loads(data)
+
+
+@contextmanager
+def _quiet_worker_threads() -> Iterator[None]:
+    """Leave the errors of the runner's threads to the pipeline's (no thread tracebacks)."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.thread is None or args.thread.name not in WORKER_THREADS:
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def build(pipeline: beam.Pipeline, plan: Plan, address: tuple | None, outcome: str) -> None:
