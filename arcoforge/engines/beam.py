@@ -24,6 +24,7 @@ from typing import Any
 import apache_beam as beam
 import cloudpickle
 import fsspec
+from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from .. import ledger as ledgers
@@ -183,6 +184,7 @@ class Task(_Step):
     def process(self, item: bytes):
         result = call(self.stage.func, cloudpickle.loads(item))
         self.tell("advanced", self.stage.name)
+        Metrics.counter("arcoforge", f"{self.stage.name} tasks done").inc()
         yield cloudpickle.dumps(result)
 
 

@@ -11,15 +11,24 @@ from typing import Any
 import cloudpickle
 from pyspark.sql import SparkSession
 
+from ..errors import ArcoforgeError
 from .base import Engine, call, unwrap
+
+# local mode: the driver is the only node; nothing listens beyond loopback, no web UI
+LOCAL = {
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.ui.enabled": "false",
+}
 
 
 class SparkEngine(Engine):
     """Run tasks on the Spark master at ``master`` (``spark://host:port``, ``yarn``,
     ``k8s://...``), by default ``local[workers]``; ``conf`` passes Spark settings through.
 
-    Each task is its own Spark job of one partition, with up to twice the cluster's
-    parallelism in flight, so results (and progress) come back as tasks finish. A task
+    Tasks go in up to four times the cluster's parallelism partitions, each run as its
+    own Spark job with up to twice the parallelism of jobs in flight, so results (and
+    progress) come back as partitions finish and a job costs little per task. A task
     whose Python worker or executor dies is run again, up to ``max_failures`` attempts
     (``spark.task.maxFailures``; ``local[N,F]`` in local mode). Python workers run
     ``$PYSPARK_PYTHON``, by default this interpreter.
@@ -40,7 +49,7 @@ class SparkEngine(Engine):
         defaults = {
             "spark.task.maxFailures": str(max_failures),
             "spark.ui.showConsoleProgress": "false",
-            **({"spark.driver.host": "127.0.0.1", "spark.ui.enabled": "false"} if local else {}),
+            **(LOCAL if local else {}),
         }
         self.conf = {**defaults, **{k: str(v) for k, v in (conf or {}).items()}}
         self._session: SparkSession | None = None
@@ -49,17 +58,16 @@ class SparkEngine(Engine):
         if not items:
             return
         sc = self.session().sparkContext
+        parts = min(len(items), 4 * sc.defaultParallelism)
         payloads = [cloudpickle.dumps(item) for item in items]
-        rdd = sc.parallelize(payloads, len(payloads)).map(_task(func))
+        rdd = sc.parallelize(payloads, parts).map(_task(func))
         pool = ThreadPoolExecutor(max(2, 2 * sc.defaultParallelism))
-        pending: set[Future] = {
-            pool.submit(sc.runJob, rdd, list, [i]) for i in range(len(payloads))
-        }
+        pending: set[Future] = {pool.submit(sc.runJob, rdd, list, [i]) for i in range(parts)}
         try:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield unwrap(cloudpickle.loads(future.result()[0]))
+                    yield from (unwrap(cloudpickle.loads(r)) for r in future.result())
         finally:
             for future in pending:
                 future.cancel()
@@ -75,6 +83,13 @@ class SparkEngine(Engine):
             for key, value in self.conf.items():
                 builder = builder.config(key, value)
             self._session = builder.getOrCreate()
+            if self._session.sparkContext.master != self.master:
+                running = self._session.sparkContext.master
+                self._session = None
+                raise ArcoforgeError(
+                    f"spark: this process already has a SparkSession on {running}, "
+                    f"not {self.master}; stop it first"
+                )
             self._session.sparkContext.setLogLevel("ERROR")
         return self._session
 
