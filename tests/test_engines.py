@@ -162,7 +162,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_bytes_are_the_same(
         assert any(e[0] == "pipeline_retry" for e in reporter.events)
 
 
-@pytest.mark.parametrize("label", ["dask", "beam"])
+@pytest.mark.parametrize("label", ["dask", "spark-standalone", "beam"])
 def test_a_task_error_names_the_input(request, archive, tmp_path, label):
     broken = write_corrupt_file(tmp_path / archive[3].name)
     paths = [*archive[:3], broken, *archive[4:]]
