@@ -17,7 +17,7 @@ import xarray as xr
 
 from .engines import Engine, get_engine
 from .openers import preload
-from .plan import BakeState, Plan, make_plan
+from .plan import Plan, make_plan
 from .progress import Reporter
 from .recipe import Recipe
 from .runs import RunContext, recorded_run
@@ -53,6 +53,7 @@ def bake(
     cache: str | None = None,
     workers: int | None = None,
     engine: str | Engine = "local",
+    engine_options: dict | None = None,
     prune: int | None = None,
     reporter: Reporter | None = None,
     force: bool = False,
@@ -69,7 +70,9 @@ def bake(
     inputs the store lacks are baked, and added to it. With ``skip_failed``, inputs that
     still fail after their retries are left as fill values and recorded in the store's
     manifest; ``retry_failed`` later fills them in. ``storage_options`` go to fsspec for
-    the target (an object store's endpoint and credentials, say). Every bake leaves a run
+    the target (an object store's endpoint and credentials, say). ``engine`` is "local",
+    "dask", "spark" or "beam" (configured by ``engine_options``, see
+    :mod:`arcoforge.engines`) or an :class:`Engine`. Every bake leaves a run
     record (see :mod:`arcoforge.runs`); ``run`` adds what the caller knows to it.
 
     >>> result = bake(recipe, target_root="out/", workers=2)  # doctest: +SKIP
@@ -99,7 +102,11 @@ def bake(
                 reporter.event("up_to_date", url=plan.url)
                 return record.finished(unchanged_result(plan))
             preload(plan.open)
-            runner = get_engine(engine, workers=workers) if isinstance(engine, str) else engine
+            runner = (
+                get_engine(engine, workers=workers, **(engine_options or {}))
+                if isinstance(engine, str)
+                else engine
+            )
             with runner:
                 result = run_plan(plan, runner, reporter)
             if runner.worker_losses:
@@ -109,17 +116,8 @@ def bake(
 
 def run_plan(plan: Plan, engine: Engine, reporter: Reporter) -> BakeResult:
     """Run every stage of ``plan`` on ``engine``."""
-    state = BakeState()
     started = time.perf_counter()
-    timings = {}
-    for stage in plan.stages:
-        t0 = time.perf_counter()
-        items = stage.items(state)
-        reporter.stage_started(stage.name, len(items), stage.description)
-        results = engine.map(stage.func, items) if stage.func else iter(())
-        stage.reduce(state, _counted(results, reporter, stage.name))
-        timings[stage.name] = time.perf_counter() - t0
-        reporter.stage_done(stage.name, timings[stage.name])
+    state, timings = engine.run(plan, reporter)
     seconds = time.perf_counter() - started
     return BakeResult(
         url=plan.url,
@@ -156,12 +154,6 @@ def unchanged_result(plan: Plan) -> BakeResult:
         seconds=0.0,
         stats={"up_to_date": True},
     )
-
-
-def _counted(results, reporter: Reporter, name: str):
-    for result in results:
-        yield result
-        reporter.advanced(name)
 
 
 @contextmanager

@@ -77,6 +77,14 @@ def main():
     "--retry-failed", is_flag=True, help="Fill in the inputs an earlier --skip-failed bake lacks."
 )
 @click.option("--force", is_flag=True, help="Bake again even if the store is up to date.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "dask", "spark", "beam"]),
+    help="Where tasks run [default: local]; settings of each in the config file.",
+)
+@click.option(
+    "--dask-scheduler", metavar="ADDRESS", help="With --engine dask: tcp://host:port of a cluster."
+)
 @friendly
 def bake(
     feedstock,
@@ -92,6 +100,8 @@ def bake(
     skip_failed,
     retry_failed,
     force,
+    engine,
+    dask_scheduler,
 ):
     """Bake the recipes of FEEDSTOCK into TARGET_ROOT/STORE_NAME.
 
@@ -108,6 +118,11 @@ def bake(
     from .summary import describe_plan, render_plan, render_result, result_dict
 
     config = read_config(config_file)
+    engine = engine or config.engine
+    if dask_scheduler:
+        if engine != "dask":
+            raise click.UsageError("--dask-scheduler needs --engine dask")
+        config.dask.scheduler = dask_scheduler
     target_root = target_root or config.target_root
     if not target_root:
         raise click.UsageError("give --target-root (or target_root in the config file)")
@@ -138,7 +153,8 @@ def bake(
                 cache=cache or config.cache,
                 workers=workers,
                 prune=prune,
-                engine=config.engine,
+                engine=engine,
+                engine_options=config.engine_options(engine),
                 reporter=reporter,
                 force=force,
                 append=append,

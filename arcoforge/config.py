@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -13,8 +13,40 @@ from .errors import ArcoforgeError, first_field_error
 M = TypeVar("M", bound=BaseModel)
 
 
+class DaskSettings(BaseModel):
+    """The dask engine: a scheduler's address, or the LocalCluster it starts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheduler: str | None = None
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_limit: str | int | None = "auto"
+    allowed_failures: int = Field(default=3, ge=0)
+
+
+class SparkSettings(BaseModel):
+    """The spark engine: a master URL (default ``local[workers]``) and Spark settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    master: str | None = None
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    max_failures: int = Field(default=4, ge=1)
+
+
+class BeamSettings(BaseModel):
+    """The beam engine: a runner and its pipeline options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runner: str = "DirectRunner"
+    options: dict[str, Any] = Field(default_factory=dict)
+    attempts: int = Field(default=3, ge=1)
+
+
 class BakeConfig(BaseModel):
-    """Settings of ``arcoforge bake``; each field is also a flag of the same name."""
+    """Settings of ``arcoforge bake``; top-level fields are also flags of the same name,
+    the sections ``dask``, ``spark`` and ``beam`` configure those engines."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -23,8 +55,16 @@ class BakeConfig(BaseModel):
     recipe: str | None = None
     workers: int | None = Field(default=None, ge=1)
     prune: int | None = Field(default=None, ge=1)
-    engine: str = "local"
+    engine: Literal["local", "dask", "spark", "beam"] = "local"
     skip_failed: bool = False
+    dask: DaskSettings = Field(default_factory=DaskSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    beam: BeamSettings = Field(default_factory=BeamSettings)
+
+    def engine_options(self, name: str) -> dict[str, Any]:
+        """The settings of engine ``name``, as keyword arguments of the engine."""
+        section = getattr(self, name, None) if name != "local" else None
+        return section.model_dump(exclude_none=True) if section is not None else {}
 
 
 def read_config(path: str | Path | None) -> BakeConfig:

@@ -70,6 +70,7 @@ class Contestant:
     script: str
     output: str  # "zarr" (a store named oisst.zarr) or "chunks" (the floor's chunk files)
     venv: str | None = None  # None: this interpreter (the arcoforge dev venv)
+    args: tuple[str, ...] = ()  # more arguments of the script (they win over the common ones)
 
 
 ARCOFORGE = Contestant("arcoforge", "arcoforge (local, 2 workers)", "arcoforge_local.py", "zarr")
@@ -289,6 +290,7 @@ def run_contestant(
         str(result_path),
         "--workers",
         str(args.workers),
+        *c.args,
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if c.venv is None:

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ArcoforgeError
+
+if TYPE_CHECKING:
+    from ..plan import BakeState, Plan
+    from ..progress import Reporter
+
+# name -> (module of the engine, its class, a module it needs, the extra that installs it)
+ENGINES = {
+    "local": ("local", "LocalEngine", None, None),
+    "dask": ("dask", "DaskEngine", "distributed", "dask"),
+    "spark": ("spark", "SparkEngine", "pyspark", "spark"),
+    "beam": ("beam", "BeamEngine", "apache_beam", "beam"),
+}
 
 
 class Engine(ABC):
@@ -18,6 +33,23 @@ class Engine(ABC):
     @abstractmethod
     def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
         """Yield ``func(item)`` for every item; raise the first task error."""
+
+    def run(self, plan: Plan, reporter: Reporter) -> tuple[BakeState, dict[str, float]]:
+        """Run the plan's stages one after the other: the items of each on workers, its
+        reduce here. Returns the final state and each stage's seconds. Engines that build
+        one job for the whole plan override this."""
+        from ..plan import BakeState
+
+        state, timings = BakeState(), {}
+        for stage in plan.stages:
+            t0 = time.perf_counter()
+            items = stage.items(state)
+            reporter.stage_started(stage.name, len(items), stage.description)
+            results = self.map(stage.func, items) if stage.func else iter(())
+            stage.reduce(state, counted(results, reporter, stage.name))
+            timings[stage.name] = time.perf_counter() - t0
+            reporter.stage_done(stage.name, timings[stage.name])
+        return state, timings
 
     def close(self) -> None:  # noqa: B027 - engines without workers need not override it
         """Release workers."""
@@ -41,10 +73,49 @@ def task_label(item: Any) -> str:
     return getattr(item, "label", None) or f"a {type(item).__name__}"
 
 
+def counted(results: Iterable, reporter: Reporter, name: str) -> Iterator:
+    """``results``, advancing the stage's progress by one for each."""
+    for result in results:
+        yield result
+        reporter.advanced(name)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A task's error, returned as its result: engines retry tasks whose worker died,
+    not tasks that failed (inputs have their own retries), and the driver raises it."""
+
+    error: Exception
+
+
+def call(func: Callable[[Any], Any], item: Any) -> Any:
+    """``func(item)`` on a worker, or its error made fit to cross back to the driver."""
+    from .local import portable
+
+    try:
+        return func(item)
+    except Exception as exc:
+        return Failed(portable(exc))
+
+
+def unwrap(result: Any) -> Any:
+    """A task's result, or its error raised here."""
+    if isinstance(result, Failed):
+        raise result.error
+    return result
+
+
 def get_engine(name: str = "local", **options: Any) -> Engine:
     """The engine called ``name``, configured by ``options``."""
-    if name == "local":
-        from .local import LocalEngine
-
-        return LocalEngine(**options)
-    raise ArcoforgeError(f"engine {name!r} is not known (available: local)")
+    if name not in ENGINES:
+        raise ArcoforgeError(f"engine {name!r} is not known (available: {', '.join(ENGINES)})")
+    module, cls, needs, extra = ENGINES[name]
+    if needs is not None:
+        try:
+            importlib.import_module(needs)
+        except ImportError:
+            raise ArcoforgeError(
+                f'engine {name!r} is not installed: pip install "arcoforge[{extra}]"'
+            ) from None
+    engine = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
+    return engine(**options)

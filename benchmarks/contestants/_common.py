@@ -24,6 +24,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--result", required=True, type=Path)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--engine", default="local", help="arcoforge's engine (arcoforge only)")
     args = p.parse_args()
     args.paths = [Path(line) for line in args.paths_file.read_text().split() if line]
     return args

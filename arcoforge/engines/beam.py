@@ -1,0 +1,278 @@
+"""Apache Beam: a whole plan as ONE pipeline (one Dataflow or Flink job), on any runner.
+
+Each stage becomes ``items -> Reshuffle -> tasks -> ToList -> reduce``. The state the
+driver would keep travels through the pipeline as one element: a stage's items step
+computes its tasks from it (on a worker), and its reduce step is a single-element step
+that takes the stage's collected results as a side input and hands the new state to the
+next stage. The last step writes the final state beside the store, where the driver reads
+it. Task and reduce errors travel as :class:`Failed` values to that end, so the pipeline
+only fails when the runner does (a worker died, say); the engine then runs it again,
+and the bake resumes from what was recorded done.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import apache_beam as beam
+import cloudpickle
+import fsspec
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from .. import ledger as ledgers
+from ..errors import ArcoforgeError
+from ..plan import BakeState, Plan
+from ..progress import Reporter
+from .base import Engine, Failed, call
+
+LOCAL_RUNNERS = ("DirectRunner", "PrismRunner")
+# threads of the DirectRunner that die with a worker (their error is the pipeline's)
+WORKER_THREADS = ("run_worker", "read_grpc_client_inputs", "beam_control_read")
+
+
+class BeamEngine(Engine):
+    """Run plans as one Beam pipeline on ``runner`` with pipeline ``options`` (the
+    DirectRunner: ``workers`` processes in multi_processing mode). A pipeline that fails
+    is run again, up to ``attempts`` times in all."""
+
+    name = "beam"
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        runner: str = "DirectRunner",
+        options: dict[str, Any] | None = None,
+        attempts: int = 3,
+    ):
+        self.runner = runner
+        direct = {
+            "direct_num_workers": max(1, workers or 1),
+            "direct_running_mode": "multi_processing",
+            "default_sdk_harness_log_level": "WARNING",
+            "sdk_harness_log_level_overrides": {"apache_beam": "ERROR"},
+        }
+        self.options = {**(direct if runner == "DirectRunner" else {}), **(options or {})}
+        self.attempts = max(1, attempts)
+
+    def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        raise ArcoforgeError("the beam engine runs whole plans as one pipeline, not single maps")
+
+    def run(self, plan: Plan, reporter: Reporter) -> tuple[BakeState, dict[str, float]]:
+        for attempt in range(1, self.attempts + 1):
+            relay = Relay(reporter) if self.runner in LOCAL_RUNNERS else nullcontext()
+            try:
+                with relay, _quiet_worker_threads():
+                    state, timings, totals = self._run_once(plan, getattr(relay, "address", None))
+            except Exception as exc:
+                why = _last_line(exc)
+                if attempt == self.attempts:
+                    raise ArcoforgeError(f"beam pipeline failed {attempt} times: {why}") from None
+                reporter.event("pipeline_retry", engine=self.name, attempt=attempt, error=why)
+                continue
+            catch_up(reporter, plan, getattr(relay, "seen", {}), timings, totals)
+            if isinstance(state, Failed):
+                raise state.error
+            return state, timings
+        raise AssertionError("unreachable")
+
+    def _run_once(self, plan: Plan, address: tuple | None) -> tuple:
+        outcome = f"{plan.ledger.folder}/engine/{uuid.uuid4().hex}.pkl"
+        pipeline = beam.Pipeline(options=PipelineOptions(runner=self.runner, **self.options))
+        build(pipeline, plan, address, outcome)
+        result = pipeline.run()
+        result.wait_until_finish()
+        options = plan.target.storage_options
+        data = ledgers.get(outcome, options)
+        if data is None:
+            raise ArcoforgeError(f"the pipeline ended in state {result.state} without a result")
+        fs, path = fsspec.core.url_to_fs(outcome, **(options or {}))
+        fs.rm(path)
+        return cloudpickle.loads(data)
+
+
+@contextmanager
+def _quiet_worker_threads() -> Iterator[None]:
+    """Leave the errors of the runner's threads to the pipeline's (no thread tracebacks)."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.thread is None or args.thread.name not in WORKER_THREADS:
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+def build(pipeline: beam.Pipeline, plan: Plan, address: tuple | None, outcome: str) -> None:
+    """Add the steps of every stage of ``plan`` to ``pipeline``."""
+    payload = cloudpickle.dumps(plan)
+    carried = pipeline | "start" >> beam.Create([cloudpickle.dumps((BakeState(), {}, {}, 0.0))])
+    for index, stage in enumerate(plan.stages):
+        step = dict(payload=payload, index=index, address=address)
+        out = carried | f"{stage.name}: items" >> beam.ParDo(Items(**step)).with_outputs(
+            "state", main="items"
+        )
+        if stage.func is None:
+            results = pipeline | f"{stage.name}: no tasks" >> beam.Create([[]])
+        else:
+            results = (
+                out.items
+                | f"{stage.name}: shuffle" >> beam.Reshuffle()
+                | f"{stage.name}: tasks" >> beam.ParDo(Task(**step))
+                | f"{stage.name}: collect" >> beam.combiners.ToList()
+            )
+        carried = out.state | f"{stage.name}: reduce" >> beam.ParDo(
+            Reduce(**step), beam.pvalue.AsSingleton(results)
+        )
+    _ = carried | "outcome" >> beam.Map(_save, outcome, plan.target.storage_options)
+
+
+def _save(carried: bytes, url: str, storage_options: dict | None) -> None:
+    state, timings, totals, _ = cloudpickle.loads(carried)
+    ledgers.put(url, cloudpickle.dumps((state, timings, totals)), storage_options)
+
+
+class _Step(beam.DoFn):
+    """A step of one stage; the plan is unpickled once per worker."""
+
+    def __init__(self, payload: bytes, index: int, address: tuple | None):
+        self.payload, self.index, self.address = payload, index, address
+
+    def setup(self) -> None:
+        self.stage = cloudpickle.loads(self.payload).stages[self.index]
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM) if self.address else None
+
+    def tell(self, *message: Any) -> None:
+        """Send a progress event to the driver's relay (best effort, local runners only)."""
+        if self.socket is not None:
+            self.socket.sendto(json.dumps(message).encode(), self.address)
+
+    def teardown(self) -> None:
+        if getattr(self, "socket", None) is not None:
+            self.socket.close()
+
+
+class Items(_Step):
+    """The stage's tasks, computed from the state; the state goes on to the reduce."""
+
+    def process(self, carried: bytes):
+        state, timings, totals, _ = cloudpickle.loads(carried)
+        started = time.time()
+        items = [] if isinstance(state, Failed) else self.stage.items(state)
+        self.tell("started", self.stage.name, len(items))
+        for item in items:
+            yield cloudpickle.dumps(item)
+        yield beam.pvalue.TaggedOutput(
+            "state", cloudpickle.dumps((state, timings, totals, started))
+        )
+
+
+class Task(_Step):
+    """One task of the stage."""
+
+    def process(self, item: bytes):
+        result = call(self.stage.func, cloudpickle.loads(item))
+        self.tell("advanced", self.stage.name)
+        Metrics.counter("arcoforge", f"{self.stage.name} tasks done").inc()
+        yield cloudpickle.dumps(result)
+
+
+class Reduce(_Step):
+    """The stage's reduce, on the one element that carries the state."""
+
+    def process(self, carried: bytes, results: list[bytes]):
+        state, timings, totals, started = cloudpickle.loads(carried)
+        values = [cloudpickle.loads(r) for r in results]
+        failed = next((v for v in values if isinstance(v, Failed)), None)
+        if not isinstance(state, Failed):
+            state = failed or _reduced(self.stage.reduce, state, values)
+        name = self.stage.name
+        timings[name], totals[name] = time.time() - started, len(values)
+        self.tell("done", name, timings[name])
+        yield cloudpickle.dumps((state, timings, totals, started))
+
+
+def _reduced(reduce: Callable, state: BakeState, values: list) -> BakeState | Failed:
+    from .local import portable
+
+    try:
+        reduce(state, values)
+    except Exception as exc:
+        return Failed(portable(exc))
+    return state
+
+
+class Relay:
+    """Progress events of workers on this machine, received on a loopback UDP port and
+    passed to ``reporter`` as they come; ``seen`` counts what was passed on."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+        self.seen: dict[str, dict[str, Any]] = {}
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.settimeout(0.1)
+        self.address = self.socket.getsockname()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._receive, name="beam-progress", daemon=True)
+
+    def __enter__(self) -> Relay:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.socket.close()
+
+    def _receive(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                kind, name, *rest = json.loads(self.socket.recv(4096))
+            except (TimeoutError, OSError, ValueError):
+                continue
+            self._pass(kind, name, rest)
+
+    def _pass(self, kind: str, name: str, rest: list) -> None:
+        seen = self.seen.setdefault(name, {"started": False, "advanced": 0, "done": False})
+        if kind == "started" and not seen["started"]:
+            seen["started"] = True
+            self.reporter.stage_started(name, rest[0], "")
+        elif kind == "advanced" and seen["started"] and not seen["done"]:
+            seen["advanced"] += 1
+            self.reporter.advanced(name)
+        elif kind == "done" and seen["started"] and not seen["done"]:
+            seen["done"] = True
+            self.reporter.stage_done(name, rest[0])
+
+
+def catch_up(reporter: Reporter, plan: Plan, seen: dict, timings: dict, totals: dict) -> None:
+    """Report what the relay did not (all of it, on remote runners) once the pipeline ends."""
+    for stage in plan.stages:
+        if stage.name not in timings:
+            continue
+        mine = seen.get(stage.name, {"started": False, "advanced": 0, "done": False})
+        if not mine["started"]:
+            reporter.stage_started(stage.name, totals[stage.name], stage.description)
+            mine["advanced"] = 0
+        for _ in range(totals[stage.name] - mine["advanced"]):
+            reporter.advanced(stage.name)
+        if not mine["done"]:
+            reporter.stage_done(stage.name, timings[stage.name])
+
+
+def _last_line(exc: BaseException) -> str:
+    """The last line of a runner's (often long) error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else type(exc).__name__

@@ -1,0 +1,217 @@
+"""The same recipe on Dask, Spark and Beam: the local engine's bytes, retries of tasks whose
+worker died, progress and one-line errors. Real engines on loopback: a dask LocalCluster of
+2 worker processes over TCP, a Spark standalone master and worker (and local[2]), Beam's
+DirectRunner in multi_processing mode."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
+from arcoforge.config import read_config
+from arcoforge.engines import get_engine
+from arcoforge.errors import ArcoforgeError, SourceError
+from arcoforge.progress import Reporter
+from arcoforge.templates import write_feedstock
+from arcoforge.testing.archives import write_corrupt_file, write_oisst_archive
+from arcoforge.testing.engines import KillWorkerOnce, SparkStandalone
+from tests.conftest import assert_same_as_sources, simple_recipe
+
+pytestmark = pytest.mark.timeout(600)
+
+SPARK_LOOPBACK = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"}
+
+
+class Recorder(Reporter):
+    """Keeps every event a bake reports."""
+
+    def __init__(self):
+        self.events: list[tuple] = []
+
+    def stage_started(self, name, total, description):
+        self.events.append(("started", name, total))
+
+    def advanced(self, name):
+        self.events.append(("advanced", name))
+
+    def stage_done(self, name, seconds):
+        self.events.append(("done", name))
+
+    def event(self, kind, **fields):
+        self.events.append((kind, fields))
+
+    def count(self, kind: str, name: str) -> int:
+        return sum(1 for e in self.events if e[:2] == (kind, name))
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory) -> list[Path]:
+    return write_oisst_archive(tmp_path_factory.mktemp("engines") / "src", days=8, ny=18, nx=36)
+
+
+@pytest.fixture(scope="session")
+def reference(archive, tmp_path_factory) -> Path:
+    """The store the local engine bakes from ``archive``."""
+    result = bake(simple_recipe(archive), tmp_path_factory.mktemp("local"), workers=2)
+    assert_same_as_sources(result.url, archive)
+    return Path(result.url)
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler():
+    """The address of a LocalCluster of 2 worker processes over TCP on 127.0.0.1."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        protocol="tcp://",
+        dashboard_address=None,
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def spark_master(tmp_path_factory):
+    """The URL of a Spark standalone master with one worker of 2 cores on 127.0.0.1."""
+    with SparkStandalone(tmp_path_factory.mktemp("spark")) as cluster:
+        yield cluster.url
+
+
+def engines(dask_scheduler: str, spark_master: str) -> dict[str, tuple[str, dict]]:
+    return {
+        "dask": ("dask", {"scheduler": dask_scheduler}),
+        "spark-local": ("spark", {}),
+        "spark-standalone": ("spark", {"master": spark_master, "conf": SPARK_LOOPBACK}),
+        "beam": ("beam", {}),
+    }
+
+
+def cluster_engine(request, label: str) -> tuple[str, dict]:
+    """The engine ``label`` of :func:`engines`, starting only the cluster it needs."""
+    dask = request.getfixturevalue("dask_scheduler") if label == "dask" else ""
+    spark = request.getfixturevalue("spark_master") if label == "spark-standalone" else ""
+    return engines(dask, spark)[label]
+
+
+def files(store: Path) -> dict[str, bytes]:
+    """Every file of a store (metadata and chunks) by its path in the store."""
+    return {str(p.relative_to(store)): p.read_bytes() for p in store.rglob("*") if p.is_file()}
+
+
+def assert_same_bytes(store: str | Path, reference: Path) -> None:
+    got, want = files(Path(store)), files(reference)
+    assert sorted(got) == sorted(want)
+    differ = [name for name in want if got[name] != want[name]]
+    assert not differ, f"files that differ from the local engine's: {differ}"
+
+
+def test_every_engine_writes_the_local_engines_bytes(
+    archive, reference, dask_scheduler, spark_master, tmp_path
+):
+    for label, (name, options) in engines(dask_scheduler, spark_master).items():
+        reporter = Recorder()
+        result = bake(
+            simple_recipe(archive),
+            tmp_path / label,
+            engine=name,
+            engine_options=options,
+            workers=2,
+            reporter=reporter,
+        )
+        assert_same_bytes(result.url, reference)
+        assert result.dims == {"time": 8, "lat": 18, "lon": 36}, label
+        assert result.stats["validated_inputs"] == 2, label
+        for stage in ("prepare", "scan", "write", "publish"):
+            assert reporter.count("started", stage) == reporter.count("done", stage) == 1
+        assert ("started", "scan", 8) in reporter.events, label
+        assert reporter.count("advanced", "scan") == 8, label
+        assert reporter.count("advanced", "write") >= 1, label
+
+
+def killing_recipe(archive, folder: Path) -> tuple:
+    """A recipe whose preprocessing kills the worker running it, once, in the write stage
+    (8 scan calls, then one more on a worker: the template or the first write)."""
+    folder.mkdir()
+    kill = KillWorkerOnce(str(folder), after=10)
+    pattern = pattern_from_file_sequence([str(p) for p in archive], "time", nitems_per_file=1)
+    recipe = pattern | OpenWithXarray() | kill | StoreToZarr("out.zarr", target_chunks={"time": 3})
+    return recipe, kill
+
+
+@pytest.mark.parametrize("label", ["dask", "spark-standalone", "beam"])
+def test_a_worker_killed_mid_run_is_replaced_and_the_bytes_are_the_same(
+    request, archive, reference, tmp_path, label
+):
+    name, options = cluster_engine(request, label)
+    recipe, kill = killing_recipe(archive, tmp_path / "kill")
+    reporter = Recorder()
+    result = bake(
+        recipe, tmp_path / "out", engine=name, engine_options=options, workers=2, reporter=reporter
+    )
+    assert kill.killed, "no worker was killed"
+    assert_same_bytes(result.url, reference)
+    if name == "beam":
+        assert any(e[0] == "pipeline_retry" for e in reporter.events)
+
+
+@pytest.mark.parametrize("label", ["dask", "spark-standalone", "beam"])
+def test_a_task_error_names_the_input(request, archive, tmp_path, label):
+    broken = write_corrupt_file(tmp_path / archive[3].name)
+    paths = [*archive[:3], broken, *archive[4:]]
+    name, options = cluster_engine(request, label)
+    with pytest.raises(SourceError, match=archive[3].name):
+        bake(simple_recipe(paths), tmp_path / "out", engine=name, engine_options=options, workers=2)
+
+
+@pytest.mark.parametrize("name", ["dask", "spark", "beam"])
+def test_an_engine_not_installed_names_its_extra(monkeypatch, name):
+    module = {"dask": "distributed", "spark": "pyspark", "beam": "apache_beam"}[name]
+    monkeypatch.setitem(sys.modules, module, None)  # import of it fails, as when missing
+    with pytest.raises(ArcoforgeError) as info:
+        get_engine(name)
+    assert str(info.value) == f'engine {name!r} is not installed: pip install "arcoforge[{name}]"'
+
+
+def test_config_file_sections_configure_each_engine(tmp_path):
+    path = tmp_path / "bake.yaml"
+    settings = {
+        "engine": "spark",
+        "spark": {"master": "spark://127.0.0.1:7077", "conf": {"spark.executor.memory": "4g"}},
+        "beam": {"runner": "FlinkRunner", "options": {"flink_master": "127.0.0.1:8081"}},
+        "dask": {"scheduler": "tcp://127.0.0.1:8786", "threads_per_worker": 2},
+    }
+    path.write_text(yaml.safe_dump(settings))
+    config = read_config(path)
+    assert config.engine_options("spark") == {**settings["spark"], "max_failures": 4}
+    assert config.engine_options("beam") == {**settings["beam"], "attempts": 3}
+    assert config.engine_options("dask")["scheduler"] == "tcp://127.0.0.1:8786"
+    assert config.engine_options("local") == {}
+    path.write_text("engine: flink\n")
+    with pytest.raises(ArcoforgeError, match=r"bake.yaml: engine: Input should be 'local'"):
+        read_config(path)
+
+
+def test_cli_bakes_on_a_dask_cluster(dask_scheduler, tmp_path):
+    feedstock = write_feedstock(tmp_path / "feed")
+    command = [sys.executable, "-m", "arcoforge.cli", "bake", str(feedstock), "--json"]
+    proc = subprocess.run(
+        [*command, "--target-root", "out", "--engine", "dask", "--dask-scheduler", dask_scheduler],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = [line for line in proc.stdout.splitlines() if '"summary"' in line]
+    assert len(summary) == 1
+    stores = list((tmp_path / "out").glob("*.zarr"))
+    assert len(stores) == 1
+    assert_same_as_sources(str(stores[0]), sorted((feedstock / "sample-data").glob("*.nc")))
