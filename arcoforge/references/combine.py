@@ -1,0 +1,150 @@
+"""Combine the manifests of many inputs into one, as arrays: reference grids are joined
+with one ``numpy.concatenate`` per array, whatever the number of inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import SchemaError
+from .manifest import ArrayRefs, Manifest, inline_array
+
+SAME_META = ("dtype", "compressor", "filters", "fill_value", "order")
+
+
+class CombineError(SchemaError):
+    """Manifests that do not combine."""
+
+
+def concat(manifests: Sequence[Manifest], dim: str, urls: Sequence[str]) -> Manifest:
+    """``manifests`` (of the inputs at ``urls``) one after the other along ``dim``.
+
+    Arrays with ``dim`` are concatenated; others are the first input's. Every input but
+    the last must hold whole chunks along ``dim``, so that the chunk grid stays regular.
+    """
+    first = manifests[0]
+    along = [n for n, a in first.arrays.items() if dim in a.dims and n not in first.coords]
+    for manifest, url in zip(manifests, urls, strict=True):
+        _check_names(first, manifest, dim, url)
+    paths, bases = [], []
+    for manifest in manifests:
+        bases.append(len(paths))
+        paths += manifest.paths
+    arrays = dict(first.arrays)
+    for name in along:
+        parts = [m.arrays[name] for m in manifests]
+        _check_parts(name, parts, dim, urls)
+        arrays[name] = _joined(name, parts, bases, dim)
+    coords = {}
+    for name in first.coords:
+        _check_coord_attrs(name, manifests, urls)
+        coords[name] = np.concatenate([m.coords[name] for m in manifests])
+        arrays[name] = inline_array(coords[name], first.arrays[name].attrs)
+    return Manifest(paths, arrays, dict(first.attrs), coords)
+
+
+def merge(manifests: Sequence[Manifest], urls: Sequence[str]) -> Manifest:
+    """The union of the arrays of ``manifests``; arrays in several are taken from the first."""
+    paths, arrays, coords = [], {}, {}
+    for manifest in manifests:
+        base = len(paths)
+        paths += manifest.paths
+        for name, refs in manifest.arrays.items():
+            if name not in arrays:
+                arrays[name] = refs.with_file_offset(base)
+        for name, values in manifest.coords.items():
+            coords.setdefault(name, values)
+    _check_sizes(arrays, urls)
+    return Manifest(paths, arrays, dict(manifests[0].attrs), coords)
+
+
+def _joined(name: str, parts: list[ArrayRefs], bases: list[int], dim: str) -> ArrayRefs:
+    first = parts[0]
+    axis = first.dims.index(dim)
+    shifted = [p.with_file_offset(b) for p, b in zip(parts, bases, strict=True)]
+    raw = None
+    if any(p.raw is not None for p in parts):
+        raw = np.concatenate([_raw(p) for p in parts], axis=axis)
+    shape = list(first.shape)
+    shape[axis] = sum(p.shape[axis] for p in parts)
+    return ArrayRefs(
+        meta={**first.meta, "shape": shape},
+        attrs=first.attrs,
+        files=np.concatenate([p.files for p in shifted], axis=axis),
+        offsets=np.concatenate([p.offsets for p in parts], axis=axis),
+        lengths=np.concatenate([p.lengths for p in parts], axis=axis),
+        raw=raw,
+    )
+
+
+def _raw(part: ArrayRefs) -> np.ndarray:
+    if part.raw is not None:
+        return part.raw
+    empty = np.empty(part.files.shape, dtype=object)
+    empty[...] = None
+    return empty
+
+
+def _check_names(first: Manifest, other: Manifest, dim: str, url: str) -> None:
+    mine = {n for n, a in first.arrays.items() if dim in a.dims}
+    theirs = {n for n, a in other.arrays.items() if dim in a.dims}
+    for name in sorted(mine ^ theirs):
+        lacks = "lacks" if name in mine else "has"
+        raise CombineError(
+            f"{url}: {lacks} variable {name!r} along {dim!r}, unlike the first input"
+        )
+
+
+def _check_parts(name: str, parts: list[ArrayRefs], dim: str, urls: Sequence[str]) -> None:
+    first = parts[0]
+    axis = first.dims.index(dim)
+    step = first.chunks[axis]
+    for part, url in zip(parts, urls, strict=True):
+        where = f"{url}: variable {name!r}"
+        if part.dims != first.dims:
+            raise CombineError(f"{where} has dims {part.dims}, the first input {first.dims}")
+        for key in SAME_META:
+            if part.meta[key] != first.meta[key]:
+                raise CombineError(
+                    f"{where} has {key} {part.meta[key]!r}, the first input {first.meta[key]!r}"
+                )
+        other = [n for i, n in enumerate(part.shape) if i != axis]
+        if other != [n for i, n in enumerate(first.shape) if i != axis]:
+            raise CombineError(f"{where} has shape {part.shape}, the first input {first.shape}")
+        if [c for i, c in enumerate(part.chunks) if i != axis] != [
+            c for i, c in enumerate(first.chunks) if i != axis
+        ] or (part.chunks[axis] != step and part.shape[axis] > step):
+            raise CombineError(f"{where} has chunks {part.chunks}, the first input {first.chunks}")
+    for part, url in zip(parts[:-1], urls[:-1], strict=True):
+        if part.shape[axis] % step:
+            raise CombineError(
+                f"{url}: variable {name!r} holds {part.shape[axis]} steps along {dim!r} in chunks "
+                f"of {step}; references need every input but the last to hold whole chunks"
+            )
+
+
+def _check_coord_attrs(name: str, manifests: Sequence[Manifest], urls: Sequence[str]) -> None:
+    want = manifests[0].arrays[name]
+    for manifest, url in zip(manifests, urls, strict=True):
+        got = manifest.arrays[name]
+        for key in ("units", "calendar"):
+            if got.attrs.get(key) != want.attrs.get(key):
+                raise CombineError(
+                    f"{url}: {name} {key} {got.attrs.get(key)!r} differ from the first "
+                    f"input's {want.attrs.get(key)!r}"
+                )
+        if got.meta["dtype"] != want.meta["dtype"]:
+            raise CombineError(f"{url}: {name} is {got.meta['dtype']}, not {want.meta['dtype']}")
+
+
+def _check_sizes(arrays: dict[str, ArrayRefs], urls: Sequence[str]) -> None:
+    sizes: dict[str, tuple[int, str]] = {}
+    for name, refs in arrays.items():
+        for dim, n in zip(refs.dims, refs.shape, strict=True):
+            seen = sizes.setdefault(dim, (n, name))
+            if seen[0] != n:
+                raise CombineError(
+                    f"cannot merge {urls[0]} and the others: {dim!r} is {seen[0]} long in "
+                    f"{seen[1]!r}, {n} in {name!r}"
+                )
