@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import xarray as xr
 
 from ..errors import SchemaError
 from .manifest import ArrayRefs, Manifest, inline_array
@@ -38,8 +39,9 @@ def concat(manifests: Sequence[Manifest], dim: str, urls: Sequence[str]) -> Mani
         arrays[name] = _joined(name, parts, bases, dim)
     coords = {}
     for name in first.coords:
-        _check_coord_attrs(name, manifests, urls)
-        coords[name] = np.concatenate([m.coords[name] for m in manifests])
+        coords[name] = np.concatenate(
+            [_in_units_of(first, m, name, url) for m, url in zip(manifests, urls, strict=True)]
+        )
         arrays[name] = inline_array(coords[name], first.arrays[name].attrs)
     return Manifest(paths, arrays, dict(first.attrs), coords)
 
@@ -112,9 +114,7 @@ def _check_parts(name: str, parts: list[ArrayRefs], dim: str, urls: Sequence[str
         other = [n for i, n in enumerate(part.shape) if i != axis]
         if other != [n for i, n in enumerate(first.shape) if i != axis]:
             raise CombineError(f"{where} has shape {part.shape}, the first input {first.shape}")
-        if [c for i, c in enumerate(part.chunks) if i != axis] != [
-            c for i, c in enumerate(first.chunks) if i != axis
-        ] or (part.chunks[axis] != step and part.shape[axis] > step):
+        if part.chunks != first.chunks:
             raise CombineError(f"{where} has chunks {part.chunks}, the first input {first.chunks}")
     for part, url in zip(parts[:-1], urls[:-1], strict=True):
         if part.shape[axis] % step:
@@ -124,18 +124,29 @@ def _check_parts(name: str, parts: list[ArrayRefs], dim: str, urls: Sequence[str
             )
 
 
-def _check_coord_attrs(name: str, manifests: Sequence[Manifest], urls: Sequence[str]) -> None:
-    want = manifests[0].arrays[name]
-    for manifest, url in zip(manifests, urls, strict=True):
-        got = manifest.arrays[name]
-        for key in ("units", "calendar"):
-            if got.attrs.get(key) != want.attrs.get(key):
-                raise CombineError(
-                    f"{url}: {name} {key} {got.attrs.get(key)!r} differ from the first "
-                    f"input's {want.attrs.get(key)!r}"
-                )
-        if got.meta["dtype"] != want.meta["dtype"]:
-            raise CombineError(f"{url}: {name} is {got.meta['dtype']}, not {want.meta['dtype']}")
+def _in_units_of(first: Manifest, other: Manifest, name: str, url: str) -> np.ndarray:
+    """``other``'s values of coordinate ``name`` in the units (and dtype) of ``first``'s:
+    inputs often count time from their own start."""
+    want, got = first.arrays[name].attrs, other.arrays[name].attrs
+    values = other.coords[name]
+    dtype = first.coords[name].dtype
+    same = all(got.get(k) == want.get(k) for k in ("units", "calendar"))
+    if same and values.dtype == dtype:
+        return values
+    if not same and " since " not in str(want.get("units", "")):
+        raise CombineError(
+            f"{url}: {name} units {got.get('units')!r} differ from the first input's "
+            f"{want.get('units')!r}"
+        )
+    if not same:
+        times = xr.coding.times.decode_cf_datetime(values, got["units"], got.get("calendar"))
+        values, _, _ = xr.coding.times.encode_cf_datetime(
+            times, want["units"], want.get("calendar"), dtype
+        )
+    recast = np.asarray(values).astype(dtype)
+    if not np.array_equal(recast, values):
+        raise CombineError(f"{url}: {name} values do not fit the first input's {dtype}")
+    return recast
 
 
 def _check_sizes(arrays: dict[str, ArrayRefs], urls: Sequence[str]) -> None:

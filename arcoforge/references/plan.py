@@ -1,0 +1,299 @@
+"""The plan of a reference bake: scan every input on the workers, combine the manifests on
+the driver, write the references under a staging name, compare sample inputs read through
+them with the inputs read directly, then publish.
+
+An append scans only the inputs the store lacks and joins their manifest to the one kept
+beside the store, after checking that they continue it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .. import ledger as ledgers
+from ..errors import RecipeError
+from ..openers import OpenConfig, open_input
+from ..patterns import Input
+from ..plan import BakeState, Plan, Stage, _nothing
+from ..updates import AppendError, check_steps
+from ..validate import compare, sample_positions
+from .combine import concat, merge
+from .manifest import Manifest
+from .scan import ScanConfig, ScanTask, scan_input
+from .store import ReferenceStore
+
+HELD = "references.pkl"
+
+
+@dataclass
+class ReferencePlan(Plan):
+    """A :class:`~arcoforge.plan.Plan` whose output is references to its inputs."""
+
+    scan: ScanConfig | None = None
+    store: ReferenceStore | None = None
+    held: Manifest | None = None
+    published: dict = field(default_factory=dict)
+
+    @property
+    def stages(self) -> list[Stage]:
+        """prepare -> scan (and combine) -> write -> check -> publish."""
+        return [
+            Stage("prepare", "clear what an interrupted bake left", _nothing, None, self.prepare),
+            Stage(
+                "scan", "read every input's chunk index", self.scan_tasks, scan_input, self.combine
+            ),
+            Stage("write", "write the combined references", _nothing, None, self.write),
+            Stage(
+                "check",
+                "compare sample inputs read through the references with the inputs",
+                self.check_tasks,
+                check_input,
+                self.count_checked,
+            ),
+            Stage("publish", "move the references into place", _nothing, None, self.publish),
+        ]
+
+    @property
+    def dim(self) -> str | None:
+        return self.concat_dims[0] if self.concat_dims else None
+
+    def prepare(self, state: BakeState, results: Iterable) -> None:
+        self.ledger.clear_staging()
+        self.store.clear_staging()
+
+    def scan_tasks(self, state: BakeState) -> list[ScanTask]:
+        return [ScanTask(item, self.scan) for item in self.inputs]
+
+    def combine(self, state: BakeState, results: Iterable) -> None:
+        """Join the inputs' manifests (and the held one, when appending)."""
+        order = {item: i for i, item in enumerate(self.inputs)}
+        manifests = [m for _, m in sorted(results, key=lambda r: order[r[0]])]
+        new = self._combined(manifests)
+        if self.held is not None:
+            self._check_continues(new, manifests)
+            new = concat([self.held, new], self.dim, [self.url, self.inputs[0].url])
+        state.manifest = new
+        state.counts = [m.sizes().get(self.dim, 1) for m in manifests] if self.dim else []
+
+    def _combined(self, manifests: list[Manifest]) -> Manifest:
+        if len(self.concat_dims) > 1:
+            raise RecipeError("WriteCombinedReference combines along one concat dim, not several")
+        groups: dict[Any, list[tuple[Input, Manifest]]] = {}
+        for item, manifest in zip(self.inputs, manifests, strict=True):
+            key = item.pos(self.merge_dim) if self.merge_dim else None
+            groups.setdefault(key, []).append((item, manifest))
+        joined, urls = [], []
+        for pairs in groups.values():
+            pairs.sort(key=lambda p: p[0].pos(self.dim) if self.dim else 0)
+            items, parts = [p[0].url for p in pairs], [p[1] for p in pairs]
+            joined.append(concat(parts, self.dim, items) if self.dim else parts[0])
+            urls.append(items[0])
+        return merge(joined, urls) if len(joined) > 1 else joined[0]
+
+    def _check_continues(self, new: Manifest, manifests: list[Manifest]) -> None:
+        """The new inputs hold the store's variables and follow its last step."""
+        held, dim = self.held, self.dim
+        first = self.inputs[0].url
+        for name in sorted(set(held.arrays) ^ set(new.arrays)):
+            where = "the store lacks it" if name in new.arrays else "the new inputs lack it"
+            raise AppendError(f"cannot append {first}: variable {name!r}: {where}")
+        if dim not in held.coords:
+            return
+        steps = np.cumsum([m.coords[dim].size for m in manifests])
+        attrs = held.arrays[dim].attrs
+        old, values = _decoded(held.coords[dim], attrs), _decoded(new.coords[dim], attrs)
+        unsorted = np.flatnonzero(values[1:] <= values[:-1])
+        if unsorted.size:
+            i = int(unsorted[0]) + 1
+            late = self.inputs[int(np.searchsorted(steps, i, side="right"))].url
+            raise AppendError(
+                f"cannot append {late}: {dim} {values[i]} does not follow {values[i - 1]}; "
+                f"the inputs to append are not sorted along {dim!r}"
+            )
+        check_steps(
+            old, values, dim, lambda i: self.inputs[int(np.searchsorted(steps, i, side="right"))]
+        )
+
+    def write(self, state: BakeState, results: Iterable) -> None:
+        """Write the combined references under the staging name."""
+        attrs = {**state.manifest.attrs, **self.recipe.writer.attrs}
+        self.store.write_staged(state.manifest, attrs, self.recipe.writer, self._message())
+        sizes = state.manifest.sizes()
+        state.stats["references"] = state.manifest.nrefs
+        state.stats["dims"] = sizes
+
+    def _message(self) -> str:
+        first, last = self.inputs[0].url, self.inputs[-1].url
+        what = "append" if self.held is not None else "bake"
+        span = first if first == last else f"{first} .. {last}"
+        return f"arcoforge {what} of {self.recipe.writer.store_name}: {len(self.inputs)} inputs, {span}"
+
+    def check_tasks(self, state: BakeState) -> list[CheckTask]:
+        """The first and the last input, each compared where it lies in the store."""
+        if not self.inputs:
+            return []
+        starts = np.cumsum([0, *state.counts]).tolist() if self.dim else []
+        held = self.held.sizes().get(self.dim, 0) if self.held is not None and self.dim else 0
+        firsts = {}
+        for item in self.inputs:
+            firsts.setdefault(item.pos(self.dim) if self.dim else 0, item)
+        order = sorted({item.pos(self.dim) if self.dim else 0 for item in self.inputs})
+        tasks = []
+        for i in sample_positions(len(self.inputs)):
+            item = self.inputs[i]
+            span = None
+            if self.dim:
+                rank = order.index(item.pos(self.dim))
+                span = (held + starts[rank], held + starts[rank + 1])
+            tasks.append(CheckTask(self.store, self.open, item, self.dim, span))
+        return tasks
+
+    def count_checked(self, state: BakeState, results: Iterable) -> None:
+        state.stats["validated_inputs"] = len(list(results))
+
+    def publish(self, state: BakeState, results: Iterable) -> None:
+        """Keep the manifest for appends, move the references into place, record them."""
+        contents = self._contents(state)
+        body = pickle.dumps((contents["inputs"], state.manifest), protocol=5)
+        ledgers.put(f"{self.ledger.folder}/{HELD}", body, self.target.storage_options)
+        self.store.publish()
+        self.ledger.write(self._manifest("complete", **contents))
+        self.ledger.clear_staging()
+
+    def _contents(self, state: BakeState) -> dict:
+        held = self.published.get("inputs", []) if self.held is not None else []
+        counts = self.published.get("counts", []) if self.held is not None else []
+        return {
+            "inputs": [*held, *(i.url for i in self.inputs)],
+            "counts": [*counts, *state.counts],
+            "dims": state.manifest.sizes(),
+            "references": state.manifest.nrefs,
+        }
+
+    def summary(self, state: BakeState) -> dict[str, Any]:
+        """Sizes for the bake's result."""
+        manifest = state.manifest
+        return {
+            "dims": manifest.sizes(),
+            "chunks": _chunks(manifest),
+            "bytes_in": int(sum(int(a.lengths.sum()) for a in manifest.arrays.values())),
+            "bytes_decoded": 0,
+        }
+
+
+def _chunks(manifest: Manifest) -> dict[str, int]:
+    chunks: dict[str, int] = {}
+    for refs in manifest.arrays.values():
+        if refs.raw is None:
+            for d, c in zip(refs.dims, refs.chunks, strict=True):
+                chunks.setdefault(d, c)
+    return chunks
+
+
+def _decoded(values: np.ndarray, attrs: dict) -> np.ndarray:
+    """Concat coordinate values as xarray decodes them (times as datetimes)."""
+    var = xr.Variable(("x",), values, {k: v for k, v in attrs.items() if k != "_ARRAY_DIMENSIONS"})
+    return np.asarray(xr.conventions.decode_cf_variable("x", var).values)
+
+
+@dataclass(frozen=True)
+class CheckTask:
+    """Compare one input, opened directly by xarray, with the references at ``span``."""
+
+    store: ReferenceStore
+    open: OpenConfig
+    input: Input
+    dim: str | None
+    span: tuple[int, int] | None
+
+
+def check_input(task: CheckTask) -> str:
+    """Raise :class:`~arcoforge.errors.ValidationError` unless the references give exactly
+    the input's values."""
+    where = task.open.redact(task.input.url)
+    with task.store.open_staged() as out, open_input(task.input.url, task.open) as src:
+        if task.dim is not None:
+            out = out.isel({task.dim: slice(*task.span)})
+        compare(src, out, where)
+    return task.input.url
+
+
+def plan_reference_append(plan: ReferencePlan) -> ReferencePlan:
+    """The plan that adds to ``plan``'s references the pattern's inputs they lack."""
+    from dataclasses import fields, replace
+
+    from ..updates import _check_order, _published
+
+    published = _published(plan, "append to")
+    if published is None:
+        return plan
+    if plan.dim is None or plan.merge_dim:
+        raise AppendError("appending references works along one concat dim, without merge dims")
+    held_urls = set(published["inputs"])
+    gone = held_urls - {i.url for i in plan.inputs}
+    if gone:
+        raise AppendError(f"cannot append: {plan.url} holds {min(gone)}, which the recipe lacks")
+    new = [i for i in plan.inputs if i.url not in held_urls]
+    if not new:
+        if published["fingerprint"] == plan.fingerprint:
+            return plan
+        raise AppendError(
+            f"nothing to append to {plan.url}, but its inputs were in another order; "
+            "bake it afresh with --force"
+        )
+    _check_order(plan, new, held_urls, plan.dim)
+    held = _held(plan, published)
+    kept = {f.name: getattr(plan, f.name) for f in fields(plan)}
+    return replace(ReferencePlan(**kept), inputs=new, held=held, published=published)
+
+
+def _held(plan: ReferencePlan, published: dict) -> Manifest:
+    body = ledgers.get(f"{plan.ledger.folder}/{HELD}", plan.target.storage_options)
+    inputs, manifest = pickle.loads(body) if body else (None, None)
+    if inputs != published["inputs"]:
+        raise AppendError(
+            f"cannot append to {plan.url}: the manifest kept beside it does not match it; "
+            "bake it afresh with --force"
+        )
+    return manifest
+
+
+def make_reference_plan(
+    recipe, target_root: str, *, cache: str | None, workers: int, skip_failed: bool = False
+) -> ReferencePlan:
+    """The plan of a recipe that ends in :class:`~arcoforge.recipe.WriteCombinedReference`."""
+    from ..plan import open_config
+    from ..writers.zarr import Target
+    from .store import reference_store, store_location
+
+    if skip_failed:
+        raise RecipeError("--skip-failed does not apply to references: every input is needed")
+    writer, opener = recipe.writer, recipe.opener
+    dims = writer.concat_dims or tuple(d.name for d in recipe.pattern.concat_dims)
+    url = store_location(target_root, writer)
+    ledger = ledgers.Ledger(url)
+    config = open_config(recipe, cache)
+    return ReferencePlan(
+        recipe=recipe,
+        url=url,
+        target=Target(ledger.staging_store),
+        open=config,
+        inputs=list(recipe.pattern.inputs()),
+        ledger=ledger,
+        workers=workers,
+        scan=ScanConfig(
+            file_type=recipe.file_type,
+            concat_dims=tuple(dims),
+            inline_threshold=opener.inline_threshold,
+            storage_options=opener.storage_options,
+            remote_protocol=opener.remote_protocol,
+            secrets=config.fetch.secrets,
+        ),
+        store=reference_store(target_root, writer, ledger.staging_store),
+    )

@@ -1,0 +1,150 @@
+"""Where references are written: a kerchunk JSON file, a Parquet folder or an Icechunk
+repository, each staged under another name (or branch) and published at once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import xarray as xr
+
+from ..errors import RecipeError
+from ..writers import kerchunk
+from .manifest import Manifest
+
+ICECHUNK = "icechunk://"
+
+
+@dataclass(frozen=True)
+class ReferenceStore:
+    """The references at ``url`` (a local path), in ``kind`` json, parquet or icechunk,
+    staged at ``staging`` until published."""
+
+    url: str
+    staging: str
+    kind: str
+    record_size: int = 100_000
+
+    def clear_staging(self) -> None:
+        """Remove what an interrupted bake staged."""
+        if self.kind == "icechunk":
+            from ..writers import icechunk
+
+            icechunk.drop_staging(self.url)
+        elif os.path.isdir(self.staging):
+            shutil.rmtree(self.staging)
+        elif os.path.exists(self.staging):
+            os.remove(self.staging)
+
+    def write_staged(self, manifest: Manifest, attrs: dict, writer, message: str) -> None:
+        """Write ``manifest`` under the staging name (an Icechunk branch: one commit)."""
+        Path(self.staging).parent.mkdir(parents=True, exist_ok=True)
+        if self.kind == "json":
+            kerchunk.write_json(manifest, self.staging, attrs)
+        elif self.kind == "parquet":
+            kerchunk.write_parquet(manifest, self.staging, self.record_size, attrs)
+        else:
+            from ..writers import icechunk
+
+            icechunk.commit_staged(self.url, manifest, attrs, message)
+
+    @contextmanager
+    def open_staged(self) -> Iterator[xr.Dataset]:
+        """The staged references opened by xarray."""
+        if self.kind == "icechunk":
+            from ..writers import icechunk
+
+            with icechunk.open_dataset(self.url, icechunk.STAGING) as ds:
+                yield ds
+            return
+        with open_references(self.staging) as ds:
+            yield ds
+
+    def publish(self) -> None:
+        """Put the staged references at ``url``; repeatable."""
+        if self.kind == "icechunk":
+            from ..writers import icechunk
+
+            icechunk.publish_staged(self.url)
+        elif os.path.isdir(self.staging):
+            old = f"{self.url}.replaced"
+            if os.path.exists(self.url):
+                shutil.rmtree(old, ignore_errors=True)
+                os.rename(self.url, old)
+            os.rename(self.staging, self.url)
+            shutil.rmtree(old, ignore_errors=True)
+        elif os.path.exists(self.staging):
+            os.replace(self.staging, self.url)
+
+
+def reference_store(target_root: str, writer, staging_name: str) -> ReferenceStore:
+    """The store a :class:`~arcoforge.recipe.WriteCombinedReference` writes under ``target_root``."""
+    if target_root.startswith(ICECHUNK):
+        root = target_root.removeprefix(ICECHUNK)
+        url = f"{os.path.abspath(root)}/{writer.store_name}"
+        return ReferenceStore(url, url, "icechunk")
+    if "://" in target_root and not target_root.startswith("file://"):
+        raise RecipeError(
+            f"WriteCombinedReference writes to local folders or icechunk://PATH, not {target_root}"
+        )
+    return ReferenceStore(
+        f"{target_root.removeprefix('file://')}/{writer.store_name}/{writer.output_file_name}",
+        staging_name,
+        writer.format,
+        writer.record_size,
+    )
+
+
+def store_location(target_root: str, writer) -> str:
+    """The path of the references a recipe writes under ``target_root``."""
+    if target_root.startswith(ICECHUNK):
+        return f"{os.path.abspath(target_root.removeprefix(ICECHUNK))}/{writer.store_name}"
+    root = target_root.removeprefix("file://")
+    return f"{root}/{writer.store_name}/{writer.output_file_name}"
+
+
+def is_reference_url(url: str) -> bool:
+    """Whether ``url`` names references: a .json file, a Parquet reference folder or an
+    Icechunk repository."""
+    if url.startswith(ICECHUNK):
+        return True
+    path = url.removeprefix("file://")
+    if path.endswith(".json") and os.path.isfile(path):
+        return True
+    return os.path.isfile(os.path.join(path, ".zmetadata")) and _has_record_size(path)
+
+
+def _has_record_size(path: str) -> bool:
+    import json
+
+    try:
+        return "record_size" in json.loads(Path(path, ".zmetadata").read_text())
+    except ValueError:
+        return False
+
+
+@contextmanager
+def open_references(url: str, **kwargs) -> Iterator[xr.Dataset]:
+    """Open kerchunk references (JSON or Parquet) or an Icechunk repository with xarray."""
+    if url.startswith(ICECHUNK):
+        from ..writers import icechunk
+
+        with icechunk.open_dataset(url.removeprefix(ICECHUNK), "main", **kwargs) as ds:
+            yield ds
+        return
+    options = {"fo": url.removeprefix("file://"), "remote_protocol": "file"}
+    ds = xr.open_dataset(
+        "reference://",
+        engine="zarr",
+        chunks=None,
+        backend_kwargs={"consolidated": False, "zarr_format": 2, "storage_options": options},
+        **kwargs,
+    )
+    try:
+        yield ds
+    finally:
+        ds.close()

@@ -1,0 +1,123 @@
+"""Reference stores (kerchunk JSON and Parquet) equal their sources value for value."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from arcoforge import ConcatDim, FilePattern, MergeDim, bake, pattern_from_file_sequence
+from arcoforge.errors import ArcoforgeError
+from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
+from arcoforge.references.store import open_references
+from arcoforge.testing.archives import (
+    oisst_dataset,
+    write_files,
+    write_merge_archive,
+    write_oisst_archive,
+)
+
+FORMATS = ["reference.json", "reference.parquet"]
+
+
+def ref_recipe(paths, name="reference.json", file_type="netcdf4", **writer):
+    pattern = pattern_from_file_sequence([str(p) for p in paths], "time", file_type=file_type)
+    return (
+        pattern
+        | OpenWithKerchunk()
+        | WriteCombinedReference("ref", output_file_name=name, **writer)
+    )
+
+
+def assert_matches_sources(url, paths, concat_dim="time", **open_kwargs):
+    """Every variable of the references equals the sources read directly by xarray."""
+    src = xr.concat(
+        [xr.open_dataset(p, **open_kwargs).load() for p in paths],
+        dim=concat_dim,
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+    )
+    with open_references(str(url)) as out:
+        assert set(out.variables) == set(src.variables)
+        for name, var in src.variables.items():
+            got = out[name].transpose(*var.dims).values
+            assert got.shape == var.shape, name
+            np.testing.assert_array_equal(got.astype(var.dtype), var.values, err_msg=name)
+        assert out.attrs == src.attrs
+        return out.load()
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_netcdf4_chunked_compressed_shuffled(tmp_path, name):
+    paths = write_oisst_archive(tmp_path / "src", days=6, ny=18, nx=36, steps_per_file=2)
+    result = bake(ref_recipe(paths, name), tmp_path / "out", workers=2)
+    assert result.dims == {"time": 6, "lat": 18, "lon": 36}
+    assert result.stats["validated_inputs"] == 2
+    out = assert_matches_sources(result.url, paths)
+    assert out.time.dtype.kind == "M"
+    assert out.sst.attrs["units"] == "Celsius"
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_netcdf4_contiguous(tmp_path, name):
+    paths = write_oisst_archive(tmp_path / "src", days=3, ny=18, nx=36, chunked=False)
+    result = bake(ref_recipe(paths, name), tmp_path / "out", workers=1)
+    assert_matches_sources(result.url, paths)
+
+
+def test_netcdf4_spatial_chunks_fletcher32_unpacked_floats(tmp_path):
+    ds = oisst_dataset(days=4, ny=18, nx=36, variables=("sst", "ice"))
+    paths = []
+    for day in range(4):
+        path = tmp_path / "src" / f"day{day}.nc"
+        path.parent.mkdir(exist_ok=True)
+        enc = {
+            "sst": {"chunksizes": (1, 9, 12), "zlib": True, "fletcher32": True},
+            "ice": {"chunksizes": (1, 18, 7), "zlib": True, "complevel": 1, "shuffle": False},
+        }
+        ds.isel(time=[day]).to_netcdf(path, encoding=enc)
+        paths.append(path)
+    result = bake(ref_recipe(paths, "reference.parquet", record_size=5), tmp_path / "out")
+    out = assert_matches_sources(result.url, paths)
+    assert out.sst.dtype == np.float32
+
+
+def test_json_and_parquet_agree(tmp_path):
+    paths = write_oisst_archive(tmp_path / "src", days=4, ny=18, nx=36)
+    urls = [bake(ref_recipe(paths, n), tmp_path / n).url for n in FORMATS]
+    with open_references(urls[0]) as a, open_references(urls[1]) as b:
+        xr.testing.assert_identical(a.load(), b.load())
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_merge_dim(tmp_path, name):
+    by_var = write_merge_archive(tmp_path / "src", days=3, ny=18, nx=36)
+    dates = pd.date_range("1981-09-01", periods=3)
+    pattern = FilePattern(
+        lambda variable, time: str(tmp_path / "src" / f"{variable}_{time:%Y%m%d}.nc"),
+        MergeDim("variable", ["sst", "ice"]),
+        ConcatDim("time", list(dates)),
+    )
+    recipe = pattern | OpenWithKerchunk() | WriteCombinedReference("ref", output_file_name=name)
+    result = bake(recipe, tmp_path / "out", workers=2)
+    src = xr.merge(
+        [xr.open_mfdataset(p, combine="nested", concat_dim="time") for p in by_var.values()]
+    ).load()
+    with open_references(result.url) as out:
+        assert set(out.data_vars) == {"sst", "ice"}
+        for name_, var in src.variables.items():
+            np.testing.assert_array_equal(out[name_].values.astype(var.dtype), var.values)
+
+
+def test_uneven_inputs_are_refused_naming_the_input(tmp_path):
+    ds = oisst_dataset(days=5, ny=10, nx=20)
+    first = write_files(ds.isel(time=slice(0, 3)), tmp_path / "src", steps_per_file=3)
+    rest = write_files(ds.isel(time=slice(3, 5)), tmp_path / "src", steps_per_file=2)
+    assert bake(ref_recipe([*first, *rest]), tmp_path / "out").dims["time"] == 5
+    other = write_oisst_archive(tmp_path / "grid", days=1, ny=12, nx=20)
+    bad = ref_recipe([*first, *other])
+    with pytest.raises(ArcoforgeError, match=r"oisst.*19810901.nc: variable '\w+' has shape"):
+        bake(bad, tmp_path / "bad")
+    assert not (tmp_path / "bad" / "ref" / "reference.json").exists()
