@@ -121,3 +121,31 @@ def test_uneven_inputs_are_refused_naming_the_input(tmp_path):
     with pytest.raises(ArcoforgeError, match=r"oisst.*19810901.nc: variable '\w+' has shape"):
         bake(bad, tmp_path / "bad")
     assert not (tmp_path / "bad" / "ref" / "reference.json").exists()
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_netcdf3(tmp_path, name):
+    paths = write_oisst_archive(
+        tmp_path / "src", days=4, ny=18, nx=36, steps_per_file=2, file_format="NETCDF3_64BIT"
+    )
+    result = bake(ref_recipe(paths, name, file_type="netcdf3"), tmp_path / "out", workers=2)
+    assert result.dims == {"time": 4, "lat": 18, "lon": 36}
+    assert_matches_sources(result.url, paths)
+
+
+@pytest.mark.parametrize("variables", [("sst",), ("sst", "ice")])
+def test_netcdf3_classic_record_variables_with_padding(tmp_path, variables):
+    ds = oisst_dataset(days=4, ny=9, nx=21, variables=variables)
+    packed = {"dtype": "int16", "scale_factor": 0.01, "_FillValue": -999}
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"part{i}.nc"
+        ds.isel(time=slice(2 * i, 2 * i + 2)).to_netcdf(
+            path,
+            format="NETCDF3_CLASSIC",
+            unlimited_dims=["time"],
+            encoding={v: packed for v in variables},
+        )
+        paths.append(path)
+    result = bake(ref_recipe(paths, file_type="netcdf3"), tmp_path / "out")
+    assert_matches_sources(result.url, paths)
