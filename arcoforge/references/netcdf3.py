@@ -7,6 +7,7 @@ Fixed-size variables are one chunk each; record variables are one chunk per reco
 from __future__ import annotations
 
 import struct
+from contextlib import ExitStack
 from typing import IO
 
 import numpy as np
@@ -59,13 +60,10 @@ class _Header:
 
 def scan_netcdf3(url: str, config: ScanConfig) -> Manifest:
     """The manifest of the netCDF3 file at ``url``."""
-    with opened(url, config) as source:
-        f = open(source, "rb") if isinstance(source, str) else source
-        try:
-            return _scan(f, url, config)
-        finally:
-            if isinstance(source, str):
-                f.close()
+    with ExitStack() as stack:
+        source = stack.enter_context(opened(url, config))
+        f = stack.enter_context(open(source, "rb")) if isinstance(source, str) else source
+        return _scan(f, url, config)
 
 
 def _scan(f: IO[bytes], url: str, config: ScanConfig) -> Manifest:
