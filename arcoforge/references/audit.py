@@ -16,7 +16,7 @@ import zarr
 from ..audit import StoreReport, _check_coordinates, _check_sources, _grid, _pick
 from ..errors import ValidationError, one_line
 from ..recipe import Recipe
-from .store import ICECHUNK, open_references
+from .store import ICECHUNK, is_icechunk_repository, open_references
 
 Ref = tuple[str, str, int, int]  # key, path, offset, length
 
@@ -33,6 +33,8 @@ def validate_references(
 ) -> StoreReport:
     """Audit the kerchunk JSON, Parquet or Icechunk references at ``url`` (the keywords
     of :func:`arcoforge.audit.validate_store`)."""
+    if is_icechunk_repository(url):
+        url = ICECHUNK + url.removeprefix("file://")
     report = StoreReport(url)
     sampled = None if full else sample
     try:

@@ -110,12 +110,20 @@ def store_location(target_root: str, writer) -> str:
 def is_reference_url(url: str) -> bool:
     """Whether ``url`` names references: a .json file, a Parquet reference folder or an
     Icechunk repository."""
-    if url.startswith(ICECHUNK):
+    if url.startswith(ICECHUNK) or is_icechunk_repository(url):
         return True
     path = url.removeprefix("file://")
     if path.endswith(".json") and os.path.isfile(path):
         return True
     return os.path.isfile(os.path.join(path, ".zmetadata")) and _has_record_size(path)
+
+
+def is_icechunk_repository(path: str) -> bool:
+    """Whether the local folder ``path`` holds an Icechunk repository."""
+    path = path.removeprefix("file://")
+    return os.path.isdir(os.path.join(path, "snapshots")) and os.path.isdir(
+        os.path.join(path, "refs")
+    )
 
 
 def _has_record_size(path: str) -> bool:
@@ -130,6 +138,8 @@ def _has_record_size(path: str) -> bool:
 @contextmanager
 def open_references(url: str, **kwargs) -> Iterator[xr.Dataset]:
     """Open kerchunk references (JSON or Parquet) or an Icechunk repository with xarray."""
+    if is_icechunk_repository(url):
+        url = ICECHUNK + url.removeprefix("file://")
     if url.startswith(ICECHUNK):
         from ..writers import icechunk
 
