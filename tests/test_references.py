@@ -149,3 +149,16 @@ def test_netcdf3_classic_record_variables_with_padding(tmp_path, variables):
         paths.append(path)
     result = bake(ref_recipe(paths, file_type="netcdf3"), tmp_path / "out")
     assert_matches_sources(result.url, paths)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_inputs(tmp_path, zarr_format):
+    ds = oisst_dataset(days=4, ny=18, nx=36)
+    stores = []
+    for i in range(2):
+        store = tmp_path / "src" / f"part{i}.zarr"
+        part = ds.isel(time=slice(2 * i, 2 * i + 2)).chunk({"time": 1, "lat": 9})
+        part.to_zarr(store, zarr_format=zarr_format, consolidated=False)
+        stores.append(store)
+    result = bake(ref_recipe(stores, "reference.parquet", file_type="zarr"), tmp_path / "out")
+    assert_matches_sources(result.url, stores, engine="zarr", consolidated=False)
