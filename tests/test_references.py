@@ -14,6 +14,7 @@ from arcoforge.references.store import open_references
 from arcoforge.testing.archives import (
     oisst_dataset,
     write_files,
+    write_grib_archive,
     write_merge_archive,
     write_oisst_archive,
 )
@@ -30,14 +31,14 @@ def ref_recipe(paths, name="reference.json", file_type="netcdf4", **writer):
     )
 
 
-def assert_matches_sources(url, paths, concat_dim="time", **open_kwargs):
+def assert_matches_sources(url, paths, concat_dim="time", coords="minimal", **open_kwargs):
     """Every variable of the references equals the sources read directly by xarray."""
     src = xr.concat(
         [xr.open_dataset(p, **open_kwargs).load() for p in paths],
         dim=concat_dim,
         data_vars="minimal",
-        coords="minimal",
-        compat="override",
+        coords=coords,
+        compat="override" if coords == "minimal" else "equals",
     )
     with open_references(str(url)) as out:
         assert set(out.variables) == set(src.variables)
@@ -162,3 +163,26 @@ def test_zarr_inputs(tmp_path, zarr_format):
         stores.append(store)
     result = bake(ref_recipe(stores, "reference.parquet", file_type="zarr"), tmp_path / "out")
     assert_matches_sources(result.url, stores, engine="zarr", consolidated=False)
+
+
+GRIB = {"engine": "cfgrib", "backend_kwargs": {"indexpath": ""}}
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"steps_per_file": 1},
+        {"steps_per_file": 2, "members": 3},
+        {"steps_per_file": 2, "levels": (500, 850), "variables": ("t", "u")},
+        {"steps_per_file": 1, "edition": 1, "variables": ("2t", "msl")},
+        {"steps_per_file": 2, "edition": 1, "levels": (500, 850), "variables": ("t",)},
+    ],
+    ids=["grib2-one-time", "grib2-members", "grib2-levels", "grib1", "grib1-levels"],
+)
+def test_grib(tmp_path, layout):
+    pytest.importorskip("cfgrib", reason="GRIB needs the [grib] extra")
+    pytest.importorskip("kerchunk", reason="GRIB references need the [virtual] extra")
+    paths = write_grib_archive(tmp_path / "src", days=2, **layout)
+    result = bake(ref_recipe(paths, file_type="grib"), tmp_path / "out", workers=2)
+    assert result.stats["validated_inputs"] == 2
+    assert_matches_sources(result.url, paths, coords="different", **GRIB)

@@ -4,6 +4,7 @@ with one ``numpy.concatenate`` per array, whatever the number of inputs."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import xarray as xr
@@ -24,6 +25,7 @@ def concat(manifests: Sequence[Manifest], dim: str, urls: Sequence[str]) -> Mani
     Arrays with ``dim`` are concatenated; others are the first input's. Every input but
     the last must hold whole chunks along ``dim``, so that the chunk grid stays regular.
     """
+    manifests, promoted = _promote_scalars(manifests, dim)
     first = manifests[0]
     along = [n for n, a in first.arrays.items() if dim in a.dims and n not in first.coords]
     for manifest, url in zip(manifests, urls, strict=True):
@@ -35,6 +37,11 @@ def concat(manifests: Sequence[Manifest], dim: str, urls: Sequence[str]) -> Mani
     arrays = dict(first.arrays)
     for name in along:
         parts = [m.arrays[name] for m in manifests]
+        inline = [p.inline_values for p in parts]
+        if all(v is not None for v in inline):
+            axis = first.arrays[name].dims.index(dim)
+            arrays[name] = inline_array(np.concatenate(inline, axis=axis), first.arrays[name].attrs)
+            continue
         _check_parts(name, parts, dim, urls)
         arrays[name] = _joined(name, parts, bases, dim)
     coords = {}
@@ -43,7 +50,42 @@ def concat(manifests: Sequence[Manifest], dim: str, urls: Sequence[str]) -> Mani
             [_in_units_of(first, m, name, url) for m, url in zip(manifests, urls, strict=True)]
         )
         arrays[name] = inline_array(coords[name], first.arrays[name].attrs)
-    return Manifest(paths, arrays, dict(first.attrs), coords)
+    return Manifest(paths, arrays, dict(first.attrs), coords, promoted)
+
+
+def _promote_scalars(manifests: Sequence[Manifest], dim: str) -> tuple[list[Manifest], tuple]:
+    """Scalar coordinates that differ between inputs (GRIB's ``valid_time`` when each file
+    holds one time), or that another input holds along ``dim``, put along ``dim``."""
+    names = set()
+    for name in manifests[0].arrays:
+        values = [m.arrays.get(name) for m in manifests]
+        if any(v is None for v in values):
+            continue
+        scalar = [v for v in values if not v.dims and v.inline_values is not None]
+        if scalar and (len(scalar) < len(values) or _differ(scalar)):
+            names.add(name)
+    promoted = set().union(*(m.promoted for m in manifests)) | names
+    if not names:
+        return list(manifests), tuple(sorted(promoted))
+    out = []
+    for m in manifests:
+        n = m.sizes().get(dim, 1)
+        arrays = dict(m.arrays)
+        for name in names:
+            refs = arrays[name]
+            if not refs.dims:
+                values = np.repeat(refs.inline_values.reshape(1), n)
+                arrays[name] = inline_array(values, {**refs.attrs, "_ARRAY_DIMENSIONS": [dim]})
+        out.append(replace(m, arrays=arrays))
+    return out, tuple(sorted(promoted))
+
+
+def _differ(scalars: list[ArrayRefs]) -> bool:
+    first = scalars[0]
+    return any(
+        s.raw.ravel()[0] != first.raw.ravel()[0] or repr(s.attrs) != repr(first.attrs)
+        for s in scalars[1:]
+    )
 
 
 def merge(manifests: Sequence[Manifest], urls: Sequence[str]) -> Manifest:

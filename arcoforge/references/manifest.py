@@ -45,6 +45,16 @@ class ArrayRefs:
     def nrefs(self) -> int:
         return int((self.files != NO_FILE).sum())
 
+    @property
+    def inline_values(self) -> np.ndarray | None:
+        """The array's values when it is one inline chunk, else None."""
+        if self.raw is None or any(n != 1 for n in self.raw.shape) or self.raw.size != 1:
+            return None
+        data = self.raw.ravel()[0]
+        if data is None:
+            return None
+        return np.frombuffer(data, dtype=np.dtype(self.meta["dtype"])).reshape(self.shape)
+
     def with_file_offset(self, by: int) -> ArrayRefs:
         """The same references with file indices shifted by ``by``."""
         files = np.where(self.files == NO_FILE, NO_FILE, self.files + by).astype(np.int32)
@@ -63,6 +73,7 @@ class Manifest:
     arrays: dict[str, ArrayRefs]
     attrs: dict = field(default_factory=dict)
     coords: dict[str, np.ndarray] = field(default_factory=dict)
+    promoted: tuple[str, ...] = ()
 
     @property
     def nrefs(self) -> int:
@@ -94,7 +105,7 @@ def zarray(shape, chunks, dtype: np.dtype, compressor=None, filters=None, fill_v
 
 def inline_array(values: np.ndarray, attrs: dict, fill_value=None) -> ArrayRefs:
     """An array whose one chunk is held inline (a concat coordinate, a small variable)."""
-    values = np.ascontiguousarray(values)
+    values = np.array(values, order="C")
     shape = values.shape
     grid = (1,) * len(shape)
     raw = np.empty(grid, dtype=object)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -84,6 +84,7 @@ class ReferencePlan(Plan):
             self._check_continues(new, manifests)
             new = concat([self.held, new], self.dim, [self.url, self.inputs[0].url])
         state.manifest = new
+        state.open = replace(self.open, promoted=new.promoted)
         state.counts = [m.sizes().get(self.dim, 1) for m in manifests] if self.dim else []
 
     def _combined(self, manifests: list[Manifest]) -> Manifest:
@@ -156,7 +157,7 @@ class ReferencePlan(Plan):
             if self.dim:
                 rank = order.index(item.pos(self.dim))
                 span = (held + starts[rank], held + starts[rank + 1])
-            tasks.append(CheckTask(self.store, self.open, item, self.dim, span))
+            tasks.append(CheckTask(self.store, state.open or self.open, item, self.dim, span))
         return tasks
 
     def count_checked(self, state: BakeState, results: Iterable) -> None:
@@ -231,7 +232,7 @@ def check_input(task: CheckTask) -> str:
 
 def plan_reference_append(plan: ReferencePlan) -> ReferencePlan:
     """The plan that adds to ``plan``'s references the pattern's inputs they lack."""
-    from dataclasses import fields, replace
+    from dataclasses import fields
 
     from ..updates import _check_order, _published
 
