@@ -160,7 +160,8 @@ def _group(url: str) -> zarr.Group:
     store = zarr.storage.FsspecStore.from_url(
         "reference://", storage_options=options, read_only=True
     )
-    return zarr.open_group(store, mode="r", zarr_format=2)
+    consolidated = os.path.isfile(url.removeprefix("file://"))
+    return zarr.open_group(store, mode="r", zarr_format=2, use_consolidated=consolidated)
 
 
 def _locations(url: str) -> dict[str, str]:

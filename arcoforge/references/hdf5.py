@@ -34,10 +34,11 @@ def scan_hdf5(
     """The manifest of the HDF5 file ``fileobj`` (a path or an open binary file) at ``url``."""
     with h5py.File(fileobj, "r") as h5:
         datasets = {n: d for n, d in h5.items() if isinstance(d, h5py.Dataset)}
-        dimids = _dimension_ids(datasets)
+        all_attrs = {n: _read_attrs(d) for n, d in datasets.items()}
+        dimids = _dimension_ids(all_attrs)
         arrays, coords = {}, {}
         for name, ds in datasets.items():
-            attrs = dict(ds.attrs)
+            attrs = all_attrs[name]
             if attrs.get("CLASS") == b"DIMENSION_SCALE" and PURE_DIMENSION in attrs.get(
                 "NAME", b""
             ):
@@ -49,15 +50,22 @@ def scan_hdf5(
                 arrays[name] = inline_array(coords[name], _attrs(attrs, dims))
             else:
                 arrays[name] = _array(ds, attrs, dims, where, inline_threshold)
-        return Manifest([url], arrays, _attrs(dict(h5.attrs), None), coords)
+        return Manifest([url], arrays, _attrs(_read_attrs(h5), None), coords)
 
 
-def _dimension_ids(datasets: dict[str, h5py.Dataset]) -> dict[int, str]:
+def _read_attrs(obj) -> dict:
+    """An object's attributes, without the dimension scale references (slow to read, and
+    read only when netCDF4's dimension ids are missing)."""
+    attrs = obj.attrs
+    return {k: attrs[k] for k in attrs if k not in ("DIMENSION_LIST", "REFERENCE_LIST")}
+
+
+def _dimension_ids(all_attrs: dict[str, dict]) -> dict[int, str]:
     """netCDF4 dimension ids, by the dimension scales that carry them."""
     found = {}
-    for name, ds in datasets.items():
-        dimid = ds.attrs.get("_Netcdf4Dimid")
-        if dimid is not None and ds.attrs.get("CLASS") == b"DIMENSION_SCALE":
+    for name, attrs in all_attrs.items():
+        dimid = attrs.get("_Netcdf4Dimid")
+        if dimid is not None and attrs.get("CLASS") == b"DIMENSION_SCALE":
             found[int(dimid)] = name
     return found
 
@@ -69,7 +77,7 @@ def _dims(name: str, ds: h5py.Dataset, attrs: dict, dimids: dict[int, str], h5) 
     ids = attrs.get("_Netcdf4Coordinates")
     if ids is not None and len(ids) == ds.ndim and all(int(i) in dimids for i in ids):
         return [dimids[int(i)] for i in ids]
-    refs = attrs.get("DIMENSION_LIST")
+    refs = ds.attrs.get("DIMENSION_LIST")
     if refs is not None and len(refs) == ds.ndim:
         return [
             h5[r[0]].name.lstrip("/") if len(r) else f"phony_dim_{k}" for k, r in enumerate(refs)

@@ -146,12 +146,18 @@ def open_references(url: str, **kwargs) -> Iterator[xr.Dataset]:
         with icechunk.open_dataset(url.removeprefix(ICECHUNK), "main", **kwargs) as ds:
             yield ds
         return
-    options = {"fo": url.removeprefix("file://"), "remote_protocol": "file"}
+    path = url.removeprefix("file://")
+    options = {"fo": path, "remote_protocol": "file"}
+    consolidated = os.path.isfile(path)  # JSON holds .zmetadata; Parquet's is its own
     ds = xr.open_dataset(
         "reference://",
         engine="zarr",
         chunks=None,
-        backend_kwargs={"consolidated": False, "zarr_format": 2, "storage_options": options},
+        backend_kwargs={
+            "consolidated": consolidated,
+            "zarr_format": 2,
+            "storage_options": options,
+        },
         **kwargs,
     )
     try:

@@ -41,12 +41,14 @@ def _inline(raw: bytes) -> str:
 
 
 def write_json(manifest: Manifest, path: str | Path, attrs: dict | None = None) -> None:
-    """Write kerchunk version-1 JSON references to ``path``."""
+    """Write kerchunk version-1 JSON references to ``path``, with consolidated metadata
+    (``.zmetadata``) so that readers need not list the references."""
+    meta = metadata(manifest, attrs)
+    meta[".zmetadata"] = {"zarr_consolidated_format": 1, "metadata": dict(meta)}
     with open(path, "w") as out:
         out.write('{"version":1,"refs":{')
         entries = (
-            f"{json.dumps(k)}:{json.dumps(json.dumps(v, allow_nan=True))}"
-            for k, v in metadata(manifest, attrs).items()
+            f"{json.dumps(k)}:{json.dumps(json.dumps(v, allow_nan=True))}" for k, v in meta.items()
         )
         out.write(",".join(entries))
         quoted = [json.dumps(p) for p in manifest.paths]
