@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ from ..writers import kerchunk
 from .manifest import Manifest
 
 ICECHUNK = "icechunk://"
+
+# fsspec reads Parquet references with pandas' fastparquet engine, which pandas 3 deprecates
+warnings.filterwarnings("ignore", message="The 'fastparquet' engine is deprecated")
+warnings.filterwarnings("ignore", message="The 'future.infer_string' option is deprecated")
 
 
 @dataclass(frozen=True)

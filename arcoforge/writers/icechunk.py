@@ -22,6 +22,8 @@ import zarr
 from ..errors import ArcoforgeError
 from ..references.manifest import NO_FILE, ArrayRefs, Manifest
 
+warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
+
 STAGING = "arcoforge-staging"
 MAIN = "main"
 
