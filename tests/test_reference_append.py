@@ -60,3 +60,16 @@ def test_refused_appends_leave_the_store_unchanged(tmp_path, days, name):
         assert str(paths[4]) in str(info.value) or str(paths[5]) in str(info.value)
         assert digest(url) == before, why
     assert_matches_sources(url, days[:4])
+
+
+def test_parquet_append_links_the_records_it_keeps(tmp_path, days):
+    out = tmp_path / "out"
+    recipe = ref_recipe(days[:4], "reference.parquet", record_size=2)
+    url = Path(bake(recipe, out).url)
+    first = (url / "sst" / "refs.0.parq").stat().st_ino
+    last = (url / "sst" / "refs.1.parq").stat().st_ino
+    bake(ref_recipe(days, "reference.parquet", record_size=2), out, append=True)
+    assert (url / "sst" / "refs.0.parq").stat().st_ino == first
+    assert (url / "sst" / "refs.1.parq").stat().st_ino == last
+    assert (url / "sst" / "refs.3.parq").exists()
+    assert_matches_sources(url, days)

@@ -129,10 +129,23 @@ class ReferencePlan(Plan):
     def write(self, state: BakeState, results: Iterable) -> None:
         """Write the combined references under the staging name."""
         attrs = {**state.manifest.attrs, **self.recipe.writer.attrs}
-        self.store.write_staged(state.manifest, attrs, self.recipe.writer, self._message())
+        self.store.write_staged(state.manifest, attrs, self._message(), self._shared(state))
         sizes = state.manifest.sizes()
         state.stats["references"] = state.manifest.nrefs
         state.stats["dims"] = sizes
+
+    def _shared(self, state: BakeState) -> dict[str, int]:
+        """Per array, the leading references (in C order) the held store already has:
+        all of them when the array grows along its first axis."""
+        if self.held is None:
+            return {}
+        shared = {}
+        for name, refs in state.manifest.arrays.items():
+            old = self.held.arrays.get(name)
+            grows = refs.dims[:1] == [self.dim] and old is not None and old.raw is None
+            if grows and {**old.meta, "shape": refs.meta["shape"]} == refs.meta:
+                shared[name] = int(old.files.size)
+        return shared
 
     def _message(self) -> str:
         first, last = self.inputs[0].url, self.inputs[-1].url

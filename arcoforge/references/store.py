@@ -45,13 +45,20 @@ class ReferenceStore:
         elif os.path.exists(self.staging):
             os.remove(self.staging)
 
-    def write_staged(self, manifest: Manifest, attrs: dict, writer, message: str) -> None:
-        """Write ``manifest`` under the staging name (an Icechunk branch: one commit)."""
+    def write_staged(
+        self, manifest: Manifest, attrs: dict, message: str, shared: dict[str, int] | None = None
+    ) -> None:
+        """Write ``manifest`` under the staging name (an Icechunk branch: one commit).
+        ``shared`` counts, per array, the leading references it shares with the published
+        store, which a Parquet store links rather than writes again."""
         Path(self.staging).parent.mkdir(parents=True, exist_ok=True)
         if self.kind == "json":
             kerchunk.write_json(manifest, self.staging, attrs)
         elif self.kind == "parquet":
-            kerchunk.write_parquet(manifest, self.staging, self.record_size, attrs)
+            previous = None
+            if shared and os.path.isdir(self.url):
+                previous = kerchunk.Previous(Path(self.url), shared)
+            kerchunk.write_parquet(manifest, self.staging, self.record_size, attrs, previous)
         else:
             from ..writers import icechunk
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,12 +79,20 @@ def _json_chunks(name: str, refs: ArrayRefs, quoted: list[str]) -> Iterator[str]
 
 
 def write_parquet(
-    manifest: Manifest, folder: str | Path, record_size: int, attrs: dict | None = None
+    manifest: Manifest,
+    folder: str | Path,
+    record_size: int,
+    attrs: dict | None = None,
+    previous: Previous | None = None,
 ) -> None:
     """Write Parquet references into ``folder``: ``.zmetadata`` (metadata and record size)
     and ``NAME/refs.N.parq`` with columns path, offset, size, raw, ``record_size`` rows
     each, in the C order of the array's chunk grid (written with fastparquet, the engine
-    fsspec reads them with)."""
+    fsspec reads them with).
+
+    With ``previous`` (an append), records whose rows all lie in the rows an array shares
+    with the previous store are hard links to its files, not written again.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"metadata": metadata(manifest, attrs), "record_size": record_size}
@@ -90,12 +100,33 @@ def write_parquet(
     paths = np.asarray([*manifest.paths, None], dtype=object)
     for name, refs in manifest.arrays.items():
         (folder / name).mkdir(exist_ok=True)
-        for record, frame in enumerate(_records(refs, paths, record_size)):
-            _write_frame(frame, folder / name / f"refs.{record}.parq")
+        kept = previous.kept(name, record_size) if previous else 0
+        for record, frame in enumerate(_records(refs, paths, record_size, kept)):
+            target = folder / name / f"refs.{record}.parq"
+            if frame is None:
+                os.link(previous.folder / name / target.name, target)
+            else:
+                _write_frame(frame, target)
 
 
-def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int):
-    """The references of one array as data frames of ``record_size`` rows."""
+@dataclass(frozen=True)
+class Previous:
+    """A published Parquet store and, per array, how many leading rows the new one shares."""
+
+    folder: Path
+    rows: dict[str, int]
+
+    def kept(self, name: str, record_size: int) -> int:
+        """Whole records of ``name`` that can be linked rather than written."""
+        meta = json.loads((self.folder / ".zmetadata").read_text())
+        if meta.get("record_size") != record_size:
+            return 0
+        return self.rows.get(name, 0) // record_size
+
+
+def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int, kept: int = 0):
+    """The references of one array as data frames of ``record_size`` rows (None for the
+    first ``kept`` records, which are not built)."""
     import pandas as pd
 
     files = refs.files.ravel()
@@ -106,6 +137,9 @@ def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int):
         "raw": refs.raw.ravel() if refs.raw is not None else np.full(files.size, None, object),
     }
     for start in range(0, max(files.size, 1), record_size):
+        if start // record_size < kept:
+            yield None
+            continue
         rows = slice(start, start + record_size)
         yield pd.DataFrame({k: v[rows] for k, v in columns.items()}, copy=False)
 
