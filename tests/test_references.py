@@ -186,3 +186,14 @@ def test_grib(tmp_path, layout):
     result = bake(ref_recipe(paths, file_type="grib"), tmp_path / "out", workers=2)
     assert result.stats["validated_inputs"] == 2
     assert_matches_sources(result.url, paths, coords="different", **GRIB)
+
+
+def test_identical_dims_are_checked(tmp_path):
+    paths = write_oisst_archive(tmp_path / "src", days=2, ny=12, nx=20)
+    other = oisst_dataset(days=1, ny=12, nx=20, start="1981-09-03")
+    shifted = write_files(other.assign_coords(lon=other.lon + 1), tmp_path / "shifted")
+    ok = ref_recipe(paths, identical_dims=["lat", "lon"])
+    assert bake(ok, tmp_path / "ok").dims["time"] == 2
+    bad = ref_recipe([*paths, *shifted], identical_dims=["lat", "lon"])
+    with pytest.raises(ArcoforgeError, match=r"shifted/.*\.nc: lon differs from the first"):
+        bake(bad, tmp_path / "bad")

@@ -19,12 +19,20 @@ class CombineError(SchemaError):
     """Manifests that do not combine."""
 
 
-def concat(manifests: Sequence[Manifest], dim: str, urls: Sequence[str]) -> Manifest:
+def concat(
+    manifests: Sequence[Manifest],
+    dim: str,
+    urls: Sequence[str],
+    identical: Sequence[str] = (),
+) -> Manifest:
     """``manifests`` (of the inputs at ``urls``) one after the other along ``dim``.
 
-    Arrays with ``dim`` are concatenated; others are the first input's. Every input but
-    the last must hold whole chunks along ``dim``, so that the chunk grid stays regular.
+    Arrays with ``dim`` are concatenated; others are the first input's, and those named in
+    ``identical`` must be the same in every input (compared when they are inline). Every
+    input but the last must hold whole chunks along ``dim``, so that the chunk grid stays
+    regular.
     """
+    _check_identical(manifests, urls, identical)
     manifests, promoted = _promote_scalars(manifests, dim)
     first = manifests[0]
     along = [n for n, a in first.arrays.items() if dim in a.dims and n not in first.coords]
@@ -51,6 +59,22 @@ def concat(manifests: Sequence[Manifest], dim: str, urls: Sequence[str]) -> Mani
         )
         arrays[name] = inline_array(coords[name], first.arrays[name].attrs)
     return Manifest(paths, arrays, dict(first.attrs), coords, promoted)
+
+
+def _check_identical(manifests: Sequence[Manifest], urls: Sequence[str], names) -> None:
+    for name in names:
+        want = manifests[0].arrays.get(name)
+        for manifest, url in zip(manifests, urls, strict=True):
+            got = manifest.arrays.get(name)
+            if want is None or got is None:
+                raise CombineError(f"{url}: identical dim {name!r} is missing")
+            a, b = want.inline_values, got.inline_values
+            if (
+                a is not None
+                and b is not None
+                and not np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+            ):
+                raise CombineError(f"{url}: {name} differs from the first input's")
 
 
 def _promote_scalars(manifests: Sequence[Manifest], dim: str) -> tuple[list[Manifest], tuple]:

@@ -82,7 +82,8 @@ class ReferencePlan(Plan):
         new = self._combined(manifests)
         if self.held is not None:
             self._check_continues(new, manifests)
-            new = concat([self.held, new], self.dim, [self.url, self.inputs[0].url])
+            urls = [self.url, self.inputs[0].url]
+            new = concat([self.held, new], self.dim, urls, self.recipe.writer.identical_dims)
         state.manifest = new
         state.open = replace(self.open, promoted=new.promoted)
         state.counts = [m.sizes().get(self.dim, 1) for m in manifests] if self.dim else []
@@ -98,7 +99,8 @@ class ReferencePlan(Plan):
         for pairs in groups.values():
             pairs.sort(key=lambda p: p[0].pos(self.dim) if self.dim else 0)
             items, parts = [p[0].url for p in pairs], [p[1] for p in pairs]
-            joined.append(concat(parts, self.dim, items) if self.dim else parts[0])
+            identical = self.recipe.writer.identical_dims
+            joined.append(concat(parts, self.dim, items, identical) if self.dim else parts[0])
             urls.append(items[0])
         return merge(joined, urls) if len(joined) > 1 else joined[0]
 
@@ -159,9 +161,6 @@ class ReferencePlan(Plan):
             return []
         starts = np.cumsum([0, *state.counts]).tolist() if self.dim else []
         held = self.held.sizes().get(self.dim, 0) if self.held is not None and self.dim else 0
-        firsts = {}
-        for item in self.inputs:
-            firsts.setdefault(item.pos(self.dim) if self.dim else 0, item)
         order = sorted({item.pos(self.dim) if self.dim else 0 for item in self.inputs})
         tasks = []
         for i in sample_positions(len(self.inputs)):
