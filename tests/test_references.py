@@ -197,3 +197,46 @@ def test_identical_dims_are_checked(tmp_path):
     bad = ref_recipe([*paths, *shifted], identical_dims=["lat", "lon"])
     with pytest.raises(ArcoforgeError, match=r"shifted/.*\.nc: lon differs from the first"):
         bake(bad, tmp_path / "bad")
+
+
+def test_cli_bake_dry_run_append_and_errors(tmp_path):
+    import subprocess
+    import sys
+
+    from arcoforge.templates import META
+    from arcoforge.testing.archives import write_corrupt_file
+
+    write_oisst_archive(tmp_path / "src", days=3, ny=12, nx=20)
+    feedstock = tmp_path / "feedstock"
+    feedstock.mkdir()
+    (feedstock / "meta.yaml").write_text(META.format(title="References", ident="refs"))
+    (feedstock / "recipe.py").write_text(
+        "import glob\n"
+        "from arcoforge import OpenWithKerchunk, WriteCombinedReference\n"
+        "from arcoforge import pattern_from_file_sequence\n"
+        f"paths = sorted(glob.glob({str(tmp_path / 'src' / '*.nc')!r}))\n"
+        "recipe = (pattern_from_file_sequence(paths, 'time') | OpenWithKerchunk()\n"
+        "          | WriteCombinedReference('ref', output_file_name='reference.parquet'))\n"
+    )
+
+    def run(*args):
+        command = [sys.executable, "-m", "arcoforge.cli", "bake", str(feedstock), *args]
+        command += ["--target-root", str(tmp_path / "out")]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    dry = run("--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert '"references_estimate": 12' in dry.stdout
+    assert run("--json").returncode == 0
+    write_oisst_archive(tmp_path / "src", days=4, ny=12, nx=20)
+    appended = run("--append", "--json")
+    assert appended.returncode == 0, appended.stderr
+    assert_matches_sources(
+        tmp_path / "out" / "ref" / "reference.parquet", sorted((tmp_path / "src").glob("*.nc"))
+    )
+    write_corrupt_file(tmp_path / "src" / "oisst-avhrr-v02r01.19810905.nc")
+    failed = run("--append")
+    assert failed.returncode == 1
+    assert "19810905.nc: cannot scan as netcdf4" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1

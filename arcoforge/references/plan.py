@@ -315,3 +315,28 @@ def make_reference_plan(
         ),
         store=reference_store(target_root, writer, ledger.staging_store),
     )
+
+
+def describe(plan: ReferencePlan) -> dict[str, Any]:
+    """What a reference bake will do, from a scan of its first input (for --dry-run)."""
+    _, first = scan_input(ScanTask(plan.inputs[0], plan.scan))
+    sizes = first.sizes()
+    steps = len({i.pos(plan.dim) for i in plan.inputs}) if plan.dim else 1
+    if plan.dim in sizes:
+        sizes[plan.dim] *= steps
+    nbytes = sum(int(a.lengths.sum()) for a in first.arrays.values()) * steps
+    tasks = {"scan": len(plan.inputs), "check": min(2, len(plan.inputs))}
+    return {
+        "target": plan.url,
+        "inputs": len(plan.inputs),
+        "input_bytes_estimate": nbytes,
+        "output_bytes_decoded_estimate": 0,
+        "dims": sizes,
+        "chunks": _chunks(first),
+        "variables": sorted(first.arrays),
+        "references_estimate": first.nrefs * steps,
+        "stages": [
+            {"stage": s.name, "tasks": tasks.get(s.name, 0), "what": s.description}
+            for s in plan.stages
+        ],
+    }
