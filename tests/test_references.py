@@ -240,3 +240,11 @@ def test_cli_bake_dry_run_append_and_errors(tmp_path):
     assert "19810905.nc: cannot scan as netcdf4" in failed.stderr
     assert "Traceback" not in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_inputs_over_http(tmp_path, small_archive, served, name):
+    urls = [f"{served.url}/{p.name}" for p in small_archive]
+    result = bake(ref_recipe(urls, name), tmp_path / "out", workers=2)
+    assert result.stats["validated_inputs"] == 2
+    assert_matches_sources(result.url, small_archive)

@@ -156,7 +156,7 @@ def _group(url: str) -> zarr.Group:
         from ..writers import icechunk
 
         return zarr.open_group(icechunk.readonly_store(url.removeprefix(ICECHUNK)), mode="r")
-    options = {"fo": url.removeprefix("file://"), "remote_protocol": "file"}
+    options = {"fo": url.removeprefix("file://"), "remote_options": {"asynchronous": True}}
     store = zarr.storage.FsspecStore.from_url(
         "reference://", storage_options=options, read_only=True
     )

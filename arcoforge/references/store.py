@@ -159,7 +159,7 @@ def open_references(url: str, **kwargs) -> Iterator[xr.Dataset]:
             yield ds
         return
     path = url.removeprefix("file://")
-    options = {"fo": path, "remote_protocol": "file"}
+    options = {"fo": path, "remote_options": {"asynchronous": True}}
     consolidated = os.path.isfile(path)  # JSON holds .zmetadata; Parquet's is its own
     ds = xr.open_dataset(
         "reference://",
