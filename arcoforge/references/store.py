@@ -62,7 +62,7 @@ class ReferenceStore:
         else:
             from ..writers import icechunk
 
-            icechunk.commit_staged(self.url, manifest, attrs, message)
+            icechunk.commit_staged(self.url, manifest, attrs, message, shared)
 
     @contextmanager
     def open_staged(self) -> Iterator[xr.Dataset]:

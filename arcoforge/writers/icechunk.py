@@ -83,8 +83,14 @@ def drop_staging(path: str) -> None:
         repo.delete_branch(STAGING)
 
 
-def commit_staged(path: str, manifest: Manifest, attrs: dict, message: str) -> str:
-    """Write ``manifest`` on the staging branch, from ``main``'s tip, in one commit."""
+def commit_staged(
+    path: str, manifest: Manifest, attrs: dict, message: str, shared: dict[str, int] | None = None
+) -> str:
+    """Write ``manifest`` on the staging branch, from ``main``'s tip, in one commit.
+
+    ``shared`` counts, per array, the leading references (in C order) ``main`` already
+    holds: such arrays are resized and given only their new references (an append).
+    """
     repo = _repository(path, _prefixes(manifest.paths))
     repo.save_config()
     if STAGING in repo.list_branches():
@@ -92,9 +98,17 @@ def commit_staged(path: str, manifest: Manifest, attrs: dict, message: str) -> s
     repo.create_branch(STAGING, repo.lookup_branch(MAIN))
     session = repo.writable_session(STAGING)
     store = session.store
-    root = zarr.open_group(store, mode="w", zarr_format=3, attributes=attrs)
+    if shared:
+        root = zarr.open_group(store, mode="r+")
+        root.attrs.put(attrs)
+    else:
+        root = zarr.open_group(store, mode="w", zarr_format=3, attributes=attrs)
     for name, refs in manifest.arrays.items():
-        _write_array(root, store, name, refs, manifest.paths)
+        if shared and name in shared:
+            root[name].resize(refs.shape)
+            _set_refs(store, name, refs, manifest.paths, shared[name])
+        else:
+            _write_array(root, store, name, refs, manifest.paths)
     return session.commit(message)
 
 
@@ -141,16 +155,20 @@ def _write_array(root, store, name: str, refs: ArrayRefs, paths: list[str]) -> N
             filters=None,
             dimension_names=refs.dims,
             attributes=attrs,
+            overwrite=True,
         )
     if refs.raw is not None:
         _write_inline(array, refs, dtype)
-    located = np.argwhere(refs.files != NO_FILE)
-    if not len(located):
-        return
-    specs = _specs(refs, located, paths)
-    failed = store.set_virtual_refs(name, specs, validate_containers=True)
-    if failed:
-        raise ArcoforgeError(f"Icechunk refused references of {name!r} at chunks {failed[:3]}")
+    _set_refs(store, name, refs, paths)
+
+
+def _set_refs(store, name: str, refs: ArrayRefs, paths: list[str], skip: int = 0) -> None:
+    """Virtual references for the chunks of ``name`` after the first ``skip`` (C order);
+    every path lies in a container the repository was configured with."""
+    flat = np.flatnonzero(refs.files.ravel() != NO_FILE)
+    located = np.argwhere(refs.files != NO_FILE)[flat >= skip]
+    if len(located):
+        store.set_virtual_refs(name, _specs(refs, located, paths), validate_containers=False)
 
 
 def _specs(refs: ArrayRefs, located: np.ndarray, paths: list[str]):
