@@ -248,3 +248,13 @@ def test_inputs_over_http(tmp_path, small_archive, served, name):
     result = bake(ref_recipe(urls, name), tmp_path / "out", workers=2)
     assert result.stats["validated_inputs"] == 2
     assert_matches_sources(result.url, small_archive)
+
+
+def test_duplicate_or_unsorted_steps_are_refused(tmp_path):
+    paths = write_oisst_archive(tmp_path / "src", days=3, ny=12, nx=20)
+    copy = write_files(oisst_dataset(days=2, ny=12, nx=20).isel(time=[1]), tmp_path / "dup")
+    with pytest.raises(ArcoforgeError, match=r"dup/.*: time 1981-09-02 12:00:00 is already in"):
+        bake(ref_recipe([*paths, *copy]), tmp_path / "a")
+    with pytest.raises(ArcoforgeError, match=r"19810902.nc: time .* not sorted along 'time'"):
+        bake(ref_recipe([paths[0], paths[2], paths[1]]), tmp_path / "b")
+    assert not (tmp_path / "a" / "ref" / "reference.json").exists()

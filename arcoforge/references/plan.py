@@ -21,9 +21,9 @@ from ..errors import RecipeError
 from ..openers import OpenConfig, open_input
 from ..patterns import Input
 from ..plan import BakeState, Plan, Stage, _nothing
-from ..updates import AppendError, check_steps
+from ..updates import AppendError, _text, check_steps
 from ..validate import compare, sample_positions
-from .combine import concat, merge
+from .combine import CombineError, concat, merge
 from .manifest import Manifest
 from .scan import ScanConfig, ScanTask, scan_input
 from .store import ReferenceStore
@@ -80,6 +80,7 @@ class ReferencePlan(Plan):
         order = {item: i for i, item in enumerate(self.inputs)}
         manifests = [m for _, m in sorted(results, key=lambda r: order[r[0]])]
         new = self._combined(manifests)
+        self._check_sorted(new, manifests)
         if self.held is not None:
             self._check_continues(new, manifests)
             urls = [self.url, self.inputs[0].url]
@@ -113,20 +114,33 @@ class ReferencePlan(Plan):
             raise AppendError(f"cannot append {first}: variable {name!r}: {where}")
         if dim not in held.coords:
             return
-        steps = np.cumsum([m.coords[dim].size for m in manifests])
-        attrs = held.arrays[dim].attrs
-        old, values = _decoded(held.coords[dim], attrs), _decoded(new.coords[dim], attrs)
+        old = _decoded(held.coords[dim], held.arrays[dim].attrs)
+        check_steps(
+            old, _decoded(new.coords[dim], new.arrays[dim].attrs), dim, self._input_at(manifests)
+        )
+
+    def _check_sorted(self, new: Manifest, manifests: list[Manifest]) -> None:
+        """The concat coordinate of the inputs increases, input after input."""
+        dim = self.dim
+        if dim not in new.coords or self.merge_dim:
+            return
+        values = _decoded(new.coords[dim], new.arrays[dim].attrs)
         unsorted = np.flatnonzero(values[1:] <= values[:-1])
         if unsorted.size:
             i = int(unsorted[0]) + 1
-            late = self.inputs[int(np.searchsorted(steps, i, side="right"))].url
-            raise AppendError(
-                f"cannot append {late}: {dim} {values[i]} does not follow {values[i - 1]}; "
-                f"the inputs to append are not sorted along {dim!r}"
+            late = self._input_at(manifests)(i).url
+            what = "is already in an earlier input" if values[i] in values[:i] else "comes after it"
+            error = AppendError if self.held is not None else CombineError
+            raise error(
+                f"cannot {'append' if self.held is not None else 'combine'} {late}: {dim} "
+                f"{_text(values[i])} {what} ({_text(values[i - 1])} is before it); the inputs "
+                f"are not sorted along {dim!r}"
             )
-        check_steps(
-            old, values, dim, lambda i: self.inputs[int(np.searchsorted(steps, i, side="right"))]
-        )
+
+    def _input_at(self, manifests: list[Manifest]):
+        """The input that holds step ``i`` of the steps of ``manifests``, in order."""
+        steps = np.cumsum([m.coords[self.dim].size for m in manifests])
+        return lambda i: self.inputs[int(np.searchsorted(steps, i, side="right"))]
 
     def write(self, state: BakeState, results: Iterable) -> None:
         """Write the combined references under the staging name."""
