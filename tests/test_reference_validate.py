@@ -33,6 +33,8 @@ def test_validate_reports_corrupted_range_and_missing_file(tmp_path, name):
     healthy = validate(url, "--json")
     assert healthy.returncode == 0, healthy.stderr
     assert json.loads(healthy.stdout)["ok"]
+    against = checker_for(url)(url, against=ref_recipe(paths, name), full=True)
+    assert against.ok and "4 of 4 inputs equal the store" in str(against.checks)
 
     offset, size = first_chunk(paths[0])
     data = bytearray(paths[0].read_bytes())
