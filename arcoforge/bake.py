@@ -98,7 +98,7 @@ def bake(
             if not force and plan.up_to_date():
                 reporter.event("up_to_date", url=plan.url)
                 return record.finished(unchanged_result(plan))
-            preload(plan.open)
+            preload(plan.open, writes_zarr=not recipe.virtual)
             runner = get_engine(engine, workers=workers) if isinstance(engine, str) else engine
             with runner:
                 return record.finished(run_plan(plan, runner, reporter))

@@ -69,6 +69,12 @@ class ReferencePlan(Plan):
         return self.concat_dims[0] if self.concat_dims else None
 
     def prepare(self, state: BakeState, results: Iterable) -> None:
+        """Clear what an interrupted bake staged; import what the workers will use, once,
+        before they are forked."""
+        import fsspec.implementations.reference  # noqa: F401
+        import h5py  # noqa: F401
+        import zarr  # noqa: F401
+
         self.ledger.clear_staging()
         self.store.clear_staging()
 
