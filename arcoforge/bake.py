@@ -101,7 +101,10 @@ def bake(
             preload(plan.open, writes_zarr=not recipe.virtual)
             runner = get_engine(engine, workers=workers) if isinstance(engine, str) else engine
             with runner:
-                return record.finished(run_plan(plan, runner, reporter))
+                result = run_plan(plan, runner, reporter)
+            if runner.worker_losses:
+                result.stats["worker_losses"] = runner.worker_losses
+            return record.finished(result)
 
 
 def run_plan(plan: Plan, engine: Engine, reporter: Reporter) -> BakeResult:

@@ -75,6 +75,10 @@ class ScanTask:
     input: Input
     open: OpenConfig
 
+    @property
+    def label(self) -> str:
+        return f"scan of {self.open.redact(self.input.url)}"
+
 
 @dataclass(frozen=True)
 class Missing:

@@ -109,6 +109,8 @@ def render_result(result: BakeResult, console, recipe_id: str) -> None:
         rows.append(
             ("resumed", f"{result.stats['tasks_resumed']} write tasks done by an earlier run")
         )
+    if result.stats.get("worker_losses"):
+        rows.append(("workers", f"{result.stats['worker_losses']} lost; their tasks ran again"))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)

@@ -6,7 +6,8 @@ resume after a kill costs a fraction of a full bake.
 1. Fault runs. An OISST-like archive is served on loopback by arcoforge's test server.
    A clean bake gives the reference hashes. Then ``--runs`` bakes each get a seeded mix
    of faults: HTTP 500/503 answers, connection resets, truncated bodies, stalls, and
-   kill -9 of the whole bake (process group) at a random moment followed by a re-run.
+   kill -9 of the whole bake (process group) at a random moment followed by a re-run, and
+   kill -9 of one worker process at a random moment (the bake must finish by itself).
    A run counts when its store's files hash exactly like the clean bake's.
 2. Resume cost. The benchmark archives of ``run.py`` (60 and 300 days, 720x1440) are
    baked whole, then baked again and killed with SIGKILL once 80% of their write tasks
@@ -53,15 +54,21 @@ result = bake(recipe, target, workers=2)
 print(json.dumps({"seconds": result.seconds, "stages": result.stage_seconds, **result.stats}))
 """
 
-KINDS = ("errors", "resets", "truncations", "stalls", "kill", "mixed")
+KINDS = ("errors", "resets", "truncations", "stalls", "kill", "worker", "mixed")
 TARGET_RESUME = 0.30
 
 
 def bake(
-    urls: list[str], target: Path, chunk: int, kill_after: float | None = None, kill_when=None
+    urls: list[str],
+    target: Path,
+    chunk: int,
+    kill_after: float | None = None,
+    kill_when=None,
+    kill_worker_after: float | None = None,
 ):
     """Bake in a process group of its own; SIGKILL the group after ``kill_after`` seconds or
-    once ``kill_when()`` is true. Returns (exit code, wall seconds, stats or None)."""
+    once ``kill_when()`` is true, or one worker process after ``kill_worker_after`` seconds.
+    Returns (exit code, wall seconds, stats or None)."""
     listing = target.parent / f"{target.name}.urls.json"
     listing.write_text(json.dumps(urls))
     args = [sys.executable, "-c", BAKE, str(listing), str(target), str(chunk)]
@@ -75,6 +82,8 @@ def bake(
         if due or (kill_when is not None and kill_when()):
             os.killpg(proc.pid, signal.SIGKILL)
             break
+        if kill_worker_after is not None and time.perf_counter() - t0 >= kill_worker_after:
+            kill_worker_after = None if _kill_a_worker(proc.pid) else kill_worker_after
         time.sleep(0.01)
     out, err = proc.communicate(timeout=60)
     seconds = time.perf_counter() - t0
@@ -84,6 +93,16 @@ def bake(
             f"bake failed: {err.strip().splitlines()[-1] if err.strip() else proc.returncode}"
         )
     return proc.returncode, seconds, stats
+
+
+def _kill_a_worker(pid: int) -> bool:
+    """SIGKILL one worker process of the bake ``pid``, if it has one yet."""
+    import psutil
+
+    workers = [p for p in psutil.Process(pid).children() if "python" in p.name()]
+    if workers:
+        workers[0].send_signal(signal.SIGKILL)
+    return bool(workers)
 
 
 def digest(store: Path) -> str:
@@ -104,6 +123,7 @@ def faults_for(kind: str, seed: int) -> Faults:
         "truncations": Faults(truncate_rate=rate, **cap),
         "stalls": Faults(error_rate=rate / 2, stall_seconds=0.3, **cap),
         "kill": Faults(),
+        "worker": Faults(),
         "mixed": Faults(error_rate=rate / 3, reset_rate=rate / 3, truncate_rate=rate / 3, **cap),
     }[kind]
 
@@ -129,7 +149,11 @@ def fault_runs(n: int, days: int, grid: tuple[int, int], chunk: int) -> list[dic
                 urls = [f"{server.url}/{name}" for name in names]
                 kill = random.Random(i).uniform(0.15, 0.6) * clean_seconds
                 first = bake(
-                    urls, target, chunk, kill_after=kill if kind in ("kill", "mixed") else None
+                    urls,
+                    target,
+                    chunk,
+                    kill_after=kill if kind in ("kill", "mixed") else None,
+                    kill_worker_after=kill if kind == "worker" else None,
                 )
                 runs = 1
                 if first[0] == -9:
@@ -141,6 +165,7 @@ def fault_runs(n: int, days: int, grid: tuple[int, int], chunk: int) -> list[dic
                         "run": i,
                         "faults": kind,
                         "bakes": runs,
+                        "lost": (first[2] or {}).get("worker_losses", 0),
                         "ok": same,
                         "requests": len(server.requests),
                         "clean_requests": clean_requests,
@@ -206,10 +231,10 @@ def render(rows: list[dict], costs: list[dict]) -> str:
         "",
         f"(a clean bake makes {rows[0]['clean_requests']} requests)" if rows else "",
         "",
-        "| run | faults | bakes | requests | identical |",
-        "| ---: | --- | ---: | ---: | --- |",
+        "| run | faults | bakes | workers lost | requests | identical |",
+        "| ---: | --- | ---: | ---: | ---: | --- |",
         *(
-            f"| {r['run']} | {r['faults']} | {r['bakes']} | {r['requests']} | "
+            f"| {r['run']} | {r['faults']} | {r['bakes']} | {r['lost']} | {r['requests']} | "
             f"{'yes' if r['ok'] else '**no**'} |"
             for r in rows
         ),
@@ -230,13 +255,13 @@ def render(rows: list[dict], costs: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=24)
+    p.add_argument("--runs", type=int, default=28)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="small archives, few runs")
     args = p.parse_args(argv)
     WORK.mkdir(exist_ok=True)
     if args.quick:
-        rows = fault_runs(6, 12, (90, 180), 3)
+        rows = fault_runs(7, 12, (90, 180), 3)
         costs = [resume_cost(1, 20, 180, 360)]
     else:
         rows = fault_runs(args.runs, 24, (180, 360), 6)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ import pytest
 from conftest import assert_same_as_sources
 
 from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
+from arcoforge.errors import ArcoforgeError
 from arcoforge.ledger import LockedError
 from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
@@ -115,6 +117,67 @@ def test_killed_bake_resumes_to_the_same_bytes(script, archive, clean, tmp_path,
         assert stats["tasks_resumed"] > 0, "finished write tasks are not redone"
     assert digest(target / "out.zarr") == clean
     assert not (target / ".out.zarr.partial").exists()
+
+
+def kill_worker_on_call(counter: Path, kill_at: int, driver: int):
+    """A preprocessing step that SIGKILLs the worker process running its ``kill_at``-th
+    call (never the driver)."""
+
+    def step(ds):
+        fd = os.open(counter, os.O_CREAT | os.O_APPEND | os.O_WRONLY)
+        os.write(fd, b"x")
+        calls = os.lseek(fd, 0, os.SEEK_CUR)
+        os.close(fd)
+        if calls == kill_at and os.getpid() != driver:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return ds
+
+    return step
+
+
+@pytest.mark.parametrize("kill_at", [3, DAYS + 5], ids=["scan", "write"])
+def test_bake_finishes_when_a_worker_process_dies(archive, clean, tmp_path, kill_at, caplog):
+    counter = tmp_path / "calls"
+    pattern = pattern_from_file_sequence([str(p) for p in archive], "time", nitems_per_file=1)
+    recipe = (
+        pattern
+        | OpenWithXarray()
+        | kill_worker_on_call(counter, kill_at, os.getpid())
+        | StoreToZarr("out.zarr", target_chunks={"time": 2})
+    )
+    result = bake(recipe, tmp_path, workers=2)
+    assert counter.stat().st_size > kill_at, "the worker was killed and its tasks ran again"
+    assert "a worker process died; running its" in caplog.text
+    assert result.stats["worker_losses"] == 1
+    assert digest(Path(result.url)) == clean
+
+
+def test_local_engine_recovers_from_a_worker_that_died_while_idle():
+    from arcoforge.engines.local import LocalEngine
+
+    with LocalEngine(workers=2) as engine:
+        assert sorted(engine.map(abs, [-1, -2, -3])) == [1, 2, 3]
+        for process in engine._pool._processes.values():
+            os.kill(process.pid, signal.SIGKILL)
+        time.sleep(0.5)  # the pool notices and refuses new tasks
+        assert sorted(engine.map(abs, [-4, -5, -6])) == [4, 5, 6]
+        assert engine.worker_losses == 1
+
+
+def test_a_task_that_keeps_killing_its_worker_is_named(archive, tmp_path):
+    def always_die(ds):
+        if ds.time.dt.day.item() == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return ds
+
+    pattern = pattern_from_file_sequence([str(p) for p in archive], "time", nitems_per_file=1)
+    recipe = pattern | OpenWithXarray() | always_die | StoreToZarr("out.zarr")
+    with pytest.raises(
+        ArcoforgeError,
+        match=r"scan of .*05\.nc: its worker process died each of the 3 times it ran alone",
+    ):
+        bake(recipe, tmp_path, workers=2)
+    assert not (tmp_path / "out.zarr").exists()
 
 
 def test_bake_killed_between_the_publishing_renames_is_finished_by_the_next(

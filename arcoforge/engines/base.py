@@ -13,6 +13,7 @@ class Engine(ABC):
     """Runs ``func`` over items and yields results as they finish (in any order)."""
 
     name = "engine"
+    worker_losses = 0  # times a worker died and its tasks ran again
 
     @abstractmethod
     def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
@@ -33,6 +34,11 @@ class Engine(ABC):
             self.close()
         else:
             self.abort()
+
+
+def task_label(item: Any) -> str:
+    """How errors name a task: its ``label`` (the inputs it reads), or its type."""
+    return getattr(item, "label", None) or f"a {type(item).__name__}"
 
 
 def get_engine(name: str = "local", **options: Any) -> Engine:

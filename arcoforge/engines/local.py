@@ -2,51 +2,92 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import pickle
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import cloudpickle
 
 from ..errors import ArcoforgeError, one_line
-from .base import Engine
+from .base import Engine, task_label
+
+log = logging.getLogger("arcoforge")
 
 
 class LocalEngine(Engine):
     """Run tasks on ``workers`` processes; ``workers=1`` runs them in this process.
 
     At most ``2 * workers`` tasks are in flight, so memory on the driver does not grow
-    with the number of tasks.
+    with the number of tasks. A worker process that dies (killed, out of memory) takes
+    the pool with it: the pool is started again and the tasks that were in flight run
+    again, each at most ``retries`` more times (tasks are idempotent).
     """
 
     name = "local"
 
-    def __init__(self, workers: int | None = None):
+    def __init__(self, workers: int | None = None, retries: int = 2):
         self.workers = max(1, workers or os.cpu_count() or 1)
+        self.retries = retries
+        self.worker_losses = 0
         self._pool: ProcessPoolExecutor | None = None
 
     def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
         if self.workers == 1 or len(items) <= 1:
             yield from (func(item) for item in items)
             return
-        pool = self._get_pool()
-        pending: set[Future] = set()
-        queue = iter(items)
+        todo, suspects = deque(range(len(items))), deque()
+        running: dict[Future, int] = {}
+        deaths = [0] * len(items)
         try:
-            for item in queue:
-                pending.add(pool.submit(_call, cloudpickle.dumps((func, item))))
-                if len(pending) >= 2 * self.workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    yield from (f.result() for f in done)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
+            while todo or suspects or running:
+                self._fill(func, items, todo, suspects, running)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = [f for f in done if isinstance(f.exception(), BrokenProcessPool)]
+                for future in done.difference(broken):
+                    del running[future]
+                    yield future.result()
+                if broken:
+                    suspects.extend(sorted(running.values()))
+                    self._recover(running, deaths, items)
         finally:
-            for f in pending:
-                f.cancel()
+            for future in running:
+                future.cancel()
+
+    def _fill(self, func, items, todo: deque, suspects: deque, running: dict) -> None:
+        """Submit tasks up to the limit; the tasks in flight when a worker died run one at
+        a time, so that a task that kills its worker is known for sure."""
+        while (todo or suspects) and len(running) < (1 if suspects else 2 * self.workers):
+            queue = suspects or todo
+            index = queue.popleft()
+            payload = cloudpickle.dumps((func, items[index]))
+            try:
+                running[self._get_pool().submit(_call, payload)] = index
+            except BrokenProcessPool:  # a worker died since the last look
+                queue.appendleft(index)
+                if not running:  # ... while idle: no task to blame
+                    self._recover(running, [], items)
+                return
+
+    def _recover(self, running: dict, deaths: list[int], items: Sequence[Any]) -> None:
+        """Start a new pool after a worker died, or give up on a task that keeps dying."""
+        self.worker_losses += 1
+        self._stop(terminate=True)
+        if len(running) == 1:
+            (index,) = running.values()
+            deaths[index] += 1
+            if deaths[index] > self.retries:
+                raise ArcoforgeError(
+                    f"{task_label(items[index])}: its worker process died each of the "
+                    f"{deaths[index]} times it ran alone (killed, or out of memory)"
+                )
+        log.warning("a worker process died; running its %d tasks in flight again", len(running))
+        running.clear()
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -54,20 +95,23 @@ class LocalEngine(Engine):
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method))
         return self._pool
 
+    def _stop(self, terminate: bool) -> None:
+        if self._pool is None:
+            return
+        if terminate:
+            for process in list(self._pool._processes.values()):  # no public API in 3.11
+                process.terminate()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._stop(terminate=False)
 
     def abort(self) -> None:
         """Terminate the workers: tasks already queued to them would otherwise run to the
         end, and a Ctrl-C would wait for them (tasks are idempotent, so a re-run redoes
         what they left half done)."""
-        if self._pool is not None:
-            for process in list(self._pool._processes.values()):  # no public API in 3.11
-                process.terminate()
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._stop(terminate=True)
 
 
 def _call(payload: bytes) -> Any:

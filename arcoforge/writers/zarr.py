@@ -184,6 +184,14 @@ class WriteTask:
     ledger: Ledger | None = None
     skip_failed: bool = False
 
+    @property
+    def label(self) -> str:
+        urls = [self.open.redact(p.input.url) for p in self.pieces]
+        more = f" and {len(urls) - 1} more inputs" if len(urls) > 1 else ""
+        where = ", ".join(f"{d}[{s.start}:{s.stop}]" for d, s in self.region)
+        source = f" from {urls[0]}{more}" if urls else ""
+        return f"write of {', '.join(self.variables)} at {where}{source}"
+
 
 def _len(s: slice) -> int:
     return s.stop - s.start
