@@ -176,24 +176,25 @@ class ReferencePlan(Plan):
         return f"arcoforge {what} of {self.recipe.writer.store_name}: {len(self.inputs)} inputs, {span}"
 
     def check_tasks(self, state: BakeState) -> list[CheckTask]:
-        """The first and the last input, each compared where it lies in the store."""
+        """One task comparing the first and the last input, each where it lies in the
+        store: the references are opened (and, as JSON, parsed) once."""
         if not self.inputs:
             return []
         starts = np.cumsum([0, *state.counts]).tolist() if self.dim else []
         held = self.held.sizes().get(self.dim, 0) if self.held is not None and self.dim else 0
         order = sorted({item.pos(self.dim) if self.dim else 0 for item in self.inputs})
-        tasks = []
+        samples = []
         for i in sample_positions(len(self.inputs)):
             item = self.inputs[i]
             span = None
             if self.dim:
                 rank = order.index(item.pos(self.dim))
                 span = (held + starts[rank], held + starts[rank + 1])
-            tasks.append(CheckTask(self.store, state.open or self.open, item, self.dim, span))
-        return tasks
+            samples.append((item, span))
+        return [CheckTask(self.store, state.open or self.open, tuple(samples), self.dim)]
 
     def count_checked(self, state: BakeState, results: Iterable) -> None:
-        state.stats["validated_inputs"] = len(list(results))
+        state.stats["validated_inputs"] = sum(len(urls) for urls in results)
 
     def publish(self, state: BakeState, results: Iterable) -> None:
         """Keep the manifest for appends, move the references into place, record them."""
@@ -242,24 +243,23 @@ def _decoded(values: np.ndarray, attrs: dict) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CheckTask:
-    """Compare one input, opened directly by xarray, with the references at ``span``."""
+    """Compare inputs, opened directly by xarray, with the references at their spans."""
 
     store: ReferenceStore
     open: OpenConfig
-    input: Input
+    samples: tuple[tuple[Input, tuple[int, int] | None], ...]
     dim: str | None
-    span: tuple[int, int] | None
 
 
-def check_input(task: CheckTask) -> str:
+def check_input(task: CheckTask) -> list[str]:
     """Raise :class:`~arcoforge.errors.ValidationError` unless the references give exactly
-    the input's values."""
-    where = task.open.redact(task.input.url)
-    with task.store.open_staged() as out, open_input(task.input.url, task.open) as src:
-        if task.dim is not None:
-            out = out.isel({task.dim: slice(*task.span)})
-        compare(src, out, where)
-    return task.input.url
+    the values of each sample input; return their URLs."""
+    with task.store.open_staged() as out:
+        for item, span in task.samples:
+            with open_input(item.url, task.open) as src:
+                part = out.isel({task.dim: slice(*span)}) if task.dim is not None else out
+                compare(src, part, task.open.redact(item.url))
+    return [item.url for item, _ in task.samples]
 
 
 def plan_reference_append(plan: ReferencePlan) -> ReferencePlan:
