@@ -25,7 +25,7 @@ from ..updates import AppendError, _text, check_steps
 from ..validate import compare, sample_positions
 from .combine import CombineError, concat, merge
 from .manifest import Manifest
-from .scan import ScanConfig, ScanTask, scan_input
+from .scan import ScanConfig, ScanTask, scan_input, scan_inputs
 from .store import ReferenceStore
 
 HELD = "references.pkl"
@@ -46,7 +46,7 @@ class ReferencePlan(Plan):
         return [
             Stage("prepare", "clear what an interrupted bake left", _nothing, None, self.prepare),
             Stage(
-                "scan", "read every input's chunk index", self.scan_tasks, scan_input, self.combine
+                "scan", "read every input's chunk index", self.scan_tasks, scan_inputs, self.combine
             ),
             Stage("write", "write the combined references", _nothing, None, self.write),
             self._check_stage(),
@@ -79,12 +79,18 @@ class ReferencePlan(Plan):
         self.store.clear_staging()
 
     def scan_tasks(self, state: BakeState) -> list[ScanTask]:
-        return [ScanTask(item, self.scan) for item in self.inputs]
+        """Batches of inputs: about eight tasks per worker, at most 16 inputs each."""
+        size = max(1, min(16, len(self.inputs) // (8 * self.workers)))
+        return [
+            ScanTask(tuple(self.inputs[i : i + size]), self.scan)
+            for i in range(0, len(self.inputs), size)
+        ]
 
     def combine(self, state: BakeState, results: Iterable) -> None:
         """Join the inputs' manifests (and the held one, when appending)."""
         order = {item: i for i, item in enumerate(self.inputs)}
-        manifests = [m for _, m in sorted(results, key=lambda r: order[r[0]])]
+        scanned = [pair for batch in results for pair in batch]
+        manifests = [m for _, m in sorted(scanned, key=lambda r: order[r[0]])]
         new = self._combined(manifests)
         self._check_sorted(new, manifests)
         if self.held is not None:
@@ -339,7 +345,7 @@ def make_reference_plan(
 
 def describe(plan: ReferencePlan) -> dict[str, Any]:
     """What a reference bake will do, from a scan of its first input (for --dry-run)."""
-    _, first = scan_input(ScanTask(plan.inputs[0], plan.scan))
+    first = scan_input(plan.inputs[0], plan.scan)
     sizes = first.sizes()
     steps = len({i.pos(plan.dim) for i in plan.inputs}) if plan.dim else 1
     if plan.dim in sizes:

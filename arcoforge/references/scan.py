@@ -30,9 +30,10 @@ class ScanConfig:
 
 @dataclass(frozen=True)
 class ScanTask:
-    """Scan one input."""
+    """Scan a few inputs, one after the other (batched, so that a task's overhead is
+    shared by several small scans)."""
 
-    input: Input
+    inputs: tuple[Input, ...]
     config: ScanConfig
 
 
@@ -45,14 +46,18 @@ def reference_url(url: str, config: ScanConfig) -> str:
     return "file://" + os.path.abspath(url)
 
 
-def scan_input(task: ScanTask) -> tuple[Input, Manifest]:
-    """The input and its manifest; errors name the input and the cause in one line."""
+def scan_inputs(task: ScanTask) -> list[tuple[Input, Manifest]]:
+    """Each input of the task and its manifest."""
+    return [(item, scan_input(item, task.config)) for item in task.inputs]
+
+
+def scan_input(item: Input, config: ScanConfig) -> Manifest:
+    """The manifest of one input; errors name the input and the cause in one line."""
     from ..secrets import redact
 
-    config = task.config
-    url = reference_url(task.input.url, config)
+    url = reference_url(item.url, config)
     try:
-        return task.input, _scanner(config.file_type)(url, config)
+        return _scanner(config.file_type)(url, config)
     except ArcoforgeError:
         raise
     except FileNotFoundError:
