@@ -260,7 +260,8 @@ class CheckTask:
 def check_input(task: CheckTask) -> list[str]:
     """Raise :class:`~arcoforge.errors.ValidationError` unless the references give exactly
     the values of each sample input; return their URLs."""
-    with task.store.open_staged() as out:
+    spans = [span for _, span in task.samples if span is not None]
+    with task.store.open_staged(task.dim, spans) as out:
         for item, span in task.samples:
             with open_input(item.url, task.open) as src:
                 part = out.isel({task.dim: slice(*span)}) if task.dim is not None else out

@@ -3,6 +3,7 @@ repository, each staged under another name (or branch) and published at once."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import warnings
@@ -65,12 +66,19 @@ class ReferenceStore:
             icechunk.commit_staged(self.url, manifest, attrs, message, shared)
 
     @contextmanager
-    def open_staged(self) -> Iterator[xr.Dataset]:
-        """The staged references opened by xarray."""
+    def open_staged(self, dim: str | None = None, spans=()) -> Iterator[xr.Dataset]:
+        """The staged references opened by xarray. A JSON file is read whole but opened
+        with only the references of the chunks along ``dim`` that meet ``spans`` (and of
+        the arrays without ``dim``), which spares fsspec indexing all of them."""
         if self.kind == "icechunk":
             from ..writers import icechunk
 
             with icechunk.open_dataset(self.url, icechunk.STAGING) as ds:
+                yield ds
+            return
+        if self.kind == "json" and dim is not None:
+            refs = json.loads(Path(self.staging).read_text())["refs"]
+            with open_references({"version": 1, "refs": _meeting(refs, dim, spans)}) as ds:
                 yield ds
             return
         with open_references(self.staging) as ds:
@@ -91,6 +99,31 @@ class ReferenceStore:
             shutil.rmtree(old, ignore_errors=True)
         elif os.path.exists(self.staging):
             os.replace(self.staging, self.url)
+
+
+def _meeting(refs: dict, dim: str, spans) -> dict:
+    """The metadata and the chunk references of ``refs`` that meet ``spans`` along ``dim``."""
+    axes = {}
+    for key, value in refs.items():
+        if key.endswith("/.zarray"):
+            name = key.rsplit("/", 1)[0]
+            dims = json.loads(refs[f"{name}/.zattrs"])["_ARRAY_DIMENSIONS"]
+            if dim in dims:
+                axis = dims.index(dim)
+                axes[name] = (axis, json.loads(value)["chunks"][axis])
+    wanted = {}
+    for name, (_, step) in axes.items():
+        wanted[name] = {i for a, b in spans for i in range(a // step, (b - 1) // step + 1)}
+    kept = {}
+    for key, value in refs.items():
+        name, _, chunk = key.rpartition("/")
+        if (
+            name not in axes
+            or chunk.startswith(".z")
+            or int(chunk.split(".")[axes[name][0]]) in wanted[name]
+        ):
+            kept[key] = value
+    return kept
 
 
 def reference_store(target_root: str, writer, staging_name: str) -> ReferenceStore:
@@ -139,8 +172,6 @@ def is_icechunk_repository(path: str) -> bool:
 
 
 def _has_record_size(path: str) -> bool:
-    import json
-
     try:
         return "record_size" in json.loads(Path(path, ".zmetadata").read_text())
     except ValueError:
@@ -148,8 +179,13 @@ def _has_record_size(path: str) -> bool:
 
 
 @contextmanager
-def open_references(url: str, **kwargs) -> Iterator[xr.Dataset]:
-    """Open kerchunk references (JSON or Parquet) or an Icechunk repository with xarray."""
+def open_references(url: str | dict, **kwargs) -> Iterator[xr.Dataset]:
+    """Open kerchunk references (JSON or Parquet, or a dict of them) or an Icechunk
+    repository with xarray."""
+    if isinstance(url, dict):
+        with _open_kerchunk(url, True, **kwargs) as ds:
+            yield ds
+        return
     if is_icechunk_repository(url):
         url = ICECHUNK + url.removeprefix("file://")
     if url.startswith(ICECHUNK):
@@ -159,8 +195,14 @@ def open_references(url: str, **kwargs) -> Iterator[xr.Dataset]:
             yield ds
         return
     path = url.removeprefix("file://")
-    options = {"fo": path, "remote_options": {"asynchronous": True}}
-    consolidated = os.path.isfile(path)  # JSON holds .zmetadata; Parquet's is its own
+    # JSON holds consolidated .zmetadata; Parquet's .zmetadata is its own
+    with _open_kerchunk(path, os.path.isfile(path), **kwargs) as ds:
+        yield ds
+
+
+@contextmanager
+def _open_kerchunk(fo: str | dict, consolidated: bool, **kwargs) -> Iterator[xr.Dataset]:
+    options = {"fo": fo, "remote_options": {"asynchronous": True}}
     ds = xr.open_dataset(
         "reference://",
         engine="zarr",
