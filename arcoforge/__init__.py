@@ -3,7 +3,15 @@
 from .bake import BakeResult, bake
 from .errors import ArcoforgeError
 from .patterns import ConcatDim, FilePattern, MergeDim, pattern_from_file_sequence
-from .recipe import OpenURLWithFSSpec, OpenWithXarray, Preprocess, Recipe, StoreToZarr
+from .recipe import (
+    OpenURLWithFSSpec,
+    OpenWithKerchunk,
+    OpenWithXarray,
+    Preprocess,
+    Recipe,
+    StoreToZarr,
+    WriteCombinedReference,
+)
 
 __version__ = "0.1.0"
 
@@ -14,10 +22,12 @@ __all__ = [
     "FilePattern",
     "MergeDim",
     "OpenURLWithFSSpec",
+    "OpenWithKerchunk",
     "OpenWithXarray",
     "Preprocess",
     "Recipe",
     "StoreToZarr",
+    "WriteCombinedReference",
     "bake",
     "pattern_from_file_sequence",
 ]

@@ -471,7 +471,21 @@ def _chunk_length(store: xr.Dataset, dim: str) -> int:
 # -- dispatch -------------------------------------------------------------------------
 
 Checker = Callable[..., StoreReport]
-CHECKERS: list[tuple[Callable[[str], bool], Checker]] = []
+
+
+def _is_references(url: str) -> bool:
+    from .references.store import is_reference_url
+
+    return is_reference_url(url)
+
+
+def _check_references(url: str, **kwargs) -> StoreReport:
+    from .references.audit import validate_references
+
+    return validate_references(url, **kwargs)
+
+
+CHECKERS: list[tuple[Callable[[str], bool], Checker]] = [(_is_references, _check_references)]
 
 
 def checker_for(url: str) -> Checker:

@@ -101,7 +101,7 @@ def bake(
             if not force and plan.up_to_date():
                 reporter.event("up_to_date", url=plan.url)
                 return record.finished(unchanged_result(plan))
-            preload(plan.open)
+            preload(plan.open, writes_zarr=not recipe.virtual)
             runner = (
                 get_engine(engine, workers=workers, **(engine_options or {}))
                 if isinstance(engine, str)
@@ -122,10 +122,7 @@ def run_plan(plan: Plan, engine: Engine, reporter: Reporter) -> BakeResult:
     return BakeResult(
         url=plan.url,
         inputs=len(plan.inputs),
-        dims=dict(state.schema.dims),
-        chunks=dict(state.chunks),
-        bytes_in=state.schema.nbytes,
-        bytes_decoded=state.written,
+        **plan.summary(state),
         bytes_out=stored_bytes(plan.url, plan.target.storage_options),
         seconds=seconds,
         stage_seconds=timings,
@@ -136,6 +133,19 @@ def run_plan(plan: Plan, engine: Engine, reporter: Reporter) -> BakeResult:
 def unchanged_result(plan: Plan) -> BakeResult:
     """The result of a bake that found its store up to date."""
     options = plan.target.storage_options
+    if plan.recipe.virtual:
+        published = plan.ledger.read()
+        return BakeResult(
+            url=plan.url,
+            inputs=len(plan.inputs),
+            dims=published["dims"],
+            chunks={},
+            bytes_in=0,
+            bytes_decoded=0,
+            bytes_out=stored_bytes(plan.url, options),
+            seconds=0.0,
+            stats={"up_to_date": True},
+        )
     with xr.open_zarr(plan.url, storage_options=options, chunks=None) as ds:
         dims = {str(k): int(v) for k, v in ds.sizes.items()}
         chunks = {

@@ -46,6 +46,8 @@ class BakeState:
     resumed: bool = False
     missing: dict[str, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    manifest: Any = None
+    counts: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,15 @@ class Plan:
             "missing": state.missing,
         }
 
+    def summary(self, state: BakeState) -> dict[str, Any]:
+        """Sizes for the bake's result: dims, chunks, bytes read and decoded."""
+        return {
+            "dims": dict(state.schema.dims),
+            "chunks": dict(state.chunks),
+            "bytes_in": state.schema.nbytes,
+            "bytes_decoded": state.written,
+        }
+
     def count_written(self, state: BakeState, results: Iterable) -> None:
         """Add up what the write tasks report."""
         checked = set()
@@ -465,6 +476,12 @@ def make_plan(
 ) -> Plan:
     """Turn a recipe into a plan; pure, touches nothing."""
     recipe.check()
+    if recipe.virtual:
+        from .references.plan import make_reference_plan
+
+        return make_reference_plan(
+            recipe, target_root, cache=cache, workers=workers, skip_failed=skip_failed
+        )
     writer = recipe.writer
     url = f"{target_root.rstrip('/')}/{writer.store_name}"
     ledger = ledgers.Ledger(url, storage_options)
@@ -497,7 +514,7 @@ def open_config(recipe: Recipe, cache: str | None) -> OpenConfig:
             timeout=fetch.timeout,
         ),
         file_type=recipe.file_type,
-        xarray_open_kwargs=dict(recipe.opener.xarray_open_kwargs),
+        xarray_open_kwargs=dict(getattr(recipe.opener, "xarray_open_kwargs", {})),
         preprocessors=recipe.preprocessors,
         concat_dims=tuple(d.name for d in pattern.concat_dims),
     )

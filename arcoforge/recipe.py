@@ -81,6 +81,65 @@ class StoreToZarr(Step):
 
 
 @dataclass(frozen=True)
+class OpenWithKerchunk(Step):
+    """Scan each input into a chunk manifest (kerchunk references) instead of reading it.
+
+    ``file_type`` defaults to the pattern's (netcdf4, hdf5, netcdf3, grib or zarr).
+    Chunks smaller than ``inline_threshold`` bytes are copied into the references.
+    ``storage_options`` open the inputs with fsspec; ``remote_protocol`` is written into
+    the references for readers (by default, the inputs' own protocol).
+    """
+
+    file_type: str | None = None
+    inline_threshold: int = 300
+    storage_options: dict | None = None
+    remote_protocol: str | None = None
+
+
+@dataclass(frozen=True)
+class WriteCombinedReference(Step):
+    """Combine the inputs' manifests and write them to ``TARGET_ROOT/store_name``.
+
+    ``output_file_name`` ending in ``.json`` gives kerchunk JSON, ``.parquet`` a folder of
+    Parquet references that fsspec reads lazily, ``record_size`` references per file. A
+    target root ``icechunk://PATH`` commits the references to an Icechunk repository at
+    ``PATH/store_name`` instead. ``concat_dims`` default to the pattern's; variables
+    without them (and ``identical_dims``) are taken from the first input.
+    """
+
+    store_name: str
+    concat_dims: tuple[str, ...] = ()
+    identical_dims: tuple[str, ...] = ()
+    output_file_name: str = "reference.json"
+    record_size: int = 100_000
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "concat_dims", tuple(self.concat_dims))
+        object.__setattr__(self, "identical_dims", tuple(self.identical_dims))
+        if not self.store_name or "/" in self.store_name.strip("/"):
+            raise RecipeError(
+                f"WriteCombinedReference: store_name {self.store_name!r} must be one name"
+            )
+        if not self.output_file_name.endswith((".json", ".parquet")):
+            raise RecipeError(
+                f"WriteCombinedReference: output_file_name {self.output_file_name!r} must end "
+                "in .json or .parquet"
+            )
+        if self.record_size < 1:
+            raise RecipeError("WriteCombinedReference: record_size must be >= 1")
+
+    @property
+    def format(self) -> str:
+        """``json`` or ``parquet``."""
+        return self.output_file_name.rsplit(".", 1)[1]
+
+
+OPENERS = (OpenWithXarray, OpenWithKerchunk)
+WRITERS = (StoreToZarr, WriteCombinedReference)
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A pattern and the steps applied to it, in order."""
 
@@ -92,14 +151,15 @@ class Recipe:
             if not callable(step):
                 raise RecipeError(f"cannot add {step!r} to a recipe: not a step or a function")
             step = Preprocess(step)
-        if self.steps and isinstance(self.steps[-1], StoreToZarr):
-            raise RecipeError("StoreToZarr must be the last step of a recipe")
+        if self.steps and isinstance(self.steps[-1], WRITERS):
+            raise RecipeError(f"{type(self.steps[-1]).__name__} must be the last step of a recipe")
         return replace(self, steps=(*self.steps, step))
 
-    def _one(self, kind: type[Step]) -> Step | None:
+    def _one(self, kind: type[Step] | tuple[type[Step], ...]) -> Step | None:
         found = [s for s in self.steps if isinstance(s, kind)]
         if len(found) > 1:
-            raise RecipeError(f"a recipe takes one {kind.__name__}, this one has {len(found)}")
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise RecipeError(f"a recipe takes one {names}, this one has {len(found)}")
         return found[0] if found else None
 
     @property
@@ -108,11 +168,11 @@ class Recipe:
         return self._one(OpenURLWithFSSpec) or OpenURLWithFSSpec()
 
     @property
-    def opener(self) -> OpenWithXarray:
+    def opener(self) -> OpenWithXarray | OpenWithKerchunk:
         """The opener step."""
-        opener = self._one(OpenWithXarray)
+        opener = self._one(OPENERS)
         if opener is None:
-            raise RecipeError("the recipe has no OpenWithXarray step")
+            raise RecipeError("the recipe has no OpenWithXarray (or OpenWithKerchunk) step")
         return opener
 
     @property
@@ -121,12 +181,17 @@ class Recipe:
         return tuple(s for s in self.steps if isinstance(s, Preprocess))
 
     @property
-    def writer(self) -> StoreToZarr:
+    def writer(self) -> StoreToZarr | WriteCombinedReference:
         """The writer step."""
-        writer = self._one(StoreToZarr)
+        writer = self._one(WRITERS)
         if writer is None:
             raise RecipeError("the recipe has no StoreToZarr step; end it with | StoreToZarr(...)")
         return writer
+
+    @property
+    def virtual(self) -> bool:
+        """Whether the recipe writes references to its inputs rather than their data."""
+        return isinstance(self.writer, WriteCombinedReference)
 
     @property
     def file_type(self) -> str:
@@ -138,7 +203,14 @@ class Recipe:
         kinds = [type(s) for s in self.steps]
         writer, opener = self.writer, self.opener
         if kinds.index(type(opener)) > kinds.index(type(writer)):
-            raise RecipeError("OpenWithXarray must come before StoreToZarr")
+            raise RecipeError(f"{type(opener).__name__} must come before {type(writer).__name__}")
+        if isinstance(opener, OpenWithKerchunk) != self.virtual:
+            raise RecipeError(
+                f"{type(opener).__name__} does not go with {type(writer).__name__}: "
+                "OpenWithKerchunk pairs with WriteCombinedReference, OpenWithXarray with StoreToZarr"
+            )
+        if self.virtual and self.preprocessors:
+            raise RecipeError("preprocessing functions do not apply to references")
         for p in self.preprocessors:
             if self.steps.index(p) < self.steps.index(opener):
                 raise RecipeError(f"preprocessing function {p.name} must come after OpenWithXarray")

@@ -12,6 +12,10 @@ from .plan import Plan, estimate
 
 def describe_plan(plan: Plan) -> dict[str, Any]:
     """Stages with task counts and bytes, estimated from the first input."""
+    if plan.recipe.virtual:
+        from .references.plan import describe
+
+        return describe(plan)
     state = estimate(plan)
     schema = state.schema
     decoded = sum(

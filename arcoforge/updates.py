@@ -151,6 +151,10 @@ def plan_append(plan: Plan) -> Plan:
 
     With no store yet, that is ``plan`` itself; with nothing new, a plan with no inputs.
     """
+    if plan.recipe.virtual:
+        from .references.plan import plan_reference_append
+
+        return plan_reference_append(plan)
     published = _published(plan, "append to")
     if published is None:
         return plan
@@ -183,6 +187,8 @@ def plan_retry(plan: Plan) -> Plan:
 
     With nothing skipped, that is ``plan`` itself, which finds the store up to date.
     """
+    if plan.recipe.virtual:
+        raise AppendError("references hold no skipped inputs to retry")
     published = _published(plan, "retry the failed inputs of")
     if published is None:
         raise AppendError(f"cannot retry failed inputs: there is no store at {plan.url}")
@@ -279,12 +285,18 @@ def _moved(item: Input, dim: str, by: int) -> Input:
 
 def check_continuation(store: xr.Dataset, new: DatasetSchema, dim: str, input_at) -> None:
     """Raise :class:`AppendError` unless ``new`` continues ``store`` along ``dim``."""
-    first = input_at(0).url
-    _check_variables(store, new, dim, first)
+    _check_variables(store, new, dim, input_at(0).url)
     values = new.concat_values.get(dim)
     if values is None or dim not in store.coords or not len(values):
         return
-    held = store[dim].values
+    check_steps(store[dim].values, values, dim, input_at)
+
+
+def check_steps(held: np.ndarray, values: np.ndarray, dim: str, input_at) -> None:
+    """Raise :class:`AppendError` unless ``values`` continue ``held`` along ``dim``: after
+    its last value, at its regular step (if it has one). ``input_at(i)`` is the
+    input that holds ``values[i]``."""
+    first = input_at(0).url
     last = held[-1]
     if values[0] <= last:
         how = "is already in" if values[0] in held else "overlaps"

@@ -352,11 +352,15 @@ def write_grib_archive(
     steps_per_file: int = 2,
     members: int = 0,
     variables: tuple[str, ...] = ("2t", "msl"),
+    levels: tuple[int, ...] = (),
+    edition: int = 2,
 ) -> list[Path]:
-    """Write GRIB2 files of ``steps_per_file`` analysis times (every 12 h) each.
+    """Write GRIB files of ``steps_per_file`` analysis times (every 12 h) each.
 
-    Each file holds one message per time, variable and (when ``members`` > 0) ensemble
-    member, on a regular lat/lon grid, written with eccodes and packed to 16 bits.
+    Each file holds one message per time, variable, pressure level (when ``levels`` are
+    given, in hPa, e.g. for variable ``t``) and (when ``members`` > 0, GRIB 2 only)
+    ensemble member, on a regular lat/lon grid, written with eccodes in GRIB ``edition``
+    1 or 2 and packed to 16 bits.
     """
     import eccodes
 
@@ -371,8 +375,10 @@ def write_grib_archive(
             for time in times[first : first + steps_per_file]:
                 for number in range(members) if members else [None]:
                     for name in variables:
-                        field = _grib_field(synth, name, time, number or 0)
-                        _write_message(eccodes, out, name, time, number, field)
+                        for level in levels or [None]:
+                            field = _grib_field(synth, name, time, number or 0) + (level or 0)
+                            where = (number, level, edition)
+                            _write_message(eccodes, out, name, time, where, field)
         paths.append(path)
     return paths
 
@@ -383,10 +389,15 @@ def _grib_field(synth: _Synth, name: str, time: pd.Timestamp, member: int) -> np
     return (273.15 + base if name == "2t" else 101325.0 + 100 * base).astype(np.float64)
 
 
-def _write_message(eccodes, out, name: str, time: pd.Timestamp, number: int | None, field):
+def _write_message(eccodes, out, name: str, time: pd.Timestamp, where: tuple, field):
+    number, level, edition = where
     ny, nx = field.shape
-    gid = eccodes.codes_grib_new_from_samples("regular_ll_sfc_grib2")
+    sample = f"regular_ll_{'pl' if level else 'sfc'}_grib{edition}"
+    gid = eccodes.codes_grib_new_from_samples(sample)
     try:
+        if level:
+            eccodes.codes_set(gid, "typeOfLevel", "isobaricInhPa")
+            eccodes.codes_set(gid, "level", level)
         if number is not None:
             eccodes.codes_set(gid, "productDefinitionTemplateNumber", 1)
             eccodes.codes_set(gid, "typeOfEnsembleForecast", 3)

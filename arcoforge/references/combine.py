@@ -1,0 +1,227 @@
+"""Combine the manifests of many inputs into one, as arrays: reference grids are joined
+with one ``numpy.concatenate`` per array, whatever the number of inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import xarray as xr
+
+from ..errors import SchemaError
+from .manifest import ArrayRefs, Manifest, inline_array
+
+SAME_META = ("dtype", "compressor", "filters", "fill_value", "order")
+
+
+class CombineError(SchemaError):
+    """Manifests that do not combine."""
+
+
+def concat(
+    manifests: Sequence[Manifest],
+    dim: str,
+    urls: Sequence[str],
+    identical: Sequence[str] = (),
+) -> Manifest:
+    """``manifests`` (of the inputs at ``urls``) one after the other along ``dim``.
+
+    Arrays with ``dim`` are concatenated; others are the first input's, and those named in
+    ``identical`` must be the same in every input (compared when they are inline). Every
+    input but the last must hold whole chunks along ``dim``, so that the chunk grid stays
+    regular.
+    """
+    _check_identical(manifests, urls, identical)
+    manifests, promoted = _promote_scalars(manifests, dim)
+    first = manifests[0]
+    along = [n for n, a in first.arrays.items() if dim in a.dims and n not in first.coords]
+    for manifest, url in zip(manifests, urls, strict=True):
+        _check_names(first, manifest, dim, url)
+    paths, bases = [], []
+    for manifest in manifests:
+        bases.append(len(paths))
+        paths += manifest.paths
+    arrays = dict(first.arrays)
+    for name in along:
+        parts = [m.arrays[name] for m in manifests]
+        inline = [p.inline_values for p in parts]
+        if all(v is not None for v in inline):
+            axis = first.arrays[name].dims.index(dim)
+            arrays[name] = inline_array(np.concatenate(inline, axis=axis), first.arrays[name].attrs)
+            continue
+        _check_parts(name, parts, dim, urls)
+        arrays[name] = _joined(name, parts, bases, dim)
+    coords = {}
+    for name in first.coords:
+        coords[name] = np.concatenate(
+            [_in_units_of(first, m, name, url) for m, url in zip(manifests, urls, strict=True)]
+        )
+        arrays[name] = inline_array(coords[name], first.arrays[name].attrs)
+    return Manifest(paths, arrays, dict(first.attrs), coords, promoted)
+
+
+def _check_identical(manifests: Sequence[Manifest], urls: Sequence[str], names) -> None:
+    for name in names:
+        want = manifests[0].arrays.get(name)
+        for manifest, url in zip(manifests, urls, strict=True):
+            got = manifest.arrays.get(name)
+            if want is None or got is None:
+                raise CombineError(f"{url}: identical dim {name!r} is missing")
+            a, b = want.inline_values, got.inline_values
+            if (
+                a is not None
+                and b is not None
+                and not np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+            ):
+                raise CombineError(f"{url}: {name} differs from the first input's")
+
+
+def _promote_scalars(manifests: Sequence[Manifest], dim: str) -> tuple[list[Manifest], tuple]:
+    """Scalar coordinates that differ between inputs (GRIB's ``valid_time`` when each file
+    holds one time), or that another input holds along ``dim``, put along ``dim``."""
+    names = set()
+    for name in manifests[0].arrays:
+        values = [m.arrays.get(name) for m in manifests]
+        if any(v is None for v in values):
+            continue
+        scalar = [v for v in values if not v.dims and v.inline_values is not None]
+        if scalar and (len(scalar) < len(values) or _differ(scalar)):
+            names.add(name)
+    promoted = set().union(*(m.promoted for m in manifests)) | names
+    if not names:
+        return list(manifests), tuple(sorted(promoted))
+    out = []
+    for m in manifests:
+        n = m.sizes().get(dim, 1)
+        arrays = dict(m.arrays)
+        for name in names:
+            refs = arrays[name]
+            if not refs.dims:
+                values = np.repeat(refs.inline_values.reshape(1), n)
+                arrays[name] = inline_array(values, {**refs.attrs, "_ARRAY_DIMENSIONS": [dim]})
+        out.append(replace(m, arrays=arrays))
+    return out, tuple(sorted(promoted))
+
+
+def _differ(scalars: list[ArrayRefs]) -> bool:
+    first = scalars[0]
+    return any(
+        s.raw.ravel()[0] != first.raw.ravel()[0] or repr(s.attrs) != repr(first.attrs)
+        for s in scalars[1:]
+    )
+
+
+def merge(manifests: Sequence[Manifest], urls: Sequence[str]) -> Manifest:
+    """The union of the arrays of ``manifests``; arrays in several are taken from the first."""
+    paths, arrays, coords = [], {}, {}
+    for manifest in manifests:
+        base = len(paths)
+        paths += manifest.paths
+        for name, refs in manifest.arrays.items():
+            if name not in arrays:
+                arrays[name] = refs.with_file_offset(base)
+        for name, values in manifest.coords.items():
+            coords.setdefault(name, values)
+    _check_sizes(arrays, urls)
+    return Manifest(paths, arrays, dict(manifests[0].attrs), coords)
+
+
+def _joined(name: str, parts: list[ArrayRefs], bases: list[int], dim: str) -> ArrayRefs:
+    first = parts[0]
+    axis = first.dims.index(dim)
+    shifted = [p.with_file_offset(b) for p, b in zip(parts, bases, strict=True)]
+    raw = None
+    if any(p.raw is not None for p in parts):
+        raw = np.concatenate([_raw(p) for p in parts], axis=axis)
+    shape = list(first.shape)
+    shape[axis] = sum(p.shape[axis] for p in parts)
+    return ArrayRefs(
+        meta={**first.meta, "shape": shape},
+        attrs=first.attrs,
+        files=np.concatenate([p.files for p in shifted], axis=axis),
+        offsets=np.concatenate([p.offsets for p in parts], axis=axis),
+        lengths=np.concatenate([p.lengths for p in parts], axis=axis),
+        raw=raw,
+    )
+
+
+def _raw(part: ArrayRefs) -> np.ndarray:
+    if part.raw is not None:
+        return part.raw
+    empty = np.empty(part.files.shape, dtype=object)
+    empty[...] = None
+    return empty
+
+
+def _check_names(first: Manifest, other: Manifest, dim: str, url: str) -> None:
+    mine = {n for n, a in first.arrays.items() if dim in a.dims}
+    theirs = {n for n, a in other.arrays.items() if dim in a.dims}
+    for name in sorted(mine ^ theirs):
+        lacks = "lacks" if name in mine else "has"
+        raise CombineError(
+            f"{url}: {lacks} variable {name!r} along {dim!r}, unlike the first input"
+        )
+
+
+def _check_parts(name: str, parts: list[ArrayRefs], dim: str, urls: Sequence[str]) -> None:
+    first = parts[0]
+    axis = first.dims.index(dim)
+    step = first.chunks[axis]
+    for part, url in zip(parts, urls, strict=True):
+        where = f"{url}: variable {name!r}"
+        if part.dims != first.dims:
+            raise CombineError(f"{where} has dims {part.dims}, the first input {first.dims}")
+        for key in SAME_META:
+            if part.meta[key] != first.meta[key]:
+                raise CombineError(
+                    f"{where} has {key} {part.meta[key]!r}, the first input {first.meta[key]!r}"
+                )
+        other = [n for i, n in enumerate(part.shape) if i != axis]
+        if other != [n for i, n in enumerate(first.shape) if i != axis]:
+            raise CombineError(f"{where} has shape {part.shape}, the first input {first.shape}")
+        if part.chunks != first.chunks:
+            raise CombineError(f"{where} has chunks {part.chunks}, the first input {first.chunks}")
+    for part, url in zip(parts[:-1], urls[:-1], strict=True):
+        if part.shape[axis] % step:
+            raise CombineError(
+                f"{url}: variable {name!r} holds {part.shape[axis]} steps along {dim!r} in chunks "
+                f"of {step}; references need every input but the last to hold whole chunks"
+            )
+
+
+def _in_units_of(first: Manifest, other: Manifest, name: str, url: str) -> np.ndarray:
+    """``other``'s values of coordinate ``name`` in the units (and dtype) of ``first``'s:
+    inputs often count time from their own start."""
+    want, got = first.arrays[name].attrs, other.arrays[name].attrs
+    values = other.coords[name]
+    dtype = first.coords[name].dtype
+    same = all(got.get(k) == want.get(k) for k in ("units", "calendar"))
+    if same and values.dtype == dtype:
+        return values
+    if not same and " since " not in str(want.get("units", "")):
+        raise CombineError(
+            f"{url}: {name} units {got.get('units')!r} differ from the first input's "
+            f"{want.get('units')!r}"
+        )
+    if not same:
+        times = xr.coding.times.decode_cf_datetime(values, got["units"], got.get("calendar"))
+        values, _, _ = xr.coding.times.encode_cf_datetime(
+            times, want["units"], want.get("calendar"), dtype
+        )
+    recast = np.asarray(values).astype(dtype)
+    if not np.array_equal(recast, values):
+        raise CombineError(f"{url}: {name} values do not fit the first input's {dtype}")
+    return recast
+
+
+def _check_sizes(arrays: dict[str, ArrayRefs], urls: Sequence[str]) -> None:
+    sizes: dict[str, tuple[int, str]] = {}
+    for name, refs in arrays.items():
+        for dim, n in zip(refs.dims, refs.shape, strict=True):
+            seen = sizes.setdefault(dim, (n, name))
+            if seen[0] != n:
+                raise CombineError(
+                    f"cannot merge {urls[0]} and the others: {dim!r} is {seen[0]} long in "
+                    f"{seen[1]!r}, {n} in {name!r}"
+                )

@@ -1,0 +1,144 @@
+"""Chunk manifests as arrays: where every chunk of every array of a dataset lies."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+NO_FILE = -1
+
+
+@dataclass
+class ArrayRefs:
+    """One array: its Zarr v2 metadata and references over its chunk grid.
+
+    ``files[i, j, ...]`` indexes the manifest's ``paths`` (``NO_FILE`` where the chunk is
+    not stored, or is inline in ``raw``), ``offsets`` and ``lengths`` are byte ranges in it.
+    """
+
+    meta: dict
+    attrs: dict
+    files: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    raw: np.ndarray | None = None
+
+    @property
+    def dims(self) -> list[str]:
+        return list(self.attrs["_ARRAY_DIMENSIONS"])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.meta["shape"])
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(self.meta["chunks"])
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return grid_of(self.shape, self.chunks)
+
+    @property
+    def nrefs(self) -> int:
+        return int((self.files != NO_FILE).sum())
+
+    @property
+    def inline_values(self) -> np.ndarray | None:
+        """The array's values when it is one inline chunk, else None."""
+        if self.raw is None or any(n != 1 for n in self.raw.shape) or self.raw.size != 1:
+            return None
+        data = self.raw.ravel()[0]
+        if data is None:
+            return None
+        return np.frombuffer(data, dtype=np.dtype(self.meta["dtype"])).reshape(self.shape)
+
+    def with_file_offset(self, by: int) -> ArrayRefs:
+        """The same references with file indices shifted by ``by``."""
+        files = np.where(self.files == NO_FILE, NO_FILE, self.files + by).astype(np.int32)
+        return replace(self, files=files)
+
+
+@dataclass
+class Manifest:
+    """References of a whole dataset: its arrays, its attributes, the files they point to.
+
+    ``coords`` holds the decoded-as-stored values of concat coordinates, read during the
+    scan, so that they can be combined into one inline array and checked on append.
+    """
+
+    paths: list[str]
+    arrays: dict[str, ArrayRefs]
+    attrs: dict = field(default_factory=dict)
+    coords: dict[str, np.ndarray] = field(default_factory=dict)
+    promoted: tuple[str, ...] = ()
+
+    @property
+    def nrefs(self) -> int:
+        return sum(a.nrefs for a in self.arrays.values())
+
+    def sizes(self) -> dict[str, int]:
+        """Length of every dimension."""
+        return {d: n for a in self.arrays.values() for d, n in zip(a.dims, a.shape, strict=True)}
+
+
+def grid_of(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Number of chunks along each axis."""
+    return tuple(math.ceil(n / c) if c else 0 for n, c in zip(shape, chunks, strict=True))
+
+
+def zarray(shape, chunks, dtype: np.dtype, compressor=None, filters=None, fill_value=None) -> dict:
+    """Zarr v2 array metadata."""
+    return {
+        "zarr_format": 2,
+        "shape": [int(n) for n in shape],
+        "chunks": [int(c) for c in chunks],
+        "dtype": np.dtype(dtype).str,
+        "compressor": compressor,
+        "filters": filters or None,
+        "fill_value": fill_value,
+        "order": "C",
+    }
+
+
+def inline_array(values: np.ndarray, attrs: dict, fill_value=None) -> ArrayRefs:
+    """An array whose one chunk is held inline (a concat coordinate, a small variable)."""
+    values = np.array(values, order="C")
+    shape = values.shape
+    grid = (1,) * len(shape)
+    raw = np.empty(grid, dtype=object)
+    raw[...] = None
+    raw[(0,) * len(shape)] = values.tobytes()
+    return ArrayRefs(
+        meta=zarray(shape, shape or (), values.dtype, fill_value=fill_value),
+        attrs=attrs,
+        files=np.full(grid, NO_FILE, dtype=np.int32),
+        offsets=np.zeros(grid, dtype=np.uint64),
+        lengths=np.zeros(grid, dtype=np.uint64),
+        raw=raw,
+    )
+
+
+def fill_json(value):
+    """A fill value as Zarr v2 metadata holds it (NaN and infinities as strings)."""
+    value = json_value(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def json_value(value):
+    """An attribute value as JSON holds it: strings, numbers and lists of them."""
+    if isinstance(value, bytes | np.bytes_):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "SU":
+            value = value.astype(str)
+        return json_value(value.item()) if value.size == 1 else [json_value(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_value(value.item())
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    return value

@@ -1,0 +1,369 @@
+"""The plan of a reference bake: scan every input on the workers, combine the manifests on
+the driver, write the references under a staging name, compare sample inputs read through
+them with the inputs read directly, then publish.
+
+An append scans only the inputs the store lacks and joins their manifest to the one kept
+beside the store, after checking that they continue it.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .. import ledger as ledgers
+from ..errors import RecipeError
+from ..openers import OpenConfig, open_input
+from ..patterns import Input
+from ..plan import BakeState, Plan, Stage, _nothing
+from ..updates import AppendError, _text, check_steps
+from ..validate import compare, sample_positions
+from .combine import CombineError, concat, merge
+from .manifest import Manifest
+from .scan import ScanConfig, ScanTask, scan_input, scan_inputs
+from .store import ReferenceStore
+
+HELD = "references.pkl"
+
+
+@dataclass
+class ReferencePlan(Plan):
+    """A :class:`~arcoforge.plan.Plan` whose output is references to its inputs."""
+
+    scan: ScanConfig | None = None
+    store: ReferenceStore | None = None
+    held: Manifest | None = None
+    published: dict = field(default_factory=dict)
+
+    @property
+    def stages(self) -> list[Stage]:
+        """prepare -> scan (and combine) -> write -> check -> publish."""
+        return [
+            Stage("prepare", "clear what an interrupted bake left", _nothing, None, self.prepare),
+            Stage(
+                "scan", "read every input's chunk index", self.scan_tasks, scan_inputs, self.combine
+            ),
+            Stage("write", "write the combined references", _nothing, None, self.write),
+            self._check_stage(),
+            Stage("publish", "move the references into place", _nothing, None, self.publish),
+        ]
+
+    def _check_stage(self) -> Stage:
+        """Checks run on the workers, except Icechunk's: its runtime does not survive the
+        fork of a worker from a driver that has used it."""
+        about = "compare sample inputs read through the references with the inputs"
+        if self.store.kind == "icechunk":
+            return Stage("check", about, _nothing, None, self.check_here)
+        return Stage("check", about, self.check_tasks, check_input, self.count_checked)
+
+    def check_here(self, state: BakeState, results: Iterable) -> None:
+        self.count_checked(state, map(check_input, self.check_tasks(state)))
+
+    @property
+    def dim(self) -> str | None:
+        return self.concat_dims[0] if self.concat_dims else None
+
+    def prepare(self, state: BakeState, results: Iterable) -> None:
+        """Clear what an interrupted bake staged; import what the workers will use, once,
+        before they are forked."""
+        import fsspec.implementations.reference  # noqa: F401
+        import h5py  # noqa: F401
+        import zarr  # noqa: F401
+
+        self.ledger.clear_staging()
+        self.store.clear_staging()
+
+    def scan_tasks(self, state: BakeState) -> list[ScanTask]:
+        """Batches of inputs: about eight tasks per worker, at most 16 inputs each."""
+        size = max(1, min(16, len(self.inputs) // (8 * self.workers)))
+        return [
+            ScanTask(tuple(self.inputs[i : i + size]), self.scan)
+            for i in range(0, len(self.inputs), size)
+        ]
+
+    def combine(self, state: BakeState, results: Iterable) -> None:
+        """Join the inputs' manifests (and the held one, when appending)."""
+        order = {item: i for i, item in enumerate(self.inputs)}
+        scanned = [pair for batch in results for pair in batch]
+        manifests = [m for _, m in sorted(scanned, key=lambda r: order[r[0]])]
+        new = self._combined(manifests)
+        self._check_sorted(new, manifests)
+        if self.held is not None:
+            self._check_continues(new, manifests)
+            urls = [self.url, self.inputs[0].url]
+            new = concat([self.held, new], self.dim, urls, self.recipe.writer.identical_dims)
+        state.manifest = new
+        state.open = replace(self.open, promoted=new.promoted)
+        state.counts = [m.sizes().get(self.dim, 1) for m in manifests] if self.dim else []
+
+    def _combined(self, manifests: list[Manifest]) -> Manifest:
+        if len(self.concat_dims) > 1:
+            raise RecipeError("WriteCombinedReference combines along one concat dim, not several")
+        groups: dict[Any, list[tuple[Input, Manifest]]] = {}
+        for item, manifest in zip(self.inputs, manifests, strict=True):
+            key = item.pos(self.merge_dim) if self.merge_dim else None
+            groups.setdefault(key, []).append((item, manifest))
+        joined, urls = [], []
+        for pairs in groups.values():
+            pairs.sort(key=lambda p: p[0].pos(self.dim) if self.dim else 0)
+            items, parts = [p[0].url for p in pairs], [p[1] for p in pairs]
+            identical = self.recipe.writer.identical_dims
+            joined.append(concat(parts, self.dim, items, identical) if self.dim else parts[0])
+            urls.append(items[0])
+        return merge(joined, urls) if len(joined) > 1 else joined[0]
+
+    def _check_continues(self, new: Manifest, manifests: list[Manifest]) -> None:
+        """The new inputs hold the store's variables and follow its last step."""
+        held, dim = self.held, self.dim
+        first = self.inputs[0].url
+        for name in sorted(set(held.arrays) ^ set(new.arrays)):
+            where = "the store lacks it" if name in new.arrays else "the new inputs lack it"
+            raise AppendError(f"cannot append {first}: variable {name!r}: {where}")
+        if dim not in held.coords:
+            return
+        old = _decoded(held.coords[dim], held.arrays[dim].attrs)
+        check_steps(
+            old, _decoded(new.coords[dim], new.arrays[dim].attrs), dim, self._input_at(manifests)
+        )
+
+    def _check_sorted(self, new: Manifest, manifests: list[Manifest]) -> None:
+        """The concat coordinate of the inputs increases, input after input."""
+        dim = self.dim
+        if dim not in new.coords or self.merge_dim:
+            return
+        values = _decoded(new.coords[dim], new.arrays[dim].attrs)
+        unsorted = np.flatnonzero(values[1:] <= values[:-1])
+        if unsorted.size:
+            i = int(unsorted[0]) + 1
+            late = self._input_at(manifests)(i).url
+            what = "is already in an earlier input" if values[i] in values[:i] else "comes after it"
+            error = AppendError if self.held is not None else CombineError
+            raise error(
+                f"cannot {'append' if self.held is not None else 'combine'} {late}: {dim} "
+                f"{_text(values[i])} {what} ({_text(values[i - 1])} is before it); the inputs "
+                f"are not sorted along {dim!r}"
+            )
+
+    def _input_at(self, manifests: list[Manifest]):
+        """The input that holds step ``i`` of the steps of ``manifests``, in order."""
+        steps = np.cumsum([m.coords[self.dim].size for m in manifests])
+        return lambda i: self.inputs[int(np.searchsorted(steps, i, side="right"))]
+
+    def write(self, state: BakeState, results: Iterable) -> None:
+        """Write the combined references under the staging name."""
+        attrs = {**state.manifest.attrs, **self.recipe.writer.attrs}
+        self.store.write_staged(state.manifest, attrs, self._message(), self._shared(state))
+        sizes = state.manifest.sizes()
+        state.stats["references"] = state.manifest.nrefs
+        state.stats["dims"] = sizes
+
+    def _shared(self, state: BakeState) -> dict[str, int]:
+        """Per array, the leading references (in C order) the held store already has:
+        all of them when the array grows along its first axis."""
+        if self.held is None:
+            return {}
+        shared = {}
+        for name, refs in state.manifest.arrays.items():
+            old = self.held.arrays.get(name)
+            grows = refs.dims[:1] == [self.dim] and old is not None and old.raw is None
+            if grows and {**old.meta, "shape": refs.meta["shape"]} == refs.meta:
+                shared[name] = int(old.files.size)
+        return shared
+
+    def _message(self) -> str:
+        first, last = self.inputs[0].url, self.inputs[-1].url
+        what = "append" if self.held is not None else "bake"
+        span = first if first == last else f"{first} .. {last}"
+        return f"arcoforge {what} of {self.recipe.writer.store_name}: {len(self.inputs)} inputs, {span}"
+
+    def check_tasks(self, state: BakeState) -> list[CheckTask]:
+        """One task comparing the first and the last input, each where it lies in the
+        store: the references are opened (and, as JSON, parsed) once."""
+        if not self.inputs:
+            return []
+        starts = np.cumsum([0, *state.counts]).tolist() if self.dim else []
+        held = self.held.sizes().get(self.dim, 0) if self.held is not None and self.dim else 0
+        order = sorted({item.pos(self.dim) if self.dim else 0 for item in self.inputs})
+        samples = []
+        for i in sample_positions(len(self.inputs)):
+            item = self.inputs[i]
+            span = None
+            if self.dim:
+                rank = order.index(item.pos(self.dim))
+                span = (held + starts[rank], held + starts[rank + 1])
+            samples.append((item, span))
+        return [CheckTask(self.store, state.open or self.open, tuple(samples), self.dim)]
+
+    def count_checked(self, state: BakeState, results: Iterable) -> None:
+        state.stats["validated_inputs"] = sum(len(urls) for urls in results)
+
+    def publish(self, state: BakeState, results: Iterable) -> None:
+        """Keep the manifest for appends, move the references into place, record them."""
+        contents = self._contents(state)
+        body = pickle.dumps((contents["inputs"], state.manifest), protocol=5)
+        ledgers.put(f"{self.ledger.folder}/{HELD}", body, self.target.storage_options)
+        self.store.publish()
+        self.ledger.write(self._manifest("complete", **contents))
+        self.ledger.clear_staging()
+
+    def _contents(self, state: BakeState) -> dict:
+        held = self.published.get("inputs", []) if self.held is not None else []
+        counts = self.published.get("counts", []) if self.held is not None else []
+        return {
+            "inputs": [*held, *(i.url for i in self.inputs)],
+            "counts": [*counts, *state.counts],
+            "dims": state.manifest.sizes(),
+            "references": state.manifest.nrefs,
+        }
+
+    def summary(self, state: BakeState) -> dict[str, Any]:
+        """Sizes for the bake's result."""
+        manifest = state.manifest
+        return {
+            "dims": manifest.sizes(),
+            "chunks": _chunks(manifest),
+            "bytes_in": int(sum(int(a.lengths.sum()) for a in manifest.arrays.values())),
+            "bytes_decoded": 0,
+        }
+
+
+def _chunks(manifest: Manifest) -> dict[str, int]:
+    chunks: dict[str, int] = {}
+    for refs in manifest.arrays.values():
+        if refs.raw is None:
+            for d, c in zip(refs.dims, refs.chunks, strict=True):
+                chunks.setdefault(d, c)
+    return chunks
+
+
+def _decoded(values: np.ndarray, attrs: dict) -> np.ndarray:
+    """Concat coordinate values as xarray decodes them (times as datetimes)."""
+    var = xr.Variable(("x",), values, {k: v for k, v in attrs.items() if k != "_ARRAY_DIMENSIONS"})
+    return np.asarray(xr.conventions.decode_cf_variable("x", var).values)
+
+
+@dataclass(frozen=True)
+class CheckTask:
+    """Compare inputs, opened directly by xarray, with the references at their spans."""
+
+    store: ReferenceStore
+    open: OpenConfig
+    samples: tuple[tuple[Input, tuple[int, int] | None], ...]
+    dim: str | None
+
+
+def check_input(task: CheckTask) -> list[str]:
+    """Raise :class:`~arcoforge.errors.ValidationError` unless the references give exactly
+    the values of each sample input; return their URLs."""
+    spans = [span for _, span in task.samples if span is not None]
+    with task.store.open_staged(task.dim, spans) as out:
+        for item, span in task.samples:
+            with open_input(item.url, task.open) as src:
+                part = out.isel({task.dim: slice(*span)}) if task.dim is not None else out
+                compare(src, part, task.open.redact(item.url))
+    return [item.url for item, _ in task.samples]
+
+
+def plan_reference_append(plan: ReferencePlan) -> ReferencePlan:
+    """The plan that adds to ``plan``'s references the pattern's inputs they lack."""
+    from dataclasses import fields
+
+    from ..updates import _check_order, _published
+
+    published = _published(plan, "append to")
+    if published is None:
+        return plan
+    if plan.dim is None or plan.merge_dim:
+        raise AppendError("appending references works along one concat dim, without merge dims")
+    held_urls = set(published["inputs"])
+    gone = held_urls - {i.url for i in plan.inputs}
+    if gone:
+        raise AppendError(f"cannot append: {plan.url} holds {min(gone)}, which the recipe lacks")
+    new = [i for i in plan.inputs if i.url not in held_urls]
+    if not new:
+        if published["fingerprint"] == plan.fingerprint:
+            return plan
+        raise AppendError(
+            f"nothing to append to {plan.url}, but its inputs were in another order; "
+            "bake it afresh with --force"
+        )
+    _check_order(plan, new, held_urls, plan.dim)
+    held = _held(plan, published)
+    kept = {f.name: getattr(plan, f.name) for f in fields(plan)}
+    return replace(ReferencePlan(**kept), inputs=new, held=held, published=published)
+
+
+def _held(plan: ReferencePlan, published: dict) -> Manifest:
+    body = ledgers.get(f"{plan.ledger.folder}/{HELD}", plan.target.storage_options)
+    inputs, manifest = pickle.loads(body) if body else (None, None)
+    if inputs != published["inputs"]:
+        raise AppendError(
+            f"cannot append to {plan.url}: the manifest kept beside it does not match it; "
+            "bake it afresh with --force"
+        )
+    return manifest
+
+
+def make_reference_plan(
+    recipe, target_root: str, *, cache: str | None, workers: int, skip_failed: bool = False
+) -> ReferencePlan:
+    """The plan of a recipe that ends in :class:`~arcoforge.recipe.WriteCombinedReference`."""
+    from ..plan import open_config
+    from ..writers.zarr import Target
+    from .store import reference_store, store_location
+
+    if skip_failed:
+        raise RecipeError("--skip-failed does not apply to references: every input is needed")
+    writer, opener = recipe.writer, recipe.opener
+    dims = writer.concat_dims or tuple(d.name for d in recipe.pattern.concat_dims)
+    url = store_location(target_root, writer)
+    ledger = ledgers.Ledger(url)
+    config = open_config(recipe, cache)
+    return ReferencePlan(
+        recipe=recipe,
+        url=url,
+        target=Target(ledger.staging_store),
+        open=config,
+        inputs=list(recipe.pattern.inputs()),
+        ledger=ledger,
+        workers=workers,
+        scan=ScanConfig(
+            file_type=recipe.file_type,
+            concat_dims=tuple(dims),
+            inline_threshold=opener.inline_threshold,
+            storage_options=opener.storage_options,
+            remote_protocol=opener.remote_protocol,
+            secrets=config.fetch.secrets,
+        ),
+        store=reference_store(target_root, writer, ledger.staging_store),
+    )
+
+
+def describe(plan: ReferencePlan) -> dict[str, Any]:
+    """What a reference bake will do, from a scan of its first input (for --dry-run)."""
+    first = scan_input(plan.inputs[0], plan.scan)
+    sizes = first.sizes()
+    steps = len({i.pos(plan.dim) for i in plan.inputs}) if plan.dim else 1
+    if plan.dim in sizes:
+        sizes[plan.dim] *= steps
+    nbytes = sum(int(a.lengths.sum()) for a in first.arrays.values()) * steps
+    tasks = {"scan": len(plan.inputs), "check": min(2, len(plan.inputs))}
+    return {
+        "target": plan.url,
+        "inputs": len(plan.inputs),
+        "input_bytes_estimate": nbytes,
+        "output_bytes_decoded_estimate": 0,
+        "dims": sizes,
+        "chunks": _chunks(first),
+        "variables": sorted(first.arrays),
+        "references_estimate": first.nrefs * steps,
+        "stages": [
+            {"stage": s.name, "tasks": tasks.get(s.name, 0), "what": s.description}
+            for s in plan.stages
+        ],
+    }

@@ -1,0 +1,107 @@
+"""The scan task: one input turned into a manifest on a worker, by its format's scanner."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO
+
+import fsspec
+
+from ..errors import ArcoforgeError, SourceError, one_line
+from ..patterns import Input
+from ..sources import is_remote
+from .manifest import Manifest
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """How every input of a recipe is scanned; picklable."""
+
+    file_type: str
+    concat_dims: tuple[str, ...] = ()
+    inline_threshold: int = 300
+    storage_options: dict | None = None
+    remote_protocol: str | None = None
+    secrets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScanTask:
+    """Scan a few inputs, one after the other (batched, so that a task's overhead is
+    shared by several small scans)."""
+
+    inputs: tuple[Input, ...]
+    config: ScanConfig
+
+
+def reference_url(url: str, config: ScanConfig) -> str:
+    """The URL references name an input by: absolute ``file://`` URLs for local files."""
+    if "://" in url:
+        return url
+    if config.remote_protocol and config.remote_protocol not in ("file", "local"):
+        return f"{config.remote_protocol}://{url}"
+    return "file://" + os.path.abspath(url)
+
+
+def scan_inputs(task: ScanTask) -> list[tuple[Input, Manifest]]:
+    """Each input of the task and its manifest."""
+    return [(item, scan_input(item, task.config)) for item in task.inputs]
+
+
+def scan_input(item: Input, config: ScanConfig) -> Manifest:
+    """The manifest of one input; errors name the input and the cause in one line."""
+    from ..secrets import redact
+
+    url = reference_url(item.url, config)
+    try:
+        return _scanner(config.file_type)(url, config)
+    except ArcoforgeError:
+        raise
+    except FileNotFoundError:
+        raise SourceError(f"{redact(url, config.secrets)}: file not found") from None
+    except Exception as exc:
+        cause = redact(one_line(exc), config.secrets)
+        raise SourceError(
+            f"{redact(url, config.secrets)}: cannot scan as {config.file_type}: {cause}"
+        ) from None
+
+
+def _scanner(file_type: str):
+    if file_type in ("netcdf4", "hdf5"):
+        return _scan_hdf5
+    if file_type == "netcdf3":
+        from .netcdf3 import scan_netcdf3
+
+        return scan_netcdf3
+    if file_type == "zarr":
+        from .zarr import scan_zarr
+
+        return scan_zarr
+    if file_type == "grib":
+        from .grib import scan_grib
+
+        return scan_grib
+    raise SourceError(f"OpenWithKerchunk: cannot scan file_type {file_type!r}")
+
+
+def _scan_hdf5(url: str, config: ScanConfig) -> Manifest:
+    from .hdf5 import scan_hdf5
+
+    with opened(url, config) as f:
+        return scan_hdf5(f, url, config.concat_dims, config.inline_threshold)
+
+
+@contextmanager
+def opened(url: str, config: ScanConfig) -> Iterator[IO[bytes] | str]:
+    """A local path for local inputs, else a lazily reading fsspec file."""
+    if not is_remote(url) or url.startswith("file://"):
+        path = url.removeprefix("file://")
+        if not os.path.exists(path):
+            raise FileNotFoundError(path)
+        yield path
+        return
+    with fsspec.open(url, "rb", **(config.storage_options or {})) as f:
+        yield f

@@ -1,0 +1,110 @@
+"""Scan a Zarr store (v2, or v3 without sharding) into a manifest: every stored chunk is
+a whole object, referenced with its size from one listing of the store."""
+
+from __future__ import annotations
+
+import fsspec
+import numpy as np
+import xarray as xr
+import zarr
+
+from ..errors import SourceError
+from .manifest import NO_FILE, ArrayRefs, Manifest, fill_json, inline_array, json_value, zarray
+from .scan import ScanConfig
+
+V3_CODECS = {"gzip", "zstd", "blosc"}
+BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+
+def scan_zarr(url: str, config: ScanConfig) -> Manifest:
+    """The manifest of the Zarr store at ``url``."""
+    options = config.storage_options or {}
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        raise FileNotFoundError(url)
+    sizes = {
+        p.removeprefix(root).lstrip("/"): d["size"] for p, d in fs.find(root, detail=True).items()
+    }
+    group = zarr.open_group(url.removeprefix("file://"), mode="r", storage_options=options or None)
+    arrays, coords, paths = {}, {}, []
+    for name, array in sorted(group.arrays()):
+        where = f"{url}: variable {name!r}"
+        meta, attrs = _v2_metadata(array, where)
+        if name in config.concat_dims and attrs["_ARRAY_DIMENSIONS"] == [name]:
+            coords[name] = array[...]
+            arrays[name] = inline_array(coords[name], attrs)
+            continue
+        arrays[name] = _locate(array, name, meta, attrs, sizes, paths, url)
+    return Manifest(paths, arrays, {k: json_value(v) for k, v in group.attrs.items()}, coords)
+
+
+def _locate(array, name, meta, attrs, sizes, paths, url) -> ArrayRefs:
+    grid = tuple(-(-n // c) for n, c in zip(array.shape, array.chunks, strict=True))
+    files = np.full(grid, NO_FILE, dtype=np.int32)
+    lengths = np.zeros(grid, dtype=np.uint64)
+    for index in np.ndindex(*grid):
+        key = f"{name}/{array.metadata.encode_chunk_key(index)}"
+        if key in sizes:
+            files[index] = len(paths)
+            lengths[index] = sizes[key]
+            paths.append(f"{url.rstrip('/')}/{key}")
+    return ArrayRefs(meta, attrs, files, np.zeros(grid, dtype=np.uint64), lengths)
+
+
+def _v2_metadata(array: zarr.Array, where: str) -> tuple[dict, dict]:
+    """Zarr v2 metadata and attributes (with ``_ARRAY_DIMENSIONS``) of a v2 or v3 array."""
+    attrs = {k: json_value(v) for k, v in array.attrs.items()}
+    meta = array.metadata.to_dict()
+    if meta["zarr_format"] == 2:
+        dims = attrs.get("_ARRAY_DIMENSIONS") or [f"dim_{i}" for i in range(array.ndim)]
+        v2 = zarray(
+            array.shape,
+            array.chunks,
+            np.dtype(meta["dtype"]),
+            meta["compressor"],
+            meta["filters"],
+            fill_json(meta["fill_value"]) if meta["fill_value"] is not None else None,
+        )
+        return v2, {**attrs, "_ARRAY_DIMENSIONS": list(dims)}
+    dtype, compressor = _v3_codecs(meta["codecs"], np.dtype(array.dtype), where)
+    fill = attrs.pop("_FillValue", None)
+    if fill is not None:
+        fill = fill_json(xr.backends.zarr.FillValueCoder.decode(fill, np.dtype(array.dtype)))
+    dims = meta.get("dimension_names") or [f"dim_{i}" for i in range(array.ndim)]
+    v2 = zarray(array.shape, array.chunks, dtype, compressor, None, fill)
+    return v2, {**attrs, "_ARRAY_DIMENSIONS": list(dims)}
+
+
+def _v3_codecs(codecs, dtype: np.dtype, where: str) -> tuple[np.dtype, dict | None]:
+    """The byte order and the one compressor of a v3 codec chain, as Zarr v2 has them."""
+    compressor = None
+    for codec in codecs:
+        name, config = codec["name"], dict(codec.get("configuration") or {})
+        if name == "bytes":
+            endian = config.get("endian")
+            dtype = dtype.newbyteorder(">" if endian == "big" else "<") if endian else dtype
+        elif name in V3_CODECS and compressor is None:
+            compressor = _v2_codec(name, config, dtype)
+        else:
+            raise SourceError(f"{where}: Zarr v3 codec {name!r} cannot be referenced as Zarr v2")
+    return dtype, compressor
+
+
+def _v2_codec(name: str, config: dict, dtype: np.dtype) -> dict:
+    if name == "blosc":
+        shuffle = BLOSC_SHUFFLE[config.get("shuffle", "noshuffle")]
+        return {
+            "id": "blosc",
+            "cname": config["cname"],
+            "clevel": config["clevel"],
+            "shuffle": shuffle,
+            "blocksize": config.get("blocksize", 0),
+        }
+    if name == "zstd":
+        return {
+            "id": "zstd",
+            "level": config.get("level", 0),
+            "checksum": config.get("checksum", False),
+        }
+    return {"id": "gzip", "level": config.get("level", 5)}

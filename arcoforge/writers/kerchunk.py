@@ -1,0 +1,158 @@
+"""Write a combined manifest as kerchunk references: one JSON file, or a folder of Parquet
+files that fsspec's ``ReferenceFileSystem`` reads lazily, one record at a time.
+
+Both build their output from the manifest's arrays in bulk: chunk keys and references are
+formatted per array, not looked up per chunk in a dict.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..references.manifest import NO_FILE, ArrayRefs, Manifest
+
+
+def metadata(manifest: Manifest, attrs: dict | None = None) -> dict[str, dict]:
+    """The Zarr v2 metadata objects of the dataset, by key."""
+    meta = {".zgroup": {"zarr_format": 2}, ".zattrs": {**manifest.attrs, **(attrs or {})}}
+    for name, refs in manifest.arrays.items():
+        meta[f"{name}/.zarray"] = refs.meta
+        meta[f"{name}/.zattrs"] = refs.attrs
+    return meta
+
+
+def chunk_keys(refs: ArrayRefs) -> list[str]:
+    """The chunk keys of an array in C order (``0.0.0`` ...; ``0`` for a scalar)."""
+    grid = refs.grid
+    if not grid:
+        return ["0"]
+    axes = [[str(i) for i in range(n)] for n in grid]
+    return [".".join(k) for k in itertools.product(*axes)]
+
+
+def _inline(raw: bytes) -> str:
+    return "base64:" + base64.b64encode(raw).decode()
+
+
+def write_json(manifest: Manifest, path: str | Path, attrs: dict | None = None) -> None:
+    """Write kerchunk version-1 JSON references to ``path``, with consolidated metadata
+    (``.zmetadata``) so that readers need not list the references."""
+    meta = metadata(manifest, attrs)
+    meta[".zmetadata"] = {"zarr_consolidated_format": 1, "metadata": dict(meta)}
+    with open(path, "w") as out:
+        out.write('{"version":1,"refs":{')
+        entries = (
+            f"{json.dumps(k)}:{json.dumps(json.dumps(v, allow_nan=True))}" for k, v in meta.items()
+        )
+        out.write(",".join(entries))
+        quoted = [json.dumps(p) for p in manifest.paths]
+        for name, refs in manifest.arrays.items():
+            for chunk in _json_chunks(name, refs, quoted):
+                out.write(",")
+                out.write(chunk)
+        out.write("}}")
+
+
+def _json_chunks(name: str, refs: ArrayRefs, quoted: list[str]) -> Iterator[str]:
+    keys = chunk_keys(refs)
+    files = refs.files.ravel().tolist()
+    offsets = refs.offsets.ravel().tolist()
+    lengths = refs.lengths.ravel().tolist()
+    raw = refs.raw.ravel().tolist() if refs.raw is not None else itertools.repeat(None)
+    prefix = json.dumps(name)[1:-1]
+    lines = []
+    for key, f, o, n, r in zip(keys, files, offsets, lengths, raw, strict=False):
+        if r is not None:
+            lines.append(f'"{prefix}/{key}":"{_inline(r)}"')
+        elif f != NO_FILE:
+            lines.append(f'"{prefix}/{key}":[{quoted[f]},{o},{n}]')
+    if lines:
+        yield ",".join(lines)
+
+
+def write_parquet(
+    manifest: Manifest,
+    folder: str | Path,
+    record_size: int,
+    attrs: dict | None = None,
+    previous: Previous | None = None,
+) -> None:
+    """Write Parquet references into ``folder``: ``.zmetadata`` (metadata and record size)
+    and ``NAME/refs.N.parq`` with columns path, offset, size, raw, ``record_size`` rows
+    each, in the C order of the array's chunk grid (written with fastparquet, the engine
+    fsspec reads them with).
+
+    With ``previous`` (an append), records whose rows all lie in the rows an array shares
+    with the previous store are hard links to its files, not written again.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"metadata": metadata(manifest, attrs), "record_size": record_size}
+    (folder / ".zmetadata").write_text(json.dumps(meta, allow_nan=True))
+    paths = np.asarray([*manifest.paths, None], dtype=object)
+    for name, refs in manifest.arrays.items():
+        (folder / name).mkdir(exist_ok=True)
+        kept = previous.kept(name, record_size) if previous else 0
+        for record, frame in enumerate(_records(refs, paths, record_size, kept)):
+            target = folder / name / f"refs.{record}.parq"
+            if frame is None:
+                os.link(previous.folder / name / target.name, target)
+            else:
+                _write_frame(frame, target)
+
+
+@dataclass(frozen=True)
+class Previous:
+    """A published Parquet store and, per array, how many leading rows the new one shares."""
+
+    folder: Path
+    rows: dict[str, int]
+
+    def kept(self, name: str, record_size: int) -> int:
+        """Whole records of ``name`` that can be linked rather than written."""
+        meta = json.loads((self.folder / ".zmetadata").read_text())
+        if meta.get("record_size") != record_size:
+            return 0
+        return self.rows.get(name, 0) // record_size
+
+
+def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int, kept: int = 0):
+    """The references of one array as data frames of ``record_size`` rows (None for the
+    first ``kept`` records, which are not built)."""
+    import pandas as pd
+
+    files = refs.files.ravel()
+    columns = {
+        "path": paths[files],  # NO_FILE (-1) picks the trailing None
+        "offset": refs.offsets.ravel().astype(np.int64),
+        "size": refs.lengths.ravel().astype(np.int64),
+        "raw": refs.raw.ravel() if refs.raw is not None else np.full(files.size, None, object),
+    }
+    for start in range(0, max(files.size, 1), record_size):
+        if start // record_size < kept:
+            yield None
+            continue
+        rows = slice(start, start + record_size)
+        yield pd.DataFrame({k: v[rows] for k, v in columns.items()}, copy=False)
+
+
+def _write_frame(frame, path: Path) -> None:
+    import fastparquet
+
+    fastparquet.write(
+        str(path),
+        frame,
+        compression="ZSTD",
+        write_index=False,
+        stats=False,
+        object_encoding={"path": "utf8", "raw": "bytes"},
+        has_nulls=["path", "raw"],
+    )

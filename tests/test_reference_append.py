@@ -1,0 +1,75 @@
+"""Appending to reference stores: new inputs only, nothing twice, refusals leave the store
+byte for byte as it was."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from test_references import FORMATS, assert_matches_sources, ref_recipe
+
+from arcoforge import bake
+from arcoforge.testing.archives import oisst_dataset, write_files, write_oisst_archive
+from arcoforge.updates import AppendError
+
+
+def digest(path: Path) -> str:
+    """A hash of a reference file, or of every file of a reference folder."""
+    files = sorted(p for p in [path, *path.rglob("*")] if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path.parent)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def days(tmp_path):
+    return write_oisst_archive(tmp_path / "src", days=8, ny=12, nx=24)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_append_adds_new_inputs_only_and_twice_is_nothing(tmp_path, days, name):
+    out = tmp_path / "out"
+    first = bake(ref_recipe(days[:5], name), out, workers=2)
+    result = bake(ref_recipe(days, name), out, append=True, workers=2)
+    assert result.inputs == 3
+    assert result.dims["time"] == 8
+    assert_matches_sources(result.url, days)
+    before = digest(Path(first.url))
+    again = bake(ref_recipe(days, name), out, append=True)
+    assert again.stats.get("up_to_date")
+    assert digest(Path(first.url)) == before
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_refused_appends_leave_the_store_unchanged(tmp_path, days, name):
+    out = tmp_path / "out"
+    url = Path(bake(ref_recipe(days[:4], name), out).url)
+    before = digest(url)
+    copy = write_files(oisst_dataset(days=8, ny=12, nx=24).isel(time=[3]), tmp_path / "dup")
+    cases = {
+        "leaves a gap after": [*days[:4], days[5]],
+        "is already in the store": [*days[:4], *copy],
+        "not sorted": [*days[:4], days[5], days[4]],
+    }
+    for why, paths in cases.items():
+        with pytest.raises(AppendError, match=why) as info:
+            bake(ref_recipe(paths, name), out, append=True)
+        assert str(paths[4]) in str(info.value) or str(paths[5]) in str(info.value)
+        assert digest(url) == before, why
+    assert_matches_sources(url, days[:4])
+
+
+def test_parquet_append_links_the_records_it_keeps(tmp_path, days):
+    out = tmp_path / "out"
+    recipe = ref_recipe(days[:4], "reference.parquet", record_size=2)
+    url = Path(bake(recipe, out).url)
+    first = (url / "sst" / "refs.0.parq").stat().st_ino
+    last = (url / "sst" / "refs.1.parq").stat().st_ino
+    bake(ref_recipe(days, "reference.parquet", record_size=2), out, append=True)
+    assert (url / "sst" / "refs.0.parq").stat().st_ino == first
+    assert (url / "sst" / "refs.1.parq").stat().st_ino == last
+    assert (url / "sst" / "refs.3.parq").exists()
+    assert_matches_sources(url, days)

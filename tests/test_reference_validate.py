@@ -1,0 +1,56 @@
+"""``arcoforge validate`` on reference stores: corrupted byte ranges and missing files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import h5py
+import pytest
+from test_references import FORMATS, ref_recipe
+
+from arcoforge import bake
+from arcoforge.audit import checker_for
+from arcoforge.testing.archives import write_oisst_archive
+
+
+def validate(url: str, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "arcoforge.cli", "validate", url, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def first_chunk(path) -> tuple[int, int]:
+    with h5py.File(path) as f:
+        info = f["sst"].id.get_chunk_info(0)
+        return info.byte_offset, info.size
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_validate_reports_corrupted_range_and_missing_file(tmp_path, name):
+    paths = write_oisst_archive(tmp_path / "src", days=4, ny=18, nx=36)
+    url = bake(ref_recipe(paths, name), tmp_path / "out", workers=2).url
+    healthy = validate(url, "--json")
+    assert healthy.returncode == 0, healthy.stderr
+    assert json.loads(healthy.stdout)["ok"]
+    against = checker_for(url)(url, against=ref_recipe(paths, name), full=True)
+    assert against.ok and "4 of 4 inputs equal the store" in str(against.checks)
+
+    offset, size = first_chunk(paths[0])
+    data = bytearray(paths[0].read_bytes())
+    data[offset : offset + size] = bytes(b ^ 0xFF for b in data[offset : offset + size])
+    paths[0].write_bytes(bytes(data))
+    paths[-1].unlink()
+
+    report = checker_for(url)(url, full=True)
+    assert not report.ok
+    text = "\n".join(report.findings)
+    assert (
+        f"sst/0.0.0 (bytes {offset}-{offset + size} of file://{paths[0]}) does not decode" in text
+    )
+    assert f"file://{paths[-1]}: missing (4 references, first anom/3.0.0)" in text
+
+    broken = validate(url, "--full")
+    assert broken.returncode == 1
+    assert "missing" in broken.stdout + broken.stderr
+    assert "Traceback" not in broken.stderr

@@ -1,0 +1,260 @@
+"""Reference stores (kerchunk JSON and Parquet) equal their sources value for value."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from arcoforge import ConcatDim, FilePattern, MergeDim, bake, pattern_from_file_sequence
+from arcoforge.errors import ArcoforgeError
+from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
+from arcoforge.references.store import open_references
+from arcoforge.testing.archives import (
+    oisst_dataset,
+    write_files,
+    write_grib_archive,
+    write_merge_archive,
+    write_oisst_archive,
+)
+
+FORMATS = ["reference.json", "reference.parquet"]
+
+
+def ref_recipe(paths, name="reference.json", file_type="netcdf4", **writer):
+    pattern = pattern_from_file_sequence([str(p) for p in paths], "time", file_type=file_type)
+    return (
+        pattern
+        | OpenWithKerchunk()
+        | WriteCombinedReference("ref", output_file_name=name, **writer)
+    )
+
+
+def assert_matches_sources(url, paths, concat_dim="time", coords="minimal", **open_kwargs):
+    """Every variable of the references equals the sources read directly by xarray."""
+    src = xr.concat(
+        [xr.open_dataset(p, **open_kwargs).load() for p in paths],
+        dim=concat_dim,
+        data_vars="minimal",
+        coords=coords,
+        compat="override" if coords == "minimal" else "equals",
+    )
+    with open_references(str(url)) as out:
+        assert set(out.variables) == set(src.variables)
+        for name, var in src.variables.items():
+            got = out[name].transpose(*var.dims).values
+            assert got.shape == var.shape, name
+            np.testing.assert_array_equal(got.astype(var.dtype), var.values, err_msg=name)
+        assert out.attrs == src.attrs
+        return out.load()
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_netcdf4_chunked_compressed_shuffled(tmp_path, name):
+    paths = write_oisst_archive(tmp_path / "src", days=6, ny=18, nx=36, steps_per_file=2)
+    result = bake(ref_recipe(paths, name), tmp_path / "out", workers=2)
+    assert result.dims == {"time": 6, "lat": 18, "lon": 36}
+    assert result.stats["validated_inputs"] == 2
+    out = assert_matches_sources(result.url, paths)
+    assert out.time.dtype.kind == "M"
+    assert out.sst.attrs["units"] == "Celsius"
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_netcdf4_contiguous(tmp_path, name):
+    paths = write_oisst_archive(tmp_path / "src", days=3, ny=18, nx=36, chunked=False)
+    result = bake(ref_recipe(paths, name), tmp_path / "out", workers=1)
+    assert_matches_sources(result.url, paths)
+
+
+def test_netcdf4_spatial_chunks_fletcher32_unpacked_floats(tmp_path):
+    ds = oisst_dataset(days=4, ny=18, nx=36, variables=("sst", "ice"))
+    paths = []
+    for day in range(4):
+        path = tmp_path / "src" / f"day{day}.nc"
+        path.parent.mkdir(exist_ok=True)
+        enc = {
+            "sst": {"chunksizes": (1, 9, 12), "zlib": True, "fletcher32": True},
+            "ice": {"chunksizes": (1, 18, 7), "zlib": True, "complevel": 1, "shuffle": False},
+        }
+        ds.isel(time=[day]).to_netcdf(path, encoding=enc)
+        paths.append(path)
+    result = bake(ref_recipe(paths, "reference.parquet", record_size=5), tmp_path / "out")
+    out = assert_matches_sources(result.url, paths)
+    assert out.sst.dtype == np.float32
+
+
+def test_json_and_parquet_agree(tmp_path):
+    paths = write_oisst_archive(tmp_path / "src", days=4, ny=18, nx=36)
+    urls = [bake(ref_recipe(paths, n), tmp_path / n).url for n in FORMATS]
+    with open_references(urls[0]) as a, open_references(urls[1]) as b:
+        xr.testing.assert_identical(a.load(), b.load())
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_merge_dim(tmp_path, name):
+    by_var = write_merge_archive(tmp_path / "src", days=3, ny=18, nx=36)
+    dates = pd.date_range("1981-09-01", periods=3)
+    pattern = FilePattern(
+        lambda variable, time: str(tmp_path / "src" / f"{variable}_{time:%Y%m%d}.nc"),
+        MergeDim("variable", ["sst", "ice"]),
+        ConcatDim("time", list(dates)),
+    )
+    recipe = pattern | OpenWithKerchunk() | WriteCombinedReference("ref", output_file_name=name)
+    result = bake(recipe, tmp_path / "out", workers=2)
+    src = xr.merge(
+        [xr.open_mfdataset(p, combine="nested", concat_dim="time") for p in by_var.values()]
+    ).load()
+    with open_references(result.url) as out:
+        assert set(out.data_vars) == {"sst", "ice"}
+        for name_, var in src.variables.items():
+            np.testing.assert_array_equal(out[name_].values.astype(var.dtype), var.values)
+
+
+def test_uneven_inputs_are_refused_naming_the_input(tmp_path):
+    ds = oisst_dataset(days=5, ny=10, nx=20)
+    first = write_files(ds.isel(time=slice(0, 3)), tmp_path / "src", steps_per_file=3)
+    rest = write_files(ds.isel(time=slice(3, 5)), tmp_path / "src", steps_per_file=2)
+    assert bake(ref_recipe([*first, *rest]), tmp_path / "out").dims["time"] == 5
+    other = write_oisst_archive(tmp_path / "grid", days=1, ny=12, nx=20)
+    bad = ref_recipe([*first, *other])
+    with pytest.raises(ArcoforgeError, match=r"oisst.*19810901.nc: variable '\w+' has shape"):
+        bake(bad, tmp_path / "bad")
+    assert not (tmp_path / "bad" / "ref" / "reference.json").exists()
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_netcdf3(tmp_path, name):
+    paths = write_oisst_archive(
+        tmp_path / "src", days=4, ny=18, nx=36, steps_per_file=2, file_format="NETCDF3_64BIT"
+    )
+    result = bake(ref_recipe(paths, name, file_type="netcdf3"), tmp_path / "out", workers=2)
+    assert result.dims == {"time": 4, "lat": 18, "lon": 36}
+    assert_matches_sources(result.url, paths)
+
+
+@pytest.mark.parametrize("variables", [("sst",), ("sst", "ice")])
+def test_netcdf3_classic_record_variables_with_padding(tmp_path, variables):
+    ds = oisst_dataset(days=4, ny=9, nx=21, variables=variables)
+    packed = {"dtype": "int16", "scale_factor": 0.01, "_FillValue": -999}
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"part{i}.nc"
+        ds.isel(time=slice(2 * i, 2 * i + 2)).to_netcdf(
+            path,
+            format="NETCDF3_CLASSIC",
+            unlimited_dims=["time"],
+            encoding={v: packed for v in variables},
+        )
+        paths.append(path)
+    result = bake(ref_recipe(paths, file_type="netcdf3"), tmp_path / "out")
+    assert_matches_sources(result.url, paths)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_inputs(tmp_path, zarr_format):
+    ds = oisst_dataset(days=4, ny=18, nx=36)
+    stores = []
+    for i in range(2):
+        store = tmp_path / "src" / f"part{i}.zarr"
+        part = ds.isel(time=slice(2 * i, 2 * i + 2)).chunk({"time": 1, "lat": 9})
+        part.to_zarr(store, zarr_format=zarr_format, consolidated=False)
+        stores.append(store)
+    result = bake(ref_recipe(stores, "reference.parquet", file_type="zarr"), tmp_path / "out")
+    assert_matches_sources(result.url, stores, engine="zarr", consolidated=False)
+
+
+GRIB = {"engine": "cfgrib", "backend_kwargs": {"indexpath": ""}}
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"steps_per_file": 1},
+        {"steps_per_file": 2, "members": 3},
+        {"steps_per_file": 2, "levels": (500, 850), "variables": ("t", "u")},
+        {"steps_per_file": 1, "edition": 1, "variables": ("2t", "msl")},
+        {"steps_per_file": 2, "edition": 1, "levels": (500, 850), "variables": ("t",)},
+    ],
+    ids=["grib2-one-time", "grib2-members", "grib2-levels", "grib1", "grib1-levels"],
+)
+def test_grib(tmp_path, layout):
+    pytest.importorskip("cfgrib", reason="GRIB needs the [grib] extra")
+    pytest.importorskip("kerchunk", reason="GRIB references need the [virtual] extra")
+    paths = write_grib_archive(tmp_path / "src", days=2, **layout)
+    result = bake(ref_recipe(paths, file_type="grib"), tmp_path / "out", workers=2)
+    assert result.stats["validated_inputs"] == 2
+    assert_matches_sources(result.url, paths, coords="different", **GRIB)
+
+
+def test_identical_dims_are_checked(tmp_path):
+    paths = write_oisst_archive(tmp_path / "src", days=2, ny=12, nx=20)
+    other = oisst_dataset(days=1, ny=12, nx=20, start="1981-09-03")
+    shifted = write_files(other.assign_coords(lon=other.lon + 1), tmp_path / "shifted")
+    ok = ref_recipe(paths, identical_dims=["lat", "lon"])
+    assert bake(ok, tmp_path / "ok").dims["time"] == 2
+    bad = ref_recipe([*paths, *shifted], identical_dims=["lat", "lon"])
+    with pytest.raises(ArcoforgeError, match=r"shifted/.*\.nc: lon differs from the first"):
+        bake(bad, tmp_path / "bad")
+
+
+def test_cli_bake_dry_run_append_and_errors(tmp_path):
+    import subprocess
+    import sys
+
+    from arcoforge.templates import META
+    from arcoforge.testing.archives import write_corrupt_file
+
+    write_oisst_archive(tmp_path / "src", days=3, ny=12, nx=20)
+    feedstock = tmp_path / "feedstock"
+    feedstock.mkdir()
+    (feedstock / "meta.yaml").write_text(META.format(title="References", ident="refs"))
+    (feedstock / "recipe.py").write_text(
+        "import glob\n"
+        "from arcoforge import OpenWithKerchunk, WriteCombinedReference\n"
+        "from arcoforge import pattern_from_file_sequence\n"
+        f"paths = sorted(glob.glob({str(tmp_path / 'src' / '*.nc')!r}))\n"
+        "recipe = (pattern_from_file_sequence(paths, 'time') | OpenWithKerchunk()\n"
+        "          | WriteCombinedReference('ref', output_file_name='reference.parquet'))\n"
+    )
+
+    def run(*args):
+        command = [sys.executable, "-m", "arcoforge.cli", "bake", str(feedstock), *args]
+        command += ["--target-root", str(tmp_path / "out")]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    dry = run("--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert '"references_estimate": 12' in dry.stdout
+    assert run("--json").returncode == 0
+    write_oisst_archive(tmp_path / "src", days=4, ny=12, nx=20)
+    appended = run("--append", "--json")
+    assert appended.returncode == 0, appended.stderr
+    assert_matches_sources(
+        tmp_path / "out" / "ref" / "reference.parquet", sorted((tmp_path / "src").glob("*.nc"))
+    )
+    write_corrupt_file(tmp_path / "src" / "oisst-avhrr-v02r01.19810905.nc")
+    failed = run("--append")
+    assert failed.returncode == 1
+    assert "19810905.nc: cannot scan as netcdf4" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_inputs_over_http(tmp_path, small_archive, served, name):
+    urls = [f"{served.url}/{p.name}" for p in small_archive]
+    result = bake(ref_recipe(urls, name), tmp_path / "out", workers=2)
+    assert result.stats["validated_inputs"] == 2
+    assert_matches_sources(result.url, small_archive)
+
+
+def test_duplicate_or_unsorted_steps_are_refused(tmp_path):
+    paths = write_oisst_archive(tmp_path / "src", days=3, ny=12, nx=20)
+    copy = write_files(oisst_dataset(days=2, ny=12, nx=20).isel(time=[1]), tmp_path / "dup")
+    with pytest.raises(ArcoforgeError, match=r"dup/.*: time 1981-09-02 12:00:00 is already in"):
+        bake(ref_recipe([*paths, *copy]), tmp_path / "a")
+    with pytest.raises(ArcoforgeError, match=r"19810902.nc: time .* not sorted along 'time'"):
+        bake(ref_recipe([paths[0], paths[2], paths[1]]), tmp_path / "b")
+    assert not (tmp_path / "a" / "ref" / "reference.json").exists()
