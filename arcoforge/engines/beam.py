@@ -170,7 +170,7 @@ class Items(_Step):
         state, timings, totals, _ = cloudpickle.loads(carried)
         started = time.time()
         items = [] if isinstance(state, Failed) else self.stage.items(state)
-        self.tell("started", self.stage.name, len(items))
+        self.tell("started", self.stage.name, len(items), self.stage.description)
         for item in items:
             yield cloudpickle.dumps(item)
         yield beam.pvalue.TaggedOutput(
@@ -248,7 +248,7 @@ class Relay:
         seen = self.seen.setdefault(name, {"started": False, "advanced": 0, "done": False})
         if kind == "started" and not seen["started"]:
             seen["started"] = True
-            self.reporter.stage_started(name, rest[0], "")
+            self.reporter.stage_started(name, *rest)
         elif kind == "advanced" and seen["started"] and not seen["done"]:
             seen["advanced"] += 1
             self.reporter.advanced(name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -13,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import xarray as xr
+
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ class SparkStandalone:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
-                    start_new_session=True,
+                    preexec_fn=_own_session_ending_with_parent,
                 )
             )
 
@@ -130,6 +134,14 @@ class SparkStandalone:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _own_session_ending_with_parent() -> None:
+    """In the child: a session of its own, and SIGTERM when the process that started it
+    dies (Linux), so that a killed test run leaves no cluster behind."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _end_group(process: subprocess.Popen, timeout: float) -> None:
