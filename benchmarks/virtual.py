@@ -544,7 +544,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def arcoforge_ready(python: Path) -> str | None:
     """None when this arcoforge has the virtual-references API, else why not."""
-    probe = "from arcoforge import OpenWithKerchunk, WriteCombinedReference"
+    probe = "from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference"
     proc = subprocess.run(
         [str(python), "-c", probe], capture_output=True, text=True, env=_env(python), cwd=WORK
     )

@@ -25,13 +25,12 @@ def _extra(p) -> None:
 def main() -> None:
     args = parse_args(_extra)
     import arcoforge
-    from arcoforge import (
-        ConcatDim,
-        FilePattern,
-        OpenWithKerchunk,
-        WriteCombinedReference,
-        bake,
-    )
+    from arcoforge import ConcatDim, FilePattern, bake
+
+    try:
+        from arcoforge import OpenWithKerchunk, WriteCombinedReference
+    except ImportError:  # a version that does not export them at the top level (yet)
+        from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
 
     paths = [str(p) for p in args.paths]
     name = f"reference.{args.format}"
