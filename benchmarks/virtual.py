@@ -529,10 +529,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         "one, with arcoforge imported from this work tree)",
     )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per contestant run")
-    p.add_argument("--busy-retries", type=int, default=1, help="as in run.py (1)")
-    p.add_argument("--quiet-wait", type=float, default=run.QUIET_WAIT, help="as in run.py")
+    p.add_argument(
+        "--busy-retries", type=int, default=None, help="as in run.py (1; 0 below 200 files)"
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help=f"as in run.py ({run.QUIET_WAIT:.0f} s; 5 s below 200 files, for quick checks)",
+    )
     p.add_argument("--keep-output", action="store_true", help="keep the outputs in .work/out")
     args = p.parse_args(argv)
+    small = args.files < 200  # a quick check: do not wait for a quiet machine
+    if args.busy_retries is None:
+        args.busy_retries = 0 if small else 1
+    if args.quiet_wait is None:
+        args.quiet_wait = 5.0 if small else run.QUIET_WAIT
     args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if not set(args.formats) <= set(FORMATS) or args.repeat < 1 or args.files < 1:
         p.error("--formats takes json and/or parquet; --repeat and --files must be >= 1")
@@ -549,6 +561,22 @@ def arcoforge_ready(python: Path) -> str | None:
         [str(python), "-c", probe], capture_output=True, text=True, env=_env(python), cwd=WORK
     )
     return None if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1]
+
+
+def arcoforge_source(python: Path) -> str:
+    """Which arcoforge ``python`` imports: its work tree, commit and whether it is modified."""
+    probe = "import arcoforge, os; print(os.path.dirname(os.path.dirname(arcoforge.__file__)))"
+    proc = subprocess.run(
+        [str(python), "-c", probe], capture_output=True, text=True, env=_env(python), cwd=WORK
+    )
+    where = proc.stdout.strip()
+    git = ["git", "-C", where]
+    head = subprocess.run([*git, "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return where
+    text = f"{where} at {head.stdout.strip()[:90]}"
+    return text + (" (plus uncommitted changes)" if dirty.stdout.strip() else "")
 
 
 def run_round(
@@ -613,6 +641,7 @@ def main(argv=None) -> int:
             log(f"arcoforge has no virtual-references API here ({skipped}); running the peers")
             args.keys.remove("arcoforge")
 
+    source = arcoforge_source(pythons["arcoforge"]) if "arcoforge" in args.keys else None
     runs: dict[tuple[str, str], list[RunResult]] = {}
     for rep in range(args.repeat):
         for k, res in run_round(rep, args, archive, pythons).items():
@@ -621,6 +650,8 @@ def main(argv=None) -> int:
     table, targets = render(rows, args, archive)
     if skipped:
         table += f"\narcoforge was not measured: {skipped}\n"
+    if source:
+        table += f"\narcoforge measured: {source}.\n"
     print(table)
     (BENCH / "results-virtual.md").write_text(table)
     _write_json(args, archive, rows, targets)
