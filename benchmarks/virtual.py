@@ -455,7 +455,7 @@ def _details(rows: list[Row]) -> list[str]:
         out.append(
             f"- {row.key} {row.fmt}: {version}; CPU {cpu:.1f} s; peak PSS {pss / MB:.0f} MB; "
             f"up to {max(r.max_processes for r in row.runs)} processes; "
-            f"{row.runs[0].verify.get('references', 0):,} references verified"
+            f"{row.runs[0].verify.get('references', 0):,} references verified" + _phases(row)
         )
     busy = [
         f"{row.key} {row.fmt} ({r.foreign_cpu_share:.0%})"
@@ -470,6 +470,16 @@ def _details(rows: list[Row]) -> list[str]:
             + "; those timings are inflated."
         )
     return out
+
+
+def _phases(row: Row) -> str:
+    """'; phases (median s): scan 26.3, ...' from what the contestants report."""
+    runs = [r.notes.get("phases") for r in row.runs if r.notes and r.notes.get("phases")]
+    if not runs:
+        return ""
+    keys = [k for k in runs[0] if all(k in p for p in runs)]
+    text = ", ".join(f"{k} {statistics.median(p[k] for p in runs):.2f}" for k in keys)
+    return f"; phases (median s): {text}"
 
 
 def evaluate_targets(rows: list[Row], formats: list[str]) -> list[dict]:
@@ -564,12 +574,16 @@ def arcoforge_ready(python: Path) -> str | None:
 
 
 def arcoforge_source(python: Path) -> str:
-    """Which arcoforge ``python`` imports: its work tree, commit and whether it is modified."""
+    """Which arcoforge ``python`` imports: its work tree, commit and whether it is modified
+    (or, for a copy made with ``git archive``, the commit its SNAPSHOT file names)."""
     probe = "import arcoforge, os; print(os.path.dirname(os.path.dirname(arcoforge.__file__)))"
     proc = subprocess.run(
         [str(python), "-c", probe], capture_output=True, text=True, env=_env(python), cwd=WORK
     )
     where = proc.stdout.strip()
+    snapshot = Path(where) / "SNAPSHOT"  # a `git archive` copy, with the commit it holds
+    if snapshot.is_file():
+        return f"{where}, a snapshot of {snapshot.read_text().strip()}"
     git = ["git", "-C", where]
     head = subprocess.run([*git, "log", "-1", "--format=%h %s"], capture_output=True, text=True)
     dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)
@@ -646,16 +660,26 @@ def main(argv=None) -> int:
     for rep in range(args.repeat):
         for k, res in run_round(rep, args, archive, pythons).items():
             runs.setdefault(k, []).append(res)
-    rows = _rows(runs, args, skipped)
+        rows = _rows(runs, args, skipped)  # written after every round: a long run keeps
+        table = report(rows, args, archive, skipped, source, rep + 1)  # what it has measured
+    print(table)
+    return 0 if all(r.ok for r in rows) else 1
+
+
+def report(rows, args, archive, skipped, source, rounds: int) -> str:
+    """Render, write results-virtual.md and .work/results-virtual.json; the table."""
     table, targets = render(rows, args, archive)
+    if rounds < args.repeat:
+        table = table.replace(
+            f"median of {args.repeat} run(s)", f"median of {rounds} of {args.repeat} run(s) so far"
+        )
     if skipped:
         table += f"\narcoforge was not measured: {skipped}\n"
     if source:
         table += f"\narcoforge measured: {source}.\n"
-    print(table)
     (BENCH / "results-virtual.md").write_text(table)
     _write_json(args, archive, rows, targets)
-    return 0 if all(r.ok for r in rows) else 1
+    return table
 
 
 def _rows(runs: dict, args: argparse.Namespace, skipped: str | None) -> list[Row]:

@@ -55,6 +55,7 @@ def main() -> None:
         output=str(args.out / "ref" / name),
         arcoforge=getattr(arcoforge, "__version__", "?"),
         bake_result=repr(result)[:2000],
+        phases={k: round(v, 2) for k, v in (getattr(result, "stage_seconds", None) or {}).items()},
     )
 
 

@@ -58,10 +58,16 @@ def main() -> None:
     paths = [str(p) for p in args.paths]
     output = str(args.out / f"reference.{args.format}")
     with Timer() as t:
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        with Timer() as t_scan, ProcessPoolExecutor(max_workers=args.workers) as pool:
             refs = list(pool.map(scan, paths, chunksize=16))
         combine(refs, output, args.format)
-    write_result(args.result, t.seconds, output=output, kerchunk=kerchunk.__version__)
+    phases = {
+        "scan": round(t_scan.seconds, 2),
+        "combine+write": round(t.seconds - t_scan.seconds, 2),
+    }
+    write_result(
+        args.result, t.seconds, output=output, kerchunk=kerchunk.__version__, phases=phases
+    )
 
 
 if __name__ == "__main__":

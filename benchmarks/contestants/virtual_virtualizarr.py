@@ -45,18 +45,26 @@ def main() -> None:
     output = str(args.out / f"reference.{args.format}")
     with Timer() as t:
         make_executor = get_executor(parallel=ProcessPoolExecutor)
-        with make_executor(max_workers=args.workers) as pool:
+        with Timer() as t_open, make_executor(max_workers=args.workers) as pool:
             datasets = list(pool.map(open_one, urls, chunksize=16))
-        combined = xr.concat(
-            datasets,
-            dim="time",
-            data_vars="all",
-            coords="minimal",
-            compat="override",
-            combine_attrs="override",
-        )
+        with Timer() as t_concat:
+            combined = xr.concat(
+                datasets,
+                dim="time",
+                data_vars="all",
+                coords="minimal",
+                compat="override",
+                combine_attrs="override",
+            )
         combined.vz.to_kerchunk(output, format=args.format)
-    write_result(args.result, t.seconds, output=output, virtualizarr=virtualizarr.__version__)
+    phases = {
+        "open": round(t_open.seconds, 2),
+        "concat": round(t_concat.seconds, 2),
+        "write": round(t.seconds - t_open.seconds - t_concat.seconds, 2),
+    }
+    write_result(
+        args.result, t.seconds, output=output, virtualizarr=virtualizarr.__version__, phases=phases
+    )
 
 
 if __name__ == "__main__":
