@@ -385,20 +385,19 @@ def _find(rows: list[Row], key: str, fmt: str) -> Row | None:
     return next((r for r in rows if r.key == key and r.fmt == fmt and r.ok), None)
 
 
-def _row_line(row: Row, base: Row | None, full: Row | None) -> str:
+def _row_line(row: Row, base: Row | None) -> str:
     if not row.ok:
         reason = next((r.error for r in row.runs if r.error), "did not run") or ""
-        return f"| {row.label} | {row.fmt} | failed: {reason[:150].replace('|', '/')} | | | | | |"
-    secs, rss = row.median("seconds"), row.median("peak_rss")
-    if row.key.endswith("-append"):
-        ratio = f"append / full build: {run._fmt(run._ratio(secs, full and full.median('seconds')), '.3f')}"
-        rss_ratio = run._fmt(run._ratio(rss, full and full.median("peak_rss")), ".2f", "x")
-    else:
-        ratio = run._fmt(run._ratio(secs, base and base.median("seconds")), ".2f", "x")
-        rss_ratio = run._fmt(run._ratio(rss, base and base.median("peak_rss")), ".2f", "x")
+        return f"| {row.label} | {row.fmt} | failed: {reason[:150].replace('|', '/')} |" + " |" * 7
+    values = {a: row.median(a) for a in ("seconds", "cpu_seconds", "peak_rss")}
+    ratios = {a: run._ratio(v, base and base.median(a)) for a, v in values.items()}
+    cells = [run._fmt(r, ".2f", "x") for r in ratios.values()]
+    if row.key.endswith("-append"):  # compared with the full build it appends to
+        cells[0] = f"append / full build: {run._fmt(ratios['seconds'], '.3f')}"
     return (
-        f"| {row.label} | {row.fmt} | {secs:.2f} | {row.median('process_seconds'):.2f} | "
-        f"{rss / MB:.0f} | {row.median('output_bytes') / MB:.2f} | {ratio} | {rss_ratio} |"
+        f"| {row.label} | {row.fmt} | {values['seconds']:.2f} | {values['cpu_seconds']:.1f} | "
+        f"{row.median('process_seconds'):.2f} | {values['peak_rss'] / MB:.0f} | "
+        f"{row.median('output_bytes') / MB:.2f} | " + " | ".join(cells) + " |"
     )
 
 
@@ -416,19 +415,21 @@ def render(rows: list[Row], args: argparse.Namespace, archive: VArchive) -> tupl
         "opened through fsspec's reference filesystem with xarray and checked against the "
         "sources.",
         "",
-        "| contestant | format | wall s | process s | peak RSS MB | output MB "
-        "| time ratio vs arcoforge | RSS ratio vs arcoforge |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| contestant | format | wall s | CPU s | process s | peak RSS MB | output MB "
+        "| time ratio vs arcoforge | CPU ratio | RSS ratio |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         base = _find(rows, "arcoforge", row.fmt)
-        lines.append(_row_line(row, base, base))
+        lines.append(_row_line(row, base))
     lines += [
         "",
         "wall s: the contestant's timed section, from building the recipe/pool to the "
         "reference file(s) written (interpreter start-up and imports excluded); process s: the "
         "whole subprocess. peak RSS: sum over the contestant's process tree (its workers "
-        f"included), polled every {run.POLL_SECONDS * 1000:.0f} ms. Ratios: contestant / "
+        f"included), polled every {run.POLL_SECONDS * 1000:.0f} ms. CPU s: user + system "
+        "seconds of the contestant's processes (less sensitive than wall s to other "
+        "processes on the machine). Ratios: contestant / "
         "arcoforge in the same format (a time ratio of 3 means arcoforge is 3x faster); the "
         "append row is compared with arcoforge's full build.",
         "",
@@ -549,6 +550,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"as in run.py ({run.QUIET_WAIT:.0f} s; 5 s below 200 files, for quick checks)",
     )
     p.add_argument("--keep-output", action="store_true", help="keep the outputs in .work/out")
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="run nothing: render the table again from .work/results-virtual.json",
+    )
     args = p.parse_args(argv)
     small = args.files < 200  # a quick check: do not wait for a quiet machine
     if args.busy_retries is None:
@@ -641,6 +647,9 @@ def _append(full: RunResult, out: Path, tag: str, fmt: str, args, archive, pytho
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        print(rerender(args))
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     WORK.mkdir(parents=True, exist_ok=True)
     pythons = {k: Path(sys.executable) for k in ALL}
@@ -678,8 +687,28 @@ def report(rows, args, archive, skipped, source, rounds: int) -> str:
     if source:
         table += f"\narcoforge measured: {source}.\n"
     (BENCH / "results-virtual.md").write_text(table)
-    _write_json(args, archive, rows, targets)
+    _write_json(args, archive, rows, targets, {"skipped": skipped, "source": source})
     return table
+
+
+def rerender(args: argparse.Namespace) -> str:
+    """The table of the last run, rendered again from its JSON (and written again)."""
+    data = json.loads((WORK / "results-virtual.json").read_text())
+    fields = {f.name for f in dataclasses.fields(RunResult)}
+    runs = {
+        (r["key"], r["format"]): [
+            RunResult(**{k: v for k, v in x.items() if k in fields}) for x in r["runs"]
+        ]
+        for r in data["rows"]
+    }
+    args.formats = list(dict.fromkeys(r["format"] for r in data["rows"]))
+    args.repeat = int(data["args"]["repeat"])
+    files = data["archive"]["files"]
+    paths = [Path()] * (files + APPEND_FILES)
+    archive = VArchive(files, paths, Path(), Path(), Path(), data["archive"]["bytes"])
+    skipped, source = data.get("arcoforge_skipped"), data.get("arcoforge_source")
+    rounds = min(len(v) for v in runs.values())
+    return report(_rows(runs, args, skipped), args, archive, skipped, source, rounds)
 
 
 def _rows(runs: dict, args: argparse.Namespace, skipped: str | None) -> list[Row]:
@@ -696,8 +725,10 @@ def _rows(runs: dict, args: argparse.Namespace, skipped: str | None) -> list[Row
     return rows
 
 
-def _write_json(args, archive: VArchive, rows: list[Row], targets: list) -> None:
+def _write_json(args, archive: VArchive, rows: list[Row], targets: list, arcoforge: dict) -> None:
     payload = {
+        "arcoforge_source": arcoforge["source"],
+        "arcoforge_skipped": arcoforge["skipped"],
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "args": {k: str(v) for k, v in vars(args).items()},
