@@ -266,11 +266,86 @@ def wait_for_quiet(max_wait: float) -> None:
             return
 
 
+def measure(
+    key: str,
+    cmd: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    result_path: Path,
+    timeout: float,
+    quiet_wait: float,
+) -> RunResult:
+    """Run ``cmd`` in its own session (cwd .work/) and poll its process tree's RSS, PSS and CPU
+    every POLL_SECONDS.  ``ok`` is True when it exited 0 and wrote ``result_path``; the caller
+    reads that file and verifies the output.  Used by every benchmark script of benchmarks/."""
+    import psutil
+
+    wait_for_quiet(quiet_wait)
+    peak = peak_pss = samples = max_procs = 0
+    poll_time = 0.0
+    cpu: dict[int, float] = {}
+    busy0 = _host_busy_seconds(psutil)
+    t0 = time.perf_counter()
+    with open(log_path, "wb") as fh:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(WORK),
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            while proc.poll() is None:
+                p0 = time.perf_counter()
+                rss, pss, n = _poll_session(psutil, proc.pid, cpu)
+                poll_time += time.perf_counter() - p0
+                peak, peak_pss = max(peak, rss), max(peak_pss, pss)
+                max_procs, samples = max(max_procs, n), samples + 1
+                if time.perf_counter() - t0 > timeout:
+                    timed_out = True
+                    break
+                time.sleep(max(0.0, POLL_SECONDS - (time.perf_counter() - p0)))
+            wall = time.perf_counter() - t0
+            busy = _host_busy_seconds(psutil) - busy0
+        finally:
+            # End whatever is left of the contestant's own session (the process group of the
+            # child this function started), also on Ctrl-C.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM if proc.returncode == 0 else signal.SIGKILL)
+            proc.wait()
+    res = RunResult(
+        key=key,
+        ok=False,
+        process_seconds=wall,
+        peak_rss=peak,
+        peak_pss=peak_pss,
+        max_processes=max_procs,
+        samples=samples,
+        mean_poll_ms=1000 * poll_time / max(samples, 1),
+        log=str(log_path),
+        cpu_seconds=sum(cpu.values()),
+        foreign_cpu_share=max(0.0, busy - sum(cpu.values())) / (wall * (os.cpu_count() or 1)),
+    )
+    if res.foreign_cpu_share > BUSY_WARN:
+        log(
+            f"WARNING: other processes used {res.foreign_cpu_share:.0%} of the CPUs while "
+            f"{key} ran; its numbers are inflated (use --repeat 3 and/or a quiet machine)"
+        )
+    if timed_out or proc.returncode != 0 or not result_path.exists():
+        why = f"timed out after {timeout:.0f} s" if timed_out else f"exit code {proc.returncode}"
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        res.error = why + ": " + " | ".join(line.strip() for line in tail)[-1500:]
+        log(f"{key} FAILED ({why}); log: {log_path}")
+        return res
+    res.ok = True
+    return res
+
+
 def run_contestant(
     c: Contestant, python: Path, archive: Archive, tag: str, args: argparse.Namespace
 ) -> RunResult:
-    import psutil
-
     out = WORK / "out" / f"{c.key}-{tag}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -299,67 +374,9 @@ def run_contestant(
         env.pop("PYTHONPATH", None)
         env["VIRTUAL_ENV"] = str(python.parent.parent)
 
-    wait_for_quiet(args.quiet_wait)
     log(f"running {c.key} on {archive.days} days ...")
-    peak = peak_pss = samples = max_procs = 0
-    poll_time = 0.0
-    cpu: dict[int, float] = {}
-    busy0 = _host_busy_seconds(psutil)
-    t0 = time.perf_counter()
-    with open(log_path, "wb") as fh:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=str(WORK),
-            start_new_session=True,
-        )
-        timed_out = False
-        try:
-            while proc.poll() is None:
-                p0 = time.perf_counter()
-                rss, pss, n = _poll_session(psutil, proc.pid, cpu)
-                poll_time += time.perf_counter() - p0
-                peak, peak_pss = max(peak, rss), max(peak_pss, pss)
-                max_procs, samples = max(max_procs, n), samples + 1
-                if time.perf_counter() - t0 > args.timeout:
-                    timed_out = True
-                    break
-                time.sleep(max(0.0, POLL_SECONDS - (time.perf_counter() - p0)))
-            wall = time.perf_counter() - t0
-            busy = _host_busy_seconds(psutil) - busy0
-        finally:
-            # End whatever is left of the contestant's own session (the process group of the
-            # child this function started), also on Ctrl-C.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM if proc.returncode == 0 else signal.SIGKILL)
-            proc.wait()
-    res = RunResult(
-        key=c.key,
-        ok=False,
-        process_seconds=wall,
-        peak_rss=peak,
-        peak_pss=peak_pss,
-        max_processes=max_procs,
-        samples=samples,
-        mean_poll_ms=1000 * poll_time / max(samples, 1),
-        log=str(log_path),
-        cpu_seconds=sum(cpu.values()),
-        foreign_cpu_share=max(0.0, busy - sum(cpu.values())) / (wall * (os.cpu_count() or 1)),
-    )
-    if res.foreign_cpu_share > BUSY_WARN:
-        log(
-            f"WARNING: other processes used {res.foreign_cpu_share:.0%} of the CPUs while "
-            f"{c.key} ran; its numbers are inflated (use --repeat 3 and/or a quiet machine)"
-        )
-    if timed_out or proc.returncode != 0 or not result_path.exists():
-        why = (
-            f"timed out after {args.timeout:.0f} s" if timed_out else f"exit code {proc.returncode}"
-        )
-        tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        res.error = why + ": " + " | ".join(line.strip() for line in tail)[-1500:]
-        log(f"{c.key} FAILED ({why}); log: {log_path}")
+    res = measure(c.key, cmd, env, log_path, result_path, args.timeout, args.quiet_wait)
+    if not res.ok:
         return res
     reported = json.loads(result_path.read_text())
     res.seconds = reported.pop("seconds")
@@ -375,8 +392,8 @@ def run_contestant(
     if not res.ok:
         res.error = "verification failed: " + "; ".join(res.verify["problems"])[:1500]
     log(
-        f"{c.key}: {res.seconds:.2f} s timed ({wall:.2f} s process), peak RSS "
-        f"{peak / MB:.0f} MB over {max_procs} processes, output {res.output_bytes / MB:.0f} MB, "
+        f"{c.key}: {res.seconds:.2f} s timed ({res.process_seconds:.2f} s process), peak RSS "
+        f"{res.peak_rss / MB:.0f} MB over {res.max_processes} processes, output {res.output_bytes / MB:.0f} MB, "
         f"verify {'ok' if res.ok else 'FAILED'}"
     )
     return res

@@ -18,13 +18,16 @@ import time
 from pathlib import Path
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(extra=None) -> argparse.Namespace:
+    """The common arguments; ``extra(parser)`` may add a script's own."""
     p = argparse.ArgumentParser()
     p.add_argument("--paths-file", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--result", required=True, type=Path)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--engine", default="local", help="arcoforge's engine (arcoforge only)")
+    if extra is not None:
+        extra(p)
     args = p.parse_args()
     args.paths = [Path(line) for line in args.paths_file.read_text().split() if line]
     return args
