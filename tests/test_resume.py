@@ -30,18 +30,25 @@ SCRIPT = textwrap.dedent(
 
     src, target, counter = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     kill_at, pause = int(sys.argv[4]), float(sys.argv[5])
+    urls = sorted(str(p) for p in Path(src).glob("*.nc"))
+    done = Path(target) / ".out.zarr.arcoforge" / "staging" / "done"
+
+    def due(calls):
+        # from call kill_at on: at once in the scan; in the write, once a task is done
+        if not kill_at or calls < kill_at:
+            return False
+        return calls <= len(urls) or (done.exists() and any(done.iterdir()))
 
     def count_calls(ds):
         fd = os.open(counter, os.O_CREAT | os.O_APPEND | os.O_WRONLY)
         os.write(fd, b"x")
         calls = os.lseek(fd, 0, os.SEEK_CUR)
         os.close(fd)
-        if calls == kill_at:
+        if due(calls):
             os.killpg(0, signal.SIGKILL)
         time.sleep(pause)
         return ds
 
-    urls = sorted(str(p) for p in Path(src).glob("*.nc"))
     recipe = (
         pattern_from_file_sequence(urls, "time", nitems_per_file=1)
         | OpenWithXarray()
