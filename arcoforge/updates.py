@@ -161,19 +161,9 @@ def plan_append(plan: Plan) -> Plan:
     if len(plan.concat_dims) != 1:
         raise AppendError("appending works along one concat dim; this pattern has several")
     dim = plan.concat_dims[0]
-    held = set(published["inputs"])
-    gone = held - {i.url for i in plan.inputs}
-    if gone:
-        raise AppendError(f"cannot append: {plan.url} holds {min(gone)}, which the recipe lacks")
-    new = [i for i in plan.inputs if i.url not in held]
+    new = new_inputs(plan, published, dim)
     if not new:
-        if published["fingerprint"] == plan.fingerprint:
-            return plan
-        raise AppendError(
-            f"nothing to append to {plan.url}, but its inputs were in another order; "
-            "bake it afresh with --force"
-        )
-    _check_order(plan, new, held, dim)
+        return plan
     first = min(i.pos(dim) for i in new)
     return AppendPlan(
         **_fields(plan, inputs=[_moved(i, dim, -first) for i in new]),
@@ -263,6 +253,25 @@ def _check_steps(store: xr.Dataset, new: DatasetSchema, inputs, dim: str, counts
                 "store has for it"
             )
         start += n
+
+
+def new_inputs(plan: Plan, published: dict, dim: str) -> list[Input]:
+    """The recipe's inputs that the published store lacks, checked to follow the ones it
+    holds along ``dim``; none when the store is up to date."""
+    held = set(published["inputs"])
+    gone = held - {i.url for i in plan.inputs}
+    if gone:
+        raise AppendError(f"cannot append: {plan.url} holds {min(gone)}, which the recipe lacks")
+    new = [i for i in plan.inputs if i.url not in held]
+    if not new:
+        if published["fingerprint"] == plan.fingerprint:
+            return []
+        raise AppendError(
+            f"nothing to append to {plan.url}, but its inputs were in another order; "
+            "bake it afresh with --force"
+        )
+    _check_order(plan, new, held, dim)
+    return new
 
 
 def _check_order(plan: Plan, new: list[Input], held: set[str], dim: str) -> None:

@@ -273,26 +273,16 @@ def plan_reference_append(plan: ReferencePlan) -> ReferencePlan:
     """The plan that adds to ``plan``'s references the pattern's inputs they lack."""
     from dataclasses import fields
 
-    from ..updates import _check_order, _published
+    from ..updates import _published, new_inputs
 
     published = _published(plan, "append to")
     if published is None:
         return plan
     if plan.dim is None or plan.merge_dim:
         raise AppendError("appending references works along one concat dim, without merge dims")
-    held_urls = set(published["inputs"])
-    gone = held_urls - {i.url for i in plan.inputs}
-    if gone:
-        raise AppendError(f"cannot append: {plan.url} holds {min(gone)}, which the recipe lacks")
-    new = [i for i in plan.inputs if i.url not in held_urls]
+    new = new_inputs(plan, published, plan.dim)
     if not new:
-        if published["fingerprint"] == plan.fingerprint:
-            return plan
-        raise AppendError(
-            f"nothing to append to {plan.url}, but its inputs were in another order; "
-            "bake it afresh with --force"
-        )
-    _check_order(plan, new, held_urls, plan.dim)
+        return plan
     held = _held(plan, published)
     kept = {f.name: getattr(plan, f.name) for f in fields(plan)}
     return replace(ReferencePlan(**kept), inputs=new, held=held, published=published)
