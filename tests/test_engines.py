@@ -5,6 +5,7 @@ DirectRunner in multi_processing mode."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ from arcoforge.errors import ArcoforgeError, SourceError
 from arcoforge.progress import Reporter
 from arcoforge.templates import write_feedstock
 from arcoforge.testing.archives import write_corrupt_file, write_oisst_archive
-from arcoforge.testing.engines import KillWorkerOnce, SparkStandalone
+from arcoforge.testing.engines import KillWorker, SparkStandalone
+from arcoforge.testing.httpserver import Faults, FileServer
 from tests.conftest import assert_same_as_sources, simple_recipe
 
 pytestmark = pytest.mark.timeout(600)
@@ -95,7 +97,9 @@ def engines(dask_scheduler: str, spark_master: str) -> dict[str, tuple[str, dict
 
 
 def cluster_engine(request, label: str) -> tuple[str, dict]:
-    """The engine ``label`` of :func:`engines`, starting only the cluster it needs."""
+    """The engine ``label`` of :func:`engines` (or local), starting only the cluster it needs."""
+    if label == "local":
+        return "local", {}
     dask = request.getfixturevalue("dask_scheduler") if label == "dask" else ""
     spark = request.getfixturevalue("spark_master") if label == "spark-standalone" else ""
     return engines(dask, spark)[label]
@@ -140,7 +144,7 @@ def killing_recipe(archive, folder: Path) -> tuple:
     """A recipe whose preprocessing kills the worker running it, once, in the write stage
     (8 scan calls, then one more on a worker: the template or the first write)."""
     folder.mkdir()
-    kill = KillWorkerOnce(str(folder), after=10)
+    kill = KillWorker(str(folder), after=10)
     pattern = pattern_from_file_sequence([str(p) for p in archive], "time", nitems_per_file=1)
     recipe = pattern | OpenWithXarray() | kill | StoreToZarr("out.zarr", target_chunks={"time": 3})
     return recipe, kill
@@ -162,6 +166,18 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_bytes_are_the_same(
         assert any(e[0] == "pipeline_retry" for e in reporter.events)
 
 
+def test_beam_stops_retrying_a_pipeline_that_fails_the_same_way_twice(archive, tmp_path):
+    (tmp_path / "kill").mkdir()
+    kill = KillWorker(str(tmp_path / "kill"), after=10, every=True)  # every write task
+    pattern = pattern_from_file_sequence([str(p) for p in archive], "time", nitems_per_file=1)
+    recipe = pattern | OpenWithXarray() | kill | StoreToZarr("out.zarr", target_chunks={"time": 3})
+    reporter = Recorder()
+    with pytest.raises(ArcoforgeError, match=r"^beam pipeline failed 2 times: "):
+        bake(recipe, tmp_path / "out", engine="beam", workers=2, reporter=reporter)
+    assert [e[1]["attempt"] for e in reporter.events if e[0] == "pipeline_retry"] == [1]
+    assert not (tmp_path / "out" / "out.zarr").exists()
+
+
 @pytest.mark.parametrize("label", ["dask", "spark-standalone", "beam"])
 def test_a_task_error_names_the_input(request, archive, tmp_path, label):
     broken = write_corrupt_file(tmp_path / archive[3].name)
@@ -169,6 +185,33 @@ def test_a_task_error_names_the_input(request, archive, tmp_path, label):
     name, options = cluster_engine(request, label)
     with pytest.raises(SourceError, match=archive[3].name):
         bake(simple_recipe(paths), tmp_path / "out", engine=name, engine_options=options, workers=2)
+
+
+@pytest.mark.parametrize("label", ["local", "dask", "spark-standalone", "beam"])
+def test_worker_log_lines_reach_the_driver_naming_the_task(
+    request, archive, tmp_path, caplog, label
+):
+    name, options = cluster_engine(request, label)
+    # the first attempt at each file fails (its HEAD, then GET, answer 503 or 500), so
+    # each scan retries it once
+    with FileServer(
+        archive[0].parent, faults=Faults(error_rate=1.0, max_faults_per_path=2)
+    ) as server:
+        urls = [f"{server.url}/{p.name}" for p in archive]
+        with caplog.at_level(logging.WARNING, logger="arcoforge"):
+            result = bake(
+                simple_recipe(urls),
+                tmp_path / "out",
+                engine=name,
+                engine_options=options,
+                workers=2,
+            )
+    assert_same_as_sources(result.url, archive)
+    retries = [r.getMessage() for r in caplog.records if "retry 1 of 5" in r.getMessage()]
+    for url in urls:
+        # logged by a worker, written here with the task that logged it
+        assert f"scan of {url}: {url}: HTTP 50" in "\n".join(retries), (url, retries)
+    assert len(retries) == len(urls), retries
 
 
 @pytest.mark.parametrize("name", ["dask", "spark", "beam"])

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import pickle
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ArcoforgeError
+from ..errors import ArcoforgeError, one_line
+from . import worklog
 
 if TYPE_CHECKING:
     from ..plan import BakeState, Plan
@@ -89,17 +91,19 @@ class Failed:
 
 
 def call(func: Callable[[Any], Any], item: Any) -> Any:
-    """``func(item)`` on a worker, or its error made fit to cross back to the driver."""
-    from .local import portable
-
-    try:
-        return func(item)
-    except Exception as exc:
-        return Failed(portable(exc))
+    """``func(item)`` on a worker, or its error made fit to cross back to the driver, with
+    the lines it logged (see :mod:`.worklog`)."""
+    with worklog.captured() as lines:
+        try:
+            result = func(item)
+        except Exception as exc:
+            result = Failed(portable(exc))
+    return worklog.with_lines(result, lines, task_label(item))
 
 
 def unwrap(result: Any) -> Any:
-    """A task's result, or its error raised here."""
+    """A task's result, or its error raised here; the lines it logged are logged here."""
+    result = worklog.replay(result)
     if isinstance(result, Failed):
         raise result.error
     return result
@@ -119,3 +123,13 @@ def get_engine(name: str = "local", **options: Any) -> Engine:
             ) from None
     engine = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
     return engine(**options)
+
+
+def portable(exc: Exception) -> Exception:
+    """``exc`` without its chain, or as a one-line error if it cannot cross processes."""
+    exc.__context__ = exc.__cause__ = None
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return ArcoforgeError(one_line(exc))
+    return exc

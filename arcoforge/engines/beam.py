@@ -7,7 +7,8 @@ that takes the stage's collected results as a side input and hands the new state
 next stage. The last step writes the final state beside the store, where the driver reads
 it. Task and reduce errors travel as :class:`Failed` values to that end, so the pipeline
 only fails when the runner does (a worker died, say); the engine then runs it again,
-and the bake resumes from what was recorded done.
+and the bake resumes from what was recorded done. The lines tasks log travel with their
+results too, and are logged by the driver when the pipeline ends.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from .. import ledger as ledgers
 from ..errors import ArcoforgeError
 from ..plan import BakeState, Plan
 from ..progress import Reporter
-from .base import Engine, Failed, call
+from .base import Engine, Failed, call, portable
+from .worklog import Logged, replay
 
 LOCAL_RUNNERS = ("DirectRunner", "PrismRunner")
 # threads of the DirectRunner that die with a worker (their error is the pipeline's)
@@ -41,7 +43,8 @@ WORKER_THREADS = ("run_worker", "read_grpc_client_inputs", "beam_control_read")
 class BeamEngine(Engine):
     """Run plans as one Beam pipeline on ``runner`` with pipeline ``options`` (the
     DirectRunner: ``workers`` processes in multi_processing mode). A pipeline that fails
-    is run again, up to ``attempts`` times in all."""
+    is run again, up to ``attempts`` times in all, unless it failed the same way twice in
+    a row (not a passing fault, then)."""
 
     name = "beam"
 
@@ -66,36 +69,52 @@ class BeamEngine(Engine):
         raise ArcoforgeError("the beam engine runs whole plans as one pipeline, not single maps")
 
     def run(self, plan: Plan, reporter: Reporter) -> tuple[BakeState, dict[str, float]]:
+        previous = None
         for attempt in range(1, self.attempts + 1):
             relay = Relay(reporter) if self.runner in LOCAL_RUNNERS else nullcontext()
-            try:
-                with relay, _quiet_worker_threads():
-                    state, timings, totals = self._run_once(plan, getattr(relay, "address", None))
-            except Exception as exc:
-                why = _last_line(exc)
-                if attempt == self.attempts:
-                    raise ArcoforgeError(f"beam pipeline failed {attempt} times: {why}") from None
-                reporter.event("pipeline_retry", engine=self.name, attempt=attempt, error=why)
-                continue
+            with relay, _quiet_worker_threads():
+                outcome = f"{plan.ledger.folder}/engine/{uuid.uuid4().hex}.pkl"
+                pipeline = self._pipeline(plan, getattr(relay, "address", None), outcome)
+                try:
+                    state, timings, totals, lines = _run(pipeline, outcome, plan)
+                except Exception as exc:
+                    why = _last_line(exc)
+                    if attempt == self.attempts or why == previous:
+                        raise ArcoforgeError(
+                            f"beam pipeline failed {attempt} times: {why}"
+                        ) from None
+                    reporter.event("pipeline_retry", engine=self.name, attempt=attempt, error=why)
+                    previous = why
+                    continue
             catch_up(reporter, plan, getattr(relay, "seen", {}), timings, totals)
+            replay(Logged(None, tuple(lines)))
             if isinstance(state, Failed):
                 raise state.error
             return state, timings
         raise AssertionError("unreachable")
 
-    def _run_once(self, plan: Plan, address: tuple | None) -> tuple:
-        outcome = f"{plan.ledger.folder}/engine/{uuid.uuid4().hex}.pkl"
-        pipeline = beam.Pipeline(options=PipelineOptions(runner=self.runner, **self.options))
-        build(pipeline, plan, address, outcome)
-        result = pipeline.run()
-        result.wait_until_finish()
-        options = plan.target.storage_options
-        data = ledgers.get(outcome, options)
-        if data is None:
-            raise ArcoforgeError(f"the pipeline ended in state {result.state} without a result")
-        fs, path = fsspec.core.url_to_fs(outcome, **(options or {}))
-        fs.rm(path)
-        return cloudpickle.loads(data)
+    def _pipeline(self, plan: Plan, address: tuple | None, outcome: str) -> beam.Pipeline:
+        """The bake's pipeline; an error here (a bad option, say) is not worth a retry."""
+        try:
+            options = PipelineOptions(flags=[], runner=self.runner, **self.options)
+            pipeline = beam.Pipeline(options=options)
+            build(pipeline, plan, address, outcome)
+        except Exception as exc:
+            raise ArcoforgeError(f"beam pipeline could not be built: {_last_line(exc)}") from None
+        return pipeline
+
+
+def _run(pipeline: beam.Pipeline, outcome: str, plan: Plan) -> tuple:
+    """Run ``pipeline`` to the end; the outcome it left at ``outcome``."""
+    result = pipeline.run()
+    result.wait_until_finish()
+    options = plan.target.storage_options
+    data = ledgers.get(outcome, options)
+    if data is None:
+        raise ArcoforgeError(f"the pipeline ended in state {result.state} without a result")
+    fs, path = fsspec.core.url_to_fs(outcome, **(options or {}))
+    fs.rm(path)
+    return cloudpickle.loads(data)
 
 
 @contextmanager
@@ -117,7 +136,7 @@ def _quiet_worker_threads() -> Iterator[None]:
 def build(pipeline: beam.Pipeline, plan: Plan, address: tuple | None, outcome: str) -> None:
     """Add the steps of every stage of ``plan`` to ``pipeline``."""
     payload = cloudpickle.dumps(plan)
-    carried = pipeline | "start" >> beam.Create([cloudpickle.dumps((BakeState(), {}, {}, 0.0))])
+    carried = pipeline | "start" >> beam.Create([cloudpickle.dumps((BakeState(), {}, {}, 0.0, []))])
     for index, stage in enumerate(plan.stages):
         step = dict(payload=payload, index=index, address=address)
         out = carried | f"{stage.name}: items" >> beam.ParDo(Items(**step)).with_outputs(
@@ -139,8 +158,8 @@ def build(pipeline: beam.Pipeline, plan: Plan, address: tuple | None, outcome: s
 
 
 def _save(carried: bytes, url: str, storage_options: dict | None) -> None:
-    state, timings, totals, _ = cloudpickle.loads(carried)
-    ledgers.put(url, cloudpickle.dumps((state, timings, totals)), storage_options)
+    state, timings, totals, _, lines = cloudpickle.loads(carried)
+    ledgers.put(url, cloudpickle.dumps((state, timings, totals, lines)), storage_options)
 
 
 class _Step(beam.DoFn):
@@ -167,14 +186,14 @@ class Items(_Step):
     """The stage's tasks, computed from the state; the state goes on to the reduce."""
 
     def process(self, carried: bytes):
-        state, timings, totals, _ = cloudpickle.loads(carried)
+        state, timings, totals, _, lines = cloudpickle.loads(carried)
         started = time.time()
         items = [] if isinstance(state, Failed) else self.stage.items(state)
         self.tell("started", self.stage.name, len(items), self.stage.description)
         for item in items:
             yield cloudpickle.dumps(item)
         yield beam.pvalue.TaggedOutput(
-            "state", cloudpickle.dumps((state, timings, totals, started))
+            "state", cloudpickle.dumps((state, timings, totals, started, lines))
         )
 
 
@@ -192,20 +211,23 @@ class Reduce(_Step):
     """The stage's reduce, on the one element that carries the state."""
 
     def process(self, carried: bytes, results: list[bytes]):
-        state, timings, totals, started = cloudpickle.loads(carried)
-        values = [cloudpickle.loads(r) for r in results]
+        state, timings, totals, started, lines = cloudpickle.loads(carried)
+        values = []
+        for result in map(cloudpickle.loads, results):
+            if isinstance(result, Logged):
+                lines.extend(result.lines)
+                result = result.result
+            values.append(result)
         failed = next((v for v in values if isinstance(v, Failed)), None)
         if not isinstance(state, Failed):
             state = failed or _reduced(self.stage.reduce, state, values)
         name = self.stage.name
         timings[name], totals[name] = time.time() - started, len(values)
         self.tell("done", name, timings[name])
-        yield cloudpickle.dumps((state, timings, totals, started))
+        yield cloudpickle.dumps((state, timings, totals, started, lines))
 
 
 def _reduced(reduce: Callable, state: BakeState, values: list) -> BakeState | Failed:
-    from .local import portable
-
     try:
         reduce(state, values)
     except Exception as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import pickle
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -14,8 +13,8 @@ from typing import Any
 
 import cloudpickle
 
-from ..errors import ArcoforgeError, one_line
-from .base import Engine, task_label
+from ..errors import ArcoforgeError
+from .base import Engine, call, task_label, unwrap
 
 log = logging.getLogger("arcoforge")
 
@@ -51,7 +50,7 @@ class LocalEngine(Engine):
                 broken = [f for f in done if isinstance(f.exception(), BrokenProcessPool)]
                 for future in done.difference(broken):
                     del running[future]
-                    yield future.result()
+                    yield unwrap(future.result())
                 if broken:
                     suspects.extend(sorted(running.values()))
                     self._recover(running, deaths, items)
@@ -115,18 +114,4 @@ class LocalEngine(Engine):
 
 
 def _call(payload: bytes) -> Any:
-    func, item = cloudpickle.loads(payload)
-    try:
-        return func(item)
-    except Exception as exc:
-        raise portable(exc) from None
-
-
-def portable(exc: Exception) -> Exception:
-    """``exc`` without its chain, or as a one-line error if it cannot cross processes."""
-    exc.__context__ = exc.__cause__ = None
-    try:
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        return ArcoforgeError(one_line(exc))
-    return exc
+    return call(*cloudpickle.loads(payload))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import random
 import time
@@ -19,6 +20,7 @@ from .cache import Cache, file_sha256
 from .limits import host_slot
 
 _LOCAL = ("", "file", "local")
+log = logging.getLogger("arcoforge")
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,10 @@ def _download(url: str, cache: Cache, config: FetchConfig) -> Path:
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
                 raise SourceError(config.redact(f"{url}: {_describe(exc)}{tries}")) from None
             attempt += 1
-            delay = config.retry_delay * 2 ** (attempt - 1)
-            time.sleep(min(delay, 30.0) * (0.5 + random.random()))
+            delay = min(config.retry_delay * 2 ** (attempt - 1), 30.0) * (0.5 + random.random())
+            why = config.redact(f"{url}: {_describe(exc)}")
+            log.warning("%s; retry %d of %d in %.1f s", why, attempt, config.retries, delay)
+            time.sleep(delay)
 
 
 def _get(url: str, tmp: Path, config: FetchConfig) -> str:

@@ -20,21 +20,23 @@ PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
-class KillWorkerOnce:
-    """A preprocessing step that SIGKILLs the worker process it runs in, once: at its
-    ``after``-th call outside the driver (calls counted in files under ``folder``)."""
+class KillWorker:
+    """A preprocessing step that SIGKILLs the worker process it runs in: at its
+    ``after``-th call outside the driver, once (or, with ``every``, at that call and every
+    one after it). Calls are counted in files under ``folder``."""
 
     folder: str
     after: int = 1
+    every: bool = False
     driver: int = field(default_factory=os.getpid)
-    __name__ = "kill_worker_once"
+    __name__ = "kill_worker"
 
     def __call__(self, ds: xr.Dataset) -> xr.Dataset:
         if os.getpid() != self.driver:
             calls = Path(self.folder, "calls")
             with calls.open("a") as fh:
                 fh.write(".")
-            if calls.stat().st_size >= self.after and self._first():
+            if calls.stat().st_size >= self.after and (self._first() or self.every):
                 os.kill(os.getpid(), signal.SIGKILL)
         return ds
 
