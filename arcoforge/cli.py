@@ -113,7 +113,7 @@ def bake(
     from .config import read_config
     from .feedstock import load_recipes
     from .plan import make_plan
-    from .progress import JsonReporter, RichReporter
+    from .progress import JsonReporter, RichReporter, logs_to
     from .runs import RunContext
     from .summary import describe_plan, render_plan, render_result, result_dict
 
@@ -147,21 +147,22 @@ def bake(
             continue
         reporter = JsonReporter() if as_json else RichReporter(_console(stderr=True))
         try:
-            result = run_bake(
-                recipe,
-                target_root,
-                cache=cache or config.cache,
-                workers=workers,
-                prune=prune,
-                engine=engine,
-                engine_options=config.engine_options(engine),
-                reporter=reporter,
-                force=force,
-                append=append,
-                skip_failed=skip_failed or config.skip_failed,
-                retry_failed=retry_failed,
-                run=RunContext(rid, str(feedstock.resolve()), ("arcoforge", *sys.argv[1:])),
-            )
+            with logs_to(reporter):
+                result = run_bake(
+                    recipe,
+                    target_root,
+                    cache=cache or config.cache,
+                    workers=workers,
+                    prune=prune,
+                    engine=engine,
+                    engine_options=config.engine_options(engine),
+                    reporter=reporter,
+                    force=force,
+                    append=append,
+                    skip_failed=skip_failed or config.skip_failed,
+                    retry_failed=retry_failed,
+                    run=RunContext(rid, str(feedstock.resolve()), ("arcoforge", *sys.argv[1:])),
+                )
         finally:
             reporter.close()
         _emit(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -78,5 +81,36 @@ class RichReporter(Reporter):
     def advanced(self, name: str) -> None:
         self.progress.advance(self.tasks[name])
 
+    def event(self, kind: str, **fields: Any) -> None:
+        if kind == "log":
+            style = "red" if fields["level"] in ("ERROR", "CRITICAL") else "yellow"
+            level = f"[{style}]{fields['level'].lower()}[/{style}]"
+            self.progress.console.print(
+                f"{level}: {fields['message']}", markup=True, highlight=False
+            )
+
     def close(self) -> None:
         self.progress.stop()
+
+
+class _ToReporter(logging.Handler):
+    def __init__(self, reporter: Reporter):
+        super().__init__(logging.WARNING)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reporter.event("log", level=record.levelname, message=record.getMessage())
+
+
+@contextmanager
+def logs_to(reporter: Reporter) -> Iterator[None]:
+    """Inside, arcoforge's log lines (the workers' too) are ``reporter`` events, printed
+    above the bars or written as JSON lines, instead of bare lines on stderr."""
+    logger, handler = logging.getLogger("arcoforge"), _ToReporter(reporter)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate

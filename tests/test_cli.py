@@ -16,6 +16,7 @@ import yaml
 from conftest import assert_same_as_sources
 
 from arcoforge.runs import RUNS_FOLDER
+from arcoforge.testing.httpserver import Faults, FileServer
 
 TIMEOUT = 120
 NAME = "sst-feed"
@@ -134,6 +135,34 @@ def test_bake_prune_with_json_lines(feedstock, tmp_path):
     assert started["scan"] == 2
     done = {e["stage"]: e["done"] for e in events if e["event"] == "task_done"}
     assert all(done.get(stage, 0) == n for stage, n in started.items())
+
+
+def serve_inputs(feedstock: Path, server: FileServer) -> None:
+    """Point the feedstock's recipe at its sample data on ``server``."""
+    recipe = feedstock / "recipe.py"
+    local = '(HERE / "sample-data" / f"oisst-avhrr-v02r01.{time:%Y%m%d}.nc").as_uri()'
+    remote = f'f"{server.url}/oisst-avhrr-v02r01.{{time:%Y%m%d}}.nc"'
+    recipe.write_text(recipe.read_text().replace(local, remote))
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_worker_log_lines_are_shown_naming_the_task(feedstock, tmp_path, as_json):
+    # the first attempt at each input fails (HEAD, then GET, answer 500 or 503): one retry
+    faults = Faults(error_rate=1.0, max_faults_per_path=2)
+    with FileServer(feedstock / "sample-data", faults=faults) as server:
+        serve_inputs(feedstock, server)
+        args = ("bake", NAME, "--target-root", "out", "--prune", "3", "--workers", "2")
+        proc = ok(arcoforge(*args, *["--json"] * as_json, cwd=tmp_path))
+        urls = [f"{server.url}/{p.name}" for p in sources(feedstock)[:3]]
+    if as_json:
+        logs = [e for e in json_lines(proc.stdout) if e["event"] == "log"]
+        assert {e["level"] for e in logs} == {"WARNING"}
+        lines = [e["message"] for e in logs]
+    else:
+        lines = [line.removeprefix("warning: ") for line in proc.stderr.splitlines()]
+    for url in urls:  # logged by a worker, shown here with the task that logged it
+        assert sum(line.startswith(f"scan of {url}: HTTP 50") for line in lines) == 1
+    assert_same_as_sources(str(tmp_path / "out" / f"{NAME}.zarr"), sources(feedstock)[:3])
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(feedstock, tmp_path):

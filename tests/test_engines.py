@@ -210,7 +210,7 @@ def test_worker_log_lines_reach_the_driver_naming_the_task(
     retries = [r.getMessage() for r in caplog.records if "retry 1 of 5" in r.getMessage()]
     for url in urls:
         # logged by a worker, written here with the task that logged it
-        assert f"scan of {url}: {url}: HTTP 50" in "\n".join(retries), (url, retries)
+        assert f"scan of {url}: HTTP 50" in "\n".join(retries), (url, retries)
     assert len(retries) == len(urls), retries
 
 

@@ -67,7 +67,15 @@ def with_lines(result: Any, lines: list[tuple[int, str]], label: str) -> Any:
     if len(lines) > MAX_LINES:
         more = len(lines) - MAX_LINES
         lines = [*lines[:MAX_LINES], (logging.WARNING, f"... and {more} more log lines")]
-    return Logged(result, tuple((level, f"{label}: {text}") for level, text in lines))
+    return Logged(result, tuple((level, _named(text, label)) for level, text in lines))
+
+
+def _named(text: str, label: str) -> str:
+    """``text`` naming its task; ``scan of URL: why`` when it names the task's URL first."""
+    verb, _, subject = label.partition(" of ")
+    if subject and text.startswith(f"{subject}: "):
+        return f"{verb} of {text}"
+    return f"{label}: {text}"
 
 
 def replay(result: Any) -> Any:
