@@ -6,8 +6,10 @@ DirectRunner in multi_processing mode."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -212,6 +214,30 @@ def test_worker_log_lines_reach_the_driver_naming_the_task(
         # logged by a worker, written here with the task that logged it
         assert f"scan of {url}: HTTP 50" in "\n".join(retries), (url, retries)
     assert len(retries) == len(urls), retries
+
+
+def warn_of_odd_units(ds):
+    """A preprocessing step that warns, as xarray and recipes' own code do."""
+    warnings.warn("odd units in this file", UserWarning, stacklevel=1)
+    return ds
+
+
+def test_warnings_on_local_workers_are_logged_here_naming_the_task(archive, tmp_path, caplog):
+    pattern = pattern_from_file_sequence([str(p) for p in archive], "time", nitems_per_file=1)
+    recipe = pattern | OpenWithXarray() | warn_of_odd_units | StoreToZarr("out.zarr")
+    with caplog.at_level(logging.WARNING, logger="arcoforge"):
+        result = bake(recipe, tmp_path, workers=2)
+    assert_same_as_sources(result.url, archive)
+    lines = [r.getMessage() for r in caplog.records if r.name == "arcoforge"]
+    named = [line for line in lines if line.startswith("scan of ") and "odd units" in line]
+    assert named and all(str(archive[0].parent) in line for line in named), lines
+
+
+def test_dask_local_cluster_workers_keep_glibcs_malloc_trim_threshold():
+    # dask's default of 65536 made every large buffer a fresh memory map: writes 1.5x slower
+    with get_engine("dask", workers=2) as engine:
+        found = engine.client().run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert len(found) == 2 and set(found.values()) == {None}
 
 
 @pytest.mark.parametrize("name", ["dask", "spark", "beam"])
