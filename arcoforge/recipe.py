@@ -88,12 +88,35 @@ class OpenWithKerchunk(Step):
     Chunks smaller than ``inline_threshold`` bytes are copied into the references.
     ``storage_options`` open the inputs with fsspec; ``remote_protocol`` is written into
     the references for readers (by default, the inputs' own protocol).
+    ``kerchunk_open_kwargs={"filter": {"typeOfLevel": "isobaricInhPa"}}`` keeps only the
+    GRIB messages with those keys (cfgrib's ``filter_by_keys``), for files that mix levels.
     """
 
     file_type: str | None = None
     inline_threshold: int = 300
     storage_options: dict | None = None
     remote_protocol: str | None = None
+    kerchunk_open_kwargs: dict | None = None
+
+    def __post_init__(self):
+        unknown = sorted(set(self.kerchunk_open_kwargs or {}) - {"filter"})
+        if unknown:
+            raise RecipeError(
+                f"OpenWithKerchunk: kerchunk_open_kwargs {unknown} not understood "
+                "(known: 'filter', for GRIB)"
+            )
+
+    @property
+    def grib_filter(self) -> dict:
+        """The keys a GRIB message must have to be kept."""
+        return dict((self.kerchunk_open_kwargs or {}).get("filter") or {})
+
+    @property
+    def xarray_open_kwargs(self) -> dict:
+        """How inputs are opened to be compared with their references: with the filter."""
+        if not self.grib_filter:
+            return {}
+        return {"backend_kwargs": {"indexpath": "", "filter_by_keys": self.grib_filter}}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from arcoforge import ConcatDim, FilePattern, MergeDim, bake, pattern_from_file_sequence
-from arcoforge.errors import ArcoforgeError
+from arcoforge.errors import ArcoforgeError, RecipeError, SourceError
 from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import (
@@ -192,6 +192,30 @@ def test_grib(tmp_path, layout):
     result = bake(ref_recipe(paths, file_type="grib"), tmp_path / "out", workers=2)
     assert result.stats["validated_inputs"] == 2
     assert_matches_sources(result.url, paths, coords="different", **GRIB)
+
+
+def test_grib_filter_keeps_one_level_type_of_files_that_mix_them(tmp_path):
+    pytest.importorskip("cfgrib", reason="GRIB needs the [grib] extra")
+    # t at the surface and t on pressure levels: cfgrib cannot open them as one dataset
+    surface = write_grib_archive(tmp_path / "sfc", days=2, variables=("t",))
+    upper = write_grib_archive(tmp_path / "pl", days=2, variables=("t",), levels=(500, 850))
+    mixed = []
+    for sfc, pl in zip(surface, upper, strict=True):  # a GRIB file is its messages, end to end
+        mixed.append(tmp_path / "mixed" / sfc.name)
+        mixed[-1].parent.mkdir(exist_ok=True)
+        mixed[-1].write_bytes(sfc.read_bytes() + pl.read_bytes())
+    with pytest.raises(SourceError, match=r"mixed/analysis-2020010100\.grib2: cannot scan"):
+        bake(ref_recipe(mixed, file_type="grib"), tmp_path / "unfiltered")
+    pattern = pattern_from_file_sequence([str(p) for p in mixed], "time", file_type="grib")
+    for level, sources in (("isobaricInhPa", upper), ("surface", surface)):
+        opener = OpenWithKerchunk(kerchunk_open_kwargs={"filter": {"typeOfLevel": level}})
+        result = bake(pattern | opener | WriteCombinedReference(level), tmp_path / "out")
+        assert result.stats["validated_inputs"] == 2
+        out = assert_matches_sources(result.url, sources, coords="different", **GRIB)
+        assert list(out.data_vars) == ["t"]
+        assert ("isobaricInhPa" in out.t.dims) == (level == "isobaricInhPa")
+    with pytest.raises(RecipeError, match="kerchunk_open_kwargs \\['filter_by_keys'\\]"):
+        OpenWithKerchunk(kerchunk_open_kwargs={"filter_by_keys": {"typeOfLevel": "surface"}})
 
 
 def test_identical_dims_are_checked(tmp_path):

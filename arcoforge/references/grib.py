@@ -24,7 +24,7 @@ def scan_grib(url: str, config: ScanConfig) -> Manifest:
         if not isinstance(source, str):
             raise SourceError(f"{url}: GRIB inputs are scanned from local files only")
         ds = _structure(source, url, config)
-        messages = list(_messages(source))
+        messages = _messages(source, config.grib_filter or {})
     arrays = {}
     for name, var in ds.data_vars.items():
         arrays[name] = _variable(name, var, ds, messages, url)
@@ -41,10 +41,9 @@ def scan_grib(url: str, config: ScanConfig) -> Manifest:
 
 
 def _structure(path: str, url: str, config: ScanConfig) -> xr.Dataset:
+    backend = {"indexpath": "", "filter_by_keys": config.grib_filter or {}}
     try:
-        ds = xr.open_dataset(
-            path, engine="cfgrib", backend_kwargs={"indexpath": ""}, decode_timedelta=True
-        )
+        ds = xr.open_dataset(path, engine="cfgrib", backend_kwargs=backend, decode_timedelta=True)
     except ImportError:
         raise SourceError(f"{url}: GRIB needs cfgrib: pip install 'arcoforge[grib]'") from None
     for dim in config.concat_dims:
@@ -53,19 +52,20 @@ def _structure(path: str, url: str, config: ScanConfig) -> xr.Dataset:
     return ds
 
 
-def _messages(path: str) -> list[tuple[int, int, dict]]:
-    """Offset, length and keys of every message."""
+def _messages(path: str, wanted: dict) -> list[tuple[int, int, dict]]:
+    """Offset, length and keys of every message that has the ``wanted`` keys."""
     import eccodes
 
     found = []
     with open(path, "rb") as f:
         while (gid := eccodes.codes_grib_new_from_file(f)) is not None:
             try:
-                keys = {k: _get(eccodes, gid, k) for k in KEYS}
-                keys[str(keys["typeOfLevel"])] = keys["level"]
-                found.append((int(keys["offset"]), int(keys["totalLength"]), keys))
+                keys = {k: _get(eccodes, gid, k) for k in (*KEYS, *wanted)}
             finally:
                 eccodes.codes_release(gid)
+            if all(str(keys[k]) == str(v) for k, v in wanted.items()):
+                keys[str(keys["typeOfLevel"])] = keys["level"]
+                found.append((int(keys["offset"]), int(keys["totalLength"]), keys))
     return found
 
 

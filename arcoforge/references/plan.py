@@ -310,6 +310,8 @@ def make_reference_plan(
     if skip_failed:
         raise RecipeError("--skip-failed does not apply to references: every input is needed")
     writer, opener = recipe.writer, recipe.opener
+    if opener.grib_filter and recipe.file_type != "grib":
+        raise RecipeError(f"OpenWithKerchunk: a filter applies to GRIB, not {recipe.file_type}")
     dims = writer.concat_dims or tuple(d.name for d in recipe.pattern.concat_dims)
     url = store_location(target_root, writer)
     ledger = ledgers.Ledger(url)
@@ -329,6 +331,7 @@ def make_reference_plan(
             storage_options=opener.storage_options,
             remote_protocol=opener.remote_protocol,
             secrets=config.fetch.secrets,
+            grib_filter=opener.grib_filter or None,
         ),
         store=reference_store(target_root, writer, ledger.staging_store),
     )

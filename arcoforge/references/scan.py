@@ -26,6 +26,7 @@ class ScanConfig:
     storage_options: dict | None = None
     remote_protocol: str | None = None
     secrets: tuple[str, ...] = ()
+    grib_filter: dict | None = None
 
 
 @dataclass(frozen=True)
