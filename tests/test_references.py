@@ -171,6 +171,22 @@ def test_zarr_inputs(tmp_path, zarr_format):
     assert_matches_sources(result.url, stores, engine="zarr", consolidated=False)
 
 
+def test_sharded_zarr_v3_inputs(tmp_path):
+    ds = oisst_dataset(days=6, ny=18, nx=36)
+    stores = []
+    for i in range(2):
+        store = tmp_path / "src" / f"part{i}.zarr"
+        part = ds.isel(time=slice(3 * i, 3 * i + 3))
+        # 3 steps in shards of 2 x 18 x 36 holding chunks of 1 x 9 x 36: the second shard is
+        # cut by the array's end, its index marks the chunks beyond it as absent
+        inner = {"chunks": (1, 9, 36), "shards": (2, 18, 36)}
+        part.to_zarr(store, zarr_format=3, consolidated=False, encoding=dict.fromkeys(ds, inner))
+        stores.append(store)
+    result = bake(ref_recipe(stores, file_type="zarr"), tmp_path / "out")
+    assert result.stats["validated_inputs"] == 2
+    assert_matches_sources(result.url, stores, engine="zarr", consolidated=False)
+
+
 GRIB = {"engine": "cfgrib", "backend_kwargs": {"indexpath": ""}}
 
 

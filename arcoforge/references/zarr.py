@@ -1,5 +1,6 @@
-"""Scan a Zarr store (v2, or v3 without sharding) into a manifest: every stored chunk is
-a whole object, referenced with its size from one listing of the store."""
+"""Scan a Zarr store (v2 or v3) into a manifest: every stored chunk is a whole object,
+referenced with its size from one listing of the store; the chunks of a sharded v3 array
+are byte ranges of their shard, read from the shard's index."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def scan_zarr(url: str, config: ScanConfig) -> Manifest:
             coords[name] = array[...]
             arrays[name] = inline_array(coords[name], attrs)
             continue
-        arrays[name] = _locate(array, name, meta, attrs, sizes, paths, url)
+        if array.shards is None:
+            arrays[name] = _locate(array, name, meta, attrs, sizes, paths, url)
+        else:
+            arrays[name] = _locate_sharded(array, name, meta, attrs, sizes, paths, url, fs, root)
     return Manifest(paths, arrays, {k: json_value(v) for k, v in group.attrs.items()}, coords)
 
 
@@ -50,6 +54,49 @@ def _locate(array, name, meta, attrs, sizes, paths, url) -> ArrayRefs:
             lengths[index] = sizes[key]
             paths.append(f"{url.rstrip('/')}/{key}")
     return ArrayRefs(meta, attrs, files, np.zeros(grid, dtype=np.uint64), lengths)
+
+
+def _locate_sharded(array, name, meta, attrs, sizes, paths, url, fs, root) -> ArrayRefs:
+    """Each inner chunk of each stored shard, as the byte range its index gives."""
+    shards = array.metadata.to_dict()["codecs"][0]["configuration"]
+    inner = tuple(shards["chunk_shape"])
+    per_shard = tuple(s // c for s, c in zip(array.shards, inner, strict=True))
+    grid = tuple(-(-n // c) for n, c in zip(array.shape, inner, strict=True))
+    files = np.full(grid, NO_FILE, dtype=np.int32)
+    offsets, lengths = np.zeros(grid, dtype=np.uint64), np.zeros(grid, dtype=np.uint64)
+    shard_grid = tuple(-(-n // s) for n, s in zip(array.shape, array.shards, strict=True))
+    for shard in np.ndindex(*shard_grid):
+        key = f"{name}/{array.metadata.encode_chunk_key(shard)}"
+        if key not in sizes:
+            continue
+        index = _shard_index(fs, f"{root}/{key}", sizes[key], per_shard, shards)
+        stored = index[..., 0] != EMPTY
+        at = tuple(slice(i * n, i * n + n) for i, n in zip(shard, per_shard, strict=True))
+        place = _clip(at, grid)
+        region = tuple(slice(0, p.stop - p.start) for p in place)
+        files[place] = np.where(stored[region], len(paths), NO_FILE)
+        offsets[place] = np.where(stored[region], index[region][..., 0], 0)
+        lengths[place] = np.where(stored[region], index[region][..., 1], 0)
+        paths.append(f"{url.rstrip('/')}/{key}")
+    return ArrayRefs(meta, attrs, files, offsets, lengths)
+
+
+EMPTY = np.uint64(2**64 - 1)  # a shard index's offset and length of an absent chunk
+
+
+def _shard_index(fs, path: str, size: int, per_shard: tuple, config: dict) -> np.ndarray:
+    """(offset, length) of every inner chunk of the shard at ``path``."""
+    count = int(np.prod(per_shard))
+    checksum = any(c["name"] == "crc32c" for c in config.get("index_codecs", []))
+    nbytes = 16 * count + 4 * checksum
+    start = size - nbytes if config.get("index_location", "end") == "end" else 0
+    raw = fs.cat_file(path, start=start, end=start + nbytes)
+    return np.frombuffer(raw[: 16 * count], dtype="<u8").reshape(*per_shard, 2)
+
+
+def _clip(region: tuple[slice, ...], grid: tuple[int, ...]) -> tuple[slice, ...]:
+    """``region`` cut to ``grid`` (the last shard along a dim may be partly outside)."""
+    return tuple(slice(r.start, min(r.stop, n)) for r, n in zip(region, grid, strict=True))
 
 
 def _v2_metadata(array: zarr.Array, where: str) -> tuple[dict, dict]:
@@ -67,7 +114,10 @@ def _v2_metadata(array: zarr.Array, where: str) -> tuple[dict, dict]:
             fill_json(meta["fill_value"]) if meta["fill_value"] is not None else None,
         )
         return v2, {**attrs, "_ARRAY_DIMENSIONS": list(dims)}
-    dtype, compressor = _v3_codecs(meta["codecs"], np.dtype(array.dtype), where)
+    codecs = meta["codecs"]
+    if codecs[0]["name"] == "sharding_indexed":
+        codecs = codecs[0]["configuration"]["codecs"]
+    dtype, compressor = _v3_codecs(codecs, np.dtype(array.dtype), where)
     fill = attrs.pop("_FillValue", None)
     if fill is not None:
         fill = fill_json(xr.backends.zarr.FillValueCoder.decode(fill, np.dtype(array.dtype)))
