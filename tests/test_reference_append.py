@@ -4,6 +4,7 @@ byte for byte as it was."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from test_references import FORMATS, assert_matches_sources, ref_recipe
 from arcoforge import bake
 from arcoforge.testing.archives import oisst_dataset, write_files, write_oisst_archive
 from arcoforge.updates import AppendError
+from arcoforge.writers.kerchunk_json import read_meeting
 
 
 def digest(path: Path) -> str:
@@ -73,3 +75,39 @@ def test_parquet_append_links_the_records_it_keeps(tmp_path, days):
     assert (url / "sst" / "refs.1.parq").stat().st_ino == last
     assert (url / "sst" / "refs.3.parq").exists()
     assert_matches_sources(url, days)
+
+
+def test_json_append_keeps_the_bytes_of_the_references_it_keeps(tmp_path, days):
+    """An appended JSON file starts with the chunk references of the one it extends and
+    holds the same references as a bake of all the inputs at once."""
+    url = Path(bake(ref_recipe(days[:5], "reference.json"), tmp_path / "out").url)
+    body = url.read_bytes()
+    body = body[: body.rindex(b',".zgroup":')]
+    bake(ref_recipe(days, "reference.json"), tmp_path / "out", append=True)
+    whole = Path(bake(ref_recipe(days, "reference.json"), tmp_path / "whole").url)
+    assert url.read_bytes().startswith(body)
+    assert json.loads(url.read_text()) == json.loads(whole.read_text())
+
+
+@pytest.mark.parametrize("spans", [[(0, 1)], [(0, 1), (7, 8)], [(2, 6)]])
+def test_json_check_reads_the_references_it_needs(tmp_path, days, spans):
+    """The in-bake check of a JSON file reads the metadata, the inline chunks and the
+    chunks along time that meet its spans, and no others."""
+    url = Path(bake(ref_recipe(days[:5], "reference.json"), tmp_path / "out").url)
+    bake(ref_recipe(days, "reference.json"), tmp_path / "out", append=True)
+    refs = json.loads(url.read_text())["refs"]
+    meta = json.loads(refs[".zmetadata"])["metadata"]
+    steps = {t for a, b in spans for t in range(a, b)}
+
+    def wanted(key: str) -> bool:
+        name, chunk = key.rsplit("/", 1) if "/" in key else ("", ".")
+        if chunk.startswith("."):
+            return True
+        along = meta[f"{name}/.zattrs"]["_ARRAY_DIMENSIONS"][:1] == ["time"]
+        step = meta[f"{name}/.zarray"]["chunks"][0] if along else 0
+        row = int(chunk.split(".")[0])
+        return not along or bool(steps & set(range(row * step, (row + 1) * step)))
+
+    got = read_meeting(url, "time", spans)
+    assert {k for k in refs if wanted(k)} == set(got)
+    assert all(got[k] == refs[k] for k in got)
