@@ -40,7 +40,9 @@ def write_json(
     file is copied and only the references after the shared ones are formatted."""
     quoted = [json.dumps(p) for p in manifest.paths]
     body = {n: r for n, r in manifest.arrays.items() if r.raw is None}
-    end = _body_end(previous) if previous and _all_shared(body, shared or {}) else -1
+    end, old = _body_end(previous) if previous else (-1, set())
+    if not body or not old <= set(body) or not set(body) <= set(shared or {}):
+        end = -1
     if end > 0:
         shutil.copyfile(previous, path)
         os.truncate(path, end)
@@ -58,19 +60,29 @@ def write_json(
         out.write(b"}}")
 
 
-def _all_shared(body: dict[str, ArrayRefs], shared: dict[str, int]) -> bool:
-    return bool(body) and all(name in shared for name in body)
-
-
-def _body_end(path: str | Path) -> int:
-    """Where the BODY of the file at ``path`` ends (-1 if it is not in this layout)."""
+def _body_end(path: str | Path) -> tuple[int, set[str]]:
+    """Where the BODY of the file at ``path`` ends and the arrays it holds (-1 if the
+    file is not in this layout)."""
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            if mm[: len(HEAD)] != HEAD:
-                return -1
-            return mm.rfind(b"," + TAIL)
+            end = mm.rfind(b"," + TAIL)
+            if mm[: len(HEAD)] != HEAD or end < 0:
+                return -1, set()
+            tail = json.loads(b"{" + mm[end + 1 : -1])
     except (OSError, ValueError):
-        return -1
+        return -1, set()
+    return end, _arrays(tail) - _inline(tail)
+
+
+def _arrays(refs: dict) -> set[str]:
+    """The arrays of the consolidated metadata in ``refs``."""
+    meta = json.loads(refs[".zmetadata"])["metadata"]
+    return {k.removesuffix("/.zarray") for k in meta if k.endswith("/.zarray")}
+
+
+def _inline(refs: dict) -> set[str]:
+    """The arrays with chunk keys in ``refs`` (those of a TAIL: with inline chunks)."""
+    return {k.rsplit("/", 1)[0] for k in refs if not k.rsplit("/", 1)[-1].startswith(".")}
 
 
 def _tail(manifest: Manifest, attrs: dict | None, quoted: list[str]) -> bytes:
@@ -140,7 +152,7 @@ def read_meeting(path: str | Path, dim: str, spans) -> dict:
             raise ValueError(f"{path}: not JSON references as arcoforge writes them")
         refs = json.loads(b"{" + mm[start:-1])
         meta = json.loads(refs[".zmetadata"])["metadata"]
-        inline = {k.rsplit("/", 1)[0] for k in refs if not k.rsplit("/", 1)[-1].startswith(".")}
+        inline = _inline(refs)
         at = 0
         for key, zarray in meta.items():
             name = key.removesuffix("/.zarray")
