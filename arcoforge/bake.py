@@ -101,7 +101,8 @@ def bake(
             if not force and plan.up_to_date():
                 reporter.event("up_to_date", url=plan.url)
                 return record.finished(unchanged_result(plan))
-            preload(plan.open, writes_zarr=not recipe.virtual)
+            if not recipe.virtual:  # a reference bake's workers only scan (see its prepare)
+                preload(plan.open)
             runner = (
                 get_engine(engine, workers=workers, **(engine_options or {}))
                 if isinstance(engine, str)

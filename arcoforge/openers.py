@@ -39,19 +39,17 @@ class OpenConfig:
         return self.fetch.redact(text)
 
 
-def preload(config: OpenConfig, writes_zarr: bool = True) -> None:
-    """Import the backends a bake will use, once, before worker processes are forked.
+def preload(config: OpenConfig) -> None:
+    """Import the backends a Zarr bake will use, once, before worker processes are forked.
 
     xarray imports dask, when it is installed, the first time it writes Zarr; doing it
-    here saves every worker that import (about 0.4 s each). Bakes that write no Zarr
-    (references) skip it.
+    here saves every worker that import (about 0.4 s each).
     """
     xr.backends.list_engines()
     if config.file_type in ("netcdf4", "hdf5", "netcdf3"):
         import netCDF4  # noqa: F401
-    if writes_zarr:
-        with suppress(ImportError):
-            import dask.array  # noqa: F401
+    with suppress(ImportError):
+        import dask.array  # noqa: F401
 
 
 @contextmanager

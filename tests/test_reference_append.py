@@ -4,14 +4,19 @@ byte for byte as it was."""
 from __future__ import annotations
 
 import hashlib
+import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_references import FORMATS, assert_matches_sources, ref_recipe
 
 from arcoforge import bake
+from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest, zarray
 from arcoforge.testing.archives import oisst_dataset, write_files, write_oisst_archive
 from arcoforge.updates import AppendError
+from arcoforge.writers.kerchunk_json import read_meeting, write_json
 
 
 def digest(path: Path) -> str:
@@ -73,3 +78,69 @@ def test_parquet_append_links_the_records_it_keeps(tmp_path, days):
     assert (url / "sst" / "refs.1.parq").stat().st_ino == last
     assert (url / "sst" / "refs.3.parq").exists()
     assert_matches_sources(url, days)
+
+
+def test_json_append_keeps_the_bytes_of_the_references_it_keeps(tmp_path, days):
+    """An appended JSON file starts with the chunk references of the one it extends and
+    holds the same references as a bake of all the inputs at once."""
+    url = Path(bake(ref_recipe(days[:5], "reference.json"), tmp_path / "out").url)
+    body = url.read_bytes()
+    body = body[: body.rindex(b',".zgroup":')]
+    bake(ref_recipe(days, "reference.json"), tmp_path / "out", append=True)
+    whole = Path(bake(ref_recipe(days, "reference.json"), tmp_path / "whole").url)
+    assert url.read_bytes().startswith(body)
+    assert json.loads(url.read_text()) == json.loads(whole.read_text())
+
+
+@pytest.mark.parametrize("spans", [[(0, 1)], [(0, 1), (7, 8)], [(2, 6)]])
+def test_json_check_reads_the_references_it_needs(tmp_path, days, spans):
+    """The in-bake check of a JSON file reads the metadata, the inline chunks and the
+    chunks along time that meet its spans, and no others."""
+    url = Path(bake(ref_recipe(days[:5], "reference.json"), tmp_path / "out").url)
+    bake(ref_recipe(days, "reference.json"), tmp_path / "out", append=True)
+    refs = json.loads(url.read_text())["refs"]
+    meta = json.loads(refs[".zmetadata"])["metadata"]
+    steps = {t for a, b in spans for t in range(a, b)}
+
+    def wanted(key: str) -> bool:
+        name, chunk = key.rsplit("/", 1) if "/" in key else ("", ".")
+        if chunk.startswith("."):
+            return True
+        along = meta[f"{name}/.zattrs"]["_ARRAY_DIMENSIONS"][:1] == ["time"]
+        step = meta[f"{name}/.zarray"]["chunks"][0] if along else 0
+        row = int(chunk.split(".")[0])
+        return not along or bool(steps & set(range(row * step, (row + 1) * step)))
+
+    got = read_meeting(url, "time", spans)
+    assert {k for k in refs if wanted(k)} == set(got)
+    assert all(got[k] == refs[k] for k in got)
+
+
+def test_json_append_writes_whole_an_array_that_gained_inline_chunks(tmp_path):
+    """An array whose new chunks are inline moves to the end of the file: its earlier
+    references are not copied too (every key once), beside an array that only grows."""
+
+    def manifest(steps: int, inline_last: bool) -> Manifest:
+        grid = (steps, 2)
+        files, raw = np.zeros(grid, np.int32), None
+        if inline_last:
+            raw = np.full(grid, None, dtype=object)
+            raw[-1, 0], files[-1, 0] = b"\0" * 8, NO_FILE
+        refs = ArrayRefs(
+            zarray((steps, 4), (1, 2), np.dtype("f4")),
+            {"_ARRAY_DIMENSIONS": ["time", "x"]},
+            files,
+            np.arange(files.size, dtype=np.uint64).reshape(grid) * 8,
+            np.full(grid, 8, dtype=np.uint64),
+            raw,
+        )
+        kept = replace(refs, files=np.zeros(grid, np.int32), raw=None)
+        return Manifest(["file:///a.nc"], {"v": refs, "w": kept})
+
+    first, path = tmp_path / "first.json", tmp_path / "next.json"
+    write_json(manifest(2, False), first)
+    write_json(manifest(3, True), path, previous=first, shared={"v": 4, "w": 4})
+    pairs = json.loads(path.read_text(), object_pairs_hook=list)[1][1]
+    assert len(pairs) == len(dict(pairs))
+    write_json(manifest(3, True), tmp_path / "whole.json")
+    assert json.loads(path.read_text()) == json.loads((tmp_path / "whole.json").read_text())

@@ -47,11 +47,17 @@ class Engine(ABC):
             t0 = time.perf_counter()
             items = stage.items(state)
             reporter.stage_started(stage.name, len(items), stage.description)
+            if not stage.func:
+                self.release()
             results = self.map(stage.func, items) if stage.func else iter(())
             stage.reduce(state, counted(results, reporter, stage.name))
             timings[stage.name] = time.perf_counter() - t0
             reporter.stage_done(stage.name, timings[stage.name])
         return state, timings
+
+    def release(self) -> None:  # noqa: B027 - engines without workers need not override it
+        """Stop idle workers before the driver works alone (the next map starts them again),
+        so that they do not hold memory meanwhile."""
 
     def close(self) -> None:  # noqa: B027 - engines without workers need not override it
         """Release workers."""

@@ -38,6 +38,7 @@ class LocalEngine(Engine):
 
     def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
         if self.workers == 1 or len(items) <= 1:
+            self.release()
             yield from (func(item) for item in items)
             return
         todo, suspects = deque(range(len(items))), deque()
@@ -102,6 +103,9 @@ class LocalEngine(Engine):
                 process.terminate()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = None
+
+    def release(self) -> None:
+        self._stop(terminate=False)
 
     def close(self) -> None:
         self._stop(terminate=False)

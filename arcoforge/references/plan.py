@@ -24,11 +24,12 @@ from ..plan import BakeState, Plan, Stage, _nothing
 from ..updates import AppendError, _text, check_steps
 from ..validate import compare, sample_positions
 from .combine import CombineError, concat, merge
-from .manifest import Manifest
+from .manifest import ArrayRefs, Manifest
 from .scan import ScanConfig, ScanTask, scan_input, scan_inputs
 from .store import ReferenceStore
 
 HELD = "references.pkl"
+BATCH = 16  # inputs scanned by one task, at most
 
 
 @dataclass
@@ -70,17 +71,19 @@ class ReferencePlan(Plan):
 
     def prepare(self, state: BakeState, results: Iterable) -> None:
         """Clear what an interrupted bake staged; import what the workers will use, once,
-        before they are forked."""
-        import fsspec.implementations.reference  # noqa: F401
-        import h5py  # noqa: F401
-        import zarr  # noqa: F401
+        before they are forked (no more: they inherit the driver's memory)."""
+        if self.scan.file_type in ("netcdf4", "hdf5"):
+            import h5py  # noqa: F401
 
         self.ledger.clear_staging()
         self.store.clear_staging()
 
     def scan_tasks(self, state: BakeState) -> list[ScanTask]:
-        """Batches of inputs: about eight tasks per worker, at most 16 inputs each."""
-        size = max(1, min(16, len(self.inputs) // (8 * self.workers)))
+        """Batches of inputs: about eight tasks per worker, at most ``BATCH`` inputs each;
+        one task for ``BATCH`` inputs or fewer (an append's, say), which the local engine
+        runs in the driver: starting workers would cost more than they save."""
+        n = len(self.inputs)
+        size = n if n <= BATCH else max(1, min(BATCH, n // (8 * self.workers)))
         return [
             ScanTask(tuple(self.inputs[i : i + size]), self.scan)
             for i in range(0, len(self.inputs), size)
@@ -164,14 +167,19 @@ class ReferencePlan(Plan):
 
     def _shared(self, state: BakeState) -> dict[str, int]:
         """Per array, the leading references (in C order) the held store already has:
-        all of them when the array grows along its first axis."""
+        all of the held ones when the array grows along its first axis or is unchanged."""
         if self.held is None:
             return {}
         shared = {}
         for name, refs in state.manifest.arrays.items():
             old = self.held.arrays.get(name)
-            grows = refs.dims[:1] == [self.dim] and old is not None and old.raw is None
-            if grows and {**old.meta, "shape": refs.meta["shape"]} == refs.meta:
+            if old is None or old.raw is not None or refs.raw is not None:
+                continue
+            grows = (
+                refs.dims[:1] == [self.dim]
+                and {**old.meta, "shape": refs.meta["shape"]} == refs.meta
+            )
+            if grows or _same(old, refs):
                 shared[name] = int(old.files.size)
         return shared
 
@@ -239,6 +247,14 @@ def _chunks(manifest: Manifest) -> dict[str, int]:
             for d, c in zip(refs.dims, refs.chunks, strict=True):
                 chunks.setdefault(d, c)
     return chunks
+
+
+def _same(a: ArrayRefs, b: ArrayRefs) -> bool:
+    """Whether two arrays have the same metadata and references."""
+    return (a.meta, a.attrs) == (b.meta, b.attrs) and all(
+        np.array_equal(x, y)
+        for x, y in ((a.files, b.files), (a.offsets, b.offsets), (a.lengths, b.lengths))
+    )
 
 
 def _decoded(values: np.ndarray, attrs: dict) -> np.ndarray:

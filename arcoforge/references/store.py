@@ -3,7 +3,6 @@ repository, each staged under another name (or branch) and published at once."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from pathlib import Path
 import xarray as xr
 
 from ..errors import RecipeError
-from ..writers import kerchunk
+from ..writers import kerchunk, kerchunk_json
 from .manifest import Manifest
 
 ICECHUNK = "icechunk://"
@@ -55,7 +54,8 @@ class ReferenceStore:
         store, which a Parquet store links rather than writes again."""
         Path(self.staging).parent.mkdir(parents=True, exist_ok=True)
         if self.kind == "json":
-            kerchunk.write_json(manifest, self.staging, attrs)
+            previous = self.url if shared and os.path.isfile(self.url) else None
+            kerchunk_json.write_json(manifest, self.staging, attrs, previous, shared)
         elif self.kind == "parquet":
             previous = None
             if shared and os.path.isdir(self.url):
@@ -68,9 +68,9 @@ class ReferenceStore:
 
     @contextmanager
     def open_staged(self, dim: str | None = None, spans=()) -> Iterator[xr.Dataset]:
-        """The staged references opened by xarray. A JSON file is read whole but opened
-        with only the references of the chunks along ``dim`` that meet ``spans`` (and of
-        the arrays without ``dim``), which spares fsspec indexing all of them."""
+        """The staged references opened by xarray. Of a JSON file, only the metadata and
+        the references of the chunks along ``dim`` that meet ``spans`` (and of the arrays
+        without ``dim``) are read, which spares parsing and indexing all of them."""
         if self.kind == "icechunk":
             from ..writers import icechunk
 
@@ -78,8 +78,8 @@ class ReferenceStore:
                 yield ds
             return
         if self.kind == "json" and dim is not None:
-            refs = _load_json(self.staging)["refs"]
-            with open_references({"version": 1, "refs": _meeting(refs, dim, spans)}) as ds:
+            refs = kerchunk_json.read_meeting(self.staging, dim, spans)
+            with open_references({"version": 1, "refs": refs}) as ds:
                 yield ds
             return
         with open_references(self.staging) as ds:
@@ -100,39 +100,6 @@ class ReferenceStore:
             shutil.rmtree(old, ignore_errors=True)
         elif os.path.exists(self.staging):
             os.replace(self.staging, self.url)
-
-
-def _meeting(refs: dict, dim: str, spans) -> dict:
-    """The metadata and the chunk references of ``refs`` that meet ``spans`` along ``dim``
-    (every chunk of arrays without ``dim``), found by key from the consolidated metadata."""
-    meta = json.loads(refs[".zmetadata"])["metadata"]
-    kept = {k: refs[k] for k in (*meta, ".zmetadata") if k in refs}
-    for key, zarray in meta.items():
-        if not key.endswith("/.zarray"):
-            continue
-        name = key.rsplit("/", 1)[0]
-        dims = meta[f"{name}/.zattrs"]["_ARRAY_DIMENSIONS"]
-        grid = [range(-(-n // c)) for n, c in zip(zarray["shape"], zarray["chunks"], strict=True)]
-        if dim in dims:
-            step = zarray["chunks"][dims.index(dim)]
-            grid[dims.index(dim)] = sorted(
-                {i for a, b in spans for i in range(a // step, (b - 1) // step + 1)}
-            )
-        for index in itertools.product(*grid):
-            chunk = f"{name}/{'.'.join(map(str, index)) or '0'}"
-            if chunk in refs:
-                kept[chunk] = refs[chunk]
-    return kept
-
-
-def _load_json(path: str) -> dict:
-    """A JSON file, parsed by ujson when it is installed (twice as fast)."""
-    try:
-        import ujson as parser
-    except ImportError:
-        parser = json
-    with open(path, "rb") as f:
-        return parser.load(f)
 
 
 def reference_store(target_root: str, writer, staging_name: str) -> ReferenceStore:

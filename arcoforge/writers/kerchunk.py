@@ -1,5 +1,6 @@
-"""Write a combined manifest as kerchunk references: one JSON file, or a folder of Parquet
-files that fsspec's ``ReferenceFileSystem`` reads lazily, one record at a time.
+"""Write a combined manifest as kerchunk Parquet references: a folder of Parquet files
+that fsspec's ``ReferenceFileSystem`` reads lazily, one record at a time (JSON references:
+:mod:`.kerchunk_json`).
 
 Both build their output from the manifest's arrays in bulk: chunk keys and references are
 formatted per array, not looked up per chunk in a dict.
@@ -7,17 +8,14 @@ formatted per array, not looked up per chunk in a dict.
 
 from __future__ import annotations
 
-import base64
-import itertools
 import json
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..references.manifest import NO_FILE, ArrayRefs, Manifest
+from ..references.manifest import ArrayRefs, Manifest
 
 
 def metadata(manifest: Manifest, attrs: dict | None = None) -> dict[str, dict]:
@@ -27,55 +25,6 @@ def metadata(manifest: Manifest, attrs: dict | None = None) -> dict[str, dict]:
         meta[f"{name}/.zarray"] = refs.meta
         meta[f"{name}/.zattrs"] = refs.attrs
     return meta
-
-
-def chunk_keys(refs: ArrayRefs) -> list[str]:
-    """The chunk keys of an array in C order (``0.0.0`` ...; ``0`` for a scalar)."""
-    grid = refs.grid
-    if not grid:
-        return ["0"]
-    axes = [[str(i) for i in range(n)] for n in grid]
-    return [".".join(k) for k in itertools.product(*axes)]
-
-
-def _inline(raw: bytes) -> str:
-    return "base64:" + base64.b64encode(raw).decode()
-
-
-def write_json(manifest: Manifest, path: str | Path, attrs: dict | None = None) -> None:
-    """Write kerchunk version-1 JSON references to ``path``, with consolidated metadata
-    (``.zmetadata``) so that readers need not list the references."""
-    meta = metadata(manifest, attrs)
-    meta[".zmetadata"] = {"zarr_consolidated_format": 1, "metadata": dict(meta)}
-    with open(path, "w") as out:
-        out.write('{"version":1,"refs":{')
-        entries = (
-            f"{json.dumps(k)}:{json.dumps(json.dumps(v, allow_nan=True))}" for k, v in meta.items()
-        )
-        out.write(",".join(entries))
-        quoted = [json.dumps(p) for p in manifest.paths]
-        for name, refs in manifest.arrays.items():
-            for chunk in _json_chunks(name, refs, quoted):
-                out.write(",")
-                out.write(chunk)
-        out.write("}}")
-
-
-def _json_chunks(name: str, refs: ArrayRefs, quoted: list[str]) -> Iterator[str]:
-    keys = chunk_keys(refs)
-    files = refs.files.ravel().tolist()
-    offsets = refs.offsets.ravel().tolist()
-    lengths = refs.lengths.ravel().tolist()
-    raw = refs.raw.ravel().tolist() if refs.raw is not None else itertools.repeat(None)
-    prefix = json.dumps(name)[1:-1]
-    lines = []
-    for key, f, o, n, r in zip(keys, files, offsets, lengths, raw, strict=False):
-        if r is not None:
-            lines.append(f'"{prefix}/{key}":"{_inline(r)}"')
-        elif f != NO_FILE:
-            lines.append(f'"{prefix}/{key}":[{quoted[f]},{o},{n}]')
-    if lines:
-        yield ",".join(lines)
 
 
 def write_parquet(
