@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pickle
 import time
@@ -113,6 +114,33 @@ def unwrap(result: Any) -> Any:
     if isinstance(result, Failed):
         raise result.error
     return result
+
+
+def ready_worker() -> str:
+    """Run on each worker as its engine starts: import what tasks use, so that the first
+    tasks do not wait for it; the worker's arcoforge version."""
+    import xarray as xr
+
+    from .. import __version__, plan  # noqa: F401 - the Zarr bake's readers and writers
+    from ..references import plan as references  # noqa: F401 - the scanners
+
+    xr.backends.list_engines()
+    for module in ("netCDF4", "dask.array"):  # xarray's netCDF backend; Zarr writes import dask
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    return __version__
+
+
+def check_workers(engine: str, versions: dict[str, str]) -> None:
+    """Fail at start-up, naming a worker, if workers run another arcoforge than this one."""
+    from .. import __version__
+
+    for worker, version in sorted(versions.items()):
+        if version != __version__:
+            raise ArcoforgeError(
+                f"{engine} worker {worker} has arcoforge {version}, this process {__version__}: "
+                "install the same version everywhere"
+            )
 
 
 def get_engine(name: str = "local", **options: Any) -> Engine:

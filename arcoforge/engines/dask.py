@@ -10,7 +10,8 @@ from typing import Any
 import dask
 from distributed import Client, LocalCluster, as_completed
 
-from .base import Engine, call, unwrap
+from ..errors import ArcoforgeError, one_line
+from .base import Engine, call, check_workers, ready_worker, unwrap
 
 
 class DaskEngine(Engine):
@@ -59,6 +60,7 @@ class DaskEngine(Engine):
             else:
                 self._cluster = self._local_cluster()
                 self._client = Client(self._cluster, set_as_default=False)
+            check_workers(self.name, _on_workers(self._client))
         return self._client
 
     def _local_cluster(self) -> LocalCluster:
@@ -86,3 +88,11 @@ class DaskEngine(Engine):
         if self._cluster is not None:
             self._cluster.close()
             self._cluster = None
+
+
+def _on_workers(client: Client) -> dict[str, str]:
+    """Each worker's arcoforge version, its task modules imported."""
+    try:
+        return client.run(ready_worker)
+    except Exception as exc:
+        raise ArcoforgeError(f"dask workers cannot run arcoforge: {one_line(exc)}") from None

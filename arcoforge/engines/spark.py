@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -11,8 +12,8 @@ from typing import Any
 import cloudpickle
 from pyspark.sql import SparkSession
 
-from ..errors import ArcoforgeError
-from .base import Engine, call, unwrap
+from ..errors import ArcoforgeError, one_line
+from .base import Engine, call, check_workers, ready_worker, unwrap
 
 # local mode: the driver is the only node; nothing listens beyond loopback, no web UI
 LOCAL = {
@@ -91,6 +92,7 @@ class SparkEngine(Engine):
                     f"not {self.master}; stop it first"
                 )
             self._session.sparkContext.setLogLevel("ERROR")
+            check_workers(self.name, _on_workers(self._session.sparkContext))
         return self._session
 
     def close(self) -> None:
@@ -104,3 +106,19 @@ def _task(func: Callable[[Any], Any]) -> Callable[[bytes], bytes]:
         return cloudpickle.dumps(call(func, cloudpickle.loads(payload)))
 
     return run
+
+
+def _on_workers(sc) -> dict[str, str]:
+    """The arcoforge version of each Python worker of one task per core (their task modules
+    imported: workers are reused by later jobs)."""
+    slots = sc.defaultParallelism
+    try:
+        found = sc.parallelize(range(slots), slots).map(_ready).collect()
+    except Exception as exc:
+        why = one_line(exc).splitlines()[0][:300]
+        raise ArcoforgeError(f"spark workers cannot run arcoforge: {why}") from None
+    return dict(found)
+
+
+def _ready(_: int) -> tuple[str, str]:
+    return f"{socket.gethostname()}:{os.getpid()}", ready_worker()
