@@ -233,6 +233,23 @@ def test_warnings_on_local_workers_are_logged_here_naming_the_task(archive, tmp_
     assert named and all(str(archive[0].parent) in line for line in named), lines
 
 
+def test_workers_with_another_arcoforge_are_refused_at_start_up(dask_scheduler):
+    from arcoforge import __version__
+    from arcoforge.engines.base import check_workers
+
+    with get_engine("dask", scheduler=dask_scheduler) as engine:
+        found = engine.client().run(lambda: __import__("arcoforge").__version__)
+    assert len(found) == 2 and set(found.values()) == {__version__}
+    check_workers("dask", found)
+    old = {**found, "tcp://127.0.0.1:1": "0.0.9"}
+    with pytest.raises(ArcoforgeError) as info:
+        check_workers("dask", old)
+    assert str(info.value) == (
+        f"dask worker tcp://127.0.0.1:1 has arcoforge 0.0.9, this process {__version__}: "
+        "install the same version everywhere"
+    )
+
+
 def test_dask_local_cluster_workers_keep_glibcs_malloc_trim_threshold():
     # dask's default of 65536 made every large buffer a fresh memory map: writes 1.5x slower
     with get_engine("dask", workers=2) as engine:

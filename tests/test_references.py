@@ -158,6 +158,15 @@ def test_netcdf3_classic_record_variables_with_padding(tmp_path, variables):
     assert_matches_sources(result.url, paths)
 
 
+def test_variables_inlined_whole_keep_their_fill_value(tmp_path):
+    paths = write_oisst_archive(tmp_path / "src", days=3, ny=12, nx=20)  # NaN over land
+    pattern = pattern_from_file_sequence([str(p) for p in paths], "time")
+    opener = OpenWithKerchunk(inline_threshold=1 << 20)  # every variable inline
+    result = bake(pattern | opener | WriteCombinedReference("ref"), tmp_path / "out")
+    out = assert_matches_sources(result.url, paths)
+    assert np.isnan(out.sst.values).any()
+
+
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_zarr_inputs(tmp_path, zarr_format):
     ds = oisst_dataset(days=4, ny=18, nx=36)

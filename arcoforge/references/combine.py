@@ -48,7 +48,7 @@ def concat(
         inline = [p.inline_values for p in parts]
         if all(v is not None for v in inline):
             axis = first.arrays[name].dims.index(dim)
-            arrays[name] = inline_array(np.concatenate(inline, axis=axis), first.arrays[name].attrs)
+            arrays[name] = _inline_like(first.arrays[name], np.concatenate(inline, axis=axis))
             continue
         _check_parts(name, parts, dim, urls)
         arrays[name] = _joined(name, parts, bases, dim)
@@ -57,8 +57,13 @@ def concat(
         coords[name] = np.concatenate(
             [_in_units_of(first, m, name, url) for m, url in zip(manifests, urls, strict=True)]
         )
-        arrays[name] = inline_array(coords[name], first.arrays[name].attrs)
+        arrays[name] = _inline_like(first.arrays[name], coords[name])
     return Manifest(paths, arrays, dict(first.attrs), coords, promoted)
+
+
+def _inline_like(first: ArrayRefs, values: np.ndarray) -> ArrayRefs:
+    """``values`` inline, with the attributes and fill value of the first input's array."""
+    return inline_array(values, first.attrs, fill_value=first.meta.get("fill_value"))
 
 
 def _check_identical(manifests: Sequence[Manifest], urls: Sequence[str], names) -> None:
