@@ -2,9 +2,10 @@
 
     python benchmarks/engines.py [--repeat 3] [--days 60 --ny 720 --nx 1440]
 
-local (2 workers), dask (1 and 2 workers, a LocalCluster), spark (local[2]) and beam
-(DirectRunner, 2 processes). Each run is a subprocess measured and verified by run.py's
-harness (same archive, same checks); the table goes to benchmarks/results-engines.md.
+local (2 workers, and 1: how far this machine lets 2 workers go), dask (1 and 2 workers,
+a LocalCluster), spark (local[2]) and beam (DirectRunner, 2 processes). Each run is a
+subprocess measured and verified by run.py's harness (same archive, same checks); the
+table goes to benchmarks/results-engines.md.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def contestant(engine: str, workers: int) -> Contestant:
     )
 
 
-RUNS = [contestant(*c) for c in (("local", 2), ("dask", 1), ("dask", 2), ("spark", 2), ("beam", 2))]
+RUNS = [
+    contestant(*c)
+    for c in (("local", 2), ("local", 1), ("dask", 1), ("dask", 2), ("spark", 2), ("beam", 2))
+]
 
 
 def median(runs: list[RunResult]) -> float | None:
@@ -86,9 +90,11 @@ def targets(results: dict[str, list[RunResult]], base: float | None) -> list[str
         s = median(results[key])
         ratio = s / base if s and base else None
         out.append(_target(f"{key} within {TARGET_SLOWDOWN}x of local (2)", ratio, "x", True))
-    one, two = median(results["dask-1"]), median(results["dask-2"])
-    speedup = one / two if one and two else None
-    out.append(_target(f"dask 2 workers >= {TARGET_SPEEDUP}x faster than 1", speedup, "x", False))
+    for engine in ("dask", "local"):  # the local engine's: what this machine allows
+        one, two = median(results[f"{engine}-1"]), median(results[f"{engine}-2"])
+        speedup = one / two if one and two else None
+        name = f"{engine} 2 workers >= {TARGET_SPEEDUP}x faster than 1"
+        out.append(_target(name, speedup, "x", False))
     return out
 
 

@@ -3,7 +3,8 @@
     python benchmarks/run.py [--repeat 3] [--scale 5] [--quick]
 
 Each contestant runs as its own subprocess (see benchmarks/contestants/); this process
-polls the RSS of the contestant's whole process tree with psutil every ~50 ms, verifies
+polls the RSS of the contestant's whole process tree with psutil every ~50 ms (PSS every
+0.5 s; polling takes at most ~1/20 of a CPU), verifies
 the output after the run (outside the timed part) and prints a markdown table, which it
 also writes to benchmarks/results.md (JSON: benchmarks/.work/results.json).
 See benchmarks/README.md.
