@@ -250,11 +250,14 @@ def test_workers_with_another_arcoforge_are_refused_at_start_up(dask_scheduler):
     )
 
 
-def test_dask_local_cluster_workers_keep_glibcs_malloc_trim_threshold():
-    # dask's default of 65536 made every large buffer a fresh memory map: writes 1.5x slower
+def test_dask_local_cluster_workers_keep_glibcs_malloc_trim_threshold(monkeypatch):
+    # dask's default of 65536 made every large buffer a fresh memory map: writes 1.5x slower;
+    # a LocalCluster started before in this process leaves it in the environment
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     with get_engine("dask", workers=2) as engine:
         found = engine.client().run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert len(found) == 2 and set(found.values()) == {None}
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # this process's, as it was
 
 
 @pytest.mark.parametrize("name", ["dask", "spark", "beam"])

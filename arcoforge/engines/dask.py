@@ -3,7 +3,9 @@ here as a LocalCluster of worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -70,7 +72,7 @@ class DaskEngine(Engine):
             # buffer afresh, which slows a write task by half
             "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
         }
-        with dask.config.set(settings):
+        with dask.config.set(settings), _unset("MALLOC_TRIM_THRESHOLD_"):
             return LocalCluster(
                 n_workers=self.workers,
                 threads_per_worker=self.threads_per_worker,
@@ -96,3 +98,15 @@ def _on_workers(client: Client) -> dict[str, str]:
         return client.run(ready_worker)
     except Exception as exc:
         raise ArcoforgeError(f"dask workers cannot run arcoforge: {one_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def _unset(name: str) -> Iterator[None]:
+    """Without the environment variable ``name`` inside (workers started here inherit the
+    environment; a LocalCluster started before in this process leaves dask's setting in it)."""
+    value = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if value is not None:
+            os.environ[name] = value
