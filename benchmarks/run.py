@@ -28,6 +28,7 @@ import sys
 import time
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -354,6 +355,17 @@ def measure(
     return res
 
 
+def judge(res: RunResult, verify_output: Callable[[], dict]) -> None:
+    """Verify a run's output and set ``res.verify``, ``ok`` and ``error`` from it."""
+    try:
+        res.verify = verify_output()
+    except Exception as exc:  # verification must never pass silently
+        res.verify = {"ok": False, "problems": [f"verification raised {exc!r}"]}
+    res.ok = bool(res.verify["ok"])
+    if not res.ok:
+        res.error = "verification failed: " + "; ".join(res.verify["problems"])[:1500]
+
+
 def run_contestant(
     c: Contestant, python: Path, archive: Archive, tag: str, args: argparse.Namespace
 ) -> RunResult:
@@ -393,15 +405,9 @@ def run_contestant(
     res.seconds = reported.pop("seconds")
     res.notes = reported
     res.output_bytes = _du(out)
-    try:
-        res.verify = verify(c, out, archive)
-    except Exception as exc:  # verification must never pass silently
-        res.verify = {"ok": False, "problems": [f"verification raised {exc!r}"]}
-    res.ok = bool(res.verify["ok"])
+    judge(res, lambda: verify(c, out, archive))
     for warning in res.verify.get("warnings", []):
         log(f"WARNING: {c.key}: {warning}")
-    if not res.ok:
-        res.error = "verification failed: " + "; ".join(res.verify["problems"])[:1500]
     log(
         f"{c.key}: {res.seconds:.2f} s timed ({res.process_seconds:.2f} s process), peak RSS "
         f"{res.peak_rss / MB:.0f} MB over {res.max_processes} processes, output {res.output_bytes / MB:.0f} MB, "

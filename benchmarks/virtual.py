@@ -347,14 +347,8 @@ def check(res: RunResult, archive: VArchive, files: int) -> RunResult:
     if not res.ok:
         return res
     output = Path(res.notes["output"])
-    try:
-        res.verify = verify(output, archive, files)
-    except Exception as exc:  # verification must never pass silently
-        res.verify = {"ok": False, "problems": [f"verification raised {exc!r}"]}
+    run.judge(res, lambda: verify(output, archive, files))
     res.output_bytes = _du(output) if output.exists() else None
-    res.ok = bool(res.verify["ok"])
-    if not res.ok:
-        res.error = "verification failed: " + "; ".join(res.verify["problems"])[:1500]
     log(
         f"{res.key}: {res.seconds:.2f} s timed ({res.process_seconds:.2f} s process), peak RSS "
         f"{res.peak_rss / MB:.0f} MB over {res.max_processes} processes, "

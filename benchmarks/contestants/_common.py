@@ -44,3 +44,14 @@ class Timer:
 
 def write_result(path: Path, seconds: float, **notes) -> None:
     path.write_text(json.dumps({"seconds": seconds, **notes}, indent=2, default=str))
+
+
+def daily_pattern(paths: list[str]):
+    """arcoforge's FilePattern of one netCDF4 file a day, concatenated along time."""
+    from arcoforge import ConcatDim, FilePattern
+
+    return FilePattern(
+        lambda time: paths[time],
+        ConcatDim("time", list(range(len(paths))), nitems_per_file=1),
+        file_type="netcdf4",
+    )

@@ -19,7 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Timer, parse_args, write_result
+from _common import Timer, daily_pattern, parse_args, write_result
 
 
 def main() -> None:
@@ -27,8 +27,6 @@ def main() -> None:
     from zarr.codecs import BloscCodec
 
     from arcoforge import (
-        ConcatDim,
-        FilePattern,
         OpenURLWithFSSpec,
         OpenWithXarray,
         StoreToZarr,
@@ -45,11 +43,7 @@ def main() -> None:
         list(engine.map(abs, [-1, -2]))
     startup = time.perf_counter() - started
     with engine, Timer() as t:
-        pattern = FilePattern(
-            lambda time: paths[time],
-            ConcatDim("time", list(range(len(paths))), nitems_per_file=1),
-            file_type="netcdf4",
-        )
+        pattern = daily_pattern(paths)
         recipe = (
             pattern
             | OpenURLWithFSSpec()

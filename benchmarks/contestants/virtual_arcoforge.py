@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import Timer, parse_args, write_result
+from _common import Timer, daily_pattern, parse_args, write_result
 
 
 def _extra(p) -> None:
@@ -25,7 +25,7 @@ def _extra(p) -> None:
 def main() -> None:
     args = parse_args(_extra)
     import arcoforge
-    from arcoforge import ConcatDim, FilePattern, bake
+    from arcoforge import bake
 
     try:
         from arcoforge import OpenWithKerchunk, WriteCombinedReference
@@ -35,11 +35,7 @@ def main() -> None:
     paths = [str(p) for p in args.paths]
     name = f"reference.{args.format}"
     with Timer() as t:
-        pattern = FilePattern(
-            lambda time: paths[time],
-            ConcatDim("time", list(range(len(paths))), nitems_per_file=1),
-            file_type="netcdf4",
-        )
+        pattern = daily_pattern(paths)
         recipe = (
             pattern
             | OpenWithKerchunk(file_type="netcdf4")
