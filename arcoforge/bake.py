@@ -101,13 +101,13 @@ def bake(
             if not force and plan.up_to_date():
                 reporter.event("up_to_date", url=plan.url)
                 return record.finished(unchanged_result(plan))
-            if not recipe.virtual:  # a reference bake's workers only scan (see its prepare)
-                preload(plan.open)
             runner = (
                 get_engine(engine, workers=workers, **(engine_options or {}))
                 if isinstance(engine, str)
                 else engine
             )
+            if not recipe.virtual:  # a reference bake's workers only scan
+                preload(plan.open, forking=runner.forks)
             with runner:
                 result = run_plan(plan, runner, reporter)
             if runner.worker_losses:

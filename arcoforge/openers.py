@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -39,12 +40,28 @@ class OpenConfig:
         return self.fetch.redact(text)
 
 
-def preload(config: OpenConfig) -> None:
-    """Import the backends a Zarr bake will use, once, before worker processes are forked.
+def preload(config: OpenConfig, forking: bool = True) -> None:
+    """Import the backends a Zarr bake uses (xarray's, netCDF4, dask.array: xarray imports
+    it whenever it makes a variable, about 0.7 s), once.
 
-    xarray imports dask, when it is installed, the first time it writes Zarr; doing it
-    here saves every worker that import (about 0.4 s each).
+    ``forking``: now, before worker processes are forked from this one, which saves each
+    that import. Otherwise the workers are the engine's own and only the driver gains: the
+    imports run in a thread while the workers scan, not after, when the driver writes the
+    store's template (if the thread fails, the driver imports them itself then).
     """
+    if forking:
+        _import_backends(config)
+    else:
+        worker = threading.Thread(target=_import_quietly, args=(config,), daemon=True)
+        worker.start()
+
+
+def _import_quietly(config: OpenConfig) -> None:
+    with suppress(Exception):
+        _import_backends(config)
+
+
+def _import_backends(config: OpenConfig) -> None:
     xr.backends.list_engines()
     if config.file_type in ("netcdf4", "hdf5", "netcdf3"):
         import netCDF4  # noqa: F401

@@ -224,13 +224,17 @@ class Plan:
         return merge.name if merge else None
 
     def write_tasks(self, state: BakeState) -> list[WriteTask]:
-        """Tasks over chunk-aligned regions, each reading only the inputs it needs."""
+        """Tasks over chunk-aligned regions, each reading only the inputs it needs.
+
+        The largest go first, and tasks of the same variables (alike in cost) side by side,
+        so that the stage's last tasks end together rather than one worker waiting on another.
+        """
         schema = state.schema
         groups = self._variable_groups(schema, state.chunks)
         done, missing = self.ledger.finished()
         state.missing.update(missing)
         tasks, skipped = [], 0
-        for region, variables in itertools.product(self._regions(schema, state.chunks), groups):
+        for variables, region in itertools.product(groups, self._regions(schema, state.chunks)):
             variables = [v for v in variables if self._owns(schema, v, region)]
             units = tuple(ledgers.unit_key(v, _spans(schema, v, region)) for v in variables)
             if not variables:
@@ -241,7 +245,7 @@ class Plan:
                 task = self._write_task(schema, region, variables, state)
                 tasks.append(replace(task, units=units, ledger=self.ledger))
         state.stats["tasks_resumed"] = skipped
-        return tasks
+        return sorted(tasks, key=lambda task: -_decoded_bytes(task))
 
     def publish(self, state: BakeState, results: Iterable) -> None:
         """Once everything is written and checked: consolidate, record the store as
@@ -438,6 +442,17 @@ STAGED = "staging/manifest.json"
 
 def _spans(schema: DatasetSchema, name: str, region: dict[str, slice]):
     return [(d, region[d]) for d in schema.variables[name].dims]
+
+
+def _decoded_bytes(task: WriteTask) -> int:
+    """The bytes of the variables a task writes, over its region."""
+    import numpy as np
+
+    lengths = {dim: span.stop - span.start for dim, span in task.region}
+    return sum(
+        np.dtype(dtype).itemsize * math.prod(lengths[d] for d in dims)
+        for (_, dims), dtype in zip(task.dims, task.dtypes, strict=True)
+    )
 
 
 def exists(url: str, options: dict | None) -> bool:

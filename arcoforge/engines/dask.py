@@ -71,6 +71,8 @@ class DaskEngine(Engine):
             # dask sets it to trim memory sooner; it makes glibc map and unmap every large
             # buffer afresh, which slows a write task by half
             "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+            # a sampling profiler for the dashboard, which is not started here
+            "distributed.worker.profile.enabled": False,
         }
         with dask.config.set(settings), _unset("MALLOC_TRIM_THRESHOLD_"):
             return LocalCluster(

@@ -29,6 +29,7 @@ class LocalEngine(Engine):
     """
 
     name = "local"
+    forks = "fork" in mp.get_all_start_methods()
 
     def __init__(self, workers: int | None = None, retries: int = 2):
         self.workers = max(1, workers or os.cpu_count() or 1)

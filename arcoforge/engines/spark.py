@@ -13,7 +13,7 @@ import cloudpickle
 from pyspark.sql import SparkSession
 
 from ..errors import ArcoforgeError, one_line
-from .base import Engine, call, check_workers, ready_worker, unwrap
+from .base import Engine, call, check_workers, ready_worker, settle, unwrap
 
 # local mode: the driver is the only node; nothing listens beyond loopback, no web UI
 LOCAL = {
@@ -103,7 +103,9 @@ class SparkEngine(Engine):
 
 def _task(func: Callable[[Any], Any]) -> Callable[[bytes], bytes]:
     def run(payload: bytes) -> bytes:
-        return cloudpickle.dumps(call(func, cloudpickle.loads(payload)))
+        result = cloudpickle.dumps(call(func, cloudpickle.loads(payload)))
+        settle()  # in a worker the start-up check did not reach, after its first task
+        return result
 
     return run
 
