@@ -48,6 +48,16 @@ def test_write_tasks_cover_every_step_once_and_are_picklable(tmp_path, small_arc
     assert covered == {(v, t): 1 for v in ("sst", "anom", "err", "ice") for t in range(8)}
 
 
+def test_write_tasks_go_largest_first_with_alike_tasks_side_by_side(tmp_path, small_archive):
+    # 8 steps in chunks of 3: regions of 3, 3 and 2 steps, each for 2 groups of variables
+    plan = plan_for(tmp_path, small_archive, {"time": 3})
+    tasks = plan.write_tasks(estimate(plan))
+    order = [(dict(t.region)["time"].start, t.variables) for t in tasks]
+    first, second = tasks[0].variables, tasks[2].variables
+    assert set(first).isdisjoint(second)
+    assert order == [(0, first), (3, first), (0, second), (3, second), (6, first), (6, second)]
+
+
 def test_more_workers_split_variables_fewer_share(tmp_path, small_archive):
     one = plan_for(tmp_path, small_archive, {"time": 4}, workers=1)
     many = plan_for(tmp_path, small_archive, {"time": 4}, workers=4)
