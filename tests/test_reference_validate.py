@@ -54,3 +54,26 @@ def test_validate_reports_corrupted_range_and_missing_file(tmp_path, name):
     assert broken.returncode == 1
     assert "missing" in broken.stdout + broken.stderr
     assert "Traceback" not in broken.stderr
+
+
+def test_validate_icechunk_reports_corrupted_chunk_and_missing_file(tmp_path):
+    pytest.importorskip("icechunk", reason="Icechunk targets need the [icechunk] extra")
+    paths = write_oisst_archive(tmp_path / "src", days=4, ny=18, nx=36)
+    url = bake(ref_recipe(paths), f"icechunk://{tmp_path / 'ic'}", workers=2).url
+    healthy = validate(url, "--json")
+    assert healthy.returncode == 0, healthy.stderr
+    assert "4 files the virtual chunks point into are there" in healthy.stdout
+
+    offset, size = first_chunk(paths[0])
+    data = bytearray(paths[0].read_bytes())
+    data[offset : offset + size] = bytes(b ^ 0xFF for b in data[offset : offset + size])
+    paths[0].write_bytes(bytes(data))
+    paths[-1].unlink()
+
+    report = checker_for(url)(url, full=True)
+    text = "\n".join(report.findings)
+    assert not report.ok
+    assert f"file://{paths[-1]}: missing (virtual chunks point into it)" in text
+    assert "sst/0.0.0 does not decode" in text
+    broken = validate(url, "--full")
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr

@@ -125,6 +125,12 @@ def readonly_store(path: str, branch: str = MAIN):
     return _repository(path).readonly_session(branch=branch).store
 
 
+def virtual_locations(path: str, branch: str = MAIN) -> list[str]:
+    """The files the virtual chunks of the repository's ``branch`` point into."""
+    session = _repository(path).readonly_session(branch=branch)
+    return sorted(set(session.all_virtual_chunk_locations()))
+
+
 @contextmanager
 def open_dataset(path: str, branch: str = MAIN, **kwargs) -> Iterator[xr.Dataset]:
     """The repository's ``branch`` opened by xarray."""
