@@ -26,6 +26,17 @@ def first_chunk(path) -> tuple[int, int]:
         return info.byte_offset, info.size
 
 
+def break_archive(paths) -> tuple[int, int]:
+    """Corrupt the first chunk of sst in the first file (its byte range returned) and
+    delete the last file."""
+    offset, size = first_chunk(paths[0])
+    data = bytearray(paths[0].read_bytes())
+    data[offset : offset + size] = bytes(b ^ 0xFF for b in data[offset : offset + size])
+    paths[0].write_bytes(bytes(data))
+    paths[-1].unlink()
+    return offset, size
+
+
 @pytest.mark.parametrize("name", FORMATS)
 def test_validate_reports_corrupted_range_and_missing_file(tmp_path, name):
     paths = write_oisst_archive(tmp_path / "src", days=4, ny=18, nx=36)
@@ -36,11 +47,7 @@ def test_validate_reports_corrupted_range_and_missing_file(tmp_path, name):
     against = checker_for(url)(url, against=ref_recipe(paths, name), full=True)
     assert against.ok and "4 of 4 inputs equal the store" in str(against.checks)
 
-    offset, size = first_chunk(paths[0])
-    data = bytearray(paths[0].read_bytes())
-    data[offset : offset + size] = bytes(b ^ 0xFF for b in data[offset : offset + size])
-    paths[0].write_bytes(bytes(data))
-    paths[-1].unlink()
+    offset, size = break_archive(paths)
 
     report = checker_for(url)(url, full=True)
     assert not report.ok
@@ -64,11 +71,7 @@ def test_validate_icechunk_reports_corrupted_chunk_and_missing_file(tmp_path):
     assert healthy.returncode == 0, healthy.stderr
     assert "4 files the virtual chunks point into are there" in healthy.stdout
 
-    offset, size = first_chunk(paths[0])
-    data = bytearray(paths[0].read_bytes())
-    data[offset : offset + size] = bytes(b ^ 0xFF for b in data[offset : offset + size])
-    paths[0].write_bytes(bytes(data))
-    paths[-1].unlink()
+    break_archive(paths)
 
     report = checker_for(url)(url, full=True)
     text = "\n".join(report.findings)
