@@ -36,12 +36,14 @@ TIME_ENCODING = ("units", "calendar")
 
 @dataclass(frozen=True)
 class CheckTask:
-    """Compare sample inputs with the references at their spans along ``dim``."""
+    """Compare sample inputs with the references at their spans along ``dim``; the
+    references point into files of ``protocol``."""
 
     store: ReferenceStore
     open: OpenConfig
     samples: tuple[tuple[Input, tuple[int, int] | None], ...]
     dim: str | None
+    protocol: str | None = None
 
 
 def check_input(task: CheckTask) -> list[str]:
@@ -76,7 +78,7 @@ def _check_decoded(task: CheckTask) -> None:
 def _check_stored(task: CheckTask) -> None:
     """Each sample read by the netCDF library, compared with the references as stored."""
     spans = [span for _, span in task.samples if span is not None]
-    refs = Staged(task.store.staged_references(task.dim, spans))
+    refs = Staged(task.store.staged_references(task.dim, spans), task.protocol)
     for item, span in task.samples:
         where = task.open.redact(item.url)
         with open_netcdf(local_copy(item.url, task.open.fetch), where) as nc:
@@ -132,7 +134,7 @@ def _missing(values: np.ndarray, fills: list) -> np.ndarray:
     mask = np.zeros(values.shape, dtype=bool)
     for fill in fills:
         for value in np.ravel(np.asarray(fill if fill is not None else [], dtype=object)):
-            number = float(value) if isinstance(value, str) else value
+            number = _number(value)
             mask |= np.isnan(values) if number != number else values == number
     return mask
 
@@ -141,47 +143,61 @@ class Staged:
     """Staged references read as stored: metadata, and chunks fetched through fsspec's
     ``ReferenceFileSystem`` and decoded with the codecs the metadata names."""
 
-    def __init__(self, fo: str | dict):
+    def __init__(self, fo: str | dict, protocol: str | None = None):
         from fsspec.implementations.reference import ReferenceFileSystem
 
-        self.fs = ReferenceFileSystem(fo=fo)
+        # without the protocol, fsspec finds it by loading a whole record of Parquet
+        self.fs = ReferenceFileSystem(fo=fo, remote_protocol=protocol)
         self.meta = json.loads(self.fs.cat_file(".zmetadata"))["metadata"]
 
     def read(self, name: str, zarray: dict, region: tuple[slice, ...], where: str) -> np.ndarray:
         """The stored values of array ``name`` in ``region``, fill values where no chunk is."""
         chunks = zarray["chunks"]
         dtype = np.dtype(zarray["dtype"])
-        fill = 0 if zarray["fill_value"] is None else zarray["fill_value"]
-        out = np.full([s.stop - s.start for s in region], fill, dtype=dtype)
+        out = np.full([s.stop - s.start for s in region], _number(zarray["fill_value"]), dtype)
         grid = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, chunks, strict=True)]
         keys = {f"{name}/{'.'.join(map(str, i)) or '0'}": i for i in itertools.product(*grid)}
         found = self.fs.cat(list(keys), on_error="return")
+        codecs = _codecs(zarray)
         for key, index in keys.items():
             data = found.get(key)
             if data is None or isinstance(data, FileNotFoundError):
                 continue  # no chunk: fill values, as readers see it
-            chunk = _decode(data, zarray, dtype, f"{where}: chunk {key}")
+            chunk = _decode(data, codecs, zarray, dtype, f"{where}: chunk {key}")
             inner, outer = _overlap(index, chunks, region)
             out[outer] = chunk[inner]
         return out
 
 
-def _decode(data: bytes | Exception, zarray: dict, dtype: np.dtype, what: str) -> np.ndarray:
-    """A chunk's bytes decoded as Zarr v2 does: compressor, then filters in reverse."""
+def _codecs(zarray: dict) -> list:
+    """The codecs that decode a chunk, in the order they apply: the compressor, then the
+    filters in reverse (as Zarr v2 does)."""
     import numcodecs
+
+    configs = [zarray["compressor"], *reversed(zarray["filters"] or [])]
+    return [numcodecs.get_codec(c) for c in configs if c]
+
+
+def _decode(data, codecs: list, zarray: dict, dtype: np.dtype, what: str) -> np.ndarray:
+    """A chunk's bytes decoded into an array of the chunk's shape."""
     from numcodecs.compat import ensure_ndarray_like
 
     if isinstance(data, Exception):
         raise ValidationError(f"{what} cannot be read: {data}")
     try:
-        if zarray["compressor"]:
-            data = numcodecs.get_codec(zarray["compressor"]).decode(data)
-        for config in reversed(zarray["filters"] or []):
-            data = numcodecs.get_codec(config).decode(data)
+        for codec in codecs:
+            data = codec.decode(data)
         flat = ensure_ndarray_like(data).view(dtype).reshape(-1, order="A")
         return flat.reshape(zarray["chunks"], order=zarray["order"])
     except Exception as exc:
         raise ValidationError(f"{what} does not decode: {exc}") from None
+
+
+def _number(fill):
+    """A Zarr v2 fill value as a number ("NaN" and infinities are strings; None is 0)."""
+    if fill is None:
+        return 0
+    return float(fill) if isinstance(fill, str) else fill
 
 
 def _overlap(index: tuple[int, ...], chunks, region: tuple[slice, ...]):

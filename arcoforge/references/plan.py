@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import fsspec
 import numpy as np
 
 from .. import ledger as ledgers
@@ -24,7 +25,7 @@ from ..validate import sample_positions
 from .check import CheckTask, check_input, decoded
 from .combine import CombineError, concat, merge
 from .manifest import ArrayRefs, Manifest
-from .scan import ScanConfig, ScanTask, scan_input, scan_inputs
+from .scan import ScanConfig, ScanTask, reference_url, scan_input, scan_inputs
 from .store import ReferenceStore
 
 HELD = "references.pkl"
@@ -208,7 +209,9 @@ class ReferencePlan(Plan):
                 rank = order.index(item.pos(self.dim))
                 span = (held + starts[rank], held + starts[rank + 1])
             samples.append((item, span))
-        return [CheckTask(self.store, state.open or self.open, tuple(samples), self.dim)]
+        protocol = fsspec.utils.get_protocol(reference_url(self.inputs[0].url, self.scan))
+        config = state.open or self.open
+        return [CheckTask(self.store, config, tuple(samples), self.dim, protocol)]
 
     def count_checked(self, state: BakeState, results: Iterable) -> None:
         state.stats["validated_inputs"] = sum(len(urls) for urls in results)
