@@ -146,8 +146,9 @@ class Staged:
     def __init__(self, fo: str | dict, protocol: str | None = None):
         from fsspec.implementations.reference import ReferenceFileSystem
 
-        # without the protocol, fsspec finds it by loading a whole record of Parquet
-        self.fs = ReferenceFileSystem(fo=fo, remote_protocol=protocol)
+        # the file system of the protocol given, as it is: fsspec would otherwise find the
+        # protocol by loading a whole record of Parquet, and wrap local files to be async
+        self.fs = ReferenceFileSystem(fo=fo, fs={protocol or "file": {}})
         self.meta = json.loads(self.fs.cat_file(".zmetadata"))["metadata"]
 
     def read(self, name: str, zarray: dict, region: tuple[slice, ...], where: str) -> np.ndarray:
