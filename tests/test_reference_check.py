@@ -57,6 +57,10 @@ def drop_anom(m: Manifest) -> None:
     del m.arrays["anom"]
 
 
+def lose_file(m: Manifest) -> None:
+    m.paths[0] += ".gone"
+
+
 TAMPERED = {
     swap_days: r"'sst' differs at \{'time': 0, ",
     shift_offset: r"chunk sst/0\.0\.0 does not decode",
@@ -64,6 +68,7 @@ TAMPERED = {
     other_fill: r"'sst \(missing\)' differs at",
     later_time: r"'time' differs at \{'time': 0\}",
     drop_anom: r"variable 'anom' is missing from the store",
+    lose_file: r"chunk \w+/0\.0\.0 cannot be read: .*\.nc\.gone",
 }
 
 
