@@ -197,6 +197,8 @@ def fingerprint(*parts: Any) -> str:
 
 
 def _stable(value: Any) -> str:
+    if isinstance(value, str | int | float | None):
+        return repr(value)
     if callable(value) and not isinstance(value, type):
         try:
             return f"{getattr(value, '__qualname__', '')}:{inspect.getsource(value)}"

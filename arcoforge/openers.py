@@ -139,7 +139,7 @@ def read_variables(
     """
     where = config.redact(url)
     if _direct(config):
-        with _netcdf(local_copy(url, config.fetch), where) as nc:
+        with open_netcdf(local_copy(url, config.fetch), where) as nc:
             return {n: _read(nc.variables.get(n), n, sel, where) for n, sel in wanted.items()}
     with open_input(url, config) as ds:
         return {n: _read(ds.variables.get(n), n, sel, where) for n, sel in wanted.items()}
@@ -155,7 +155,8 @@ def _direct(config: OpenConfig) -> bool:
 
 
 @contextmanager
-def _netcdf(path: str, where: str):
+def open_netcdf(path: str, where: str) -> Iterator:
+    """The netCDF file at ``path``, its values read as stored (no masking nor scaling)."""
     import netCDF4
 
     try:

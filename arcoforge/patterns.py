@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 FILE_TYPES = ("netcdf3", "netcdf4", "hdf5", "zarr", "grib", "unknown")
@@ -122,12 +123,19 @@ class FilePattern:
 
     def inputs(self) -> Iterator[Input]:
         """Yield every input in key order."""
+        yield from self._inputs
+
+    @cached_property
+    def _inputs(self) -> tuple[Input, ...]:
+        """Every input, made once: a bake goes through them several times."""
         ranges = [range(len(d.keys)) for d in self.combine_dims]
+        found = []
         for positions in itertools.product(*ranges):
             keys = {d.name: d.keys[p] for d, p in zip(self.combine_dims, positions, strict=True)}
             url = str(self.format_function(**keys))
             position = tuple((d.name, p) for d, p in zip(self.combine_dims, positions, strict=True))
-            yield Input(url=url, position=position, keys=tuple(keys.items()))
+            found.append(Input(url=url, position=position, keys=tuple(keys.items())))
+        return tuple(found)
 
     def items(self) -> Iterator[tuple[tuple[tuple[str, int], ...], str]]:
         """Yield ``(position, url)`` pairs, as pangeo-forge's ``FilePattern.items`` does."""

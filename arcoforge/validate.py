@@ -77,19 +77,27 @@ def compare(source: xr.Dataset, output: xr.Dataset, where: str) -> None:
     for name, var in source.variables.items():
         if name not in output.variables:
             raise ValidationError(f"{where}: variable {name!r} is missing from the store")
-        got = output.variables[name].transpose(*var.dims).values
-        want = var.values
-        if got.shape != want.shape:
-            raise ValidationError(
-                f"{where}: {name!r} has shape {got.shape} in the store, not {want.shape}"
-            )
-        same = _equal_mask(got, want, _tolerance(output.variables[name]))
-        if not same.all():
-            index = tuple(int(i) for i in np.argwhere(~same)[0])
-            raise ValidationError(
-                f"{where}: {name!r} differs at {dict(zip(var.dims, index, strict=True))}: "
-                f"store has {got[index]}, source has {want[index]}"
-            )
+        out = output.variables[name]
+        got = out.transpose(*var.dims).values
+        compare_values(got, var.values, name, var.dims, where, _tolerance(out))
+
+
+def compare_values(
+    got: np.ndarray, want: np.ndarray, name: str, dims, where: str, tolerance: float = 0.0
+) -> None:
+    """Raise :class:`ValidationError` unless ``got`` (the store's values of ``name``) equals
+    ``want`` (the source's), NaN equal to NaN, within ``tolerance``."""
+    if got.shape != want.shape:
+        raise ValidationError(
+            f"{where}: {name!r} has shape {got.shape} in the store, not {want.shape}"
+        )
+    same = _equal_mask(got, want, tolerance)
+    if not same.all():
+        index = tuple(int(i) for i in np.argwhere(~same)[0])
+        raise ValidationError(
+            f"{where}: {name!r} differs at {dict(zip(dims, index, strict=True))}: "
+            f"store has {got[index]}, source has {want[index]}"
+        )
 
 
 def _tolerance(var: xr.Variable) -> float:

@@ -80,6 +80,19 @@ def test_parquet_append_links_the_records_it_keeps(tmp_path, days):
     assert_matches_sources(url, days)
 
 
+def test_parquet_append_links_the_records_of_arrays_it_leaves_unchanged(tmp_path):
+    """Referenced coordinates (above the inline threshold) keep their records, partial
+    ones included."""
+    days = write_oisst_archive(tmp_path / "src", days=3, ny=80, nx=100)
+    out = tmp_path / "out"
+    url = Path(bake(ref_recipe(days[:2], "reference.parquet", record_size=4), out).url)
+    kept = {n: (url / n / "refs.0.parq").stat().st_ino for n in ("lat", "lon", "time", "sst")}
+    bake(ref_recipe(days, "reference.parquet", record_size=4), out, append=True)
+    now = {n: (url / n / "refs.0.parq").stat().st_ino for n in kept}
+    assert {n for n in kept if now[n] == kept[n]} == {"lat", "lon"}
+    assert_matches_sources(url, days)
+
+
 def test_json_append_keeps_the_bytes_of_the_references_it_keeps(tmp_path, days):
     """An appended JSON file starts with the chunk references of the one it extends and
     holds the same references as a bake of all the inputs at once."""

@@ -77,13 +77,15 @@ class ReferenceStore:
             with icechunk.open_dataset(self.url, icechunk.STAGING) as ds:
                 yield ds
             return
-        if self.kind == "json" and dim is not None:
-            refs = kerchunk_json.read_meeting(self.staging, dim, spans)
-            with open_references({"version": 1, "refs": refs}) as ds:
-                yield ds
-            return
-        with open_references(self.staging) as ds:
+        with open_references(self.staged_references(dim, spans)) as ds:
             yield ds
+
+    def staged_references(self, dim: str | None = None, spans=()) -> str | dict:
+        """What fsspec's ``ReferenceFileSystem`` reads the staged JSON or Parquet references
+        from: of a JSON file, with ``dim``, the references :meth:`open_staged` reads."""
+        if self.kind == "json" and dim is not None:
+            return {"version": 1, "refs": kerchunk_json.read_meeting(self.staging, dim, spans)}
+        return self.staging
 
     def publish(self) -> None:
         """Put the staged references at ``url``; repeatable."""

@@ -49,7 +49,7 @@ def write_parquet(
     paths = np.asarray([*manifest.paths, None], dtype=object)
     for name, refs in manifest.arrays.items():
         (folder / name).mkdir(exist_ok=True)
-        kept = previous.kept(name, record_size) if previous else 0
+        kept = previous.kept(name, record_size, refs.files.size) if previous else 0
         for record, frame in enumerate(_records(refs, paths, record_size, kept)):
             target = folder / name / f"refs.{record}.parq"
             if frame is None:
@@ -65,12 +65,14 @@ class Previous:
     folder: Path
     rows: dict[str, int]
 
-    def kept(self, name: str, record_size: int) -> int:
-        """Whole records of ``name`` that can be linked rather than written."""
+    def kept(self, name: str, record_size: int, rows: int) -> int:
+        """Records of ``name`` (of ``rows`` rows now) that can be linked rather than
+        written: the whole ones it shares, and the last one too if it is unchanged."""
         meta = json.loads((self.folder / ".zmetadata").read_text())
         if meta.get("record_size") != record_size:
             return 0
-        return self.rows.get(name, 0) // record_size
+        shared = self.rows.get(name, 0)
+        return -(-shared // record_size) if shared == rows else shared // record_size
 
 
 def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int, kept: int = 0):

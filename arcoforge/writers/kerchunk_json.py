@@ -26,6 +26,7 @@ from .kerchunk import metadata
 HEAD = b'{"version":1,"refs":{'
 TAIL = b'".zgroup":'
 BLOCK = 1 << 16  # chunk references formatted at a time
+NEAR = 1 << 20  # bytes searched first, after the last row found and before the TAIL
 
 
 def write_json(
@@ -177,13 +178,15 @@ def _rows(zarray: dict, dims: list[str], dim: str, spans) -> list[int]:
 
 def _row_refs(mm: mmap.mmap, name: str, row: int, ndim: int, at: int) -> tuple[dict, int]:
     """The references of one leading row of an array's chunks (consecutive entries from
-    the first whose key starts with ``NAME/ROW``) and where they lie. The search starts at
-    ``at``, where the previous row was found (the rows sought are in the order written),
-    and wraps around."""
+    the first whose key starts with ``NAME/ROW``) and where they lie. The search looks
+    near ``at``, where the previous row was found (the rows sought are in the order
+    written), then at the end of the BODY (where the last append put its rows), then
+    from ``at`` on, wrapping around."""
     key = f"{name}/{row if ndim else 0}"
     needle = ('"' + json.dumps(key)[1:-1] + ("." if ndim > 1 else '":')).encode()
-    found = mm.find(needle, at)
-    found = mm.find(needle, 0, at + len(needle)) if found < 0 else found
+    size = len(mm)
+    windows = ((at, at + NEAR), (size - NEAR, size), (at, size), (0, at + len(needle)))
+    found = next((f for lo, hi in windows if (f := mm.find(needle, max(lo, 0), hi)) >= 0), -1)
     if found < 0:
         return {}, at
     size = 1 << 16
