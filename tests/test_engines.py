@@ -265,6 +265,16 @@ def test_workers_keep_their_imports_out_of_full_garbage_collections(request, lab
     assert len(frozen) == 4 and min(frozen) > 10_000
 
 
+def test_local_spark_runs_its_jvm_without_the_optimizing_compiler():
+    # the JVM only schedules Python tasks; its C2 compiler took 10% of a bake's CPU
+    with get_engine("spark", workers=1) as engine:
+        jvm = engine.session().sparkContext._jvm
+        arguments = list(
+            jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+        )
+    assert "-XX:TieredStopAtLevel=1" in arguments
+
+
 def test_dask_local_cluster_workers_keep_malloc_trim_threshold_and_no_profiler(monkeypatch):
     # dask's default of 65536 made every large buffer a fresh memory map: writes 1.5x slower;
     # a LocalCluster started before in this process leaves it in the environment
