@@ -106,8 +106,8 @@ def bake(
                 if isinstance(engine, str)
                 else engine
             )
-            if not recipe.virtual:  # a reference bake's workers only scan
-                preload(plan.open, forking=runner.forks)
+            if runner.forks and not recipe.virtual:  # a reference bake's workers only scan
+                preload(plan.open.file_type)  # (engines with workers of their own: as they start)
             with runner:
                 result = run_plan(plan, runner, reporter)
             if runner.worker_losses:

@@ -40,30 +40,32 @@ class OpenConfig:
         return self.fetch.redact(text)
 
 
-def preload(config: OpenConfig, forking: bool = True) -> None:
-    """Import the backends a Zarr bake uses (xarray's, netCDF4, dask.array: xarray imports
-    it whenever it makes a variable, about 0.7 s), once.
+def preload(file_type: str = "netcdf4", forking: bool = True) -> None:
+    """Import the backends a Zarr bake uses (xarray's, netCDF4 for netCDF and HDF5 inputs,
+    dask.array: xarray imports it whenever it makes a variable, about 0.7 s), once.
 
     ``forking``: now, before worker processes are forked from this one, which saves each
-    that import. Otherwise the workers are the engine's own and only the driver gains: the
-    imports run in a thread while the workers scan, not after, when the driver writes the
-    store's template (if the thread fails, the driver imports them itself then).
+    that import. Otherwise only this process, the driver, gains, and the imports run in a
+    thread while the engine's own workers start or scan: the driver needs them only when
+    it writes the store's template, after the scan (if the thread fails, it imports them
+    itself then). Dask and Spark engines call it as they start, before the driver runs
+    dask's scheduler or Spark's job submissions, which the imports would hold up.
     """
     if forking:
-        _import_backends(config)
+        _import_backends(file_type)
     else:
-        worker = threading.Thread(target=_import_quietly, args=(config,), daemon=True)
+        worker = threading.Thread(target=_import_quietly, args=(file_type,), daemon=True)
         worker.start()
 
 
-def _import_quietly(config: OpenConfig) -> None:
+def _import_quietly(file_type: str) -> None:
     with suppress(Exception):
-        _import_backends(config)
+        _import_backends(file_type)
 
 
-def _import_backends(config: OpenConfig) -> None:
+def _import_backends(file_type: str) -> None:
     xr.backends.list_engines()
-    if config.file_type in ("netcdf4", "hdf5", "netcdf3"):
+    if file_type in ("netcdf4", "hdf5", "netcdf3"):
         import netCDF4  # noqa: F401
     with suppress(ImportError):
         import dask.array  # noqa: F401

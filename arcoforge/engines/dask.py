@@ -13,6 +13,7 @@ import dask
 from distributed import Client, LocalCluster, as_completed
 
 from ..errors import ArcoforgeError, one_line
+from ..openers import preload
 from .base import Engine, call, check_workers, ready_worker, unwrap
 
 
@@ -57,6 +58,7 @@ class DaskEngine(Engine):
     def client(self) -> Client:
         """The client, connected on first use (starting the LocalCluster if need be)."""
         if self._client is None:
+            preload(forking=False)
             if self.scheduler:
                 self._client = Client(self.scheduler, set_as_default=False)
             else:

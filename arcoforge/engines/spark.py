@@ -13,6 +13,7 @@ import cloudpickle
 from pyspark.sql import SparkSession
 
 from ..errors import ArcoforgeError, one_line
+from ..openers import preload
 from .base import Engine, call, check_workers, ready_worker, settle, unwrap
 
 # local mode: the driver is the only node; nothing listens beyond loopback, no web UI, and
@@ -82,6 +83,7 @@ class SparkEngine(Engine):
     def session(self) -> SparkSession:
         """The session, started on first use."""
         if self._session is None:
+            preload(forking=False)
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # read by SparkContext
             builder = SparkSession.builder.master(self.master).appName("arcoforge")
             for key, value in self.conf.items():
