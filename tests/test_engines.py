@@ -285,11 +285,11 @@ def test_local_spark_runs_its_jvm_without_the_optimizing_compiler():
 def test_dask_local_cluster_workers_keep_malloc_trim_threshold_and_no_profiler(monkeypatch):
     # dask's default of 65536 made every large buffer a fresh memory map: writes 1.5x slower;
     # a LocalCluster started before in this process leaves it in the environment
-    # (and without the dashboard's sampling profiler, which took the GIL every 10 ms)
+    # (and without the dashboard's sampling profiler and busy monitors)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     with get_engine("dask", workers=2) as engine:
         found = engine.client().run(_malloc_setting_and_profiler)
-    assert list(found.values()) == [(None, False), (None, False)]
+    assert list(found.values()) == [(None, False, "200ms"), (None, False, "200ms")]
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"  # this process's, as it was
 
 
@@ -297,7 +297,8 @@ def _malloc_setting_and_profiler():
     import dask
 
     enabled = dask.config.get("distributed.worker.profile.enabled")
-    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), enabled
+    tick = dask.config.get("distributed.admin.tick.interval")
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), enabled, tick
 
 
 @pytest.mark.parametrize("name", ["dask", "spark", "beam"])
