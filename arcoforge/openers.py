@@ -48,8 +48,8 @@ def preload(file_type: str = "netcdf4", forking: bool = True) -> None:
     that import. Otherwise only this process, the driver, gains, and the imports run in a
     thread while the engine's own workers start or scan: the driver needs them only when
     it writes the store's template, after the scan (if the thread fails, it imports them
-    itself then). Dask and Spark engines call it as they start, before the driver runs
-    dask's scheduler or Spark's job submissions, which the imports would hold up.
+    itself then). Engines with workers of their own call it as they start, before the
+    driver schedules tasks, which the imports would hold up.
     """
     if forking:
         _import_backends(file_type)
