@@ -74,7 +74,7 @@ class DaskEngine(Engine):
             # buffer afresh, which slows a write task by half
             "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
             # a sampling profiler and monitors for the dashboard, which is not started here
-            # (its every process checked its event loop every 20 ms): 10% of a bake
+            # (every process checked its event loop every 20 ms): 10% of a bake on 2 cores
             "distributed.worker.profile.enabled": False,
             "distributed.admin.system-monitor.interval": "2s",
             "distributed.admin.tick.interval": "200ms",
