@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import secrets
 import sys
 import time
@@ -117,12 +118,37 @@ def state_dir() -> Path:
 
 
 def versions() -> dict[str, str]:
-    """Python and the versions of the installed libraries a bake may use."""
+    """Python and the versions of the installed libraries a bake may use: read from the
+    names of their ``.dist-info`` folders (one listing of each folder on the path, not
+    ``importlib.metadata``'s parse of each library's metadata), else from their metadata."""
     found = {"python": platform.python_version()}
+    listed = _dist_info_versions()
     for name in LIBRARIES:
-        with suppress(metadata.PackageNotFoundError):
-            found[name] = metadata.version(name)
+        version = listed.get(_normalized(name))
+        if version is None:
+            with suppress(metadata.PackageNotFoundError):
+                version = metadata.version(name)
+        if version is not None:
+            found[name] = version
     return found
+
+
+def _dist_info_versions() -> dict[str, str]:
+    """Normalized distribution name -> version, of the ``NAME-VERSION.dist-info`` folders
+    on ``sys.path`` (the first of a name wins, as it does for imports)."""
+    found: dict[str, str] = {}
+    for folder in sys.path:
+        with suppress(OSError):
+            for entry in os.listdir(folder or "."):
+                stem, _, suffix = entry.rpartition(".")
+                if suffix == "dist-info" and stem.count("-") == 1:
+                    name, version = stem.split("-")
+                    found.setdefault(_normalized(name), version)
+    return found
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
 
 
 class Recorder:

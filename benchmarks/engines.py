@@ -22,6 +22,7 @@ from run import (
     WORK,
     Contestant,
     RunResult,
+    compile_bytecode,
     get_archive,
     log,
     run_contestant,
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.workers = 2  # run_contestant's default; each contestant sets its own
     WORK.mkdir(parents=True, exist_ok=True)
+    compile_bytecode()
     archive = get_archive(args.days, args.ny, args.nx)
     results: dict[str, list[RunResult]] = {c.key: [] for c in RUNS}
     for rep in range(args.repeat):

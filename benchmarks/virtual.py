@@ -646,6 +646,7 @@ def main(argv=None) -> int:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     WORK.mkdir(parents=True, exist_ok=True)
+    run.compile_bytecode()
     pythons = {k: Path(sys.executable) for k in ALL}
     if args.arcoforge_python is not None:
         pythons["arcoforge"] = args.arcoforge_python.absolute()

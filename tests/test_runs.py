@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
 import sys
 import time
 from contextlib import suppress
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from arcoforge import bake
 from arcoforge.bake import stored_bytes
 from arcoforge.errors import SourceError
 from arcoforge.progress import Reporter
-from arcoforge.runs import RUNS_FOLDER, RunContext, list_runs, state_dir
+from arcoforge.runs import LIBRARIES, RUNS_FOLDER, RunContext, list_runs, state_dir, versions
 from arcoforge.testing.httpserver import Faults, FileServer
 
 ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
@@ -90,6 +92,17 @@ def test_successful_bake_is_recorded(small_archive, tmp_path, state):
     )
     assert record["started"] <= record["ended"]
     assert set(src.data_vars) == {"sst", "anom", "err", "ice"}
+
+
+def test_versions_are_those_of_the_installed_distributions():
+    """Read from the dist-info folders' names: the same as importlib.metadata's."""
+    recorded = versions()
+    for name in LIBRARIES:
+        try:
+            assert recorded[name] == metadata.version(name), name
+        except metadata.PackageNotFoundError:
+            assert name not in recorded
+    assert recorded["python"] == platform.python_version()
 
 
 def test_up_to_date_bake_is_recorded_too(small_archive, tmp_path, state):
