@@ -20,6 +20,7 @@ from test_references import FORMATS, assert_matches_sources, ref_recipe
 
 from arcoforge import bake
 from arcoforge.errors import ValidationError
+from arcoforge.references import check
 from arcoforge.references.check import CheckTask, _check_decoded, check_input
 from arcoforge.references.manifest import Manifest, inline_array
 from arcoforge.references.plan import HELD, make_reference_plan
@@ -113,6 +114,71 @@ def test_check_refuses_wrong_references_as_xarray_does(tmp_path, days, name, tam
     assert str(days[0]) in str(info.value)
     with pytest.raises(Exception):  # noqa: B017 - xarray's errors vary with the fault
         _check_decoded(task)
+
+
+def quartered_files(root: Path, days: int = 3) -> list[Path]:
+    """Files of one day each, whose variable is stored in four chunks (zlib and shuffle)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    paths = []
+    for day in pd.date_range("2024-01-01", periods=days):
+        ds = xr.Dataset(
+            {"t2m": (("time", "y", "x"), rng.normal(280, 5, (1, 40, 60)).astype("f4"))},
+            coords={"time": [day], "y": np.arange(40.0), "x": np.arange(60.0)},
+        )
+        path = root / f"t2m_{day:%Y%m%d}.nc"
+        encoding = {"t2m": {"zlib": True, "shuffle": True, "chunksizes": (1, 20, 30)}}
+        ds.to_netcdf(path, encoding=encoding)
+        paths.append(path)
+    return paths
+
+
+def swap_inner_chunks(m: Manifest) -> None:
+    """Day 0's two chunks after its first one trade places."""
+    t2m = m.arrays["t2m"]
+    for refs in (t2m.files, t2m.offsets, t2m.lengths):
+        refs[0, 0, 1], refs[0, 1, 0] = refs[0, 1, 0].copy(), refs[0, 0, 1].copy()
+
+
+def drop_shuffle(m: Manifest) -> None:
+    m.arrays["t2m"].meta["filters"] = None
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_chunks_that_are_the_inputs_byte_for_byte_are_decoded_once(tmp_path, name, monkeypatch):
+    paths = quartered_files(tmp_path / "src")
+    task = staged_check(tmp_path, paths, name)
+    decoded = []
+
+    def counted(data, codecs, zarray, dtype, what):
+        decoded.append(what)
+        return real(data, codecs, zarray, dtype, what)
+
+    real = check._decode
+    monkeypatch.setattr(check, "_decode", counted)
+    assert check_input(task) == [str(paths[0]), str(paths[-1])]
+    chunks = [w.split(": ")[-1] for w in decoded]
+    assert [c for c in chunks if c.startswith("chunk t2m/")] == [
+        "chunk t2m/0.0.0",
+        "chunk t2m/2.0.0",
+    ]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize(
+    ("tamper", "error"),
+    [
+        (swap_inner_chunks, r"'t2m' differs at \{'time': 0, 'y': 0, 'x': 30\}"),
+        (drop_shuffle, r"'t2m' differs at \{'time': 0, 'y': 0, 'x': 0\}"),
+    ],
+    ids=["swapped inner chunks", "filter dropped"],
+)
+def test_chunks_compared_as_bytes_still_find_wrong_references(tmp_path, name, tamper, error):
+    """A chunk that is not the input's is decoded and compared; metadata that does not
+    decode the input's chunks fails on the one chunk decoded."""
+    paths = quartered_files(tmp_path / "src")
+    with pytest.raises(ValidationError, match=error):
+        check_input(staged_check(tmp_path, paths, name, tamper))
 
 
 @pytest.mark.parametrize("name", FORMATS)
