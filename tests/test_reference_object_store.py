@@ -3,6 +3,11 @@ Parquet staged and published there, appended to, checked and validated from ther
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import s3fs
@@ -12,6 +17,7 @@ from test_references import FORMATS, ref_recipe
 
 from arcoforge import bake
 from arcoforge.audit import checker_for
+from arcoforge.errors import TargetError
 from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.updates import AppendError
@@ -133,3 +139,40 @@ def test_validate_on_s3_passes_then_reports_a_corrupted_and_a_missing_input(
     assert f"file://{paths[-1]}: missing (4 references, first anom/3.0.0)" in text
     chunk = f"sst/0.0.0 (bytes {offset}-{offset + size} of file://{paths[0]}) does not decode"
     assert chunk in text
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_cli_validate_reads_references_on_s3(days, s3, bucket, name):
+    url = bake(ref_recipe(days, name), bucket, workers=2, storage_options=s3).url
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": s3["key"],
+        "AWS_SECRET_ACCESS_KEY": s3["secret"],
+        "AWS_ENDPOINT_URL": s3["client_kwargs"]["endpoint_url"],
+        "AWS_DEFAULT_REGION": s3["client_kwargs"]["region_name"],
+    }
+    command = [sys.executable, "-m", "arcoforge.cli", "validate", url, "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["url"] == url
+    assert "references in bounds" in str(report["checks"])
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_leftover_staged_references_are_cleared(days, s3, bucket, name):
+    fs = s3fs.S3FileSystem(**s3)
+    staged = f"{bucket.removeprefix('s3://')}/ref/.{name}.partial"
+    fs.pipe_file(staged, b"left by an interrupted bake")
+    fs.pipe_file(f"{staged}/sst/refs.9.parq", b"left by an interrupted bake")
+    url = bake(ref_recipe(days, name), bucket, workers=2, storage_options=s3).url
+    assert not [k for k in objects(s3, bucket) if ".partial" in k]
+    assert_equals_sources(url, s3, days)
+
+
+def test_a_missing_bucket_is_one_line_naming_the_url(days, s3):
+    with pytest.raises(TargetError) as info:
+        bake(ref_recipe(days), "s3://no-such-bucket/refs", storage_options=s3)
+    message = str(info.value)
+    assert message.startswith("s3://no-such-bucket/refs/") and "\n" not in message
+    assert "bucket does not exist" in message

@@ -24,6 +24,9 @@ from typing import Any
 import fsspec
 import xarray as xr
 
+from .. import ledger as ledgers
+from ..errors import TargetError, one_line
+from ..sources import is_remote
 from ..writers import kerchunk, kerchunk_json
 from .manifest import Manifest
 
@@ -63,7 +66,8 @@ class ReferenceStore:
 
             icechunk.drop_staging(self.url)
         elif self.remote:
-            _remove(self.fs, self.staging)
+            with _naming(self.staging, "cannot remove it"):
+                _remove(self.fs, self.staging)
         elif os.path.isdir(self.staging):
             shutil.rmtree(self.staging)
         elif os.path.exists(self.staging):
@@ -76,7 +80,8 @@ class ReferenceStore:
         ``shared`` counts, per array, the leading references it shares with the published
         store, which a Parquet store links rather than writes again."""
         if self.remote and self.kind != "icechunk":
-            self._upload_staged(manifest, attrs, shared)
+            with _naming(self.staging, "cannot stage the references there"):
+                self._upload_staged(manifest, attrs, shared)
             return
         Path(self.staging).parent.mkdir(parents=True, exist_ok=True)
         if self.kind == "json":
@@ -137,7 +142,8 @@ class ReferenceStore:
         ``dim``, the references :meth:`open_staged` reads."""
         if self.kind == "json" and dim is not None:
             if self.remote:
-                data = self.fs.cat_file(self.staging)
+                with _naming(self.staging, "cannot read it"):
+                    data = self.fs.cat_file(self.staging)
                 refs = kerchunk_json.meeting(data, dim, spans, self.staging)
             else:
                 refs = kerchunk_json.read_meeting(self.staging, dim, spans)
@@ -151,7 +157,8 @@ class ReferenceStore:
 
             icechunk.publish_staged(self.url)
         elif self.remote:
-            _publish_remote(self.fs, self.staging, self.url)
+            with _naming(self.url, f"cannot publish the references staged at {self.staging}"):
+                _publish_remote(self.fs, self.staging, self.url)
         elif os.path.isdir(self.staging):
             old = f"{self.url}.replaced"
             if os.path.exists(self.url):
@@ -184,6 +191,15 @@ class CopiedPrevious(kerchunk.Previous):
         )
 
 
+@contextmanager
+def _naming(url: str, doing: str) -> Iterator[None]:
+    """Turn an object store's error into one line naming ``url``."""
+    try:
+        yield
+    except OSError as exc:
+        raise TargetError(f"{url}: {doing}: {one_line(exc)}") from exc
+
+
 def _publish_remote(fs, staging: str, url: str) -> None:
     """Copy the staged references to ``url`` and remove them: a JSON object at once; a
     Parquet store's changed records first, then ``.zmetadata``, then the records it no
@@ -208,10 +224,9 @@ def _publish_remote(fs, staging: str, url: str) -> None:
 
 def _remove(fs, url: str) -> None:
     """Remove the object or the objects under ``url``, if any."""
-    root = fs._strip_protocol(url).rstrip("/")
-    for path in fs.find(root):
-        fs.rm_file(path)
-    fs.invalidate_cache(root)
+    path = fs._strip_protocol(url).rstrip("/")
+    if fs.exists(path):
+        ledgers.remove(fs, path)
 
 
 def _listing(fs, folder: str) -> dict[str, tuple]:
@@ -222,11 +237,6 @@ def _listing(fs, folder: str) -> dict[str, tuple]:
         path.removeprefix(root + "/"): (info.get("size"), info.get("ETag"))
         for path, info in found.items()
     }
-
-
-def is_remote(url: str) -> bool:
-    """Whether ``url`` names an object store (or any URL but a local path)."""
-    return "://" in url and not url.startswith("file://")
 
 
 def reference_store(
