@@ -278,7 +278,7 @@ def is_reference_url(url: str, storage_options: dict | None = None) -> bool:
             return fs.isfile(path)
         try:
             return "record_size" in json.loads(fs.cat_file(f"{path}/.zmetadata"))
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):  # no such object, or no access: not references
             return False
     path = url.removeprefix("file://")
     if path.endswith(".json") and os.path.isfile(path):
