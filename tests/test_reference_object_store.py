@@ -18,6 +18,7 @@ from test_references import FORMATS, ref_recipe
 from arcoforge import bake
 from arcoforge.audit import checker_for
 from arcoforge.errors import TargetError
+from arcoforge.references.store import ReferenceStore
 from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.updates import AppendError
@@ -176,3 +177,20 @@ def test_a_missing_bucket_is_one_line_naming_the_url(days, s3):
     message = str(info.value)
     assert message.startswith("s3://no-such-bucket/refs/") and "\n" not in message
     assert "bucket does not exist" in message
+
+
+def test_publishing_parquet_on_s3_is_repeatable_and_drops_stale_records(s3, bucket):
+    fs = s3fs.S3FileSystem(**s3)
+    url, staging = f"{bucket}/ref/r.parquet", f"{bucket}/ref/.r.parquet.partial"
+    for key in ("sst/refs.0.parq", "sst/refs.1.parq", ".zmetadata"):
+        fs.pipe_file(f"{url}/{key}", f"old {key}".encode())
+    for key in ("sst/refs.0.parq", ".zmetadata"):
+        fs.pipe_file(f"{staging}/{key}", f"new {key}".encode())
+    store = ReferenceStore(url, staging, "parquet", storage_options=s3)
+    store.publish()
+    store.publish()  # an interrupted bake publishes again
+    root = url.removeprefix("s3://")
+    assert objects(s3, bucket) == {
+        f"{root}/sst/refs.0.parq": b"new sst/refs.0.parq",
+        f"{root}/.zmetadata": b"new .zmetadata",
+    }
