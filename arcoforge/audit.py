@@ -473,10 +473,10 @@ def _chunk_length(store: xr.Dataset, dim: str) -> int:
 Checker = Callable[..., StoreReport]
 
 
-def _is_references(url: str) -> bool:
+def _is_references(url: str, storage_options: dict | None = None) -> bool:
     from .references.store import is_reference_url
 
-    return is_reference_url(url)
+    return is_reference_url(url, storage_options)
 
 
 def _check_references(url: str, **kwargs) -> StoreReport:
@@ -485,11 +485,15 @@ def _check_references(url: str, **kwargs) -> StoreReport:
     return validate_references(url, **kwargs)
 
 
-CHECKERS: list[tuple[Callable[[str], bool], Checker]] = [(_is_references, _check_references)]
+CHECKERS: list[tuple[Callable[[str, dict | None], bool], Checker]] = [
+    (_is_references, _check_references)
+]
 
 
-def checker_for(url: str) -> Checker:
+def checker_for(url: str, storage_options: dict | None = None) -> Checker:
     """The audit for the store at ``url``: the first of :data:`CHECKERS` whose test accepts
-    the URL (reference stores register theirs there), else the Zarr audit. A checker takes
-    the URL and the keywords of :func:`validate_store` and returns a :class:`StoreReport`."""
-    return next((check for accepts, check in CHECKERS if accepts(url)), validate_store)
+    the URL and ``storage_options`` (reference stores register theirs there), else the
+    Zarr audit. A checker takes the URL and the keywords of :func:`validate_store` and
+    returns a :class:`StoreReport`."""
+    found = (check for accepts, check in CHECKERS if accepts(url, storage_options))
+    return next(found, validate_store)

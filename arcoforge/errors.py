@@ -27,6 +27,10 @@ class ValidationError(ArcoforgeError):
     """An output does not match its sources."""
 
 
+class TargetError(ArcoforgeError):
+    """A target on an object store could not be read or written."""
+
+
 def one_line(exc: BaseException) -> str:
     """Return ``exc`` as a single line: its message, or its type and message."""
     text = str(exc).strip() or type(exc).__name__

@@ -9,6 +9,7 @@ import inspect
 import json
 import os
 import pickle
+import shutil
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -20,7 +21,7 @@ from typing import Any
 import cloudpickle
 import fsspec
 
-from .errors import ArcoforgeError
+from .errors import ArcoforgeError, TargetError, one_line
 
 VERSION = 1
 
@@ -109,7 +110,7 @@ class Ledger:
         for url in (self.staging_store, f"{self.folder}/staging"):
             path = fs._strip_protocol(url)
             if fs.exists(path):
-                fs.rm(path, recursive=True)
+                remove(fs, path)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -164,7 +165,24 @@ def put(url: str, data: bytes, storage_options: dict | None = None) -> None:
         temp.write_bytes(data)
         os.replace(temp, path)
     else:
-        fs.pipe_file(path, data)
+        try:
+            fs.pipe_file(path, data)
+        except OSError as exc:
+            raise TargetError(f"{url}: cannot write it: {one_line(exc)}") from exc
+
+
+def remove(fs, path: str) -> None:
+    """Remove the file or folder at ``path`` and all under it. Objects of a path with glob
+    characters (``[`` of a test's name, say) are removed one by one: ``fs.rm`` would take
+    the path for a glob."""
+    if is_local(fs):
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    elif any(c in path for c in "*?["):
+        for found in fs.find(path):
+            fs.rm_file(found)
+        fs.invalidate_cache(path)
+    else:
+        fs.rm(path, recursive=True)
 
 
 def get(url: str, storage_options: dict | None = None) -> bytes | None:

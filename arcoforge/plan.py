@@ -495,7 +495,12 @@ def make_plan(
         from .references.plan import make_reference_plan
 
         return make_reference_plan(
-            recipe, target_root, cache=cache, workers=workers, skip_failed=skip_failed
+            recipe,
+            target_root,
+            cache=cache,
+            workers=workers,
+            skip_failed=skip_failed,
+            storage_options=storage_options,
         )
     writer = recipe.writer
     url = f"{target_root.rstrip('/')}/{writer.store_name}"

@@ -124,8 +124,9 @@ class WriteCombinedReference(Step):
     """Combine the inputs' manifests and write them to ``TARGET_ROOT/store_name``.
 
     ``output_file_name`` ending in ``.json`` gives kerchunk JSON, ``.parquet`` a folder of
-    Parquet references that fsspec reads lazily, ``record_size`` references per file. A
-    target root ``icechunk://PATH`` commits the references to an Icechunk repository at
+    Parquet references that fsspec reads lazily, ``record_size`` references per file; the
+    target root is a local folder or an object store (``s3://bucket/prefix``). A target
+    root ``icechunk://PATH`` commits the references to an Icechunk repository at
     ``PATH/store_name`` instead. ``concat_dims`` default to the pattern's; variables
     without them (and ``identical_dims``) are taken from the first input.
     """

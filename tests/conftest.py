@@ -1,4 +1,4 @@
-"""Shared fixtures: generated archives and real HTTP servers on loopback."""
+"""Shared fixtures: generated archives and real HTTP and S3 servers on loopback."""
 
 from __future__ import annotations
 
@@ -34,6 +34,32 @@ def served(small_archive):
     """The small archive on a plain loopback HTTP server."""
     with FileServer(small_archive[0].parent) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """Storage options of an S3 server (moto, on loopback) holding the bucket "bakery"."""
+    import s3fs
+    from moto import server as moto_server
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "eu-west-1"},
+    }
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir("bakery")
+    yield options
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3, request):
+    """A fresh prefix in the bucket for each test."""
+    return f"s3://bakery/{request.node.name}"
 
 
 def simple_recipe(urls, store="out.zarr", chunks=None, **pattern_kwargs):

@@ -236,7 +236,7 @@ def test_checkers_are_chosen_by_url(store):
         return StoreReport(url)
 
     assert checker_for(str(store)) is validate_store
-    CHECKERS.append((lambda url: url.endswith(".json"), references))
+    CHECKERS.append((lambda url, options: url.endswith(".json"), references))
     try:
         assert checker_for("refs/out.json") is references
         assert checker_for(str(store)) is validate_store

@@ -9,34 +9,11 @@ import pytest
 import s3fs
 import xarray as xr
 from conftest import assert_same_as_sources, simple_recipe
-from moto import server as moto_server
 
 from arcoforge import bake
 from arcoforge.audit import validate_store
 from arcoforge.ledger import LockedError
 from arcoforge.runs import RUNS_FOLDER
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "eu-west-1"},
-    }
-    fs = s3fs.S3FileSystem(**options)
-    fs.mkdir("bakery")
-    yield options
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3, request):
-    """A fresh prefix in the bucket for each test."""
-    return f"s3://bakery/{request.node.name}"
 
 
 def test_bake_to_s3_and_rebake_is_a_no_op(small_archive, s3, bucket):

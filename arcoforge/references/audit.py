@@ -5,9 +5,7 @@ it holds its sources' values."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -32,13 +30,14 @@ def validate_references(
     decode_budget: int | None = None,
 ) -> StoreReport:
     """Audit the kerchunk JSON, Parquet or Icechunk references at ``url`` (the keywords
-    of :func:`arcoforge.audit.validate_store`)."""
+    of :func:`arcoforge.audit.validate_store`; ``storage_options`` reach JSON or Parquet
+    references on an object store)."""
     if is_icechunk_repository(url):
         url = ICECHUNK + url.removeprefix("file://")
     report = StoreReport(url)
     sampled = None if full else sample
     try:
-        with open_references(url) as ds:
+        with open_references(url, storage_options) as ds:
             report.add("opens", [], f"{len(ds.data_vars)} variables, {dict(ds.sizes)}")
             _check_coordinates(report, ds)
             if against is not None:
@@ -50,30 +49,33 @@ def validate_references(
     if url.startswith(ICECHUNK):
         report.add("ranges", *_missing_files(url.removeprefix(ICECHUNK)))
     else:
-        refs = list(_references(url.removeprefix("file://")))
+        refs = list(_references(url, storage_options))
         report.add("ranges", _range_problems(refs), f"{len(refs)} references in bounds")
-    _check_decoding(report, url, sampled)
+    _check_decoding(report, url, sampled, storage_options)
     return report
 
 
-def _references(path: str) -> Iterator[Ref]:
+def _references(url: str, storage_options: dict | None = None) -> Iterator[Ref]:
     """Every reference to a byte range of a file, from JSON or Parquet."""
-    if os.path.isfile(path):
-        refs = json.loads(Path(path).read_text()).get("refs", {})
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    if fs.isfile(path):
+        refs = json.loads(fs.cat_file(path)).get("refs", {})
         for key, value in refs.items():
             if isinstance(value, list) and len(value) == 3:
                 yield key, value[0], int(value[1]), int(value[2])
         return
     import pandas as pd
 
-    meta = json.loads(Path(path, ".zmetadata").read_text())["metadata"]
+    meta = json.loads(fs.cat_file(f"{path}/.zmetadata"))["metadata"]
     for name in sorted({k.rsplit("/", 1)[0] for k in meta if k.endswith("/.zarray")}):
         zarray = meta[f"{name}/.zarray"]
         grid = [-(-n // c) for n, c in zip(zarray["shape"], zarray["chunks"], strict=True)]
         keys = _keys(grid)
         start = 0
-        for part in sorted(Path(path, name).glob("refs.*.parq"), key=_record):
-            frame = pd.read_parquet(part, engine="fastparquet", columns=["path", "offset", "size"])
+        parts = [p for p in fs.ls(f"{path}/{name}", detail=False) if p.endswith(".parq")]
+        for part in sorted(parts, key=_record):
+            with fs.open(part, "rb") as f:
+                frame = pd.read_parquet(f, engine="fastparquet", columns=["path", "offset", "size"])
             rows = frame.itertuples(index=False)
             for key, (p, offset, size) in zip(keys[start:], rows, strict=False):
                 if isinstance(p, str):
@@ -81,8 +83,8 @@ def _references(path: str) -> Iterator[Ref]:
             start += len(frame)
 
 
-def _record(path: Path) -> int:
-    return int(path.name.split(".")[1])
+def _record(path: str) -> int:
+    return int(path.rsplit("/", 1)[-1].split(".")[1])
 
 
 def _keys(grid: list[int]) -> list[str]:
@@ -132,14 +134,16 @@ def _size(path: str) -> int | None:
         return None
 
 
-def _check_decoding(report: StoreReport, url: str, sample: int | None) -> None:
+def _check_decoding(
+    report: StoreReport, url: str, sample: int | None, storage_options: dict | None = None
+) -> None:
     """A sample of chunks of every array (all with ``sample`` None) decodes."""
     try:
-        group = _group(url)
+        group = _group(url, storage_options)
     except Exception as exc:
         report.add("chunks-decode", [f"{url}: cannot open as Zarr: {one_line(exc)}"], "")
         return
-    where = _locations(url)
+    where = _locations(url, storage_options)
     broken, total, decoded = [], 0, 0
     for name, array in sorted(group.arrays()):
         coords = list(_grid(array))
@@ -165,24 +169,26 @@ def _decode(array: zarr.Array, coords: tuple[int, ...]) -> str | None:
     return None
 
 
-def _group(url: str) -> zarr.Group:
+def _group(url: str, storage_options: dict | None = None) -> zarr.Group:
     if url.startswith(ICECHUNK):
         from ..writers import icechunk
 
         return zarr.open_group(icechunk.readonly_store(url.removeprefix(ICECHUNK)), mode="r")
     options = {"fo": url.removeprefix("file://"), "remote_options": {"asynchronous": True}}
+    if storage_options:
+        options["target_options"] = storage_options
     store = zarr.storage.FsspecStore.from_url(
         "reference://", storage_options=options, read_only=True
     )
-    consolidated = os.path.isfile(url.removeprefix("file://"))
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    consolidated = fs.isfile(path)
     return zarr.open_group(store, mode="r", zarr_format=2, use_consolidated=consolidated)
 
 
-def _locations(url: str) -> dict[str, str]:
+def _locations(url: str, storage_options: dict | None = None) -> dict[str, str]:
     """`` (bytes A-B of FILE)`` for each referenced chunk key, to name what is broken."""
     if url.startswith(ICECHUNK):
         return {}
     return {
-        key: f" (bytes {o}-{o + n} of {p})"
-        for key, p, o, n in _references(url.removeprefix("file://"))
+        key: f" (bytes {o}-{o + n} of {p})" for key, p, o, n in _references(url, storage_options)
     }

@@ -87,7 +87,8 @@ def _check_decoded(task: CheckTask) -> None:
 def _check_stored(task: CheckTask) -> None:
     """Each sample read by the netCDF library, compared with the references as stored."""
     spans = [span for _, span in task.samples if span is not None]
-    refs = Staged(task.store.staged_references(task.dim, spans), task.protocol)
+    staged = task.store.staged_references(task.dim, spans)
+    refs = Staged(staged, task.protocol, task.store.storage_options)
     for item, span in task.samples:
         where = task.open.redact(item.url)
         path = local_copy(item.url, task.open.fetch)
@@ -244,12 +245,17 @@ class Staged:
     """Staged references read as stored: metadata, and chunks fetched through fsspec's
     ``ReferenceFileSystem`` and decoded with the codecs the metadata names."""
 
-    def __init__(self, fo: str | dict, protocol: str | None = None):
+    def __init__(
+        self, fo: str | dict, protocol: str | None = None, target_options: dict | None = None
+    ):
         from fsspec.implementations.reference import ReferenceFileSystem
 
         # the file system of the protocol given, as it is: fsspec would otherwise find the
-        # protocol by loading a whole record of Parquet, and wrap local files to be async
-        self.fs = ReferenceFileSystem(fo=fo, fs={protocol or "file": {}})
+        # protocol by loading a whole record of Parquet, and wrap local files to be async;
+        # ``target_options`` reach references on an object store
+        self.fs = ReferenceFileSystem(
+            fo=fo, fs={protocol or "file": {}}, target_options=target_options
+        )
         self.meta = json.loads(self.fs.cat_file(".zmetadata"))["metadata"]
 
     def read(self, name: str, zarray: dict, region: tuple[slice, ...], where: str) -> np.ndarray:

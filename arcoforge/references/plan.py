@@ -300,7 +300,13 @@ def _held(plan: ReferencePlan, published: dict) -> Manifest:
 
 
 def make_reference_plan(
-    recipe, target_root: str, *, cache: str | None, workers: int, skip_failed: bool = False
+    recipe,
+    target_root: str,
+    *,
+    cache: str | None,
+    workers: int,
+    skip_failed: bool = False,
+    storage_options: dict | None = None,
 ) -> ReferencePlan:
     """The plan of a recipe that ends in :class:`~arcoforge.recipe.WriteCombinedReference`."""
     from ..plan import open_config
@@ -314,12 +320,12 @@ def make_reference_plan(
         raise RecipeError(f"OpenWithKerchunk: a filter applies to GRIB, not {recipe.file_type}")
     dims = writer.concat_dims or tuple(d.name for d in recipe.pattern.concat_dims)
     url = store_location(target_root, writer)
-    ledger = ledgers.Ledger(url)
+    ledger = ledgers.Ledger(url, storage_options)
     config = open_config(recipe, cache)
     return ReferencePlan(
         recipe=recipe,
         url=url,
-        target=Target(ledger.staging_store),
+        target=Target(ledger.staging_store, storage_options=storage_options),
         open=config,
         inputs=list(recipe.pattern.inputs()),
         ledger=ledger,
@@ -333,7 +339,7 @@ def make_reference_plan(
             secrets=config.fetch.secrets,
             grib_filter=opener.grib_filter or None,
         ),
-        store=reference_store(target_root, writer, ledger.staging_store),
+        store=reference_store(target_root, writer, ledger.staging_store, storage_options),
     )
 
 

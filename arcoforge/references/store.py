@@ -1,20 +1,32 @@
 """Where references are written: a kerchunk JSON file, a Parquet folder or an Icechunk
-repository, each staged under another name (or branch) and published at once."""
+repository, each staged under another name (or branch) and published at once.
+
+JSON and Parquet references go to a local folder or an object store (``s3://...``): on
+local disks they are written in place and renamed; on object stores they are written
+locally, uploaded under the staging name and copied into place, a JSON file as one
+object, a Parquet store record files first and ``.zmetadata`` last.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
+import fsspec
 import xarray as xr
 
-from ..errors import RecipeError
+from .. import ledger as ledgers
+from ..errors import TargetError, one_line
+from ..sources import is_remote
 from ..writers import kerchunk, kerchunk_json
 from .manifest import Manifest
 
@@ -27,13 +39,25 @@ warnings.filterwarnings("ignore", message="The 'future.infer_string' option is d
 
 @dataclass(frozen=True)
 class ReferenceStore:
-    """The references at ``url`` (a local path), in ``kind`` json, parquet or icechunk,
-    staged at ``staging`` until published."""
+    """The references at ``url`` (a local path or, as JSON or Parquet, an object store URL
+    reached with ``storage_options``), in ``kind`` json, parquet or icechunk, staged at
+    ``staging`` until published."""
 
     url: str
     staging: str
     kind: str
     record_size: int = 100_000
+    storage_options: dict | None = None
+
+    @property
+    def remote(self) -> bool:
+        """Whether the references go to an object store rather than a local folder."""
+        return is_remote(self.url)
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The file system of the object store."""
+        return fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))[0]
 
     def clear_staging(self) -> None:
         """Remove what an interrupted bake staged."""
@@ -41,6 +65,9 @@ class ReferenceStore:
             from ..writers import icechunk
 
             icechunk.drop_staging(self.url)
+        elif self.remote:
+            with _naming(self.staging, "cannot remove it"):
+                _remove(self.fs, self.staging)
         elif os.path.isdir(self.staging):
             shutil.rmtree(self.staging)
         elif os.path.exists(self.staging):
@@ -52,6 +79,10 @@ class ReferenceStore:
         """Write ``manifest`` under the staging name (an Icechunk branch: one commit).
         ``shared`` counts, per array, the leading references it shares with the published
         store, which a Parquet store links rather than writes again."""
+        if self.remote and self.kind != "icechunk":
+            with _naming(self.staging, "cannot stage the references there"):
+                self._upload_staged(manifest, attrs, shared)
+            return
         Path(self.staging).parent.mkdir(parents=True, exist_ok=True)
         if self.kind == "json":
             previous = self.url if shared and os.path.isfile(self.url) else None
@@ -66,6 +97,31 @@ class ReferenceStore:
 
             icechunk.commit_staged(self.url, manifest, attrs, message, shared)
 
+    def _upload_staged(self, manifest: Manifest, attrs: dict, shared: dict[str, int] | None):
+        """Write the references in a local temporary folder and upload them under the
+        staging name: a JSON file (appended to a copy of the published one) as one object,
+        a Parquet store's records (those it keeps copied from the published store on the
+        server) before its ``.zmetadata``."""
+        fs = self.fs
+        with tempfile.TemporaryDirectory(prefix="arcoforge-refs-") as temp:
+            local = f"{temp}/{self.url.rsplit('/', 1)[-1]}"
+            if self.kind == "json":
+                previous = None
+                if shared and fs.isfile(self.url):
+                    previous = f"{temp}/published.json"
+                    fs.get_file(self.url, previous)
+                kerchunk_json.write_json(manifest, local, attrs, previous, shared)
+                fs.put_file(local, self.staging)
+                return
+            previous = None
+            if shared and fs.isfile(f"{self.url}/.zmetadata"):
+                previous = CopiedPrevious(self.url, shared, fs, self.staging)
+            kerchunk.write_parquet(manifest, local, self.record_size, attrs, previous)
+            records = sorted(str(p) for p in Path(local).rglob("*.parq"))
+            if records:
+                fs.put(records, [self.staging + r.removeprefix(local) for r in records])
+            fs.put_file(f"{local}/.zmetadata", f"{self.staging}/.zmetadata")
+
     @contextmanager
     def open_staged(self, dim: str | None = None, spans=()) -> Iterator[xr.Dataset]:
         """The staged references opened by xarray. Of a JSON file, only the metadata and
@@ -77,14 +133,21 @@ class ReferenceStore:
             with icechunk.open_dataset(self.url, icechunk.STAGING) as ds:
                 yield ds
             return
-        with open_references(self.staged_references(dim, spans)) as ds:
+        with open_references(self.staged_references(dim, spans), self.storage_options) as ds:
             yield ds
 
     def staged_references(self, dim: str | None = None, spans=()) -> str | dict:
         """What fsspec's ``ReferenceFileSystem`` reads the staged JSON or Parquet references
-        from: of a JSON file, with ``dim``, the references :meth:`open_staged` reads."""
+        from (with ``target_options`` :attr:`storage_options`): of a JSON file, with
+        ``dim``, the references :meth:`open_staged` reads."""
         if self.kind == "json" and dim is not None:
-            return {"version": 1, "refs": kerchunk_json.read_meeting(self.staging, dim, spans)}
+            if self.remote:
+                with _naming(self.staging, "cannot read it"):
+                    data = self.fs.cat_file(self.staging)
+                refs = kerchunk_json.meeting(data, dim, spans, self.staging)
+            else:
+                refs = kerchunk_json.read_meeting(self.staging, dim, spans)
+            return {"version": 1, "refs": refs}
         return self.staging
 
     def publish(self) -> None:
@@ -93,6 +156,9 @@ class ReferenceStore:
             from ..writers import icechunk
 
             icechunk.publish_staged(self.url)
+        elif self.remote:
+            with _naming(self.url, f"cannot publish the references staged at {self.staging}"):
+                _publish_remote(self.fs, self.staging, self.url)
         elif os.path.isdir(self.staging):
             old = f"{self.url}.replaced"
             if os.path.exists(self.url):
@@ -104,21 +170,91 @@ class ReferenceStore:
             os.replace(self.staging, self.url)
 
 
-def reference_store(target_root: str, writer, staging_name: str) -> ReferenceStore:
-    """The store a :class:`~arcoforge.recipe.WriteCombinedReference` writes under ``target_root``."""
+@dataclass(frozen=True)
+class CopiedPrevious(kerchunk.Previous):
+    """A published Parquet store on an object store, whose kept records are copied on the
+    server into the staged store at ``staging`` (rather than hard-linked)."""
+
+    fs: Any = None
+    staging: str = ""
+
+    @cached_property
+    def _record_size(self) -> int | None:
+        return json.loads(self.fs.cat_file(f"{self.folder}/.zmetadata")).get("record_size")
+
+    def record_size(self) -> int | None:
+        return self._record_size
+
+    def keep(self, name: str, target: Path) -> None:
+        self.fs.cp_file(
+            f"{self.folder}/{name}/{target.name}", f"{self.staging}/{name}/{target.name}"
+        )
+
+
+@contextmanager
+def _naming(url: str, doing: str) -> Iterator[None]:
+    """Turn an object store's error into one line naming ``url``."""
+    try:
+        yield
+    except OSError as exc:
+        raise TargetError(f"{url}: {doing}: {one_line(exc)}") from exc
+
+
+def _publish_remote(fs, staging: str, url: str) -> None:
+    """Copy the staged references to ``url`` and remove them: a JSON object at once; a
+    Parquet store's changed records first, then ``.zmetadata``, then the records it no
+    longer has. Objects are named one by one: fsspec would take ``[`` in a name for a
+    glob."""
+    if fs.isfile(staging):
+        fs.cp_file(staging, url)
+        fs.rm_file(staging)
+        return
+    staged = _listing(fs, staging)
+    if not staged:
+        return  # published already
+    published = _listing(fs, url)
+    for key, tag in staged.items():
+        if key != ".zmetadata" and published.get(key) != tag:
+            fs.cp_file(f"{staging}/{key}", f"{url}/{key}")
+    fs.cp_file(f"{staging}/.zmetadata", f"{url}/.zmetadata")
+    for key in published.keys() - staged.keys():
+        fs.rm_file(f"{url}/{key}")
+    _remove(fs, staging)
+
+
+def _remove(fs, url: str) -> None:
+    """Remove the object or the objects under ``url``, if any."""
+    path = fs._strip_protocol(url).rstrip("/")
+    if fs.exists(path):
+        ledgers.remove(fs, path)
+
+
+def _listing(fs, folder: str) -> dict[str, tuple]:
+    """The files under ``folder``, by relative path, with their size and ETag."""
+    root = fs._strip_protocol(folder).rstrip("/")
+    found = fs.find(root, detail=True)
+    return {
+        path.removeprefix(root + "/"): (info.get("size"), info.get("ETag"))
+        for path, info in found.items()
+    }
+
+
+def reference_store(
+    target_root: str, writer, staging_name: str, storage_options: dict | None = None
+) -> ReferenceStore:
+    """The store a :class:`~arcoforge.recipe.WriteCombinedReference` writes under
+    ``target_root`` (an object store reached with ``storage_options``, say)."""
     if target_root.startswith(ICECHUNK):
         root = target_root.removeprefix(ICECHUNK)
         url = f"{os.path.abspath(root)}/{writer.store_name}"
         return ReferenceStore(url, url, "icechunk")
-    if "://" in target_root and not target_root.startswith("file://"):
-        raise RecipeError(
-            f"WriteCombinedReference writes to local folders or icechunk://PATH, not {target_root}"
-        )
+    root = target_root.removeprefix("file://")
     return ReferenceStore(
-        f"{target_root.removeprefix('file://')}/{writer.store_name}/{writer.output_file_name}",
-        staging_name,
+        f"{root}/{writer.store_name}/{writer.output_file_name}",
+        staging_name.removeprefix("file://"),
         writer.format,
         writer.record_size,
+        storage_options if is_remote(root) else None,
     )
 
 
@@ -130,11 +266,20 @@ def store_location(target_root: str, writer) -> str:
     return f"{root}/{writer.store_name}/{writer.output_file_name}"
 
 
-def is_reference_url(url: str) -> bool:
+def is_reference_url(url: str, storage_options: dict | None = None) -> bool:
     """Whether ``url`` names references: a .json file, a Parquet reference folder or an
-    Icechunk repository."""
+    Icechunk repository (on an object store, read with ``storage_options``: JSON or
+    Parquet)."""
     if url.startswith(ICECHUNK) or is_icechunk_repository(url):
         return True
+    if is_remote(url):
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        if path.endswith(".json"):
+            return fs.isfile(path)
+        try:
+            return "record_size" in json.loads(fs.cat_file(f"{path}/.zmetadata"))
+        except (OSError, ValueError):  # no such object, or no access: not references
+            return False
     path = url.removeprefix("file://")
     if path.endswith(".json") and os.path.isfile(path):
         return True
@@ -157,11 +302,18 @@ def _has_record_size(path: str) -> bool:
 
 
 @contextmanager
-def open_references(url: str | dict, **kwargs) -> Iterator[xr.Dataset]:
-    """Open kerchunk references (JSON or Parquet, or a dict of them) or an Icechunk
-    repository with xarray."""
+def open_references(
+    url: str | dict, storage_options: dict | None = None, **kwargs
+) -> Iterator[xr.Dataset]:
+    """Open kerchunk references (JSON or Parquet, or a dict of them; local or on an object
+    store reached with ``storage_options``) or an Icechunk repository with xarray."""
     if isinstance(url, dict):
         with _open_kerchunk(url, True, **kwargs) as ds:
+            yield ds
+        return
+    if is_remote(url) and not url.startswith(ICECHUNK):
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        with _open_kerchunk(url, fs.isfile(path), storage_options, **kwargs) as ds:
             yield ds
         return
     if is_icechunk_repository(url):
@@ -179,8 +331,12 @@ def open_references(url: str | dict, **kwargs) -> Iterator[xr.Dataset]:
 
 
 @contextmanager
-def _open_kerchunk(fo: str | dict, consolidated: bool, **kwargs) -> Iterator[xr.Dataset]:
+def _open_kerchunk(
+    fo: str | dict, consolidated: bool, target_options: dict | None = None, **kwargs
+) -> Iterator[xr.Dataset]:
     options = {"fo": fo, "remote_options": {"asynchronous": True}}
+    if target_options:
+        options["target_options"] = target_options
     ds = xr.open_dataset(
         "reference://",
         engine="zarr",

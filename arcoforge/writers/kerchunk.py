@@ -40,7 +40,8 @@ def write_parquet(
     fsspec reads them with).
 
     With ``previous`` (an append), records whose rows all lie in the rows an array shares
-    with the previous store are hard links to its files, not written again.
+    with the previous store are kept by ``previous`` (hard links to its files, or copies
+    on an object store), not written again.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,7 @@ def write_parquet(
         for record, frame in enumerate(_records(refs, paths, record_size, kept)):
             target = folder / name / f"refs.{record}.parq"
             if frame is None:
-                os.link(previous.folder / name / target.name, target)
+                previous.keep(name, target)
             else:
                 _write_frame(frame, target)
 
@@ -65,14 +66,21 @@ class Previous:
     folder: Path
     rows: dict[str, int]
 
+    def record_size(self) -> int | None:
+        """The record size of the published store."""
+        return json.loads((self.folder / ".zmetadata").read_text()).get("record_size")
+
     def kept(self, name: str, record_size: int, rows: int) -> int:
         """Records of ``name`` (of ``rows`` rows now) that can be linked rather than
         written: the whole ones it shares, and the last one too if it is unchanged."""
-        meta = json.loads((self.folder / ".zmetadata").read_text())
-        if meta.get("record_size") != record_size:
+        if self.record_size() != record_size:
             return 0
         shared = self.rows.get(name, 0)
         return -(-shared // record_size) if shared == rows else shared // record_size
+
+    def keep(self, name: str, target: Path) -> None:
+        """Put the published record of array ``name`` named as ``target`` at ``target``."""
+        os.link(self.folder / name / target.name, target)
 
 
 def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int, kept: int = 0):

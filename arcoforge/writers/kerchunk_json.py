@@ -148,21 +148,26 @@ def read_meeting(path: str | Path, dim: str, spans) -> dict:
     ``spans`` along ``dim`` (every chunk of arrays without ``dim`` first), found by key
     without parsing the rest."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        start = mm.rfind(TAIL)
-        if mm[: len(HEAD)] != HEAD or start < 0:
-            raise ValueError(f"{path}: not JSON references as arcoforge writes them")
-        refs = json.loads(b"{" + mm[start:-1])
-        meta = json.loads(refs[".zmetadata"])["metadata"]
-        inline = _inline(refs)
-        at = 0
-        for key, zarray in meta.items():
-            name = key.removesuffix("/.zarray")
-            if name == key or name in inline:
-                continue  # not an array, or one with inline chunks, in the TAIL
-            dims = meta[f"{name}/.zattrs"]["_ARRAY_DIMENSIONS"]
-            for row in _rows(zarray, dims, dim, spans):
-                found, at = _row_refs(mm, name, row, len(dims), at)
-                refs.update(found)
+        return meeting(mm, dim, spans, str(path))
+
+
+def meeting(data: bytes | mmap.mmap, dim: str, spans, where: str) -> dict:
+    """:func:`read_meeting` of a file's bytes (``where`` names the file in errors)."""
+    start = data.rfind(TAIL)
+    if data[: len(HEAD)] != HEAD or start < 0:
+        raise ValueError(f"{where}: not JSON references as arcoforge writes them")
+    refs = json.loads(b"{" + data[start:-1])
+    meta = json.loads(refs[".zmetadata"])["metadata"]
+    inline = _inline(refs)
+    at = 0
+    for key, zarray in meta.items():
+        name = key.removesuffix("/.zarray")
+        if name == key or name in inline:
+            continue  # not an array, or one with inline chunks, in the TAIL
+        dims = meta[f"{name}/.zattrs"]["_ARRAY_DIMENSIONS"]
+        for row in _rows(zarray, dims, dim, spans):
+            found, at = _row_refs(data, name, row, len(dims), at)
+            refs.update(found)
     return refs
 
 
@@ -176,7 +181,7 @@ def _rows(zarray: dict, dims: list[str], dim: str, spans) -> list[int]:
     return sorted({i for a, b in spans for i in range(a // step, (b - 1) // step + 1)})
 
 
-def _row_refs(mm: mmap.mmap, name: str, row: int, ndim: int, at: int) -> tuple[dict, int]:
+def _row_refs(mm: bytes | mmap.mmap, name: str, row: int, ndim: int, at: int) -> tuple[dict, int]:
     """The references of one leading row of an array's chunks (consecutive entries from
     the first whose key starts with ``NAME/ROW``) and where they lie. The search looks
     near ``at``, where the previous row was found (the rows sought are in the order
