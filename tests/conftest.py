@@ -36,9 +36,10 @@ def served(small_archive):
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3():
-    """Storage options of an S3 server (moto, on loopback) holding the bucket "bakery"."""
+    """Storage options of an S3 server (moto, on loopback) holding the bucket "bakery";
+    one for the session, as moto keeps its buckets in the process."""
     import s3fs
     from moto import server as moto_server
 
@@ -59,7 +60,7 @@ def s3():
 @pytest.fixture
 def bucket(s3, request):
     """A fresh prefix in the bucket for each test."""
-    return f"s3://bakery/{request.node.name}"
+    return f"s3://bakery/{request.module.__name__}/{request.node.name}"
 
 
 def simple_recipe(urls, store="out.zarr", chunks=None, **pattern_kwargs):
