@@ -85,21 +85,25 @@ class Previous:
 
 def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int, kept: int = 0):
     """The references of one array as data frames of ``record_size`` rows (None for the
-    first ``kept`` records, which are not built)."""
+    first ``kept`` records, which are not built: an append's cost does not grow with them)."""
     import pandas as pd
 
-    files = refs.files.ravel()
+    total = refs.files.size
+    skip = min(kept * record_size, total)
+    files = refs.files.ravel()[skip:]
     columns = {
         "path": paths[files],  # NO_FILE (-1) picks the trailing None
-        "offset": refs.offsets.ravel().astype(np.int64),
-        "size": refs.lengths.ravel().astype(np.int64),
-        "raw": refs.raw.ravel() if refs.raw is not None else np.full(files.size, None, object),
+        "offset": refs.offsets.ravel()[skip:].astype(np.int64),
+        "size": refs.lengths.ravel()[skip:].astype(np.int64),
+        "raw": refs.raw.ravel()[skip:]
+        if refs.raw is not None
+        else np.full(files.size, None, object),
     }
-    for start in range(0, max(files.size, 1), record_size):
-        if start // record_size < kept:
+    for start in range(0, max(total, 1), record_size):
+        if start < skip:
             yield None
             continue
-        rows = slice(start, start + record_size)
+        rows = slice(start - skip, start - skip + record_size)
         yield pd.DataFrame({k: v[rows] for k, v in columns.items()}, copy=False)
 
 
