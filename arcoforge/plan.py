@@ -46,7 +46,8 @@ class BakeState:
     resumed: bool = False
     missing: dict[str, str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
-    manifest: Any = None
+    manifest: Any = None  # a reference bake's
+    appended: Any = None  # a reference append's own manifest, before it joins the store's
     counts: list[int] = field(default_factory=list)
 
 

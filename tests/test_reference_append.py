@@ -13,6 +13,8 @@ import pytest
 from test_references import FORMATS, assert_matches_sources, ref_recipe
 
 from arcoforge import bake
+from arcoforge.plan import make_plan
+from arcoforge.references import plan as references_plan
 from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest, zarray
 from arcoforge.testing.archives import oisst_dataset, write_files, write_oisst_archive
 from arcoforge.updates import AppendError
@@ -46,6 +48,27 @@ def test_append_adds_new_inputs_only_and_twice_is_nothing(tmp_path, days, name):
     again = bake(ref_recipe(days, name), out, append=True)
     assert again.stats.get("up_to_date")
     assert digest(Path(first.url)) == before
+
+
+@pytest.mark.parametrize("name", [*FORMATS, "icechunk"])
+def test_appends_keep_their_own_manifests_until_there_are_too_many(
+    tmp_path, days, name, monkeypatch
+):
+    """Each append writes its own inputs' manifest beside the store, not the store's
+    whole one again, up to ``SEGMENTS`` of them; the next one writes it whole."""
+    monkeypatch.setattr(references_plan, "SEGMENTS", 2)
+    target = f"icechunk://{tmp_path / 'out'}" if name == "icechunk" else tmp_path / "out"
+    name = FORMATS[0] if name == "icechunk" else name
+    folder = Path(
+        make_plan(ref_recipe(days, name), str(target), cache=None, workers=1).ledger.folder
+    )
+    held = []
+    for n in (4, 5, 6, 7, 8):
+        result = bake(ref_recipe(days[:n], name), target, append=True)
+        assert_matches_sources(result.url, days[:n])
+        held.append(json.loads((folder / "manifest.json").read_text())["held"])
+    one, two, three = "references.pkl", "references.1.pkl", "references.2.pkl"
+    assert held == [[one], [one, two], [one, two, three], [one], [one, two]]
 
 
 @pytest.mark.parametrize("name", FORMATS)

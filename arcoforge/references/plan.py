@@ -28,7 +28,8 @@ from .manifest import ArrayRefs, Manifest
 from .scan import ScanConfig, ScanTask, reference_url, scan_input, scan_inputs
 from .store import ReferenceStore
 
-HELD = "references.pkl"
+HELD = "references.pkl"  # the manifest kept for appends; each append adds a segment
+SEGMENTS = 16  # segments kept before an append writes the whole manifest again
 BATCH = 16  # inputs scanned by one task, at most
 
 
@@ -96,6 +97,7 @@ class ReferencePlan(Plan):
         manifests = [m for _, m in sorted(scanned, key=lambda r: order[r[0]])]
         new = self._combined(manifests)
         self._check_sorted(new, manifests)
+        state.appended = new
         if self.held is not None:
             self._check_continues(new, manifests)
             urls = [self.url, self.inputs[0].url]
@@ -219,11 +221,25 @@ class ReferencePlan(Plan):
     def publish(self, state: BakeState, results: Iterable) -> None:
         """Keep the manifest for appends, move the references into place, record them."""
         contents = self._contents(state)
-        body = pickle.dumps((contents["inputs"], state.manifest), protocol=5)
-        ledgers.put(f"{self.ledger.folder}/{HELD}", body, self.target.storage_options)
+        contents["held"] = self._keep(state, contents["inputs"])
         self.store.publish()
         self.ledger.write(self._manifest("complete", **contents))
         self.ledger.clear_staging()
+
+    def _keep(self, state: BakeState, inputs: list[str]) -> list[str]:
+        """Write the manifest that later appends read, and return the names of its files:
+        an append adds its own inputs' manifest as one more segment (so that what it
+        writes does not grow with the store), up to ``SEGMENTS``; else all of it is one."""
+        held = self.published.get("held", [HELD]) if self.held is not None else []
+        if 0 < len(held) <= SEGMENTS:
+            name, part = f"references.{len(held)}.pkl", [i.url for i in self.inputs]
+            kept = [*held, name]
+            body = pickle.dumps((part, state.appended), protocol=5)
+        else:
+            name, kept = HELD, [HELD]
+            body = pickle.dumps((inputs, state.manifest), protocol=5)
+        ledgers.put(f"{self.ledger.folder}/{name}", body, self.target.storage_options)
+        return kept
 
     def _contents(self, state: BakeState) -> dict:
         held = self.published.get("inputs", []) if self.held is not None else []
@@ -289,14 +305,22 @@ def plan_reference_append(plan: ReferencePlan) -> ReferencePlan:
 
 
 def _held(plan: ReferencePlan, published: dict) -> Manifest:
-    body = ledgers.get(f"{plan.ledger.folder}/{HELD}", plan.target.storage_options)
-    inputs, manifest = pickle.loads(body) if body else (None, None)
+    """The manifest kept beside the published store: its segments joined."""
+    inputs, parts = [], []
+    for name in published.get("held", [HELD]):
+        body = ledgers.get(f"{plan.ledger.folder}/{name}", plan.target.storage_options)
+        urls, manifest = pickle.loads(body) if body else ([None], None)
+        inputs += urls
+        parts.append((urls[0], manifest))
     if inputs != published["inputs"]:
         raise AppendError(
             f"cannot append to {plan.url}: the manifest kept beside it does not match it; "
             "bake it afresh with --force"
         )
-    return manifest
+    if len(parts) == 1:
+        return parts[0][1]
+    urls, manifests = zip(*parts, strict=True)
+    return concat(manifests, plan.dim, urls, plan.recipe.writer.identical_dims)
 
 
 def make_reference_plan(
