@@ -219,17 +219,17 @@ class _Chunks:
         found = refs.fs.cat(list(keys), on_error="return")
         try:
             return all(self._same(found.get(key), index) for key, index in keys.items())
-        except (OSError, ValueError):  # no chunk starts there, say
+        except (OSError, RuntimeError, ValueError):  # no chunk starts there, say
             return False
 
     def _same(self, stored, index: tuple[int, ...]) -> bool:
         ds = self.dataset
         origin = tuple(i * c - s for i, c, s in zip(index, ds.chunks, self.shift, strict=True))
-        if ds.id.get_chunk_info_by_coord(origin).byte_offset is None:
-            return stored is None
-        if stored is None or isinstance(stored, Exception):
+        if stored is None:
+            return ds.id.get_chunk_info_by_coord(origin).byte_offset is None
+        if isinstance(stored, Exception):
             return False
-        mask, data = ds.id.read_direct_chunk(origin)
+        mask, data = ds.id.read_direct_chunk(origin)  # raises where no chunk is
         return not mask and bytes(stored) == data
 
 
