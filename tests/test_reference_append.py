@@ -9,14 +9,23 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import xarray as xr
 from test_references import FORMATS, assert_matches_sources, ref_recipe
 
-from arcoforge import bake
+from arcoforge import ConcatDim, FilePattern, MergeDim, bake
 from arcoforge.plan import make_plan
+from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references import plan as references_plan
 from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest, zarray
-from arcoforge.testing.archives import oisst_dataset, write_files, write_oisst_archive
+from arcoforge.references.store import open_references
+from arcoforge.testing.archives import (
+    oisst_dataset,
+    write_files,
+    write_merge_archive,
+    write_oisst_archive,
+)
 from arcoforge.updates import AppendError
 from arcoforge.writers.kerchunk_json import read_meeting, write_json
 
@@ -180,3 +189,36 @@ def test_json_append_writes_whole_an_array_that_gained_inline_chunks(tmp_path):
     assert len(pairs) == len(dict(pairs))
     write_json(manifest(3, True), tmp_path / "whole.json")
     assert json.loads(path.read_text()) == json.loads((tmp_path / "whole.json").read_text())
+
+
+@pytest.mark.parametrize("name", [*FORMATS, "icechunk"])
+def test_append_with_a_merge_dim(tmp_path, name):
+    """Files of one variable and day each: the days the store lacks are appended, every
+    variable of them; a gap is refused and leaves the store as it was."""
+    by_var = write_merge_archive(tmp_path / "src", days=5, ny=18, nx=36)
+    target = f"icechunk://{tmp_path / 'out'}" if name == "icechunk" else tmp_path / "out"
+    name = FORMATS[0] if name == "icechunk" else name
+
+    def recipe(days):
+        pattern = FilePattern(
+            lambda variable, time: str(tmp_path / "src" / f"{variable}_{time:%Y%m%d}.nc"),
+            MergeDim("variable", ["sst", "ice"]),
+            ConcatDim("time", [pd.Timestamp("1981-09-01") + pd.Timedelta(days=d) for d in days]),
+        )
+        return pattern | OpenWithKerchunk() | WriteCombinedReference("ref", output_file_name=name)
+
+    url = Path(bake(recipe(range(3)), target).url)
+    before = digest(url)
+    with pytest.raises(AppendError, match="leaves a gap after"):
+        bake(recipe([0, 1, 2, 4]), target, append=True)
+    assert digest(url) == before
+    result = bake(recipe(range(5)), target, append=True)
+    assert result.inputs == 4 and result.dims["time"] == 5
+    src = xr.merge(
+        [xr.open_mfdataset(p, combine="nested", concat_dim="time") for p in by_var.values()]
+    )
+    with open_references(result.url) as out:
+        assert set(out.data_vars) == {"sst", "ice"}
+        for var_name, var in src.load().variables.items():
+            np.testing.assert_array_equal(out[var_name].values.astype(var.dtype), var.values)
+    assert bake(recipe(range(5)), target, append=True).stats.get("up_to_date")

@@ -294,8 +294,8 @@ def plan_reference_append(plan: ReferencePlan) -> ReferencePlan:
     published = _published(plan, "append to")
     if published is None:
         return plan
-    if plan.dim is None or plan.merge_dim:
-        raise AppendError("appending references works along one concat dim, without merge dims")
+    if plan.dim is None:
+        raise AppendError("appending references works along a concat dim; this pattern has none")
     new = new_inputs(plan, published, plan.dim)
     if not new:
         return plan
