@@ -225,6 +225,8 @@ class _Chunks:
     def _same(self, stored, index: tuple[int, ...]) -> bool:
         ds = self.dataset
         origin = tuple(i * c - s for i, c, s in zip(index, ds.chunks, self.shift, strict=True))
+        if min(origin, default=0) < 0:  # the span does not start at a chunk
+            return False
         if stored is None:
             return ds.id.get_chunk_info_by_coord(origin).byte_offset is None
         if isinstance(stored, Exception):
