@@ -48,6 +48,7 @@ class BakeState:
     stats: dict[str, Any] = field(default_factory=dict)
     manifest: Any = None
     counts: list[int] = field(default_factory=list)
+    steps: dict[str, list[int]] = field(default_factory=dict)  # per position, per concat dim
 
 
 @dataclass(frozen=True)
