@@ -48,7 +48,7 @@ class BakeState:
     stats: dict[str, Any] = field(default_factory=dict)
     manifest: Any = None
     counts: list[int] = field(default_factory=list)
-    steps: dict[str, list[int]] = field(default_factory=dict)  # per position, per concat dim
+    steps: dict[str, dict[int, int]] = field(default_factory=dict)  # per concat dim, position
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ MEMBER_KEYS = [10, 20]
 
 
 def member_file(root: Path, time: int, member: int, layout: str) -> Path:
-    """One time step of one member: ``member`` a length-1 dim, a scalar coordinate, or
-    absent (then only the file name tells it)."""
+    """One time step of one member (a key, 10, 20, ...): ``member`` a length-1 dim, a
+    scalar coordinate, or absent (then only the file name tells it)."""
     rng = np.random.default_rng(100 * time + member)
     tas = rng.normal(280, 5, (1, 24, 32)).astype("float32")
     ds = xr.Dataset(
@@ -41,9 +41,9 @@ def member_file(root: Path, time: int, member: int, layout: str) -> Path:
         attrs={"title": "ensemble"},
     )
     if layout == "dim":
-        ds = ds.expand_dims(member=[MEMBER_KEYS[member]], axis=1)
+        ds = ds.expand_dims(member=[member], axis=1)
     elif layout == "scalar":
-        ds = ds.assign_coords(member=MEMBER_KEYS[member])
+        ds = ds.assign_coords(member=member)
     path = root / f"tas_t{time}_m{member}.nc"
     chunks = (1, 1, 12, 16) if layout == "dim" else (1, 12, 16)
     encoding = {"tas": {"zlib": True, "chunksizes": chunks}, "time": {"dtype": "int32"}}
@@ -54,10 +54,10 @@ def member_file(root: Path, time: int, member: int, layout: str) -> Path:
 def ensemble(root: Path, layout: str, times=TIMES) -> FilePattern:
     root.mkdir(parents=True, exist_ok=True)
     for t in range(times):
-        for m in range(MEMBERS):
+        for m in MEMBER_KEYS:
             member_file(root, t, m, layout)
     return FilePattern(
-        lambda time, member: str(root / f"tas_t{time}_m{MEMBER_KEYS.index(member)}.nc"),
+        lambda time, member: str(root / f"tas_t{time}_m{member}.nc"),
         ConcatDim("time", list(range(times))),
         ConcatDim("member", MEMBER_KEYS),
     )
@@ -107,28 +107,61 @@ def test_time_and_member_combine_as_xarray_does(tmp_path, name, layout):
     assert_equals(tmp_path / "out" / "ref" / name, src)
 
 
+def one_member_per_file(root: Path, layout: str, keys) -> FilePattern:
+    root.mkdir(parents=True, exist_ok=True)
+    for m in keys:
+        member_file(root, 0, m, layout)
+    return FilePattern(lambda member: str(root / f"tas_t0_m{member}.nc"), ConcatDim("member", keys))
+
+
+def members_combined(pattern: FilePattern, layout: str) -> xr.Dataset:
+    members = []
+    for k in pattern.concat_dims[0].keys:
+        ds = xr.open_dataset(pattern.format_function(member=k)).load()
+        members.append(
+            ds.expand_dims(member=[k]) if layout == "absent" else ds.expand_dims("member")
+        )
+    return xr.concat(members, "member", data_vars="minimal", coords="minimal")
+
+
+@pytest.mark.parametrize("layout", ["scalar", "absent"])
+@pytest.mark.parametrize("name", FORMATS)
+def test_one_concat_dim_the_files_lack(tmp_path, name, layout):
+    """One concat dim that the files hold as a scalar coordinate, or not at all, becomes
+    the leading dim; then appending a member adds it."""
+    pattern = one_member_per_file(tmp_path / "src", layout, [10, 20, 30])
+    first = FilePattern(pattern.format_function, ConcatDim("member", [10, 20]))
+    result = bake(recipe(first, name), tmp_path / "out", workers=1)
+    assert result.dims == {"member": 2, "time": 1, "lat": 24, "lon": 32}
+    url = tmp_path / "out" / "ref" / name
+    assert_equals(url, members_combined(first, layout))
+    result = bake(recipe(pattern, name), tmp_path / "out", workers=1, append=True)
+    assert result.stats["validated_inputs"] == 1
+    assert_equals(url, members_combined(pattern, layout))
+
+
 def test_member_and_variable_merge(tmp_path):
     """A merge dim with two concat dims: each variable's inputs combined, then merged."""
     root = tmp_path / "src"
     root.mkdir()
     for t in range(2):
-        for m in range(MEMBERS):
+        for m in MEMBER_KEYS:
             ds = xr.open_dataset(member_file(root, t, m, "dim")).load()
             ds.rename(tas="pr").to_netcdf(root / f"pr_t{t}_m{m}.nc")
     pattern = FilePattern(
         lambda variable, time, member: str(root / f"{variable}_t{time}_m{member}.nc"),
         MergeDim("variable", ["tas", "pr"]),
         ConcatDim("time", [0, 1]),
-        ConcatDim("member", [0, 1]),
+        ConcatDim("member", MEMBER_KEYS),
     )
     bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
     with open_references(str(tmp_path / "out" / "ref" / "reference.json")) as out:
         for variable in ("tas", "pr"):
             for t in range(2):
-                for m in range(MEMBERS):
+                for m in MEMBER_KEYS:
                     path = pattern.format_function(variable=variable, time=t, member=m)
                     with xr.open_dataset(path) as src:
-                        got = out[variable].isel(time=[t], member=[m]).values
+                        got = out[variable].isel(time=[t], member=[MEMBER_KEYS.index(m)]).values
                         np.testing.assert_array_equal(got, src[variable].values)
 
 
@@ -136,11 +169,11 @@ def test_unsorted_keys_are_refused(tmp_path):
     ensemble(tmp_path / "src", "dim")
     root = tmp_path / "src"
     pattern = FilePattern(
-        lambda time, member: str(root / f"tas_t{time}_m{MEMBER_KEYS.index(member)}.nc"),
+        lambda time, member: str(root / f"tas_t{time}_m{member}.nc"),
         ConcatDim("time", [0, 1, 2]),
         ConcatDim("member", MEMBER_KEYS[::-1]),
     )
-    with pytest.raises(CombineError, match=r"tas_t0_m0\.nc: member 10 comes after it \(20 is "):
+    with pytest.raises(CombineError, match=r"tas_t0_m10\.nc: member 10 comes after it \(20 is "):
         bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
 
 
@@ -160,7 +193,7 @@ def test_duplicate_and_missing_positions_are_refused(tmp_path):
     manifests = [scan_input(item, config) for item in inputs]
     urls = [item.url for item in inputs]
     positions = [(0, 0), (0, 1), (1, 0), (0, 1)]
-    with pytest.raises(CombineError, match=r"tas_t1_m1\.nc: .*tas_t0_m1\.nc is at its position"):
+    with pytest.raises(CombineError, match=r"tas_t1_m20\.nc: .*tas_t0_m20\.nc is at its position"):
         concat_grid(manifests, ("time", "member"), positions, urls)
     with pytest.raises(CombineError, match=r"no input is at time=1, member=1$"):
         concat_grid(manifests[:3], ("time", "member"), positions[:3], urls[:3])
@@ -205,7 +238,7 @@ def test_check_compares_each_sample_at_its_region(tmp_path, name, layout, swap):
         assert check_input(task) == [plan.inputs[0].url, plan.inputs[-1].url]
         _check_decoded(task)  # and as xarray reads both
         return
-    differs = r"tas_t0_m0\.nc: 'tas' differs at \{'time': 0, "
+    differs = r"tas_t0_m10\.nc: 'tas' differs at \{'time': 0, "
     with pytest.raises(ValidationError, match=differs):
         check_input(task)
     with pytest.raises(ValidationError, match=differs):

@@ -103,17 +103,23 @@ class ReferencePlan(Plan):
         state.manifest = new
         state.open = replace(self.open, promoted=new.promoted)
         state.counts = [m.sizes().get(self.dim, 1) for m in manifests] if self.dim else []
-        if len(self.concat_dims) > 1:
+        if self._on_grid(manifests):
             state.steps = {d: _steps(self.inputs, manifests, d) for d in self.concat_dims}
 
+    def _on_grid(self, manifests: list[Manifest]) -> bool:
+        """Whether the inputs combine on a grid: along several concat dims, or along one
+        that the (first) input lacks as a dim."""
+        return len(self.concat_dims) > 1 or bool(self.dim and self.dim not in manifests[0].sizes())
+
     def _combined(self, manifests: list[Manifest]) -> Manifest:
+        grid = self._on_grid(manifests)
         groups: dict[Any, list[tuple[Input, Manifest]]] = {}
         for item, manifest in zip(self.inputs, manifests, strict=True):
             key = item.pos(self.merge_dim) if self.merge_dim else None
             groups.setdefault(key, []).append((item, manifest))
         joined, urls = [], []
         for pairs in groups.values():
-            if len(self.concat_dims) > 1:
+            if grid:
                 joined.append(self._grid(pairs))
                 urls.append(pairs[0][0].url)
                 continue
@@ -181,7 +187,7 @@ class ReferencePlan(Plan):
         for item in self.inputs:
             firsts.setdefault(item.pos(dim), item)
         items = [firsts[p] for p in sorted(firsts)]
-        steps = np.cumsum(_steps(self.inputs, manifests, dim))
+        steps = np.cumsum(list(_steps(self.inputs, manifests, dim).values()))
         return lambda i: items[int(np.searchsorted(steps, i, side="right"))]
 
     def write(self, state: BakeState, results: Iterable) -> None:
@@ -228,8 +234,8 @@ class ReferencePlan(Plan):
         for i in sample_positions(len(self.inputs)):
             item = self.inputs[i]
             region = {}
-            if len(self.concat_dims) > 1:
-                region = _region(item, state.steps)
+            if state.steps:
+                region = _region(item, state.steps, held)
             elif self.dim:
                 rank = order.index(item.pos(self.dim))
                 region = {self.dim: (held + starts[rank], held + starts[rank + 1])}
@@ -271,12 +277,12 @@ class ReferencePlan(Plan):
         }
 
 
-def _steps(inputs: list[Input], manifests: list[Manifest], dim: str) -> list[int]:
+def _steps(inputs: list[Input], manifests: list[Manifest], dim: str) -> dict[int, int]:
     """The steps along ``dim`` of the inputs at each position along it, in order."""
     found = {}
     for item, manifest in zip(inputs, manifests, strict=True):
         found.setdefault(item.pos(dim), manifest.sizes().get(dim, 1))
-    return [found[p] for p in sorted(found)]
+    return {p: found[p] for p in sorted(found)}
 
 
 def _continues(held: np.ndarray, values: np.ndarray) -> bool:
@@ -285,12 +291,14 @@ def _continues(held: np.ndarray, values: np.ndarray) -> bool:
     return len(held) > 1 and held.dtype.kind in "iuf" and steps[0] > 0 and (steps == steps[0]).all()
 
 
-def _region(item: Input, steps: dict[str, list[int]]) -> dict[str, tuple[int, int]]:
-    """Where ``item`` lies along each concat dim, of ``steps`` at each position."""
+def _region(item: Input, steps: dict, held: int) -> dict[str, tuple[int, int]]:
+    """Where ``item`` lies along each concat dim, of ``steps`` at each position, after the
+    ``held`` steps of an append (along the one concat dim then)."""
     region = {}
     for dim, counts in steps.items():
-        start = sum(counts[: item.pos(dim)])
-        region[dim] = (start, start + counts[item.pos(dim)])
+        pos = item.pos(dim)
+        start = held + sum(n for p, n in counts.items() if p < pos)
+        region[dim] = (start, start + counts[pos])
     return region
 
 
