@@ -16,7 +16,7 @@ from arcoforge.errors import ValidationError
 from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.check import CheckTask, _check_decoded, check_input
 from arcoforge.references.combine import CombineError, concat_grid
-from arcoforge.references.plan import HELD, make_reference_plan, plan_reference_append
+from arcoforge.references.plan import HELD, describe, make_reference_plan, plan_reference_append
 from arcoforge.references.scan import ScanConfig, scan_input
 from arcoforge.references.store import ReferenceStore, open_references
 from arcoforge.updates import AppendError
@@ -138,6 +138,25 @@ def test_one_concat_dim_the_files_lack(tmp_path, name, layout):
     result = bake(recipe(pattern, name), tmp_path / "out", workers=1, append=True)
     assert result.stats["validated_inputs"] == 1
     assert_equals(url, members_combined(pattern, layout))
+
+
+def test_icechunk_along_time_and_member_equals_sources(tmp_path):
+    """Checked through xarray, as Icechunk stores are."""
+    pytest.importorskip("icechunk", reason="Icechunk targets need the [icechunk] extra")
+    pattern = ensemble(tmp_path / "src", "absent")
+    result = bake(recipe(pattern, "reference.json"), f"icechunk://{tmp_path / 'ic'}", workers=1)
+    assert result.stats["validated_inputs"] == 2
+    assert_equals(result.url, combined_sources(pattern, "absent"))
+
+
+def test_dry_run_counts_every_concat_dim(tmp_path):
+    pattern = ensemble(tmp_path / "src", "absent")
+    plan = make_reference_plan(
+        recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
+    )
+    about = describe(plan)
+    assert about["dims"] == {"member": 2, "time": 3, "lat": 24, "lon": 32}
+    assert about["references_estimate"] == TIMES * MEMBERS * 4
 
 
 def test_member_and_variable_merge(tmp_path):

@@ -1,5 +1,6 @@
 """Combine the manifests of many inputs into one, as arrays: reference grids are joined
-with one ``numpy.concatenate`` per array, whatever the number of inputs."""
+with one ``numpy.concatenate`` per array, whatever the number of inputs (along several
+concat dims, one per row of inputs)."""
 
 from __future__ import annotations
 

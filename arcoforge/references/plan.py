@@ -406,8 +406,7 @@ def describe(plan: ReferencePlan) -> dict[str, Any]:
     for dim in plan.concat_dims:
         n = len({i.pos(dim) for i in plan.inputs})
         steps *= n
-        if dim in sizes or len(plan.concat_dims) > 1:
-            sizes[dim] = sizes.get(dim, 1) * n
+        sizes[dim] = sizes.get(dim, 1) * n  # a dim the input lacks leads the store
     nbytes = sum(int(a.lengths.sum()) for a in first.arrays.values()) * steps
     tasks = {"scan": len(plan.inputs), "check": min(2, len(plan.inputs))}
     return {
