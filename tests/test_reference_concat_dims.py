@@ -26,15 +26,16 @@ TIMES, MEMBERS = 3, 2
 MEMBER_KEYS = [10, 20]
 
 
-def member_file(root: Path, time: int, member: int, layout: str) -> Path:
-    """One time step of one member (a key, 10, 20, ...): ``member`` a length-1 dim, a
-    scalar coordinate, or absent (then only the file name tells it)."""
+def member_file(root: Path, time: int, member: int, layout: str, steps: int = 1) -> Path:
+    """File ``time`` of one member (a key, 10, 20, ...), ``steps`` days from day
+    ``10 * time``: ``member`` a length-1 dim, a scalar coordinate, or absent (then only
+    the file name tells it)."""
     rng = np.random.default_rng(100 * time + member)
-    tas = rng.normal(280, 5, (1, 24, 32)).astype("float32")
+    tas = rng.normal(280, 5, (steps, 24, 32)).astype("float32")
     ds = xr.Dataset(
         {"tas": (("time", "lat", "lon"), tas, {"units": "K"})},
         coords={
-            "time": ("time", [time], {"units": "days since 2000-01-01"}),
+            "time": ("time", 10 * time + np.arange(steps), {"units": "days since 2000-01-01"}),
             "lat": np.linspace(-50, 50, 24),
             "lon": np.linspace(0, 348.75, 32),
         },
@@ -122,6 +123,25 @@ def members_combined(pattern: FilePattern, layout: str) -> xr.Dataset:
             ds.expand_dims(member=[k]) if layout == "absent" else ds.expand_dims("member")
         )
     return xr.concat(members, "member", data_vars="minimal", coords="minimal")
+
+
+def test_files_of_unequal_steps_along_time(tmp_path):
+    """Two, two and one days per file: each sample is checked at its own steps."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for t, steps in enumerate([2, 2, 1]):
+        for m in MEMBER_KEYS:
+            member_file(root, t, m, "dim", steps)
+    pattern = FilePattern(
+        lambda time, member: str(root / f"tas_t{time}_m{member}.nc"),
+        ConcatDim("time", [0, 1, 2]),
+        ConcatDim("member", MEMBER_KEYS),
+    )
+    for name in FORMATS:
+        result = bake(recipe(pattern, name), tmp_path / name, workers=1)
+        assert result.dims == {"time": 5, "member": 2, "lat": 24, "lon": 32}
+        assert result.stats["validated_inputs"] == 2
+        assert_equals(result.url, combined_sources(pattern, "dim"))
 
 
 @pytest.mark.parametrize("layout", ["scalar", "absent"])
