@@ -292,3 +292,61 @@ def test_append_along_several_dims_is_refused(tmp_path):
     )
     with pytest.raises(AppendError, match=r"one concat dim, not 2 \(time, member\)$"):
         plan_reference_append(plan)
+
+
+def one_member_per_grib(root: Path) -> list[list[Path]]:
+    """GRIB files of one analysis time and one ensemble member each: the messages of
+    files of two members, split by member."""
+    eccodes = pytest.importorskip("eccodes")
+    pytest.importorskip("cfgrib", reason="GRIB needs the [grib] extra")
+    from arcoforge.testing.archives import write_grib_archive
+
+    grid = []
+    for path in write_grib_archive(root, days=2, steps_per_file=1, members=MEMBERS):
+        messages: dict[int, list[bytes]] = {}
+        with open(path, "rb") as f:
+            while (gid := eccodes.codes_grib_new_from_file(f)) is not None:
+                number = eccodes.codes_get(gid, "number")
+                messages.setdefault(number, []).append(eccodes.codes_get_message(gid))
+                eccodes.codes_release(gid)
+        grid.append([path.with_suffix(f".m{n}.grib2") for n in sorted(messages)])
+        for out, n in zip(grid[-1], sorted(messages), strict=True):
+            out.write_bytes(b"".join(messages[n]))
+    return grid
+
+
+def test_grib_one_time_and_member_per_file(tmp_path):
+    """Scalar time and number become dims; valid_time, differing along time, a coordinate
+    along it."""
+    grid = one_member_per_grib(tmp_path / "src")
+    pattern = FilePattern(
+        lambda time, number: str(grid[time][number]),
+        ConcatDim("time", list(range(len(grid)))),
+        ConcatDim("number", list(range(MEMBERS))),
+        file_type="grib",
+    )
+    result = bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+    assert result.stats["validated_inputs"] == 2
+    with open_references(result.url) as out:
+        assert out.t2m.dims == ("number", "time", "latitude", "longitude")
+        for t, row in enumerate(grid):
+            for n, path in enumerate(row):
+                with xr.open_dataset(
+                    path, engine="cfgrib", backend_kwargs={"indexpath": ""}
+                ) as src:
+                    for var in ("t2m", "msl"):
+                        got = out[var].isel(time=t, number=n).values
+                        np.testing.assert_array_equal(got, src[var].values)
+                    assert out.valid_time.values[t] == src.valid_time.values
+                    assert out.time.values[t] == src.time.values
+                    assert out.number.values[n] == src.number.values
+
+
+def test_scalar_coordinates_differing_along_a_later_dim_are_refused(tmp_path):
+    pattern = ensemble(tmp_path / "src", "dim", times=2)
+    for item in pattern.inputs():
+        with xr.open_dataset(item.url) as src:
+            ds = src.load()
+        ds.assign_coords(seed=item.pos("member")).to_netcdf(item.url)
+    with pytest.raises(CombineError, match=r"seed differ along 'member', not only along 'time'$"):
+        bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)

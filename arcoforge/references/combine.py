@@ -75,7 +75,8 @@ def concat_grid(
     ``positions`` (one per dim) in a full grid. Inputs that lack a dim get it as a new
     leading dim of length 1, its coordinate their scalar one or else their key along it
     (from ``keys``). Concatenated along the last dim first, as ``xarray.combine_nested``
-    does: one ``concat`` per row of the grid.
+    does: one ``concat`` per row of the grid. Scalar coordinates that differ between
+    inputs (GRIB's ``valid_time``) are put along the first dim, and may differ only there.
     """
     shape = _check_grid(dims, positions, urls)
     order = sorted(range(len(manifests)), key=positions.__getitem__)
@@ -89,12 +90,13 @@ def concat_grid(
             concat(level[i : i + n], dims[axis], urls[i : i + n], identical)
             for i in range(0, len(level), n)
         ]
+        promoted = sorted({name for m in level for name in m.promoted})
+        if axis and promoted:  # along the first dim only, as readers put them
+            raise CombineError(
+                f"cannot combine {urls[0]} and the others: scalar coordinates "
+                f"{', '.join(promoted)} differ along {dims[axis]!r}, not only along {dims[0]!r}"
+            )
         urls = urls[::n]
-    if level[0].promoted:
-        raise CombineError(
-            f"cannot combine {urls[0]} and the others along {', '.join(dims)}: scalar "
-            f"coordinates {', '.join(level[0].promoted)} differ between inputs"
-        )
     return level[0]
 
 
