@@ -13,6 +13,7 @@ from test_references import FORMATS
 
 from arcoforge import ConcatDim, FilePattern, MergeDim, bake
 from arcoforge.errors import ValidationError
+from arcoforge.plan import BakeState
 from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.check import CheckTask, _check_decoded, check_input
 from arcoforge.references.combine import CombineError, concat_grid
@@ -282,6 +283,23 @@ def test_check_compares_each_sample_at_its_region(tmp_path, name, layout, swap):
         check_input(task)
     with pytest.raises(ValidationError, match=differs):
         _check_decoded(task)
+
+
+@pytest.mark.parametrize(("layout", "leading"), [("dim", "time"), ("absent", "member")])
+def test_check_task_reads_the_rows_along_the_leading_dim(tmp_path, layout, leading):
+    """The samples (the first and the last input) at their steps along both dims; JSON
+    references are read along the dim that leads the store's arrays."""
+    pattern = ensemble(tmp_path / "src", layout)
+    plan = make_reference_plan(
+        recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
+    )
+    bake(plan.recipe, tmp_path / "out", workers=1)
+    _, manifest = pickle.loads(Path(plan.ledger.folder, HELD).read_bytes())
+    steps = {"time": {0: 1, 1: 1, 2: 1}, "member": {0: 1, 1: 1}}
+    (task,) = plan.check_tasks(BakeState(manifest=manifest, steps=steps))
+    assert task.dim == leading
+    first, last = {"time": (0, 1), "member": (0, 1)}, {"time": (2, 3), "member": (1, 2)}
+    assert task.samples == ((plan.inputs[0], first), (plan.inputs[-1], last))
 
 
 def test_append_along_several_dims_is_refused(tmp_path):

@@ -242,7 +242,8 @@ class ReferencePlan(Plan):
             samples.append((item, region))
         protocol = fsspec.utils.get_protocol(reference_url(self.inputs[0].url, self.scan))
         config = state.open or self.open
-        return [CheckTask(self.store, config, tuple(samples), self.dim, protocol)]
+        dim = _leading(state.manifest, self.concat_dims) if state.steps else self.dim
+        return [CheckTask(self.store, config, tuple(samples), dim, protocol)]
 
     def count_checked(self, state: BakeState, results: Iterable) -> None:
         state.stats["validated_inputs"] = sum(len(urls) for urls in results)
@@ -300,6 +301,15 @@ def _region(item: Input, steps: dict, held: int) -> dict[str, tuple[int, int]]:
         start = held + sum(n for p, n in counts.items() if p < pos)
         region[dim] = (start, start + counts[pos])
     return region
+
+
+def _leading(manifest: Manifest, dims: tuple[str, ...]) -> str:
+    """The concat dim that leads the store's arrays, when combined on a grid: a JSON check
+    reads only the rows of chunks along it that its samples meet."""
+    for refs in manifest.arrays.values():
+        if len(refs.dims) > 1 and refs.dims[0] in dims:
+            return refs.dims[0]
+    return dims[0]
 
 
 def _chunks(manifest: Manifest) -> dict[str, int]:
