@@ -94,7 +94,8 @@ class ReferencePlan(Plan):
         order = {item: i for i, item in enumerate(self.inputs)}
         scanned = [pair for batch in results for pair in batch]
         manifests = [m for _, m in sorted(scanned, key=lambda r: order[r[0]])]
-        new = self._combined(manifests)
+        grid = self._on_grid(manifests)
+        new = self._combined(manifests, grid)
         self._check_sorted(new, manifests)
         if self.held is not None:
             self._check_continues(new, manifests)
@@ -103,7 +104,7 @@ class ReferencePlan(Plan):
         state.manifest = new
         state.open = replace(self.open, promoted=new.promoted)
         state.counts = [m.sizes().get(self.dim, 1) for m in manifests] if self.dim else []
-        if self._on_grid(manifests):
+        if grid:
             state.steps = {d: _steps(self.inputs, manifests, d) for d in self.concat_dims}
 
     def _on_grid(self, manifests: list[Manifest]) -> bool:
@@ -111,8 +112,7 @@ class ReferencePlan(Plan):
         that the (first) input lacks as a dim."""
         return len(self.concat_dims) > 1 or bool(self.dim and self.dim not in manifests[0].sizes())
 
-    def _combined(self, manifests: list[Manifest]) -> Manifest:
-        grid = self._on_grid(manifests)
+    def _combined(self, manifests: list[Manifest], grid: bool) -> Manifest:
         groups: dict[Any, list[tuple[Input, Manifest]]] = {}
         for item, manifest in zip(self.inputs, manifests, strict=True):
             key = item.pos(self.merge_dim) if self.merge_dim else None
