@@ -49,6 +49,7 @@ class BakeState:
     manifest: Any = None  # a reference bake's
     appended: Any = None  # a reference append's own manifest, before it joins the store's
     counts: list[int] = field(default_factory=list)
+    steps: dict[str, dict[int, int]] = field(default_factory=dict)  # per concat dim, position
 
 
 @dataclass(frozen=True)

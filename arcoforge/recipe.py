@@ -128,7 +128,9 @@ class WriteCombinedReference(Step):
     target root is a local folder or an object store (``s3://bucket/prefix``). A target
     root ``icechunk://PATH`` commits the references to an Icechunk repository at
     ``PATH/store_name`` instead. ``concat_dims`` default to the pattern's; variables
-    without them (and ``identical_dims``) are taken from the first input.
+    without them (and ``identical_dims``) are taken from the first input. A concat dim
+    the inputs lack, or hold as a scalar coordinate, leads every variable but coordinates
+    and ``identical_dims``; its coordinate is the scalar, else the pattern's keys.
     """
 
     store_name: str

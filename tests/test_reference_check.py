@@ -88,7 +88,7 @@ def staged_check(tmp_path: Path, paths, name: str, tamper=None) -> CheckTask:
     else:
         kerchunk.write_parquet(manifest, staged, record_size=3)
     n = len(paths)
-    samples = ((plan.inputs[0], (0, 1)), (plan.inputs[-1], (n - 1, n)))
+    samples = ((plan.inputs[0], {"time": (0, 1)}), (plan.inputs[-1], {"time": (n - 1, n)}))
     store = ReferenceStore(str(staged), str(staged), plan.store.kind)
     return CheckTask(store, plan.open, samples, "time", "file")
 

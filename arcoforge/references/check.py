@@ -45,12 +45,13 @@ TIME_ENCODING = ("units", "calendar")
 
 @dataclass(frozen=True)
 class CheckTask:
-    """Compare sample inputs with the references at their spans along ``dim``; the
+    """Compare sample inputs with the references at their regions (the span of each
+    along every concat dim); JSON references are read at the spans along ``dim``. The
     references point into files of ``protocol``."""
 
     store: ReferenceStore
     open: OpenConfig
-    samples: tuple[tuple[Input, tuple[int, int] | None], ...]
+    samples: tuple[tuple[Input, dict[str, tuple[int, int]]], ...]
     dim: str | None
     protocol: str | None = None
 
@@ -76,27 +77,30 @@ def _as_stored(task: CheckTask) -> bool:
 
 def _check_decoded(task: CheckTask) -> None:
     """Each sample opened by xarray, compared with the references opened by xarray."""
-    spans = [span for _, span in task.samples if span is not None]
-    with task.store.open_staged(task.dim, spans) as out:
-        for item, span in task.samples:
+    with task.store.open_staged(task.dim, _spans(task)) as out:
+        for item, region in task.samples:
             with open_input(item.url, task.open) as src:
-                part = out.isel({task.dim: slice(*span)}) if task.dim is not None else out
-                compare(src, part, task.open.redact(item.url))
+                part = out.isel({d: slice(*s) for d, s in region.items()})
+                new = [d for d in region if d not in src.dims]  # dims the store adds
+                compare(src, part.squeeze(new, drop=True), task.open.redact(item.url))
 
 
 def _check_stored(task: CheckTask) -> None:
     """Each sample read by the netCDF library, compared with the references as stored."""
-    spans = [span for _, span in task.samples if span is not None]
-    staged = task.store.staged_references(task.dim, spans)
+    staged = task.store.staged_references(task.dim, _spans(task))
     refs = Staged(staged, task.protocol, task.store.storage_options)
-    for item, span in task.samples:
+    for item, region in task.samples:
         where = task.open.redact(item.url)
         path = local_copy(item.url, task.open.fetch)
         with open_netcdf(path, where) as nc, _hdf5(path, nc) as h5:
             for name, var in nc.variables.items():
                 dataset = h5.get(name) if h5 is not None else None
-                chunks = _Chunks(dataset, var.dimensions, task.dim, span) if dataset else None
-                _check_variable(refs, name, var, task.dim, span, where, chunks)
+                chunks = _Chunks(dataset, var.dimensions, region) if dataset else None
+                _check_variable(refs, name, var, region, where, chunks)
+
+
+def _spans(task: CheckTask) -> list[tuple[int, int]]:
+    return [region[task.dim] for _, region in task.samples if task.dim in region]
 
 
 @contextmanager
@@ -112,24 +116,28 @@ def _hdf5(path: str, nc) -> Iterator:
 
 
 def _check_variable(
-    refs: Staged, name: str, var, dim: str | None, span, where: str, chunks: _Chunks | None
+    refs: Staged, name: str, var, spans: dict, where: str, chunks: _Chunks | None
 ) -> None:
-    """One variable of an input: dims, decoding attributes, values and missing values."""
+    """One variable of an input: dims, decoding attributes, values and missing values.
+    The store may lead it with concat dims the input lacks (one step of each)."""
     zarray, zattrs = refs.meta.get(f"{name}/.zarray"), refs.meta.get(f"{name}/.zattrs", {})
     if zarray is None:
         raise ValidationError(f"{where}: variable {name!r} is missing from the store")
-    dims = list(var.dimensions)
-    if zattrs.get("_ARRAY_DIMENSIONS") != dims:
-        raise ValidationError(
-            f"{where}: {name!r} has dims {zattrs.get('_ARRAY_DIMENSIONS')} in the store, not {dims}"
-        )
+    dims, stored = list(var.dimensions), zattrs.get("_ARRAY_DIMENSIONS", [])
+    new = stored[: len(stored) - len(dims)]
+    if stored[len(new) :] != dims or not set(new) <= set(spans):
+        raise ValidationError(f"{where}: {name!r} has dims {stored} in the store, not {dims}")
     attrs = {k: json_value(var.getncattr(k)) for k in var.ncattrs()}
     region = tuple(
-        slice(*span) if d == dim and span else slice(0, n)
-        for d, n in zip(dims, zarray["shape"], strict=True)
+        slice(*spans[d]) if d in spans else slice(0, n)
+        for d, n in zip(stored, zarray["shape"], strict=True)
     )
-    if name == dim and not _same_encoding(zarray, zattrs, var.dtype, attrs):
-        got, want = refs.read(name, zarray, region, where), _input_values(var, where)
+
+    def read(part: tuple[slice, ...]) -> np.ndarray:
+        return refs.read(name, zarray, part, where)[(0,) * len(new)]
+
+    if name in spans and not _same_encoding(zarray, zattrs, var.dtype, attrs):
+        got, want = read(region), _input_values(var, where)
         compare_values(decoded(got, zattrs), decoded(want, attrs), name, dims, where)
         return
     _check_attrs(name, zattrs, attrs, where)
@@ -138,13 +146,13 @@ def _check_variable(
     if chunks is not None and chunks.same_bytes(refs, name, zarray, region):
         # every chunk is the input's own: one decoded shows that the metadata decodes them
         probe = _first_chunk(region, zarray["chunks"])
-        got = refs.read(name, zarray, probe, where)
+        got = read(probe)
         compare_values(got, _input_values(var, where, chunks.local(probe)), name, dims, where)
         if _masked(fills) == _masked(input_fills):
             return  # and readers mask the same values in both
         got = want = _input_values(var, where)
     else:
-        got, want = refs.read(name, zarray, region, where), _input_values(var, where)
+        got, want = read(region), _input_values(var, where)
         compare_values(got, want, name, dims, where)
     masked, wanted = _missing(got, fills), _missing(want, input_fills)
     compare_values(masked, wanted, f"{name} (missing)", dims, where)
@@ -195,12 +203,12 @@ def _masked(fills: list) -> set:
 
 
 class _Chunks:
-    """The chunks of one HDF5 variable of a sample input, which lies at ``span`` along
-    ``dim`` in the store."""
+    """The chunks of one HDF5 variable of a sample input, which lies at ``spans`` along
+    the concat dims in the store."""
 
-    def __init__(self, dataset, dims: tuple[str, ...], dim: str | None, span):
+    def __init__(self, dataset, dims: tuple[str, ...], spans: dict):
         self.dataset = dataset
-        self.shift = [span[0] if d == dim and span else 0 for d in dims]
+        self.shift = [spans[d][0] if d in spans else 0 for d in dims]
 
     def local(self, region: tuple[slice, ...]) -> tuple[slice, ...]:
         """``region`` of the store as a region of the input."""

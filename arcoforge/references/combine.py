@@ -1,8 +1,10 @@
 """Combine the manifests of many inputs into one, as arrays: reference grids are joined
-with one ``numpy.concatenate`` per array, whatever the number of inputs."""
+with one ``numpy.concatenate`` per array, whatever the number of inputs (along several
+concat dims, one per row of inputs)."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -52,13 +54,124 @@ def concat(
             continue
         _check_parts(name, parts, dim, urls)
         arrays[name] = _joined(name, parts, bases, dim)
-    coords = {}
-    for name in first.coords:
-        coords[name] = np.concatenate(
-            [_in_units_of(first, m, name, url) for m, url in zip(manifests, urls, strict=True)]
+    coords = dict(first.coords)  # of other concat dims: the first input's
+    if dim in coords:
+        coords[dim] = np.concatenate(
+            [_in_units_of(first, m, dim, url) for m, url in zip(manifests, urls, strict=True)]
         )
-        arrays[name] = _inline_like(first.arrays[name], coords[name])
+        arrays[dim] = _inline_like(first.arrays[dim], coords[dim])
     return Manifest(paths, arrays, dict(first.attrs), coords, promoted)
+
+
+def concat_grid(
+    manifests: Sequence[Manifest],
+    dims: Sequence[str],
+    positions: Sequence[tuple[int, ...]],
+    urls: Sequence[str],
+    keys: Sequence[dict] = (),
+    identical: Sequence[str] = (),
+) -> Manifest:
+    """``manifests`` concatenated along each of ``dims``: each input lies at its
+    ``positions`` (one per dim) in a full grid. Inputs that lack a dim get it as a new
+    leading dim of length 1, its coordinate their scalar one or else their key along it
+    (from ``keys``). Concatenated along the last dim first, as ``xarray.combine_nested``
+    does: one ``concat`` per row of the grid. Scalar coordinates that differ between
+    inputs (GRIB's ``valid_time``) are put along the first dim, and may differ only there.
+    """
+    shape = _check_grid(dims, positions, urls)
+    order = sorted(range(len(manifests)), key=positions.__getitem__)
+    level = [
+        _with_dims(manifests[i], dims, keys[i] if keys else {}, urls[i], identical) for i in order
+    ]
+    urls = [urls[i] for i in order]
+    for axis in reversed(range(len(dims))):
+        n = shape[axis]
+        level = [
+            concat(level[i : i + n], dims[axis], urls[i : i + n], identical)
+            for i in range(0, len(level), n)
+        ]
+        promoted = sorted({name for m in level for name in m.promoted})
+        if axis and promoted:  # along the first dim only, as readers put them
+            raise CombineError(
+                f"cannot combine {urls[0]} and the others: scalar coordinates "
+                f"{', '.join(promoted)} differ along {dims[axis]!r}, not only along {dims[0]!r}"
+            )
+        urls = urls[::n]
+    return level[0]
+
+
+def _check_grid(dims: Sequence[str], positions: Sequence[tuple[int, ...]], urls) -> list[int]:
+    """The number of positions along each dim, when every place of the grid has one input."""
+    seen: dict[tuple[int, ...], str] = {}
+    for position, url in zip(positions, urls, strict=True):
+        if position in seen:
+            raise CombineError(
+                f"cannot combine {url}: {seen[position]} is at its position "
+                f"{_place(dims, position)} already"
+            )
+        seen[position] = url
+    axes = [sorted({p[k] for p in positions}) for k in range(len(dims))]
+    for place in itertools.product(*axes):
+        if place not in seen:
+            raise CombineError(
+                f"cannot combine the inputs along {', '.join(dims)}: no input is at "
+                f"{_place(dims, place)}"
+            )
+    return [len(a) for a in axes]
+
+
+def _place(dims: Sequence[str], position: tuple[int, ...]) -> str:
+    return ", ".join(f"{d}={p}" for d, p in zip(dims, position, strict=True))
+
+
+def _with_dims(
+    manifest: Manifest, dims: Sequence[str], keys: dict, url: str, identical: Sequence[str]
+) -> Manifest:
+    """``manifest`` with each of ``dims`` it lacks as a leading dim of length 1 (the first
+    of ``dims`` leading) on its variables but coordinates and ``identical`` ones."""
+    sizes = manifest.sizes()
+    for dim in reversed(dims):
+        if dim not in sizes:
+            manifest = _with_dim(manifest, dim, _new_coord(manifest, dim, keys, url), identical)
+    return manifest
+
+
+def _new_coord(manifest: Manifest, dim: str, keys: dict, url: str) -> ArrayRefs:
+    """The coordinate of a new dim: the input's scalar one, else its key along ``dim``."""
+    scalar = manifest.arrays.get(dim)
+    if scalar is None:
+        if dim not in keys:
+            raise CombineError(f"{url}: has no {dim!r} and no key along it")
+        return inline_array(np.array([keys[dim]]), {"_ARRAY_DIMENSIONS": [dim]})
+    values = scalar.inline_values
+    if scalar.dims or values is None:
+        raise CombineError(f"{url}: {dim!r} is neither a dim nor a scalar held inline")
+    attrs = {**scalar.attrs, "_ARRAY_DIMENSIONS": [dim]}
+    return inline_array(values.reshape(1), attrs, fill_value=scalar.meta.get("fill_value"))
+
+
+def _with_dim(manifest: Manifest, dim: str, coord: ArrayRefs, identical: Sequence[str]) -> Manifest:
+    """``manifest`` with ``dim`` (of coordinate ``coord``) leading its variables."""
+    arrays = {}
+    for name, refs in manifest.arrays.items():
+        kept = name in manifest.coords or refs.dims == [name] or name in identical
+        arrays[name] = refs if kept else _leading(refs, dim)
+    arrays[dim] = coord
+    coords = {**manifest.coords, dim: coord.inline_values}
+    return replace(manifest, arrays=arrays, coords=coords)
+
+
+def _leading(refs: ArrayRefs, dim: str) -> ArrayRefs:
+    """``refs`` with a leading axis ``dim`` of one step in chunks of one."""
+    meta = {**refs.meta, "shape": [1, *refs.shape], "chunks": [1, *refs.chunks]}
+    return ArrayRefs(
+        meta=meta,
+        attrs={**refs.attrs, "_ARRAY_DIMENSIONS": [dim, *refs.dims]},
+        files=refs.files[None],
+        offsets=refs.offsets[None],
+        lengths=refs.lengths[None],
+        raw=None if refs.raw is None else refs.raw[None],
+    )
 
 
 def _inline_like(first: ArrayRefs, values: np.ndarray) -> ArrayRefs:

@@ -23,7 +23,7 @@ from ..plan import BakeState, Plan, Stage, _nothing
 from ..updates import AppendError, _text, check_steps
 from ..validate import sample_positions
 from .check import CheckTask, check_input, decoded
-from .combine import CombineError, concat, merge
+from .combine import CombineError, concat, concat_grid, merge
 from .manifest import ArrayRefs, Manifest
 from .scan import ScanConfig, ScanTask, reference_url, scan_input, scan_inputs
 from .store import ReferenceStore
@@ -95,7 +95,8 @@ class ReferencePlan(Plan):
         order = {item: i for i, item in enumerate(self.inputs)}
         scanned = [pair for batch in results for pair in batch]
         manifests = [m for _, m in sorted(scanned, key=lambda r: order[r[0]])]
-        new = self._combined(manifests)
+        grid = self._on_grid(manifests)
+        new = self._combined(manifests, grid)
         self._check_sorted(new, manifests)
         state.appended = new
         if self.held is not None:
@@ -105,22 +106,43 @@ class ReferencePlan(Plan):
         state.manifest = new
         state.open = replace(self.open, promoted=new.promoted)
         state.counts = [m.sizes().get(self.dim, 1) for m in manifests] if self.dim else []
+        if grid:
+            state.steps = {d: _steps(self.inputs, manifests, d) for d in self.concat_dims}
 
-    def _combined(self, manifests: list[Manifest]) -> Manifest:
-        if len(self.concat_dims) > 1:
-            raise RecipeError("WriteCombinedReference combines along one concat dim, not several")
+    def _on_grid(self, manifests: list[Manifest]) -> bool:
+        """Whether the inputs combine on a grid: along several concat dims, or along one
+        that the (first) input lacks as a dim."""
+        return len(self.concat_dims) > 1 or bool(self.dim and self.dim not in manifests[0].sizes())
+
+    def _combined(self, manifests: list[Manifest], grid: bool) -> Manifest:
         groups: dict[Any, list[tuple[Input, Manifest]]] = {}
         for item, manifest in zip(self.inputs, manifests, strict=True):
             key = item.pos(self.merge_dim) if self.merge_dim else None
             groups.setdefault(key, []).append((item, manifest))
         joined, urls = [], []
         for pairs in groups.values():
+            if grid:
+                joined.append(self._grid(pairs))
+                urls.append(pairs[0][0].url)
+                continue
             pairs.sort(key=lambda p: p[0].pos(self.dim) if self.dim else 0)
             items, parts = [p[0].url for p in pairs], [p[1] for p in pairs]
             identical = self.recipe.writer.identical_dims
             joined.append(concat(parts, self.dim, items, identical) if self.dim else parts[0])
             urls.append(items[0])
         return merge(joined, urls) if len(joined) > 1 else joined[0]
+
+    def _grid(self, pairs: list[tuple[Input, Manifest]]) -> Manifest:
+        """Inputs combined along every concat dim, at their positions in the pattern."""
+        dims, items = self.concat_dims, [item for item, _ in pairs]
+        return concat_grid(
+            [manifest for _, manifest in pairs],
+            dims,
+            [tuple(item.pos(d) for d in dims) for item in items],
+            [item.url for item in items],
+            [dict(item.keys) for item in items],
+            self.recipe.writer.identical_dims,
+        )
 
     def _check_continues(self, new: Manifest, manifests: list[Manifest]) -> None:
         """The new inputs hold the store's variables and follow its last step."""
@@ -135,11 +157,14 @@ class ReferencePlan(Plan):
         if held.arrays[dim].attrs == new.arrays[dim].attrs and _continues(old, values):
             return  # as numbers in one encoding, so as times too: spare decoding them
         old, values = decoded(old, held.arrays[dim].attrs), decoded(values, new.arrays[dim].attrs)
-        check_steps(old, values, dim, self._input_at(manifests))
+        check_steps(old, values, dim, self._input_at(manifests, dim))
 
     def _check_sorted(self, new: Manifest, manifests: list[Manifest]) -> None:
-        """The concat coordinate of the inputs increases, input after input."""
-        dim = self.dim
+        """Each concat coordinate of the inputs increases, input after input."""
+        for dim in self.concat_dims:
+            self._check_sorted_along(dim, new, manifests)
+
+    def _check_sorted_along(self, dim: str, new: Manifest, manifests: list[Manifest]) -> None:
         if dim not in new.coords or self.merge_dim:
             return
         values = new.coords[dim]  # in one encoding: increasing as numbers is as times
@@ -149,7 +174,7 @@ class ReferencePlan(Plan):
         unsorted = np.flatnonzero(values[1:] <= values[:-1])
         if unsorted.size:
             i = int(unsorted[0]) + 1
-            late = self._input_at(manifests)(i).url
+            late = self._input_at(manifests, dim)(i).url
             what = "is already in an earlier input" if values[i] in values[:i] else "comes after it"
             error = AppendError if self.held is not None else CombineError
             raise error(
@@ -158,10 +183,14 @@ class ReferencePlan(Plan):
                 f"are not sorted along {dim!r}"
             )
 
-    def _input_at(self, manifests: list[Manifest]):
-        """The input that holds step ``i`` of the steps of ``manifests``, in order."""
-        steps = np.cumsum([m.coords[self.dim].size for m in manifests])
-        return lambda i: self.inputs[int(np.searchsorted(steps, i, side="right"))]
+    def _input_at(self, manifests: list[Manifest], dim: str):
+        """An input that holds step ``i`` along ``dim`` of the steps of ``manifests``."""
+        firsts = {}
+        for item in self.inputs:
+            firsts.setdefault(item.pos(dim), item)
+        items = [firsts[p] for p in sorted(firsts)]
+        steps = np.cumsum(list(_steps(self.inputs, manifests, dim).values()))
+        return lambda i: items[int(np.searchsorted(steps, i, side="right"))]
 
     def write(self, state: BakeState, results: Iterable) -> None:
         """Write the combined references under the staging name."""
@@ -206,14 +235,17 @@ class ReferencePlan(Plan):
         samples = []
         for i in sample_positions(len(self.inputs)):
             item = self.inputs[i]
-            span = None
-            if self.dim:
+            region = {}
+            if state.steps:
+                region = _region(item, state.steps, held)
+            elif self.dim:
                 rank = order.index(item.pos(self.dim))
-                span = (held + starts[rank], held + starts[rank + 1])
-            samples.append((item, span))
+                region = {self.dim: (held + starts[rank], held + starts[rank + 1])}
+            samples.append((item, region))
         protocol = fsspec.utils.get_protocol(reference_url(self.inputs[0].url, self.scan))
         config = state.open or self.open
-        return [CheckTask(self.store, config, tuple(samples), self.dim, protocol)]
+        dim = _leading(state.manifest, self.concat_dims) if state.steps else self.dim
+        return [CheckTask(self.store, config, tuple(samples), dim, protocol)]
 
     def count_checked(self, state: BakeState, results: Iterable) -> None:
         state.stats["validated_inputs"] = sum(len(urls) for urls in results)
@@ -262,10 +294,38 @@ class ReferencePlan(Plan):
         }
 
 
+def _steps(inputs: list[Input], manifests: list[Manifest], dim: str) -> dict[int, int]:
+    """The steps along ``dim`` of the inputs at each position along it, in order."""
+    found = {}
+    for item, manifest in zip(inputs, manifests, strict=True):
+        found.setdefault(item.pos(dim), manifest.sizes().get(dim, 1))
+    return {p: found[p] for p in sorted(found)}
+
+
 def _continues(held: np.ndarray, values: np.ndarray) -> bool:
     """Whether ``values`` follow ``held`` at its one step, as numbers, exactly."""
     steps = np.diff(np.concatenate([held, values]))
     return len(held) > 1 and held.dtype.kind in "iuf" and steps[0] > 0 and (steps == steps[0]).all()
+
+
+def _region(item: Input, steps: dict, held: int) -> dict[str, tuple[int, int]]:
+    """Where ``item`` lies along each concat dim, of ``steps`` at each position, after the
+    ``held`` steps of an append (along the one concat dim then)."""
+    region = {}
+    for dim, counts in steps.items():
+        pos = item.pos(dim)
+        start = held + sum(n for p, n in counts.items() if p < pos)
+        region[dim] = (start, start + counts[pos])
+    return region
+
+
+def _leading(manifest: Manifest, dims: tuple[str, ...]) -> str:
+    """The concat dim that leads the store's arrays, when combined on a grid: a JSON check
+    reads only the rows of chunks along it that its samples meet."""
+    for refs in manifest.arrays.values():
+        if len(refs.dims) > 1 and refs.dims[0] in dims:
+            return refs.dims[0]
+    return dims[0]
 
 
 def _chunks(manifest: Manifest) -> dict[str, int]:
@@ -294,6 +354,11 @@ def plan_reference_append(plan: ReferencePlan) -> ReferencePlan:
     published = _published(plan, "append to")
     if published is None:
         return plan
+    if len(plan.concat_dims) > 1:
+        raise AppendError(
+            f"cannot append to {plan.url}: appending references works along one concat dim, "
+            f"not {len(plan.concat_dims)} ({', '.join(plan.concat_dims)})"
+        )
     if plan.dim is None:
         raise AppendError("appending references works along a concat dim; this pattern has none")
     new = new_inputs(plan, published, plan.dim)
@@ -371,9 +436,11 @@ def describe(plan: ReferencePlan) -> dict[str, Any]:
     """What a reference bake will do, from a scan of its first input (for --dry-run)."""
     first = scan_input(plan.inputs[0], plan.scan)
     sizes = first.sizes()
-    steps = len({i.pos(plan.dim) for i in plan.inputs}) if plan.dim else 1
-    if plan.dim in sizes:
-        sizes[plan.dim] *= steps
+    steps = 1
+    for dim in plan.concat_dims:
+        n = len({i.pos(dim) for i in plan.inputs})
+        steps *= n
+        sizes[dim] = sizes.get(dim, 1) * n  # a dim the input lacks leads the store
     nbytes = sum(int(a.lengths.sum()) for a in first.arrays.values()) * steps
     tasks = {"scan": len(plan.inputs), "check": min(2, len(plan.inputs))}
     return {

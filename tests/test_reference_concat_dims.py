@@ -1,0 +1,370 @@
+"""References combined along several concat dims (one file per time and member) equal
+their sources combined by xarray, value for value; the check refuses tampered ones."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from test_references import FORMATS
+
+from arcoforge import ConcatDim, FilePattern, MergeDim, bake
+from arcoforge.errors import ValidationError
+from arcoforge.plan import BakeState
+from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
+from arcoforge.references.check import CheckTask, _check_decoded, check_input
+from arcoforge.references.combine import CombineError, concat_grid
+from arcoforge.references.plan import HELD, describe, make_reference_plan, plan_reference_append
+from arcoforge.references.scan import ScanConfig, scan_input
+from arcoforge.references.store import ReferenceStore, open_references
+from arcoforge.updates import AppendError
+from arcoforge.writers import kerchunk, kerchunk_json
+
+TIMES, MEMBERS = 3, 2
+MEMBER_KEYS = [10, 20]
+
+
+def member_file(root: Path, time: int, member: int, layout: str, steps: int = 1) -> Path:
+    """File ``time`` of one member (a key, 10, 20, ...), ``steps`` days from day
+    ``10 * time``: ``member`` a length-1 dim, a scalar coordinate, or absent (then only
+    the file name tells it)."""
+    rng = np.random.default_rng(100 * time + member)
+    tas = rng.normal(280, 5, (steps, 24, 32)).astype("float32")
+    ds = xr.Dataset(
+        {"tas": (("time", "lat", "lon"), tas, {"units": "K"})},
+        coords={
+            "time": ("time", 10 * time + np.arange(steps), {"units": "days since 2000-01-01"}),
+            "lat": np.linspace(-50, 50, 24),
+            "lon": np.linspace(0, 348.75, 32),
+        },
+        attrs={"title": "ensemble"},
+    )
+    if layout == "dim":
+        ds = ds.expand_dims(member=[member], axis=1)
+    elif layout == "scalar":
+        ds = ds.assign_coords(member=member)
+    path = root / f"tas_t{time}_m{member}.nc"
+    chunks = (1, 1, 12, 16) if layout == "dim" else (1, 12, 16)
+    encoding = {"tas": {"zlib": True, "chunksizes": chunks}, "time": {"dtype": "int32"}}
+    ds.to_netcdf(path, engine="netcdf4", encoding=encoding)
+    return path
+
+
+def ensemble(root: Path, layout: str, times=TIMES) -> FilePattern:
+    root.mkdir(parents=True, exist_ok=True)
+    for t in range(times):
+        for m in MEMBER_KEYS:
+            member_file(root, t, m, layout)
+    return FilePattern(
+        lambda time, member: str(root / f"tas_t{time}_m{member}.nc"),
+        ConcatDim("time", list(range(times))),
+        ConcatDim("member", MEMBER_KEYS),
+    )
+
+
+def recipe(pattern, name: str):
+    return pattern | OpenWithKerchunk() | WriteCombinedReference("ref", output_file_name=name)
+
+
+def combined_sources(pattern: FilePattern, layout: str) -> xr.Dataset:
+    """The inputs combined by xarray: along member (a new dim unless the files have it),
+    then along time."""
+    rows = []
+    for t in range(pattern.dims["time"]):
+        members = [
+            xr.open_dataset(pattern.format_function(time=t, member=k)).load() for k in MEMBER_KEYS
+        ]
+        if layout == "absent":
+            members = [
+                ds.expand_dims(member=[k]) for ds, k in zip(members, MEMBER_KEYS, strict=True)
+            ]
+        elif layout == "scalar":
+            members = [ds.expand_dims("member") for ds in members]
+        rows.append(xr.concat(members, "member", data_vars="minimal", coords="minimal"))
+    return xr.concat(rows, "time", data_vars="minimal", coords="minimal")
+
+
+def assert_equals(url, src: xr.Dataset) -> None:
+    with open_references(str(url)) as out:
+        assert set(out.variables) == set(src.variables)
+        for name, var in src.variables.items():
+            assert out[name].dims == var.dims, name
+            np.testing.assert_array_equal(out[name].values, var.values, err_msg=name)
+        assert out.attrs == src.attrs
+
+
+@pytest.mark.parametrize("layout", ["dim", "scalar", "absent"])
+@pytest.mark.parametrize("name", FORMATS)
+def test_time_and_member_combine_as_xarray_does(tmp_path, name, layout):
+    pattern = ensemble(tmp_path / "src", layout)
+    result = bake(recipe(pattern, name), tmp_path / "out", workers=1)
+    assert result.dims == {"time": 3, "member": 2, "lat": 24, "lon": 32}
+    assert result.stats["validated_inputs"] == 2
+    src = combined_sources(pattern, layout)
+    dims = ("time", "member") if layout == "dim" else ("member", "time")
+    assert src.tas.dims == (*dims, "lat", "lon")
+    assert_equals(tmp_path / "out" / "ref" / name, src)
+
+
+def one_member_per_file(root: Path, layout: str, keys) -> FilePattern:
+    root.mkdir(parents=True, exist_ok=True)
+    for m in keys:
+        member_file(root, 0, m, layout)
+    return FilePattern(lambda member: str(root / f"tas_t0_m{member}.nc"), ConcatDim("member", keys))
+
+
+def members_combined(pattern: FilePattern, layout: str) -> xr.Dataset:
+    members = []
+    for k in pattern.concat_dims[0].keys:
+        ds = xr.open_dataset(pattern.format_function(member=k)).load()
+        members.append(
+            ds.expand_dims(member=[k]) if layout == "absent" else ds.expand_dims("member")
+        )
+    return xr.concat(members, "member", data_vars="minimal", coords="minimal")
+
+
+def test_files_of_unequal_steps_along_time(tmp_path):
+    """Two, two and one days per file: each sample is checked at its own steps."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for t, steps in enumerate([2, 2, 1]):
+        for m in MEMBER_KEYS:
+            member_file(root, t, m, "dim", steps)
+    pattern = FilePattern(
+        lambda time, member: str(root / f"tas_t{time}_m{member}.nc"),
+        ConcatDim("time", [0, 1, 2]),
+        ConcatDim("member", MEMBER_KEYS),
+    )
+    for name in FORMATS:
+        result = bake(recipe(pattern, name), tmp_path / name, workers=1)
+        assert result.dims == {"time": 5, "member": 2, "lat": 24, "lon": 32}
+        assert result.stats["validated_inputs"] == 2
+        assert_equals(result.url, combined_sources(pattern, "dim"))
+
+
+@pytest.mark.parametrize("layout", ["scalar", "absent"])
+@pytest.mark.parametrize("name", FORMATS)
+def test_one_concat_dim_the_files_lack(tmp_path, name, layout):
+    """One concat dim that the files hold as a scalar coordinate, or not at all, becomes
+    the leading dim; then appending a member adds it."""
+    pattern = one_member_per_file(tmp_path / "src", layout, [10, 20, 30])
+    first = FilePattern(pattern.format_function, ConcatDim("member", [10, 20]))
+    result = bake(recipe(first, name), tmp_path / "out", workers=1)
+    assert result.dims == {"member": 2, "time": 1, "lat": 24, "lon": 32}
+    url = tmp_path / "out" / "ref" / name
+    assert_equals(url, members_combined(first, layout))
+    result = bake(recipe(pattern, name), tmp_path / "out", workers=1, append=True)
+    assert result.stats["validated_inputs"] == 1
+    assert_equals(url, members_combined(pattern, layout))
+
+
+def test_icechunk_along_time_and_member_equals_sources(tmp_path):
+    """Checked through xarray, as Icechunk stores are."""
+    pytest.importorskip("icechunk", reason="Icechunk targets need the [icechunk] extra")
+    pattern = ensemble(tmp_path / "src", "absent")
+    result = bake(recipe(pattern, "reference.json"), f"icechunk://{tmp_path / 'ic'}", workers=1)
+    assert result.stats["validated_inputs"] == 2
+    assert_equals(result.url, combined_sources(pattern, "absent"))
+
+
+def test_dry_run_counts_every_concat_dim(tmp_path):
+    pattern = ensemble(tmp_path / "src", "absent")
+    plan = make_reference_plan(
+        recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
+    )
+    about = describe(plan)
+    assert about["dims"] == {"member": 2, "time": 3, "lat": 24, "lon": 32}
+    assert about["references_estimate"] == TIMES * MEMBERS * 4
+
+
+def test_member_and_variable_merge(tmp_path):
+    """A merge dim with two concat dims: each variable's inputs combined, then merged."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for t in range(2):
+        for m in MEMBER_KEYS:
+            ds = xr.open_dataset(member_file(root, t, m, "dim")).load()
+            ds.rename(tas="pr").to_netcdf(root / f"pr_t{t}_m{m}.nc")
+    pattern = FilePattern(
+        lambda variable, time, member: str(root / f"{variable}_t{time}_m{member}.nc"),
+        MergeDim("variable", ["tas", "pr"]),
+        ConcatDim("time", [0, 1]),
+        ConcatDim("member", MEMBER_KEYS),
+    )
+    bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+    with open_references(str(tmp_path / "out" / "ref" / "reference.json")) as out:
+        for variable in ("tas", "pr"):
+            for t in range(2):
+                for m in MEMBER_KEYS:
+                    path = pattern.format_function(variable=variable, time=t, member=m)
+                    with xr.open_dataset(path) as src:
+                        got = out[variable].isel(time=[t], member=[MEMBER_KEYS.index(m)]).values
+                        np.testing.assert_array_equal(got, src[variable].values)
+
+
+def test_unsorted_keys_are_refused(tmp_path):
+    ensemble(tmp_path / "src", "dim")
+    root = tmp_path / "src"
+    pattern = FilePattern(
+        lambda time, member: str(root / f"tas_t{time}_m{member}.nc"),
+        ConcatDim("time", [0, 1, 2]),
+        ConcatDim("member", MEMBER_KEYS[::-1]),
+    )
+    with pytest.raises(CombineError, match=r"tas_t0_m10\.nc: member 10 comes after it \(20 is "):
+        bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    pattern = ensemble(tmp_path / "src", "absent")
+    pattern = FilePattern(
+        pattern.format_function, ConcatDim("time", [0, 1, 2]), ConcatDim("member", [10, 10])
+    )
+    with pytest.raises(CombineError, match=r"member 10 is already in an earlier input"):
+        bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+
+
+def test_duplicate_and_missing_positions_are_refused(tmp_path):
+    pattern = ensemble(tmp_path / "src", "dim", times=2)
+    inputs = list(pattern.inputs())
+    config = ScanConfig("netcdf4", ("time", "member"))
+    manifests = [scan_input(item, config) for item in inputs]
+    urls = [item.url for item in inputs]
+    positions = [(0, 0), (0, 1), (1, 0), (0, 1)]
+    with pytest.raises(CombineError, match=r"tas_t1_m20\.nc: .*tas_t0_m20\.nc is at its position"):
+        concat_grid(manifests, ("time", "member"), positions, urls)
+    with pytest.raises(CombineError, match=r"no input is at time=1, member=1$"):
+        concat_grid(manifests[:3], ("time", "member"), positions[:3], urls[:3])
+
+
+def swapped(dim: str):
+    """A tamper: the first two steps of ``tas`` along ``dim`` point to each other's chunks."""
+
+    def tamper(m) -> None:
+        tas = m.arrays["tas"]
+        axis = tas.dims.index(dim)
+        for refs in (tas.files, tas.offsets, tas.lengths):
+            view = np.moveaxis(refs, axis, 0)
+            view[[0, 1]] = view[[1, 0]]
+
+    return tamper
+
+
+@pytest.mark.parametrize("layout", ["dim", "absent"])
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("swap", [None, "time", "member"])
+def test_check_compares_each_sample_at_its_region(tmp_path, name, layout, swap):
+    """The first and last inputs, at their steps along both dims, checked against
+    references written again with two steps along ``swap`` swapped."""
+    pattern = ensemble(tmp_path / "src", layout)
+    plan = make_reference_plan(recipe(pattern, name), str(tmp_path / "out"), cache=None, workers=1)
+    bake(plan.recipe, tmp_path / "out", workers=1)
+    _, manifest = pickle.loads(Path(plan.ledger.folder, HELD).read_bytes())
+    assert manifest.arrays["tas"].nrefs == TIMES * MEMBERS * 4  # none inline
+    if swap is not None:
+        swapped(swap)(manifest)
+    staged = tmp_path / f"staged-{name}"
+    if name.endswith(".json"):
+        kerchunk_json.write_json(manifest, staged)
+    else:
+        kerchunk.write_parquet(manifest, staged, record_size=5)
+    region = {"time": (2, 3), "member": (1, 2)}
+    samples = ((plan.inputs[0], {"time": (0, 1), "member": (0, 1)}), (plan.inputs[-1], region))
+    store = ReferenceStore(str(staged), str(staged), plan.store.kind)
+    task = CheckTask(store, plan.open, samples, "time", "file")
+    if swap is None:
+        assert check_input(task) == [plan.inputs[0].url, plan.inputs[-1].url]
+        _check_decoded(task)  # and as xarray reads both
+        return
+    differs = r"tas_t0_m10\.nc: 'tas' differs at \{'time': 0, "
+    with pytest.raises(ValidationError, match=differs):
+        check_input(task)
+    with pytest.raises(ValidationError, match=differs):
+        _check_decoded(task)
+
+
+@pytest.mark.parametrize(("layout", "leading"), [("dim", "time"), ("absent", "member")])
+def test_check_task_reads_the_rows_along_the_leading_dim(tmp_path, layout, leading):
+    """The samples (the first and the last input) at their steps along both dims; JSON
+    references are read along the dim that leads the store's arrays."""
+    pattern = ensemble(tmp_path / "src", layout)
+    plan = make_reference_plan(
+        recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
+    )
+    bake(plan.recipe, tmp_path / "out", workers=1)
+    _, manifest = pickle.loads(Path(plan.ledger.folder, HELD).read_bytes())
+    steps = {"time": {0: 1, 1: 1, 2: 1}, "member": {0: 1, 1: 1}}
+    (task,) = plan.check_tasks(BakeState(manifest=manifest, steps=steps))
+    assert task.dim == leading
+    first, last = {"time": (0, 1), "member": (0, 1)}, {"time": (2, 3), "member": (1, 2)}
+    assert task.samples == ((plan.inputs[0], first), (plan.inputs[-1], last))
+
+
+def test_append_along_several_dims_is_refused(tmp_path):
+    pattern = ensemble(tmp_path / "src", "dim")
+    bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+    plan = make_reference_plan(
+        recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
+    )
+    with pytest.raises(AppendError, match=r"one concat dim, not 2 \(time, member\)$"):
+        plan_reference_append(plan)
+
+
+def one_member_per_grib(root: Path) -> list[list[Path]]:
+    """GRIB files of one analysis time and one ensemble member each: the messages of
+    files of two members, split by member."""
+    eccodes = pytest.importorskip("eccodes")
+    pytest.importorskip("cfgrib", reason="GRIB needs the [grib] extra")
+    from arcoforge.testing.archives import write_grib_archive
+
+    grid = []
+    for path in write_grib_archive(root, days=2, steps_per_file=1, members=MEMBERS):
+        messages: dict[int, list[bytes]] = {}
+        with open(path, "rb") as f:
+            while (gid := eccodes.codes_grib_new_from_file(f)) is not None:
+                number = eccodes.codes_get(gid, "number")
+                messages.setdefault(number, []).append(eccodes.codes_get_message(gid))
+                eccodes.codes_release(gid)
+        grid.append([path.with_suffix(f".m{n}.grib2") for n in sorted(messages)])
+        for out, n in zip(grid[-1], sorted(messages), strict=True):
+            out.write_bytes(b"".join(messages[n]))
+    return grid
+
+
+def test_grib_one_time_and_member_per_file(tmp_path):
+    """Scalar time and number become dims; valid_time, differing along time, a coordinate
+    along it."""
+    grid = one_member_per_grib(tmp_path / "src")
+    pattern = FilePattern(
+        lambda time, number: str(grid[time][number]),
+        ConcatDim("time", list(range(len(grid)))),
+        ConcatDim("number", list(range(MEMBERS))),
+        file_type="grib",
+    )
+    result = bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+    assert result.stats["validated_inputs"] == 2
+    with open_references(result.url) as out:
+        assert out.t2m.dims == ("number", "time", "latitude", "longitude")
+        for t, row in enumerate(grid):
+            for n, path in enumerate(row):
+                with xr.open_dataset(
+                    path, engine="cfgrib", backend_kwargs={"indexpath": ""}
+                ) as src:
+                    for var in ("t2m", "msl"):
+                        got = out[var].isel(time=t, number=n).values
+                        np.testing.assert_array_equal(got, src[var].values)
+                    assert out.valid_time.values[t] == src.valid_time.values
+                    assert out.time.values[t] == src.time.values
+                    assert out.number.values[n] == src.number.values
+
+
+def test_scalar_coordinates_differing_along_a_later_dim_are_refused(tmp_path):
+    pattern = ensemble(tmp_path / "src", "dim", times=2)
+    for item in pattern.inputs():
+        with xr.open_dataset(item.url) as src:
+            ds = src.load()
+        ds.assign_coords(seed=item.pos("member")).to_netcdf(item.url)
+    with pytest.raises(CombineError, match=r"seed differ along 'member', not only along 'time'$"):
+        bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
