@@ -208,6 +208,7 @@ class _Chunks:
 
     def __init__(self, dataset, dims: tuple[str, ...], spans: dict):
         self.dataset = dataset
+        self.chunks = dataset.chunks  # h5py reads it from the file each time it is asked
         self.shift = [spans[d][0] if d in spans else 0 for d in dims]
 
     def local(self, region: tuple[slice, ...]) -> tuple[slice, ...]:
@@ -220,8 +221,7 @@ class _Chunks:
         """Whether every chunk of ``region`` that the references give is, byte for byte,
         the input's chunk at its position, stored with all of its filters, and the input
         has no other chunk there."""
-        ds = self.dataset
-        if ds.chunks != tuple(zarray["chunks"]) or len(self.shift) != len(region):
+        if self.chunks != tuple(zarray["chunks"]) or len(self.shift) != len(region):
             return False
         keys = refs.keys(name, zarray, region)
         found = refs.fs.cat(list(keys), on_error="return")
@@ -232,7 +232,7 @@ class _Chunks:
 
     def _same(self, stored, index: tuple[int, ...]) -> bool:
         ds = self.dataset
-        origin = tuple(i * c - s for i, c, s in zip(index, ds.chunks, self.shift, strict=True))
+        origin = tuple(i * c - s for i, c, s in zip(index, self.chunks, self.shift, strict=True))
         if min(origin, default=0) < 0:  # the span does not start at a chunk
             return False
         if stored is None:
