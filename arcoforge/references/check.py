@@ -4,10 +4,10 @@ compared with the inputs read directly, before the references are published.
 netCDF inputs opened without preprocessing are compared as stored, through kerchunk
 JSON or Parquet references: every chunk of a sample is fetched by fsspec's
 ``ReferenceFileSystem`` and decoded with the codecs its metadata names, then compared
-value for value with what the netCDF library reads from the input, along with the
-attributes that decide how readers decode it. Values as stored are compared exactly (a
-decoded comparison allows half a step of packed data), and the check costs no more than
-the chunks it reads, not the per-chunk overhead of zarr's reader nor xarray's import of
+value for value with the input as stored (read by h5py, or by the netCDF library for
+netCDF-3: see :mod:`.stored`), along with the attributes that decide how readers decode
+it. Values as stored are compared exactly (a decoded comparison allows half a step of
+packed data), and the check costs no more than the chunks it reads, not the per-chunk overhead of zarr's reader nor xarray's import of
 dask. The concat coordinate, which references hold in the units of the first input, is
 compared decoded when an input's units differ. Other inputs and Icechunk stores are
 compared through xarray.
@@ -15,7 +15,7 @@ compared through xarray.
 For HDF5 inputs, chunks are first compared as bytes with the chunk HDF5 finds at the same
 position. When every chunk of a variable is the input's own, byte for byte, one chunk is
 decoded and compared, which shows that the metadata decodes them all; the rest are
-neither decoded nor read by the netCDF library, unless the store's fill values differ
+neither decoded nor read whole from the input, unless the store's fill values differ
 from the input's (then the masks are compared on every value). A variable with any other
 chunk is compared whole, as without HDF5.
 """
@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ValidationError, one_line
-from ..openers import OpenConfig, open_input, open_netcdf
+from ..errors import ValidationError
+from ..openers import OpenConfig, open_input
 from ..patterns import Input
 from ..sources import local_copy
 from ..validate import compare, compare_values
-from .manifest import json_value
 from .store import ReferenceStore
+from .stored import Variable, stored_variables
 
 # attributes by which readers scale stored values (units and calendar decode times)
 DECODING = ("scale_factor", "add_offset", "_Unsigned")
@@ -86,48 +84,31 @@ def _check_decoded(task: CheckTask) -> None:
 
 
 def _check_stored(task: CheckTask) -> None:
-    """Each sample read by the netCDF library, compared with the references as stored."""
+    """Each sample read as stored, compared with the references as stored."""
     staged = task.store.staged_references(task.dim, _spans(task))
     refs = Staged(staged, task.protocol, task.store.storage_options)
     for item, region in task.samples:
         where = task.open.redact(item.url)
-        path = local_copy(item.url, task.open.fetch)
-        with open_netcdf(path, where) as nc, _hdf5(path, nc) as h5:
-            for name, var in nc.variables.items():
-                dataset = h5.get(name) if h5 is not None else None
-                chunks = _Chunks(dataset, var.dimensions, region) if dataset else None
-                _check_variable(refs, name, var, region, where, chunks)
+        with stored_variables(local_copy(item.url, task.open.fetch), where) as variables:
+            for var in variables:
+                _check_variable(refs, var, region, where)
 
 
 def _spans(task: CheckTask) -> list[tuple[int, int]]:
     return [region[task.dim] for _, region in task.samples if task.dim in region]
 
 
-@contextmanager
-def _hdf5(path: str, nc) -> Iterator:
-    """The input opened by h5py when it is an HDF5 file, else None."""
-    if not nc.data_model.startswith("NETCDF4"):
-        yield None
-        return
-    import h5py
-
-    with h5py.File(path, "r") as h5:
-        yield h5
-
-
-def _check_variable(
-    refs: Staged, name: str, var, spans: dict, where: str, chunks: _Chunks | None
-) -> None:
+def _check_variable(refs: Staged, var: Variable, spans: dict, where: str) -> None:
     """One variable of an input: dims, decoding attributes, values and missing values.
     The store may lead it with concat dims the input lacks (one step of each)."""
+    name, attrs = var.name, var.attrs
     zarray, zattrs = refs.meta.get(f"{name}/.zarray"), refs.meta.get(f"{name}/.zattrs", {})
     if zarray is None:
         raise ValidationError(f"{where}: variable {name!r} is missing from the store")
-    dims, stored = list(var.dimensions), zattrs.get("_ARRAY_DIMENSIONS", [])
+    dims, stored = list(var.dims), zattrs.get("_ARRAY_DIMENSIONS", [])
     new = stored[: len(stored) - len(dims)]
     if stored[len(new) :] != dims or not set(new) <= set(spans):
         raise ValidationError(f"{where}: {name!r} has dims {stored} in the store, not {dims}")
-    attrs = {k: json_value(var.getncattr(k)) for k in var.ncattrs()}
     region = tuple(
         slice(*spans[d]) if d in spans else slice(0, n)
         for d, n in zip(stored, zarray["shape"], strict=True)
@@ -137,33 +118,26 @@ def _check_variable(
         return refs.read(name, zarray, part, where)[(0,) * len(new)]
 
     if name in spans and not _same_encoding(zarray, zattrs, var.dtype, attrs):
-        got, want = read(region), _input_values(var, where)
+        got, want = read(region), var.values(where)
         compare_values(decoded(got, zattrs), decoded(want, attrs), name, dims, where)
         return
     _check_attrs(name, zattrs, attrs, where)
     fills = [zarray["fill_value"], zattrs.get("missing_value")]
     input_fills = [attrs.get("_FillValue"), attrs.get("missing_value")]
+    chunks = _Chunks(var.dataset, var.dims, spans) if var.dataset is not None else None
     if chunks is not None and chunks.same_bytes(refs, name, zarray, region):
         # every chunk is the input's own: one decoded shows that the metadata decodes them
         probe = _first_chunk(region, zarray["chunks"])
         got = read(probe)
-        compare_values(got, _input_values(var, where, chunks.local(probe)), name, dims, where)
+        compare_values(got, var.values(where, chunks.local(probe)), name, dims, where)
         if _masked(fills) == _masked(input_fills):
             return  # and readers mask the same values in both
-        got = want = _input_values(var, where)
+        got = want = var.values(where)
     else:
-        got, want = read(region), _input_values(var, where)
+        got, want = read(region), var.values(where)
         compare_values(got, want, name, dims, where)
     masked, wanted = _missing(got, fills), _missing(want, input_fills)
     compare_values(masked, wanted, f"{name} (missing)", dims, where)
-
-
-def _input_values(var, where: str, region: tuple[slice, ...] | None = None) -> np.ndarray:
-    """The values of a variable of the input (in ``region``), as stored."""
-    try:
-        return np.asarray(var[region or ...])
-    except (RuntimeError, OSError) as exc:
-        raise ValidationError(f"{where}: cannot read {var.name!r}: {one_line(exc)}") from None
 
 
 def _same_encoding(zarray: dict, zattrs: dict, dtype: np.dtype, attrs: dict) -> bool:
