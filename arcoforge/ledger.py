@@ -214,7 +214,16 @@ def fingerprint(*parts: Any) -> str:
     return digest.hexdigest()[:32]
 
 
+_LEAVES = {str, int, float, type(None)}  # exact types: a fingerprint goes through every input
+_SEQUENCES = {list, tuple}
+
+
 def _stable(value: Any) -> str:
+    kind = type(value)
+    if kind in _LEAVES:
+        return repr(value)
+    if kind in _SEQUENCES:
+        return "[" + ",".join(map(_stable, value)) + "]"
     if isinstance(value, str | int | float | None):
         return repr(value)
     if callable(value) and not isinstance(value, type):

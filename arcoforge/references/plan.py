@@ -8,7 +8,6 @@ beside the store, after checking that they continue it.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,6 +21,7 @@ from ..patterns import Input
 from ..plan import BakeState, Plan, Stage, _nothing
 from ..updates import AppendError, _text, check_steps
 from ..validate import sample_positions
+from . import held as held_files
 from .check import CheckTask, check_input, decoded
 from .combine import CombineError, concat, concat_grid, merge
 from .manifest import ArrayRefs, Manifest
@@ -266,10 +266,10 @@ class ReferencePlan(Plan):
         if 0 < len(held) <= SEGMENTS:
             name, part = f"references.{len(held)}.pkl", [i.url for i in self.inputs]
             kept = [*held, name]
-            body = pickle.dumps((part, state.appended), protocol=5)
+            body = held_files.dumps((part, state.appended))
         else:
             name, kept = HELD, [HELD]
-            body = pickle.dumps((inputs, state.manifest), protocol=5)
+            body = held_files.dumps((inputs, state.manifest))
         ledgers.put(f"{self.ledger.folder}/{name}", body, self.target.storage_options)
         return kept
 
@@ -373,8 +373,8 @@ def _held(plan: ReferencePlan, published: dict) -> Manifest:
     """The manifest kept beside the published store: its segments joined."""
     inputs, parts = [], []
     for name in published.get("held", [HELD]):
-        body = ledgers.get(f"{plan.ledger.folder}/{name}", plan.target.storage_options)
-        urls, manifest = pickle.loads(body) if body else ([None], None)
+        found = held_files.load(f"{plan.ledger.folder}/{name}", plan.target.storage_options)
+        urls, manifest = found or ([None], None)
         inputs += urls
         parts.append((urls[0], manifest))
     if inputs != published["inputs"]:

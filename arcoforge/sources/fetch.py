@@ -43,6 +43,8 @@ class FetchConfig:
 
 def is_remote(url: str) -> bool:
     """Whether ``url`` names something other than a local file."""
+    if ":" not in url:  # a path: spares parsing the inputs of a large pattern
+        return False
     return urlsplit(url).scheme.lower() not in _LOCAL and not _is_windows_drive(url)
 
 
