@@ -3,7 +3,6 @@ their sources combined by xarray, value for value; the check refuses tampered on
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from arcoforge import ConcatDim, FilePattern, MergeDim, bake
 from arcoforge.errors import ValidationError
 from arcoforge.plan import BakeState
 from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
+from arcoforge.references import held
 from arcoforge.references.check import CheckTask, _check_decoded, check_input
 from arcoforge.references.combine import CombineError, concat_grid
 from arcoforge.references.plan import HELD, describe, make_reference_plan, plan_reference_append
@@ -261,7 +261,7 @@ def test_check_compares_each_sample_at_its_region(tmp_path, name, layout, swap):
     pattern = ensemble(tmp_path / "src", layout)
     plan = make_reference_plan(recipe(pattern, name), str(tmp_path / "out"), cache=None, workers=1)
     bake(plan.recipe, tmp_path / "out", workers=1)
-    _, manifest = pickle.loads(Path(plan.ledger.folder, HELD).read_bytes())
+    _, manifest = held.loads(bytearray(Path(plan.ledger.folder, HELD).read_bytes()))
     assert manifest.arrays["tas"].nrefs == TIMES * MEMBERS * 4  # none inline
     if swap is not None:
         swapped(swap)(manifest)
@@ -273,7 +273,7 @@ def test_check_compares_each_sample_at_its_region(tmp_path, name, layout, swap):
     region = {"time": (2, 3), "member": (1, 2)}
     samples = ((plan.inputs[0], {"time": (0, 1), "member": (0, 1)}), (plan.inputs[-1], region))
     store = ReferenceStore(str(staged), str(staged), plan.store.kind)
-    task = CheckTask(store, plan.open, samples, "time", "file")
+    task = CheckTask(store, plan.open, samples, "time", "file", plan.scan)
     if swap is None:
         assert check_input(task) == [plan.inputs[0].url, plan.inputs[-1].url]
         _check_decoded(task)  # and as xarray reads both
@@ -294,7 +294,7 @@ def test_check_task_reads_the_rows_along_the_leading_dim(tmp_path, layout, leadi
         recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
     )
     bake(plan.recipe, tmp_path / "out", workers=1)
-    _, manifest = pickle.loads(Path(plan.ledger.folder, HELD).read_bytes())
+    _, manifest = held.loads(bytearray(Path(plan.ledger.folder, HELD).read_bytes()))
     steps = {"time": {0: 1, 1: 1, 2: 1}, "member": {0: 1, 1: 1}}
     (task,) = plan.check_tasks(BakeState(manifest=manifest, steps=steps))
     assert task.dim == leading

@@ -12,12 +12,12 @@ dask. The concat coordinate, which references hold in the units of the first inp
 compared decoded when an input's units differ. Other inputs and Icechunk stores are
 compared through xarray.
 
-For HDF5 inputs, chunks are first compared as bytes with the chunk HDF5 finds at the same
-position. When every chunk of a variable is the input's own, byte for byte, one chunk is
-decoded and compared, which shows that the metadata decodes them all; the rest are
-neither decoded nor read whole from the input, unless the store's fill values differ
-from the input's (then the masks are compared on every value). A variable with any other
-chunk is compared whole, as without HDF5.
+For HDF5 inputs, the references of a sample's chunks are first compared with where HDF5
+finds the chunk at the same position. When every chunk of a variable is the input's own
+byte range, one chunk is decoded and compared, which shows that the metadata decodes them
+all; the rest are neither read nor decoded, unless the store's fill values differ from
+the input's (then the masks are compared on every value). A variable with any other chunk
+is compared whole, as without HDF5.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ..openers import OpenConfig, open_input
 from ..patterns import Input
 from ..sources import local_copy
 from ..validate import compare, compare_values
+from .scan import ScanConfig, reference_url
 from .store import ReferenceStore
 from .stored import Variable, stored_variables
 
@@ -45,13 +46,14 @@ TIME_ENCODING = ("units", "calendar")
 class CheckTask:
     """Compare sample inputs with the references at their regions (the span of each
     along every concat dim); JSON references are read at the spans along ``dim``. The
-    references point into files of ``protocol``."""
+    references point into files of ``protocol``, named as ``scan`` names them."""
 
     store: ReferenceStore
     open: OpenConfig
     samples: tuple[tuple[Input, dict[str, tuple[int, int]]], ...]
     dim: str | None
     protocol: str | None = None
+    scan: ScanConfig | None = None
 
 
 def check_input(task: CheckTask) -> list[str]:
@@ -89,16 +91,20 @@ def _check_stored(task: CheckTask) -> None:
     refs = Staged(staged, task.protocol, task.store.storage_options)
     for item, region in task.samples:
         where = task.open.redact(item.url)
+        url = reference_url(item.url, task.scan) if task.scan else None
         with stored_variables(local_copy(item.url, task.open.fetch), where) as variables:
             for var in variables:
-                _check_variable(refs, var, region, where)
+                chunks = _Chunks(var.dataset, url, var.dims, region) if var.dataset else None
+                _check_variable(refs, var, region, where, chunks)
 
 
 def _spans(task: CheckTask) -> list[tuple[int, int]]:
     return [region[task.dim] for _, region in task.samples if task.dim in region]
 
 
-def _check_variable(refs: Staged, var: Variable, spans: dict, where: str) -> None:
+def _check_variable(
+    refs: Staged, var: Variable, spans: dict, where: str, chunks: _Chunks | None
+) -> None:
     """One variable of an input: dims, decoding attributes, values and missing values.
     The store may lead it with concat dims the input lacks (one step of each)."""
     name, attrs = var.name, var.attrs
@@ -124,8 +130,7 @@ def _check_variable(refs: Staged, var: Variable, spans: dict, where: str) -> Non
     _check_attrs(name, zattrs, attrs, where)
     fills = [zarray["fill_value"], zattrs.get("missing_value")]
     input_fills = [attrs.get("_FillValue"), attrs.get("missing_value")]
-    chunks = _Chunks(var.dataset, var.dims, spans) if var.dataset is not None else None
-    if chunks is not None and chunks.same_bytes(refs, name, zarray, region):
+    if chunks is not None and chunks.same_places(refs, name, zarray, region):
         # every chunk is the input's own: one decoded shows that the metadata decodes them
         probe = _first_chunk(region, zarray["chunks"])
         got = read(probe)
@@ -177,11 +182,11 @@ def _masked(fills: list) -> set:
 
 
 class _Chunks:
-    """The chunks of one HDF5 variable of a sample input, which lies at ``spans`` along
-    the concat dims in the store."""
+    """The chunks of one HDF5 variable of a sample input (whose references name it
+    ``url``), which lies at ``spans`` along the concat dims in the store."""
 
-    def __init__(self, dataset, dims: tuple[str, ...], spans: dict):
-        self.dataset = dataset
+    def __init__(self, dataset, url: str | None, dims: tuple[str, ...], spans: dict):
+        self.dataset, self.url = dataset, url
         self.chunks = dataset.chunks  # h5py reads it from the file each time it is asked
         self.shift = [spans[d][0] if d in spans else 0 for d in dims]
 
@@ -191,30 +196,34 @@ class _Chunks:
             slice(r.start - s, r.stop - s) for r, s in zip(region, self.shift, strict=True)
         )
 
-    def same_bytes(self, refs: Staged, name: str, zarray: dict, region: tuple[slice, ...]) -> bool:
-        """Whether every chunk of ``region`` that the references give is, byte for byte,
-        the input's chunk at its position, stored with all of its filters, and the input
-        has no other chunk there."""
-        if self.chunks != tuple(zarray["chunks"]) or len(self.shift) != len(region):
+    def same_places(self, refs: Staged, name: str, zarray: dict, region: tuple[slice, ...]):
+        """Whether every chunk of ``region`` that the references give is the byte range of
+        the input where HDF5 finds its chunk at that position (asked chunk by chunk, not
+        by the scan's walk of the chunk index), stored with all of its filters, and the
+        input has no other chunk there."""
+        if self.url is None or self.chunks != tuple(zarray["chunks"]):
             return False
-        keys = refs.keys(name, zarray, region)
-        found = refs.fs.cat(list(keys), on_error="return")
+        if len(self.shift) != len(region):
+            return False
         try:
-            return all(self._same(found.get(key), index) for key, index in keys.items())
-        except (OSError, RuntimeError, ValueError):  # no chunk starts there, say
+            return all(
+                self._same(refs.references.get(key), index)
+                for key, index in refs.keys(name, zarray, region).items()
+            )
+        except (OSError, RuntimeError, ValueError):  # HDF5 cannot tell, say
             return False
 
-    def _same(self, stored, index: tuple[int, ...]) -> bool:
-        ds = self.dataset
+    def _same(self, ref, index: tuple[int, ...]) -> bool:
         origin = tuple(i * c - s for i, c, s in zip(index, self.chunks, self.shift, strict=True))
         if min(origin, default=0) < 0:  # the span does not start at a chunk
             return False
-        if stored is None:
-            return ds.id.get_chunk_info_by_coord(origin).byte_offset is None
-        if isinstance(stored, Exception):
+        info = self.dataset.id.get_chunk_info_by_coord(origin)
+        if info.byte_offset is None:
+            return ref is None
+        if ref is None or isinstance(ref, bytes | str) or len(ref) != 3:
             return False
-        mask, data = ds.id.read_direct_chunk(origin)  # raises where no chunk is
-        return not mask and bytes(stored) == data
+        place = (self.url, info.byte_offset, info.size)
+        return not info.filter_mask and tuple(ref) == place
 
 
 def _first_chunk(region: tuple[slice, ...], chunks) -> tuple[slice, ...]:
@@ -241,6 +250,7 @@ class Staged:
             fo=fo, fs={protocol or "file": {}}, target_options=target_options
         )
         self.meta = json.loads(self.fs.cat_file(".zmetadata"))["metadata"]
+        self.references = self.fs.references
 
     def read(self, name: str, zarray: dict, region: tuple[slice, ...], where: str) -> np.ndarray:
         """The stored values of array ``name`` in ``region``, fill values where no chunk is."""

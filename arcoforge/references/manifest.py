@@ -57,6 +57,8 @@ class ArrayRefs:
 
     def with_file_offset(self, by: int) -> ArrayRefs:
         """The same references with file indices shifted by ``by``."""
+        if by == 0:
+            return self
         files = np.where(self.files == NO_FILE, NO_FILE, self.files + by).astype(np.int32)
         return replace(self, files=files)
 

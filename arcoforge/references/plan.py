@@ -245,7 +245,7 @@ class ReferencePlan(Plan):
         protocol = fsspec.utils.get_protocol(reference_url(self.inputs[0].url, self.scan))
         config = state.open or self.open
         dim = _leading(state.manifest, self.concat_dims) if state.steps else self.dim
-        return [CheckTask(self.store, config, tuple(samples), dim, protocol)]
+        return [CheckTask(self.store, config, tuple(samples), dim, protocol, self.scan)]
 
     def count_checked(self, state: BakeState, results: Iterable) -> None:
         state.stats["validated_inputs"] = sum(len(urls) for urls in results)
