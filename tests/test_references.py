@@ -91,6 +91,30 @@ def test_netcdf4_spatial_chunks_fletcher32_unpacked_floats(tmp_path):
     assert out.sst.dtype == np.float32
 
 
+def test_parquet_records_read_in_part_as_fsspec_reads_them(tmp_path):
+    """The references the check reads of a Parquet store's records (those of the chunks
+    that meet two spans of time) are what fsspec's lazy reader gives, key by key; the
+    records hold offsets and sizes as integers for fastparquet, the engine it reads with."""
+    from fsspec.implementations.reference import LazyReferenceMapper
+
+    from arcoforge.writers.kerchunk import read_meeting
+
+    paths = write_oisst_archive(tmp_path / "src", days=6, ny=18, nx=36, steps_per_file=2)
+    recipe = ref_recipe(paths, "reference.parquet", record_size=2)
+    url = bake(recipe, tmp_path / "out").url
+    part = read_meeting(url, "time", [(2, 4), (5, 6)])
+    lazy = LazyReferenceMapper(url)
+    chunks = [k for k in part if not k.rsplit("/", 1)[-1].startswith(".")]
+    assert {k.split("/")[0] for k in chunks} >= {"sst", "anom", "time", "lat", "lon"}
+    assert {k for k in chunks if k.startswith("sst/")} == {"sst/2.0.0", "sst/3.0.0", "sst/5.0.0"}
+    for key in chunks:
+        assert part[key] == lazy[key], key
+        if isinstance(part[key], list):
+            assert all(type(v) is int for v in part[key][1:]), key
+    frame = pd.read_parquet(f"{url}/sst/refs.1.parq", engine="fastparquet")
+    assert frame["offset"].dtype == frame["size"].dtype == np.int64
+
+
 def test_json_and_parquet_agree(tmp_path):
     paths = write_oisst_archive(tmp_path / "src", days=4, ny=18, nx=36)
     urls = [bake(ref_recipe(paths, n), tmp_path / n).url for n in FORMATS]

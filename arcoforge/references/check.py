@@ -2,15 +2,16 @@
 compared with the inputs read directly, before the references are published.
 
 netCDF inputs opened without preprocessing are compared as stored, through kerchunk
-JSON or Parquet references: every chunk of a sample is fetched by fsspec's
-``ReferenceFileSystem`` and decoded with the codecs its metadata names, then compared
-value for value with the input as stored (read by h5py, or by the netCDF library for
-netCDF-3: see :mod:`.stored`), along with the attributes that decide how readers decode
-it. Values as stored are compared exactly (a decoded comparison allows half a step of
-packed data), and the check costs no more than the chunks it reads, not the per-chunk overhead of zarr's reader nor xarray's import of
-dask. The concat coordinate, which references hold in the units of the first input, is
-compared decoded when an input's units differ. Other inputs and Icechunk stores are
-compared through xarray.
+JSON or Parquet references: of the references, only the metadata and those of the
+samples' chunks are read (see ``ReferenceStore.staged_references``); chunks are fetched
+by fsspec's ``ReferenceFileSystem`` and decoded with the codecs the metadata names, then
+compared value for value with the input as stored (read by h5py, or by the netCDF library
+for netCDF-3: see :mod:`.stored`), along with the attributes that decide how readers
+decode it. Values as stored are compared exactly (a decoded comparison allows half a step
+of packed data), and the check costs no more than the chunks it reads, not the per-chunk
+overhead of zarr's reader nor xarray's import of dask. The concat coordinate, which
+references hold in the units of the first input, is compared decoded when an input's
+units differ. Other inputs and Icechunk stores are compared through xarray.
 
 For HDF5 inputs, the references of a sample's chunks are first compared with where HDF5
 finds the chunk at the same position. When every chunk of a variable is the input's own

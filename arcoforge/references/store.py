@@ -138,17 +138,21 @@ class ReferenceStore:
 
     def staged_references(self, dim: str | None = None, spans=()) -> str | dict:
         """What fsspec's ``ReferenceFileSystem`` reads the staged JSON or Parquet references
-        from (with ``target_options`` :attr:`storage_options`): of a JSON file, with
-        ``dim``, the references :meth:`open_staged` reads."""
-        if self.kind == "json" and dim is not None:
-            if self.remote:
-                with _naming(self.staging, "cannot read it"):
-                    data = self.fs.cat_file(self.staging)
+        from (with ``target_options`` :attr:`storage_options`); with ``dim``, the metadata
+        and the references :meth:`open_staged` reads, not the file or records whole."""
+        if dim is None or self.kind not in ("json", "parquet"):
+            return self.staging
+        with _naming(self.staging, "cannot read it"):
+            if self.kind == "parquet":
+                refs = kerchunk.read_meeting(
+                    self.staging, dim, spans, self.fs if self.remote else None
+                )
+            elif self.remote:
+                data = self.fs.cat_file(self.staging)
                 refs = kerchunk_json.meeting(data, dim, spans, self.staging)
             else:
                 refs = kerchunk_json.read_meeting(self.staging, dim, spans)
-            return {"version": 1, "refs": refs}
-        return self.staging
+        return {"version": 1, "refs": refs}
 
     def publish(self) -> None:
         """Put the staged references at ``url``; repeatable."""

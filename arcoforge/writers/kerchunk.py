@@ -8,14 +8,17 @@ formatted per array, not looked up per chunk in a dict.
 
 from __future__ import annotations
 
+import functools
+import io
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..references.manifest import ArrayRefs, Manifest
+from ..references.manifest import ArrayRefs, Manifest, grid_of
 
 
 def metadata(manifest: Manifest, attrs: dict | None = None) -> dict[str, dict]:
@@ -36,8 +39,9 @@ def write_parquet(
 ) -> None:
     """Write Parquet references into ``folder``: ``.zmetadata`` (metadata and record size)
     and ``NAME/refs.N.parq`` with columns path, offset, size, raw, ``record_size`` rows
-    each, in the C order of the array's chunk grid (written with fastparquet, the engine
-    fsspec reads them with).
+    each, in the C order of the array's chunk grid. They are written with pyarrow, with
+    the pandas metadata that gives fastparquet (the engine fsspec reads them with) the
+    columns' types.
 
     With ``previous`` (an append), records whose rows all lie in the rows an array shares
     with the previous store are kept by ``previous`` (hard links to its files, or copies
@@ -51,12 +55,12 @@ def write_parquet(
     for name, refs in manifest.arrays.items():
         (folder / name).mkdir(exist_ok=True)
         kept = previous.kept(name, record_size, refs.files.size) if previous else 0
-        for record, frame in enumerate(_records(refs, paths, record_size, kept)):
+        for record, columns in enumerate(_records(refs, paths, record_size, kept)):
             target = folder / name / f"refs.{record}.parq"
-            if frame is None:
+            if columns is None:
                 previous.keep(name, target)
             else:
-                _write_frame(frame, target)
+                _write_record(columns, target)
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,8 @@ class Previous:
 
 
 def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int, kept: int = 0):
-    """The references of one array as data frames of ``record_size`` rows (None for the
-    first ``kept`` records, which are not built: an append's cost does not grow with them)."""
-    import pandas as pd
-
+    """The references of one array as columns of ``record_size`` rows (None for the first
+    ``kept`` records, which are not built: an append's cost does not grow with them)."""
     total = refs.files.size
     skip = min(kept * record_size, total)
     files = refs.files.ravel()[skip:]
@@ -104,18 +106,96 @@ def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int, kept: int = 0
             yield None
             continue
         rows = slice(start - skip, start - skip + record_size)
-        yield pd.DataFrame({k: v[rows] for k, v in columns.items()}, copy=False)
+        yield {k: v[rows] for k, v in columns.items()}
 
 
-def _write_frame(frame, path: Path) -> None:
-    import fastparquet
+def _write_record(columns: dict[str, np.ndarray], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    fastparquet.write(
-        str(path),
-        frame,
-        compression="ZSTD",
-        write_index=False,
-        stats=False,
-        object_encoding={"path": "utf8", "raw": "bytes"},
-        has_nulls=["path", "raw"],
-    )
+    table = pa.table(columns, schema=_schema())
+    pq.write_table(table, str(path), compression="zstd", write_statistics=False)
+
+
+_NUMPY = {"int64": "int64"}
+
+
+@functools.cache
+def _schema():
+    """The columns of a record, and the pandas metadata by which fastparquet reads the
+    offsets and sizes as integers, not as floats."""
+    import pyarrow as pa
+
+    types = {
+        "path": (pa.string(), "unicode"),
+        "offset": (pa.int64(), "int64"),
+        "size": (pa.int64(), "int64"),
+        "raw": (pa.binary(), "bytes"),
+    }
+    columns = [
+        {"name": k, "field_name": k, "pandas_type": kind, "numpy_type": _NUMPY.get(kind, "object")}
+        for k, (_, kind) in types.items()
+    ]
+    pandas = {"index_columns": [], "column_indexes": [], "columns": columns}
+    fields = [pa.field(k, t, nullable=k in ("path", "raw")) for k, (t, _) in types.items()]
+    return pa.schema(fields, metadata={"pandas": json.dumps(pandas)})
+
+
+def read_meeting(folder: str, dim: str, spans, fs=None) -> dict:
+    """The metadata of the Parquet references in ``folder`` (on ``fs``, else local) and
+    the references of the chunks that meet ``spans`` along ``dim`` (every chunk of arrays
+    without ``dim``), by key, as fsspec's ``ReferenceFileSystem`` takes them: only the
+    records that hold them are read."""
+    read = fs.cat_file if fs is not None else (lambda p: Path(p).read_bytes())
+    body = read(f"{folder}/.zmetadata")
+    zmeta = json.loads(body)
+    meta, size = zmeta["metadata"], zmeta["record_size"]
+    refs: dict = {".zmetadata": body, **{k: json.dumps(v) for k, v in meta.items()}}
+    for key, zarray in meta.items():
+        name = key.removesuffix("/.zarray")
+        if name == key:
+            continue
+        dims = meta[f"{name}/.zattrs"]["_ARRAY_DIMENSIONS"]
+        grid = grid_of(tuple(zarray["shape"]), tuple(zarray["chunks"])) if dims else ()
+        per_row = math.prod(grid[1:])
+        wanted = np.asarray(
+            [r * per_row + k for r in rows(zarray, dims, dim, spans) for k in range(per_row)],
+            dtype=np.int64,
+        )
+        for record in np.unique(wanted // size).tolist():
+            path = f"{folder}/{name}/refs.{record}.parq"
+            found = wanted[wanted // size == record]
+            refs.update(_record_refs(read, path, name, grid, found, record * size))
+    return refs
+
+
+def _record_refs(read, path: str, name: str, grid, flat: np.ndarray, start: int) -> dict:
+    """The references of the chunks at ``flat`` indices of one record (whose first row is
+    chunk ``start``), as fsspec reads them: inline bytes, [url] for a whole file, else
+    [url, offset, size]; none for a row without a path."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(read(path)), columns=["path", "offset", "size", "raw"])
+    except FileNotFoundError:
+        return {}
+    flat = flat[flat - start < table.num_rows]
+    found = table.take(flat - start).to_pydict()
+    refs = {}
+    for i, url, offset, size, raw in zip(flat.tolist(), *found.values(), strict=True):
+        key = f"{name}/{'.'.join(map(str, np.unravel_index(i, grid))) if grid else '0'}"
+        if raw is not None:
+            refs[key] = raw
+        elif url is not None:
+            refs[key] = [url] if offset == size == 0 else [url, offset, size]
+    return refs
+
+
+def rows(zarray: dict, dims: list[str], dim: str, spans) -> list[int]:
+    """The leading rows of chunks that hold ``spans`` along ``dim`` (all, unless ``dim``
+    is the leading one)."""
+    count = -(-zarray["shape"][0] // zarray["chunks"][0]) if dims else 1
+    if not dims or dims[0] != dim:
+        return list(range(count))
+    step = zarray["chunks"][0]
+    return sorted({i for a, b in spans for i in range(a // step, (b - 1) // step + 1)})

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..references.manifest import NO_FILE, ArrayRefs, Manifest
-from .kerchunk import metadata
+from .kerchunk import metadata, rows
 
 HEAD = b'{"version":1,"refs":{'
 TAIL = b'".zgroup":'
@@ -165,20 +165,10 @@ def meeting(data: bytes | mmap.mmap, dim: str, spans, where: str) -> dict:
         if name == key or name in inline:
             continue  # not an array, or one with inline chunks, in the TAIL
         dims = meta[f"{name}/.zattrs"]["_ARRAY_DIMENSIONS"]
-        for row in _rows(zarray, dims, dim, spans):
+        for row in rows(zarray, dims, dim, spans):
             found, at = _row_refs(data, name, row, len(dims), at)
             refs.update(found)
     return refs
-
-
-def _rows(zarray: dict, dims: list[str], dim: str, spans) -> list[int]:
-    """The leading rows of chunks that hold ``spans`` along ``dim`` (all, unless ``dim``
-    is the leading one)."""
-    rows = -(-zarray["shape"][0] // zarray["chunks"][0]) if dims else 1
-    if not dims or dims[0] != dim:
-        return list(range(rows))
-    step = zarray["chunks"][0]
-    return sorted({i for a, b in spans for i in range(a // step, (b - 1) // step + 1)})
 
 
 def _row_refs(mm: bytes | mmap.mmap, name: str, row: int, ndim: int, at: int) -> tuple[dict, int]:
