@@ -59,6 +59,40 @@ def test_append_adds_new_inputs_only_and_twice_is_nothing(tmp_path, days, name):
     assert digest(Path(first.url)) == before
 
 
+def test_json_appends_write_over_the_version_before_the_last(tmp_path, days):
+    """A JSON append keeps the version it replaces beside the store, and the next append
+    writes its references over that file (its blocks, not new ones)."""
+    out = tmp_path / "out"
+    url = Path(bake(ref_recipe(days[:4], FORMATS[0]), out).url)
+    spare = url.parent / f".{url.name}.arcoforge" / "previous.json"
+    versions = [url.read_bytes()]
+    inodes = [url.stat().st_ino]
+    for n in (6, 8):
+        bake(ref_recipe(days[:n], FORMATS[0]), out, append=True)
+        assert spare.read_bytes() == versions[-1]  # the version it replaced
+        versions.append(url.read_bytes())
+        inodes.append(url.stat().st_ino)
+    assert inodes[2] == inodes[0]  # the second append wrote over the first version's file
+    assert spare.stat().st_ino == inodes[1]
+    assert_matches_sources(url, days)
+
+
+def test_a_spare_that_is_the_published_file_is_not_written_over(tmp_path, days):
+    """A publish that stopped between keeping the published file as the spare and moving
+    the new one into place leaves both names on one file: the next append writes anew."""
+    out = tmp_path / "out"
+    url = Path(bake(ref_recipe(days[:4], FORMATS[0]), out).url)
+    spare = url.parent / f".{url.name}.arcoforge" / "previous.json"
+    kept = tmp_path / "kept.json"
+    before = url.read_bytes()
+    spare.hardlink_to(url)
+    kept.hardlink_to(url)
+    bake(ref_recipe(days, FORMATS[0]), out, append=True)
+    assert kept.read_bytes() == before
+    assert spare.read_bytes() == before
+    assert_matches_sources(url, days)
+
+
 @pytest.mark.parametrize("name", [*FORMATS, "icechunk"])
 def test_appends_keep_their_own_manifests_until_there_are_too_many(
     tmp_path, days, name, monkeypatch

@@ -9,6 +9,7 @@ object, a Parquet store record files first and ``.zmetadata`` last.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -86,6 +87,8 @@ class ReferenceStore:
         Path(self.staging).parent.mkdir(parents=True, exist_ok=True)
         if self.kind == "json":
             previous = self.url if shared and os.path.isfile(self.url) else None
+            if previous:
+                self._reuse_spare()
             kerchunk_json.write_json(manifest, self.staging, attrs, previous, shared)
         elif self.kind == "parquet":
             previous = None
@@ -171,7 +174,26 @@ class ReferenceStore:
             os.rename(self.staging, self.url)
             shutil.rmtree(old, ignore_errors=True)
         elif os.path.exists(self.staging):
+            if os.path.isfile(self.url):
+                _link(self.url, self.spare)
             os.replace(self.staging, self.url)
+
+    @property
+    def spare(self) -> str:
+        """Where a local JSON file's previous version is kept (in the ledger's folder
+        beside it), for the next append to write over: an append then neither allocates
+        nor frees a file the size of the references (which takes as long as writing it)."""
+        return f"{ledgers.Ledger(self.url).folder}/previous.json"
+
+    def _reuse_spare(self) -> None:
+        """Stage the references in the spare file, unless it is the published one (a
+        publish that stopped between linking and renaming leaves them one file)."""
+        if not os.path.isfile(self.spare):
+            return
+        if os.path.samefile(self.spare, self.url):
+            os.remove(self.spare)
+        else:
+            os.replace(self.spare, self.staging)
 
 
 @dataclass(frozen=True)
@@ -193,6 +215,15 @@ class CopiedPrevious(kerchunk.Previous):
         self.fs.cp_file(
             f"{self.folder}/{name}/{target.name}", f"{self.staging}/{name}/{target.name}"
         )
+
+
+def _link(path: str, link: str) -> None:
+    """A second name ``link`` for the file at ``path`` (replacing what had that name),
+    where the file system has hard links."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(link)
+    with contextlib.suppress(OSError):
+        os.link(path, link)
 
 
 @contextmanager

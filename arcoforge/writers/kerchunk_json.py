@@ -44,14 +44,14 @@ def write_json(
     end, old = _body_end(previous) if previous else (-1, set())
     if not body or not old <= set(body) or not set(body) <= set(shared or {}):
         end = -1
-    if end > 0:
-        shutil.copyfile(previous, path)
-        os.truncate(path, end)
     starts = {name: shared[name] if end > 0 else 0 for name in body}
-    with open(path, "ab" if end > 0 else "wb") as out:
+    reuse = end > 0 and os.path.isfile(path)
+    with open(path, "r+b" if reuse else "wb") as out:
         first = end <= 0
         if first:
             out.write(HEAD)
+        else:
+            _copy(previous, out, end)
         for name, refs in body.items():
             for text in _entries(name, refs, quoted, starts[name]):
                 out.write(text if first else b"," + text)
@@ -59,6 +59,24 @@ def write_json(
         out.write(b"" if first else b",")
         out.write(_tail(manifest, attrs, quoted))
         out.write(b"}}")
+        out.truncate()
+
+
+def _copy(source: str | Path, out, size: int) -> None:
+    """The first ``size`` bytes of ``source`` written at the start of ``out`` (in the
+    kernel, over the blocks of a file written before where ``out`` is one: that spares
+    allocating new ones), and ``out`` positioned after them."""
+    with open(source, "rb") as src:
+        if hasattr(os, "copy_file_range"):
+            done = 0
+            while done < size:
+                copied = os.copy_file_range(src.fileno(), out.fileno(), size - done, done, done)
+                if not copied:
+                    raise OSError(f"{source}: shorter than {size} bytes")
+                done += copied
+        else:
+            shutil.copyfileobj(src, out)
+    out.seek(size)
 
 
 def _body_end(path: str | Path) -> tuple[int, set[str]]:
