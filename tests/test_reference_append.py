@@ -98,7 +98,8 @@ def test_appends_keep_their_own_manifests_until_there_are_too_many(
     tmp_path, days, name, monkeypatch
 ):
     """Each append writes its own inputs' manifest beside the store, not the store's
-    whole one again, up to ``SEGMENTS`` of them; the next one writes it whole."""
+    whole one again, up to ``SEGMENTS`` of them; the next one writes it whole (and
+    removes the segments)."""
     monkeypatch.setattr(references_plan, "SEGMENTS", 2)
     target = f"icechunk://{tmp_path / 'out'}" if name == "icechunk" else tmp_path / "out"
     name = FORMATS[0] if name == "icechunk" else name
@@ -110,6 +111,7 @@ def test_appends_keep_their_own_manifests_until_there_are_too_many(
         result = bake(ref_recipe(days[:n], name), target, append=True)
         assert_matches_sources(result.url, days[:n])
         held.append(json.loads((folder / "manifest.json").read_text())["held"])
+        assert sorted(p.name for p in folder.glob("references*.pkl")) == sorted(held[-1])
     one, two, three = "references.pkl", "references.1.pkl", "references.2.pkl"
     assert held == [[one], [one, two], [one, two, three], [one], [one, two]]
 

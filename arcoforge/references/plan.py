@@ -256,7 +256,19 @@ class ReferencePlan(Plan):
         contents["held"] = self._keep(state, contents["inputs"])
         self.store.publish()
         self.ledger.write(self._manifest("complete", **contents))
+        if contents["held"] == [HELD]:
+            self._drop_segments()
         self.ledger.clear_staging()
+
+    def _drop_segments(self) -> None:
+        """Remove the segments of the manifest kept for appends that the store no longer
+        lists, once it is kept whole (after a bake afresh, say)."""
+        options = self.target.storage_options or {}
+        fs, folder = fsspec.core.url_to_fs(self.ledger.folder, **options)
+        for path in fs.ls(folder, detail=False):
+            name = path.rsplit("/", 1)[-1]
+            if name != HELD and name.startswith("references.") and name.endswith(".pkl"):
+                fs.rm_file(path)
 
     def _keep(self, state: BakeState, inputs: list[str]) -> list[str]:
         """Write the manifest that later appends read, and return the names of its files:
