@@ -128,13 +128,14 @@ class FilePattern:
     @cached_property
     def _inputs(self) -> tuple[Input, ...]:
         """Every input, made once: a bake goes through them several times."""
-        ranges = [range(len(d.keys)) for d in self.combine_dims]
+        dims = self.combine_dims
+        names = [d.name for d in dims]
         found = []
-        for positions in itertools.product(*ranges):
-            keys = {d.name: d.keys[p] for d, p in zip(self.combine_dims, positions, strict=True)}
+        for positions in itertools.product(*(range(len(d.keys)) for d in dims)):
+            values = [d.keys[p] for d, p in zip(dims, positions, strict=True)]
+            keys = dict(zip(names, values, strict=True))
             url = str(self.format_function(**keys))
-            position = tuple((d.name, p) for d, p in zip(self.combine_dims, positions, strict=True))
-            found.append(Input(url=url, position=position, keys=tuple(keys.items())))
+            found.append(Input(url, tuple(zip(names, positions, strict=True)), tuple(keys.items())))
         return tuple(found)
 
     def items(self) -> Iterator[tuple[tuple[tuple[str, int], ...], str]]:
