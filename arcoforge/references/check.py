@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -199,9 +200,8 @@ class _Chunks:
 
     def same_places(self, refs: Staged, name: str, zarray: dict, region: tuple[slice, ...]):
         """Whether every chunk of ``region`` that the references give is the byte range of
-        the input where HDF5 finds its chunk at that position (asked chunk by chunk, not
-        by the scan's walk of the chunk index), stored with all of its filters, and the
-        input has no other chunk there."""
+        the input where HDF5's chunk index puts the chunk at that position, stored with
+        all of its filters, and the input has no other chunk there."""
         if self.url is None or self.chunks != tuple(zarray["chunks"]):
             return False
         if len(self.shift) != len(region):
@@ -214,17 +214,28 @@ class _Chunks:
         except (OSError, RuntimeError, ValueError):  # HDF5 cannot tell, say
             return False
 
+    @cached_property
+    def _places(self) -> dict[tuple[int, ...], tuple[int, int, int]]:
+        """Offset, size and skipped filters of each chunk, by the position of its origin."""
+        found = {}
+
+        def visit(info) -> None:
+            found[info.chunk_offset] = (info.byte_offset, info.size, info.filter_mask)
+
+        self.dataset.id.chunk_iter(visit)
+        return found
+
     def _same(self, ref, index: tuple[int, ...]) -> bool:
         origin = tuple(i * c - s for i, c, s in zip(index, self.chunks, self.shift, strict=True))
         if min(origin, default=0) < 0:  # the span does not start at a chunk
             return False
-        info = self.dataset.id.get_chunk_info_by_coord(origin)
-        if info.byte_offset is None:
+        place = self._places.get(origin)
+        if place is None:
             return ref is None
         if ref is None or isinstance(ref, bytes | str) or len(ref) != 3:
             return False
-        place = (self.url, info.byte_offset, info.size)
-        return not info.filter_mask and tuple(ref) == place
+        offset, size, skipped = place
+        return not skipped and tuple(ref) == (self.url, offset, size)
 
 
 def _first_chunk(region: tuple[slice, ...], chunks) -> tuple[slice, ...]:
