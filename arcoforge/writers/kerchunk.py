@@ -117,6 +117,7 @@ def _write_record(columns: dict[str, np.ndarray], path: Path) -> None:
     pq.write_table(table, str(path), compression="zstd", write_statistics=False)
 
 
+COLUMNS = ("path", "offset", "size", "raw")
 _NUMPY = {"int64": "int64"}
 
 
@@ -175,8 +176,8 @@ def _record_refs(read, path: str, name: str, grid, flat: np.ndarray, start: int)
     [url, offset, size]; none for a row without a path."""
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(io.BytesIO(read(path)), columns=["path", "offset", "size", "raw"])
+    try:  # not pq.read_table, which imports pyarrow's dataset API (0.02 s)
+        table = pq.ParquetFile(io.BytesIO(read(path))).read(columns=list(COLUMNS))
     except FileNotFoundError:
         return {}
     flat = flat[flat - start < table.num_rows]
