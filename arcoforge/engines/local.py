@@ -7,14 +7,16 @@ import multiprocessing as mp
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from ..errors import ArcoforgeError
 from .base import Engine, call, task_label, unwrap
+
+if TYPE_CHECKING:  # imported when a pool starts: a bake of a few inputs runs without one
+    from concurrent.futures import ProcessPoolExecutor
 
 log = logging.getLogger("arcoforge")
 
@@ -49,7 +51,7 @@ class LocalEngine(Engine):
             while todo or suspects or running:
                 self._fill(func, items, todo, suspects, running)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
-                broken = [f for f in done if isinstance(f.exception(), BrokenProcessPool)]
+                broken = [f for f in done if isinstance(f.exception(), BrokenExecutor)]
                 for future in done.difference(broken):
                     del running[future]
                     yield unwrap(future.result())
@@ -69,7 +71,7 @@ class LocalEngine(Engine):
             payload = cloudpickle.dumps((func, items[index]))
             try:
                 running[self._get_pool().submit(_call, payload)] = index
-            except BrokenProcessPool:  # a worker died since the last look
+            except BrokenExecutor:  # a worker died since the last look
                 queue.appendleft(index)
                 if not running:  # ... while idle: no task to blame
                     self._recover(running, [], items)
@@ -92,6 +94,8 @@ class LocalEngine(Engine):
 
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            from concurrent.futures import ProcessPoolExecutor
+
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method))
         return self._pool
