@@ -18,6 +18,7 @@ from arcoforge import ConcatDim, FilePattern, MergeDim, bake
 from arcoforge.plan import make_plan
 from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references import plan as references_plan
+from arcoforge.references import store as reference_store
 from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest, zarray
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import (
@@ -59,9 +60,13 @@ def test_append_adds_new_inputs_only_and_twice_is_nothing(tmp_path, days, name):
     assert digest(Path(first.url)) == before
 
 
-def test_json_appends_write_over_the_version_before_the_last(tmp_path, days):
+@pytest.mark.parametrize("exchange", [True, False], ids=["files swapped", "file renamed over"])
+def test_json_appends_write_over_the_version_before_the_last(tmp_path, days, exchange, monkeypatch):
     """A JSON append keeps the version it replaces beside the store, and the next append
-    writes its references over that file (its blocks, not new ones)."""
+    writes its references over that file (its blocks, not new ones); where the system
+    cannot swap two files, the new one is renamed over the published one."""
+    if not exchange:
+        monkeypatch.setattr(reference_store, "_exchange", lambda a, b: False)
     out = tmp_path / "out"
     url = Path(bake(ref_recipe(days[:4], FORMATS[0]), out).url)
     spare = url.parent / f".{url.name}.arcoforge" / "previous.json"

@@ -10,6 +10,8 @@ object, a Parquet store record files first and ``.zmetadata`` last.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import shutil
@@ -158,7 +160,10 @@ class ReferenceStore:
         return {"version": 1, "refs": refs}
 
     def publish(self) -> None:
-        """Put the staged references at ``url``; repeatable."""
+        """Put the staged references at ``url``, in one step that readers see whole. A
+        local JSON file is swapped with the published one where the system can (a rename
+        over a file would have ext4 write the new one to disk first, 0.01-0.07 s for
+        44 MB), and the one replaced is kept as :attr:`spare`."""
         if self.kind == "icechunk":
             from ..writers import icechunk
 
@@ -173,7 +178,11 @@ class ReferenceStore:
                 os.rename(self.url, old)
             os.rename(self.staging, self.url)
             shutil.rmtree(old, ignore_errors=True)
-        elif os.path.exists(self.staging):
+        elif not os.path.exists(self.staging):
+            return
+        elif os.path.isfile(self.url) and _exchange(self.staging, self.url):
+            os.replace(self.staging, self.spare)  # the version replaced
+        else:
             if os.path.isfile(self.url):
                 _link(self.url, self.spare)
             os.replace(self.staging, self.url)
@@ -215,6 +224,21 @@ class CopiedPrevious(kerchunk.Previous):
         self.fs.cp_file(
             f"{self.folder}/{name}/{target.name}", f"{self.staging}/{name}/{target.name}"
         )
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the files at ``a`` and ``b`` atomically (Linux's ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the system or the file system cannot."""
+    rename = getattr(_libc(), "renameat2", None)
+    if rename is None:
+        return False
+    here, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE
+    return rename(here, os.fsencode(a), here, os.fsencode(b), exchange) == 0
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _link(path: str, link: str) -> None:
