@@ -259,7 +259,10 @@ class Staged:
         # protocol by loading a whole record of Parquet, and wrap local files to be async;
         # ``target_options`` reach references on an object store
         self.fs = ReferenceFileSystem(
-            fo=fo, fs={protocol or "file": {}}, target_options=target_options
+            fo=fo,
+            fs={protocol or "file": {}},
+            target_options=target_options,
+            skip_instance_cache=True,  # else fsspec hashes every reference to find one
         )
         self.meta = json.loads(self.fs.cat_file(".zmetadata"))["metadata"]
         self.references = self.fs.references

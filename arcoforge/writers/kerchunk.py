@@ -182,9 +182,11 @@ def _record_refs(read, path: str, name: str, grid, flat: np.ndarray, start: int)
         return {}
     flat = flat[flat - start < table.num_rows]
     found = table.take(flat - start).to_pydict()
+    index = np.unravel_index(flat, grid) if grid else [np.zeros(flat.size, int)]
+    indices = zip(*(a.tolist() for a in index), strict=True)
+    keys = (f"{name}/{'.'.join(map(str, i))}" for i in indices)
     refs = {}
-    for i, url, offset, size, raw in zip(flat.tolist(), *found.values(), strict=True):
-        key = f"{name}/{'.'.join(map(str, np.unravel_index(i, grid))) if grid else '0'}"
+    for key, url, offset, size, raw in zip(keys, *found.values(), strict=True):
         if raw is not None:
             refs[key] = raw
         elif url is not None:
