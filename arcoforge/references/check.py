@@ -42,6 +42,7 @@ from .stored import Variable, stored_variables
 # attributes by which readers scale stored values (units and calendar decode times)
 DECODING = ("scale_factor", "add_offset", "_Unsigned")
 TIME_ENCODING = ("units", "calendar")
+COMPARED = (*DECODING, *TIME_ENCODING, "_FillValue", "missing_value")  # the inputs' read
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,8 @@ def _check_stored(task: CheckTask) -> None:
     for item, region in task.samples:
         where = task.open.redact(item.url)
         url = reference_url(item.url, task.scan) if task.scan else None
-        with stored_variables(local_copy(item.url, task.open.fetch), where) as variables:
+        path = local_copy(item.url, task.open.fetch)
+        with stored_variables(path, where, COMPARED) as variables:
             for var in variables:
                 chunks = _Chunks(var.dataset, url, var.dims, region) if var.dataset else None
                 _check_variable(refs, var, region, where, chunks)

@@ -10,7 +10,7 @@ dimension ids), so the check compares two readings.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -55,8 +55,11 @@ class Variable:
 
 
 @contextmanager
-def stored_variables(path: str, where: str) -> Iterator[list[Variable]]:
-    """The variables of the netCDF file at ``path`` (``where`` names it in errors)."""
+def stored_variables(
+    path: str, where: str, attrs: Collection[str] | None = None
+) -> Iterator[list[Variable]]:
+    """The variables of the netCDF file at ``path`` (``where`` names it in errors), with
+    their attributes named in ``attrs`` (all by default)."""
     with open(path, "rb") as f:
         classic = f.read(3) == b"CDF"
     if not classic:
@@ -67,15 +70,15 @@ def stored_variables(path: str, where: str) -> Iterator[list[Variable]]:
         except OSError as exc:
             raise SourceError(f"{where}: cannot open: {one_line(exc)}") from None
         with h5:
-            variables = _hdf5_variables(h5)
+            variables = _hdf5_variables(h5, attrs)
             if variables is not None:
                 yield variables
                 return
-    with _netcdf_variables(path, where) as variables:
+    with _netcdf_variables(path, where, attrs) as variables:
         yield variables
 
 
-def _hdf5_variables(h5) -> list[Variable] | None:
+def _hdf5_variables(h5, names: Collection[str] | None) -> list[Variable] | None:
     """The netCDF variables of the root group, or None if one lacks dimension scales."""
     import h5py
 
@@ -96,13 +99,16 @@ def _hdf5_variables(h5) -> list[Variable] | None:
             dims = tuple(h5[r[0]].name.rsplit("/", 1)[-1] for r in refs)
         else:
             return None
-        attrs = {k: json_value(ds.attrs[k]) for k in keys if k not in HIDDEN}
+        read = [k for k in keys if k not in HIDDEN and (names is None or k in names)]
+        attrs = {k: json_value(ds.attrs[k]) for k in read}
         found.append(Variable(name, dims, ds.dtype, attrs, ds, ds))
     return found
 
 
 @contextmanager
-def _netcdf_variables(path: str, where: str) -> Iterator[list[Variable]]:
+def _netcdf_variables(
+    path: str, where: str, names: Collection[str] | None
+) -> Iterator[list[Variable]]:
     from ..openers import open_netcdf
 
     with open_netcdf(path, where) as nc:
@@ -111,7 +117,11 @@ def _netcdf_variables(path: str, where: str) -> Iterator[list[Variable]]:
                 name,
                 tuple(var.dimensions),
                 var.dtype,
-                {k: json_value(var.getncattr(k)) for k in var.ncattrs()},
+                {
+                    k: json_value(var.getncattr(k))
+                    for k in var.ncattrs()
+                    if names is None or k in names
+                },
                 var,
             )
             for name, var in nc.variables.items()
