@@ -12,19 +12,9 @@ import numpy as np
 
 from ..errors import SourceError
 from .manifest import NO_FILE, ArrayRefs, Manifest, fill_json, inline_array, json_value, zarray
+from .stored import HIDDEN, PURE_DIMENSION
 
-NETCDF_ATTRS = {
-    "DIMENSION_LIST",
-    "REFERENCE_LIST",
-    "CLASS",
-    "NAME",
-    "_Netcdf4Dimid",
-    "_Netcdf4Coordinates",
-    "_nc3_strict",
-    "_NCProperties",
-    "_FillValue",
-}
-PURE_DIMENSION = b"This is a netCDF dimension but not a netCDF variable"
+NETCDF_ATTRS = HIDDEN | {"_FillValue"}  # the fill value goes to the array's metadata
 DEFLATE, SHUFFLE, FLETCHER32, ZSTD = 1, 2, 3, 32015
 
 
