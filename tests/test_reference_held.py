@@ -60,5 +60,8 @@ def test_a_held_file_of_arcoforge_0_1_is_a_plain_pickle(tmp_path):
     _equal(loaded, manifest)
 
 
-def test_no_held_file_is_none(tmp_path):
-    assert held.load(str(tmp_path / "references.pkl")) is None
+def test_no_held_file_or_an_empty_one_is_none(tmp_path):
+    path = tmp_path / "references.pkl"
+    assert held.load(str(path)) is None
+    path.write_bytes(b"")
+    assert held.load(str(path)) is None

@@ -8,6 +8,7 @@ mapping, so loading the manifest of a large store costs what an append touches o
 from __future__ import annotations
 
 import mmap
+import os
 import pickle
 import struct
 from typing import Any
@@ -60,6 +61,8 @@ def load(url: str, storage_options: dict | None = None) -> Any | None:
         return None if data is None else loads(data)
     try:
         with open(path, "rb") as f:
+            if not os.fstat(f.fileno()).st_size:
+                return None
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError:
         return None

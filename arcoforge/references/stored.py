@@ -60,8 +60,11 @@ def stored_variables(
 ) -> Iterator[list[Variable]]:
     """The variables of the netCDF file at ``path`` (``where`` names it in errors), with
     their attributes named in ``attrs`` (all by default)."""
-    with open(path, "rb") as f:
-        classic = f.read(3) == b"CDF"
+    try:
+        with open(path, "rb") as f:
+            classic = f.read(3) == b"CDF"
+    except OSError as exc:
+        raise SourceError(f"{where}: cannot open: {one_line(exc)}") from None
     if not classic:
         import h5py
 
