@@ -118,7 +118,6 @@ def _write_record(columns: dict[str, np.ndarray], path: Path) -> None:
 
 
 COLUMNS = ("path", "offset", "size", "raw")
-_NUMPY = {"int64": "int64"}
 
 
 @functools.cache
@@ -127,18 +126,18 @@ def _schema():
     offsets and sizes as integers, not as floats."""
     import pyarrow as pa
 
-    types = {
-        "path": (pa.string(), "unicode"),
-        "offset": (pa.int64(), "int64"),
-        "size": (pa.int64(), "int64"),
-        "raw": (pa.binary(), "bytes"),
+    types = {  # arrow type, pandas type, numpy type
+        "path": (pa.string(), "unicode", "object"),
+        "offset": (pa.int64(), "int64", "int64"),
+        "size": (pa.int64(), "int64", "int64"),
+        "raw": (pa.binary(), "bytes", "object"),
     }
     columns = [
-        {"name": k, "field_name": k, "pandas_type": kind, "numpy_type": _NUMPY.get(kind, "object")}
-        for k, (_, kind) in types.items()
+        {"name": k, "field_name": k, "pandas_type": kind, "numpy_type": numpy}
+        for k, (_, kind, numpy) in types.items()
     ]
     pandas = {"index_columns": [], "column_indexes": [], "columns": columns}
-    fields = [pa.field(k, t, nullable=k in ("path", "raw")) for k, (t, _) in types.items()]
+    fields = [pa.field(k, t[0], nullable=k in ("path", "raw")) for k, t in types.items()]
     return pa.schema(fields, metadata={"pandas": json.dumps(pandas)})
 
 
