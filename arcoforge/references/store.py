@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -213,12 +212,8 @@ class CopiedPrevious(kerchunk.Previous):
     fs: Any = None
     staging: str = ""
 
-    @cached_property
-    def _record_size(self) -> int | None:
-        return json.loads(self.fs.cat_file(f"{self.folder}/.zmetadata")).get("record_size")
-
-    def record_size(self) -> int | None:
-        return self._record_size
+    def _zmetadata(self) -> bytes:
+        return self.fs.cat_file(f"{self.folder}/.zmetadata")
 
     def keep(self, name: str, target: Path) -> None:
         self.fs.cp_file(

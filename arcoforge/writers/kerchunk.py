@@ -70,14 +70,18 @@ class Previous:
     folder: Path
     rows: dict[str, int]
 
+    @functools.cached_property
     def record_size(self) -> int | None:
-        """The record size of the published store."""
-        return json.loads((self.folder / ".zmetadata").read_text()).get("record_size")
+        """The record size of the published store (read once)."""
+        return json.loads(self._zmetadata()).get("record_size")
+
+    def _zmetadata(self) -> bytes:
+        return (self.folder / ".zmetadata").read_bytes()
 
     def kept(self, name: str, record_size: int, rows: int) -> int:
         """Records of ``name`` (of ``rows`` rows now) that can be linked rather than
         written: the whole ones it shares, and the last one too if it is unchanged."""
-        if self.record_size() != record_size:
+        if self.record_size != record_size:
             return 0
         shared = self.rows.get(name, 0)
         return -(-shared // record_size) if shared == rows else shared // record_size
