@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -337,3 +339,13 @@ def test_duplicate_or_unsorted_steps_are_refused(tmp_path):
     with pytest.raises(ArcoforgeError, match=r"19810902.nc: time .* not sorted along 'time'"):
         bake(ref_recipe([paths[0], paths[2], paths[1]]), tmp_path / "b")
     assert not (tmp_path / "a" / "ref" / "reference.json").exists()
+
+
+def test_parquet_without_pyarrow_is_one_line_naming_the_extra(tmp_path, monkeypatch):
+    """Without pyarrow a Parquet bake stops with a one-line error naming the extra to
+    install, and publishes nothing."""
+    paths = write_oisst_archive(tmp_path / "src", days=2, ny=6, nx=12)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ArcoforgeError, match=r"^Parquet references need pyarrow: pip install"):
+        bake(ref_recipe(paths, "reference.parquet"), tmp_path / "out")
+    assert not (tmp_path / "out" / "ref" / "reference.parquet").exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ArcoforgeError
 from ..references.manifest import ArrayRefs, Manifest, grid_of
 
 
@@ -114,9 +115,7 @@ def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int, kept: int = 0
 
 
 def _write_record(columns: dict[str, np.ndarray], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pa, pq = _pyarrow()
     table = pa.table(columns, schema=_schema())
     pq.write_table(table, str(path), compression="zstd", write_statistics=False)
 
@@ -128,8 +127,7 @@ COLUMNS = ("path", "offset", "size", "raw")
 def _schema():
     """The columns of a record, and the pandas metadata by which fastparquet reads the
     offsets and sizes as integers, not as floats."""
-    import pyarrow as pa
-
+    pa, _ = _pyarrow()
     types = {  # arrow type, pandas type, numpy type
         "path": (pa.string(), "unicode", "object"),
         "offset": (pa.int64(), "int64", "int64"),
@@ -143,6 +141,18 @@ def _schema():
     pandas = {"index_columns": [], "column_indexes": [], "columns": columns}
     fields = [pa.field(k, t[0], nullable=k in ("path", "raw")) for k, t in types.items()]
     return pa.schema(fields, metadata={"pandas": json.dumps(pandas)})
+
+
+def _pyarrow():
+    """pyarrow and its Parquet module, which Parquet references are written and checked with."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise ArcoforgeError(
+            "Parquet references need pyarrow: pip install 'arcoforge[virtual]'"
+        ) from None
+    return pyarrow, pyarrow.parquet
 
 
 def read_meeting(folder: str, dim: str, spans, fs=None) -> dict:
@@ -177,8 +187,7 @@ def _record_refs(read, path: str, name: str, grid, flat: np.ndarray, start: int)
     """The references of the chunks at ``flat`` indices of one record (whose first row is
     chunk ``start``), as fsspec reads them: inline bytes, [url] for a whole file, else
     [url, offset, size]; none for a row without a path."""
-    import pyarrow.parquet as pq
-
+    _, pq = _pyarrow()
     try:  # not pq.read_table, which imports pyarrow's dataset API (0.02 s)
         table = pq.ParquetFile(io.BytesIO(read(path))).read(columns=list(COLUMNS))
     except FileNotFoundError:
