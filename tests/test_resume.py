@@ -171,6 +171,64 @@ def test_local_engine_recovers_from_a_worker_that_died_while_idle():
         assert engine.worker_losses == 1
 
 
+def _pid_and(value):
+    return os.getpid(), value
+
+
+def _die_outside(driver: int):
+    def step(value):
+        if os.getpid() != driver:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return -value
+
+    return step
+
+
+def _fail_outside(driver: int):
+    def step(value):
+        if os.getpid() != driver:
+            raise ValueError(f"no {value} here")
+        return value
+
+    return step
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # a zombie (exited, not reaped) still answers
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_local_engine_runs_a_few_items_here_and_one_child_each_for_the_others():
+    from arcoforge.engines.local import LocalEngine
+
+    with LocalEngine(workers=3) as engine:
+        results = list(engine.map(_pid_and, ["a", "b", "c"]))
+        assert engine._pool is None, "no pool for no more items than workers"
+    assert [v for _, v in results] == ["a", "b", "c"]
+    pids = [pid for pid, _ in results]
+    assert pids[0] == os.getpid() and len({*pids[1:]} - {os.getpid()}) == 2
+    assert all(_reaped(pid) for pid in pids[1:]), "the children were reaped on close"
+
+
+def test_local_engine_runs_here_the_item_of_a_child_that_died(caplog):
+    from arcoforge.engines.local import LocalEngine
+
+    with LocalEngine(workers=2) as engine:
+        assert list(engine.map(_die_outside(os.getpid()), [1, 2])) == [-1, -2]
+        assert engine.worker_losses == 1
+    assert "a worker process died; running its task here" in caplog.text
+
+
+def test_local_engine_raises_here_the_error_of_a_forked_child():
+    from arcoforge.engines.local import LocalEngine
+
+    with LocalEngine(workers=2) as engine, pytest.raises(ValueError, match="^no 2 here$"):
+        list(engine.map(_fail_outside(os.getpid()), [1, 2]))
+
+
 def test_a_task_that_keeps_killing_its_worker_is_named(archive, tmp_path):
     def always_die(ds):
         if ds.time.dt.day.item() == 5:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
+import pickle
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, wait
@@ -38,11 +41,16 @@ class LocalEngine(Engine):
         self.retries = retries
         self.worker_losses = 0
         self._pool: ProcessPoolExecutor | None = None
+        self._exiting: list[int] = []  # children forked for a map of few items
 
     def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
         if self.workers == 1 or len(items) <= 1:
             self.release()
             yield from (func(item) for item in items)
+            return
+        if self.forks and len(items) <= self.workers:
+            self.release()
+            yield from self._alongside(func, items)
             return
         todo, suspects = deque(range(len(items))), deque()
         running: dict[Future, int] = {}
@@ -61,6 +69,35 @@ class LocalEngine(Engine):
         finally:
             for future in running:
                 future.cancel()
+
+    def _alongside(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
+        """A map of no more items than workers: the first runs here while a child forked for
+        each other one runs it (quicker than a pool, which forks every worker, starts a
+        thread and pickles each task). A child that dies has its item run here."""
+        children = [_fork(func, item) for item in items[1:]]
+        heard = set()
+        try:
+            yield func(items[0])
+            for (pid, fd), item in zip(children, items[1:], strict=True):
+                result = _result(fd)
+                heard.add(pid)
+                if result is _LOST:
+                    self.worker_losses += 1
+                    log.warning("a worker process died; running its task here")
+                    result = call(func, item)
+                yield unwrap(result)
+        finally:
+            for pid, fd in children:
+                os.close(fd)
+                if pid not in heard:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            self._exiting.extend(pid for pid, _ in children)
+
+    def _reap(self, wait: bool) -> None:
+        """Collect the children that have exited (a child takes some milliseconds to exit,
+        which a map need not wait for); with ``wait``, all of them."""
+        self._exiting = [pid for pid in self._exiting if not _exited(pid, wait)]
 
     def _fill(self, func, items, todo: deque, suspects: deque, running: dict) -> None:
         """Submit tasks up to the limit; the tasks in flight when a worker died run one at
@@ -111,16 +148,58 @@ class LocalEngine(Engine):
 
     def release(self) -> None:
         self._stop(terminate=False)
+        self._reap(wait=False)
 
     def close(self) -> None:
         self._stop(terminate=False)
+        self._reap(wait=True)
 
     def abort(self) -> None:
         """Terminate the workers: tasks already queued to them would otherwise run to the
         end, and a Ctrl-C would wait for them (tasks are idempotent, so a re-run redoes
         what they left half done)."""
         self._stop(terminate=True)
+        self._reap(wait=True)
 
 
 def _call(payload: bytes) -> Any:
     return call(*cloudpickle.loads(payload))
+
+
+_LOST = object()  # what a child that died before sending its result gave
+
+
+def _fork(func: Callable[[Any], Any], item: Any) -> tuple[int, int]:
+    """A child process running ``call(func, item)`` and sending back the pickled result;
+    its pid and the pipe to read it from."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: whatever happens, it leaves without running the driver's exit
+        status = 1
+        try:
+            os.close(read)
+            with open(write, "wb") as out:
+                pickle.dump(call(func, item), out, protocol=pickle.HIGHEST_PROTOCOL)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    return pid, read
+
+
+def _result(fd: int) -> Any:
+    """What the child writing to ``fd`` sent, or ``_LOST``."""
+    with open(fd, "rb", closefd=False) as pipe:
+        data = pipe.read()
+    try:
+        return pickle.loads(data)
+    except Exception:  # nothing, or a part: the child died on the way
+        return _LOST
+
+
+def _exited(pid: int, wait: bool) -> bool:
+    """Whether child ``pid`` has exited (and is reaped now); ``wait`` waits for it."""
+    try:
+        return os.waitpid(pid, 0 if wait else os.WNOHANG)[0] != 0
+    except ChildProcessError:  # reaped already
+        return True

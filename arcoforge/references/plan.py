@@ -31,6 +31,7 @@ from .store import ReferenceStore
 HELD = "references.pkl"  # the manifest kept for appends; each append adds a segment
 SEGMENTS = 16  # segments kept before an append writes the whole manifest again
 BATCH = 16  # inputs scanned by one task, at most
+FEW = 4  # inputs scanned by one task, at least, when a bake has no more than BATCH
 
 
 @dataclass
@@ -81,10 +82,13 @@ class ReferencePlan(Plan):
 
     def scan_tasks(self, state: BakeState) -> list[ScanTask]:
         """Batches of inputs: about eight tasks per worker, at most ``BATCH`` inputs each;
-        one task for ``BATCH`` inputs or fewer (an append's, say), which the local engine
-        runs in the driver: starting workers would cost more than they save."""
+        ``BATCH`` inputs or fewer (an append's, say) as one task per worker, of at least
+        ``FEW`` inputs (the local engine runs one in the driver, forks for the others)."""
         n = len(self.inputs)
-        size = n if n <= BATCH else max(1, min(BATCH, n // (8 * self.workers)))
+        if n <= BATCH:
+            size = max(FEW, -(-n // self.workers))
+        else:
+            size = max(1, min(BATCH, n // (8 * self.workers)))
         return [
             ScanTask(tuple(self.inputs[i : i + size]), self.scan)
             for i in range(0, len(self.inputs), size)
