@@ -225,7 +225,7 @@ def test_local_engine_runs_here_the_item_of_a_child_that_died(caplog):
 def test_local_engine_raises_here_the_error_of_a_forked_child():
     from arcoforge.engines.local import LocalEngine
 
-    with LocalEngine(workers=2) as engine, pytest.raises(ValueError, match="^no 2 here$"):
+    with LocalEngine(workers=2) as engine, pytest.raises(ValueError, match=r"^no 2 here$"):
         list(engine.map(_fail_outside(os.getpid()), [1, 2]))
 
 
