@@ -223,7 +223,7 @@ def _stable(value: Any) -> str:
     if kind in _LEAVES:
         return repr(value)
     if kind in _SEQUENCES:
-        return "[" + ",".join(map(_stable, value)) + "]"
+        return "[" + ",".join([repr(v) if type(v) in _LEAVES else _stable(v) for v in value]) + "]"
     if isinstance(value, str | int | float | None):
         return repr(value)
     if callable(value) and not isinstance(value, type):

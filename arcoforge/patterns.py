@@ -128,14 +128,15 @@ class FilePattern:
     @cached_property
     def _inputs(self) -> tuple[Input, ...]:
         """Every input, made once: a bake goes through them several times."""
-        dims = self.combine_dims
-        names = [d.name for d in dims]
+        names = [d.name for d in self.combine_dims]
         found = []
-        for positions in itertools.product(*(range(len(d.keys)) for d in dims)):
-            values = [d.keys[p] for d, p in zip(dims, positions, strict=True)]
-            keys = dict(zip(names, values, strict=True))
-            url = str(self.format_function(**keys))
-            found.append(Input(url, tuple(zip(names, positions, strict=True)), tuple(keys.items())))
+        for pairs in itertools.product(*(enumerate(d.keys) for d in self.combine_dims)):
+            positions, values = zip(*pairs, strict=True)
+            position, keys = (
+                tuple(zip(names, positions, strict=True)),
+                tuple(zip(names, values, strict=True)),
+            )
+            found.append(Input(str(self.format_function(**dict(keys))), position, keys))
         return tuple(found)
 
     def items(self) -> Iterator[tuple[tuple[tuple[str, int], ...], str]]:

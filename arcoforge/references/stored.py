@@ -99,7 +99,8 @@ def _hdf5_variables(h5, names: Collection[str] | None) -> list[Variable] | None:
             refs = ds.attrs["DIMENSION_LIST"] if ds.ndim else []
             if any(len(r) != 1 for r in refs):
                 return None
-            dims = tuple(h5[r[0]].name.rsplit("/", 1)[-1] for r in refs)
+            paths = (h5py.h5r.get_name(r[0], h5.id).decode() for r in refs)  # no objects made
+            dims = tuple(path.rsplit("/", 1)[-1] for path in paths)
         else:
             return None
         read = [k for k in keys if k not in HIDDEN and (names is None or k in names)]

@@ -188,8 +188,10 @@ def _record_refs(read, path: str, name: str, grid, flat: np.ndarray, start: int)
     chunk ``start``), as fsspec reads them: inline bytes, [url] for a whole file, else
     [url, offset, size]; none for a row without a path."""
     _, pq = _pyarrow()
-    try:  # not pq.read_table, which imports pyarrow's dataset API (0.02 s)
-        table = pq.ParquetFile(io.BytesIO(read(path))).read(columns=list(COLUMNS))
+    try:  # not pq.read_table, which imports pyarrow's dataset API (0.02 s); one thread for
+        # a record or two (Arrow's pool would start for them)
+        record = pq.ParquetFile(io.BytesIO(read(path)))
+        table = record.read(columns=list(COLUMNS), use_threads=False)
     except FileNotFoundError:
         return {}
     flat = flat[flat - start < table.num_rows]
