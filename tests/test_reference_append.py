@@ -263,3 +263,17 @@ def test_append_with_a_merge_dim(tmp_path, name):
         for var_name, var in src.load().variables.items():
             np.testing.assert_array_equal(out[var_name].values.astype(var.dtype), var.values)
     assert bake(recipe(range(5)), target, append=True).stats.get("up_to_date")
+
+
+@pytest.mark.parametrize(
+    ("n", "sizes"),
+    [(10, [5, 5]), (9, [5, 4]), (5, [4, 1]), (3, [3]), (40, [2] * 20), (1000, [16] * 62 + [8])],
+)
+def test_a_few_inputs_are_scanned_as_one_task_per_worker(tmp_path, n, sizes):
+    """An append's inputs as one task per worker (of 4 at least), which the local engine
+    runs in the driver and in a process forked for each other one; more, in batches."""
+    paths = [str(tmp_path / f"day{i:04d}.nc") for i in range(n)]
+    plan = make_plan(ref_recipe(paths), str(tmp_path / "out"), cache=None, workers=2)
+    tasks = plan.scan_tasks(None)
+    assert [len(t.inputs) for t in tasks] == sizes
+    assert [i.url for t in tasks for i in t.inputs] == [i.url for i in plan.inputs]
