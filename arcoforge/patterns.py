@@ -131,11 +131,8 @@ class FilePattern:
         names = [d.name for d in self.combine_dims]
         found = []
         for pairs in itertools.product(*(enumerate(d.keys) for d in self.combine_dims)):
-            positions, values = zip(*pairs, strict=True)
-            position, keys = (
-                tuple(zip(names, positions, strict=True)),
-                tuple(zip(names, values, strict=True)),
-            )
+            position = tuple(zip(names, [p for p, _ in pairs], strict=True))
+            keys = tuple(zip(names, [k for _, k in pairs], strict=True))
             found.append(Input(str(self.format_function(**dict(keys))), position, keys))
         return tuple(found)
 

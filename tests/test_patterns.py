@@ -38,6 +38,11 @@ def test_inputs_follow_key_order_with_positions():
     assert next(iter(pattern.items())) == (inputs[0].position, inputs[0].url)
 
 
+def test_a_pattern_without_combine_dims_is_one_input():
+    (only,) = FilePattern(lambda: "https://data.example/all.nc").inputs()
+    assert (only.url, only.position, only.keys) == ("https://data.example/all.nc", (), ())
+
+
 def test_prune_keeps_the_first_keys_of_concat_dims_only():
     dates = pd.date_range("2000-01-01", periods=10)
     pattern = FilePattern(make_url, MergeDim("variable", ["sst", "ice"]), ConcatDim("time", dates))
