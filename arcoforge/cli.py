@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import traceback
@@ -29,6 +30,9 @@ def friendly(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except click.exceptions.Exit:
             raise
+        except click.ClickException as exc:  # a bad flag: exit 2, as click's own errors
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -49,6 +53,43 @@ def main():
     Start with `arcoforge demo`; write a feedstock with `arcoforge init NAME`, check it
     with `arcoforge lint NAME` and run it with `arcoforge bake NAME --target-root DIR`.
     """
+
+
+storage_option = click.option(
+    "--storage-option",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="An fsspec option of the target, as endpoint_url=http://host:9000; a dotted KEY "
+    "sets a nested one (client_kwargs.region_name=eu-west-1); VALUE is read as JSON if it "
+    "is JSON (true, 3), else as text. Repeat for more; over the config file's.",
+)
+
+
+def storage_options(flags: tuple[str, ...], base: dict | None = None) -> dict:
+    """``base`` (the config file's storage options) with each ``KEY=VALUE`` flag set in it."""
+    options = copy.deepcopy(base or {})
+    for flag in flags:
+        key, sep, text = flag.partition("=")
+        if not sep or not key or "" in key.split("."):
+            raise click.BadParameter(f"{flag!r} is not KEY=VALUE", param_hint="--storage-option")
+        *parents, leaf = key.split(".")
+        node = options
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise click.BadParameter(
+                    f"{part!r} of {flag!r} is not a group of options", param_hint="--storage-option"
+                )
+        node[leaf] = _value(text)
+    return options
+
+
+def _value(text: str):
+    """``text`` as JSON if it is JSON (true, 3, "text"), else as it is."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 @main.command()
@@ -85,6 +126,7 @@ def main():
 @click.option(
     "--dask-scheduler", metavar="ADDRESS", help="With --engine dask: tcp://host:port of a cluster."
 )
+@storage_option
 @friendly
 def bake(
     feedstock,
@@ -102,6 +144,7 @@ def bake(
     force,
     engine,
     dask_scheduler,
+    storage_option,
 ):
     """Bake the recipes of FEEDSTOCK into TARGET_ROOT/STORE_NAME.
 
@@ -126,6 +169,7 @@ def bake(
     target_root = target_root or config.target_root
     if not target_root:
         raise click.UsageError("give --target-root (or target_root in the config file)")
+    options = storage_options(storage_option, config.storage_options) or None
     recipes = load_recipes(feedstock, recipe_id or config.recipe)
     prune, workers = prune or config.prune, workers or config.workers
     console = _console()
@@ -136,6 +180,7 @@ def bake(
                 normalize_root(target_root),
                 cache=cache or config.cache,
                 workers=workers or 1,
+                storage_options=options,
             )
             info = describe_plan(plan)
             _emit(
@@ -161,6 +206,7 @@ def bake(
                     append=append,
                     skip_failed=skip_failed or config.skip_failed,
                     retry_failed=retry_failed,
+                    storage_options=options,
                     run=RunContext(rid, str(feedstock.resolve()), ("arcoforge", *sys.argv[1:])),
                 )
         finally:
@@ -237,8 +283,9 @@ def demo(folder, days, workers, as_json):
 @click.option("--full", is_flag=True, help="Decode every chunk and compare every input.")
 @click.option("--cache", help="Folder where remote inputs are cached (with --against).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@storage_option
 @friendly
-def validate(target, feedstock, recipe_id, full, cache, as_json):
+def validate(target, feedstock, recipe_id, full, cache, as_json, storage_option):
     """Check the store at TARGET: it opens, its CF times decode, its dimension coordinates
     are complete, sorted and unique, every chunk is there and decodes (a sample of them,
     all with --full), and, with --against, that it holds its sources' values.
@@ -252,7 +299,9 @@ def validate(target, feedstock, recipe_id, full, cache, as_json):
 
     url = normalize_root(target)
     against = _recipe_of(feedstock, recipe_id, url) if feedstock else None
-    report = checker_for(url)(url, against=against, full=full, cache=cache)
+    options = storage_options(storage_option) or None
+    check = checker_for(url, options)
+    report = check(url, storage_options=options, against=against, full=full, cache=cache)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:

@@ -57,6 +57,7 @@ class BakeConfig(BaseModel):
     prune: int | None = Field(default=None, ge=1)
     engine: Literal["local", "dask", "spark", "beam"] = "local"
     skip_failed: bool = False
+    storage_options: dict[str, Any] = Field(default_factory=dict)  # fsspec's, for the target
     dask: DaskSettings = Field(default_factory=DaskSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     beam: BeamSettings = Field(default_factory=BeamSettings)

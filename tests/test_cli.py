@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fsspec
 import pytest
 import xarray as xr
 import yaml
@@ -205,6 +206,73 @@ def test_config_file_sets_target_root_workers_and_prune(feedstock, tmp_path):
     store = tmp_path / "cfg-out" / f"{NAME}.zarr"
     assert summary["url"] == str(store) and summary["inputs"] == 3
     assert_same_as_sources(str(store), sources(feedstock)[:3])
+
+
+def test_bake_and_validate_on_an_object_store_given_storage_options(
+    feedstock, tmp_path, s3, bucket
+):
+    # the config file gives some options, flags the others (nested by dotted keys)
+    config = tmp_path / "bake.yaml"
+    options = {"key": "testing", "client_kwargs": {"region_name": "eu-west-1"}}
+    config.write_text(yaml.safe_dump({"storage_options": options}))
+    endpoint = s3["client_kwargs"]["endpoint_url"]
+    flags = ["--storage-option", "secret=testing"]
+    flags += ["--storage-option", f"client_kwargs.endpoint_url={endpoint}"]
+    proc = ok(
+        arcoforge(
+            "bake",
+            NAME,
+            "--target-root",
+            bucket,
+            "--config",
+            config,
+            *flags,
+            "--json",
+            cwd=tmp_path,
+        )
+    )
+    url = f"{bucket}/{NAME}.zarr"
+    assert json_lines(proc.stdout)[-1]["url"] == url
+    assert_same_as_sources(xr.open_zarr(url, storage_options=s3), sources(feedstock))
+    fs = fsspec.filesystem("s3", **s3)
+    (record,) = fs.glob(f"{bucket}/{RUNS_FOLDER}/*.json")
+    args = json.loads(fs.cat_file(record))["args"]
+    assert "secret=***" in args and "testing" not in json.dumps(args), args
+
+    flags += ["--storage-option", "key=testing"]
+    flags += ["--storage-option", "client_kwargs.region_name=eu-west-1"]
+    report = ok(arcoforge("validate", url, *flags, "--json", cwd=tmp_path))
+    assert json.loads(report.stdout)["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("flags", "cause"),
+    [
+        (["novalue"], "'novalue' is not KEY=VALUE"),
+        (["=3"], "'=3' is not KEY=VALUE"),
+        (["anon=true", "anon.deep=1"], "'anon' of 'anon.deep=1' is not a group of options"),
+    ],
+)
+def test_a_bad_storage_option_is_one_line_naming_it(feedstock, tmp_path, flags, cause):
+    args = [a for flag in flags for a in ("--storage-option", flag)]
+    line = error_line(arcoforge("bake", NAME, "--target-root", "out", *args, cwd=tmp_path), rc=2)
+    assert line == f"error: Invalid value for --storage-option: {cause}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_storage_option_values_are_json_when_they_are_json():
+    from arcoforge.cli import storage_options
+
+    flags = ("anon=true", "n=3", "name=eu-west-1", "code=0123", 'quoted="3"', "a.b.c=x")
+    got = storage_options(flags, {"a": {"b": {"d": 1}}, "n": 1})
+    assert got == {
+        "anon": True,
+        "n": 3,
+        "name": "eu-west-1",
+        "code": "0123",
+        "quoted": "3",
+        "a": {"b": {"c": "x", "d": 1}},
+    }
 
 
 def test_config_file_with_an_unknown_key_fails_naming_it(feedstock, tmp_path):
