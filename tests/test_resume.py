@@ -229,6 +229,21 @@ def test_local_engine_raises_here_the_error_of_a_forked_child():
         list(engine.map(_fail_outside(os.getpid()), [1, 2]))
 
 
+def _unpicklable_outside(driver: int):
+    def step(value):
+        return value if os.getpid() == driver else (lambda: value)
+
+    return step
+
+
+def test_local_engine_raises_here_a_result_a_forked_child_cannot_send():
+    from arcoforge.engines.local import LocalEngine
+
+    with LocalEngine(workers=2) as engine, pytest.raises(Exception, match="pickle"):
+        list(engine.map(_unpicklable_outside(os.getpid()), [1, 2]))
+    assert engine.worker_losses == 0, "not taken for a worker that died"
+
+
 def test_a_task_that_keeps_killing_its_worker_is_named(archive, tmp_path):
     def always_die(ds):
         if ds.time.dt.day.item() == 5:

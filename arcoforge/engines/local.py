@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from ..errors import ArcoforgeError
-from .base import Engine, call, task_label, unwrap
+from .base import Engine, Failed, call, portable, task_label, unwrap
 
 if TYPE_CHECKING:  # imported when a pool starts: a bake of a few inputs runs without one
     from concurrent.futures import ProcessPoolExecutor
@@ -179,12 +179,21 @@ def _fork(func: Callable[[Any], Any], item: Any) -> tuple[int, int]:
         try:
             os.close(read)
             with open(write, "wb") as out:
-                pickle.dump(call(func, item), out, protocol=pickle.HIGHEST_PROTOCOL)
+                out.write(_pickled(call(func, item)))
             status = 0
         finally:
             os._exit(status)
     os.close(write)
     return pid, read
+
+
+def _pickled(result: Any) -> bytes:
+    """``result`` pickled, or, if it cannot be, the error saying why (raised by the driver,
+    as a pool's would be, not taken for a worker that died)."""
+    try:
+        return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        return pickle.dumps(Failed(portable(exc)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _result(fd: int) -> Any:
