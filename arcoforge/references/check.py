@@ -209,35 +209,42 @@ class _Chunks:
         if len(self.shift) != len(region):
             return False
         try:
-            return all(
-                self._same(refs.references.get(key), index)
-                for key, index in refs.keys(name, zarray, region).items()
-            )
+            places = self._places
         except (OSError, RuntimeError, ValueError):  # HDF5 cannot tell, say
             return False
+        if places is None:
+            return False
+        references = refs.references
+        for key, index in refs.keys(name, zarray, region).items():
+            ref, place = references.get(key), places.get(index)
+            if ref is None or place is None:
+                if ref is not place:
+                    return False
+            elif isinstance(ref, bytes | str) or tuple(ref) != place:
+                return False
+        return True
 
     @cached_property
-    def _places(self) -> dict[tuple[int, ...], tuple[int, int, int]]:
-        """Offset, size and skipped filters of each chunk, by the position of its origin."""
-        found = {}
+    def _places(self) -> dict[tuple[int, ...], tuple[str, int, int]] | None:
+        """The reference each chunk of the input would have, by the index of the chunk in
+        the store; None if a chunk skips a filter or the input does not start at a chunk
+        of the store."""
+        chunks, shift = self.chunks, self.shift
+        if any(s % c for s, c in zip(shift, chunks, strict=True)):
+            return None
+        base = [s // c for s, c in zip(shift, chunks, strict=True)]
+        found, skipped = {}, []
 
         def visit(info) -> None:
-            found[info.chunk_offset] = (info.byte_offset, info.size, info.filter_mask)
+            index = tuple(
+                o // c + b for o, c, b in zip(info.chunk_offset, chunks, base, strict=True)
+            )
+            found[index] = (self.url, info.byte_offset, info.size)
+            if info.filter_mask:
+                skipped.append(index)
 
         self.dataset.id.chunk_iter(visit)
-        return found
-
-    def _same(self, ref, index: tuple[int, ...]) -> bool:
-        origin = tuple(i * c - s for i, c, s in zip(index, self.chunks, self.shift, strict=True))
-        if min(origin, default=0) < 0:  # the span does not start at a chunk
-            return False
-        place = self._places.get(origin)
-        if place is None:
-            return ref is None
-        if ref is None or isinstance(ref, bytes | str) or len(ref) != 3:
-            return False
-        offset, size, skipped = place
-        return not skipped and tuple(ref) == (self.url, offset, size)
+        return None if skipped else found
 
 
 def _first_chunk(region: tuple[slice, ...], chunks) -> tuple[slice, ...]:
