@@ -128,12 +128,13 @@ class FilePattern:
     @cached_property
     def _inputs(self) -> tuple[Input, ...]:
         """Every input, made once: a bake goes through them several times."""
-        names = [d.name for d in self.combine_dims]
-        found = []
-        for pairs in itertools.product(*(enumerate(d.keys) for d in self.combine_dims)):
-            position = tuple(zip(names, [p for p, _ in pairs], strict=True))
-            keys = tuple(zip(names, [k for _, k in pairs], strict=True))
-            found.append(Input(str(self.format_function(**dict(keys))), position, keys))
+        format_function, found = self.format_function, []
+        axes = [
+            [((d.name, i), (d.name, k)) for i, k in enumerate(d.keys)] for d in self.combine_dims
+        ]
+        for pairs in itertools.product(*axes):
+            position, keys = tuple([p for p, _ in pairs]), tuple([k for _, k in pairs])
+            found.append(Input(str(format_function(**dict(keys))), position, keys))
         return tuple(found)
 
     def items(self) -> Iterator[tuple[tuple[tuple[str, int], ...], str]]:

@@ -95,9 +95,15 @@ class ReferencePlan(Plan):
         ]
 
     def combine(self, state: BakeState, results: Iterable) -> None:
-        """Join the inputs' manifests (and the held one, when appending)."""
+        """Join the inputs' manifests (and the held one, when appending). Once the first
+        batch is in, the driver imports what writing and checking the references use,
+        while the workers scan the others (rather than later, while they idle)."""
         order = {item: i for i, item in enumerate(self.inputs)}
-        scanned = [pair for batch in results for pair in batch]
+        scanned = []
+        for batch in results:
+            if not scanned:
+                self.store.preload()
+            scanned += batch
         manifests = [m for _, m in sorted(scanned, key=lambda r: order[r[0]])]
         grid = self._on_grid(manifests)
         new = self._combined(manifests, grid)

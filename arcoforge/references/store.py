@@ -61,6 +61,13 @@ class ReferenceStore:
         """The file system of the object store."""
         return fsspec.core.url_to_fs(self.url, **(self.storage_options or {}))[0]
 
+    def preload(self) -> None:
+        """Import what writing these references and reading them back use."""
+        if self.kind == "parquet":
+            kerchunk.preload()
+        if self.kind in ("json", "parquet"):
+            import fsspec.implementations.reference  # noqa: F401 - the check reads with it
+
     def clear_staging(self) -> None:
         """Remove what an interrupted bake staged."""
         if self.kind == "icechunk":

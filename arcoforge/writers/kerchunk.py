@@ -115,7 +115,7 @@ def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int, kept: int = 0
 
 
 def _write_record(columns: dict[str, np.ndarray], path: Path) -> None:
-    pa, pq = _pyarrow()
+    pa, pq = pyarrow_modules()
     table = pa.table(columns, schema=_schema())
     pq.write_table(table, str(path), compression="zstd", write_statistics=False)
 
@@ -127,7 +127,7 @@ COLUMNS = ("path", "offset", "size", "raw")
 def _schema():
     """The columns of a record, and the pandas metadata by which fastparquet reads the
     offsets and sizes as integers, not as floats."""
-    pa, _ = _pyarrow()
+    pa, _ = pyarrow_modules()
     types = {  # arrow type, pandas type, numpy type
         "path": (pa.string(), "unicode", "object"),
         "offset": (pa.int64(), "int64", "int64"),
@@ -143,7 +143,7 @@ def _schema():
     return pa.schema(fields, metadata={"pandas": json.dumps(pandas)})
 
 
-def _pyarrow():
+def pyarrow_modules():
     """pyarrow and its Parquet module, which Parquet references are written and checked with."""
     try:
         import pyarrow
@@ -153,6 +153,13 @@ def _pyarrow():
             "Parquet references need pyarrow: pip install 'arcoforge[virtual]'"
         ) from None
     return pyarrow, pyarrow.parquet
+
+
+def preload() -> None:
+    """Load what writing and reading records takes: pyarrow's Parquet module, and the
+    pandas shim that pyarrow loads as it makes its first array (some 7 ms)."""
+    pa, _ = pyarrow_modules()
+    pa.array([0])
 
 
 def read_meeting(folder: str, dim: str, spans, fs=None) -> dict:
@@ -187,7 +194,7 @@ def _record_refs(read, path: str, name: str, grid, flat: np.ndarray, start: int)
     """The references of the chunks at ``flat`` indices of one record (whose first row is
     chunk ``start``), as fsspec reads them: inline bytes, [url] for a whole file, else
     [url, offset, size]; none for a row without a path."""
-    _, pq = _pyarrow()
+    _, pq = pyarrow_modules()
     try:  # not pq.read_table, which imports pyarrow's dataset API (0.02 s); one thread for
         # a record or two (Arrow's pool would start for them)
         record = pq.ParquetFile(io.BytesIO(read(path)))
@@ -197,8 +204,8 @@ def _record_refs(read, path: str, name: str, grid, flat: np.ndarray, start: int)
     flat = flat[flat - start < table.num_rows]
     found = table.take(flat - start).to_pydict()
     index = np.unravel_index(flat, grid) if grid else [np.zeros(flat.size, int)]
-    indices = zip(*(a.tolist() for a in index), strict=True)
-    keys = (f"{name}/{'.'.join(map(str, i))}" for i in indices)
+    digits = [list(map(str, a.tolist())) for a in index]
+    keys = (f"{name}/{'.'.join(i)}" for i in zip(*digits, strict=True))
     refs = {}
     for key, url, offset, size, raw in zip(keys, *found.values(), strict=True):
         if raw is not None:
