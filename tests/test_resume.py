@@ -3,6 +3,7 @@ are not redone; two bakes of one store do not run at once."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -227,6 +228,31 @@ def test_local_engine_raises_here_the_error_of_a_forked_child():
 
     with LocalEngine(workers=2) as engine, pytest.raises(ValueError, match=r"^no 2 here$"):
         list(engine.map(_fail_outside(os.getpid()), [1, 2]))
+
+
+def _frozen_count(_):
+    return gc.get_freeze_count()
+
+
+def test_local_engine_freezes_the_collector_before_forking_and_thaws_it_on_close():
+    """The driver's objects are frozen while children run (their collections do not walk
+    them) and given back to the collector when the engine closes; a freeze made by
+    someone else is left as it is."""
+    from arcoforge.engines.local import LocalEngine
+
+    assert gc.get_freeze_count() == 0
+    with LocalEngine(workers=2) as engine:
+        counts = list(engine.map(_frozen_count, [1, 2]))
+        assert min(counts) > 0 and gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0, "thawed on close"
+    gc.freeze()
+    try:
+        with LocalEngine(workers=2) as engine:
+            list(engine.map(_frozen_count, [1, 2]))
+            assert not engine._frozen, "another's freeze: not added to"
+        assert gc.get_freeze_count() > 0, "another's freeze: not thawed"
+    finally:
+        gc.unfreeze()
 
 
 def _unpicklable_outside(driver: int):

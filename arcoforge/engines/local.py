@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing as mp
 import os
@@ -42,6 +43,7 @@ class LocalEngine(Engine):
         self.worker_losses = 0
         self._pool: ProcessPoolExecutor | None = None
         self._exiting: list[int] = []  # children forked for a map of few items
+        self._frozen = False  # whether this engine froze the garbage collector's objects
 
     def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
         if self.workers == 1 or len(items) <= 1:
@@ -74,6 +76,7 @@ class LocalEngine(Engine):
         """A map of no more items than workers: the first runs here while a child forked for
         each other one runs it (quicker than a pool, which forks every worker, starts a
         thread and pickles each task). A child that dies has its item run here."""
+        self._freeze()
         children = [_fork(func, item) for item in items[1:]]
         heard = set()
         try:
@@ -93,6 +96,20 @@ class LocalEngine(Engine):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
             self._exiting.extend(pid for pid, _ in children)
+
+    def _freeze(self) -> None:
+        """Before forking: put the driver's objects out of the garbage collector's reach
+        until the engine closes, so that neither a child's collections nor the driver's
+        later ones walk them (nor a child copies the pages they lie on). Left alone if
+        something else froze objects already."""
+        if self._frozen or not gc.get_freeze_count():
+            gc.freeze()
+            self._frozen = True
+
+    def _thaw(self) -> None:
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False
 
     def _reap(self, wait: bool) -> None:
         """Collect the children that have exited (a child takes some milliseconds to exit,
@@ -134,6 +151,8 @@ class LocalEngine(Engine):
             from concurrent.futures import ProcessPoolExecutor
 
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            if method == "fork":
+                self._freeze()
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method))
         return self._pool
 
@@ -153,6 +172,7 @@ class LocalEngine(Engine):
     def close(self) -> None:
         self._stop(terminate=False)
         self._reap(wait=True)
+        self._thaw()
 
     def abort(self) -> None:
         """Terminate the workers: tasks already queued to them would otherwise run to the
@@ -160,6 +180,7 @@ class LocalEngine(Engine):
         what they left half done)."""
         self._stop(terminate=True)
         self._reap(wait=True)
+        self._thaw()
 
 
 def _call(payload: bytes) -> Any:
