@@ -3,11 +3,12 @@ compared with the inputs read directly, before the references are published.
 
 netCDF inputs opened without preprocessing are compared as stored, through kerchunk
 JSON or Parquet references: of the references, only the metadata and those of the
-samples' chunks are read (see ``ReferenceStore.staged_references``); chunks are fetched
-by fsspec's ``ReferenceFileSystem`` and decoded with the codecs the metadata names, then
-compared value for value with the input as stored (read by h5py, or by the netCDF library
-for netCDF-3: see :mod:`.stored`), along with the attributes that decide how readers
-decode it. Values as stored are compared exactly (a decoded comparison allows half a step
+samples' chunks are read (see ``ReferenceStore.meeting``); chunks are fetched by fsspec
+from the file system the references point into, each reference read as kerchunk's
+specification defines it, and decoded with the codecs the metadata names, then compared
+value for value with the input as stored (read by h5py, or by the netCDF library for
+netCDF-3: see :mod:`.stored`), along with the attributes that decide how readers decode
+it. Values as stored are compared exactly (a decoded comparison allows half a step
 of packed data), and the check costs no more than the chunks it reads, not the per-chunk
 overhead of zarr's reader nor xarray's import of dask. The concat coordinate, which
 references hold in the units of the first input, is compared decoded when an input's
@@ -23,11 +24,13 @@ is compared whole, as without HDF5.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 from dataclasses import dataclass
 from functools import cached_property
 
+import fsspec
 import numpy as np
 
 from ..errors import ValidationError
@@ -90,8 +93,7 @@ def _check_decoded(task: CheckTask) -> None:
 
 def _check_stored(task: CheckTask) -> None:
     """Each sample read as stored, compared with the references as stored."""
-    staged = task.store.staged_references(task.dim, _spans(task))
-    refs = Staged(staged, task.protocol, task.store.storage_options)
+    refs = Staged(task.store.meeting(task.dim, _spans(task)), task.protocol)
     for item, region in task.samples:
         where = task.open.redact(item.url)
         url = reference_url(item.url, task.scan) if task.scan else None
@@ -256,41 +258,53 @@ def _first_chunk(region: tuple[slice, ...], chunks) -> tuple[slice, ...]:
 
 
 class Staged:
-    """Staged references read as stored: metadata, and chunks fetched through fsspec's
-    ``ReferenceFileSystem`` and decoded with the codecs the metadata names."""
+    """Staged references read as stored: their metadata, and chunks fetched by fsspec from
+    the file system they point into (``protocol``), decoded with the codecs the metadata
+    names."""
 
-    def __init__(
-        self, fo: str | dict, protocol: str | None = None, target_options: dict | None = None
-    ):
-        from fsspec.implementations.reference import ReferenceFileSystem
-
-        # the file system of the protocol given, as it is: fsspec would otherwise find the
-        # protocol by loading a whole record of Parquet, and wrap local files to be async;
-        # ``target_options`` reach references on an object store
-        self.fs = ReferenceFileSystem(
-            fo=fo,
-            fs={protocol or "file": {}},
-            target_options=target_options,
-            skip_instance_cache=True,  # else fsspec hashes every reference to find one
-        )
-        self.meta = json.loads(self.fs.cat_file(".zmetadata"))["metadata"]
-        self.references = self.fs.references
+    def __init__(self, fo: dict, protocol: str | None = None):
+        self.references = fo["refs"]
+        self.meta = json.loads(self.references[".zmetadata"])["metadata"]
+        self.fs = fsspec.filesystem(protocol or "file")
 
     def read(self, name: str, zarray: dict, region: tuple[slice, ...], where: str) -> np.ndarray:
         """The stored values of array ``name`` in ``region``, fill values where no chunk is."""
         dtype = np.dtype(zarray["dtype"])
         out = np.full([s.stop - s.start for s in region], _number(zarray["fill_value"]), dtype)
         keys = self.keys(name, zarray, region)
-        found = self.fs.cat(list(keys), on_error="return")
+        found = self._fetch(keys)
         codecs = _codecs(zarray)
         for key, index in keys.items():
             data = found.get(key)
-            if data is None or isinstance(data, FileNotFoundError):
+            if data is None:
                 continue  # no chunk: fill values, as readers see it
             chunk = _decode(data, codecs, zarray, dtype, f"{where}: chunk {key}")
             inner, outer = _overlap(index, zarray["chunks"], region)
             out[outer] = chunk[inner]
         return out
+
+    def _fetch(self, keys) -> dict:
+        """The bytes of each chunk of ``keys`` that has a reference (or the error reading
+        it), as kerchunk's specification reads them: inline (text, or base64 after
+        "base64:"), a whole file, or a byte range of one."""
+        found, ranges = {}, []
+        for key in keys:
+            ref = self.references.get(key)
+            if isinstance(ref, bytes):
+                found[key] = ref
+            elif isinstance(ref, str):
+                found[key] = (
+                    base64.b64decode(ref[7:]) if ref.startswith("base64:") else ref.encode()
+                )
+            elif ref is not None:
+                ranges.append((key, ref))
+        if ranges:
+            paths = [ref[0] for _, ref in ranges]
+            starts = [ref[1] if len(ref) == 3 else None for _, ref in ranges]
+            ends = [ref[1] + ref[2] if len(ref) == 3 else None for _, ref in ranges]
+            data = self.fs.cat_ranges(paths, starts, ends, on_error="return")
+            found.update(zip((key for key, _ in ranges), data, strict=True))
+        return found
 
     @staticmethod
     def keys(name: str, zarray: dict, region: tuple[slice, ...]) -> dict[str, tuple[int, ...]]:

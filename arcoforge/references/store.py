@@ -65,8 +65,6 @@ class ReferenceStore:
         """Import what writing these references and reading them back use."""
         if self.kind == "parquet":
             kerchunk.preload()
-        if self.kind in ("json", "parquet"):
-            import fsspec.implementations.reference  # noqa: F401 - the check reads with it
 
     def clear_staging(self) -> None:
         """Remove what an interrupted bake staged."""
@@ -153,6 +151,11 @@ class ReferenceStore:
         and the references :meth:`open_staged` reads, not the file or records whole."""
         if dim is None or self.kind not in ("json", "parquet"):
             return self.staging
+        return self.meeting(dim, spans)
+
+    def meeting(self, dim: str | None, spans=()) -> dict:
+        """The metadata of the staged JSON or Parquet references and the references of
+        the chunks that meet ``spans`` along ``dim`` (all of them, without ``dim``)."""
         with _naming(self.staging, "cannot read it"):
             if self.kind == "parquet":
                 refs = kerchunk.read_meeting(
