@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArcoforgeError
-from ..references.manifest import ArrayRefs, Manifest, grid_of
+from ..references.manifest import NO_FILE, ArrayRefs, Manifest, grid_of
 
 
 def metadata(manifest: Manifest, attrs: dict | None = None) -> dict[str, dict]:
@@ -52,16 +52,16 @@ def write_parquet(
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"metadata": metadata(manifest, attrs), "record_size": record_size}
     (folder / ".zmetadata").write_text(json.dumps(meta, allow_nan=True))
-    paths = np.asarray([*manifest.paths, None], dtype=object)
+    paths = _path_array(manifest.paths)
     for name, refs in manifest.arrays.items():
         (folder / name).mkdir(exist_ok=True)
         kept = previous.kept(name, record_size, refs.files.size) if previous else 0
-        for record, columns in enumerate(_records(refs, paths, record_size, kept)):
+        for record, rows in enumerate(_records(refs, record_size, kept)):
             target = folder / name / f"refs.{record}.parq"
-            if columns is None:
+            if rows is None:
                 previous.keep(name, target)
             else:
-                _write_record(columns, target)
+                _write_record(_columns(*rows, paths), target)
 
 
 @dataclass(frozen=True)
@@ -92,29 +92,76 @@ class Previous:
         os.link(self.folder / name / target.name, target)
 
 
-def _records(refs: ArrayRefs, paths: np.ndarray, record_size: int, kept: int = 0):
-    """The references of one array as columns of ``record_size`` rows (None for the first
-    ``kept`` records, which are not built: an append's cost does not grow with them)."""
+def _records(refs: ArrayRefs, record_size: int, kept: int = 0):
+    """The references of one array in records of ``record_size`` rows: files, offsets,
+    lengths and inline chunks (or None) of each, or None for each of the first ``kept``
+    records, which are not built (an append's cost does not grow with them)."""
     total = refs.files.size
-    skip = min(kept * record_size, total)
-    files = refs.files.ravel()[skip:]
-    columns = {
-        "path": paths[files],  # NO_FILE (-1) picks the trailing None
-        "offset": refs.offsets.ravel()[skip:].astype(np.int64),
-        "size": refs.lengths.ravel()[skip:].astype(np.int64),
-        "raw": refs.raw.ravel()[skip:]
-        if refs.raw is not None
-        else np.full(files.size, None, object),
-    }
+    grids = [refs.files, refs.offsets, refs.lengths, refs.raw]
+    flat = [None if grid is None else grid.ravel() for grid in grids]
     for start in range(0, max(total, 1), record_size):
-        if start < skip:
+        if start < kept * record_size:
             yield None
             continue
-        rows = slice(start - skip, start - skip + record_size)
-        yield {k: v[rows] for k, v in columns.items()}
+        yield [None if f is None else f[start : start + record_size] for f in flat]
 
 
-def _write_record(columns: dict[str, np.ndarray], path: Path) -> None:
+def _columns(files, offsets, lengths, raw, paths) -> dict:
+    """A record's columns as Arrow arrays, built from their buffers: converting Python
+    objects, pyarrow would first load its pandas shim (some 7 ms a process)."""
+    pa, _ = pyarrow_modules()
+    inline = np.zeros(files.size, bool) if raw is None else np.not_equal(raw, None)
+    return {
+        "path": _paths(files, paths),
+        "offset": _numbers(offsets),
+        "size": _numbers(lengths),
+        "raw": _strings(pa.binary(), [] if raw is None else list(raw[inline]), inline),
+    }
+
+
+def _path_array(paths: list[str]):
+    """The manifest's paths as an Arrow array, which the rows of every record index."""
+    pa, _ = pyarrow_modules()
+    return _strings(pa.string(), [p.encode() for p in paths], np.ones(len(paths), bool))
+
+
+def _paths(files: np.ndarray, paths):
+    """The path of each row's file (``paths`` an array of them; null where there is no
+    file), looked up by Arrow."""
+    pa, _ = pyarrow_modules()
+    stored = files != NO_FILE
+    if not stored.any():
+        return _strings(pa.string(), [], stored)
+    index = pa.py_buffer(np.where(stored, files, 0).astype(np.int32))
+    nulls = int(files.size - np.count_nonzero(stored))
+    indices = pa.Array.from_buffers(pa.int32(), files.size, [_bitmap(stored), index], nulls)
+    return pa.DictionaryArray.from_arrays(indices, paths).dictionary_decode()
+
+
+def _numbers(values: np.ndarray):
+    pa, _ = pyarrow_modules()
+    data = pa.py_buffer(np.ascontiguousarray(values, dtype=np.int64))
+    return pa.Array.from_buffers(pa.int64(), values.size, [None, data])
+
+
+def _strings(kind, items: list[bytes], present: np.ndarray):
+    """A string or binary array of ``items`` at the rows where ``present``, null elsewhere."""
+    pa, _ = pyarrow_modules()
+    sizes = np.zeros(present.size, np.int64)
+    sizes[present] = [len(item) for item in items]
+    offsets = np.zeros(present.size + 1, np.int32)
+    offsets[1:] = np.cumsum(sizes)
+    buffers = [_bitmap(present), pa.py_buffer(offsets), pa.py_buffer(b"".join(items))]
+    nulls = int(present.size - np.count_nonzero(present))
+    return pa.Array.from_buffers(kind, present.size, buffers, null_count=nulls)
+
+
+def _bitmap(present: np.ndarray):
+    pa, _ = pyarrow_modules()
+    return pa.py_buffer(np.packbits(present, bitorder="little"))
+
+
+def _write_record(columns: dict, path: Path) -> None:
     pa, pq = pyarrow_modules()
     table = pa.table(columns, schema=_schema())
     pq.write_table(table, str(path), compression="zstd", write_statistics=False)
@@ -156,10 +203,8 @@ def pyarrow_modules():
 
 
 def preload() -> None:
-    """Load what writing and reading records takes: pyarrow's Parquet module, and the
-    pandas shim that pyarrow loads as it makes its first array (some 7 ms)."""
-    pa, _ = pyarrow_modules()
-    pa.array([0])
+    """Load what writing and reading records takes: pyarrow's Parquet module."""
+    pyarrow_modules()
 
 
 def read_meeting(folder: str, dim: str, spans, fs=None) -> dict:
@@ -202,7 +247,7 @@ def _record_refs(read, path: str, name: str, grid, flat: np.ndarray, start: int)
     except FileNotFoundError:
         return {}
     flat = flat[flat - start < table.num_rows]
-    found = table.take(flat - start).to_pydict()
+    found = _rows(table, flat - start)
     index = np.unravel_index(flat, grid) if grid else [np.zeros(flat.size, int)]
     digits = [list(map(str, a.tolist())) for a in index]
     keys = (f"{name}/{'.'.join(i)}" for i in zip(*digits, strict=True))
@@ -213,6 +258,17 @@ def _record_refs(read, path: str, name: str, grid, flat: np.ndarray, start: int)
         elif url is not None:
             refs[key] = [url] if offset == size == 0 else [url, offset, size]
     return refs
+
+
+def _rows(table, rows: np.ndarray) -> dict[str, list]:
+    """The columns of ``table`` at ``rows`` (increasing), a run of rows at a time (a
+    ``take`` would load pyarrow's pandas shim)."""
+    found: dict[str, list] = {name: [] for name in table.column_names}
+    for run in np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1):
+        if run.size:
+            for name, values in table.slice(int(run[0]), run.size).to_pydict().items():
+                found[name] += values
+    return found
 
 
 def rows(zarray: dict, dims: list[str], dim: str, spans) -> list[int]:
