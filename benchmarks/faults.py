@@ -8,7 +8,12 @@ resume after a kill costs a fraction of a full bake.
    of faults: HTTP 500/503 answers, connection resets, truncated bodies, stalls, and
    kill -9 of the whole bake (process group) at a random moment followed by a re-run, and
    kill -9 of one worker process at a random moment (the bake must finish by itself).
-   A run counts when its store's files hash exactly like the clean bake's.
+   A run counts when its store's files hash exactly like the clean bake's. Two more runs:
+   an input rewritten between two bakes (the second bake must notice it, name it, and end
+   with the bytes of a clean bake of the changed archive), and a bake to an S3 target (a
+   moto server on loopback) killed while it holds the store's lock (the next bake is
+   refused while the lock's heartbeat is fresh, takes the lock over once it is stale, and
+   ends with the clean bake's bytes).
 2. Resume cost. The benchmark archives of ``run.py`` (60 and 300 days, 720x1440) are
    baked whole, then baked again and killed with SIGKILL once 80% of their write tasks
    are recorded done, then re-run. The ratio of the re-run's wall time to the full bake's is the
@@ -47,10 +52,11 @@ BAKE = """
 import json, sys
 from arcoforge import ConcatDim, FilePattern, OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
 urls, target, chunk = json.load(open(sys.argv[1])), sys.argv[2], int(sys.argv[3])
+options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else None
 pattern = FilePattern(lambda time: urls[time], ConcatDim("time", list(range(len(urls))), 1))
 recipe = (pattern | OpenURLWithFSSpec(retry_delay=0.05, timeout=2) | OpenWithXarray()
           | StoreToZarr("out.zarr", target_chunks={"time": chunk}))
-result = bake(recipe, target, workers=2)
+result = bake(recipe, target, workers=2, storage_options=options)
 print(json.dumps({"seconds": result.seconds, "stages": result.stage_seconds, **result.stats}))
 """
 
@@ -65,16 +71,26 @@ def bake(
     kill_after: float | None = None,
     kill_when=None,
     kill_worker_after: float | None = None,
+    s3: dict | None = None,
+    env: dict | None = None,
 ):
     """Bake in a process group of its own; SIGKILL the group after ``kill_after`` seconds or
     once ``kill_when()`` is true, or one worker process after ``kill_worker_after`` seconds.
+    With ``s3`` (storage options), ``target`` is the name of a prefix in its bucket.
     Returns (exit code, wall seconds, stats or None)."""
-    listing = target.parent / f"{target.name}.urls.json"
+    listing = WORK / f"{target.name}.urls.json"
     listing.write_text(json.dumps(urls))
-    args = [sys.executable, "-c", BAKE, str(listing), str(target), str(chunk)]
+    where = f"s3://{BUCKET}/{target.name}" if s3 else str(target)
+    args = [sys.executable, "-c", BAKE, str(listing), where, str(chunk)]
+    args += [json.dumps(s3)] if s3 else []
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     deadline = t0 + 600
     while proc.poll() is None and time.perf_counter() < deadline:
@@ -110,6 +126,19 @@ def digest(store: Path) -> str:
     for path in sorted(p for p in store.rglob("*") if p.is_file()):
         h.update(str(path.relative_to(store)).encode())
         h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def s3_digest(s3: dict, prefix: str) -> str:
+    """``digest`` of a store on S3."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3)
+    root = f"{BUCKET}/{prefix}"
+    h = hashlib.sha256()
+    for path in sorted(fs.find(root)):
+        h.update(path.removeprefix(root + "/").encode())
+        h.update(hashlib.sha256(fs.cat_file(path)).digest())
     return h.hexdigest()
 
 
@@ -175,6 +204,97 @@ def fault_runs(n: int, days: int, grid: tuple[int, int], chunk: int) -> list[dic
     return rows
 
 
+def changed_run(days: int, grid: tuple[int, int], chunk: int) -> dict:
+    """Bake, rewrite one input on the server, bake again: the second bake must name it and
+    end with the bytes of a clean bake of the changed archive."""
+    import xarray as xr
+
+    with tempfile.TemporaryDirectory(dir=WORK) as tmp:
+        src = Path(tmp) / "src"
+        paths = write_oisst_archive(src, days=days, ny=grid[0], nx=grid[1])
+        with FileServer(src) as server:
+            urls = [f"{server.url}/{p.name}" for p in paths]
+            code, full, _ = bake(urls, Path(tmp) / "first", chunk)
+            assert code == 0, "the first bake failed"
+            changed = paths[len(paths) // 2]
+            with xr.open_dataset(changed) as ds:
+                new = ds.load()
+            new["sst"] = new["sst"] + 1.0
+            new.to_netcdf(changed.with_suffix(".tmp"))
+            changed.with_suffix(".tmp").replace(changed)
+            before = len(server.requests)
+            code, again, stats = bake(urls, Path(tmp) / "first", chunk)
+            requests = len(server.requests) - before
+            assert bake(urls, Path(tmp) / "clean", chunk)[0] == 0, "the clean bake failed"
+        named = (stats or {}).get("changed_inputs", [])
+        same = digest(Path(tmp) / "first" / "out.zarr") == digest(Path(tmp) / "clean" / "out.zarr")
+    ok = code == 0 and same and named == [f"{server.url}/{changed.name}"]
+    harness.log(f"changed input: named {named}, identical={same}, {again:.2f} s of {full:.2f} s")
+    return {
+        "run": "changed input",
+        "ok": ok,
+        "named": len(named),
+        "full": full,
+        "again": again,
+        "requests": requests,
+        "inputs": len(paths),
+    }
+
+
+BUCKET = "bench"
+
+
+def lock_kill_run(days: int, grid: tuple[int, int], chunk: int, stale: float = 4.0) -> dict:
+    """Kill a bake to S3 while it holds the store's lock; the next bake is refused while the
+    lock is fresh and takes it over once it is stale, ending with a clean bake's bytes."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    s3 = {
+        "key": "bench",
+        "secret": "bench",
+        "client_kwargs": {"endpoint_url": f"http://{host}:{port}", "region_name": "eu-west-1"},
+    }
+    env = {"ARCOFORGE_LOCK_STALE_SECONDS": str(stale), "ARCOFORGE_LOCK_BEAT_SECONDS": "1"}
+    try:
+        s3fs.S3FileSystem(**s3).mkdir(BUCKET)
+        src = WORK / f"faults-{days}x{grid[0]}x{grid[1]}"
+        if not src.exists():
+            write_oisst_archive(src, days=days, ny=grid[0], nx=grid[1])
+        urls = [str(p) for p in sorted(src.glob("*.nc"))]
+        code, full, _ = bake(urls, Path("clean"), chunk, s3=s3, env=env)
+        assert code == 0, "the clean bake to S3 failed"
+        ledger = f"{BUCKET}/killed/.out.zarr.arcoforge"
+        fs = s3fs.S3FileSystem(**s3)
+
+        def writing() -> bool:  # a write task is recorded done: the lock is held mid-bake
+            fs.invalidate_cache()
+            return bool(fs.find(f"{ledger}/staging/done"))
+
+        bake(urls, Path("killed"), chunk, s3=s3, env=env, kill_when=writing)
+        fs.invalidate_cache()
+        held = fs.exists(f"{ledger}/lock")
+        refused, _, _ = bake(urls, Path("killed"), chunk, s3=s3, env=env)
+        time.sleep(stale + 1)
+        code, again, _ = bake(urls, Path("killed"), chunk, s3=s3, env=env)
+        same = code == 0 and s3_digest(s3, "killed/out.zarr") == s3_digest(s3, "clean/out.zarr")
+    finally:
+        server.stop()
+    ok = held and refused == 1 and same
+    harness.log(f"lock kill: lock left {held}, refused {refused == 1}, identical={same}")
+    return {
+        "run": "S3 lock kill",
+        "ok": ok,
+        "held": held,
+        "refused": refused == 1,
+        "full": full,
+        "again": again,
+    }
+
+
 def resume_cost(repeat: int, days: int, ny: int, nx: int) -> dict:
     archive = harness.get_archive(days, ny, nx)
     urls = [str(p) for p in archive.paths]
@@ -224,7 +344,7 @@ def _tasks(urls: list[str], root: Path) -> int:
     return len(plan.write_tasks(estimate(plan)))
 
 
-def render(rows: list[dict], costs: list[dict]) -> str:
+def render(rows: list[dict], costs: list[dict], extra: list[dict]) -> str:
     ok = sum(r["ok"] for r in rows)
     lines = [
         f"## Fault runs: {ok} of {len(rows)} identical to a clean bake (target: all)",
@@ -237,6 +357,16 @@ def render(rows: list[dict], costs: list[dict]) -> str:
             f"| {r['run']} | {r['faults']} | {r['bakes']} | {r['lost']} | {r['requests']} | "
             f"{'yes' if r['ok'] else '**no**'} |"
             for r in rows
+        ),
+        "",
+        "## An input changed between bakes; a bake to S3 killed holding its lock",
+        "",
+        "| run | what was checked | first bake s | next bake s | passed |",
+        "| --- | --- | ---: | ---: | --- |",
+        *(
+            f"| {r['run']} | {_checked(r)} | {r['full']:.2f} | {r['again']:.2f} | "
+            f"{'yes' if r['ok'] else '**no**'} |"
+            for r in extra
         ),
         "",
         "## Resume after kill -9 at 80% of write tasks (wall time of the whole command)",
@@ -253,6 +383,19 @@ def render(rows: list[dict], costs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _checked(row: dict) -> str:
+    if row["run"] == "changed input":
+        return (
+            f"the re-bake named {row['named']} changed input of {row['inputs']}, fetched "
+            f"{row['requests']} files, and equals a clean bake of the changed archive"
+        )
+    return (
+        f"lock left by the killed bake: {'yes' if row['held'] else 'no'}; next bake refused "
+        f"while fresh: {'yes' if row['refused'] else 'no'}; taken over once stale, bytes "
+        "equal a clean bake's"
+    )
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=28)
@@ -262,14 +405,16 @@ def main(argv=None) -> int:
     WORK.mkdir(exist_ok=True)
     if args.quick:
         rows = fault_runs(7, 12, (90, 180), 3)
+        extra = [changed_run(12, (90, 180), 3), lock_kill_run(12, (90, 180), 3)]
         costs = [resume_cost(1, 20, 180, 360)]
     else:
         rows = fault_runs(args.runs, 24, (180, 360), 6)
+        extra = [changed_run(24, (180, 360), 6), lock_kill_run(24, (180, 360), 6)]
         costs = [resume_cost(args.repeat, days, 720, 1440) for days in (60, 300)]
-    text = render(rows, costs)
+    text = render(rows, costs, extra)
     print(text)
     (BENCH / "results-faults.md").write_text(text)
-    return 0 if all(r["ok"] for r in rows) else 1
+    return 0 if all(r["ok"] for r in rows + extra) else 1
 
 
 if __name__ == "__main__":
