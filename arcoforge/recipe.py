@@ -26,7 +26,9 @@ class OpenURLWithFSSpec(Step):
     ``cache`` is a local folder or fsspec URL; without one, remote inputs go through a
     temporary cache that lives as long as the bake. ``open_kwargs`` are added to the
     pattern's ``fsspec_open_kwargs``; ``secrets`` to its query-string secrets. Failed
-    downloads are retried ``retries`` times, waiting ``retry_delay`` seconds, doubling.
+    downloads are retried ``retries`` times, waiting ``retry_delay`` seconds, doubling;
+    what a retry cannot fix (401, 403, 404, a host name that does not resolve) is not
+    retried, and a refused connection once.
     """
 
     cache: str | None = None

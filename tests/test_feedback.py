@@ -1,0 +1,99 @@
+"""What a user sees while a bake runs and when it fails: errors that retrying cannot fix
+fail at once, retry warnings as they happen, --json events, plain progress when piped,
+every-input-failed, a refused concat dim, the summary's words, and audits that never crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
+from arcoforge.errors import SourceError
+from arcoforge.patterns import pattern_from_file_sequence
+from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.httpserver import FileServer
+
+DNS_HOST = "no-such-host.invalid"  # .invalid never resolves (RFC 6761)
+
+
+@pytest.fixture
+def archive(tmp_path) -> list[Path]:
+    """Four daily OISST-like files on an 18x36 grid."""
+    return write_oisst_archive(tmp_path / "src", days=4, ny=18, nx=36)
+
+
+def fetching(urls, retries: int = 5, retry_delay: float = 0.5):
+    """``urls`` along time, fetched with the default retries and delay."""
+    pattern = pattern_from_file_sequence(urls, "time", nitems_per_file=1)
+    fetch = OpenURLWithFSSpec(retries=retries, retry_delay=retry_delay)
+    return pattern | fetch | OpenWithXarray() | StoreToZarr("out.zarr")
+
+
+def failing_bake(urls, tmp_path) -> tuple[str, float]:
+    """The one line of the error a bake of ``urls`` stops with, and its wall time."""
+    started = time.perf_counter()
+    with pytest.raises(SourceError) as info:
+        bake(fetching(urls), tmp_path / "out", workers=1)
+    return str(info.value), time.perf_counter() - started
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- errors that retrying cannot fix ---------------------------------------------------
+
+
+def test_unknown_host_fails_after_one_attempt(tmp_path, caplog):
+    try:
+        socket.getaddrinfo(DNS_HOST, 80)
+    except socket.gaierror as exc:
+        why = exc.strerror
+        assert exc.errno != socket.EAI_AGAIN, "this machine's resolver does not answer"
+    url = f"http://{DNS_HOST}/x.nc"
+    with caplog.at_level(logging.WARNING, logger="arcoforge"):
+        line, seconds = failing_bake([url], tmp_path)
+    assert line == f"{url}: host {DNS_HOST} does not resolve ({why})"
+    assert seconds < 5
+    assert [r for r in caplog.records if "retry" in r.getMessage()] == []
+
+
+def test_refused_connection_fails_after_two_attempts(tmp_path, caplog):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/x.nc"
+    with caplog.at_level(logging.WARNING, logger="arcoforge"):
+        line, seconds = failing_bake([url], tmp_path)
+    assert line == f"{url}: connection refused by 127.0.0.1:{port} (after 2 attempts)"
+    assert seconds < 5
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 1
+    assert retries[0].startswith(f"{url}: connection refused by 127.0.0.1:{port}; retry 1 of 1 in ")
+
+
+@pytest.mark.parametrize(
+    ("server_kwargs", "name", "cause"),
+    [
+        ({"auth": ("alice", "pa55")}, "1981-09-01", "HTTP 401 Unauthorized (check credentials)"),
+        ({"token": "t0ken"}, "1981-09-01", "HTTP 403 Forbidden (check credentials)"),
+        ({}, "no-such-file", "HTTP 404 Not Found"),
+    ],
+    ids=["401", "403", "404"],
+)
+def test_refusals_fail_after_one_attempt(archive, tmp_path, server_kwargs, name, cause):
+    path = next((p for p in archive if name.replace("-", "") in p.name), None)
+    file = path.name if path else f"{name}.nc"
+    with FileServer(archive[0].parent, **server_kwargs) as server:
+        url = f"{server.url}/{file}"
+        line, seconds = failing_bake([url], tmp_path)
+        attempts = [r for r in server.requests if r.startswith(f"/{file}")]
+    assert line == f"{url}: {cause}"
+    assert seconds < 5
+    assert len(attempts) == 2, attempts  # one attempt: a HEAD for the size, fsspec's GET fallback
