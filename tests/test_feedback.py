@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import nothing_baked
+from test_cli import NAME, arcoforge, error_line, sources
 
 from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
-from arcoforge.errors import SourceError
+from arcoforge.errors import SchemaError, SourceError
 from arcoforge.patterns import pattern_from_file_sequence
+from arcoforge.templates import write_feedstock
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 
@@ -97,3 +100,25 @@ def test_refusals_fail_after_one_attempt(archive, tmp_path, server_kwargs, name,
     assert line == f"{url}: {cause}"
     assert seconds < 5
     assert len(attempts) == 2, attempts  # one attempt: a HEAD for the size, fsspec's GET fallback
+
+
+# -- --skip-failed when every input fails ----------------------------------------------
+
+
+def test_skip_failed_when_every_input_fails_names_the_first_causes(tmp_path):
+    urls = [(tmp_path / f"{name}.nc").as_uri() for name in "abcd"]
+    with pytest.raises(SchemaError) as info:
+        bake(fetching(urls), tmp_path / "out", workers=2, skip_failed=True)
+    causes = "; ".join(f"{url}: file not found" for url in urls[:3])
+    assert str(info.value) == f"every input failed (4 of 4): {causes}; and 1 more"
+    assert nothing_baked(tmp_path / "out")
+
+
+def test_skip_failed_when_every_input_fails_on_the_command_line(tmp_path):
+    feedstock = write_feedstock(tmp_path / NAME)
+    recipe = feedstock / "recipe.py"
+    recipe.write_text(recipe.read_text().replace('"sample-data"', '"no-such-folder"'))
+    proc = arcoforge("bake", NAME, "--target-root", "out", "--skip-failed", cwd=tmp_path)
+    urls = [(feedstock / "no-such-folder" / p.name).as_uri() for p in sources(feedstock)]
+    causes = "; ".join(f"{url}: file not found" for url in urls[:3])
+    assert error_line(proc, rc=1) == f"error: every input failed (4 of 4): {causes}; and 1 more"
