@@ -132,7 +132,8 @@ class WriteCombinedReference(Step):
     ``PATH/store_name`` instead. ``concat_dims`` default to the pattern's; variables
     without them (and ``identical_dims``) are taken from the first input. A concat dim
     the inputs lack, or hold as a scalar coordinate, leads every variable but coordinates
-    and ``identical_dims``; its coordinate is the scalar, else the pattern's keys.
+    and ``identical_dims``; its coordinate is the scalar, else the pattern's keys. A concat
+    dim that is neither a ConcatDim of the pattern nor a dim of the inputs is refused.
     """
 
     store_name: str

@@ -14,11 +14,20 @@ import pytest
 from conftest import nothing_baked
 from test_cli import NAME, arcoforge, error_line, sources
 
-from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
-from arcoforge.errors import SchemaError, SourceError
+from arcoforge import (
+    ConcatDim,
+    FilePattern,
+    OpenURLWithFSSpec,
+    OpenWithXarray,
+    StoreToZarr,
+    bake,
+)
+from arcoforge.errors import RecipeError, SchemaError, SourceError
 from arcoforge.patterns import pattern_from_file_sequence
+from arcoforge.recipe import OpenWithKerchunk, Recipe, WriteCombinedReference
+from arcoforge.references.plan import describe, make_reference_plan
 from arcoforge.templates import write_feedstock
-from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.archives import oisst_dataset, write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 
 DNS_HOST = "no-such-host.invalid"  # .invalid never resolves (RFC 6761)
@@ -122,3 +131,39 @@ def test_skip_failed_when_every_input_fails_on_the_command_line(tmp_path):
     urls = [(feedstock / "no-such-folder" / p.name).as_uri() for p in sources(feedstock)]
     causes = "; ".join(f"{url}: file not found" for url in urls[:3])
     assert error_line(proc, rc=1) == f"error: every input failed (4 of 4): {causes}; and 1 more"
+
+
+# -- concat dims of WriteCombinedReference ---------------------------------------------
+
+
+def references(pattern, concat_dims) -> Recipe:
+    writer = WriteCombinedReference("ref", concat_dims=concat_dims)
+    return pattern | OpenWithKerchunk() | writer
+
+
+def test_a_concat_dim_neither_of_the_pattern_nor_of_the_inputs_is_refused(archive, tmp_path):
+    pattern = pattern_from_file_sequence([str(p) for p in archive], "time", file_type="netcdf4")
+    recipe = references(pattern, ["tim"])
+    expected = (
+        "WriteCombinedReference: concat dim 'tim' is neither a ConcatDim of the pattern (time) "
+        f"nor a dim of the inputs ({archive[0]} has time, lat, lon)"
+    )
+    with pytest.raises(RecipeError) as info:
+        bake(recipe, tmp_path / "out", workers=2)
+    assert str(info.value) == expected
+    assert not (tmp_path / "out" / "ref" / "reference.json").exists()
+    plan = make_reference_plan(recipe, str(tmp_path / "out"), cache=None, workers=1)
+    with pytest.raises(RecipeError) as info:
+        describe(plan)  # --dry-run
+    assert str(info.value) == expected
+
+
+def test_a_concat_dim_the_files_lack_is_fine_when_it_is_the_patterns(tmp_path):
+    """A new dim: each file holds one member, which only its name tells."""
+    root = tmp_path / "src"
+    root.mkdir()
+    for member in (1, 2):
+        oisst_dataset(days=2, ny=6, nx=12).to_netcdf(root / f"m{member}.nc", engine="netcdf4")
+    pattern = FilePattern(lambda member: str(root / f"m{member}.nc"), ConcatDim("member", [1, 2]))
+    result = bake(references(pattern, ["member"]), tmp_path / "out", workers=1)
+    assert result.dims == {"member": 2, "time": 2, "lat": 6, "lon": 12}
