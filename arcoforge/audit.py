@@ -20,6 +20,7 @@ import pandas as pd
 import xarray as xr
 import zarr
 
+from .amounts import count
 from .errors import ArcoforgeError, ValidationError, one_line
 from .recipe import Recipe
 from .validate import compare
@@ -59,7 +60,7 @@ class StoreReport:
         if len(problems) > len(shown):
             shown.append(f"{name}: and {len(problems) - len(shown)} more problems")
         self.findings.extend(shown)
-        self.checks.append(Check(name, False, failed or f"{len(problems)} problem(s)"))
+        self.checks.append(Check(name, False, failed or count(len(problems), "problem")))
 
     def summary(self) -> str:
         """One line: healthy, or how many checks failed and the first finding."""
@@ -261,7 +262,9 @@ def _check_chunks(
         for path, array, c, key in chosen
         if (problem := _decode_problem(array, c))
     ]
-    report.add("chunks-present", missing, f"{total} chunks of {len(arrays)} arrays")
+    report.add(
+        "chunks-present", missing, f"{count(total, 'chunk')} of {count(len(arrays), 'array')}"
+    )
     limit = f" (budget {budget >> 20} MiB)" if budget is not None else ""
     report.add("chunks-decode", broken, f"{len(chosen)} of {total} chunks decoded{limit}")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import nothing_baked
-from test_cli import NAME, arcoforge, error_line, sources
+from test_cli import NAME, arcoforge, error_line, ok, sources
 
 from arcoforge import (
     ConcatDim,
@@ -22,6 +22,7 @@ from arcoforge import (
     StoreToZarr,
     bake,
 )
+from arcoforge.amounts import count, size
 from arcoforge.errors import RecipeError, SchemaError, SourceError
 from arcoforge.patterns import pattern_from_file_sequence
 from arcoforge.recipe import OpenWithKerchunk, Recipe, WriteCombinedReference
@@ -167,3 +168,49 @@ def test_a_concat_dim_the_files_lack_is_fine_when_it_is_the_patterns(tmp_path):
     pattern = FilePattern(lambda member: str(root / f"m{member}.nc"), ConcatDim("member", [1, 2]))
     result = bake(references(pattern, ["member"]), tmp_path / "out", workers=1)
     assert result.dims == {"member": 2, "time": 2, "lat": 6, "lon": 12}
+
+
+# -- the summary -----------------------------------------------------------------------
+
+
+def test_counts_and_sizes_are_written_for_people():
+    assert [count(n, "input") for n in (0, 1, 2, 1200)] == [
+        "0 inputs",
+        "1 input",
+        "2 inputs",
+        "1,200 inputs",
+    ]
+    assert count(1, "write task") == "1 write task"
+    assert [size(n) for n in (0, 999, 20_940, 3_400_000, 2_500_000_000)] == [
+        "0 B",
+        "999 B",
+        "20.9 KB",
+        "3.4 MB",
+        "2.5 GB",
+    ]
+
+
+def table_rows(text: str) -> dict[str, str]:
+    """The key-value rows of a rich table printed without a header."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) == 2 and cells[0]:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def test_summary_of_one_input_and_of_an_up_to_date_bake(tmp_path):
+    feedstock = write_feedstock(tmp_path / NAME)
+    args = ("bake", NAME, "--target-root", "out", "--prune", "1", "--workers", "1")
+    baked = ok(arcoforge(*args, cwd=tmp_path)).stdout
+    assert baked.splitlines()[0].strip() == f"baked {NAME}"
+    rows = table_rows(baked)
+    nbytes = sources(feedstock)[0].stat().st_size
+    assert nbytes < 1e6
+    assert rows["inputs"] == f"1 file, {nbytes / 1e3:.1f} KB"
+    assert rows["validated"] == "1 input compared value for value"
+    assert rows["written"].endswith(" KB stored") and "0.0 MB" not in baked
+    again = ok(arcoforge(*args, cwd=tmp_path)).stdout
+    assert again.splitlines()[0].strip() == f"{NAME}: up to date, nothing baked"
+    assert table_rows(again)["status"] == "baked before from the same recipe and inputs"
