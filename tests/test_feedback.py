@@ -5,12 +5,14 @@ every-input-failed, a refused concat dim, the summary's words, and audits that n
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
 from pathlib import Path
 
 import pytest
+import xarray as xr
 from conftest import nothing_baked
 from test_cli import NAME, arcoforge, error_line, ok, sources
 
@@ -214,3 +216,41 @@ def test_summary_of_one_input_and_of_an_up_to_date_bake(tmp_path):
     again = ok(arcoforge(*args, cwd=tmp_path)).stdout
     assert again.splitlines()[0].strip() == f"{NAME}: up to date, nothing baked"
     assert table_rows(again)["status"] == "baked before from the same recipe and inputs"
+
+
+# -- validate --against ----------------------------------------------------------------
+
+
+@pytest.fixture
+def baked_feedstock(tmp_path) -> tuple[Path, Path]:
+    """A feedstock from ``arcoforge init``, baked into ``out/`` (chunks of two days)."""
+    feedstock = write_feedstock(tmp_path / NAME)
+    ok(arcoforge("bake", NAME, "--target-root", "out", "--workers", "1", cwd=tmp_path))
+    return feedstock, tmp_path / "out" / f"{NAME}.zarr"
+
+
+def test_validate_against_names_a_chunk_that_does_not_decode(baked_feedstock, tmp_path):
+    _, store = baked_feedstock
+    chunk = store / "sst/c/1/0/0"
+    chunk.write_bytes(bytes(16) + chunk.read_bytes()[16:])  # the codec's header zeroed
+    proc = arcoforge("validate", store, "--against", NAME, "--json", cwd=tmp_path)
+    finding = (
+        "sst: chunk c/1/0/0 does not decode: RuntimeError: error during blosc decompression: 0"
+    )
+    assert error_line(proc, rc=1) == f"error: {store}: 2 of 6 checks failed; first: {finding}"
+    report = json.loads(proc.stdout)
+    failed = {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}
+    assert failed == {"chunks-decode": "1 problem", "sources": "1 problem"}
+    assert report["findings"] == [finding]  # found by both checks, listed once
+
+
+def test_validate_against_names_an_input_that_lacks_a_variable(baked_feedstock, tmp_path):
+    feedstock, store = baked_feedstock
+    second = sources(feedstock)[1]
+    with xr.open_dataset(second) as ds:
+        lacking = ds.drop_vars("anom").load()
+    lacking.to_netcdf(second)
+    proc = arcoforge("validate", store, "--against", NAME, "--json", cwd=tmp_path)
+    finding = f"{second.as_uri()}: lacks variable 'anom' that the store has"
+    assert error_line(proc, rc=1) == f"error: {store}: 1 of 6 checks failed; first: {finding}"
+    assert json.loads(proc.stdout)["findings"] == [finding]  # its other variables are equal
