@@ -113,7 +113,7 @@ def _baked_rows(result: BakeResult) -> list[tuple[str, str]]:
         ("chunks", dims_text(result.chunks)),
         ("inputs", f"{count(result.inputs, 'file')}, {mb(result.bytes_in)}"),
         ("written", f"{mb(result.bytes_decoded)} decoded, {mb(result.bytes_out)} stored"),
-        ("time", f"{result.seconds:.1f} s ({result.mb_per_s:,.0f} MB/s)"),
+        ("time", f"{result.seconds:.1f} s ({size(result.mb_per_s * 1e6)}/s)"),
         ("stages", ", ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())),
         ("validated", f"{count(validated, 'input')} compared value for value"),
     ]

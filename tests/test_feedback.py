@@ -5,16 +5,22 @@ every-input-failed, a refused concat dim, the summary's words, and audits that n
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import re
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import xarray as xr
 from conftest import nothing_baked
-from test_cli import NAME, arcoforge, error_line, ok, sources
+from test_cli import NAME, arcoforge, error_line, json_lines, ok, sources
 
 from arcoforge import (
     ConcatDim,
@@ -27,11 +33,13 @@ from arcoforge import (
 from arcoforge.amounts import count, size
 from arcoforge.errors import RecipeError, SchemaError, SourceError
 from arcoforge.patterns import pattern_from_file_sequence
+from arcoforge.progress import PlainReporter
 from arcoforge.recipe import OpenWithKerchunk, Recipe, WriteCombinedReference
 from arcoforge.references.plan import describe, make_reference_plan
+from arcoforge.runs import RUNS_FOLDER
 from arcoforge.templates import write_feedstock
 from arcoforge.testing.archives import oisst_dataset, write_oisst_archive
-from arcoforge.testing.httpserver import FileServer
+from arcoforge.testing.httpserver import Faults, FileServer
 
 DNS_HOST = "no-such-host.invalid"  # .invalid never resolves (RFC 6761)
 
@@ -254,3 +262,136 @@ def test_validate_against_names_an_input_that_lacks_a_variable(baked_feedstock, 
     finding = f"{second.as_uri()}: lacks variable 'anom' that the store has"
     assert error_line(proc, rc=1) == f"error: {store}: 1 of 6 checks failed; first: {finding}"
     assert json.loads(proc.stdout)["findings"] == [finding]  # its other variables are equal
+
+
+# -- what a bake shows while it runs ---------------------------------------------------
+
+LONG = "an-archive-folder-whose-name-is-long-enough-to-wrap-at-eighty-columns"
+PROGRESS = re.compile(r"^(prepare|scan|write|publish) (\d+/\d+ tasks|done), \d+\.\d s$")
+
+
+def piped(*args, cwd: Path) -> subprocess.Popen:
+    """``python -m arcoforge.cli ARGS`` with stdout and stderr piped and the terminal's
+    width unset (rich would wrap at 80 columns)."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    env.update(TERM="dumb", NO_COLOR="1")
+    command = [sys.executable, "-m", "arcoforge.cli", *map(str, args)]
+    return subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def served_feedstock(tmp_path: Path, server_url: str) -> Path:
+    """The ``init`` feedstock reading its sample files from ``server_url/LONG/``, retrying
+    after 1 to 3 s."""
+    feedstock = write_feedstock(tmp_path / NAME)
+    (tmp_path / LONG).mkdir()
+    for path in sources(feedstock):
+        shutil.copy(path, tmp_path / LONG / path.name)
+    recipe = feedstock / "recipe.py"
+    local = '(HERE / "sample-data" / f"oisst-avhrr-v02r01.{time:%Y%m%d}.nc").as_uri()'
+    remote = f'f"{server_url}/{LONG}/oisst-avhrr-v02r01.{{time:%Y%m%d}}.nc"'
+    text = recipe.read_text().replace(local, remote)
+    recipe.write_text(text.replace("OpenURLWithFSSpec()", "OpenURLWithFSSpec(retry_delay=2)"))
+    return feedstock
+
+
+@pytest.mark.parametrize("prune", [2, 4], ids=["forked-children", "pool"])
+def test_retry_warnings_show_as_they_happen_one_line_each(tmp_path, prune):
+    # the first attempt at each input fails (HEAD, then GET, answer 500 or 503)
+    faults = Faults(error_rate=1.0, max_faults_per_path=2)
+    with FileServer(tmp_path, faults=faults) as server:
+        feedstock = served_feedstock(tmp_path, server.url)
+        urls = [f"{server.url}/{LONG}/{p.name}" for p in sources(feedstock)[:prune]]
+
+        def requests(url: str) -> int:
+            return sum(r == url.removeprefix(server.url) for r in list(server.requests))
+
+        args = ("bake", NAME, "--target-root", "out", "--workers", "2", "--prune", prune)
+        proc = piped(*args, cwd=tmp_path)
+        lines, seen = [], {}  # requests for an input when its retry line was read
+        for line in proc.stderr:
+            lines.append(line.rstrip("\n"))
+            for url in urls:
+                if line.startswith(f"warning: scan of {url}: "):
+                    seen[url] = requests(url)
+        proc.wait(timeout=120)
+        final = {url: requests(url) for url in urls}
+    assert proc.returncode == 0, lines
+    retry = re.compile(r": HTTP 50[03] [A-Za-z ]+; retry 1 of 5 in \d\.\d s$")
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert len(warnings) == prune
+    for line, url in zip(sorted(warnings), urls, strict=True):
+        assert len(line) > 80 and retry.search(line.removeprefix(f"warning: scan of {url}")), line
+    # each line was shown after the failed attempt (HEAD, GET) and before the retry
+    assert seen == dict.fromkeys(urls, 2) and final == dict.fromkeys(urls, 4)
+    # the rest is plain progress: no bars, no colours
+    assert [line for line in lines if line not in warnings and not PROGRESS.match(line)] == []
+    assert {line.split()[0] for line in lines if PROGRESS.match(line)} == {
+        "prepare",
+        "scan",
+        "write",
+        "publish",
+    }
+
+
+def test_plain_progress_is_a_line_every_interval():
+    out = io.StringIO()
+    reporter = PlainReporter(out, interval=0)
+    reporter.stage_started("scan", 3, "open every input")
+    for _ in range(3):
+        reporter.advanced("scan")
+    reporter.stage_done("scan", 1.25)
+    reporter.stage_started("publish", 0, "move the store into place")
+    reporter.stage_done("publish", 0.04)
+    reporter.event("log", level="WARNING", message="a\nlong   line")
+    assert out.getvalue().splitlines() == [
+        "scan 1/3 tasks",
+        "scan 2/3 tasks",
+        "scan 3/3 tasks",
+        "scan 3/3 tasks, 1.2 s",
+        "publish done, 0.0 s",
+        "warning: a long line",
+    ]
+    quiet = io.StringIO()
+    reporter = PlainReporter(quiet, interval=60)
+    reporter.stage_started("write", 10, "write regions")
+    for _ in range(10):
+        reporter.advanced("write")
+    reporter.stage_done("write", 2.0)
+    assert quiet.getvalue() == "write 10/10 tasks, 2.0 s\n"
+
+
+def test_json_events_carry_the_run_and_the_time_and_end_with_an_error(tmp_path):
+    feedstock = write_feedstock(tmp_path / NAME)
+    args = ("bake", NAME, "--target-root", "out", "--workers", "1", "--json")
+    events = json_lines(ok(arcoforge(*args, "--prune", "2", cwd=tmp_path)).stdout)
+    runs = {e["run"] for e in events}
+    assert len(runs) == 1 and all(isinstance(e["time"], float) for e in events)
+    (run,) = runs
+    assert (tmp_path / "out" / RUNS_FOLDER / f"{run}.json").is_file()
+    assert [e["event"] for e in events if e["event"] not in ("task_done", "stage_done")] == [
+        "stage_started",
+        "stage_started",
+        "stage_started",
+        "stage_started",
+        "summary",
+    ]
+    # a bake that fails: its last event is the error, with the line printed on stderr
+    (sources(feedstock)[2]).unlink()
+    proc = arcoforge(*args, cwd=tmp_path)
+    line = error_line(proc, rc=1)
+    failed = json_lines(proc.stdout)
+    assert failed[-1]["event"] == "error" and f"error: {failed[-1]['message']}" == line
+    assert (
+        line == f"error: {sources(feedstock)[1].as_uri().replace('0902', '0903')}: file not found"
+    )
+    assert len({e["run"] for e in failed}) == 1 and failed[-1]["run"] != run
+    record = json.loads((tmp_path / "out" / RUNS_FOLDER / f"{failed[-1]['run']}.json").read_text())
+    assert record["status"] == "failed"
+    # ... and one that fails before a run starts
+    proc = arcoforge(*args, "--recipe", "nope", cwd=tmp_path)
+    line = error_line(proc, rc=1)
+    (event,) = json_lines(proc.stdout)
+    assert event["event"] == "error" and f"error: {event['message']}" == line
+    assert isinstance(event["run"], str) and isinstance(event["time"], float)
