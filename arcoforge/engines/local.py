@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from ..errors import ArcoforgeError
+from . import worklog
 from .base import Engine, Failed, call, portable, task_label, unwrap
-from .worklog import Relay
 
 if TYPE_CHECKING:  # imported when a pool starts: a bake of a few inputs runs without one
     from concurrent.futures import ProcessPoolExecutor
@@ -46,7 +46,7 @@ class LocalEngine(Engine):
         self._pool: ProcessPoolExecutor | None = None
         self._exiting: list[int] = []  # children forked for a map of few items
         self._frozen = False  # whether this engine froze the garbage collector's objects
-        self._relay: Relay | None = None  # forked workers' log lines, as they log them
+        self._relay: worklog.Relay | None = None  # forked workers' log lines, as they log them
 
     def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
         if self.workers == 1 or len(items) <= 1:
@@ -85,7 +85,9 @@ class LocalEngine(Engine):
         children = [_fork(func, item, relay) for item in items[1:]]
         heard = set()
         try:
-            yield self._unwrap(call(func, items[0], relay))
+            with worklog.captured(task_label(items[0]), relay) as task:
+                first = func(items[0])  # its error is raised here, with its cause
+            yield self._unwrap(worklog.with_lines(first, task))
             for (pid, fd), item in zip(children, items[1:], strict=True):
                 result = _result(fd)
                 heard.add(pid)
@@ -111,7 +113,7 @@ class LocalEngine(Engine):
     def _relay_fd(self) -> int:
         """The pipe that forked workers send their log lines into (started on first use)."""
         if self._relay is None:
-            self._relay = Relay()
+            self._relay = worklog.Relay()
         return self._relay.fd
 
     def _close_relay(self) -> None:
