@@ -20,6 +20,7 @@ import pandas as pd
 import xarray as xr
 import zarr
 
+from .amounts import count
 from .errors import ArcoforgeError, ValidationError, one_line
 from .recipe import Recipe
 from .validate import compare
@@ -55,11 +56,12 @@ class StoreReport:
         if not problems:
             self.checks.append(Check(name, True, passed))
             return
-        shown = problems[:MAX_FINDINGS_PER_CHECK]
-        if len(problems) > len(shown):
-            shown.append(f"{name}: and {len(problems) - len(shown)} more problems")
+        new = [p for p in problems if p not in self.findings]  # seen by an earlier check
+        shown = new[:MAX_FINDINGS_PER_CHECK]
+        if len(new) > len(shown):
+            shown.append(f"{name}: and {len(new) - len(shown)} more problems")
         self.findings.extend(shown)
-        self.checks.append(Check(name, False, failed or f"{len(problems)} problem(s)"))
+        self.checks.append(Check(name, False, failed or count(len(problems), "problem")))
 
     def summary(self) -> str:
         """One line: healthy, or how many checks failed and the first finding."""
@@ -107,7 +109,7 @@ def validate_store(
             _check_coordinates(report, ds)
         _check_chunks(report, group, url, storage_options, sampled, decode_budget)
         if ds is not None and against is not None:
-            _check_sources(report, ds, against, sampled, cache)
+            _check_sources(report, ds, group, against, sampled, cache)
     finally:
         if ds is not None:
             ds.close()
@@ -261,7 +263,9 @@ def _check_chunks(
         for path, array, c, key in chosen
         if (problem := _decode_problem(array, c))
     ]
-    report.add("chunks-present", missing, f"{total} chunks of {len(arrays)} arrays")
+    report.add(
+        "chunks-present", missing, f"{count(total, 'chunk')} of {count(len(arrays), 'array')}"
+    )
     limit = f" (budget {budget >> 20} MiB)" if budget is not None else ""
     report.add("chunks-decode", broken, f"{len(chosen)} of {total} chunks decoded{limit}")
 
@@ -333,11 +337,17 @@ def _decode_problem(array: zarr.Array, coords: tuple[int, ...]) -> str | None:
 
 
 def _check_sources(
-    report: StoreReport, ds: xr.Dataset, recipe: Recipe, sample: int | None, cache: str | None
+    report: StoreReport,
+    ds: xr.Dataset,
+    group: zarr.Group,
+    recipe: Recipe,
+    sample: int | None,
+    cache: str | None,
 ) -> None:
     """Compare a sample of the recipe's inputs, opened as the bake opens them, with the
     store at their positions, one store chunk along the concat dim at a time: each chunk
-    is read once for all the inputs in it."""
+    is read once for all the inputs in it. A store chunk that does not decode, an input
+    that does not open or lacks a variable of the store, is a problem found, not a crash."""
     from .bake import cache_for
     from .plan import open_config
 
@@ -354,16 +364,18 @@ def _check_sources(
         dim = dims[0]
         index, step = pd.Index(ds[dim].values), _chunk_length(ds, dim)
         by_chunk: dict[int, list[Span]] = {}
+        merged = recipe.pattern.merge_dim is not None  # each input holds some variables
         for item in chosen:
             try:
-                for span in _spans(item, index, config, dim, step):
+                for span in _spans(item, ds, index, config, dim, step, merged, problems):
                     by_chunk.setdefault(span.store.start // step, []).append(span)
-            except ArcoforgeError as exc:
-                problems.append(one_line(exc))
+            except Exception as exc:
+                problems.append(_naming(config.redact(item.url), exc))
         static_done: set[tuple[str, str]] = set()
+        reader = ChunkReader(ds, group, dim, step)
         for index in sorted(by_chunk):
             chunk = slice(index * step, min((index + 1) * step, ds.sizes[dim]))
-            problems += _compare_chunk(ds, dim, chunk, by_chunk[index], config, static_done)
+            problems += _compare_chunk(reader, chunk, by_chunk[index], config, static_done)
     report.add("sources", problems, f"{len(chosen)} of {len(inputs)} inputs equal the store")
 
 
@@ -376,8 +388,19 @@ class Span:
     store: slice  # where they are in the store (contiguous)
 
 
-def _spans(item, index: pd.Index, config, dim: str, step: int) -> list[Span]:
-    """Where the input's concat coordinate values are in the store, split by store chunk."""
+def _spans(
+    item,
+    store: xr.Dataset,
+    index: pd.Index,
+    config,
+    dim: str,
+    step: int,
+    merged: bool,
+    problems: list[str],
+) -> list[Span]:
+    """Where the input's concat coordinate values are in the store, split by store chunk;
+    the store's data variables the input lacks (unless inputs are merged) go to
+    ``problems``."""
     from .openers import open_input
 
     where = config.redact(item.url)
@@ -385,6 +408,12 @@ def _spans(item, index: pd.Index, config, dim: str, step: int) -> list[Span]:
         if dim not in src.dims:
             raise ValidationError(f"{where}: no dimension {dim!r} in the input")
         values = src[dim].values
+        if not merged:
+            problems += [
+                f"{where}: lacks variable {name!r} that the store has"
+                for name in store.data_vars
+                if name not in src.variables
+            ]
     found = index.get_indexer(values)
     if (found < 0).any():
         value = values[np.flatnonzero(found < 0)[0]]
@@ -398,9 +427,47 @@ def _spans(item, index: pd.Index, config, dim: str, step: int) -> list[Span]:
     return spans
 
 
+def _naming(where: str, exc: Exception) -> str:
+    """``exc`` in one line that names ``where`` (an input) first."""
+    text = one_line(exc)
+    return text if text.startswith(where) else f"{where}: {text}"
+
+
+@dataclass
+class ChunkReader:
+    """Reads a variable of the store, all of it or one chunk along ``dim``; a read that
+    fails names the stored chunk that does not decode, as the chunks check would."""
+
+    store: xr.Dataset
+    group: zarr.Group
+    dim: str
+    step: int
+
+    def read(self, name: str, chunk: slice | None) -> xr.Variable | str:
+        """The values of ``name`` (in ``chunk`` along the dim), or a problem line."""
+        var = self.store.variables[name]
+        if chunk is not None:
+            var = var.isel({self.dim: chunk})
+        try:
+            return var.load()
+        except Exception as exc:
+            return self._undecodable(name, chunk, exc)
+
+    def _undecodable(self, name: str, chunk: slice | None, exc: Exception) -> str:
+        array = self.group[name]
+        axis = list(self.store.variables[name].dims).index(self.dim) if chunk else None
+        for coords in _grid(array):
+            if axis is not None and coords[axis] != chunk.start // self.step:
+                continue
+            problem = _decode_problem(array, coords)
+            if problem:
+                key = array.metadata.encode_chunk_key(coords)
+                return f"{name}: chunk {key} does not decode: {problem}"
+        return f"{name}: does not read: {one_line(exc)}"
+
+
 def _compare_chunk(
-    store: xr.Dataset,
-    dim: str,
+    reader: ChunkReader,
     chunk: slice,
     spans: list[Span],
     config,
@@ -409,6 +476,7 @@ def _compare_chunk(
     """Compare the spans of one store chunk, reading each variable's chunk once."""
     from .openers import open_input
 
+    store, dim = reader.store, reader.dim
     problems, opened = [], []
     with ExitStack() as stack:
         for span in spans:
@@ -426,15 +494,21 @@ def _compare_chunk(
                     f"{w}: variable {name!r} is missing from the store" for *_, w in opened
                 ]
                 break
-            block = store.variables[name]
-            along = dim in block.dims
-            if along:
-                block = block.isel({dim: chunk}).load()
-            for span, src, where in opened:
-                if name not in src.variables or span.url in failed:
-                    continue
-                if not along and (span.url, name) in static_done:
-                    continue
+            along = dim in store.variables[name].dims
+            todo = [
+                (span, src, where)
+                for span, src, where in opened
+                if name in src.variables
+                and span.url not in failed
+                and (along or (span.url, name) not in static_done)
+            ]
+            if not todo:
+                continue
+            block = reader.read(name, chunk if along else None)
+            if isinstance(block, str):
+                problems.append(block)
+                continue
+            for span, src, where in todo:
                 static_done.add((span.url, name))
                 want, got = src.variables[name], block
                 if along:

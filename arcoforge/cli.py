@@ -45,6 +45,35 @@ def friendly(func: Callable) -> Callable:
     return click.option("--debug", is_flag=True, help="Show tracebacks of errors.")(wrapper)
 
 
+def json_events(func: Callable) -> Callable:
+    """With ``--json``, the command's events go to a JSON reporter given as ``events`` (None
+    without), and a failure ends them with an ``error`` event holding its one line."""
+
+    @wraps(func)
+    def wrapper(*args, as_json: bool = False, **kwargs):
+        from .progress import JsonReporter
+        from .runs import new_id
+
+        events = JsonReporter(run=new_id()) if as_json else None
+        try:
+            return func(*args, as_json=as_json, events=events, **kwargs)
+        except (Exception, KeyboardInterrupt) as exc:
+            if events is not None:
+                events.error(_error_text(exc))
+            raise
+
+    return wrapper
+
+
+def _error_text(exc: BaseException) -> str:
+    """The one line ``friendly`` prints for ``exc``, without its ``error:``."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, click.ClickException):
+        return exc.format_message()
+    return one_line(exc)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="arcoforge")
 def main():
@@ -128,6 +157,7 @@ def _value(text: str):
 )
 @storage_option
 @friendly
+@json_events
 def bake(
     feedstock,
     target_root,
@@ -145,6 +175,7 @@ def bake(
     engine,
     dask_scheduler,
     storage_option,
+    events,
 ):
     """Bake the recipes of FEEDSTOCK into TARGET_ROOT/STORE_NAME.
 
@@ -156,8 +187,8 @@ def bake(
     from .config import read_config
     from .feedstock import load_recipes
     from .plan import make_plan
-    from .progress import JsonReporter, RichReporter, logs_to
-    from .runs import RunContext
+    from .progress import console_reporter, logs_to
+    from .runs import RunContext, new_id
     from .summary import describe_plan, render_plan, render_result, result_dict
 
     config = read_config(config_file)
@@ -174,6 +205,9 @@ def bake(
     prune, workers = prune or config.prune, workers or config.workers
     console = _console()
     for rid, recipe in recipes.items():
+        run_id = new_id()
+        if events is not None:
+            events.run = run_id
         if dry_run:
             plan = make_plan(
                 recipe.prune(prune) if prune else recipe,
@@ -184,13 +218,13 @@ def bake(
             )
             info = describe_plan(plan)
             _emit(
-                as_json,
+                events,
                 console,
                 {"event": "plan", "recipe": rid, **info},
                 lambda info=info, rid=rid: render_plan(info, console, rid),
             )
             continue
-        reporter = JsonReporter() if as_json else RichReporter(_console(stderr=True))
+        reporter = events or console_reporter()
         try:
             with logs_to(reporter):
                 result = run_bake(
@@ -207,21 +241,25 @@ def bake(
                     skip_failed=skip_failed or config.skip_failed,
                     retry_failed=retry_failed,
                     storage_options=options,
-                    run=RunContext(rid, str(feedstock.resolve()), ("arcoforge", *sys.argv[1:])),
+                    run=RunContext(
+                        rid, str(feedstock.resolve()), ("arcoforge", *sys.argv[1:]), run_id
+                    ),
                 )
         finally:
             reporter.close()
         _emit(
-            as_json,
+            events,
             console,
             {"event": "summary", "recipe": rid, **result_dict(result)},
             lambda result=result, rid=rid: render_result(result, console, rid),
         )
 
 
-def _emit(as_json: bool, console, record: dict, render: Callable[[], None]) -> None:
-    if as_json:
-        click.echo(json.dumps(record, default=str))
+def _emit(events, console, record: dict, render: Callable[[], None]) -> None:
+    """``record`` as a JSON event to ``events``, if given; else ``render()``."""
+    if events is not None:
+        fields = dict(record)
+        events.event(fields.pop("event"), **fields)
     else:
         render()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,8 +10,9 @@ import xarray as xr
 
 from .bake import bake
 from .patterns import ConcatDim, FilePattern
-from .progress import JsonReporter, RichReporter
+from .progress import JsonReporter, console_reporter
 from .recipe import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr
+from .runs import RunContext, new_id
 from .summary import render_result, result_dict
 
 
@@ -44,16 +44,22 @@ def run_demo(folder: Path, days: int = 30, workers: int | None = None, as_json: 
             | OpenWithXarray()
             | StoreToZarr(store_name="oisst.zarr", target_chunks={"time": 10})
         )
-        reporter = JsonReporter() if as_json else RichReporter(Console(stderr=True))
+        run = RunContext(run_id=new_id())
+        reporter = JsonReporter(run=run.run_id) if as_json else console_reporter()
         try:
             result = bake(
-                recipe, folder, cache=str(folder / "cache"), workers=workers, reporter=reporter
+                recipe,
+                folder,
+                cache=str(folder / "cache"),
+                workers=workers,
+                reporter=reporter,
+                run=run,
             )
         finally:
             reporter.close()
     checked = check_against_sources(result.url, paths)
     if as_json:
-        print(json.dumps({"event": "summary", **result_dict(result), "checked_days": checked}))
+        reporter.event("summary", **result_dict(result), checked_days=checked)
         return result
     render_result(result, console, "demo (OISST-like)")
     console.print(f"checked: all {checked} days equal the source files read directly by xarray")

@@ -214,7 +214,7 @@ class Plan:
         combiner = SchemaCombiner(self.recipe.pattern)
         for result in results:
             if isinstance(result, Missing):
-                combiner.add_missing(result.input)
+                combiner.add_missing(result.input, result.error)
                 state.missing[result.input.url] = result.error
             else:
                 combiner.add(result)

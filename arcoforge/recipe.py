@@ -26,7 +26,9 @@ class OpenURLWithFSSpec(Step):
     ``cache`` is a local folder or fsspec URL; without one, remote inputs go through a
     temporary cache that lives as long as the bake. ``open_kwargs`` are added to the
     pattern's ``fsspec_open_kwargs``; ``secrets`` to its query-string secrets. Failed
-    downloads are retried ``retries`` times, waiting ``retry_delay`` seconds, doubling.
+    downloads are retried ``retries`` times, waiting ``retry_delay`` seconds, doubling;
+    what a retry cannot fix (401, 403, 404, a host name that does not resolve) is not
+    retried, and a refused connection once.
     """
 
     cache: str | None = None
@@ -130,7 +132,8 @@ class WriteCombinedReference(Step):
     ``PATH/store_name`` instead. ``concat_dims`` default to the pattern's; variables
     without them (and ``identical_dims``) are taken from the first input. A concat dim
     the inputs lack, or hold as a scalar coordinate, leads every variable but coordinates
-    and ``identical_dims``; its coordinate is the scalar, else the pattern's keys.
+    and ``identical_dims``; its coordinate is the scalar, else the pattern's keys. A concat
+    dim that is neither a ConcatDim of the pattern nor a dim of the inputs is refused.
     """
 
     store_name: str

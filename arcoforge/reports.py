@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from .amounts import count
 from .audit import StoreReport
 from .runs import RunRecord
 from .summary import dims_text, mb
@@ -69,7 +70,7 @@ def render_run(r: RunRecord, console) -> None:
 def _inputs(r: RunRecord) -> str:
     size = f", {mb(r.inputs.bytes)}" if r.inputs.bytes is not None else ""
     ends = f" ({r.inputs.first} .. {r.inputs.last})" if r.inputs.first else ""
-    return f"{r.inputs.count} files{size}{ends}"
+    return f"{count(r.inputs.count, 'file')}{size}{ends}"
 
 
 def _output(o) -> str:
@@ -80,6 +81,6 @@ def _output(o) -> str:
 def _validation(r: RunRecord) -> str:
     if not r.validation:
         return "-"
-    text = f"{r.validation.get('inputs_compared', 0)} inputs compared value for value"
+    text = f"{count(r.validation.get('inputs_compared', 0), 'input')} compared value for value"
     check = r.validation.get("store_check")
     return f"{text}; store: {check}" if check else text

@@ -99,6 +99,7 @@ class RunContext:
     recipe_id: str | None = None
     feedstock: str | None = None
     args: tuple[str, ...] = ()
+    run_id: str | None = None  # the id its events carry already (see progress.JsonReporter)
 
 
 def new_id(now: datetime | None = None) -> str:
@@ -168,7 +169,7 @@ class Recorder:
         self.stage: tuple[str, float] | None = None
         inputs = plan.inputs
         self.record = RunRecord(
-            id=new_id(),
+            id=context.run_id or new_id(),
             recipe=context.recipe_id,
             store=plan.recipe.writer.store_name,
             feedstock=context.feedstock,

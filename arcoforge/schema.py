@@ -22,6 +22,7 @@ from .patterns import FilePattern, Input
 from .sources import local_copy
 
 _TIME_ENCODING = ("units", "calendar", "dtype")
+SHOWN_CAUSES = 3  # of an every-input-failed error, the first causes named
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ class SchemaCombiner:
         self.varying: set[str] = set()
         self.nbytes = 0
         self.n = 0
-        self.missing: dict[str, Input] = {}
+        self.missing: dict[str, tuple[Input, str]] = {}
 
     def add(self, schema: InputSchema) -> None:
         """Take one input's schema into account."""
@@ -242,17 +243,32 @@ class SchemaCombiner:
             if info.is_scalar_coord and self.concat and first != info.fingerprint:
                 self.varying.add(name)
 
-    def add_missing(self, item: Input) -> None:
-        """Take a skipped input into account: its steps are known from the pattern only."""
-        for dim in self.concat:
-            n = self._nitems(dim)
-            if n is None:
-                raise SchemaError(
-                    f"cannot skip {item.url}: its length along {dim!r} is unknown; "
-                    "give the pattern's ConcatDim nitems_per_file"
-                )
-            self.counts[dim].setdefault(item.pos(dim), (n, item))
-        self.missing[item.url] = item
+    def add_missing(self, item: Input, error: str = "") -> None:
+        """Take a skipped input (and why it failed) into account: its steps are known from
+        the pattern only, and counted once the scanned inputs are in."""
+        self.missing[item.url] = (item, error)
+
+    def _add_missing_steps(self) -> None:
+        for item, _ in self.missing.values():
+            for dim in self.concat:
+                n = self._nitems(dim)
+                if n is None:
+                    raise SchemaError(
+                        f"cannot skip {item.url}: its length along {dim!r} is unknown; "
+                        "give the pattern's ConcatDim nitems_per_file"
+                    )
+                self.counts[dim].setdefault(item.pos(dim), (n, item))
+
+    def _all_failed(self) -> str:
+        """Every input failed: how many, and the first causes (each naming its input)."""
+        n = len(self.missing)
+        failed = sorted(self.missing.values(), key=lambda pair: _order(pair[0]))
+        causes = [
+            error if error.startswith(f"{item.url}: ") else f"{item.url}: {error or 'failed'}"
+            for item, error in failed[:SHOWN_CAUSES]
+        ]
+        more = f"; and {n - len(causes)} more" if n > len(causes) else ""
+        return f"every input failed ({n} of {n}): {'; '.join(causes)}{more}"
 
     def _fold_attrs(self, scope: str | None, attrs: dict[str, Any]) -> None:
         """Attributes that differ between inputs are dropped, as xarray's drop_conflicts does."""
@@ -286,7 +302,8 @@ class SchemaCombiner:
     def result(self) -> DatasetSchema:
         """The combined schema; raises :class:`SchemaError` naming the inputs that disagree."""
         if not self.first:
-            raise SchemaError("the pattern has no inputs")
+            raise SchemaError(self._all_failed() if self.missing else "the pattern has no inputs")
+        self._add_missing_steps()
         self._check_layouts()
         variables, owners = self._variables()
         dims, offsets, counts, values = {}, {}, {}, {}

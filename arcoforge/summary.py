@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from .amounts import count, size
 from .bake import BakeResult
 from .plan import Plan, estimate
 
@@ -54,8 +55,8 @@ def result_dict(result: BakeResult) -> dict[str, Any]:
 
 
 def mb(n: float) -> str:
-    """Bytes as megabytes, for people."""
-    return f"{n / 1e6:,.1f} MB"
+    """Bytes for people: in KB, MB or GB, whichever suits them (see :func:`amounts.size`)."""
+    return size(n)
 
 
 def dims_text(sizes: dict[str, int]) -> str:
@@ -67,7 +68,8 @@ def render_plan(info: dict[str, Any], console, recipe_id: str) -> None:
     """Print a plan description as a table."""
     from rich.table import Table
 
-    table = Table(title=f"recipe {recipe_id}: {info['inputs']} inputs -> {info['target']}")
+    title = f"recipe {recipe_id}: {count(info['inputs'], 'input')} -> {info['target']}"
+    table = Table(title=title)
     for col in ("stage", "tasks", "what"):
         table.add_column(col, justify="right" if col == "tasks" else "left")
     for s in info["stages"]:
@@ -81,36 +83,47 @@ def render_plan(info: dict[str, Any], console, recipe_id: str) -> None:
 
 
 def render_result(result: BakeResult, console, recipe_id: str) -> None:
-    """Print a bake's summary and how to open its output."""
+    """Print a bake's summary and how to open its output; the title says whether the bake
+    baked or found its store up to date."""
     from rich.table import Table
 
-    table = Table(title=f"baked {recipe_id}", show_header=False)
+    stats = result.stats
+    if stats.get("up_to_date"):
+        title = f"{recipe_id}: up to date, nothing baked"
+        rows = [
+            ("output", result.url),
+            ("dims", dims_text(result.dims)),
+            ("status", "baked before from the same recipe and inputs"),
+        ]
+    else:
+        title = f"baked {recipe_id}"
+        rows = _baked_rows(result)
+    table = Table(title=title, show_header=False)
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def _baked_rows(result: BakeResult) -> list[tuple[str, str]]:
+    stats = result.stats
+    validated = stats.get("validated_inputs", 0)
     rows = [
         ("output", result.url),
         ("dims", dims_text(result.dims)),
         ("chunks", dims_text(result.chunks)),
-        ("inputs", f"{result.inputs} files, {mb(result.bytes_in)}"),
+        ("inputs", f"{count(result.inputs, 'file')}, {mb(result.bytes_in)}"),
         ("written", f"{mb(result.bytes_decoded)} decoded, {mb(result.bytes_out)} stored"),
-        ("time", f"{result.seconds:.1f} s ({result.mb_per_s:,.0f} MB/s)"),
+        ("time", f"{result.seconds:.1f} s ({size(result.mb_per_s * 1e6)}/s)"),
         ("stages", ", ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())),
-        ("validated", f"{result.stats.get('validated_inputs', 0)} inputs compared value for value"),
+        ("validated", f"{count(validated, 'input')} compared value for value"),
     ]
-    if result.stats.get("up_to_date"):
-        rows = [
-            rows[0],
-            rows[1],
-            ("status", "up to date: baked before from the same recipe and inputs"),
-        ]
-    if result.stats.get("missing_inputs"):
-        missing = result.stats["missing_inputs"]
-        rows.append(("missing", f"{len(missing)} inputs skipped, first {missing[0]}"))
+    if stats.get("missing_inputs"):
+        missing = stats["missing_inputs"]
+        rows.append(("missing", f"{count(len(missing), 'input')} skipped, first {missing[0]}"))
         rows.append(("", "fill them in later with --retry-failed"))
-    if result.stats.get("tasks_resumed"):
-        rows.append(
-            ("resumed", f"{result.stats['tasks_resumed']} write tasks done by an earlier run")
-        )
-    if result.stats.get("worker_losses"):
-        rows.append(("workers", f"{result.stats['worker_losses']} lost; their tasks ran again"))
-    for key, value in rows:
-        table.add_row(key, value)
-    console.print(table)
+    if stats.get("tasks_resumed"):
+        done = count(stats["tasks_resumed"], "write task")
+        rows.append(("resumed", f"{done} done by an earlier run"))
+    if stats.get("worker_losses"):
+        rows.append(("workers", f"{stats['worker_losses']} lost; their tasks ran again"))
+    return rows

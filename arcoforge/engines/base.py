@@ -99,15 +99,16 @@ class Failed:
     error: Exception
 
 
-def call(func: Callable[[Any], Any], item: Any) -> Any:
+def call(func: Callable[[Any], Any], item: Any, relay: int | None = None) -> Any:
     """``func(item)`` on a worker, or its error made fit to cross back to the driver, with
-    the lines it logged (see :mod:`.worklog`)."""
-    with worklog.captured() as lines:
+    the lines it logged; those are sent as they are logged to ``relay``, a pipe to the
+    driver, if the worker has one (see :mod:`.worklog`)."""
+    with worklog.captured(task_label(item), relay) as task:
         try:
             result = func(item)
         except Exception as exc:
             result = Failed(portable(exc))
-    return worklog.with_lines(result, lines, task_label(item))
+    return worklog.with_lines(result, task)
 
 
 def unwrap(result: Any) -> Any:

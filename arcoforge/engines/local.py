@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from ..errors import ArcoforgeError
+from . import worklog
 from .base import Engine, Failed, call, portable, task_label, unwrap
 
 if TYPE_CHECKING:  # imported when a pool starts: a bake of a few inputs runs without one
@@ -31,7 +32,8 @@ class LocalEngine(Engine):
     At most ``2 * workers`` tasks are in flight, so memory on the driver does not grow
     with the number of tasks. A worker process that dies (killed, out of memory) takes
     the pool with it: the pool is started again and the tasks that were in flight run
-    again, each at most ``retries`` more times (tasks are idempotent).
+    again, each at most ``retries`` more times (tasks are idempotent). Forked workers send
+    the lines they log through a pipe as they log them (see :class:`.worklog.Relay`).
     """
 
     name = "local"
@@ -44,6 +46,7 @@ class LocalEngine(Engine):
         self._pool: ProcessPoolExecutor | None = None
         self._exiting: list[int] = []  # children forked for a map of few items
         self._frozen = False  # whether this engine froze the garbage collector's objects
+        self._relay: worklog.Relay | None = None  # forked workers' log lines, as they log them
 
     def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
         if self.workers == 1 or len(items) <= 1:
@@ -64,7 +67,7 @@ class LocalEngine(Engine):
                 broken = [f for f in done if isinstance(f.exception(), BrokenExecutor)]
                 for future in done.difference(broken):
                     del running[future]
-                    yield unwrap(future.result())
+                    yield self._unwrap(future.result())
                 if broken:
                     suspects.extend(sorted(running.values()))
                     self._recover(running, deaths, items)
@@ -75,12 +78,16 @@ class LocalEngine(Engine):
     def _alongside(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
         """A map of no more items than workers: the first runs here while a child forked for
         each other one runs it (quicker than a pool, which forks every worker, starts a
-        thread and pickles each task). A child that dies has its item run here."""
+        thread and pickles each task). A child that dies has its item run here. The lines
+        the first logs are named and relayed as the children's are."""
         self._freeze()
-        children = [_fork(func, item) for item in items[1:]]
+        relay = self._relay_fd()
+        children = [_fork(func, item, relay) for item in items[1:]]
         heard = set()
         try:
-            yield func(items[0])
+            with worklog.captured(task_label(items[0]), relay) as task:
+                first = func(items[0])  # its error is raised here, with its cause
+            yield self._unwrap(worklog.with_lines(first, task))
             for (pid, fd), item in zip(children, items[1:], strict=True):
                 result = _result(fd)
                 heard.add(pid)
@@ -88,7 +95,7 @@ class LocalEngine(Engine):
                     self.worker_losses += 1
                     log.warning("a worker process died; running its task here")
                     result = call(func, item)
-                yield unwrap(result)
+                yield self._unwrap(result)
         finally:
             for pid, fd in children:
                 os.close(fd)
@@ -96,6 +103,23 @@ class LocalEngine(Engine):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
             self._exiting.extend(pid for pid, _ in children)
+
+    def _unwrap(self, result: Any) -> Any:
+        """A task's result (see :func:`.base.unwrap`), after the lines its worker sent."""
+        if self._relay is not None:
+            self._relay.flush()
+        return unwrap(result)
+
+    def _relay_fd(self) -> int:
+        """The pipe that forked workers send their log lines into (started on first use)."""
+        if self._relay is None:
+            self._relay = worklog.Relay()
+        return self._relay.fd
+
+    def _close_relay(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
 
     def _freeze(self) -> None:
         """Before forking: put the driver's objects out of the garbage collector's reach
@@ -122,9 +146,11 @@ class LocalEngine(Engine):
         while (todo or suspects) and len(running) < (1 if suspects else 2 * self.workers):
             queue = suspects or todo
             index = queue.popleft()
-            payload = cloudpickle.dumps((func, items[index]))
+            pool = self._get_pool()
+            relay = self._relay.fd if self._relay is not None else None
+            payload = cloudpickle.dumps((func, items[index], relay))
             try:
-                running[self._get_pool().submit(_call, payload)] = index
+                running[pool.submit(_call, payload)] = index
             except BrokenExecutor:  # a worker died since the last look
                 queue.appendleft(index)
                 if not running:  # ... while idle: no task to blame
@@ -151,8 +177,9 @@ class LocalEngine(Engine):
             from concurrent.futures import ProcessPoolExecutor
 
             method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            if method == "fork":
+            if method == "fork":  # workers inherit the relay; spawned ones carry lines back
                 self._freeze()
+                self._relay_fd()
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method))
         return self._pool
 
@@ -172,6 +199,7 @@ class LocalEngine(Engine):
     def close(self) -> None:
         self._stop(terminate=False)
         self._reap(wait=True)
+        self._close_relay()
         self._thaw()
 
     def abort(self) -> None:
@@ -180,6 +208,7 @@ class LocalEngine(Engine):
         what they left half done)."""
         self._stop(terminate=True)
         self._reap(wait=True)
+        self._close_relay()
         self._thaw()
 
 
@@ -190,9 +219,9 @@ def _call(payload: bytes) -> Any:
 _LOST = object()  # what a child that died before sending its result gave
 
 
-def _fork(func: Callable[[Any], Any], item: Any) -> tuple[int, int]:
-    """A child process running ``call(func, item)`` and sending back the pickled result;
-    its pid and the pipe to read it from."""
+def _fork(func: Callable[[Any], Any], item: Any, relay: int) -> tuple[int, int]:
+    """A child process running ``call(func, item, relay)`` and sending back the pickled
+    result; its pid and the pipe to read it from."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: whatever happens, it leaves without running the driver's exit
@@ -200,7 +229,7 @@ def _fork(func: Callable[[Any], Any], item: Any) -> tuple[int, int]:
         try:
             os.close(read)
             with open(write, "wb") as out:
-                out.write(_pickled(call(func, item)))
+                out.write(_pickled(call(func, item, relay)))
             status = 0
         finally:
             os._exit(status)

@@ -41,7 +41,8 @@ def validate_references(
             report.add("opens", [], f"{len(ds.data_vars)} variables, {dict(ds.sizes)}")
             _check_coordinates(report, ds)
             if against is not None:
-                _check_sources(report, ds, against, sampled, cache)
+                group = _group(url, storage_options)
+                _check_sources(report, ds, group, against, sampled, cache)
     except ValidationError:
         raise
     except Exception as exc:

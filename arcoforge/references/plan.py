@@ -102,6 +102,7 @@ class ReferencePlan(Plan):
         scanned = []
         for batch in results:
             if not scanned:
+                self.check_concat_dims(*batch[0])
                 self.store.preload()
             scanned += batch
         manifests = [m for _, m in sorted(scanned, key=lambda r: order[r[0]])]
@@ -118,6 +119,19 @@ class ReferencePlan(Plan):
         state.counts = [m.sizes().get(self.dim, 1) for m in manifests] if self.dim else []
         if grid:
             state.steps = {d: _steps(self.inputs, manifests, d) for d in self.concat_dims}
+
+    def check_concat_dims(self, item: Input, manifest: Manifest) -> None:
+        """Refuse a concat dim of the writer that is neither a ConcatDim of the pattern (a
+        new dim, which the files may lack) nor a dim of the inputs, as ``manifest`` of
+        ``item`` shows them: a misspelt one would be ignored."""
+        pattern, sizes = self.concat_dims, manifest.sizes()
+        for dim in self.scan.concat_dims:
+            if dim not in pattern and dim not in sizes:
+                raise RecipeError(
+                    f"WriteCombinedReference: concat dim {dim!r} is neither a ConcatDim of "
+                    f"the pattern ({', '.join(pattern) or 'none'}) nor a dim of the inputs "
+                    f"({self.open.redact(item.url)} has {', '.join(sizes) or 'none'})"
+                )
 
     def _on_grid(self, manifests: list[Manifest]) -> bool:
         """Whether the inputs combine on a grid: along several concat dims, or along one
@@ -457,6 +471,7 @@ def make_reference_plan(
 def describe(plan: ReferencePlan) -> dict[str, Any]:
     """What a reference bake will do, from a scan of its first input (for --dry-run)."""
     first = scan_input(plan.inputs[0], plan.scan)
+    plan.check_concat_dims(plan.inputs[0], first)
     sizes = first.sizes()
     steps = 1
     for dim in plan.concat_dims:

@@ -7,6 +7,8 @@ import base64
 import logging
 import os
 import random
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,13 +84,14 @@ def _download(url: str, cache: Cache, config: FetchConfig) -> Path:
             # fsspec's HTTP size lookup raises FileNotFoundError(url) from any failure (401, 503...)
             if isinstance(exc, FileNotFoundError) and isinstance(exc.__cause__, Exception):
                 exc = exc.__cause__
-            if not _retryable(exc) or attempt >= config.retries:
+            retries = min(_retries_for(exc), config.retries)
+            if attempt >= retries:
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                raise SourceError(config.redact(f"{url}: {_describe(exc)}{tries}")) from None
+                raise SourceError(config.redact(f"{url}: {_describe(exc, host)}{tries}")) from None
             attempt += 1
             delay = min(config.retry_delay * 2 ** (attempt - 1), 30.0) * (0.5 + random.random())
-            why = config.redact(f"{url}: {_describe(exc)}")
-            log.warning("%s; retry %d of %d in %.1f s", why, attempt, config.retries, delay)
+            why = config.redact(f"{url}: {_describe(exc, host)}")
+            log.warning("%s; retry %d of %d in %.1f s", why, attempt, retries, delay)
             time.sleep(delay)
 
 
@@ -127,6 +130,36 @@ class TruncatedError(OSError):
     """A download ended before its announced length."""
 
 
+REFUSED_RETRIES = 1  # a server that refuses connections may be restarting: one more try
+
+
+def _retries_for(exc: Exception) -> int:
+    """How many times a failure like ``exc`` is worth retrying: never what a retry cannot
+    fix (a refusal, a missing file, a host name that does not resolve), once a refused
+    connection, else as configured (``sys.maxsize`` here, capped by the caller)."""
+    if not _retryable(exc):
+        return 0
+    cause = _os_error(exc)
+    if isinstance(cause, socket.gaierror):
+        return REFUSED_RETRIES if cause.errno == socket.EAI_AGAIN else 0
+    if isinstance(cause, ConnectionRefusedError):
+        return REFUSED_RETRIES
+    return sys.maxsize
+
+
+def _os_error(exc: Exception) -> OSError | None:
+    """The operating system's error under ``exc`` (aiohttp keeps it as ``os_error``)."""
+    seen = exc
+    for _ in range(4):
+        if isinstance(seen, socket.gaierror | ConnectionRefusedError):
+            return seen
+        inner = getattr(seen, "os_error", None) or seen.__cause__ or seen.__context__
+        if inner is None:
+            return None
+        seen = inner
+    return None
+
+
 def _retryable(exc: Exception) -> bool:
     status = getattr(exc, "status", None)
     if isinstance(status, int):
@@ -146,7 +179,7 @@ def _is_aiohttp_transient(exc: Exception) -> bool:
     return isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError)
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: Exception, host: str = "") -> str:
     status = getattr(exc, "status", None)
     if isinstance(exc, FileNotFoundError):
         return "not found (HTTP 404 or missing file)"
@@ -154,5 +187,11 @@ def _describe(exc: Exception) -> str:
         reason = getattr(exc, "message", "") or ""
         hint = " (check credentials)" if status in (401, 403) else ""
         return f"HTTP {status} {reason}{hint}".strip()
+    cause = _os_error(exc)
+    if isinstance(cause, socket.gaierror):
+        name = host.rpartition(":")[0] if host.count(":") == 1 else host
+        return f"host {name} does not resolve ({cause.strerror})"
+    if isinstance(cause, ConnectionRefusedError):
+        return f"connection refused by {host}"
     text = str(exc).strip() or type(exc).__name__
     return f"{type(exc).__name__}: {text}"
