@@ -52,15 +52,15 @@ def concat(
         inline = [p.inline_values for p in parts]
         if all(v is not None for v in inline):
             axis = first.arrays[name].dims.index(dim)
-            arrays[name] = _inline_like(first.arrays[name], np.concatenate(inline, axis=axis))
+            arrays[name] = _inline_like(first.arrays[name], _joined_values(inline, axis))
             continue
         _check_parts(name, parts, dim, urls)
         referenced[name] = parts
     arrays.update(_joined(referenced, bases, dim))
     coords = dict(first.coords)  # of other concat dims: the first input's
     if dim in coords:
-        coords[dim] = np.concatenate(
-            [_in_units_of(first, m, dim, url) for m, url in zip(manifests, urls, strict=True)]
+        coords[dim] = _joined_values(
+            [_in_units_of(first, m, dim, url) for m, url in zip(manifests, urls, strict=True)], 0
         )
         arrays[dim] = _inline_like(first.arrays[dim], coords[dim])
     return Manifest(paths, arrays, dict(first.attrs), coords, promoted)
@@ -175,6 +175,13 @@ def _leading(refs: ArrayRefs, dim: str) -> ArrayRefs:
         lengths=refs.lengths[None],
         raw=None if refs.raw is None else refs.raw[None],
     )
+
+
+def _joined_values(parts: list[np.ndarray], axis: int) -> np.ndarray:
+    """``parts`` concatenated, in their byte order when they share a dtype (netCDF-3's
+    big-endian values stay big-endian, as their referenced chunks are)."""
+    same = all(p.dtype == parts[0].dtype for p in parts)
+    return np.concatenate(parts, axis=axis, dtype=parts[0].dtype if same else None)
 
 
 def _inline_like(first: ArrayRefs, values: np.ndarray) -> ArrayRefs:
