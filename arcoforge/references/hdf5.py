@@ -7,6 +7,8 @@ coordinates.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import h5py
 import numpy as np
 
@@ -84,17 +86,40 @@ def _attrs(attrs: dict, dims: list[str] | None) -> dict:
 
 def _array(ds: h5py.Dataset, attrs: dict, dims: list[str], where: str, inline: int) -> ArrayRefs:
     dtype = ds.dtype
-    if dtype.kind not in "biufcM" or dtype.fields is not None:
+    strings = h5py.check_string_dtype(dtype)
+    if strings is not None and strings.length is None:  # variable-length: inline, decoded
+        return inline_array(_strings(ds, strings.encoding), _attrs(attrs, dims))
+    if dtype.kind not in "biufcMS" or dtype.fields is not None:
         raise SourceError(f"{where}: HDF5 type {dtype} cannot be referenced")
-    fill = fill_json(attrs["_FillValue"]) if "_FillValue" in attrs else None
-    if ds.size * dtype.itemsize <= inline or ds.shape == () or 0 in ds.shape:
+    fill = fill_json(attrs["_FillValue"], dtype) if "_FillValue" in attrs else None
+    small = ds.size * dtype.itemsize <= inline
+    if (small and ds.chunks is None) or ds.shape == () or 0 in ds.shape:
         return inline_array(ds[()], _attrs(attrs, dims), fill_value=fill)
     filters = _filters(ds, where)
     chunks = ds.chunks or ds.shape
     compressor = filters.pop() if filters and filters[-1]["id"] in ("zlib", "zstd") else None
     meta = zarray(ds.shape, chunks, dtype, compressor, filters, fill)
     refs = ArrayRefs(meta, _attrs(attrs, dims), *_locations(ds, chunks, where))
-    return refs
+    return _inlined_as_stored(ds, refs) if small else refs
+
+
+def _inlined_as_stored(ds: h5py.Dataset, refs: ArrayRefs) -> ArrayRefs:
+    """``refs`` with each chunk's stored bytes (compressed as in the file) inline: the same
+    metadata and chunk grid as where the variable is referenced, so that a short last
+    input, whose variable is small, combines with the others."""
+    raw = np.empty(refs.files.shape, dtype=object)
+    raw[...] = None
+    for index in np.argwhere(refs.files != NO_FILE):
+        start = tuple(int(i) * c for i, c in zip(index, refs.chunks, strict=True))
+        raw[tuple(index)] = ds.id.read_direct_chunk(start)[1]
+    files = np.full(refs.files.shape, NO_FILE, dtype=np.int32)
+    return replace(refs, files=files, raw=raw)
+
+
+def _strings(ds: h5py.Dataset, encoding: str) -> np.ndarray:
+    """A variable-length string variable's values as Python strings."""
+    values = ds.asstr(encoding, "surrogateescape")[()]
+    return np.array(values, dtype=object).reshape(ds.shape)
 
 
 def _filters(ds: h5py.Dataset, where: str) -> list[dict]:

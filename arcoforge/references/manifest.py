@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass, field, replace
 
+import numcodecs
 import numpy as np
 
 NO_FILE = -1
+VLEN_UTF8 = [{"id": "vlen-utf8"}]  # the filter of Zarr v2 arrays of variable-length strings
 
 
 @dataclass
@@ -53,6 +56,11 @@ class ArrayRefs:
         data = self.raw.ravel()[0]
         if data is None:
             return None
+        codecs = [self.meta["compressor"], *reversed(self.meta["filters"] or [])]
+        for config in filter(None, codecs):  # a chunk inlined as stored, compressed
+            data = numcodecs.get_codec(config).decode(data)
+        if isinstance(data, np.ndarray) and data.dtype == object:  # vlen-utf8
+            return data.reshape(self.shape)
         return np.frombuffer(data, dtype=np.dtype(self.meta["dtype"])).reshape(self.shape)
 
     def with_file_offset(self, by: int) -> ArrayRefs:
@@ -106,15 +114,25 @@ def zarray(shape, chunks, dtype: np.dtype, compressor=None, filters=None, fill_v
 
 
 def inline_array(values: np.ndarray, attrs: dict, fill_value=None) -> ArrayRefs:
-    """An array whose one chunk is held inline (a concat coordinate, a small variable)."""
+    """An array whose one chunk is held inline (a concat coordinate, a small variable).
+    Variable-length strings are held as kerchunk holds them: ``|O`` with a ``vlen-utf8``
+    filter, their chunk encoded by it."""
     values = np.array(values, order="C")
     shape = values.shape
     grid = (1,) * len(shape)
     raw = np.empty(grid, dtype=object)
     raw[...] = None
-    raw[(0,) * len(shape)] = values.tobytes()
+    strings = values.dtype.kind in "OU"
+    if strings:
+        values = values.astype(object)
+        raw[(0,) * len(shape)] = numcodecs.VLenUTF8().encode(values)
+    else:
+        raw[(0,) * len(shape)] = values.tobytes()
+    meta = zarray(shape, shape or (), values.dtype, fill_value=fill_value)
+    if strings:
+        meta["filters"] = VLEN_UTF8
     return ArrayRefs(
-        meta=zarray(shape, shape or (), values.dtype, fill_value=fill_value),
+        meta=meta,
         attrs=attrs,
         files=np.full(grid, NO_FILE, dtype=np.int32),
         offsets=np.zeros(grid, dtype=np.uint64),
@@ -123,8 +141,11 @@ def inline_array(values: np.ndarray, attrs: dict, fill_value=None) -> ArrayRefs:
     )
 
 
-def fill_json(value):
-    """A fill value as Zarr v2 metadata holds it (NaN and infinities as strings)."""
+def fill_json(value, dtype: np.dtype | None = None):
+    """A fill value as Zarr v2 metadata holds it (NaN and infinities as strings, the bytes
+    of a fixed-width bytes array in base64)."""
+    if dtype is not None and np.dtype(dtype).kind == "S":
+        return base64.standard_b64encode(np.asarray(value, dtype=dtype).tobytes()).decode()
     value = json_value(value)
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")

@@ -141,7 +141,7 @@ def _read(f: IO[bytes], var: dict, shape: list[int], is_record: bool, recsize: i
 
 def _array(f, var, names, shape, is_record, recsize, inline: int) -> ArrayRefs:
     dtype = var["dtype"]
-    fill = fill_json(var["attrs"]["_FillValue"]) if "_FillValue" in var["attrs"] else None
+    fill = fill_json(var["attrs"]["_FillValue"], dtype) if "_FillValue" in var["attrs"] else None
     attrs = _attrs(var["attrs"], names)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if is_record and shape[0] and nbytes <= inline:
