@@ -66,7 +66,9 @@ def split(
     paths, start = [], 0
     with netCDF4.Dataset(source) as src:
         if sum(sizes) != len(src.dimensions[dim]):
-            raise ValueError(f"{source}: {dim} has {len(src.dimensions[dim])} steps, not {sum(sizes)}")
+            raise ValueError(
+                f"{source}: {dim} has {len(src.dimensions[dim])} steps, not {sum(sizes)}"
+            )
         for k, n in enumerate(sizes):
             path = folder / f"{source.stem}.{k:02d}{source.suffix}"
             path.unlink(missing_ok=True)
@@ -84,7 +86,7 @@ def _write_part(src: netCDF4.Dataset, path: Path, dim: str, where: slice, model:
             if name == dim and size is not None:
                 size = where.stop - where.start
             out.createDimension(name, size)
-        for name, var in src.variables.items():
+        for var in src.variables.values():
             _copy_variable(var, out, dim, where)
 
 

@@ -272,7 +272,8 @@ class Staged:
     def read(self, name: str, zarray: dict, region: tuple[slice, ...], where: str) -> np.ndarray:
         """The stored values of array ``name`` in ``region``, fill values where no chunk is."""
         dtype = np.dtype(zarray["dtype"])
-        out = np.full([s.stop - s.start for s in region], _fill_value(zarray), dtype)
+        fill = _fill_value(zarray)
+        out = np.full([s.stop - s.start for s in region], 0 if fill is None else fill, dtype)
         keys = self.keys(name, zarray, region)
         found = self._fetch(keys)
         codecs = _codecs(zarray)
@@ -341,11 +342,11 @@ def _decode(data, codecs: list, zarray: dict, dtype: np.dtype, what: str) -> np.
 
 
 def _fill_value(zarray: dict):
-    """The fill value of a Zarr v2 array: a number, or the bytes of a fixed-width one."""
+    """The fill value of a Zarr v2 array: None, a number, or a fixed-width one's bytes."""
     fill = zarray["fill_value"]
     if np.dtype(zarray["dtype"]).kind == "S" and isinstance(fill, str):
         return base64.standard_b64decode(fill)
-    return _number(fill)
+    return None if fill is None else _number(fill)
 
 
 def _number(fill):

@@ -53,15 +53,20 @@ class ArrayRefs:
         """The array's values when it is one inline chunk, else None."""
         if self.raw is None or any(n != 1 for n in self.raw.shape) or self.raw.size != 1:
             return None
-        data = self.raw.ravel()[0]
-        if data is None:
+        if self.raw.ravel()[0] is None:
             return None
+        return self.inline_chunk((0,) * len(self.shape)).reshape(self.shape)
+
+    def inline_chunk(self, index: tuple[int, ...]) -> np.ndarray:
+        """The values of the inline chunk at ``index``, decoded by the array's codecs (a
+        chunk inlined as stored is compressed), flat."""
+        data = self.raw[index]
         codecs = [self.meta["compressor"], *reversed(self.meta["filters"] or [])]
-        for config in filter(None, codecs):  # a chunk inlined as stored, compressed
+        for config in filter(None, codecs):
             data = numcodecs.get_codec(config).decode(data)
         if isinstance(data, np.ndarray) and data.dtype == object:  # vlen-utf8
-            return data.reshape(self.shape)
-        return np.frombuffer(data, dtype=np.dtype(self.meta["dtype"])).reshape(self.shape)
+            return data.reshape(-1)
+        return np.frombuffer(data, dtype=np.dtype(self.meta["dtype"]))
 
     def with_file_offset(self, by: int) -> ArrayRefs:
         """The same references with file indices shifted by ``by``."""
