@@ -17,7 +17,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
+from arcoforge import (
+    ConcatDim,
+    FilePattern,
+    OpenURLWithFSSpec,
+    OpenWithXarray,
+    StoreToZarr,
+    bake,
+)
 from arcoforge import pattern_from_file_sequence as sequence
 from arcoforge.errors import ArcoforgeError
 from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
@@ -307,3 +314,45 @@ def test_strings_and_chars_are_inline_as_kerchunk_holds_them(tmp_path):
     refs = _reference_json(tmp_path / "chars", case, case.make(tmp_path))
     meta = json.loads(refs["var6_char/.zarray"])
     assert (meta["dtype"], meta["fill_value"]) == ("|S1", base64.b64encode(b"b").decode())
+
+
+def _scenarios(paths: dict[str, Path], name: str = "reference.json"):
+    """``paths`` (one file a key) along a new dim ``scenario``."""
+    keys = list(paths)
+    pattern = FilePattern(lambda scenario: str(paths[scenario]), ConcatDim("scenario", keys))
+    return (
+        pattern
+        | OpenWithKerchunk(file_type="netcdf4")
+        | WriteCombinedReference("out", concat_dims=["scenario"], output_file_name=name)
+    )
+
+
+@pytest.mark.parametrize("name", ["reference.json", "reference.parquet"])
+def test_scenarios_along_a_new_dim_equal_xarray_reading(tmp_path, name):
+    paths = {"A1B": corpus.iris("A1B_north_america.nc"), "E1": corpus.iris("E1_north_america.nc")}
+    result = bake(_scenarios(paths, name), tmp_path / "out", workers=1)
+    src = xr.combine_nested(
+        [xr.open_dataset(p) for p in paths.values()],
+        concat_dim="scenario",
+        data_vars="all",
+        coords="all",  # scalar and auxiliary coordinates too, as references lead them
+        compat="override",
+        combine_attrs="override",  # the first input's, as references keep them
+    ).assign_coords(scenario=list(paths))
+    with open_references(str(result.url)) as out:
+        assert_same(out, src)
+
+
+def test_every_input_s_coordinates_are_compared_not_only_the_first_and_last(tmp_path):
+    # issue 16 item 8: the middle scenario's time (the A1B run's second half) was combined
+    # silently with the first's; the in-bake check reads only the first and last inputs
+    a1b = corpus.split(corpus.iris("A1B_north_america.nc"), "time", [120, 120], tmp_path / "a")
+    e1 = corpus.split(corpus.iris("E1_north_america.nc"), "time", [120, 120], tmp_path / "e")
+    paths = {"A1B": a1b[0], "A1B-late": a1b[1], "E1": e1[0]}
+    with pytest.raises(ArcoforgeError) as caught:
+        bake(_scenarios(paths), tmp_path / "out", workers=1)
+    assert str(caught.value) == (
+        f"{a1b[1]}: coordinate 'time' has 90000.0 at 0, not -946800.0, "
+        "unlike the first input"
+    )
+    assert not (tmp_path / "out" / "out" / "reference.json").exists()

@@ -37,6 +37,7 @@ def concat(
     regular.
     """
     _check_identical(manifests, urls, identical)
+    _check_coords(manifests, urls, dim)
     manifests, promoted = _promote_scalars(manifests, dim)
     first = manifests[0]
     along = [n for n, a in first.arrays.items() if dim in a.dims and n not in first.coords]
@@ -203,6 +204,46 @@ def _check_identical(manifests: Sequence[Manifest], urls: Sequence[str], names) 
                 and not np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
             ):
                 raise CombineError(f"{url}: {name} differs from the first input's")
+
+
+def _check_coords(manifests: Sequence[Manifest], urls: Sequence[str], dim: str) -> None:
+    """Every input's dimension coordinates but ``dim``'s are the first input's (the
+    combined dataset holds the first's): dtype, shape, attributes and, inline (as the
+    scanners keep them), values."""
+    first = manifests[0]
+    for name, want in first.arrays.items():
+        if want.dims != [name] or name == dim:
+            continue
+        values = want.inline_values
+        for manifest, url in zip(manifests[1:], urls[1:], strict=True):
+            got = manifest.arrays.get(name)
+            if got is None or got.dims != [name]:
+                continue  # a merge of different variables, or a variable's missing: named later
+            why = _coord_difference(want, got, values)
+            if why:
+                raise CombineError(f"{url}: coordinate {name!r} {why}, unlike the first input")
+
+
+def _coord_difference(want: ArrayRefs, got: ArrayRefs, values: np.ndarray | None) -> str:
+    """How coordinate ``got`` differs from ``want`` (whose inline values are ``values``),
+    or ""."""
+    if got.shape != want.shape:
+        return f"has {got.shape[0]} values, not {want.shape[0]}"
+    for key in sorted(set(want.attrs) | set(got.attrs)):
+        if repr(got.attrs.get(key)) != repr(want.attrs.get(key)):
+            return f"has {key} {got.attrs.get(key)!r}, not {want.attrs.get(key)!r}"
+    other = got.inline_values
+    if values is None or other is None:
+        return ""
+    same = values == other if values.dtype.kind not in "fc" else _equal_nan(values, other)
+    if not np.all(same):
+        at = int(np.argmin(same))
+        return f"has {other[at].item()!r} at {at}, not {values[at].item()!r}"
+    return ""
+
+
+def _equal_nan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a == b) | (np.isnan(a) & np.isnan(b))
 
 
 def _promote_scalars(manifests: Sequence[Manifest], dim: str) -> tuple[list[Manifest], tuple]:

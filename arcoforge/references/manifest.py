@@ -11,6 +11,8 @@ import numpy as np
 
 NO_FILE = -1
 VLEN_UTF8 = [{"id": "vlen-utf8"}]  # the filter of Zarr v2 arrays of variable-length strings
+COORD_INLINE = 1 << 16  # bytes: dimension coordinates up to this size are always inline,
+# so that every input's can be compared with the first's when they are combined
 
 
 @dataclass

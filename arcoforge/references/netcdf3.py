@@ -13,7 +13,16 @@ from typing import IO
 import numpy as np
 
 from ..errors import SourceError
-from .manifest import NO_FILE, ArrayRefs, Manifest, fill_json, inline_array, json_value, zarray
+from .manifest import (
+    COORD_INLINE,
+    NO_FILE,
+    ArrayRefs,
+    Manifest,
+    fill_json,
+    inline_array,
+    json_value,
+    zarray,
+)
 from .scan import ScanConfig, opened
 
 TYPES = {1: ">i1", 2: "S1", 3: ">i2", 4: ">i4", 5: ">f4", 6: ">f8"}
@@ -144,9 +153,10 @@ def _array(f, var, names, shape, is_record, recsize, inline: int) -> ArrayRefs:
     fill = fill_json(var["attrs"]["_FillValue"], dtype) if "_FillValue" in var["attrs"] else None
     attrs = _attrs(var["attrs"], names)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if is_record and shape[0] and nbytes <= inline:
+    coord = names == [var["name"]] and nbytes <= COORD_INLINE  # inline whole: compared
+    if is_record and shape[0] and nbytes <= inline and not coord:
         return _inline_records(_read(f, var, shape, is_record, recsize), attrs, fill)
-    if nbytes <= inline or not shape or 0 in shape:
+    if nbytes <= inline or coord or not shape or 0 in shape:
         return inline_array(_read(f, var, shape, is_record, recsize), attrs, fill_value=fill)
     if not is_record:
         grid = (1,) * len(shape)
