@@ -141,3 +141,11 @@ def split_grib(source: Path, folder: Path, keys=("dataDate", "dataTime")) -> lis
         path.write_bytes(b"".join(messages))
         paths.append(path)
     return paths
+
+
+def grib_messages(path: Path) -> int:
+    """The number of messages in the GRIB file at ``path``."""
+    import eccodes
+
+    with open(path, "rb") as f:
+        return eccodes.codes_count_in_file(f)

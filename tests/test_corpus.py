@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from arcoforge import pattern_from_file_sequence as sequence
 from arcoforge.errors import ArcoforgeError
 from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.store import open_references
+from arcoforge.testing.httpserver import FileServer
 from tests import corpus
 
 pytest.importorskip("iris_sample_data", reason="the corpus needs the test extra")
@@ -352,7 +354,33 @@ def test_every_input_s_coordinates_are_compared_not_only_the_first_and_last(tmp_
     with pytest.raises(ArcoforgeError) as caught:
         bake(_scenarios(paths), tmp_path / "out", workers=1)
     assert str(caught.value) == (
-        f"{a1b[1]}: coordinate 'time' has 90000.0 at 0, not -946800.0, "
-        "unlike the first input"
+        f"{a1b[1]}: coordinate 'time' has 90000.0 at 0, not -946800.0, unlike the first input"
     )
     assert not (tmp_path / "out" / "out" / "reference.json").exists()
+
+
+@pytest.mark.parametrize("name", ["reference.json", "reference.parquet"])
+def test_grib_references_over_http_fetch_each_file_once_through_the_cache(tmp_path, name):
+    # issue 16 item 9: "GRIB inputs are scanned from local files only"
+    paths = corpus.split_grib(corpus.data("era5-levels-members.grib"), tmp_path / "src")
+    with FileServer(paths[0].parent) as server:
+        urls = [f"{server.url}/{p.name}" for p in paths]
+        recipe = (
+            sequence(urls, "time", file_type="grib")
+            | OpenWithKerchunk()
+            | WriteCombinedReference("out", concat_dims=["time"], output_file_name=name)
+        )
+        result = bake(recipe, tmp_path / "out", workers=1, cache=str(tmp_path / "cache"))
+        fetched = Counter(server.requests)
+        # each file once whole (its size, then its bytes) into the cache, which the check
+        # reads again; the check reads the first and last inputs' messages through the
+        # references, one range request a message
+        messages = [corpus.grib_messages(p) for p in paths]
+        ends = {0: 2 + messages[0], len(paths) - 1: 2 + messages[-1]}
+        assert [fetched[f"/{p.name}"] for p in paths] == [ends.get(k, 2) for k in range(len(paths))]
+        assert result.stats["validated_inputs"] == 2
+        with open_references(str(result.url)) as out:
+            assert_same(out, _sources(paths, Case(lambda _: paths, "time", "grib")), grib=True)
+        if name == "reference.json":  # the chunks are read from the server, not the cache
+            refs = json.loads(Path(result.url.removeprefix("file://")).read_text())["refs"]
+            assert refs["t/0.0.0.0.0"][0] == urls[0]
