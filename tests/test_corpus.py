@@ -152,6 +152,18 @@ CASES = {
         "grib",
         xfail={"icechunk": ITEM_12},
     ),
+    "grib1-regular-ll-surface": Case(
+        _one(lambda: corpus.data("regular_ll_sfc.grib")),
+        "time",
+        "grib",
+        xfail={"icechunk": ITEM_12},
+    ),
+    "grib1-isobaric-analysis": Case(
+        _one(lambda: corpus.data("t_analysis_and_fc_0.grib")),
+        "time",
+        "grib",
+        xfail={"icechunk": ITEM_12},
+    ),
     "cams-grib1-monthly": Case(
         _one(lambda: corpus.data("cams-egg4-monthly.grib")),
         "time",
