@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -369,6 +370,17 @@ def test_every_input_s_coordinates_are_compared_not_only_the_first_and_last(tmp_
         f"{a1b[1]}: coordinate 'time' has 90000.0 at 0, not -946800.0, unlike the first input"
     )
     assert not (tmp_path / "out" / "out" / "reference.json").exists()
+    # the same times, on another calendar (only the attribute is changed, in a copy)
+    noleap = tmp_path / "e" / "E1_noleap.nc"
+    shutil.copyfile(e1[0], noleap)
+    with netCDF4.Dataset(noleap, "a") as nc:
+        nc["time"].calendar = "noleap"
+    paths = {"A1B": a1b[0], "E1-noleap": noleap, "E1": e1[0]}
+    with pytest.raises(ArcoforgeError) as caught:
+        bake(_scenarios(paths), tmp_path / "out", workers=1)
+    assert str(caught.value) == (
+        f"{noleap}: coordinate 'time' has calendar 'noleap', not '360_day', unlike the first input"
+    )
 
 
 @pytest.mark.parametrize("name", ["reference.json", "reference.parquet"])
