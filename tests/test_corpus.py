@@ -31,6 +31,7 @@ from arcoforge import pattern_from_file_sequence as sequence
 from arcoforge.errors import ArcoforgeError
 from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.store import open_references
+from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 from tests import corpus
 
@@ -408,3 +409,16 @@ def test_grib_references_over_http_fetch_each_file_once_through_the_cache(tmp_pa
         if name == "reference.json":  # the chunks are read from the server, not the cache
             refs = json.loads(Path(result.url.removeprefix("file://")).read_text())["refs"]
             assert refs["t/0.0.0.0.0"][0] == urls[0]
+
+
+def test_packed_int16_decodes_to_float64_equal_to_the_float32_of_the_files(tmp_path):
+    # issue 16 item 14, as README's "Packed variables" explains: JSON attributes are float64
+    paths = write_oisst_archive(tmp_path / "src", days=2, ny=18, nx=36)
+    case = Case(lambda _: paths, "time", "netcdf4")
+    result = bake(_recipe(case, paths, "json"), tmp_path / "out", workers=1)
+    src = _sources(paths, case)
+    assert src.sst.encoding["dtype"] == np.int16 and src.sst.dtype == np.float32
+    assert src.sst.encoding["add_offset"] == 0  # else float64 may round otherwise
+    with open_references(str(result.url)) as out:
+        assert out.sst.dtype == np.float64
+        np.testing.assert_array_equal(out.sst.values.astype(np.float32), src.sst.values)
