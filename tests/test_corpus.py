@@ -221,10 +221,10 @@ def test_real_file_bakes_and_equals_xarray_reading(tmp_path, name, product):
     src = _sources(paths, case)
     if product == "zarr":
         with xr.open_zarr(result.url) as out:
-            assert_same(out, src, grib=case.file_type == "grib")
+            assert_same(out, src)
     else:
         with open_references(str(result.url)) as out:
-            assert_same(out, src, grib=case.file_type == "grib")
+            assert_same(out, src)
 
 
 def _sources(paths: list[Path], case: Case) -> xr.Dataset:
@@ -240,7 +240,7 @@ def _sources(paths: list[Path], case: Case) -> xr.Dataset:
     )
 
 
-def assert_same(out: xr.Dataset, src: xr.Dataset, grib: bool = False) -> None:
+def assert_same(out: xr.Dataset, src: xr.Dataset) -> None:
     """``out`` holds ``src``'s variables with their dims, dtypes, values, attributes and
     calendars, and its attributes."""
     assert sorted(out.variables) == sorted(src.variables)
@@ -405,7 +405,7 @@ def test_grib_references_over_http_fetch_each_file_once_through_the_cache(tmp_pa
         assert [fetched[f"/{p.name}"] for p in paths] == [ends.get(k, 2) for k in range(len(paths))]
         assert result.stats["validated_inputs"] == 2
         with open_references(str(result.url)) as out:
-            assert_same(out, _sources(paths, Case(lambda _: paths, "time", "grib")), grib=True)
+            assert_same(out, _sources(paths, Case(lambda _: paths, "time", "grib")))
         if name == "reference.json":  # the chunks are read from the server, not the cache
             refs = json.loads(Path(result.url.removeprefix("file://")).read_text())["refs"]
             assert refs["t/0.0.0.0.0"][0] == urls[0]
