@@ -23,6 +23,7 @@ from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest, zarray
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import (
     oisst_dataset,
+    write_coords_archive,
     write_files,
     write_merge_archive,
     write_oisst_archive,
@@ -154,15 +155,16 @@ def test_parquet_append_links_the_records_it_keeps(tmp_path, days):
 
 
 def test_parquet_append_links_the_records_of_arrays_it_leaves_unchanged(tmp_path):
-    """Referenced coordinates (above the inline threshold) keep their records, partial
-    ones included."""
-    days = write_oisst_archive(tmp_path / "src", days=3, ny=80, nx=100)
+    """Referenced arrays keep their records that an append leaves unchanged: all of a land
+    mask above the inline threshold, the full first record of t2m (dimension coordinates
+    are inline: time is rewritten)."""
+    days = write_coords_archive(tmp_path / "src", days=6, ny=80, nx=100)
     out = tmp_path / "out"
     url = Path(bake(ref_recipe(days[:2], "reference.parquet", record_size=4), out).url)
-    kept = {n: (url / n / "refs.0.parq").stat().st_ino for n in ("lat", "lon", "time", "sst")}
+    kept = {n: (url / n / "refs.0.parq").stat().st_ino for n in ("mask", "time", "t2m")}
     bake(ref_recipe(days, "reference.parquet", record_size=4), out, append=True)
     now = {n: (url / n / "refs.0.parq").stat().st_ino for n in kept}
-    assert {n for n in kept if now[n] == kept[n]} == {"lat", "lon"}
+    assert {n for n in kept if now[n] == kept[n]} == {"mask", "t2m"}
     assert_matches_sources(url, days)
 
 

@@ -134,7 +134,7 @@ def _check_variable(
         compare_values(decoded(got, zattrs), decoded(want, attrs), name, dims, where)
         return
     _check_attrs(name, zattrs, attrs, where)
-    fills = [zarray["fill_value"], zattrs.get("missing_value")]
+    fills = [_fill_value(zarray), zattrs.get("missing_value")]
     input_fills = [attrs.get("_FillValue"), attrs.get("missing_value")]
     if chunks is not None and chunks.same_places(refs, name, zarray, region):
         # every chunk is the input's own: one decoded shows that the metadata decodes them
@@ -172,6 +172,8 @@ def _missing(values: np.ndarray, fills: list) -> np.ndarray:
     """Where ``values`` hold one of ``fills`` (what readers mask)."""
     mask = np.zeros(values.shape, dtype=bool)
     for number in _masked(fills):
+        if values.dtype.kind == "S":  # chars: the fill value as text (attrs) or bytes
+            number = number.encode() if isinstance(number, str) else number
         mask |= np.isnan(values) if number == "NaN" else values == number
     return mask
 
@@ -270,7 +272,8 @@ class Staged:
     def read(self, name: str, zarray: dict, region: tuple[slice, ...], where: str) -> np.ndarray:
         """The stored values of array ``name`` in ``region``, fill values where no chunk is."""
         dtype = np.dtype(zarray["dtype"])
-        out = np.full([s.stop - s.start for s in region], _number(zarray["fill_value"]), dtype)
+        fill = _fill_value(zarray)
+        out = np.full([s.stop - s.start for s in region], 0 if fill is None else fill, dtype)
         keys = self.keys(name, zarray, region)
         found = self._fetch(keys)
         codecs = _codecs(zarray)
@@ -338,11 +341,22 @@ def _decode(data, codecs: list, zarray: dict, dtype: np.dtype, what: str) -> np.
         raise ValidationError(f"{what} does not decode: {exc}") from None
 
 
+def _fill_value(zarray: dict):
+    """The fill value of a Zarr v2 array: None, a number, or a fixed-width one's bytes."""
+    fill = zarray["fill_value"]
+    if np.dtype(zarray["dtype"]).kind == "S" and isinstance(fill, str):
+        return base64.standard_b64decode(fill)
+    return None if fill is None else _number(fill)
+
+
 def _number(fill):
-    """A Zarr v2 fill value as a number ("NaN" and infinities are strings; None is 0)."""
+    """A Zarr v2 fill value as a number ("NaN" and infinities are strings; None is 0); a
+    char variable's text fill value as it is."""
     if fill is None:
         return 0
-    return float(fill) if isinstance(fill, str) else fill
+    if fill in ("NaN", "Infinity", "-Infinity"):
+        return float(fill)
+    return fill
 
 
 def _overlap(index: tuple[int, ...], chunks, region: tuple[slice, ...]):

@@ -37,6 +37,7 @@ def concat(
     regular.
     """
     _check_identical(manifests, urls, identical)
+    _check_coords(manifests, urls, dim)
     manifests, promoted = _promote_scalars(manifests, dim)
     first = manifests[0]
     along = [n for n, a in first.arrays.items() if dim in a.dims and n not in first.coords]
@@ -52,15 +53,15 @@ def concat(
         inline = [p.inline_values for p in parts]
         if all(v is not None for v in inline):
             axis = first.arrays[name].dims.index(dim)
-            arrays[name] = _inline_like(first.arrays[name], np.concatenate(inline, axis=axis))
+            arrays[name] = _inline_like(first.arrays[name], _joined_values(inline, axis))
             continue
         _check_parts(name, parts, dim, urls)
         referenced[name] = parts
     arrays.update(_joined(referenced, bases, dim))
     coords = dict(first.coords)  # of other concat dims: the first input's
     if dim in coords:
-        coords[dim] = np.concatenate(
-            [_in_units_of(first, m, dim, url) for m, url in zip(manifests, urls, strict=True)]
+        coords[dim] = _joined_values(
+            [_in_units_of(first, m, dim, url) for m, url in zip(manifests, urls, strict=True)], 0
         )
         arrays[dim] = _inline_like(first.arrays[dim], coords[dim])
     return Manifest(paths, arrays, dict(first.attrs), coords, promoted)
@@ -177,6 +178,13 @@ def _leading(refs: ArrayRefs, dim: str) -> ArrayRefs:
     )
 
 
+def _joined_values(parts: list[np.ndarray], axis: int) -> np.ndarray:
+    """``parts`` concatenated, in their byte order when they share a dtype (netCDF-3's
+    big-endian values stay big-endian, as their referenced chunks are)."""
+    same = all(p.dtype == parts[0].dtype for p in parts)
+    return np.concatenate(parts, axis=axis, dtype=parts[0].dtype if same else None)
+
+
 def _inline_like(first: ArrayRefs, values: np.ndarray) -> ArrayRefs:
     """``values`` inline, with the attributes and fill value of the first input's array."""
     return inline_array(values, first.attrs, fill_value=first.meta.get("fill_value"))
@@ -196,6 +204,46 @@ def _check_identical(manifests: Sequence[Manifest], urls: Sequence[str], names) 
                 and not np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
             ):
                 raise CombineError(f"{url}: {name} differs from the first input's")
+
+
+def _check_coords(manifests: Sequence[Manifest], urls: Sequence[str], dim: str) -> None:
+    """Every input's dimension coordinates but ``dim``'s are the first input's (the
+    combined dataset holds the first's): shape, units, calendar and, inline (as the
+    scanners keep them), values. Other attributes may differ, as xarray lets them."""
+    first = manifests[0]
+    for name, want in first.arrays.items():
+        if want.dims != [name] or name == dim:
+            continue
+        values = want.inline_values
+        for manifest, url in zip(manifests[1:], urls[1:], strict=True):
+            got = manifest.arrays.get(name)
+            if got is None or got.dims != [name]:
+                continue  # a merge of different variables, or a variable's missing: named later
+            why = _coord_difference(want, got, values)
+            if why:
+                raise CombineError(f"{url}: coordinate {name!r} {why}, unlike the first input")
+
+
+def _coord_difference(want: ArrayRefs, got: ArrayRefs, values: np.ndarray | None) -> str:
+    """How coordinate ``got`` differs from ``want`` (whose inline values are ``values``),
+    or ""."""
+    if got.shape != want.shape:
+        return f"has {got.shape[0]} values, not {want.shape[0]}"
+    for key in ("units", "calendar"):
+        if got.attrs.get(key) != want.attrs.get(key):
+            return f"has {key} {got.attrs.get(key)!r}, not {want.attrs.get(key)!r}"
+    other = got.inline_values
+    if values is None or other is None:
+        return ""
+    same = values == other if values.dtype.kind not in "fc" else _equal_nan(values, other)
+    if not np.all(same):
+        at = int(np.argmin(same))
+        return f"has {other[at].item()!r} at {at}, not {values[at].item()!r}"
+    return ""
+
+
+def _equal_nan(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a == b) | (np.isnan(a) & np.isnan(b))
 
 
 def _promote_scalars(manifests: Sequence[Manifest], dim: str) -> tuple[list[Manifest], tuple]:

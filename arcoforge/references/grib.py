@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import SourceError
+from ..sources import FetchConfig, is_remote, local_copy
 from .manifest import NO_FILE, ArrayRefs, Manifest, inline_array, json_value, zarray
 from .scan import ScanConfig, opened
 
@@ -19,12 +20,12 @@ SPATIAL = {"latitude", "longitude", "values", "x", "y"}
 
 
 def scan_grib(url: str, config: ScanConfig) -> Manifest:
-    """The manifest of the GRIB file at ``url`` (read whole when remote)."""
-    with opened(url, config) as source:
-        if not isinstance(source, str):
-            raise SourceError(f"{url}: GRIB inputs are scanned from local files only")
-        ds = _structure(source, url, config)
-        messages = _messages(source, config.grib_filter or {})
+    """The manifest of the GRIB file at ``url``: a remote file is fetched whole, once,
+    through the cache (cfgrib and eccodes read local files), where the in-bake check
+    finds it again."""
+    source = _local(url, config)
+    ds = _structure(source, url, config)
+    messages = _messages(source, config.grib_filter or {})
     arrays = {}
     for name, var in ds.data_vars.items():
         arrays[name] = _variable(name, var, ds, messages, url)
@@ -38,6 +39,14 @@ def scan_grib(url: str, config: ScanConfig) -> Manifest:
         if name in config.concat_dims and coord.dims == (name,):
             coords[name] = encoded.values
     return Manifest([url], arrays, {k: json_value(v) for k, v in ds.attrs.items()}, coords)
+
+
+def _local(url: str, config: ScanConfig) -> str:
+    """A local path holding the bytes of ``url``."""
+    if is_remote(url) and not url.startswith("file://"):
+        return local_copy(url, config.fetch or FetchConfig())
+    with opened(url, config) as source:
+        return source
 
 
 def _structure(path: str, url: str, config: ScanConfig) -> xr.Dataset:

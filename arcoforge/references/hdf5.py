@@ -7,11 +7,22 @@ coordinates.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import h5py
 import numpy as np
 
 from ..errors import SourceError
-from .manifest import NO_FILE, ArrayRefs, Manifest, fill_json, inline_array, json_value, zarray
+from .manifest import (
+    COORD_INLINE,
+    NO_FILE,
+    ArrayRefs,
+    Manifest,
+    fill_json,
+    inline_array,
+    json_value,
+    zarray,
+)
 from .stored import HIDDEN, PURE_DIMENSION
 
 NETCDF_ATTRS = HIDDEN | {"_FillValue"}  # the fill value goes to the array's metadata
@@ -39,7 +50,7 @@ def scan_hdf5(
                 coords[name] = ds[()]
                 arrays[name] = inline_array(coords[name], _attrs(attrs, dims))
             else:
-                arrays[name] = _array(ds, attrs, dims, where, inline_threshold)
+                arrays[name] = _array(ds, attrs, dims, where, inline_threshold, dims == [name])
         return Manifest([url], arrays, _attrs(_read_attrs(h5), None), coords)
 
 
@@ -82,19 +93,47 @@ def _attrs(attrs: dict, dims: list[str] | None) -> dict:
     return out
 
 
-def _array(ds: h5py.Dataset, attrs: dict, dims: list[str], where: str, inline: int) -> ArrayRefs:
+def _array(
+    ds: h5py.Dataset, attrs: dict, dims: list[str], where: str, inline: int, coord: bool
+) -> ArrayRefs:
+    """The references of one variable; a dimension coordinate (``coord``) up to
+    ``COORD_INLINE`` bytes is inline whole, so that combining compares its values."""
     dtype = ds.dtype
-    if dtype.kind not in "biufcM" or dtype.fields is not None:
+    strings = h5py.check_string_dtype(dtype)
+    if strings is not None and strings.length is None:  # variable-length: inline, decoded
+        return inline_array(_strings(ds, strings.encoding), _attrs(attrs, dims))
+    if dtype.kind not in "biufcMS" or dtype.fields is not None:
         raise SourceError(f"{where}: HDF5 type {dtype} cannot be referenced")
-    fill = fill_json(attrs["_FillValue"]) if "_FillValue" in attrs else None
-    if ds.size * dtype.itemsize <= inline or ds.shape == () or 0 in ds.shape:
+    fill = fill_json(attrs["_FillValue"], dtype) if "_FillValue" in attrs else None
+    nbytes = ds.size * dtype.itemsize
+    whole = (nbytes <= inline and ds.chunks is None) or (coord and nbytes <= COORD_INLINE)
+    if whole or ds.shape == () or 0 in ds.shape:
         return inline_array(ds[()], _attrs(attrs, dims), fill_value=fill)
     filters = _filters(ds, where)
     chunks = ds.chunks or ds.shape
     compressor = filters.pop() if filters and filters[-1]["id"] in ("zlib", "zstd") else None
     meta = zarray(ds.shape, chunks, dtype, compressor, filters, fill)
     refs = ArrayRefs(meta, _attrs(attrs, dims), *_locations(ds, chunks, where))
-    return refs
+    return _inlined_as_stored(ds, refs) if nbytes <= inline else refs
+
+
+def _inlined_as_stored(ds: h5py.Dataset, refs: ArrayRefs) -> ArrayRefs:
+    """``refs`` with each chunk's stored bytes (compressed as in the file) inline: the same
+    metadata and chunk grid as where the variable is referenced, so that a short last
+    input, whose variable is small, combines with the others."""
+    raw = np.empty(refs.files.shape, dtype=object)
+    raw[...] = None
+    for index in np.argwhere(refs.files != NO_FILE):
+        start = tuple(int(i) * c for i, c in zip(index, refs.chunks, strict=True))
+        raw[tuple(index)] = ds.id.read_direct_chunk(start)[1]
+    files = np.full(refs.files.shape, NO_FILE, dtype=np.int32)
+    return replace(refs, files=files, raw=raw)
+
+
+def _strings(ds: h5py.Dataset, encoding: str) -> np.ndarray:
+    """A variable-length string variable's values as Python strings."""
+    values = ds.asstr(encoding, "surrogateescape")[()]
+    return np.array(values, dtype=object).reshape(ds.shape)
 
 
 def _filters(ds: h5py.Dataset, where: str) -> list[dict]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from dataclasses import dataclass, field, replace
 
+import numcodecs
 import numpy as np
 
 NO_FILE = -1
+VLEN_UTF8 = [{"id": "vlen-utf8"}]  # the filter of Zarr v2 arrays of variable-length strings
+COORD_INLINE = 1 << 16  # bytes: dimension coordinates up to this size are always inline,
+# so that every input's can be compared with the first's when they are combined
 
 
 @dataclass
@@ -50,10 +55,20 @@ class ArrayRefs:
         """The array's values when it is one inline chunk, else None."""
         if self.raw is None or any(n != 1 for n in self.raw.shape) or self.raw.size != 1:
             return None
-        data = self.raw.ravel()[0]
-        if data is None:
+        if self.raw.ravel()[0] is None:
             return None
-        return np.frombuffer(data, dtype=np.dtype(self.meta["dtype"])).reshape(self.shape)
+        return self.inline_chunk((0,) * len(self.shape)).reshape(self.shape)
+
+    def inline_chunk(self, index: tuple[int, ...]) -> np.ndarray:
+        """The values of the inline chunk at ``index``, decoded by the array's codecs (a
+        chunk inlined as stored is compressed), flat."""
+        data = self.raw[index]
+        codecs = [self.meta["compressor"], *reversed(self.meta["filters"] or [])]
+        for config in filter(None, codecs):
+            data = numcodecs.get_codec(config).decode(data)
+        if isinstance(data, np.ndarray) and data.dtype == object:  # vlen-utf8
+            return data.reshape(-1)
+        return np.frombuffer(data, dtype=np.dtype(self.meta["dtype"]))
 
     def with_file_offset(self, by: int) -> ArrayRefs:
         """The same references with file indices shifted by ``by``."""
@@ -106,15 +121,25 @@ def zarray(shape, chunks, dtype: np.dtype, compressor=None, filters=None, fill_v
 
 
 def inline_array(values: np.ndarray, attrs: dict, fill_value=None) -> ArrayRefs:
-    """An array whose one chunk is held inline (a concat coordinate, a small variable)."""
+    """An array whose one chunk is held inline (a concat coordinate, a small variable).
+    Variable-length strings are held as kerchunk holds them: ``|O`` with a ``vlen-utf8``
+    filter, their chunk encoded by it."""
     values = np.array(values, order="C")
     shape = values.shape
     grid = (1,) * len(shape)
     raw = np.empty(grid, dtype=object)
     raw[...] = None
-    raw[(0,) * len(shape)] = values.tobytes()
+    strings = values.dtype.kind in "OU"
+    if strings:
+        values = values.astype(object)
+        raw[(0,) * len(shape)] = numcodecs.VLenUTF8().encode(values)
+    else:
+        raw[(0,) * len(shape)] = values.tobytes()
+    meta = zarray(shape, shape or (), values.dtype, fill_value=fill_value)
+    if strings:
+        meta["filters"] = VLEN_UTF8
     return ArrayRefs(
-        meta=zarray(shape, shape or (), values.dtype, fill_value=fill_value),
+        meta=meta,
         attrs=attrs,
         files=np.full(grid, NO_FILE, dtype=np.int32),
         offsets=np.zeros(grid, dtype=np.uint64),
@@ -123,8 +148,11 @@ def inline_array(values: np.ndarray, attrs: dict, fill_value=None) -> ArrayRefs:
     )
 
 
-def fill_json(value):
-    """A fill value as Zarr v2 metadata holds it (NaN and infinities as strings)."""
+def fill_json(value, dtype: np.dtype | None = None):
+    """A fill value as Zarr v2 metadata holds it (NaN and infinities as strings, the bytes
+    of a fixed-width bytes array in base64)."""
+    if dtype is not None and np.dtype(dtype).kind == "S":
+        return base64.standard_b64encode(np.asarray(value, dtype=dtype).tobytes()).decode()
     value = json_value(value)
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")

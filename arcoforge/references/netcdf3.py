@@ -13,7 +13,16 @@ from typing import IO
 import numpy as np
 
 from ..errors import SourceError
-from .manifest import NO_FILE, ArrayRefs, Manifest, fill_json, inline_array, json_value, zarray
+from .manifest import (
+    COORD_INLINE,
+    NO_FILE,
+    ArrayRefs,
+    Manifest,
+    fill_json,
+    inline_array,
+    json_value,
+    zarray,
+)
 from .scan import ScanConfig, opened
 
 TYPES = {1: ">i1", 2: "S1", 3: ">i2", 4: ">i4", 5: ">f4", 6: ">f8"}
@@ -39,8 +48,9 @@ class _Header:
         return struct.unpack(">q", self.f.read(8))[0] if self.offsets_64 else self.int()
 
     def name(self) -> str:
+        """A name, less the trailing NULs some writers count in its length."""
         n = self.count()
-        return self.f.read(n + (-n % 4))[:n].decode("utf-8")
+        return self.f.read(n + (-n % 4))[:n].rstrip(b"\0").decode("utf-8")
 
     def values(self) -> np.ndarray:
         dtype = np.dtype(TYPES[self.int()])
@@ -131,19 +141,22 @@ def _read(f: IO[bytes], var: dict, shape: list[int], is_record: bool, recsize: i
     if not is_record:
         f.seek(var["begin"])
         return np.frombuffer(f.read(count * dtype.itemsize), dtype).reshape(shape).copy()
-    parts = []
+    out = np.empty(shape, dtype)  # big-endian, as stored: ``np.concatenate`` would swap
     for i in range(shape[0]):
         f.seek(var["begin"] + i * recsize)
-        parts.append(np.frombuffer(f.read(count * dtype.itemsize), dtype))
-    return np.concatenate(parts).reshape(shape) if parts else np.empty(shape, dtype)
+        out[i] = np.frombuffer(f.read(count * dtype.itemsize), dtype).reshape(shape[1:])
+    return out
 
 
 def _array(f, var, names, shape, is_record, recsize, inline: int) -> ArrayRefs:
     dtype = var["dtype"]
-    fill = fill_json(var["attrs"]["_FillValue"]) if "_FillValue" in var["attrs"] else None
+    fill = fill_json(var["attrs"]["_FillValue"], dtype) if "_FillValue" in var["attrs"] else None
     attrs = _attrs(var["attrs"], names)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes <= inline or not shape or 0 in shape:
+    coord = names == [var["name"]] and nbytes <= COORD_INLINE  # inline whole: compared
+    if is_record and shape[0] and nbytes <= inline and not coord:
+        return _inline_records(_read(f, var, shape, is_record, recsize), attrs, fill)
+    if nbytes <= inline or coord or not shape or 0 in shape:
         return inline_array(_read(f, var, shape, is_record, recsize), attrs, fill_value=fill)
     if not is_record:
         grid = (1,) * len(shape)
@@ -164,4 +177,21 @@ def _array(f, var, names, shape, is_record, recsize, inline: int) -> ArrayRefs:
         np.zeros(grid, np.int32) if shape[0] else np.full(grid, NO_FILE, np.int32),
         offsets.reshape(grid),
         np.full(grid, step, np.uint64),
+    )
+
+
+def _inline_records(values: np.ndarray, attrs: dict, fill) -> ArrayRefs:
+    """A small record variable inline one record a chunk, as its records are referenced in
+    larger inputs, so that a short last input combines with the others."""
+    shape = values.shape
+    grid = (shape[0],) + (1,) * (len(shape) - 1)
+    raw = np.empty(grid, dtype=object)
+    raw.reshape(-1)[:] = [values[i : i + 1].tobytes() for i in range(shape[0])]
+    return ArrayRefs(
+        zarray(shape, [1, *shape[1:]], values.dtype, fill_value=fill),
+        attrs,
+        np.full(grid, NO_FILE, np.int32),
+        np.zeros(grid, np.uint64),
+        np.zeros(grid, np.uint64),
+        raw,
     )

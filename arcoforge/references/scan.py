@@ -12,7 +12,7 @@ import fsspec
 
 from ..errors import ArcoforgeError, SourceError, one_line
 from ..patterns import Input
-from ..sources import is_remote
+from ..sources import FetchConfig, is_remote
 from .manifest import Manifest
 
 
@@ -27,6 +27,7 @@ class ScanConfig:
     remote_protocol: str | None = None
     secrets: tuple[str, ...] = ()
     grib_filter: dict | None = None
+    fetch: FetchConfig | None = None  # how whole remote files are fetched (GRIB's)
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,11 @@ def _hdf5_variables(h5, names: Collection[str] | None) -> list[Variable] | None:
             return None
         read = [k for k in keys if k not in HIDDEN and (names is None or k in names)]
         attrs = {k: json_value(ds.attrs[k]) for k in read}
+        strings = h5py.check_string_dtype(ds.dtype)
+        if strings is not None and strings.length is None:  # as the references hold them
+            data = ds.asstr(strings.encoding, "surrogateescape")
+            found.append(Variable(name, dims, np.dtype(object), attrs, data))
+            continue
         found.append(Variable(name, dims, ds.dtype, attrs, ds, ds))
     return found
 

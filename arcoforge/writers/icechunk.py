@@ -8,6 +8,7 @@ commit is checked.
 
 from __future__ import annotations
 
+import base64
 import math
 import warnings
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import xarray as xr
 import zarr
 
 from ..errors import ArcoforgeError
-from ..references.manifest import NO_FILE, ArrayRefs, Manifest
+from ..references.manifest import NO_FILE, VLEN_UTF8, ArrayRefs, Manifest
 
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 
@@ -148,23 +149,24 @@ def _write_array(root, store, name: str, refs: ArrayRefs, paths: list[str]) -> N
     fill = meta["fill_value"]
     if fill is not None:
         attrs["_FillValue"] = xr.backends.zarr.FillValueCoder.encode(_fill(fill, dtype), dtype)
+    strings = meta["filters"] == VLEN_UTF8  # inline variable-length strings: Zarr v3's own
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         array = root.create_array(
             name,
             shape=refs.shape,
             chunks=refs.chunks or None,
-            dtype=dtype.newbyteorder("="),
+            dtype=str if strings else dtype.newbyteorder("="),
             fill_value=_fill(fill, dtype) if fill is not None else None,
-            serializer=_serializer(dtype),
-            compressors=_codecs(meta),
+            serializer="auto" if strings else _serializer(dtype),
+            compressors=None if strings else _codecs(meta),
             filters=None,
             dimension_names=refs.dims,
             attributes=attrs,
             overwrite=True,
         )
     if refs.raw is not None:
-        _write_inline(array, refs, dtype)
+        _write_inline(array, refs)
     _set_refs(store, name, refs, paths)
 
 
@@ -189,22 +191,24 @@ def _specs(refs: ArrayRefs, located: np.ndarray, paths: list[str]):
     ]
 
 
-def _write_inline(array: zarr.Array, refs: ArrayRefs, dtype: np.dtype) -> None:
-    """Chunks held inline become real chunks (they are uncompressed, like the inputs')."""
+def _write_inline(array: zarr.Array, refs: ArrayRefs) -> None:
+    """Chunks held inline become real chunks (decoded, then encoded by the array's codecs)."""
     for index in np.argwhere(refs.raw != None):  # noqa: E711 (element-wise)
         region = tuple(
             slice(i * c, min((i + 1) * c, n))
             for i, c, n in zip(index, refs.chunks, refs.shape, strict=True)
         )
-        values = np.frombuffer(refs.raw[tuple(index)], dtype=dtype)
+        values = refs.inline_chunk(tuple(index))
         full = refs.chunks if refs.chunks else ()
         block = values.reshape(full) if math.prod(full) == values.size else values
         array[region] = block[tuple(slice(0, r.stop - r.start) for r in region)]
     if not refs.shape:
-        array[()] = np.frombuffer(refs.raw[()], dtype=dtype)[0]
+        array[()] = refs.inline_chunk(())[0]
 
 
 def _fill(value, dtype: np.dtype):
+    if dtype.kind == "S":  # the bytes, in base64
+        return base64.standard_b64decode(value)
     if isinstance(value, str):
         return float(value)
     return dtype.type(value).item()
