@@ -7,8 +7,8 @@ import fcntl
 import hashlib
 import inspect
 import json
+import logging
 import os
-import pickle
 import shutil
 import socket
 import time
@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import fsspec
 
+from . import statefile
 from .errors import ArcoforgeError, TargetError, one_line
 
 VERSION = 1
+STATE_KIND = "staging state"
+log = logging.getLogger("arcoforge")
 
 
 class LockedError(ArcoforgeError):
@@ -73,14 +75,32 @@ class Ledger:
         body = json.dumps({"version": VERSION, **manifest}, indent=1, default=str)
         put(f"{self.folder}/{name}", body.encode(), self.storage_options)
 
-    def save_state(self, state: Any) -> None:
-        """Keep what the scan learned, so that a resumed bake need not scan again."""
-        put(f"{self.folder}/staging/state.pkl", cloudpickle.dumps(state), self.storage_options)
+    @property
+    def state_url(self) -> str:
+        """Where the bake in progress keeps what its scan learned."""
+        return f"{self.folder}/staging/state.json"
 
-    def load_state(self) -> Any | None:
-        """What :meth:`save_state` kept, or None."""
-        data = get(f"{self.folder}/staging/state.pkl", self.storage_options)
-        return None if data is None else pickle.loads(data)
+    def save_state(self, state: Any, types: Iterable[type] = ()) -> None:
+        """Keep what the scan learned, so that a resumed bake need not scan again: data
+        only (see :mod:`arcoforge.statefile`), of the dataclasses ``types`` at most."""
+        try:
+            body = statefile.dumps_json(state, STATE_KIND, types)
+        except TypeError as exc:
+            raise ArcoforgeError(f"{self.state_url}: cannot keep {exc}") from exc
+        put(self.state_url, body, self.storage_options)
+
+    def load_state(self, types: Iterable[type] = ()) -> Any | None:
+        """What :meth:`save_state` kept, or None: also when it cannot be read (tampered
+        with, truncated, or kept by another version), which is said in a warning, and the
+        bake scans again."""
+        data = get(self.state_url, self.storage_options)
+        if data is None:
+            return None
+        try:
+            return statefile.loads_json(data, self.state_url, STATE_KIND, types)
+        except statefile.StateFileError as exc:
+            log.warning("%s; scanning the inputs again", exc)
+            return None
 
     def mark_done(self, units: Iterable[str], missing: dict[str, str] | None = None) -> None:
         """Record that ``units`` are written and checked, and which inputs they lack."""
