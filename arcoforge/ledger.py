@@ -3,15 +3,12 @@ of one store apart."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import inspect
 import json
 import logging
 import os
 import shutil
-import socket
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,16 +17,13 @@ from typing import Any
 
 import fsspec
 
-from . import statefile
+from . import locks, statefile
 from .errors import ArcoforgeError, TargetError, one_line
+from .locks import LockedError as LockedError  # where callers have always found it
 
 VERSION = 1
 STATE_KIND = "staging state"
 log = logging.getLogger("arcoforge")
-
-
-class LockedError(ArcoforgeError):
-    """Another bake holds the store."""
 
 
 @dataclass(frozen=True)
@@ -133,42 +127,17 @@ class Ledger:
                 remove(fs, path)
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold this store for one bake; a second bake is refused with :class:`LockedError`.
+    def lock(self, run: str | None = None) -> Iterator[None]:
+        """Hold this store for one bake (run ``run``); a second bake is refused with
+        :class:`LockedError` naming the holder and the lock's URL.
 
         On a local disk the lock is an ``flock`` the kernel drops when the process dies,
-        so a killed bake never leaves a stale lock. Elsewhere it is a lock object naming
-        its owner, removed when the bake ends.
+        so a killed bake never leaves a stale lock. Elsewhere it is a lock object taken
+        atomically, naming its owner and kept alive by a heartbeat; one whose owner
+        stopped beating is taken over (see :mod:`arcoforge.locks`).
         """
-        fs, folder = _fs(self.folder, self.storage_options)
-        path = f"{folder}/lock"
-        if is_local(fs):
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            with _flock(path, self.store):
-                yield
-            return
-        if fs.exists(path):
-            raise LockedError(_locked_message(self.store, fs.cat_file(path).decode()))
-        fs.pipe_file(path, _owner().encode())
-        try:
+        with locks.held(f"{self.folder}/lock", self.store, self.storage_options, run):
             yield
-        finally:
-            fs.rm_file(path)
-
-
-@contextmanager
-def _flock(path: str, store: str) -> Iterator[None]:
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(_locked_message(store, Path(path).read_text())) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, _owner().encode())
-        yield
-    finally:
-        os.close(fd)
 
 
 def _fs(url: str, storage_options: dict | None):
@@ -259,15 +228,3 @@ def _stable(value: Any) -> str:
         fields = {k: getattr(value, k) for k in value.__dataclass_fields__}
         return f"{type(value).__name__}{_stable(fields)}"
     return repr(value)
-
-
-def _owner() -> str:
-    return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}"
-
-
-def _locked_message(store: str, owner: str) -> str:
-    holder = f" ({owner.strip()})" if owner.strip() else ""
-    return (
-        f"{store} is being baked by another process{holder}; "
-        "wait for it to finish, or remove the lock file if that process is gone"
-    )

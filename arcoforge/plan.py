@@ -41,6 +41,7 @@ from .writers import zarr as zarr_writer
 from .writers.zarr import Piece, Target, WriteTask
 
 DEFAULT_TASK_BYTES = 1 << 27
+STATE_TYPES = (DatasetSchema, VarInfo)  # the classes a kept scan may hold
 
 
 @dataclass
@@ -90,6 +91,11 @@ class Plan:
     workers: int = 1
     max_task_bytes: int = DEFAULT_TASK_BYTES
     skip_failed: bool = False
+
+    @property
+    def state_types(self) -> tuple[type, ...]:
+        """The classes this plan's state files may hold (see :mod:`arcoforge.statefile`)."""
+        return STATE_TYPES
 
     @property
     def concat_dims(self) -> tuple[str, ...]:
@@ -472,7 +478,6 @@ class Plan:
 
 
 STAGED = "staging/manifest.json"
-STATE_TYPES = (DatasetSchema, VarInfo)  # the classes a kept scan may hold
 _KEPT = {"schema": DatasetSchema, "chunks": dict, "promoted": tuple, "missing": dict}
 log = logging.getLogger("arcoforge")
 

@@ -211,8 +211,10 @@ class _Encoder:
             return {k: self.encode(v) for k, v in value.items()}
         return {"~": "dict", "items": [[self.encode(k), self.encode(v)] for k, v in value.items()]}
 
-    def _data(self, data) -> dict:
-        """Raw bytes: a buffer's index, or base64."""
+    def _data(self, data: bytes | np.ndarray) -> dict:
+        """Raw bytes (of a contiguous array, say): a buffer's index, or base64."""
+        if isinstance(data, np.ndarray):  # as bytes: dates have no buffer format
+            data = data.reshape(-1).view(np.uint8)
         if self.buffers is None:
             return {"b64": base64.b64encode(data).decode()}
         self.buffers.append(memoryview(data).cast("B"))

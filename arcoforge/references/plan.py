@@ -45,6 +45,10 @@ class ReferencePlan(Plan):
     published: dict = field(default_factory=dict)
 
     @property
+    def state_types(self) -> tuple[type, ...]:
+        return (Manifest, ArrayRefs)
+
+    @property
     def stages(self) -> list[Stage]:
         """prepare -> scan (and combine) -> write -> check -> publish."""
         return [
