@@ -83,7 +83,7 @@ def loads_json(data: bytes, url: str, kind: str, types: Iterable[type] = ()) -> 
     try:
         document = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise not_ours(url, f"not JSON: {one_line(exc)}") from exc
+        raise not_ours(url, f"not JSON: {_text(exc)}") from exc
     return _Decoder(types, None, url).value(_checked(document, url, kind))
 
 
@@ -123,7 +123,7 @@ def loads_binary(data, url: str, kind: str, types: Iterable[type] = ()) -> Any:
     try:
         header = json.loads(bytes(view[at : at + size]))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise not_ours(url, f"its header is not JSON: {one_line(exc)}") from exc
+        raise not_ours(url, f"its header is not JSON: {_text(exc)}") from exc
     at += size
     base = at + (-at % ALIGN)
     buffers = []
@@ -135,6 +135,11 @@ def loads_binary(data, url: str, kind: str, types: Iterable[type] = ()) -> Any:
             raise not_ours(url, f"truncated: {len(view)} bytes, its arrays need {start + nbytes}")
         buffers.append(view[start : start + nbytes])
     return _Decoder(types, buffers, url).value(_checked(header, url, kind))
+
+
+def _text(exc: Exception) -> str:
+    """A parser's message on one line (JSON's names the line, column and character)."""
+    return " ".join(str(exc).split())
 
 
 def _unknown_start(start: bytes) -> str:

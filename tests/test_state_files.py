@@ -248,7 +248,7 @@ def test_no_pickle_beside_references_baked_and_appended(tmp_path, name):
     assert_matches_sources(url, paths)
     folder = Path(make_plan(ref_recipe(paths, name), str(out), cache=None, workers=1).ledger.folder)
     kept = sorted(p.name for p in folder.glob("references*"))
-    assert kept == [HELD, "references.1.held", "references.2.held", "references.3.held"]
+    assert kept == ["references.1.held", "references.2.held", "references.3.held", HELD]
     assert_no_pickle(tmp_path / "out")
 
 
@@ -515,9 +515,12 @@ def test_lock_settings_that_are_not_seconds_are_one_line(s3, bucket, monkeypatch
 
 def test_a_local_lock_names_its_file(tmp_path):
     ledger = Ledger(str(tmp_path / "out.zarr"))
-    with ledger.lock(run="20261207T090000Z-aaaaaa"), pytest.raises(LockedError) as info:
-        with Ledger(ledger.store).lock():
-            pass
+    with (
+        ledger.lock(run="20261207T090000Z-aaaaaa"),
+        pytest.raises(LockedError) as info,
+        Ledger(ledger.store).lock(),
+    ):
+        pass
     owner = f"pid {os.getpid()} on {socket.gethostname()}, run 20261207T090000Z-aaaaaa, since "
     assert str(info.value).startswith(f"{ledger.store} is being baked by another process ({owner}")
     assert str(info.value).endswith(
