@@ -535,10 +535,10 @@ def test_a_killed_bake_s_lock_is_taken_over_once_stale(tmp_path, s3, bucket, mon
     text = recipe_py.read_text().replace(
         "    | OpenWithXarray()\n", "    | OpenWithXarray()\n    | slow\n"
     )
-    recipe_py.write_text(f"{text}\n\ndef slow(ds):\n    time.sleep(60)\n    return ds\n")
-    recipe_py.write_text(
-        recipe_py.read_text().replace("import pandas", "import time\n\nimport pandas")
+    text = text.replace(
+        "\npattern = ", "\ndef slow(ds):\n    time.sleep(60)\n    return ds\n\n\npattern = "
     )
+    recipe_py.write_text(f"import time\n{text}")
     settings = {STALE_ENV: "6", BEAT_ENV: "0.5"}
     env = {**os.environ, **settings, **aws_env(s3)}
     command = [sys.executable, "-m", "arcoforge.cli", "bake", str(feedstock)]
@@ -552,10 +552,12 @@ def test_a_killed_bake_s_lock_is_taken_over_once_stale(tmp_path, s3, bucket, mon
         deadline = time.monotonic() + 120
         while not fs.exists(lock) and time.monotonic() < deadline and baker.poll() is None:
             time.sleep(0.2)
+        assert baker.poll() is None, baker.communicate()[1]
         time.sleep(1.0)  # a heartbeat or two
         owner = Owner.parse(fs.cat_file(lock))
     finally:
-        os.killpg(baker.pid, signal.SIGKILL)
+        if baker.poll() is None:
+            os.killpg(baker.pid, signal.SIGKILL)
         baker.wait(timeout=30)
     killed = time.time()
     assert owner.pid == baker.pid and owner.run and owner.beat > owner.started
