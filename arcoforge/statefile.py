@@ -82,9 +82,9 @@ def loads_json(data: bytes, url: str, kind: str, types: Iterable[type] = ()) -> 
         raise not_ours(url, "a pickle, which arcoforge no longer reads")
     try:
         document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise not_ours(url, f"not JSON: {_text(exc)}") from exc
-    return _Decoder(types, None, url).value(_checked(document, url, kind))
+    return _Decoder(types, None, url).decode(_checked(document, url, kind))
 
 
 def dumps_binary(value: Any, kind: str, types: Iterable[type] = ()) -> bytes:
@@ -122,7 +122,7 @@ def loads_binary(data, url: str, kind: str, types: Iterable[type] = ()) -> Any:
         raise not_ours(url, f"truncated: {len(view)} bytes, its header alone needs {at + size}")
     try:
         header = json.loads(bytes(view[at : at + size]))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise not_ours(url, f"its header is not JSON: {_text(exc)}") from exc
     at += size
     base = at + (-at % ALIGN)
@@ -134,7 +134,7 @@ def loads_binary(data, url: str, kind: str, types: Iterable[type] = ()) -> Any:
         if start + nbytes > len(view) or entry[0] < 0 or nbytes < 0:
             raise not_ours(url, f"truncated: {len(view)} bytes, its arrays need {start + nbytes}")
         buffers.append(view[start : start + nbytes])
-    return _Decoder(types, buffers, url).value(_checked(header, url, kind))
+    return _Decoder(types, buffers, url).decode(_checked(header, url, kind))
 
 
 def _text(exc: Exception) -> str:
@@ -288,6 +288,13 @@ class _Decoder:
         self.types = {cls.__name__: cls for cls in types}
         self.buffers = buffers
         self.url = url
+
+    def decode(self, data: Any) -> Any:
+        """The value of a file's body."""
+        try:
+            return self.value(data)
+        except RecursionError as exc:
+            raise self.fail("nested too deeply") from exc
 
     def fail(self, why: str) -> StateFileError:
         return not_ours(self.url, why)

@@ -188,6 +188,38 @@ def test_a_value_of_another_type_is_not_kept():
         dumps_json(BakeState(), "k")  # a dataclass, but not among the types allowed
 
 
+HOSTILE = {
+    '{"~": "array", "dtype": "O", "shape": [1], "b64": "AAAAAAAAAAA="}': (
+        "a bad 'array' value: ValueError: dtype 'O' is not kept in state files"
+    ),
+    '{"~": "Popen", "fields": {"args": ["touch", "x"]}}': "unknown type 'Popen'",
+    '{"~": "cftime", "class": "Popen", "fields": [], "calendar": "", "has_year_zero": 1}': (
+        "unknown date class 'Popen'"
+    ),
+    '{"~": "array", "dtype": "<f8", "shape": [4], "b64": "AAAAAAAAAAA="}': (
+        "an array of 8 bytes, not (4,) of float64"
+    ),
+    '{"~": "VarInfo", "fields": {"dims": []}}': (
+        "a bad 'VarInfo' value: TypeError: VarInfo.__init__() missing 5 required positional "
+        "arguments: 'shape', 'dtype', 'attrs', 'encoding', and 'is_coord'"
+    ),
+    "[" * 3000 + "]" * 3000: (
+        "not JSON: maximum recursion depth exceeded while decoding a JSON array from a unicode "
+        "string"
+    ),
+    '{"~": "tuple", "items": [' * 400 + "]}" * 400: "nested too deeply",
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE, ids=range(len(HOSTILE)))
+def test_a_hostile_document_is_one_line_and_makes_nothing(body):
+    data = f'{{"format": "arcoforge-state", "version": 1, "kind": "k", "value": {body}}}'
+    with pytest.raises(StateFileError) as info:
+        loads_json(data.encode(), "/x/state.json", "k", STATE_TYPES)
+    why = HOSTILE[body]
+    assert str(info.value) == f"/x/state.json: not a state file of this arcoforge version ({why})"
+
+
 def test_the_beam_engine_keeps_its_final_state_as_data(tmp_path):
     """What the last step of the pipeline writes beside the store, and the driver reads."""
     paths = write_oisst_archive(tmp_path / "src", days=2, ny=4, nx=8, calendar="noleap")
