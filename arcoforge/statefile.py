@@ -197,8 +197,9 @@ class _Encoder:
             return value
         if kind is float:
             return value if math.isfinite(value) else {"~": "float", "value": repr(value)}
-        if kind is list:
-            return [self.encode(v) for v in value]
+        if kind is list:  # of paths, say: as it is when JSON holds every item as it is
+            plain = {type(v) for v in value} <= _PLAIN
+            return list(value) if plain else [self.encode(v) for v in value]
         if kind is tuple:
             return {"~": "tuple", "items": [self.encode(v) for v in value]}
         if kind is dict:
@@ -301,7 +302,8 @@ class _Decoder:
 
     def value(self, data: Any) -> Any:
         if isinstance(data, list):
-            return [self.value(v) for v in data]
+            plain = {type(v) for v in data} <= _PLAIN
+            return data if plain else [self.value(v) for v in data]
         if not isinstance(data, dict):
             return data
         tag = data.get("~")
@@ -404,6 +406,7 @@ class _Decoder:
             return ArcoforgeError(str(data["line"]))
 
 
+_PLAIN = {str, int, bool, type(None)}  # what JSON holds as it is (floats may be NaN)
 _TAGS = {
     "float",
     "tuple",
