@@ -26,7 +26,7 @@ from pathlib import Path
 
 import fsspec
 
-from .errors import ArcoforgeError, one_line
+from .errors import ArcoforgeError, TargetError, one_line
 
 STALE_ENV, STALE_SECONDS = "ARCOFORGE_LOCK_STALE_SECONDS", 600.0
 BEAT_ENV, BEAT_SECONDS = "ARCOFORGE_LOCK_BEAT_SECONDS", 30.0
@@ -115,7 +115,10 @@ def held(url: str, store: str, storage_options: dict | None, run: str | None) ->
             yield
         return
     lock = ObjectLock(fs, path, url, store, run)
-    lock.take()
+    try:
+        lock.take()
+    except OSError as exc:  # a store that refuses us (no such bucket, no right to write)
+        raise TargetError(f"{url}: cannot take the lock: {one_line(exc)}") from exc
     try:
         yield
     finally:

@@ -31,7 +31,7 @@ from test_references import FORMATS, assert_matches_sources, ref_recipe
 from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
 from arcoforge.engines import beam as beam_engine
 from arcoforge.engines.base import Failed
-from arcoforge.errors import ArcoforgeError, SourceError
+from arcoforge.errors import ArcoforgeError, SourceError, TargetError
 from arcoforge.ledger import Ledger, LockedError
 from arcoforge.locks import BEAT_ENV, STALE_ENV, Owner
 from arcoforge.plan import STATE_TYPES, BakeState, make_plan
@@ -542,6 +542,16 @@ def test_lock_settings_that_are_not_seconds_are_one_line(s3, bucket, monkeypatch
     assert str(info.value) == (
         f"{BEAT_ENV}=10 must be less than {STALE_ENV}=10: a live bake would look stale between "
         "two heartbeats"
+    )
+
+
+def test_a_lock_in_a_missing_bucket_is_one_line(s3):
+    ledger = Ledger("s3://no-such-bucket/x/out.zarr", s3)
+    with pytest.raises(TargetError) as info, ledger.lock():
+        pass
+    assert str(info.value) == (
+        "s3://no-such-bucket/x/.out.zarr.arcoforge/lock: cannot take the lock: "
+        "FileNotFoundError: The specified bucket does not exist"
     )
 
 
