@@ -92,7 +92,7 @@ def bake(
             storage_options=storage_options,
             skip_failed=skip_failed,
         )
-        with recorded_run(plan, reporter, run) as record, plan.ledger.lock():
+        with recorded_run(plan, reporter, run) as record, plan.ledger.lock(record.record.id):
             reporter = record.reporter
             if append:
                 plan = plan_append(plan)

@@ -3,31 +3,27 @@ of one store apart."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import inspect
 import json
+import logging
 import os
-import pickle
 import shutil
-import socket
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import fsspec
 
+from . import locks, statefile
 from .errors import ArcoforgeError, TargetError, one_line
+from .locks import LockedError as LockedError  # where callers have always found it
 
 VERSION = 1
-
-
-class LockedError(ArcoforgeError):
-    """Another bake holds the store."""
+STATE_KIND = "staging state"
+log = logging.getLogger("arcoforge")
 
 
 @dataclass(frozen=True)
@@ -73,14 +69,32 @@ class Ledger:
         body = json.dumps({"version": VERSION, **manifest}, indent=1, default=str)
         put(f"{self.folder}/{name}", body.encode(), self.storage_options)
 
-    def save_state(self, state: Any) -> None:
-        """Keep what the scan learned, so that a resumed bake need not scan again."""
-        put(f"{self.folder}/staging/state.pkl", cloudpickle.dumps(state), self.storage_options)
+    @property
+    def state_url(self) -> str:
+        """Where the bake in progress keeps what its scan learned."""
+        return f"{self.folder}/staging/state.json"
 
-    def load_state(self) -> Any | None:
-        """What :meth:`save_state` kept, or None."""
-        data = get(f"{self.folder}/staging/state.pkl", self.storage_options)
-        return None if data is None else pickle.loads(data)
+    def save_state(self, state: Any, types: Iterable[type] = ()) -> None:
+        """Keep what the scan learned, so that a resumed bake need not scan again: data
+        only (see :mod:`arcoforge.statefile`), of the dataclasses ``types`` at most."""
+        try:
+            body = statefile.dumps_json(state, STATE_KIND, types)
+        except TypeError as exc:
+            raise ArcoforgeError(f"{self.state_url}: cannot keep {exc}") from exc
+        put(self.state_url, body, self.storage_options)
+
+    def load_state(self, types: Iterable[type] = ()) -> Any | None:
+        """What :meth:`save_state` kept, or None: also when it cannot be read (tampered
+        with, truncated, or kept by another version), which is said in a warning, and the
+        bake scans again."""
+        data = get(self.state_url, self.storage_options)
+        if data is None:
+            return None
+        try:
+            return statefile.loads_json(data, self.state_url, STATE_KIND, types)
+        except statefile.StateFileError as exc:
+            log.warning("%s; scanning the inputs again", exc)
+            return None
 
     def mark_done(self, units: Iterable[str], missing: dict[str, str] | None = None) -> None:
         """Record that ``units`` are written and checked, and which inputs they lack."""
@@ -113,42 +127,17 @@ class Ledger:
                 remove(fs, path)
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold this store for one bake; a second bake is refused with :class:`LockedError`.
+    def lock(self, run: str | None = None) -> Iterator[None]:
+        """Hold this store for one bake (run ``run``); a second bake is refused with
+        :class:`LockedError` naming the holder and the lock's URL.
 
         On a local disk the lock is an ``flock`` the kernel drops when the process dies,
-        so a killed bake never leaves a stale lock. Elsewhere it is a lock object naming
-        its owner, removed when the bake ends.
+        so a killed bake never leaves a stale lock. Elsewhere it is a lock object taken
+        atomically, naming its owner and kept alive by a heartbeat; one whose owner
+        stopped beating is taken over (see :mod:`arcoforge.locks`).
         """
-        fs, folder = _fs(self.folder, self.storage_options)
-        path = f"{folder}/lock"
-        if is_local(fs):
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            with _flock(path, self.store):
-                yield
-            return
-        if fs.exists(path):
-            raise LockedError(_locked_message(self.store, fs.cat_file(path).decode()))
-        fs.pipe_file(path, _owner().encode())
-        try:
+        with locks.held(f"{self.folder}/lock", self.store, self.storage_options, run):
             yield
-        finally:
-            fs.rm_file(path)
-
-
-@contextmanager
-def _flock(path: str, store: str) -> Iterator[None]:
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise LockedError(_locked_message(store, Path(path).read_text())) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, _owner().encode())
-        yield
-    finally:
-        os.close(fd)
 
 
 def _fs(url: str, storage_options: dict | None):
@@ -239,15 +228,3 @@ def _stable(value: Any) -> str:
         fields = {k: getattr(value, k) for k in value.__dataclass_fields__}
         return f"{type(value).__name__}{_stable(fields)}"
     return repr(value)
-
-
-def _owner() -> str:
-    return f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}"
-
-
-def _locked_message(store: str, owner: str) -> str:
-    holder = f" ({owner.strip()})" if owner.strip() else ""
-    return (
-        f"{store} is being baked by another process{holder}; "
-        "wait for it to finish, or remove the lock file if that process is gone"
-    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -18,13 +19,21 @@ from typing import Any
 
 import fsspec
 
-from . import audit
+from . import audit, statefile
 from . import ledger as ledgers
 from .chunking import resolve_chunks
 from .openers import OpenConfig
 from .patterns import Input
 from .recipe import Recipe
-from .schema import DatasetSchema, Missing, ScanTask, SchemaCombiner, Skipping, scan_input
+from .schema import (
+    DatasetSchema,
+    Missing,
+    ScanTask,
+    SchemaCombiner,
+    Skipping,
+    VarInfo,
+    scan_input,
+)
 from .secrets import secret_values
 from .sources import FetchConfig
 from .validate import CheckTask, sample_positions
@@ -32,6 +41,7 @@ from .writers import zarr as zarr_writer
 from .writers.zarr import Piece, Target, WriteTask
 
 DEFAULT_TASK_BYTES = 1 << 27
+STATE_TYPES = (DatasetSchema, VarInfo)  # the classes a kept scan may hold
 
 
 @dataclass
@@ -81,6 +91,11 @@ class Plan:
     workers: int = 1
     max_task_bytes: int = DEFAULT_TASK_BYTES
     skip_failed: bool = False
+
+    @property
+    def state_types(self) -> tuple[type, ...]:
+        """The classes this plan's state files may hold (see :mod:`arcoforge.statefile`)."""
+        return STATE_TYPES
 
     @property
     def concat_dims(self) -> tuple[str, ...]:
@@ -151,11 +166,8 @@ class Plan:
         there = same and (
             staged["status"] == "complete" or exists(self.target.url, self.target.storage_options)
         )
-        saved = self.ledger.load_state() if there else None
-        if saved is not None:
-            state.schema, state.chunks, state.encoding, state.open, state.missing = saved
-            state.resumed = True
-        else:
+        saved = self.ledger.load_state(STATE_TYPES) if there else None
+        if saved is None or not self.resume(state, saved):
             self.ledger.clear_staging()
 
     def up_to_date(self) -> bool:
@@ -195,11 +207,37 @@ class Plan:
         self.keep(state)
 
     def keep(self, state: BakeState) -> None:
-        """Record the scan's result, so that an interrupted bake resumes after it."""
-        self.ledger.save_state(
-            (state.schema, state.chunks, state.encoding, state.open, state.missing)
-        )
+        """Record the scan's result, so that an interrupted bake resumes after it: data
+        only, as the opener (which holds the recipe's functions) follows from the plan."""
+        kept = {
+            "schema": state.schema,
+            "chunks": state.chunks,
+            "promoted": state.open.promoted,
+            "missing": state.missing,
+        }
+        self.ledger.save_state(kept, STATE_TYPES)
         self.ledger.write(self._manifest("writing"), STAGED)
+
+    def resume(self, state: BakeState, kept: Any) -> bool:
+        """Take up what :meth:`keep` recorded for an interrupted bake of this plan; False
+        (and a warning) if it is not what :meth:`keep` records."""
+        wrong = [
+            k
+            for k, kind in _KEPT.items()
+            if not isinstance(kept, dict) or not isinstance(kept.get(k), kind)
+        ]
+        if wrong:
+            why = f"no {wrong[0]!r} of type {_KEPT[wrong[0]].__name__}"
+            log.warning(
+                "%s; scanning the inputs again", statefile.not_ours(self.ledger.state_url, why)
+            )
+            return False
+        state.schema, state.chunks = kept["schema"], kept["chunks"]
+        state.missing = kept["missing"]
+        state.open = replace(self.open, promoted=kept["promoted"])
+        state.encoding = zarr_writer.encodings(state.schema, state.chunks, self.recipe.writer)
+        state.resumed = True
+        return True
 
     def _manifest(self, status: str, **extra) -> dict:
         return {
@@ -440,6 +478,8 @@ class Plan:
 
 
 STAGED = "staging/manifest.json"
+_KEPT = {"schema": DatasetSchema, "chunks": dict, "promoted": tuple, "missing": dict}
+log = logging.getLogger("arcoforge")
 
 
 def _spans(schema: DatasetSchema, name: str, region: dict[str, slice]):

@@ -117,8 +117,8 @@ def test_appends_keep_their_own_manifests_until_there_are_too_many(
         result = bake(ref_recipe(days[:n], name), target, append=True)
         assert_matches_sources(result.url, days[:n])
         held.append(json.loads((folder / "manifest.json").read_text())["held"])
-        assert sorted(p.name for p in folder.glob("references*.pkl")) == sorted(held[-1])
-    one, two, three = "references.pkl", "references.1.pkl", "references.2.pkl"
+        assert sorted(p.name for p in folder.glob("references*")) == sorted(held[-1])
+    one, two, three = "references.held", "references.1.held", "references.2.held"
     assert held == [[one], [one, two], [one, two, three], [one], [one, two]]
 
 

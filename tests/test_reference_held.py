@@ -3,9 +3,11 @@
 import pickle
 
 import numpy as np
+import pytest
 
 from arcoforge.references import held
 from arcoforge.references.manifest import ArrayRefs, Manifest, zarray
+from arcoforge.statefile import StateFileError
 
 
 def _manifest(n: int) -> Manifest:
@@ -34,7 +36,7 @@ def _equal(a: Manifest, b: Manifest) -> None:
 
 def test_a_held_file_maps_its_arrays_at_aligned_offsets(tmp_path):
     manifest = _manifest(50)
-    path = tmp_path / "references.pkl"
+    path = tmp_path / "references.held"
     path.write_bytes(held.dumps((["a.nc", "b.nc"], manifest)))
     urls, loaded = held.load(str(path))
     assert urls == ["a.nc", "b.nc"]
@@ -51,17 +53,31 @@ def test_held_bytes_load_as_well(tmp_path):
     _equal(loaded, manifest)
 
 
-def test_a_held_file_of_arcoforge_0_1_is_a_plain_pickle(tmp_path):
-    manifest = _manifest(3)
+def test_a_held_file_kept_as_a_pickle_is_refused_not_unpickled(tmp_path):
+    marker = tmp_path / "ran"
     path = tmp_path / "references.pkl"
-    path.write_bytes(pickle.dumps((["a.nc"], manifest), protocol=5))
-    urls, loaded = held.load(str(path))
-    assert urls == ["a.nc"]
-    _equal(loaded, manifest)
+    path.write_bytes(pickle.dumps(_RunsCode(str(marker)), protocol=5))
+    with pytest.raises(StateFileError) as info:
+        held.load(str(path))
+    assert str(info.value) == (
+        f"{path}: not a state file of this arcoforge version (a pickle, which arcoforge no "
+        "longer reads); bake the store again with --force"
+    )
+    assert not marker.exists()
+
+
+class _RunsCode:
+    """A pickle that would create a file when unpickled."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def test_no_held_file_or_an_empty_one_is_none(tmp_path):
-    path = tmp_path / "references.pkl"
+    path = tmp_path / "references.held"
     assert held.load(str(path)) is None
     path.write_bytes(b"")
     assert held.load(str(path)) is None

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
@@ -32,9 +33,11 @@ from .. import ledger as ledgers
 from ..errors import ArcoforgeError
 from ..plan import BakeState, Plan
 from ..progress import Reporter
+from ..statefile import dumps_binary, loads_binary
 from .base import Engine, Failed, call, portable
 from .worklog import Logged, replay
 
+OUTCOME = "beam outcome"
 LOCAL_RUNNERS = ("DirectRunner", "PrismRunner")
 # threads of the DirectRunner that die with a worker (their error is the pipeline's)
 WORKER_THREADS = ("run_worker", "read_grpc_client_inputs", "beam_control_read")
@@ -73,7 +76,7 @@ class BeamEngine(Engine):
         for attempt in range(1, self.attempts + 1):
             relay = Relay(reporter) if self.runner in LOCAL_RUNNERS else nullcontext()
             with relay, _quiet_worker_threads():
-                outcome = f"{plan.ledger.folder}/engine/{uuid.uuid4().hex}.pkl"
+                outcome = f"{plan.ledger.folder}/engine/{uuid.uuid4().hex}.outcome"
                 pipeline = self._pipeline(plan, getattr(relay, "address", None), outcome)
                 try:
                     state, timings, totals, lines = _run(pipeline, outcome, plan)
@@ -114,7 +117,7 @@ def _run(pipeline: beam.Pipeline, outcome: str, plan: Plan) -> tuple:
         raise ArcoforgeError(f"the pipeline ended in state {result.state} without a result")
     fs, path = fsspec.core.url_to_fs(outcome, **(options or {}))
     fs.rm(path)
-    return cloudpickle.loads(data)
+    return loads_binary(data, outcome, OUTCOME, _outcome_types(plan))
 
 
 @contextmanager
@@ -154,12 +157,28 @@ def build(pipeline: beam.Pipeline, plan: Plan, address: tuple | None, outcome: s
         carried = out.state | f"{stage.name}: reduce" >> beam.ParDo(
             Reduce(**step), beam.pvalue.AsSingleton(results)
         )
-    _ = carried | "outcome" >> beam.Map(_save, outcome, plan.target.storage_options)
+    options = plan.target.storage_options
+    _ = carried | "outcome" >> beam.Map(_save, outcome, options, _outcome_types(plan))
 
 
-def _save(carried: bytes, url: str, storage_options: dict | None) -> None:
+def _outcome_types(plan: Plan) -> tuple[type, ...]:
+    """The classes the final state of ``plan`` may hold."""
+    return (BakeState, Failed, *plan.state_types)
+
+
+def _save(carried: bytes, url: str, storage_options: dict | None, types: tuple) -> None:
+    """Write the final state where the driver reads it, as data (see
+    :mod:`arcoforge.statefile`): the driver needs its results, not the opener (which holds
+    the recipe's functions) nor the Zarr encoding the template was written with."""
     state, timings, totals, _, lines = cloudpickle.loads(carried)
-    ledgers.put(url, cloudpickle.dumps((state, timings, totals, lines)), storage_options)
+    if isinstance(state, BakeState):
+        state = replace(state, open=None, encoding={})
+    try:
+        body = dumps_binary((state, timings, totals, lines), OUTCOME, types)
+    except TypeError as exc:
+        failed = Failed(ArcoforgeError(f"the final state of the bake cannot be kept: {exc}"))
+        body = dumps_binary((failed, timings, totals, lines), OUTCOME, types)
+    ledgers.put(url, body, storage_options)
 
 
 class _Step(beam.DoFn):

@@ -28,7 +28,8 @@ from .manifest import ArrayRefs, Manifest
 from .scan import ScanConfig, ScanTask, reference_url, scan_input, scan_inputs
 from .store import ReferenceStore
 
-HELD = "references.pkl"  # the manifest kept for appends; each append adds a segment
+HELD = "references.held"  # the manifest kept for appends; each append adds a segment
+_KEPT = (".held", ".pkl")  # names of the manifest's files, now and as arcoforge 0.1 kept them
 SEGMENTS = 16  # segments kept before an append writes the whole manifest again
 BATCH = 16  # inputs scanned by one task, at most
 FEW = 4  # inputs scanned by one task, at least, when a bake has no more than BATCH
@@ -42,6 +43,10 @@ class ReferencePlan(Plan):
     store: ReferenceStore | None = None
     held: Manifest | None = None
     published: dict = field(default_factory=dict)
+
+    @property
+    def state_types(self) -> tuple[type, ...]:
+        return (Manifest, ArrayRefs)
 
     @property
     def stages(self) -> list[Stage]:
@@ -286,12 +291,13 @@ class ReferencePlan(Plan):
 
     def _drop_segments(self) -> None:
         """Remove the segments of the manifest kept for appends that the store no longer
-        lists, once it is kept whole (after a bake afresh, say)."""
+        lists, once it is kept whole (after a bake afresh, say), and the pickles an earlier
+        arcoforge kept them in."""
         options = self.target.storage_options or {}
         fs, folder = fsspec.core.url_to_fs(self.ledger.folder, **options)
         for path in fs.ls(folder, detail=False):
             name = path.rsplit("/", 1)[-1]
-            if name != HELD and name.startswith("references.") and name.endswith(".pkl"):
+            if name != HELD and name.startswith("references.") and name.endswith(_KEPT):
                 fs.rm_file(path)
 
     def _keep(self, state: BakeState, inputs: list[str]) -> list[str]:
@@ -300,7 +306,7 @@ class ReferencePlan(Plan):
         writes does not grow with the store), up to ``SEGMENTS``; else all of it is one."""
         held = self.published.get("held", [HELD]) if self.held is not None else []
         if 0 < len(held) <= SEGMENTS:
-            name, part = f"references.{len(held)}.pkl", [i.url for i in self.inputs]
+            name, part = f"references.{len(held)}.held", [i.url for i in self.inputs]
             kept = [*held, name]
             body = held_files.dumps((part, state.appended))
         else:
