@@ -50,6 +50,7 @@ class BakeState:
     appended: Any = None  # a reference append's own manifest, before it joins the store's
     counts: list[int] = field(default_factory=list)
     steps: dict[str, dict[int, int]] = field(default_factory=dict)  # per concat dim, position
+    identities: dict[str, dict | None] = field(default_factory=dict)  # by (redacted) URL
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ class Plan:
         saved = self.ledger.load_state() if there else None
         if saved is not None:
             state.schema, state.chunks, state.encoding, state.open, state.missing = saved
+            state.identities = staged.get("identities", {})
             state.resumed = True
         else:
             self.ledger.clear_staging()
@@ -199,7 +201,7 @@ class Plan:
         self.ledger.save_state(
             (state.schema, state.chunks, state.encoding, state.open, state.missing)
         )
-        self.ledger.write(self._manifest("writing"), STAGED)
+        self.ledger.write(self._manifest("writing", identities=state.identities), STAGED)
 
     def _manifest(self, status: str, **extra) -> dict:
         return {
@@ -218,6 +220,7 @@ class Plan:
                 state.missing[result.input.url] = result.error
             else:
                 combiner.add(result)
+                state.identities[result.input.url] = result.identity
         return combiner
 
     @property
@@ -285,7 +288,12 @@ class Plan:
             "counts": counts,
             "dims": state.schema.dims,
             "missing": state.missing,
+            "identities": self.identities(state, self.inputs),
         }
+
+    def identities(self, state: BakeState, inputs: Iterable[Input]) -> list[dict | None]:
+        """The identity of each of ``inputs`` as scanned (None: not scanned, skipped)."""
+        return [state.identities.get(self.open.redact(i.url)) for i in inputs]
 
     def summary(self, state: BakeState) -> dict[str, Any]:
         """Sizes for the bake's result: dims, chunks, bytes read and decoded."""

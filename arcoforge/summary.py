@@ -101,6 +101,7 @@ def render_result(result: BakeResult, console, recipe_id: str) -> None:
             rows[1],
             ("status", "up to date: baked before from the same recipe and inputs"),
         ]
+    rows += _check_rows(result.stats)
     if result.stats.get("missing_inputs"):
         missing = result.stats["missing_inputs"]
         rows.append(("missing", f"{len(missing)} inputs skipped, first {missing[0]}"))
@@ -114,3 +115,20 @@ def render_result(result: BakeResult, console, recipe_id: str) -> None:
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+
+
+def _check_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the check of the inputs for changes since the last bake found."""
+    if stats.get("inputs_unchecked"):
+        return [("changes", "inputs not checked for changes (--assume-unchanged)")]
+    changed = stats.get("changed_inputs")
+    rows = []
+    if changed:
+        first = f", first {changed[0]}" if len(changed) > 1 else f": {changed[0]}"
+        n = len(changed)
+        rows.append(("changed", f"{n} input{'s' * (n != 1)} changed since the last bake{first}"))
+        rows.append(("", "the parts of the store they feed were baked again"))
+    if stats.get("identities_recorded"):
+        n = stats["identities_recorded"]
+        rows.append(("recorded", f"identities of {n} input{'s' * (n != 1)}, for the next check"))
+    return rows

@@ -19,7 +19,7 @@ from .. import ledger as ledgers
 from ..errors import RecipeError
 from ..patterns import Input
 from ..plan import BakeState, Plan, Stage, _nothing
-from ..updates import AppendError, _text, check_steps
+from ..updates import AppendError, _text, check_steps, held_identities
 from ..validate import sample_positions
 from . import held as held_files
 from .check import CheckTask, check_input, decoded
@@ -104,7 +104,9 @@ class ReferencePlan(Plan):
             if not scanned:
                 self.store.preload()
             scanned += batch
-        manifests = [m for _, m in sorted(scanned, key=lambda r: order[r[0]])]
+        scanned.sort(key=lambda r: order[r[0]])
+        manifests = [m for _, m, _ in scanned]
+        state.identities = {item.url: identity for item, _, identity in scanned}
         grid = self._on_grid(manifests)
         new = self._combined(manifests, grid)
         self._check_sorted(new, manifests)
@@ -303,6 +305,10 @@ class ReferencePlan(Plan):
             "counts": [*counts, *state.counts],
             "dims": state.manifest.sizes(),
             "references": state.manifest.nrefs,
+            "identities": [
+                *(held_identities(self.published) if self.held is not None else []),
+                *(state.identities.get(i.url) for i in self.inputs),
+            ],
         }
 
     def summary(self, state: BakeState) -> dict[str, Any]:
