@@ -181,6 +181,12 @@ class ChangedPlan(RetryPlan):
     now: tuple[dict, ...] = ()
 
     @property
+    def store_fingerprint(self) -> str:
+        """The store's as published: it holds the inputs it held (the recipe may have more,
+        to append after)."""
+        return self.published["fingerprint"]
+
+    @property
     def fingerprint(self) -> str:
         return ledgers.fingerprint(self.store_fingerprint, "changed", self.blocks, self.now)
 
@@ -291,7 +297,8 @@ def _rewritten(plan: Plan, published: dict, urls) -> tuple[list[tuple[int, int]]
         step = _store_chunks(store)[dim]
     counts = published["counts"]
     offsets = np.cumsum([0, *counts]).tolist()
-    spans = {i.url: (offsets[i.pos(dim)], offsets[i.pos(dim) + 1]) for i in plan.inputs}
+    held = [i for i in plan.inputs if i.pos(dim) < len(counts)]  # not those to append
+    spans = {i.url: (offsets[i.pos(dim)], offsets[i.pos(dim) + 1]) for i in held}
     blocks = sorted(
         {
             (b, min(b + step, offsets[-1]))
@@ -299,7 +306,7 @@ def _rewritten(plan: Plan, published: dict, urls) -> tuple[list[tuple[int, int]]
             for b in range(spans[url][0] // step * step, spans[url][1], step)
         }
     )
-    wanted = [i for i in plan.inputs if any(_meets(spans[i.url], b) for b in blocks)]
+    wanted = [i for i in held if any(_meets(spans[i.url], b) for b in blocks)]
     return blocks, wanted
 
 

@@ -110,12 +110,18 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def first_line(text: str) -> str:
+    """The first line that is not blank (the progress display leaves one on stderr)."""
+    return next(line for line in text.splitlines() if line.strip())
+
+
 def feedstock(folder: Path, urls: list[str], store: str = "out.zarr") -> Path:
     """A feedstock whose recipe concatenates ``urls`` along time, three steps a chunk."""
     folder.mkdir(parents=True)
     (folder / "meta.yaml").write_text(
         "title: changed\ndescription: changed inputs\nrecipes:\n  - id: sst\n"
-        "    object: recipe:recipe\nprovenance:\n  providers: []\n  license: CC-BY-4.0\n"
+        "    object: recipe:recipe\nprovenance:\n  providers:\n    - name: test\n"
+        "      roles: [producer]\n  license: CC-BY-4.0\n"
         "maintainers:\n  - name: test\n    github: test\n"
     )
     (folder / "recipe.py").write_text(
@@ -136,7 +142,7 @@ def test_a_deleted_input_stops_the_bake_and_leaves_the_store(archive, tmp_path):
     archive[5].unlink()
     done = cli("bake", str(stock), "--target-root", str(target), "--workers", "2")
     assert done.returncode == 1
-    assert done.stderr.splitlines()[0] == (
+    assert first_line(done.stderr) == (
         f"error: input {archive[5]} was deleted since the store was baked (file not found); "
         "the published store is left as it was"
     )
@@ -154,7 +160,7 @@ def test_assume_unchanged_skips_the_check_and_says_so(archive, other_values, tmp
     args = ("bake", str(stock), "--target-root", str(target), "--assume-unchanged")
     done = cli(*args)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines()[0] == f"info: {UNCHECKED}"
+    assert first_line(done.stderr) == f"info: {UNCHECKED}"
     assert "up to date" in done.stdout and UNCHECKED in done.stdout
     events = [json.loads(line) for line in cli(*args, "--json").stdout.splitlines()]
     assert {"event": "log", "level": "INFO", "message": UNCHECKED}.items() <= events[0].items()
