@@ -31,11 +31,10 @@ class InputDeletedError(SourceError):
 
 @dataclass
 class Check:
-    """What a check of a store's inputs found: how many inputs it ``checked``, how many
-    had no identity recorded and have it now (``recorded``), which ``changed``, and the
-    ``plan`` that bakes again what they feed; ``skipped`` with --assume-unchanged."""
+    """What a check of a store's inputs found: how many had no identity recorded and have
+    it now (``recorded``), which ``changed``, and the ``plan`` that bakes again what they
+    feed; ``skipped`` with --assume-unchanged."""
 
-    checked: int = 0
     recorded: int = 0
     changed: list[str] = field(default_factory=list)
     plan: Plan | None = None
@@ -43,11 +42,12 @@ class Check:
 
     @property
     def stats(self) -> dict:
-        """The check as a bake result's statistics."""
+        """What the check found, as a bake result's statistics (nothing, when all inputs
+        were as recorded)."""
         if self.skipped:
             return {"inputs_unchecked": True}
-        found = {"inputs_checked": self.checked, "changed_inputs": self.changed}
-        return {**found, "identities_recorded": self.recorded} if self.recorded else found
+        found = {"changed_inputs": self.changed, "identities_recorded": self.recorded}
+        return {k: v for k, v in found.items() if v}
 
 
 def check_inputs(
@@ -70,7 +70,7 @@ def check_inputs(
         for k, (url, recorded) in enumerate(
             zip(published["inputs"], held_identities(published), strict=True)
         )
-        if url in by_url
+        if url in by_url and url not in published.get("missing", {})  # skipped: not baked
     ]
     fetch = _fetch_config(plan)
     found = identities_now([_located(plan, url) for _, url, _ in held], fetch)
@@ -87,7 +87,7 @@ def check_inputs(
     published = {**published, "identities": identities}
     if unknown:
         _record(plan, published, unknown, reporter)
-    check = Check(checked=len(held), recorded=len(unknown))
+    check = Check(recorded=len(unknown))
     if not changes:
         return check
     urls = [plan.open.redact(url) for url, _ in changes]
