@@ -92,11 +92,12 @@ def check_inputs(
         return check
     urls = [plan.open.redact(url) for url, _ in changes]
     _forget_cached(plan, [url for url, _ in changes])
-    more = f" and {len(urls) - 1} more" if len(urls) > 1 else ""
+    what = f"{urls[0]} and {len(urls) - 1} more inputs" if len(urls) > 1 else urls[0]
     reporter.event(
         "log",
         level="INFO",
-        message=f"{urls[0]}{more} changed since the store was baked: baking what they feed again",
+        message=f"{what} changed since the store was baked: baking again what "
+        f"{'they feed' if len(urls) > 1 else 'it feeds'}",
     )
     check.changed = urls
     if plan.recipe.virtual:  # references are rewritten whole: a bake afresh, scans and all

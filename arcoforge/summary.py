@@ -127,7 +127,8 @@ def _check_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
         first = f", first {changed[0]}" if len(changed) > 1 else f": {changed[0]}"
         n = len(changed)
         rows.append(("changed", f"{n} input{'s' * (n != 1)} changed since the last bake{first}"))
-        rows.append(("", "the parts of the store they feed were baked again"))
+        feed = "they feed" if n > 1 else "it feeds"
+        rows.append(("", f"the parts of the store {feed} were baked again"))
     if stats.get("identities_recorded"):
         n = stats["identities_recorded"]
         rows.append(("recorded", f"identities of {n} input{'s' * (n != 1)}, for the next check"))
