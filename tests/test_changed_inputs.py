@@ -18,6 +18,7 @@ from test_references import assert_matches_sources, ref_recipe
 
 from arcoforge import bake
 from arcoforge.changes import UNCHECKED, InputDeletedError
+from arcoforge.errors import SourceError
 from arcoforge.ledger import Ledger
 from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
@@ -273,3 +274,36 @@ def test_references_of_a_changed_input_are_replaced(archive, other_values, tmp_p
     archive[0].unlink()
     with pytest.raises(InputDeletedError):
         bake(ref_recipe(archive), tmp_path / "out", workers=2)
+
+
+def test_an_unreachable_input_stops_the_bake_and_names_it(archive, tmp_path):
+    with FileServer(archive[0].parent) as server:
+        urls = [f"{server.url}/{p.name}" for p in archive]
+        baked(urls, tmp_path / "out", cache=str(tmp_path / "cache"))
+    before = digest(tmp_path / "out")
+    with pytest.raises(SourceError) as info:
+        baked(urls, tmp_path / "out", cache=str(tmp_path / "cache"))
+    message = str(info.value)
+    assert message.startswith(f"cannot check input {urls[0]} for changes: ")
+    assert message.endswith(
+        "; the published store is left as it was (--assume-unchanged skips the check)"
+    )
+    assert "\n" not in message
+    assert digest(tmp_path / "out") == before
+
+
+def test_s3_inputs_are_checked_by_their_etag(archive, other_values, s3, bucket, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3)
+    urls = [f"{bucket}/src/{p.name}" for p in archive]
+    for path, url in zip(archive, urls, strict=True):
+        fs.put_file(str(path), url)
+    recipe = simple_recipe(urls, chunks={"time": 3}, fsspec_open_kwargs=s3)
+    cache = str(tmp_path / "cache")
+    first = bake(recipe, tmp_path / "out", workers=2, cache=cache)
+    assert all(i["etag"] for i in manifest(first.url)["identities"])
+    fs.put_file(str(other_values[5]), urls[5])
+    result = bake(recipe, tmp_path / "out", workers=2, cache=cache)
+    assert result.stats["changed_inputs"] == [urls[5]]
+    assert_same_as_sources(result.url, [*archive[:5], other_values[5], *archive[6:]])
