@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from .errors import SourceError, one_line
 from .plan import Plan, exists
 from .progress import Reporter
+from .references.plan import plan_reference_refresh
 from .references.scan import reference_url
 from .sources import FetchConfig, is_remote
 from .sources.cache import Cache
@@ -100,8 +101,8 @@ def check_inputs(
         f"{'they feed' if len(urls) > 1 else 'it feeds'}",
     )
     check.changed = urls
-    if plan.recipe.virtual:  # references are rewritten whole: a bake afresh, scans and all
-        check.plan = plan
+    if plan.recipe.virtual:
+        check.plan = plan_reference_refresh(plan, published, [url for url, _ in changes])
     else:
         check.plan = plan_changed(
             plan, published, [url for url, _ in changes], [now for _, now in changes]

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import netCDF4
+import numpy as np
 import pytest
 from conftest import assert_same_as_sources, simple_recipe
 from test_append import digest
@@ -20,6 +22,7 @@ from arcoforge import bake
 from arcoforge.changes import UNCHECKED, InputDeletedError
 from arcoforge.errors import SourceError
 from arcoforge.ledger import Ledger
+from arcoforge.references.store import open_references
 from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
@@ -307,3 +310,40 @@ def test_s3_inputs_are_checked_by_their_etag(archive, other_values, s3, bucket, 
     result = bake(recipe, tmp_path / "out", workers=2, cache=cache)
     assert result.stats["changed_inputs"] == [urls[5]]
     assert_same_as_sources(result.url, [*archive[:5], other_values[5], *archive[6:]])
+
+
+@pytest.mark.parametrize("name", ["reference.json", "reference.parquet"])
+def test_references_along_a_dim_the_inputs_lack(tmp_path, name):
+    from test_reference_concat_dims import members_combined, one_member_per_file
+    from test_reference_concat_dims import recipe as member_recipe
+
+    pattern = one_member_per_file(tmp_path / "src", "absent", [10, 20, 30])
+    bake(member_recipe(pattern, name), tmp_path / "out", workers=1)
+    path = Path(pattern.format_function(member=20))
+    shutil.copyfile(path, tmp_path / "warmer.nc")
+    with netCDF4.Dataset(tmp_path / "warmer.nc", "a") as nc:  # other values, same layout
+        nc["tas"][:] = nc["tas"][:] + 1.5
+    rewrite(path, tmp_path / "warmer.nc")
+    result = bake(member_recipe(pattern, name), tmp_path / "out", workers=1)
+    assert result.stats["changed_inputs"] == [str(path)]
+    assert result.stats["validated_inputs"] == 1
+    src = members_combined(pattern, "absent")
+    with open_references(str(tmp_path / "out" / "ref" / name)) as out:
+        np.testing.assert_array_equal(out.tas.values, src.tas.values)
+        np.testing.assert_array_equal(out.member.values, [10, 20, 30])
+
+
+def test_references_of_an_input_that_no_longer_fits_are_kept(archive, tmp_path):
+    bake(ref_recipe(archive), tmp_path / "out", workers=2)
+    before = digest(tmp_path / "out")
+    wider = write_oisst_archive(tmp_path / "wide", days=8, ny=20, nx=36)
+    rewrite(archive[3], wider[3])
+    with pytest.raises(ChangedInputError) as info:
+        bake(ref_recipe(archive), tmp_path / "out", workers=2)
+    assert str(info.value) == (
+        f"input {archive[3]} changed since the store was baked and no longer fits it: "
+        "'sst' is <i2 of shape [1, 20, 36] in chunks [1, 20, 36], the store's is <i2 of "
+        "shape [1, 18, 36] in chunks [1, 18, 36]; the published store is left as it was "
+        "(bake it afresh with --force)"
+    )
+    assert digest(tmp_path / "out") == before
