@@ -24,8 +24,10 @@ from arcoforge.errors import SourceError
 from arcoforge.ledger import Ledger
 from arcoforge.references.store import open_references
 from arcoforge.runs import RUNS_FOLDER
+from arcoforge.sources import FetchConfig
+from arcoforge.sources.lookup import identities_now
 from arcoforge.testing.archives import write_oisst_archive
-from arcoforge.testing.httpserver import FileServer
+from arcoforge.testing.httpserver import Faults, FileServer
 from arcoforge.updates import ChangedInputError
 
 GRID = {"ny": 18, "nx": 36}
@@ -347,3 +349,12 @@ def test_references_of_an_input_that_no_longer_fits_are_kept(archive, tmp_path):
         "(bake it afresh with --force)"
     )
     assert digest(tmp_path / "out") == before
+
+
+def test_lookups_keep_within_the_per_host_connection_limit(archive):
+    with FileServer(archive[0].parent, faults=Faults(stall_seconds=0.2)) as server:
+        urls = [f"{server.url}/{p.name}" for p in archive]
+        found = identities_now(urls, FetchConfig(max_connections_per_host=2))
+        assert server.max_concurrent() == 2
+    assert [i["size"] for i in found] == [p.stat().st_size for p in archive]
+    assert len({i["etag"] for i in found}) == 8
