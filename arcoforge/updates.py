@@ -212,9 +212,9 @@ class ChangedPlan(RetryPlan):
         """The one-line refusal of a changed input that does not fit (the first, unless
         ``url`` is given)."""
         return ChangedInputError(
-            f"input {url or self.changed[0]} changed since the store was baked and no "
-            f"longer fits it: {problem}; the published store is left as it was (bake it "
-            "afresh with --force)"
+            f"input {self.open.redact(url or self.changed[0])} changed since the store was "
+            f"baked and no longer fits it: {problem}; the published store is left as it was "
+            "(bake it afresh with --force)"
         )
 
 

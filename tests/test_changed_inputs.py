@@ -358,3 +358,14 @@ def test_lookups_keep_within_the_per_host_connection_limit(archive):
         assert server.max_concurrent() == 2
     assert [i["size"] for i in found] == [p.stat().st_size for p in archive]
     assert len({i["etag"] for i in found}) == 8
+
+
+def test_references_append_after_a_change(archive, other_values, tmp_path):
+    bake(ref_recipe(archive[:5]), tmp_path / "out", workers=2)
+    rewrite(archive[1], other_values[1])
+    result = bake(ref_recipe(archive), tmp_path / "out", workers=2, append=True)
+    assert result.stats["changed_inputs"] == [str(archive[1])]
+    assert_matches_sources(result.url, archive)
+    assert [i["size"] for i in manifest(result.url)["identities"]] == [
+        p.stat().st_size for p in archive
+    ]

@@ -418,10 +418,14 @@ def _held(plan: ReferencePlan, published: dict) -> Manifest:
 
 @dataclass
 class RefreshPlan(ReferencePlan):
-    """The references of ``changed`` inputs scanned again and put in place of those the
-    published store (``held``) had for them; the store's references are written again."""
+    """The references of its inputs, which changed, scanned again and put in place of those
+    the published store (``held``) had for them; the store's references are written again."""
 
-    changed: tuple[str, ...] = ()
+    @property
+    def store_fingerprint(self) -> str:
+        """The store's as published: it holds the inputs it held (the recipe may have more,
+        to append after)."""
+        return self.published["fingerprint"]
 
     def combine(self, state: BakeState, results: Iterable) -> None:
         """Put each rescanned input's references in place of its old ones."""
@@ -492,11 +496,11 @@ def plan_reference_refresh(
     plan: ReferencePlan, published: dict, changed: list[str]
 ) -> ReferencePlan:
     """The plan that scans the ``changed`` inputs of ``plan``'s references again and puts
-    their references in place of the old ones; for references combined on a grid or
-    merged, ``plan`` itself, which scans every input again."""
-    if len(plan.concat_dims) != 1 or plan.merge_dim or published["dims"].get(plan.dim) is None:
+    their references in place of the old ones; for references combined along several
+    concat dims or merged, ``plan`` itself, which scans every input again."""
+    if len(plan.concat_dims) != 1 or plan.merge_dim:
         return plan
-    held = set(published["inputs"])
+    changed, held = set(changed), set(published["inputs"])
     kept = {f.name: getattr(plan, f.name) for f in fields(plan)}
     return RefreshPlan(
         **{
@@ -504,7 +508,6 @@ def plan_reference_refresh(
             "inputs": [i for i in plan.inputs if i.url in changed and i.url in held],
             "held": _held(plan, published),
             "published": published,
-            "changed": tuple(changed),
         }
     )
 
