@@ -312,6 +312,13 @@ def test_s3_inputs_are_checked_by_their_etag(archive, other_values, s3, bucket, 
     result = bake(recipe, tmp_path / "out", workers=2, cache=cache)
     assert result.stats["changed_inputs"] == [urls[5]]
     assert_same_as_sources(result.url, [*archive[:5], other_values[5], *archive[6:]])
+    fs.rm_file(urls[2])
+    with pytest.raises(InputDeletedError) as info:
+        bake(recipe, tmp_path / "out", workers=2, cache=cache)
+    assert str(info.value) == (
+        f"input {urls[2]} was deleted since the store was baked (not found); "
+        "the published store is left as it was"
+    )
 
 
 @pytest.mark.parametrize("name", ["reference.json", "reference.parquet"])

@@ -48,11 +48,12 @@ def identity_now(url: str, config: FetchConfig) -> dict:
     try:
         return from_info(fs.info(path))
     except FileNotFoundError as exc:
-        cause = exc.__cause__
+        http = urlsplit(url).scheme.lower() in ("http", "https")
+        cause = exc.__cause__ if http else None
         status = getattr(cause, "status", None)
-        if cause is None or status == 404:
-            raise Gone("HTTP 404" if status == 404 else "not found") from exc
-        raise cause from exc
+        if isinstance(cause, Exception) and status != 404:
+            raise cause from exc  # fsspec's HTTP info wraps any failure (401, 503...)
+        raise Gone("HTTP 404" if status == 404 else "not found") from exc
 
 
 def identities_now(urls: Sequence[str], config: FetchConfig) -> list[dict | Exception]:
