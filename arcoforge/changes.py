@@ -65,49 +65,54 @@ def check_inputs(
     if assume_unchanged:
         reporter.event("log", level="INFO", message=UNCHECKED)
         return Check(skipped=True)
-    by_url = {i.url: i for i in plan.inputs}
-    held = [
-        (k, url, recorded)
-        for k, (url, recorded) in enumerate(
-            zip(published["inputs"], held_identities(published), strict=True)
-        )
-        if url in by_url and url not in published.get("missing", {})  # skipped: not baked
-    ]
-    fetch = _fetch_config(plan)
-    found = identities_now([_located(plan, url) for _, url, _ in held], fetch)
-    _stop_if_gone(plan, [(url, now) for (_, url, _), now in zip(held, found, strict=True)])
+    identities, unknown, changes = _compare(plan, published)
+    published = {**published, "identities": identities}
+    if unknown:
+        _record(plan, published, unknown, reporter)
+    check = Check(recorded=len(unknown))
+    if changes:
+        check.changed = [plan.open.redact(url) for url, _ in changes]
+        check.plan = _plan_again(plan, published, changes, reporter)
+    return check
+
+
+def _compare(plan: Plan, published: dict) -> tuple[list, list[str], list[tuple[str, dict]]]:
+    """The identities of the store's inputs (now, where none was recorded), the inputs
+    that had none, and the inputs that changed with their identities now."""
+    wanted = {i.url for i in plan.inputs} - set(published.get("missing", {}))  # skipped: unread
     identities = held_identities(published)
+    held = [(k, url) for k, url in enumerate(published["inputs"]) if url in wanted]
+    found = identities_now([_located(plan, url) for _, url in held], _fetch_config(plan))
+    _stop_if_gone(plan, [(url, now) for (_, url), now in zip(held, found, strict=True)])
     unknown, changes = [], []
-    for (k, url, recorded), now in zip(held, found, strict=True):
-        differs = changed(recorded, now) if recorded else None
+    for (k, url), now in zip(held, found, strict=True):
+        differs = changed(identities[k], now) if identities[k] else None
         if differs is None:
             unknown.append(url)
             identities[k] = now
         elif differs:
             changes.append((url, now))
-    published = {**published, "identities": identities}
-    if unknown:
-        _record(plan, published, unknown, reporter)
-    check = Check(recorded=len(unknown))
-    if not changes:
-        return check
-    urls = [plan.open.redact(url) for url, _ in changes]
-    _forget_cached(plan, [url for url, _ in changes])
-    what = f"{urls[0]} and {len(urls) - 1} more inputs" if len(urls) > 1 else urls[0]
+    return identities, unknown, changes
+
+
+def _plan_again(
+    plan: Plan, published: dict, changes: list[tuple[str, dict]], reporter: Reporter
+) -> Plan:
+    """Say which inputs changed, drop their cached copies, and return the plan that bakes
+    again what they feed."""
+    urls = [url for url, _ in changes]
+    _forget_cached(plan, urls)
+    first = plan.open.redact(urls[0])
+    what = f"{first} and {len(urls) - 1} more inputs" if len(urls) > 1 else first
+    feed = "they feed" if len(urls) > 1 else "it feeds"
     reporter.event(
         "log",
         level="INFO",
-        message=f"{what} changed since the store was baked: baking again what "
-        f"{'they feed' if len(urls) > 1 else 'it feeds'}",
+        message=f"{what} changed since the store was baked: baking again what {feed}",
     )
-    check.changed = urls
     if plan.recipe.virtual:
-        check.plan = plan_reference_refresh(plan, published, [url for url, _ in changes])
-    else:
-        check.plan = plan_changed(
-            plan, published, [url for url, _ in changes], [now for _, now in changes]
-        )
-    return check
+        return plan_reference_refresh(plan, published, urls)
+    return plan_changed(plan, published, urls, [now for _, now in changes])
 
 
 def _checkable(plan: Plan, append: bool) -> dict | None:

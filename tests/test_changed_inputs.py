@@ -99,8 +99,8 @@ def test_the_run_record_names_the_changed_inputs(archive, other_values, tmp_path
     baked(archive, tmp_path / "out")
     rewrite(archive[7], other_values[7])
     baked(archive, tmp_path / "out")
-    records = sorted((tmp_path / "out" / RUNS_FOLDER).glob("*.json"))
-    last = json.loads(records[-1].read_text())
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / RUNS_FOLDER).glob("*.json")]
+    last = max(records, key=lambda record: record["started"])
     assert last["changed_inputs"] == [str(archive[7])]
     assert last["status"] == "succeeded"
 
