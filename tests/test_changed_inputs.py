@@ -376,3 +376,18 @@ def test_references_append_after_a_change(archive, other_values, tmp_path):
     assert [i["size"] for i in manifest(result.url)["identities"]] == [
         p.stat().st_size for p in archive
     ]
+
+
+def test_the_command_line_names_the_changed_inputs(archive, other_values, tmp_path):
+    stock = feedstock(tmp_path / "stock", [str(p) for p in archive])
+    args = ("bake", str(stock), "--target-root", str(tmp_path / "out"), "--workers", "2")
+    assert cli(*args).returncode == 0
+    rewrite(archive[0], other_values[0])
+    done = cli(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    logs = [e["message"] for e in events if e["event"] == "log"]
+    assert logs == [f"{archive[0]} changed since the store was baked: baking again what it feeds"]
+    assert events[-1]["event"] == "summary"
+    assert events[-1]["changed_inputs"] == [str(archive[0])]
+    assert_same_as_sources(str(tmp_path / "out" / "out.zarr"), archive)
