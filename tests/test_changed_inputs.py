@@ -4,6 +4,7 @@ store untouched; --assume-unchanged skips the check and says so."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from arcoforge import bake
 from arcoforge.changes import UNCHECKED, InputDeletedError
 from arcoforge.errors import SourceError
 from arcoforge.ledger import Ledger
+from arcoforge.progress import JsonReporter
 from arcoforge.references.store import open_references
 from arcoforge.runs import RUNS_FOLDER
 from arcoforge.sources import FetchConfig
@@ -222,8 +224,12 @@ def test_a_store_without_identities_gets_them_recorded_not_baked_again(
     del published["identities"]  # as the previous version wrote it
     Ledger(str(store)).write({k: v for k, v in published.items() if k != "version"})
     before = mtimes(store)
-    result = baked(archive, tmp_path / "out")
+    lines = io.StringIO()
+    result = baked(archive, tmp_path / "out", reporter=JsonReporter(lines))
     assert result.stats["up_to_date"] and result.stats["identities_recorded"] == 8
+    assert json.loads(lines.getvalue().splitlines()[0])["message"] == (
+        "identities of 8 inputs recorded (the store's manifest had none); they are not baked again"
+    )
     assert "changed_inputs" not in result.stats
     assert mtimes(store) == before
     assert [i["size"] for i in manifest(str(store))["identities"]] == [
