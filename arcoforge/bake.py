@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from typing import Any
 import fsspec
 import xarray as xr
 
+from .changes import check_inputs
 from .engines import Engine, get_engine
 from .openers import preload
 from .plan import Plan, make_plan
@@ -62,6 +64,7 @@ def bake(
     retry_failed: bool = False,
     storage_options: dict | None = None,
     run: RunContext | None = None,
+    assume_unchanged: bool = False,
 ) -> BakeResult:
     """Bake ``recipe`` into ``target_root/STORE_NAME`` and return a :class:`BakeResult`.
 
@@ -74,6 +77,10 @@ def bake(
     "dask", "spark" or "beam" (configured by ``engine_options``, see
     :mod:`arcoforge.engines`) or an :class:`Engine`. Every bake leaves a run
     record (see :mod:`arcoforge.runs`); ``run`` adds what the caller knows to it.
+
+    Before a store is found up to date or appended to, its inputs are checked for changes
+    since it was baked (see :mod:`arcoforge.changes`): what changed inputs feed is baked
+    again, a deleted input stops the bake. ``assume_unchanged`` skips the check.
 
     >>> result = bake(recipe, target_root="out/", workers=2)  # doctest: +SKIP
     >>> result.url
@@ -94,25 +101,48 @@ def bake(
         )
         with recorded_run(plan, reporter, run) as record, plan.ledger.lock(record.record.id):
             reporter = record.reporter
+            check = None
+            if not force:
+                check = check_inputs(
+                    plan, reporter, append=append, assume_unchanged=assume_unchanged
+                )
+            run_on = functools.partial(run_with, engine, workers, engine_options, reporter)
+            refreshed = run_on(check.plan) if check and check.plan else None
             if append:
                 plan = plan_append(plan)
             if retry_failed:
                 plan = plan_retry(plan)
             if not force and plan.up_to_date():
-                reporter.event("up_to_date", url=plan.url)
-                return record.finished(unchanged_result(plan))
-            runner = (
-                get_engine(engine, workers=workers, **(engine_options or {}))
-                if isinstance(engine, str)
-                else engine
-            )
-            if runner.forks and not recipe.virtual:  # a reference bake's workers only scan
-                preload(plan.open.file_type)  # (engines with workers of their own: as they start)
-            with runner:
-                result = run_plan(plan, runner, reporter)
-            if runner.worker_losses:
-                result.stats["worker_losses"] = runner.worker_losses
+                result = refreshed
+                if result is None:
+                    reporter.event("up_to_date", url=plan.url)
+                    result = unchanged_result(plan)
+            else:
+                result = run_on(plan)
+            result.stats.update(check.stats if check else {})
             return record.finished(result)
+
+
+def run_with(
+    engine: str | Engine,
+    workers: int,
+    engine_options: dict | None,
+    reporter: Reporter,
+    plan: Plan,
+) -> BakeResult:
+    """Run ``plan`` on ``engine`` (a name, or an :class:`Engine`)."""
+    runner = (
+        get_engine(engine, workers=workers, **(engine_options or {}))
+        if isinstance(engine, str)
+        else engine
+    )
+    if runner.forks and not plan.recipe.virtual:  # a reference bake's workers only scan
+        preload(plan.open.file_type)  # (engines with workers of their own: as they start)
+    with runner:
+        result = run_plan(plan, runner, reporter)
+    if runner.worker_losses:
+        result.stats["worker_losses"] = runner.worker_losses
+    return result
 
 
 def run_plan(plan: Plan, engine: Engine, reporter: Reporter) -> BakeResult:

@@ -148,6 +148,12 @@ def _value(text: str):
 )
 @click.option("--force", is_flag=True, help="Bake again even if the store is up to date.")
 @click.option(
+    "--assume-unchanged",
+    is_flag=True,
+    help="Do not check the store's inputs for changes since it was baked (for archives "
+    "too big to list).",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "dask", "spark", "beam"]),
     help="Where tasks run [default: local]; settings of each in the config file.",
@@ -172,6 +178,7 @@ def bake(
     skip_failed,
     retry_failed,
     force,
+    assume_unchanged,
     engine,
     dask_scheduler,
     storage_option,
@@ -241,6 +248,7 @@ def bake(
                     skip_failed=skip_failed or config.skip_failed,
                     retry_failed=retry_failed,
                     storage_options=options,
+                    assume_unchanged=assume_unchanged or config.assume_unchanged,
                     run=RunContext(
                         rid, str(feedstock.resolve()), ("arcoforge", *sys.argv[1:]), run_id
                     ),

@@ -57,6 +57,7 @@ class BakeConfig(BaseModel):
     prune: int | None = Field(default=None, ge=1)
     engine: Literal["local", "dask", "spark", "beam"] = "local"
     skip_failed: bool = False
+    assume_unchanged: bool = False  # do not check inputs for changes since the last bake
     storage_options: dict[str, Any] = Field(default_factory=dict)  # fsspec's, for the target
     dask: DaskSettings = Field(default_factory=DaskSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)

@@ -60,6 +60,7 @@ class BakeState:
     appended: Any = None  # a reference append's own manifest, before it joins the store's
     counts: list[int] = field(default_factory=list)
     steps: dict[str, dict[int, int]] = field(default_factory=dict)  # per concat dim, position
+    identities: dict[str, dict | None] = field(default_factory=dict)  # by (redacted) URL
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,9 @@ class Plan:
             staged["status"] == "complete" or exists(self.target.url, self.target.storage_options)
         )
         saved = self.ledger.load_state(STATE_TYPES) if there else None
-        if saved is None or not self.resume(state, saved):
+        if saved is not None and self.resume(state, saved):
+            state.identities = staged.get("identities", {})
+        else:
             self.ledger.clear_staging()
 
     def up_to_date(self) -> bool:
@@ -216,7 +219,7 @@ class Plan:
             "missing": state.missing,
         }
         self.ledger.save_state(kept, STATE_TYPES)
-        self.ledger.write(self._manifest("writing"), STAGED)
+        self.ledger.write(self._manifest("writing", identities=state.identities), STAGED)
 
     def resume(self, state: BakeState, kept: Any) -> bool:
         """Take up what :meth:`keep` recorded for an interrupted bake of this plan; False
@@ -256,6 +259,7 @@ class Plan:
                 state.missing[result.input.url] = result.error
             else:
                 combiner.add(result)
+                state.identities[result.input.url] = result.identity
         return combiner
 
     @property
@@ -323,7 +327,12 @@ class Plan:
             "counts": counts,
             "dims": state.schema.dims,
             "missing": state.missing,
+            "identities": self.identities(state, self.inputs),
         }
+
+    def identities(self, state: BakeState, inputs: Iterable[Input]) -> list[dict | None]:
+        """The identity of each of ``inputs`` as scanned (None: not scanned, skipped)."""
+        return [state.identities.get(self.open.redact(i.url)) for i in inputs]
 
     def summary(self, state: BakeState) -> dict[str, Any]:
         """Sizes for the bake's result: dims, chunks, bytes read and decoded."""

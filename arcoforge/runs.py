@@ -85,6 +85,7 @@ class RunRecord(BaseModel):
     seconds: float | None = None
     retries: int = 0  # download retries, as counted by the cache
     failures: list[str] = []
+    changed_inputs: list[str] = []  # inputs that changed since the store was baked
     stats: dict[str, Any] = {}
     validation: dict[str, Any] | None = None
     versions: dict[str, str] = Field(default_factory=dict)
@@ -219,6 +220,7 @@ class Recorder:
         self.record.failures += [
             f"{url}: skipped, failed after its retries" for url in stats.get("missing_inputs", ())
         ]
+        self.record.changed_inputs = list(stats.get("changed_inputs", ()))
         self.record.validation = {
             "inputs_compared": result.stats.get("validated_inputs", 0),
             "store_check": result.stats.get("store_check"),

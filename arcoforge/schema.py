@@ -20,6 +20,8 @@ from .errors import SchemaError, SourceError, one_line
 from .openers import OpenConfig, open_input
 from .patterns import FilePattern, Input
 from .sources import local_copy
+from .sources.identity import Gone
+from .sources.lookup import scanned_identity
 
 _TIME_ENCODING = ("units", "calendar", "dtype")
 SHOWN_CAUSES = 3  # of an every-input-failed error, the first causes named
@@ -63,6 +65,7 @@ class InputSchema:
     attrs: dict[str, Any]
     concat_values: dict[str, np.ndarray]
     nbytes: int = 0
+    identity: dict | None = None  # see arcoforge.sources.identity
 
     def layout(self, concat: set[str]) -> tuple:
         """A hashable summary of everything that must agree with other inputs."""
@@ -104,12 +107,18 @@ class Skipping:
 
 
 def scan_input(task: ScanTask) -> InputSchema:
-    """The schema of one input (fetching it into the cache on the way)."""
+    """The schema of one input (fetching it into the cache on the way), with the identity
+    of the bytes it was read from."""
     nbytes = 0
     if task.open.file_type != "zarr":
         nbytes = os.path.getsize(local_copy(task.input.url, task.open.fetch))
+    try:
+        identity = scanned_identity(task.input.url, task.open.fetch)
+    except Gone:
+        identity = None  # a Zarr input: opening it says what is wrong
     with open_input(task.input.url, task.open) as ds:
-        return describe_input(ds, task.input, task.open.concat_dims, nbytes, task.open.redact)
+        schema = describe_input(ds, task.input, task.open.concat_dims, nbytes, task.open.redact)
+    return replace(schema, identity=identity)
 
 
 def describe_input(

@@ -94,6 +94,7 @@ def render_result(result: BakeResult, console, recipe_id: str) -> None:
             ("output", result.url),
             ("dims", dims_text(result.dims)),
             ("status", "baked before from the same recipe and inputs"),
+            *_check_rows(stats),
         ]
     else:
         title = f"baked {recipe_id}"
@@ -116,6 +117,7 @@ def _baked_rows(result: BakeResult) -> list[tuple[str, str]]:
         ("time", f"{result.seconds:.1f} s ({size(result.mb_per_s * 1e6)}/s)"),
         ("stages", ", ".join(f"{k} {v:.1f} s" for k, v in result.stage_seconds.items())),
         ("validated", f"{count(validated, 'input')} compared value for value"),
+        *_check_rows(stats),
     ]
     if stats.get("missing_inputs"):
         missing = stats["missing_inputs"]
@@ -126,4 +128,22 @@ def _baked_rows(result: BakeResult) -> list[tuple[str, str]]:
         rows.append(("resumed", f"{done} done by an earlier run"))
     if stats.get("worker_losses"):
         rows.append(("workers", f"{stats['worker_losses']} lost; their tasks ran again"))
+    return rows
+
+
+def _check_rows(stats: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the check of the inputs for changes since the last bake found."""
+    if stats.get("inputs_unchecked"):
+        return [("changes", "inputs not checked for changes (--assume-unchanged)")]
+    changed = stats.get("changed_inputs")
+    rows = []
+    if changed:
+        first = f", first {changed[0]}" if len(changed) > 1 else f": {changed[0]}"
+        n = len(changed)
+        rows.append(("changed", f"{count(n, 'input')} changed since the last bake{first}"))
+        feed = "they feed" if n > 1 else "it feeds"
+        rows.append(("", f"the parts of the store {feed} were baked again"))
+    if stats.get("identities_recorded"):
+        n = stats["identities_recorded"]
+        rows.append(("recorded", f"identities of {count(n, 'input')}, for the next check"))
     return rows

@@ -21,7 +21,7 @@ import xarray as xr
 import zarr
 
 from . import ledger as ledgers
-from .errors import SchemaError
+from .errors import SchemaError, one_line
 from .patterns import Input
 from .plan import BakeState, Plan, exists
 from .schema import DatasetSchema
@@ -55,6 +55,14 @@ class PatchPlan(Plan):
     def move_into_place(self, state: BakeState) -> None:
         patch.apply(self.target, self.url)
         super().check(state, self.url)
+
+    def _rescanned(self, state: BakeState) -> list[dict | None]:
+        """The identities of the store's inputs: as scanned now for the inputs this plan
+        scanned, else as recorded."""
+        urls = [i.url for i in self.inputs]
+        scanned = dict(zip(urls, self.identities(state, self.inputs), strict=True))
+        held = zip(self.published["inputs"], held_identities(self.published), strict=True)
+        return [scanned.get(url) or old for url, old in held]
 
 
 @dataclass
@@ -95,6 +103,7 @@ class AppendPlan(PatchPlan):
             "counts": [*self.published["counts"], *new["counts"]],
             "dims": state.schema.dims,
             "missing": {**self.published.get("missing", {}), **state.missing},
+            "identities": [*held_identities(self.published), *new["identities"]],
         }
 
 
@@ -116,7 +125,7 @@ class RetryPlan(PatchPlan):
         counts = self.published["counts"]
         offsets = np.cumsum([0, *counts[:-1]]).tolist()
         with xr.open_zarr(self.url, storage_options=self.target.storage_options) as store:
-            _check_steps(store, new, self.inputs, self.dim, counts)
+            self.check_fits(store, new)
             dims = {**new.dims, self.dim: int(store.sizes[self.dim])}
             variables = {
                 n: replace(v, shape=tuple(dims[d] for d in v.dims))
@@ -132,6 +141,15 @@ class RetryPlan(PatchPlan):
             self.stage_patch(state, store, new)
         self.keep(state)
 
+    def check_fits(self, store: xr.Dataset, new: DatasetSchema) -> None:
+        """The inputs being retried must hold the steps the store has for them."""
+        item = _differing_steps(store, new, self.inputs, self.dim, self.published["counts"])
+        if item is not None:
+            raise AppendError(
+                f"cannot retry {item.url}: its {self.dim} steps differ from those the "
+                "store has for it"
+            )
+
     def _regions(self, schema: DatasetSchema, chunks: dict[str, int]) -> list[dict[str, slice]]:
         return [
             r
@@ -141,9 +159,87 @@ class RetryPlan(PatchPlan):
 
     def _contents(self, state: BakeState) -> dict:
         retried = {i.url for i in self.inputs}
-        kept = {u: e for u, e in self.published["missing"].items() if u not in retried}
+        kept = {u: e for u, e in self.published.get("missing", {}).items() if u not in retried}
         held = {k: self.published[k] for k in ("inputs", "counts", "dims")}
-        return {**held, "missing": {**kept, **state.missing}}
+        return {
+            **held,
+            "missing": {**kept, **state.missing},
+            "identities": self._rescanned(state),
+        }
+
+
+class ChangedInputError(SchemaError):
+    """An input changed since the store was baked, and no longer fits the store."""
+
+
+@dataclass
+class ChangedPlan(RetryPlan):
+    """The chunks that ``changed`` inputs feed, rewritten from all the inputs they hold;
+    ``now`` is the changed inputs' identities as they were found."""
+
+    changed: tuple[str, ...] = ()
+    now: tuple[dict, ...] = ()
+
+    @property
+    def store_fingerprint(self) -> str:
+        """The store's as published: it holds the inputs it held (the recipe may have more,
+        to append after)."""
+        return self.published["fingerprint"]
+
+    @property
+    def fingerprint(self) -> str:
+        return ledgers.fingerprint(self.store_fingerprint, "changed", self.blocks, self.now)
+
+    def combine(self, state: BakeState, results: Iterable) -> None:
+        """Rescan, check that the changed inputs still fit the store, stage the patch."""
+        try:
+            super().combine(state, results)
+        except SchemaError as exc:
+            if isinstance(exc, ChangedInputError):
+                raise
+            raise self.misfit(one_line(exc)) from exc
+
+    def check_fits(self, store: xr.Dataset, new: DatasetSchema) -> None:
+        """Same variables, grids and dtypes as the store, the same steps along its dim."""
+        problem = _variable_mismatch(store, new, self.dim)
+        if problem is not None:
+            raise self.misfit(problem)
+        item = _differing_steps(store, new, self.inputs, self.dim, self.published["counts"])
+        if item is not None:
+            raise self.misfit(f"its {self.dim} values differ from the store's", item.url)
+
+    def misfit(self, problem: str, url: str | None = None) -> ChangedInputError:
+        """The one-line refusal of a changed input that does not fit (the first, unless
+        ``url`` is given)."""
+        return ChangedInputError(
+            f"input {self.open.redact(url or self.changed[0])} changed since the store was "
+            f"baked and no longer fits it: {problem}; the published store is left as it was "
+            "(bake it afresh with --force)"
+        )
+
+
+def held_identities(published: dict) -> list[dict | None]:
+    """The identity the manifest records for each input of the store, None where it has
+    none (a store baked before identities were recorded)."""
+    found = published.get("identities") or []
+    return [*found, *[None] * (len(published["inputs"]) - len(found))]
+
+
+def plan_changed(plan: Plan, published: dict, changed: list[str], now: list[dict]) -> Plan:
+    """The plan that rewrites the chunks of ``plan``'s store that the ``changed`` inputs
+    (of identities ``now``) feed, from every input those chunks hold; along several
+    concat dims, ``plan`` itself, which bakes the store afresh."""
+    if len(plan.concat_dims) != 1:
+        return plan
+    blocks, wanted = _rewritten(plan, published, changed)
+    skipped = published.get("missing", {})
+    return ChangedPlan(
+        **_fields(plan, inputs=[i for i in wanted if i.url not in skipped]),
+        published=published,
+        blocks=tuple(blocks),
+        changed=tuple(changed),
+        now=tuple(now),
+    )
 
 
 def plan_append(plan: Plan) -> Plan:
@@ -189,21 +285,29 @@ def plan_retry(plan: Plan) -> Plan:
         )
     if not published.get("missing"):
         return plan
+    blocks, wanted = _rewritten(plan, published, published["missing"])
+    return RetryPlan(**_fields(plan, inputs=wanted), published=published, blocks=tuple(blocks))
+
+
+def _rewritten(plan: Plan, published: dict, urls) -> tuple[list[tuple[int, int]], list[Input]]:
+    """The blocks of chunks along the concat dim that hold the inputs at ``urls``, and every
+    input those blocks hold."""
     dim = plan.concat_dims[0]
     with xr.open_zarr(plan.url, storage_options=plan.target.storage_options) as store:
         step = _store_chunks(store)[dim]
     counts = published["counts"]
     offsets = np.cumsum([0, *counts]).tolist()
-    spans = {i.url: (offsets[i.pos(dim)], offsets[i.pos(dim) + 1]) for i in plan.inputs}
+    held = [i for i in plan.inputs if i.pos(dim) < len(counts)]  # not those to append
+    spans = {i.url: (offsets[i.pos(dim)], offsets[i.pos(dim) + 1]) for i in held}
     blocks = sorted(
         {
             (b, min(b + step, offsets[-1]))
-            for url in published["missing"]
+            for url in urls
             for b in range(spans[url][0] // step * step, spans[url][1], step)
         }
     )
-    wanted = [i for i in plan.inputs if any(_meets(spans[i.url], b) for b in blocks)]
-    return RetryPlan(**_fields(plan, inputs=wanted), published=published, blocks=tuple(blocks))
+    wanted = [i for i in held if any(_meets(spans[i.url], b) for b in blocks)]
+    return blocks, wanted
 
 
 def _meets(span: tuple[int, int], block: tuple[int, int]) -> bool:
@@ -232,8 +336,11 @@ def _fields(plan: Plan, **changes) -> dict:
     return {**{f: getattr(plan, f) for f in Plan.__dataclass_fields__}, **changes}
 
 
-def _check_steps(store: xr.Dataset, new: DatasetSchema, inputs, dim: str, counts) -> None:
-    """The inputs being retried must hold the steps the store has for them."""
+def _differing_steps(
+    store: xr.Dataset, new: DatasetSchema, inputs, dim: str, counts
+) -> Input | None:
+    """The first of ``inputs`` whose steps along ``dim`` differ from those the store has
+    for it, or None."""
     positions = sorted({i.pos(dim) for i in inputs})
     by_pos = {i.pos(dim): i for i in inputs}
     offsets = np.cumsum([0, *counts]).tolist()
@@ -248,11 +355,9 @@ def _check_steps(store: xr.Dataset, new: DatasetSchema, inputs, dim: str, counts
             )
         )
         if not same:
-            raise AppendError(
-                f"cannot retry {by_pos[pos].url}: its {dim} steps differ from those the "
-                "store has for it"
-            )
+            return by_pos[pos]
         start += n
+    return None
 
 
 def new_inputs(plan: Plan, published: dict, dim: str) -> list[Input]:
@@ -327,10 +432,18 @@ def check_steps(held: np.ndarray, values: np.ndarray, dim: str, input_at) -> Non
 
 
 def _check_variables(store: xr.Dataset, new: DatasetSchema, dim: str, url: str) -> None:
+    problem = _variable_mismatch(store, new, dim)
+    if problem is not None:
+        raise AppendError(f"cannot append {url}: {problem}")
+
+
+def _variable_mismatch(store: xr.Dataset, new: DatasetSchema, dim: str) -> str | None:
+    """How the variables of ``new`` differ from the store's (but for their length along
+    ``dim``), or None."""
     names = {n for n, v in new.variables.items() if not v.is_coord}
     for name in sorted(names ^ set(store.data_vars)):
         where = "the store lacks it" if name in names else "the new inputs lack it"
-        raise AppendError(f"cannot append {url}: variable {name!r}: {where}")
+        return f"variable {name!r}: {where}"
     for name, info in new.variables.items():
         if name not in store.variables or name == dim:
             continue
@@ -338,12 +451,13 @@ def _check_variables(store: xr.Dataset, new: DatasetSchema, dim: str, url: str) 
         shape = tuple(n for d, n in zip(info.dims, info.shape, strict=True) if d != dim)
         held = tuple(n for d, n in var.sizes.items() if d != dim)
         if var.dims != info.dims or shape != held or str(var.dtype) != info.dtype:
-            raise AppendError(
-                f"cannot append {url}: {name!r} is {info.dtype} {dict(zip(info.dims, info.shape, strict=True))}, "
+            return (
+                f"{name!r} is {info.dtype} {dict(zip(info.dims, info.shape, strict=True))}, "
                 f"the store's is {var.dtype} {dict(var.sizes)}"
             )
         if dim not in info.dims and info.fingerprint and not _same(var, info):
-            raise AppendError(f"cannot append {url}: {name!r} differs from the store's")
+            return f"{name!r} differs from the store's"
+    return None
 
 
 def _same(var: xr.Variable, info) -> bool:

@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import SchemaError
-from .manifest import ArrayRefs, Manifest, inline_array
+from .manifest import NO_FILE, ArrayRefs, Manifest, inline_array
 
 ALIGN = 64  # bytes: where each array of a joined buffer starts
 SAME_META = ("dtype", "compressor", "filters", "fill_value", "order")
@@ -85,7 +85,7 @@ def concat_grid(
     shape = _check_grid(dims, positions, urls)
     order = sorted(range(len(manifests)), key=positions.__getitem__)
     level = [
-        _with_dims(manifests[i], dims, keys[i] if keys else {}, urls[i], identical) for i in order
+        with_dims(manifests[i], dims, keys[i] if keys else {}, urls[i], identical) for i in order
     ]
     urls = [urls[i] for i in order]
     for axis in reversed(range(len(dims))):
@@ -128,7 +128,7 @@ def _place(dims: Sequence[str], position: tuple[int, ...]) -> str:
     return ", ".join(f"{d}={p}" for d, p in zip(dims, position, strict=True))
 
 
-def _with_dims(
+def with_dims(
     manifest: Manifest, dims: Sequence[str], keys: dict, url: str, identical: Sequence[str]
 ) -> Manifest:
     """``manifest`` with each of ``dims`` it lacks as a leading dim of length 1 (the first
@@ -420,3 +420,82 @@ def _check_sizes(arrays: dict[str, ArrayRefs], urls: Sequence[str]) -> None:
                     f"cannot merge {urls[0]} and the others: {dim!r} is {seen[0]} long in "
                     f"{seen[1]!r}, {n} in {name!r}"
                 )
+
+
+def replace_input(held: Manifest, part: Manifest, dim: str, start: int, url: str) -> Manifest:
+    """``held`` (references combined along ``dim``) with ``part``, the references of the
+    input at ``url`` whose steps begin at ``start``, in place of those it had: the input
+    was scanned again after it changed. Raises :class:`CombineError` naming what of the
+    input no longer fits ``held``."""
+    count = part.sizes().get(dim, 0)
+    if dim in held.coords:
+        if dim not in part.coords:
+            raise CombineError(f"it has no {dim!r} coordinate")
+        values = _in_units_of(held, part, dim, url)
+        if not np.array_equal(values, held.coords[dim][start : start + count]):
+            raise CombineError(f"its {dim} values differ from the store's")
+    paths = list(held.paths)
+    arrays = dict(held.arrays)
+    for name, refs in held.arrays.items():
+        new = part.arrays.get(name)
+        if new is None:
+            raise CombineError(f"variable {name!r} is missing")
+        if name in held.coords:
+            continue
+        axis = refs.dims.index(dim) if dim in refs.dims else None
+        shape = list(refs.shape)
+        if axis is not None:
+            shape[axis] = count
+        if new.dims != refs.dims or new.meta != {**refs.meta, "shape": shape}:
+            raise CombineError(
+                f"{name!r} is {new.meta['dtype']} of shape {list(new.shape)} in chunks "
+                f"{list(new.chunks)}, the store's is {refs.meta['dtype']} of shape {shape} in "
+                f"chunks {list(refs.chunks)}"
+            )
+        arrays[name] = _replaced(name, refs, new, axis, start, _file_indices(paths, part.paths))
+    return replace(held, paths=paths, arrays=arrays)
+
+
+def _file_indices(paths: list[str], part_paths: list[str]) -> np.ndarray:
+    """Where each of ``part_paths`` is in ``paths`` (added at its end if it is not)."""
+    for path in part_paths:
+        if path not in paths:
+            paths.append(path)
+    return np.array([paths.index(p) for p in part_paths], dtype=np.int32)
+
+
+def _replaced(
+    name: str, refs: ArrayRefs, new: ArrayRefs, axis: int | None, start: int, indices
+) -> ArrayRefs:
+    """``refs`` with ``new``'s references in place of its chunks from step ``start`` along
+    ``axis``; where the array lacks the dim, ``new`` if ``refs`` point into the input (the
+    first one's, which the store's references point into)."""
+    files = new.files.copy()
+    if len(indices):
+        files[files != NO_FILE] = indices[files[files != NO_FILE]]
+    if axis is None:
+        inline = refs.inline_values
+        if inline is not None and not np.array_equal(inline, new.inline_values):
+            raise CombineError(f"different values of {name!r}")
+        if new.attrs != refs.attrs:
+            raise CombineError(f"different attributes of {name!r}")
+        return replace(new, files=files) if np.isin(refs.files, indices).any() else refs
+    if refs.inline_values is not None and new.inline_values is not None:
+        values = refs.inline_values.copy()
+        where = [slice(None)] * values.ndim
+        where[axis] = slice(start, start + new.shape[axis])
+        values[tuple(where)] = new.inline_values
+        return _inline_like(refs, values)
+    first = start // refs.chunks[axis]
+    where = [slice(None)] * refs.files.ndim
+    where[axis] = slice(first, first + new.files.shape[axis])
+    where = tuple(where)
+    grids = {"files": files, "offsets": new.offsets, "lengths": new.lengths}
+    out = {k: getattr(refs, k).copy() for k in grids}
+    for key, grid in grids.items():
+        out[key][where] = grid
+    raw = None
+    if refs.raw is not None or new.raw is not None:
+        raw = _raw(refs).copy()
+        raw[where] = _raw(new)
+    return replace(refs, raw=raw, **out)

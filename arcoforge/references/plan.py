@@ -9,7 +9,7 @@ beside the store, after checking that they continue it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import fsspec
@@ -19,11 +19,11 @@ from .. import ledger as ledgers
 from ..errors import RecipeError
 from ..patterns import Input
 from ..plan import BakeState, Plan, Stage, _nothing
-from ..updates import AppendError, _text, check_steps
+from ..updates import AppendError, ChangedInputError, _text, check_steps, held_identities
 from ..validate import sample_positions
 from . import held as held_files
 from .check import CheckTask, check_input, decoded
-from .combine import CombineError, concat, concat_grid, merge
+from .combine import CombineError, concat, concat_grid, merge, replace_input, with_dims
 from .manifest import ArrayRefs, Manifest
 from .scan import ScanConfig, ScanTask, reference_url, scan_input, scan_inputs
 from .store import ReferenceStore
@@ -110,7 +110,9 @@ class ReferencePlan(Plan):
                 self.check_concat_dims(*batch[0])
                 self.store.preload()
             scanned += batch
-        manifests = [m for _, m in sorted(scanned, key=lambda r: order[r[0]])]
+        scanned.sort(key=lambda r: order[r[0]])
+        manifests = [m for _, m, _ in scanned]
+        state.identities = {item.url: identity for item, _, identity in scanned}
         grid = self._on_grid(manifests)
         new = self._combined(manifests, grid)
         self._check_sorted(new, manifests)
@@ -323,6 +325,10 @@ class ReferencePlan(Plan):
             "counts": [*counts, *state.counts],
             "dims": state.manifest.sizes(),
             "references": state.manifest.nrefs,
+            "identities": [
+                *(held_identities(self.published) if self.held is not None else []),
+                *(state.identities.get(i.url) for i in self.inputs),
+            ],
         }
 
     def summary(self, state: BakeState) -> dict[str, Any]:
@@ -428,6 +434,102 @@ def _held(plan: ReferencePlan, published: dict) -> Manifest:
         return parts[0][1]
     urls, manifests = zip(*parts, strict=True)
     return concat(manifests, plan.dim, urls, plan.recipe.writer.identical_dims)
+
+
+@dataclass
+class RefreshPlan(ReferencePlan):
+    """The references of its inputs, which changed, scanned again and put in place of those
+    the published store (``held``) had for them; the store's references are written again."""
+
+    @property
+    def store_fingerprint(self) -> str:
+        """The store's as published: it holds the inputs it held (the recipe may have more,
+        to append after)."""
+        return self.published["fingerprint"]
+
+    def combine(self, state: BakeState, results: Iterable) -> None:
+        """Put each rescanned input's references in place of its old ones."""
+        offsets = np.cumsum([0, *self.published["counts"]]).tolist()
+        manifest = self.held
+        for item, part, identity in sorted(
+            (r for batch in results for r in batch), key=lambda r: r[0].pos(self.dim)
+        ):
+            url = reference_url(item.url, self.scan)
+            try:
+                if self.dim not in part.sizes():  # the store's leading dim, made at its bake
+                    identical = self.recipe.writer.identical_dims
+                    part = with_dims(part, self.concat_dims, dict(item.keys), url, identical)
+                manifest = replace_input(manifest, part, self.dim, offsets[item.pos(self.dim)], url)
+            except CombineError as exc:
+                raise _misfit(self.open.redact(item.url), str(exc)) from exc
+            state.identities[item.url] = identity
+        self.store.preload()
+        state.manifest = state.appended = manifest
+        state.open = replace(self.open, promoted=manifest.promoted)
+        state.counts = list(self.published["counts"])
+
+    def _shared(self, state: BakeState) -> dict[str, int]:
+        return {}  # the changed inputs may be anywhere: every reference is written
+
+    def _message(self) -> str:
+        return (
+            f"arcoforge re-bake of {self.recipe.writer.store_name}: {len(self.inputs)} changed "
+            f"inputs, {self.inputs[0].url} first"
+        )
+
+    def check_tasks(self, state: BakeState) -> list[CheckTask]:
+        """Compare the first and the last changed input, where they lie in the store."""
+        offsets = np.cumsum([0, *self.published["counts"]]).tolist()
+        samples = []
+        for i in sample_positions(len(self.inputs)):
+            pos = self.inputs[i].pos(self.dim)
+            samples.append((self.inputs[i], {self.dim: (offsets[pos], offsets[pos + 1])}))
+        protocol = fsspec.utils.get_protocol(reference_url(self.inputs[0].url, self.scan))
+        config = state.open or self.open
+        return [CheckTask(self.store, config, tuple(samples), self.dim, protocol, self.scan)]
+
+    def _keep(self, state: BakeState, inputs: list[str]) -> list[str]:
+        """The manifest kept for appends, whole."""
+        body = held_files.dumps((inputs, state.manifest))
+        ledgers.put(f"{self.ledger.folder}/{HELD}", body, self.target.storage_options)
+        return [HELD]
+
+    def _contents(self, state: BakeState) -> dict:
+        rescanned = {i.url: state.identities.get(i.url) for i in self.inputs}
+        held = zip(self.published["inputs"], held_identities(self.published), strict=True)
+        return {
+            **{k: self.published[k] for k in ("inputs", "counts")},
+            "dims": state.manifest.sizes(),
+            "references": state.manifest.nrefs,
+            "identities": [rescanned.get(url) or old for url, old in held],
+        }
+
+
+def _misfit(url: str, problem: str) -> ChangedInputError:
+    return ChangedInputError(
+        f"input {url} changed since the store was baked and no longer fits it: {problem}; "
+        "the published store is left as it was (bake it afresh with --force)"
+    )
+
+
+def plan_reference_refresh(
+    plan: ReferencePlan, published: dict, changed: list[str]
+) -> ReferencePlan:
+    """The plan that scans the ``changed`` inputs of ``plan``'s references again and puts
+    their references in place of the old ones; for references combined along several
+    concat dims or merged, ``plan`` itself, which scans every input again."""
+    if len(plan.concat_dims) != 1 or plan.merge_dim:
+        return plan
+    changed, held = set(changed), set(published["inputs"])
+    kept = {f.name: getattr(plan, f.name) for f in fields(plan)}
+    return RefreshPlan(
+        **{
+            **kept,
+            "inputs": [i for i in plan.inputs if i.url in changed and i.url in held],
+            "held": _held(plan, published),
+            "published": published,
+        }
+    )
 
 
 def make_reference_plan(

@@ -13,6 +13,8 @@ import fsspec
 from ..errors import ArcoforgeError, SourceError, one_line
 from ..patterns import Input
 from ..sources import FetchConfig, is_remote
+from ..sources.identity import Gone
+from ..sources.lookup import identity_now
 from .manifest import Manifest
 
 
@@ -48,9 +50,18 @@ def reference_url(url: str, config: ScanConfig) -> str:
     return "file://" + os.path.abspath(url)
 
 
-def scan_inputs(task: ScanTask) -> list[tuple[Input, Manifest]]:
-    """Each input of the task and its manifest."""
-    return [(item, scan_input(item, task.config)) for item in task.inputs]
+def scan_inputs(task: ScanTask) -> list[tuple[Input, Manifest, dict]]:
+    """Each input of the task, its manifest and its identity (taken before the scan)."""
+    return [(item, *_identified(item, task.config)) for item in task.inputs]
+
+
+def _identified(item: Input, config: ScanConfig) -> tuple[Manifest, dict | None]:
+    fetch = FetchConfig(open_kwargs=dict(config.storage_options or {}), secrets=config.secrets)
+    try:
+        identity = identity_now(reference_url(item.url, config), fetch)
+    except Gone:
+        identity = None  # the scan says what is wrong
+    return scan_input(item, config), identity
 
 
 def scan_input(item: Input, config: ScanConfig) -> Manifest:

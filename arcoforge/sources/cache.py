@@ -46,10 +46,28 @@ class Cache:
             return None
         return path
 
-    def store(self, url: str, tmp: Path, sha256: str, attempts: int = 1) -> Path:
-        """Move the verified download ``tmp`` into place for ``url``."""
+    def entry(self, url: str) -> dict | None:
+        """The sidecar of the cached copy of ``url`` (its size, sha256 and ``source``, the
+        identity its server gave when it was downloaded), or ``None``."""
+        try:
+            return json.loads(_sidecar(self.path_for(url)).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def forget(self, url: str) -> None:
+        """Drop the cached copy of ``url`` (its input changed), sidecar first."""
+        path = self.path_for(url)
+        _sidecar(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+
+    def store(
+        self, url: str, tmp: Path, sha256: str, attempts: int = 1, source: dict | None = None
+    ) -> Path:
+        """Move the verified download ``tmp`` into place for ``url``; ``source`` is the
+        identity of the input its server gave (see :mod:`arcoforge.sources.identity`)."""
         path = self.path_for(url)
         meta = {"url": url, "size": tmp.stat().st_size, "sha256": sha256, "attempts": attempts}
+        meta["source"] = source or {}
         os.replace(tmp, path)
         side_tmp = _sidecar(tmp)
         side_tmp.write_text(json.dumps(meta))

@@ -19,6 +19,7 @@ import fsspec
 from ..errors import SourceError
 from ..secrets import redact, with_query_secrets
 from .cache import Cache, file_sha256
+from .identity import from_info
 from .limits import host_slot
 
 _LOCAL = ("", "file", "local")
@@ -77,8 +78,8 @@ def _download(url: str, cache: Cache, config: FetchConfig) -> Path:
         tmp = cache.temp_path(url)
         try:
             with host_slot(host, config.max_connections_per_host):
-                sha = _get(url, tmp, config)
-            return cache.store(url, tmp, sha, attempts=attempt + 1)
+                sha, source = _get(url, tmp, config)
+            return cache.store(url, tmp, sha, attempts=attempt + 1, source=source)
         except Exception as exc:
             tmp.unlink(missing_ok=True)
             # fsspec's HTTP size lookup raises FileNotFoundError(url) from any failure (401, 503...)
@@ -95,16 +96,18 @@ def _download(url: str, cache: Cache, config: FetchConfig) -> Path:
             time.sleep(delay)
 
 
-def _get(url: str, tmp: Path, config: FetchConfig) -> str:
-    """Download ``url`` to ``tmp``, checking its size; return its sha256."""
+def _get(url: str, tmp: Path, config: FetchConfig) -> tuple[str, dict]:
+    """Download ``url`` to ``tmp``, checking its size; return its sha256 and the identity
+    its file system gave before the download (see :mod:`arcoforge.sources.identity`)."""
     full = with_query_secrets(url, config.query_secrets)
     fs, path = fsspec.core.url_to_fs(full, **_fs_options(url, config))
-    expected = fs.size(path)
+    info = fs.info(path)
+    expected = info.get("size")
     fs.get_file(path, str(tmp))
     got = tmp.stat().st_size
     if expected is not None and got != expected:
         raise TruncatedError(f"truncated download: got {got} of {expected} bytes")
-    return file_sha256(tmp)
+    return file_sha256(tmp), from_info(info)
 
 
 def _fs_options(url: str, config: FetchConfig) -> dict:

@@ -1,8 +1,9 @@
 """A real loopback HTTP file server with authentication and seeded fault injection.
 
 It serves the files under a folder on 127.0.0.1 with GET, HEAD and single byte ranges,
-as fsspec's HTTP filesystem expects, from a background thread of the standard library's
-threading server.
+as fsspec's HTTP filesystem expects, with an ETag (of the file's mtime and size) and a
+Last-Modified header, from a background thread of the standard library's threading
+server.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import struct
 import sys
 import threading
 from dataclasses import dataclass
+from email.utils import formatdate
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -297,7 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_file(file, body, truncate=fault == "truncate")
 
     def _send_file(self, file: Path, body: bool, truncate: bool) -> None:
-        size = file.stat().st_size
+        stat = file.stat()
+        size = stat.st_size
         first, last, status = 0, size - 1, HTTPStatus.OK
         if "Range" in self.headers:
             span = _parse_range(self.headers["Range"], size)
@@ -315,6 +318,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", f'"{stat.st_mtime_ns:x}-{size:x}"')
+        self.send_header("Last-Modified", formatdate(stat.st_mtime, usegmt=True))
         if status == HTTPStatus.PARTIAL_CONTENT:
             self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
         self.end_headers()

@@ -25,7 +25,8 @@ from .zarr import METADATA_FILES, Target, publish_order, zarr_store
 
 def stage(store: str, patch: Target, dim: str, new_length: int) -> None:
     """Make ``patch`` a copy of ``store``'s metadata and of the chunks a growth of ``dim``
-    to ``new_length`` rewrites, with every array along ``dim`` resized."""
+    to ``new_length`` rewrites (only the coordinates' if ``dim`` keeps its length: a patch
+    that rewrites chunks in place), with every array along ``dim`` resized."""
     fs, src = fsspec.core.url_to_fs(store, **(patch.storage_options or {}))
     _, dst = fsspec.core.url_to_fs(patch.url, **(patch.storage_options or {}))
     for path in fs.find(src):
@@ -38,6 +39,8 @@ def stage(store: str, patch: Target, dim: str, new_length: int) -> None:
                 _copy(fs, path, dst + path.removeprefix(src))
             continue
         axis = _dims(array).index(dim)
+        if array.shape[axis] == new_length and array.ndim > 1:
+            continue  # no growth: the patch holds only the whole chunks its tasks write
         for key in _rewritten_chunks(array, axis):
             if fs.exists(f"{src}/{name}/{key}"):
                 _copy(fs, f"{src}/{name}/{key}", f"{dst}/{name}/{key}")

@@ -1,0 +1,399 @@
+"""Inputs that change after a bake are noticed: the next bake (or append) bakes again the
+parts of the store they feed, and only those; a deleted input stops the bake with the
+store untouched; --assume-unchanged skips the check and says so."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+from conftest import assert_same_as_sources, simple_recipe
+from test_append import digest
+from test_references import assert_matches_sources, ref_recipe
+
+from arcoforge import bake
+from arcoforge.changes import UNCHECKED, InputDeletedError
+from arcoforge.errors import SourceError
+from arcoforge.ledger import Ledger
+from arcoforge.progress import JsonReporter
+from arcoforge.references.store import open_references
+from arcoforge.runs import RUNS_FOLDER
+from arcoforge.sources import FetchConfig
+from arcoforge.sources.lookup import identities_now
+from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.httpserver import Faults, FileServer
+from arcoforge.updates import ChangedInputError
+
+GRID = {"ny": 18, "nx": 36}
+
+
+@pytest.fixture
+def archive(tmp_path) -> list[Path]:
+    return write_oisst_archive(tmp_path / "src", days=8, **GRID)
+
+
+@pytest.fixture
+def other_values(tmp_path) -> list[Path]:
+    """The same days and grid as ``archive``, other values."""
+    return write_oisst_archive(tmp_path / "alt", days=8, seed=7, **GRID)
+
+
+def baked(files, target: Path, **kwargs):
+    return bake(simple_recipe(files, chunks={"time": 3}), target, workers=2, **kwargs)
+
+
+def rewrite(path: Path, source: Path) -> None:
+    """Replace ``path``'s bytes by ``source``'s, as a data provider republishing it does."""
+    shutil.copyfile(source, path)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def manifest(url: str) -> dict:
+    return Ledger(url).read()
+
+
+def test_a_rewritten_input_has_only_the_chunks_it_feeds_baked_again(
+    archive, other_values, tmp_path
+):
+    store = Path(baked(archive, tmp_path / "out").url)
+    before, times = digest(store / "sst"), mtimes(store / "sst")
+    rewrite(archive[4], other_values[4])  # time 4: in the chunk of steps 3..5
+    result = baked(archive, tmp_path / "out")
+    assert result.stats["changed_inputs"] == [str(archive[4])]
+    assert_same_as_sources(result.url, archive)
+    after, later = digest(store / "sst"), mtimes(store / "sst")
+    for key in ("c/0/0/0", "c/2/0/0"):
+        assert after[key] == before[key] and later[key] == times[key], key
+    assert after["c/1/0/0"] != before["c/1/0/0"]
+    recorded = manifest(result.url)["identities"][4]
+    assert recorded["mtime_ns"] == archive[4].stat().st_mtime_ns
+    again = baked(archive, tmp_path / "out")
+    assert again.stats["up_to_date"] and "changed_inputs" not in again.stats
+
+
+def test_a_touched_input_is_baked_again_into_the_same_bytes(archive, tmp_path):
+    store = Path(baked(archive, tmp_path / "out").url)
+    before = digest(store)
+    stat = archive[0].stat()
+    os.utime(archive[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    result = baked(archive, tmp_path / "out")
+    assert result.stats["changed_inputs"] == [str(archive[0])]
+    after = digest(store)
+    assert {k: v for k, v in after.items() if "sst" in k} == {
+        k: v for k, v in before.items() if "sst" in k
+    }
+
+
+def test_the_run_record_names_the_changed_inputs(archive, other_values, tmp_path):
+    baked(archive, tmp_path / "out")
+    rewrite(archive[7], other_values[7])
+    baked(archive, tmp_path / "out")
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / RUNS_FOLDER).glob("*.json")]
+    last = max(records, key=lambda record: record["started"])
+    assert last["changed_inputs"] == [str(archive[7])]
+    assert last["status"] == "succeeded"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "arcoforge.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        timeout=120,
+    )
+
+
+def first_line(text: str) -> str:
+    """The first line that is not blank (the progress display leaves one on stderr)."""
+    return next(line for line in text.splitlines() if line.strip())
+
+
+def feedstock(folder: Path, urls: list[str], store: str = "out.zarr") -> Path:
+    """A feedstock whose recipe concatenates ``urls`` along time, three steps a chunk."""
+    folder.mkdir(parents=True)
+    (folder / "meta.yaml").write_text(
+        "title: changed\ndescription: changed inputs\nrecipes:\n  - id: sst\n"
+        "    object: recipe:recipe\nprovenance:\n  providers:\n    - name: test\n"
+        "      roles: [producer]\n  license: CC-BY-4.0\n"
+        "maintainers:\n  - name: test\n    github: test\n"
+    )
+    (folder / "recipe.py").write_text(
+        "from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, "
+        "pattern_from_file_sequence\n\n"
+        f"pattern = pattern_from_file_sequence({urls!r}, 'time', nitems_per_file=1)\n"
+        "recipe = pattern | OpenURLWithFSSpec(retry_delay=0.01) | OpenWithXarray() | "
+        f"StoreToZarr({store!r}, target_chunks={{'time': 3}})\n"
+    )
+    return folder
+
+
+def test_a_deleted_input_stops_the_bake_and_leaves_the_store(archive, tmp_path):
+    stock = feedstock(tmp_path / "stock", [str(p) for p in archive])
+    target = tmp_path / "out"
+    assert cli("bake", str(stock), "--target-root", str(target), "--workers", "2").returncode == 0
+    before = digest(target)
+    archive[5].unlink()
+    done = cli("bake", str(stock), "--target-root", str(target), "--workers", "2")
+    assert done.returncode == 1
+    assert first_line(done.stderr) == (
+        f"error: input {archive[5]} was deleted since the store was baked (file not found); "
+        "the published store is left as it was"
+    )
+    assert "Traceback" not in done.stderr
+    assert digest(target) == before
+
+
+def test_assume_unchanged_skips_the_check_and_says_so(archive, other_values, tmp_path):
+    stock = feedstock(tmp_path / "stock", [str(p) for p in archive])
+    target = tmp_path / "out"
+    assert cli("bake", str(stock), "--target-root", str(target), "--workers", "2").returncode == 0
+    before = digest(target)
+    rewrite(archive[2], other_values[2])
+    archive[3].unlink()  # not even looked up
+    args = ("bake", str(stock), "--target-root", str(target), "--assume-unchanged")
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert first_line(done.stderr) == f"info: {UNCHECKED}"
+    assert "up to date" in done.stdout and UNCHECKED in done.stdout
+    events = [json.loads(line) for line in cli(*args, "--json").stdout.splitlines()]
+    assert {"event": "log", "level": "INFO", "message": UNCHECKED}.items() <= events[0].items()
+    assert events[-1]["inputs_unchecked"] is True
+    assert digest(target) == before
+
+
+def test_assume_unchanged_in_the_config_file(archive, other_values, tmp_path):
+    baked(archive, tmp_path / "out")
+    rewrite(archive[2], other_values[2])
+    stock = feedstock(tmp_path / "stock", [str(p) for p in archive])
+    config = tmp_path / "bake.yaml"
+    config.write_text(f"target_root: {tmp_path / 'out'}\nassume_unchanged: true\n")
+    done = cli("bake", str(stock), "--config", str(config), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["inputs_unchecked"] is True
+
+
+def test_an_input_that_no_longer_fits_is_refused(archive, tmp_path):
+    baked(archive, tmp_path / "out")
+    before = digest(tmp_path / "out")
+    wider = write_oisst_archive(tmp_path / "wide", days=8, ny=20, nx=36)
+    rewrite(archive[1], wider[1])
+    with pytest.raises(ChangedInputError) as info:
+        baked(archive, tmp_path / "out")
+    assert str(info.value) == (
+        f"input {archive[1]} changed since the store was baked and no longer fits it: "
+        f"{archive[1]} does not match {archive[0]}: different grid: 'lat' has 20 points, "
+        "not 18; the published store is left as it was (bake it afresh with --force)"
+    )
+    assert digest(tmp_path / "out") == before
+
+
+def test_an_input_with_other_times_is_refused(archive, tmp_path):
+    baked(archive, tmp_path / "out")
+    before = digest(tmp_path / "out")
+    later = write_oisst_archive(tmp_path / "late", days=8, start="1990-01-01", **GRID)
+    rewrite(archive[7], later[7])
+    with pytest.raises(ChangedInputError) as info:
+        baked(archive, tmp_path / "out")
+    assert str(info.value) == (
+        f"input {archive[7]} changed since the store was baked and no longer fits it: its "
+        "time values differ from the store's; the published store is left as it was (bake "
+        "it afresh with --force)"
+    )
+    assert digest(tmp_path / "out") == before
+
+
+def test_a_store_without_identities_gets_them_recorded_not_baked_again(
+    archive, other_values, tmp_path
+):
+    store = Path(baked(archive, tmp_path / "out").url)
+    published = manifest(str(store))
+    del published["identities"]  # as the previous version wrote it
+    Ledger(str(store)).write({k: v for k, v in published.items() if k != "version"})
+    before = mtimes(store)
+    lines = io.StringIO()
+    result = baked(archive, tmp_path / "out", reporter=JsonReporter(lines))
+    assert result.stats["up_to_date"] and result.stats["identities_recorded"] == 8
+    assert json.loads(lines.getvalue().splitlines()[0])["message"] == (
+        "identities of 8 inputs recorded (the store's manifest had none); they are not baked again"
+    )
+    assert "changed_inputs" not in result.stats
+    assert mtimes(store) == before
+    assert [i["size"] for i in manifest(str(store))["identities"]] == [
+        p.stat().st_size for p in archive
+    ]
+    rewrite(archive[6], other_values[6])
+    again = baked(archive, tmp_path / "out")
+    assert again.stats["changed_inputs"] == [str(archive[6])]
+    assert_same_as_sources(again.url, archive)
+
+
+def test_an_append_bakes_the_changed_inputs_again_first(archive, other_values, tmp_path):
+    baked(archive[:5], tmp_path / "out")
+    rewrite(archive[1], other_values[1])
+    result = baked(archive, tmp_path / "out", append=True)
+    assert result.stats["changed_inputs"] == [str(archive[1])]
+    assert result.inputs == 3, "the append itself reads the new inputs only"
+    assert_same_as_sources(result.url, archive)
+    assert len(manifest(result.url)["identities"]) == 8
+
+
+def test_http_inputs_are_checked_by_their_etag(archive, other_values, tmp_path):
+    with FileServer(archive[0].parent) as server:
+        urls = [f"{server.url}/{p.name}" for p in archive]
+        cache = tmp_path / "cache"
+        first = baked(urls, tmp_path / "out", cache=str(cache))
+        recorded = manifest(first.url)["identities"]
+        assert all(i["etag"].startswith('"') and i["sha256"] for i in recorded)
+        rewrite(archive[3], other_values[3])
+        result = baked(urls, tmp_path / "out", cache=str(cache))
+        assert result.stats["changed_inputs"] == [urls[3]]
+        assert_same_as_sources(result.url, archive)
+        heads = [r for r in server.requests if r.endswith(archive[3].name)]
+        assert len(heads) >= 3, "looked up, then fetched again"
+        archive[6].unlink()
+        with pytest.raises(InputDeletedError) as info:
+            baked(urls, tmp_path / "out", cache=str(cache))
+        assert str(info.value) == (
+            f"input {urls[6]} was deleted since the store was baked (HTTP 404); "
+            "the published store is left as it was"
+        )
+
+
+def test_references_of_a_changed_input_are_replaced(archive, other_values, tmp_path):
+    first = bake(ref_recipe(archive), tmp_path / "out", workers=2)
+    rewrite(archive[2], other_values[2])
+    result = bake(ref_recipe(archive), tmp_path / "out", workers=2)
+    assert result.stats["changed_inputs"] == [str(archive[2])]
+    assert_matches_sources(result.url, archive)
+    assert first.url == result.url
+    again = bake(ref_recipe(archive), tmp_path / "out", workers=2)
+    assert again.stats["up_to_date"] and "changed_inputs" not in again.stats
+    archive[0].unlink()
+    with pytest.raises(InputDeletedError):
+        bake(ref_recipe(archive), tmp_path / "out", workers=2)
+
+
+def test_an_unreachable_input_stops_the_bake_and_names_it(archive, tmp_path):
+    with FileServer(archive[0].parent) as server:
+        urls = [f"{server.url}/{p.name}" for p in archive]
+        baked(urls, tmp_path / "out", cache=str(tmp_path / "cache"))
+    before = digest(tmp_path / "out")
+    with pytest.raises(SourceError) as info:
+        baked(urls, tmp_path / "out", cache=str(tmp_path / "cache"))
+    message = str(info.value)
+    assert message.startswith(f"cannot check input {urls[0]} for changes: ")
+    assert message.endswith(
+        "; the published store is left as it was (--assume-unchanged skips the check)"
+    )
+    assert "\n" not in message
+    assert digest(tmp_path / "out") == before
+
+
+def test_s3_inputs_are_checked_by_their_etag(archive, other_values, s3, bucket, tmp_path):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3)
+    urls = [f"{bucket}/src/{p.name}" for p in archive]
+    for path, url in zip(archive, urls, strict=True):
+        fs.put_file(str(path), url)
+    recipe = simple_recipe(urls, chunks={"time": 3}, fsspec_open_kwargs=s3)
+    cache = str(tmp_path / "cache")
+    first = bake(recipe, tmp_path / "out", workers=2, cache=cache)
+    assert all(i["etag"] for i in manifest(first.url)["identities"])
+    fs.put_file(str(other_values[5]), urls[5])
+    result = bake(recipe, tmp_path / "out", workers=2, cache=cache)
+    assert result.stats["changed_inputs"] == [urls[5]]
+    assert_same_as_sources(result.url, [*archive[:5], other_values[5], *archive[6:]])
+    fs.rm_file(urls[2])
+    with pytest.raises(InputDeletedError) as info:
+        bake(recipe, tmp_path / "out", workers=2, cache=cache)
+    assert str(info.value) == (
+        f"input {urls[2]} was deleted since the store was baked (not found); "
+        "the published store is left as it was"
+    )
+
+
+@pytest.mark.parametrize("name", ["reference.json", "reference.parquet"])
+def test_references_along_a_dim_the_inputs_lack(tmp_path, name):
+    from test_reference_concat_dims import members_combined, one_member_per_file
+    from test_reference_concat_dims import recipe as member_recipe
+
+    pattern = one_member_per_file(tmp_path / "src", "absent", [10, 20, 30])
+    bake(member_recipe(pattern, name), tmp_path / "out", workers=1)
+    path = Path(pattern.format_function(member=20))
+    shutil.copyfile(path, tmp_path / "warmer.nc")
+    with netCDF4.Dataset(tmp_path / "warmer.nc", "a") as nc:  # other values, same layout
+        nc["tas"][:] = nc["tas"][:] + 1.5
+    rewrite(path, tmp_path / "warmer.nc")
+    result = bake(member_recipe(pattern, name), tmp_path / "out", workers=1)
+    assert result.stats["changed_inputs"] == [str(path)]
+    assert result.stats["validated_inputs"] == 1
+    src = members_combined(pattern, "absent")
+    with open_references(str(tmp_path / "out" / "ref" / name)) as out:
+        np.testing.assert_array_equal(out.tas.values, src.tas.values)
+        np.testing.assert_array_equal(out.member.values, [10, 20, 30])
+
+
+def test_references_of_an_input_that_no_longer_fits_are_kept(archive, tmp_path):
+    bake(ref_recipe(archive), tmp_path / "out", workers=2)
+    before = digest(tmp_path / "out")
+    wider = write_oisst_archive(tmp_path / "wide", days=8, ny=20, nx=36)
+    rewrite(archive[3], wider[3])
+    with pytest.raises(ChangedInputError) as info:
+        bake(ref_recipe(archive), tmp_path / "out", workers=2)
+    assert str(info.value) == (
+        f"input {archive[3]} changed since the store was baked and no longer fits it: "
+        "'sst' is <i2 of shape [1, 20, 36] in chunks [1, 20, 36], the store's is <i2 of "
+        "shape [1, 18, 36] in chunks [1, 18, 36]; the published store is left as it was "
+        "(bake it afresh with --force)"
+    )
+    assert digest(tmp_path / "out") == before
+
+
+def test_lookups_keep_within_the_per_host_connection_limit(archive):
+    with FileServer(archive[0].parent, faults=Faults(stall_seconds=0.2)) as server:
+        urls = [f"{server.url}/{p.name}" for p in archive]
+        found = identities_now(urls, FetchConfig(max_connections_per_host=2))
+        assert server.max_concurrent() == 2
+    assert [i["size"] for i in found] == [p.stat().st_size for p in archive]
+    assert len({i["etag"] for i in found}) == 8
+
+
+def test_references_append_after_a_change(archive, other_values, tmp_path):
+    bake(ref_recipe(archive[:5]), tmp_path / "out", workers=2)
+    rewrite(archive[1], other_values[1])
+    result = bake(ref_recipe(archive), tmp_path / "out", workers=2, append=True)
+    assert result.stats["changed_inputs"] == [str(archive[1])]
+    assert_matches_sources(result.url, archive)
+    assert [i["size"] for i in manifest(result.url)["identities"]] == [
+        p.stat().st_size for p in archive
+    ]
+
+
+def test_the_command_line_names_the_changed_inputs(archive, other_values, tmp_path):
+    stock = feedstock(tmp_path / "stock", [str(p) for p in archive])
+    args = ("bake", str(stock), "--target-root", str(tmp_path / "out"), "--workers", "2")
+    assert cli(*args).returncode == 0
+    rewrite(archive[0], other_values[0])
+    done = cli(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    logs = [e["message"] for e in events if e["event"] == "log"]
+    assert logs == [f"{archive[0]} changed since the store was baked: baking again what it feeds"]
+    assert events[-1]["event"] == "summary"
+    assert events[-1]["changed_inputs"] == [str(archive[0])]
+    assert_same_as_sources(str(tmp_path / "out" / "out.zarr"), archive)
