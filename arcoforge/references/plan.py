@@ -107,7 +107,7 @@ class ReferencePlan(Plan):
         scanned = []
         for batch in results:
             if not scanned:
-                self.check_concat_dims(*batch[0])
+                self.check_concat_dims(*batch[0][:2])
                 self.store.preload()
             scanned += batch
         scanned.sort(key=lambda r: order[r[0]])
