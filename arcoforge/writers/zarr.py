@@ -89,8 +89,8 @@ def _default_encoding(name, info: VarInfo, chunks, schema: DatasetSchema, zarr_f
     kind = np.dtype(info.dtype).kind
     if kind == "f":
         enc["_FillValue"] = np.dtype(info.dtype).type(np.nan)
-    elif kind in "iub":
-        enc["_FillValue"] = None
+    elif kind in "iub" or _is_cftime(info):
+        enc["_FillValue"] = None  # a NaN in a cftime variable would not decode
     return enc
 
 
@@ -114,16 +114,37 @@ def write_template(
         if name in schema.concat_values:
             coords[name] = xr.Variable(info.dims, schema.concat_values[name], info.attrs)
         elif set(info.dims) & concat:
-            empty = [0 if d in concat else n for d, n in zip(info.dims, info.shape, strict=True)]
-            variables[name] = xr.Variable(info.dims, np.empty(empty, info.dtype), info.attrs)
+            variables[name] = _empty(info, concat)
     variables.update(_static_variables(schema, open_config, inputs_by_owner))
     names = [n for n, v in schema.variables.items() if v.is_coord and n in variables]
-    _to_zarr(xr.Dataset(variables, attrs=dict(attrs)).set_coords(names), target, encoding, "w")
+    template = {
+        n: _encoded_already(encoding[n]) if _is_cftime(schema.variables[n]) else encoding[n]
+        for n in variables
+    }
+    _to_zarr(xr.Dataset(variables, attrs=dict(attrs)).set_coords(names), target, template, "w")
     group = zarr.open_group(zarr_store(target), mode="r+", zarr_format=target.zarr_format)
     for name in variables:
         if set(schema.variables[name].dims) & concat:
             group[name].resize(schema.variables[name].shape)
     _to_zarr(xr.Dataset(coords=coords, attrs=dict(attrs)), target, encoding, "a")
+
+
+def _empty(info: VarInfo, concat: set[str]) -> xr.Variable:
+    """A variable of length 0 along the concat dims. An empty array of cftime dates has no
+    calendar to encode it with, so it is given in its encoded dtype with its time units."""
+    empty = [0 if d in concat else n for d, n in zip(info.dims, info.shape, strict=True)]
+    if not _is_cftime(info):
+        return xr.Variable(info.dims, np.empty(empty, info.dtype), info.attrs)
+    time = {k: info.encoding[k] for k in ("units", "calendar") if k in info.encoding}
+    return xr.Variable(info.dims, np.empty(empty, info.encoding["dtype"]), {**info.attrs, **time})
+
+
+def _is_cftime(info: VarInfo) -> bool:
+    return np.dtype(info.dtype) == object and "calendar" in info.encoding
+
+
+def _encoded_already(encoding: dict) -> dict:
+    return {k: v for k, v in encoding.items() if k not in ("units", "calendar")}
 
 
 def _static_variables(schema: DatasetSchema, open_config: OpenConfig, inputs_by_owner) -> dict:
@@ -222,6 +243,9 @@ def write_region(task: WriteTask) -> dict[str, int]:
     for name in list(arrays):
         array = arrays.pop(name)
         nbytes += array.nbytes
+        if array.dtype == object:
+            _write_dates(task.target, name, array, tuple(region[d] for d in dims[name]))
+            continue
         xr.Dataset({name: (dims[name], array)}).to_zarr(
             task.target.url,
             region={d: region[d] for d in dims[name]},
@@ -236,6 +260,15 @@ def write_region(task: WriteTask) -> dict[str, int]:
     if task.ledger is not None:
         task.ledger.mark_done(task.units, missing)
     return {"bytes": nbytes, "inputs": len(task.pieces), "checked": checked, "missing": missing}
+
+
+def _write_dates(target: Target, name: str, dates: np.ndarray, region: tuple[slice, ...]) -> None:
+    """Write cftime dates encoded with the store's units and calendar. xarray's region writes
+    decode the stored variable first, and cannot while its unwritten parts hold NaN."""
+    array = zarr.open_array(zarr_store(target), path=name, mode="r+")
+    units, calendar = array.attrs["units"], array.attrs["calendar"]
+    numbers, _, _ = xr.coding.times.encode_cf_datetime(dates, units, calendar, array.dtype)
+    array[region] = numbers
 
 
 def _allocate(shape: list[int], dtype: str, fill: bool) -> np.ndarray:
