@@ -171,9 +171,16 @@ def open_netcdf(path: str, where: str) -> Iterator:
         raise SourceError(f"{where}: cannot open: {one_line(exc)}") from None
     try:
         nc.set_auto_maskandscale(False)
+        nc.set_auto_chartostring(False)
         yield nc
     finally:
         nc.close()
+
+
+def _is_char_array(var, dims: tuple[str, ...], sel: dict[str, slice]) -> bool:
+    """A netCDF ``char`` array whose last dim xarray folds into fixed-width strings (WRF's
+    ``char Times(Time, DateStrLen)`` is read as ``Times(Time)``)."""
+    return var.dtype == np.dtype("S1") and len(dims) == len(sel) + 1 and dims[-1] not in sel
 
 
 def _bounds_attrs(nc, wanted) -> dict[str, dict]:
@@ -203,9 +210,10 @@ def _read(var, name: str, sel: dict[str, slice], where: str, inherited=None) -> 
 
 def _decode_netcdf(var, name: str, sel: dict[str, slice], inherited: dict) -> np.ndarray:
     dims = tuple(var.dimensions)
-    if set(dims) != set(sel):
+    chars = {dims[-1]: slice(None)} if _is_char_array(var, dims, sel) else {}
+    if set(dims) != set(sel) | set(chars):
         raise ValueError(f"dims {dims} differ from the scanned {tuple(sel)}")
-    raw = var[tuple(sel[d] for d in dims)]
+    raw = var[tuple({**sel, **chars}[d] for d in dims)]
     attrs = {**inherited, **{k: var.getncattr(k) for k in var.ncattrs()}}
     decoded = xr.conventions.decode_cf_variable(name, xr.Variable(dims, np.asarray(raw), attrs))
     return decoded.transpose(*sel).values
