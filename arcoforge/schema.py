@@ -44,7 +44,7 @@ class VarInfo:
         """
         static = tuple(n for d, n in zip(self.dims, self.shape, strict=True) if d not in concat)
         values = None if self.is_scalar_coord else self.fingerprint
-        return (self.dims, self.dtype, static, self.is_coord, values)
+        return (self.dims, _kind(self.dtype), static, self.is_coord, values)
 
     @property
     def is_scalar_coord(self) -> bool:
@@ -164,8 +164,19 @@ def _is_time(var: xr.Variable) -> bool:
     return var.dtype.kind == "M" or (var.dtype == object and "calendar" in var.encoding)
 
 
+def _kind(dtype: str) -> str:
+    """A dtype, with strings of any width alike: each input's strings are as wide as its
+    longest, and the output takes the widest (ERA5's ``expver``)."""
+    return np.dtype(dtype).kind if np.dtype(dtype).kind in "SU" else dtype
+
+
+def _widest(a: str, b: str) -> str:
+    return a if np.dtype(a).itemsize >= np.dtype(b).itemsize else b
+
+
 def _fingerprint(values: np.ndarray) -> str:
-    data = values.tobytes() if values.dtype != object else repr(values.tolist()).encode()
+    plain = values.dtype != object and values.dtype.kind not in "SU"
+    data = values.tobytes() if plain else repr(values.tolist()).encode()
     return hashlib.sha1(data + str(values.shape).encode()).hexdigest()
 
 
@@ -219,6 +230,7 @@ class SchemaCombiner:
         self.conflicts: set[tuple[str | None, str]] = set()
         self.scalars: dict[str, str | None] = {}
         self.varying: set[str] = set()
+        self.strings: dict[str, str] = {}
         self.nbytes = 0
         self.n = 0
         self.missing: dict[str, Input] = {}
@@ -241,6 +253,8 @@ class SchemaCombiner:
             first = self.scalars.setdefault(name, info.fingerprint)
             if info.is_scalar_coord and self.concat and first != info.fingerprint:
                 self.varying.add(name)
+            if np.dtype(info.dtype).kind in "SU":
+                self.strings[name] = _widest(self.strings.get(name, info.dtype), info.dtype)
 
     def add_missing(self, item: Input) -> None:
         """Take a skipped input into account: its steps are known from the pattern only."""
@@ -298,6 +312,8 @@ class SchemaCombiner:
                 values[dim] = self._concat_values(dim)
         for name in self.varying:
             variables[name] = replace(variables[name], dims=(self.concat[0],), shape=(0,))
+        for name, dtype in self.strings.items():
+            variables[name] = replace(variables[name], dtype=dtype)
         for info in variables.values():
             for d, n in zip(info.dims, info.shape, strict=True):
                 dims.setdefault(d, n)
@@ -431,7 +447,7 @@ def _difference(ref: InputSchema, other: InputSchema, concat: set[str]) -> str:
         b = other.variables[name]
         if a.dims != b.dims:
             return f"{name!r} has dims {b.dims}, not {a.dims}"
-        if a.dtype != b.dtype:
+        if _kind(a.dtype) != _kind(b.dtype):
             return f"{name!r} has dtype {b.dtype}, not {a.dtype}"
         for d, na, nb in zip(a.dims, a.shape, b.shape, strict=True):
             if d not in concat and na != nb:
