@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from .errors import SchemaError, SourceError, one_line
@@ -22,6 +23,9 @@ from .patterns import FilePattern, Input
 from .sources import local_copy
 
 _TIME_ENCODING = ("units", "calendar", "dtype")
+SHARED_BYTES = 1 << 20
+"""Variables along a concat dim up to this size are fingerprinted by the scan, so that one
+held under several merge keys (xclim's ``time_vectors``) can be found equal and kept once."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class VarInfo:
         Scalar coordinates may vary (GRIB's ``valid_time``): they are concatenated.
         """
         static = tuple(n for d, n in zip(self.dims, self.shape, strict=True) if d not in concat)
-        values = None if self.is_scalar_coord else self.fingerprint
+        values = None if self.is_scalar_coord or concat & set(self.dims) else self.fingerprint
         return (self.dims, _kind(self.dtype), static, self.is_coord, values)
 
     @property
@@ -123,8 +127,12 @@ def describe_input(
                 f"(dims are {', '.join(map(str, ds.dims)) or 'none'}); "
                 f"add a preprocessing step such as ds.expand_dims({dim!r})"
             )
+    for name in ds.dims:
+        if name in ds.coords:
+            _check_complete(item.url, str(name), np.asarray(ds[name].values))
+    merged = len(item.position) > len(concat_dims)  # the input has a merge key
     variables = {
-        str(name): _var_info(var, name in ds.coords, set(concat_dims))
+        str(name): _var_info(var, name in ds.coords, set(concat_dims), merged)
         for name, var in ds.variables.items()
     }
     values = {d: np.asarray(ds[d].values) for d in concat_dims if d in ds.variables}
@@ -138,14 +146,24 @@ def describe_input(
     )
 
 
-def _var_info(var: xr.Variable, is_coord: bool, concat: set[str]) -> VarInfo:
+def _check_complete(url: str, name: str, values: np.ndarray) -> None:
+    """Refuse a dimension coordinate with missing values before anything is written."""
+    missing = np.flatnonzero(pd.isna(values)) if values.dtype.kind in "fcmMO" else []
+    if len(missing):
+        raise SchemaError(
+            f"{url}: coordinate {name!r} has {len(missing)} missing value(s) of {values.size}, "
+            f"first at index {missing[0]}"
+        )
+
+
+def _var_info(var: xr.Variable, is_coord: bool, concat: set[str], merged: bool) -> VarInfo:
     dtype = var.dtype
     encoding = {}
     if _is_time(var):
         encoding = {k: var.encoding[k] for k in _TIME_ENCODING if k in var.encoding}
         encoding["dtype"] = str(np.dtype(encoding.get("dtype", "float64")))
     fingerprint = summary = None
-    if not concat.intersection(var.dims):
+    if not concat.intersection(var.dims) or (merged and var.nbytes <= SHARED_BYTES):
         values = np.asarray(var.values)
         fingerprint, summary = _fingerprint(values), _summarize(values)
     return VarInfo(
@@ -231,6 +249,7 @@ class SchemaCombiner:
         self.scalars: dict[str, str | None] = {}
         self.varying: set[str] = set()
         self.strings: dict[str, str] = {}
+        self.along: dict[tuple[str, tuple], dict[int | None, tuple[VarInfo, Input]]] = {}
         self.nbytes = 0
         self.n = 0
         self.missing: dict[str, Input] = {}
@@ -253,6 +272,9 @@ class SchemaCombiner:
             first = self.scalars.setdefault(name, info.fingerprint)
             if info.is_scalar_coord and self.concat and first != info.fingerprint:
                 self.varying.add(name)
+            if self.merge and set(self.concat) & set(info.dims) and name not in self.concat:
+                at = tuple(schema.input.pos(d) for d in self.concat)
+                self.along.setdefault((name, at), {})[group] = (info, schema.input)
             if np.dtype(info.dtype).kind in "SU":
                 self.strings[name] = _widest(self.strings.get(name, info.dtype), info.dtype)
 
@@ -356,13 +378,29 @@ class SchemaCombiner:
             for name, info in schema.variables.items():
                 if name not in variables:
                     variables[name], owners[name] = info, group
-                elif not info.is_coord and set(self.concat) & set(info.dims):
-                    other = self.first[owners[name]].input.url
-                    raise SchemaError(
-                        f"variable {name!r} is in both {other} and {schema.input.url}; "
-                        "each merge key must hold different variables"
-                    )
+                elif set(self.concat) & set(info.dims) and name not in self.concat:
+                    self._check_shared(name, owners[name], group, info.is_coord)
         return variables, owners
+
+    def _check_shared(self, name: str, owner: int | None, group: int | None, coord: bool) -> None:
+        """A variable under two merge keys is kept once if it is equal in every input."""
+        for (var, _), held in self.along.items():
+            if var != name or owner not in held or group not in held:
+                continue
+            (a, ia), (b, ib) = held[owner], held[group]
+            if a.fingerprint is None or b.fingerprint is None:
+                if coord:
+                    continue
+                raise SchemaError(
+                    f"variable {name!r} is in both {ia.url} and {ib.url}, too large to compare "
+                    f"in the scan (over {SHARED_BYTES} bytes an input); each merge key must "
+                    "hold different variables"
+                )
+            if a.fingerprint != b.fingerprint:
+                raise SchemaError(
+                    f"variable {name!r} differs between {ia.url} and {ib.url}: "
+                    f"{b.summary} in the second, {a.summary} in the first"
+                )
 
     def _concat_values(self, dim: str) -> np.ndarray:
         parts = sorted(self.values[dim].items())
@@ -452,7 +490,7 @@ def _difference(ref: InputSchema, other: InputSchema, concat: set[str]) -> str:
         for d, na, nb in zip(a.dims, a.shape, b.shape, strict=True):
             if d not in concat and na != nb:
                 return f"different grid: {d!r} has {nb} points, not {na}"
-        if a.fingerprint != b.fingerprint:
+        if a.fingerprint != b.fingerprint and not concat & set(a.dims):
             return f"different values of {name!r}: {b.summary}, not {a.summary}"
         if a.is_coord != b.is_coord:
             return f"{name!r} is {'a coordinate' if b.is_coord else 'a data variable'} only here"

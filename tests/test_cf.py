@@ -1,0 +1,285 @@
+"""Bakes of files shaped like real archives (CMIP, WRF, ERA5, xclim, ensembles), each
+compared with xarray's own reading of the sources: values, dims, dtypes, attributes,
+calendars and bounds; or refused with one line naming the input."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+from test_errors import bake_fails
+
+from arcoforge import (
+    ConcatDim,
+    FilePattern,
+    MergeDim,
+    OpenWithXarray,
+    StoreToZarr,
+    bake,
+    pattern_from_file_sequence,
+)
+from arcoforge.errors import SchemaError
+
+
+def write_cmip(folder: Path, calendar: str, files: int = 3, months: int = 4) -> list[Path]:
+    """Monthly ``tas`` files laid out as CMIP's: ``time`` with ``bounds = "time_bnds"``
+    (the bounds without units of their own), ``lat_bnds``, a 0-d ``height``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for f in range(files):
+        path = folder / f"tas_Amon_model_{calendar}_{f}.nc"
+        with netCDF4.Dataset(path, "w", format="NETCDF4_CLASSIC") as nc:
+            nc.createDimension("time", None)
+            nc.createDimension("lat", 4)
+            nc.createDimension("lon", 5)
+            nc.createDimension("bnds", 2)
+            nc.variant_label = "r1i1p1f1"
+            time = nc.createVariable("time", "f8", ("time",))
+            time.setncatts(
+                {"units": "days since 1850-01-01", "calendar": calendar, "bounds": "time_bnds"}
+            )
+            bounds = nc.createVariable("time_bnds", "f8", ("time", "bnds"))
+            lat = nc.createVariable("lat", "f8", ("lat",))
+            lat.setncatts({"units": "degrees_north", "bounds": "lat_bnds"})
+            lat_bnds = nc.createVariable("lat_bnds", "f8", ("lat", "bnds"))
+            nc.createVariable("lon", "f8", ("lon",)).units = "degrees_east"
+            height = nc.createVariable("height", "f8", ())
+            height.setncatts({"units": "m", "axis": "Z", "positive": "up"})
+            tas = nc.createVariable(
+                "tas", "f4", ("time", "lat", "lon"), fill_value=np.float32(1e20)
+            )
+            tas.setncatts({"units": "K", "coordinates": "height"})
+            start = 30 * months * f + 30 * np.arange(months)
+            time[:] = start + 15
+            bounds[:] = np.stack([start, start + 30], axis=1)
+            lat[:] = [-45, -15, 15, 45]
+            lat_bnds[:] = np.stack([lat[:] - 15, lat[:] + 15], axis=1)
+            nc["lon"][:] = np.arange(5) * 72.0
+            height[...] = 2.0
+            tas[:] = 250 + np.arange(months * 20).reshape(months, 4, 5) / 8 + f
+        paths.append(path)
+    return paths
+
+
+def write_wrf(folder: Path, files: int = 3, steps: int = 2) -> list[Path]:
+    """netCDF-3 files laid out as WRF's output: ``char Times(Time, DateStrLen)``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for f in range(files):
+        path = folder / f"wrfout_d01_{f}.nc"
+        with netCDF4.Dataset(path, "w", format="NETCDF3_64BIT_OFFSET") as nc:
+            for dim, n in {
+                "Time": None,
+                "DateStrLen": 19,
+                "south_north": 3,
+                "west_east": 4,
+            }.items():
+                nc.createDimension(dim, n)
+            nc.TITLE = " OUTPUT FROM WRF V4.1 MODEL"
+            times = nc.createVariable("Times", "S1", ("Time", "DateStrLen"))
+            t2 = nc.createVariable("T2", "f4", ("Time", "south_north", "west_east"))
+            t2.setncatts({"units": "K", "description": "TEMP at 2 M", "MemoryOrder": "XY "})
+            stamps = [
+                dt.datetime(2019, 1, 1) + dt.timedelta(hours=3 * (f * steps + i))
+                for i in range(steps)
+            ]
+            text = np.array([s.strftime("%Y-%m-%d_%H:%M:%S") for s in stamps], "S19")
+            times[:] = netCDF4.stringtochar(text)
+            t2[:] = 270 + np.arange(steps * 12).reshape(steps, 3, 4) / 4 + f
+        paths.append(path)
+    return paths
+
+
+def write_era5(folder: Path, expvers: tuple[str, ...], steps: int = 2) -> list[Path]:
+    """Hourly files laid out as ERA5's from the new CDS: a variable-length string
+    ``expver(valid_time)``, "0001" for final data and "005" for the preliminary."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for f, expver in enumerate(expvers):
+        path = folder / f"era5_{f}.nc"
+        with netCDF4.Dataset(path, "w", format="NETCDF4") as nc:
+            nc.createDimension("valid_time", steps)
+            nc.createDimension("latitude", 3)
+            nc.createDimension("longitude", 4)
+            time = nc.createVariable("valid_time", "i8", ("valid_time",))
+            time.setncatts({"units": "seconds since 1970-01-01", "calendar": "proleptic_gregorian"})
+            labels = nc.createVariable("expver", str, ("valid_time",))
+            t2m = nc.createVariable("t2m", "f4", ("valid_time", "latitude", "longitude"))
+            time[:] = 1704067200 + 3600 * (f * steps + np.arange(steps))
+            for i in range(steps):
+                labels[i] = expver
+            t2m[:] = 270 + np.arange(steps * 12).reshape(steps, 3, 4) / 4 + f
+        paths.append(path)
+    return paths
+
+
+def open_sources(paths, dim: str, preprocess=None) -> xr.Dataset:
+    """The sources as xarray combines them: concatenated along ``dim``."""
+    opened = [xr.open_dataset(p) for p in paths]
+    if preprocess:
+        opened = [preprocess(ds) for ds in opened]
+    return xr.concat(
+        opened,
+        dim=dim,
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        combine_attrs="drop_conflicts",
+    ).load()
+
+
+def assert_like_xarray(url: str, src: xr.Dataset) -> xr.Dataset:
+    """The store equals ``src``: values, dims, attributes, dtypes and time encodings."""
+    out = xr.open_zarr(url).load()
+    xr.testing.assert_identical(out, src)
+    for name, var in src.variables.items():
+        assert out[name].dims == var.dims, name
+        assert out[name].dtype == var.dtype, name
+        for key in ("calendar", "units"):
+            assert out[name].encoding.get(key) == var.encoding.get(key), (name, key)
+    return out
+
+
+def zarr_recipe(paths, dim: str, nitems: int, store: str = "out.zarr", **writer):
+    pattern = pattern_from_file_sequence([str(p) for p in paths], dim, nitems_per_file=nitems)
+    return pattern | OpenWithXarray() | StoreToZarr(store, **writer)
+
+
+@pytest.mark.parametrize("calendar", ["360_day", "noleap", "standard"])
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_cmip_time_bounds_on_every_calendar(tmp_path, calendar, zarr_format):
+    paths = write_cmip(tmp_path / "src", calendar)
+    recipe = zarr_recipe(paths, "time", 4, target_chunks={"time": 3}, zarr_format=zarr_format)
+    result = bake(recipe, tmp_path / "out", workers=2)
+    out = assert_like_xarray(result.url, open_sources(paths, "time"))
+    assert out.time.attrs["bounds"] == "time_bnds"
+    assert out.time.encoding["calendar"] == calendar
+    assert str(out.time_bnds.values[0, 0])[:10] == "1850-01-01"
+    assert out.height.dims == () and float(out.height) == 2.0
+
+
+def test_cmip_time_bounds_in_one_chunk(tmp_path):
+    """Every input writes part of one chunk of ``time_bnds``; each task's check reads the
+    store while the other parts still hold fill values."""
+    paths = write_cmip(tmp_path / "src", "360_day")
+    result = bake(zarr_recipe(paths, "time", 4), tmp_path / "out", workers=1)
+    assert_like_xarray(result.url, open_sources(paths, "time"))
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_wrf_char_times(tmp_path, zarr_format):
+    paths = write_wrf(tmp_path / "src")
+    recipe = zarr_recipe(paths, "Time", 2, target_chunks={"Time": 4}, zarr_format=zarr_format)
+    result = bake(recipe, tmp_path / "out", workers=1)
+    out = assert_like_xarray(result.url, open_sources(paths, "Time"))
+    assert out.Times.dims == ("Time",) and out.Times.dtype == np.dtype("S19")
+    assert out.Times.values[-1] == b"2019-01-01_15:00:00"
+
+
+def test_era5_expver_of_different_widths_takes_the_widest(tmp_path):
+    paths = write_era5(tmp_path / "src", ("0001", "0001", "005"))
+    assert xr.open_dataset(paths[2]).expver.dtype == np.dtype("<U3")
+    recipe = zarr_recipe(paths, "valid_time", 2, target_chunks={"valid_time": 1})
+    result = bake(recipe, tmp_path / "out", workers=2)
+    out = xr.open_zarr(result.url)
+    assert out.expver.dtype == np.dtype("<U4")
+    assert out.expver.values.tolist() == ["0001"] * 4 + ["005"] * 2
+    src = open_sources(paths, "valid_time")
+    assert src.expver.dtype == np.dtype("<U4")
+    assert_like_xarray(result.url, src)
+
+
+def test_ensemble_members_as_string_keys_of_a_new_dim(tmp_path):
+    members = ["r1i1p1f1", "r2i1p1f1", "r10i1p1f1"]
+    paths = [write_cmip(tmp_path / m, "noleap", files=1)[0] for m in members]
+    for path, member in zip(paths, members, strict=True):
+        with netCDF4.Dataset(path, "a") as nc:
+            nc.variant_label = member
+
+    def as_member(ds: xr.Dataset) -> xr.Dataset:
+        return ds.expand_dims(realization=[ds.attrs["variant_label"]])
+
+    pattern = FilePattern(
+        lambda realization: str(paths[members.index(realization)]),
+        ConcatDim("realization", members, nitems_per_file=1),
+    )
+    recipe = pattern | OpenWithXarray() | as_member | StoreToZarr("ens.zarr")
+    result = bake(recipe, tmp_path / "out", workers=1)
+    out = xr.open_zarr(result.url).load()
+    assert out.realization.values.tolist() == members
+    src = open_sources(paths, "realization", as_member)
+    xr.testing.assert_identical(out, src)
+    assert "variant_label" not in out.attrs  # it differs between the members
+
+
+def write_xclim_like(folder: Path, variables: tuple[str, ...], years: int = 2, differ=None):
+    """One file per variable and year, each holding the same ``time_vectors(time, six)``,
+    as xclim's NRCAN test files do; ``differ`` (variable, year) changes one of its values."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in variables:
+        for year in range(years):
+            times = np.arange(3) + 3 * year
+            vectors = np.stack([np.full(3, 2000 + year), np.ones(3), times + 1] * 2, 1)
+            if differ == (name, year):
+                vectors[1, 2] = 99
+            ds = xr.Dataset(
+                {
+                    name: (("time", "lat"), np.arange(6.0).reshape(3, 2) + year, {"units": "K"}),
+                    "time_vectors": (("time", "six"), vectors.astype("int16")),
+                },
+                coords={
+                    "time": ("time", times, {"units": "days since 2000-01-01"}),
+                    "lat": [10.0, 20.0],
+                },
+            )
+            ds.to_netcdf(folder / f"{name}_{year}.nc")
+    pattern = FilePattern(
+        lambda variable, time: str(folder / f"{variable}_{time}.nc"),
+        MergeDim("variable", list(variables)),
+        ConcatDim("time", list(range(years)), nitems_per_file=3),
+    )
+    return pattern | OpenWithXarray() | StoreToZarr("x.zarr", target_chunks={"time": 3})
+
+
+def test_equal_variable_under_several_merge_keys_is_kept_once(tmp_path):
+    recipe = write_xclim_like(tmp_path / "src", ("pr", "tasmax", "tasmin"))
+    result = bake(recipe, tmp_path / "out", workers=1)
+    out = xr.open_zarr(result.url).load()
+    paths = sorted((tmp_path / "src").glob("*.nc"))
+    src = xr.merge(
+        [
+            open_sources([p for p in paths if p.name.startswith(v)], "time")
+            for v in ("pr", "tasmax", "tasmin")
+        ],
+        compat="equals",
+    )
+    xr.testing.assert_identical(out, src)
+    assert out.time_vectors.dtype == np.int16
+
+
+def test_different_variable_under_two_merge_keys_is_refused(tmp_path):
+    recipe = write_xclim_like(tmp_path / "src", ("pr", "tasmax"), differ=("tasmax", 1))
+    bake_fails(
+        recipe,
+        tmp_path / "out",
+        SchemaError,
+        f"variable 'time_vectors' differs between {tmp_path / 'src' / 'pr_1.nc'} and "
+        f"{tmp_path / 'src' / 'tasmax_1.nc'}",
+    )
+
+
+@pytest.mark.parametrize("bad", [[np.nan] * 4, [-45.0, np.nan, 15.0, np.nan]])
+def test_missing_values_in_a_coordinate_are_refused_by_the_scan(tmp_path, bad):
+    paths = write_cmip(tmp_path / "src", "noleap")
+    with netCDF4.Dataset(paths[1], "a") as nc:
+        nc["lat"][:] = bad
+    n = int(np.isnan(bad).sum())
+    text = bake_fails(zarr_recipe(paths, "time", 4), tmp_path / "out", SchemaError)
+    first = int(np.flatnonzero(np.isnan(bad))[0])
+    assert text == (
+        f"{paths[1]}: coordinate 'lat' has {n} missing value(s) of 4, first at index {first}"
+    )
