@@ -11,7 +11,9 @@ import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 from test_errors import bake_fails
+from test_references import assert_matches_sources, ref_recipe
 
 from arcoforge import (
     ConcatDim,
@@ -23,6 +25,9 @@ from arcoforge import (
     pattern_from_file_sequence,
 )
 from arcoforge.errors import SchemaError
+from arcoforge.references.store import open_references
+from arcoforge.testing.archives import write_grib_archive
+from arcoforge.writers.icechunk import readonly_store
 
 
 def write_cmip(folder: Path, calendar: str, files: int = 3, months: int = 4) -> list[Path]:
@@ -283,3 +288,43 @@ def test_missing_values_in_a_coordinate_are_refused_by_the_scan(tmp_path, bad):
     assert text == (
         f"{paths[1]}: coordinate 'lat' has {n} missing value(s) of 4, first at index {first}"
     )
+
+
+def test_icechunk_references_of_cmip_files_with_0d_height(tmp_path):
+    pytest.importorskip("icechunk")
+    paths = write_cmip(tmp_path / "src", "noleap")
+    result = bake(ref_recipe(paths), f"icechunk://{tmp_path / 'ic'}", workers=1)
+    out = assert_matches_sources(result.url, paths)
+    assert out.height.dims == () and float(out.height) == 2.0
+    assert out.time.encoding["calendar"] == "noleap"
+    xr.testing.assert_identical(out, open_sources(paths, "time"))
+    with open_references(bake(ref_recipe(paths), tmp_path / "json").url) as ds:
+        xr.testing.assert_identical(ds.load(), out)
+
+
+def test_icechunk_references_of_grib_files(tmp_path):
+    pytest.importorskip("icechunk")
+    pytest.importorskip("cfgrib")
+    paths = write_grib_archive(tmp_path / "src", days=2, steps_per_file=1)
+    recipe = ref_recipe(paths, file_type="grib")
+    result = bake(recipe, f"icechunk://{tmp_path / 'ic'}", workers=1)
+    grib = {"engine": "cfgrib", "backend_kwargs": {"indexpath": ""}}
+    src = xr.concat(
+        [xr.open_dataset(p, **grib).expand_dims("time").load() for p in paths],
+        dim="time",
+        coords="different",
+        compat="equals",
+    )
+    with open_references(result.url) as ds:
+        out = ds.load()
+    for name, var in src.variables.items():
+        assert out[name].dtype == var.dtype, name
+        np.testing.assert_array_equal(out[name].transpose(*var.dims).values, var.values, name)
+    assert out.t2m.dtype == np.float32 and out.sizes["time"] == 4
+    with open_references(bake(recipe, tmp_path / "json").url) as ds:
+        xr.testing.assert_identical(ds.load(), out)
+    group = zarr.open_group(readonly_store(str(tmp_path / "ic" / "ref")), mode="r")
+    codecs = group["t2m"].metadata.to_dict()["codecs"]
+    assert list(codecs) == [
+        {"name": "numcodecs.grib", "configuration": {"var": "t2m", "dtype": "<f4"}}
+    ]

@@ -21,6 +21,7 @@ import zarr
 
 from ..errors import ArcoforgeError
 from ..references.manifest import NO_FILE, ArrayRefs, Manifest
+from .codecs import GRIB, Grib
 
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 
@@ -36,6 +37,7 @@ def _icechunk():
             "Icechunk targets need icechunk: pip install 'arcoforge[icechunk]'"
         ) from None
     icechunk.set_logs_filter("error")
+    zarr.registry.register_codec(GRIB, Grib)  # for this process, if arcoforge is not installed
     return icechunk
 
 
@@ -146,6 +148,8 @@ def _write_array(root, store, name: str, refs: ArrayRefs, paths: list[str]) -> N
     dtype = np.dtype(meta["dtype"])
     attrs = {k: v for k, v in refs.attrs.items() if k != "_ARRAY_DIMENSIONS"}
     fill = meta["fill_value"]
+    if fill is None and isinstance(attrs.get("_FillValue"), float):
+        fill = attrs["_FillValue"]  # as the references give it (GRIB's ``step``): NaN, no JSON
     if fill is not None:
         attrs["_FillValue"] = xr.backends.zarr.FillValueCoder.encode(_fill(fill, dtype), dtype)
     with warnings.catch_warnings():
@@ -153,11 +157,11 @@ def _write_array(root, store, name: str, refs: ArrayRefs, paths: list[str]) -> N
         array = root.create_array(
             name,
             shape=refs.shape,
-            chunks=refs.chunks or None,
+            chunks=refs.chunks or refs.shape,
             dtype=dtype.newbyteorder("="),
             fill_value=_fill(fill, dtype) if fill is not None else None,
-            serializer=_serializer(dtype),
-            compressors=_codecs(meta),
+            serializer=_grib(meta) or _serializer(dtype),
+            compressors=_codecs(name, meta),
             filters=None,
             dimension_names=refs.dims,
             attributes=attrs,
@@ -219,7 +223,15 @@ def _serializer(dtype: np.dtype):
     return BytesCodec(endian="big" if big else "little")
 
 
-def _codecs(meta: dict) -> list:
+def _grib(meta: dict) -> Grib | None:
+    """The GRIB codec of a GRIB variable's references (a filter in their Zarr v2 form)."""
+    for config in meta["filters"] or []:
+        if config["id"] == "grib":
+            return Grib(var=config["var"], dtype=config["dtype"])
+    return None
+
+
+def _codecs(name: str, meta: dict) -> list:
     """Zarr v2 filters and compressor as Zarr v3 bytes-to-bytes codecs (numcodecs')."""
     from numcodecs import zarr3
 
@@ -227,8 +239,10 @@ def _codecs(meta: dict) -> list:
     kinds["fletcher32"] = zarr3.Fletcher32
     configs = [*(meta["filters"] or []), *([meta["compressor"]] if meta["compressor"] else [])]
     out = []
-    for config in configs:
+    for config in (c for c in configs if c["id"] != "grib"):
         config = dict(config)
-        kind = kinds[config.pop("id")]
-        out.append(kind(**config))
+        kind = config.pop("id")
+        if kind not in kinds:
+            raise ArcoforgeError(f"variable {name!r}: codec {kind!r} has no Zarr v3 form here")
+        out.append(kinds[kind](**config))
     return out
