@@ -138,14 +138,19 @@ def open_sources(paths, dim: str, preprocess=None) -> xr.Dataset:
 
 
 def assert_like_xarray(url: str, src: xr.Dataset) -> xr.Dataset:
-    """The store equals ``src``: values, dims, attributes, dtypes and time encodings."""
+    """The store equals ``src``: values, dims, attributes and dtypes; and its times are
+    encoded as xarray's ``to_zarr`` encodes ``src`` (units, calendar)."""
     out = xr.open_zarr(url).load()
     xr.testing.assert_identical(out, src)
+    theirs = Path(url).parent / "xarray.zarr"
+    src.to_zarr(theirs, mode="w", consolidated=False)
     for name, var in src.variables.items():
         assert out[name].dims == var.dims, name
         assert out[name].dtype == var.dtype, name
-        for key in ("calendar", "units"):
-            assert out[name].encoding.get(key) == var.encoding.get(key), (name, key)
+    with xr.open_zarr(theirs, consolidated=False) as expected:
+        for name, var in expected.variables.items():
+            for key in ("calendar", "units"):
+                assert out[name].encoding.get(key) == var.encoding.get(key), (name, key)
     return out
 
 
@@ -328,3 +333,134 @@ def test_icechunk_references_of_grib_files(tmp_path):
     assert list(codecs) == [
         {"name": "numcodecs.grib", "configuration": {"var": "t2m", "dtype": "<f4"}}
     ]
+
+
+# -- real files: iris-sample-data (Met Office, Open Government Licence) ------------------
+
+
+def sample_data(name: str) -> Path:
+    """A file of the iris-sample-data package."""
+    iris_sample_data = pytest.importorskip("iris_sample_data")
+    return Path(iris_sample_data.path) / name
+
+
+def split_along(path: Path, dim: str, sizes: list[int], folder: Path) -> list[Path]:
+    """``path`` cut along ``dim`` into files of ``sizes`` steps, each variable's raw values
+    and attributes copied as stored (same format, dtypes, fill values, strings)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out, start = [], 0
+    with netCDF4.Dataset(path) as src:
+        src.set_auto_maskandscale(False)
+        src.set_auto_chartostring(False)
+        for i, n in enumerate(sizes):
+            part = folder / f"{path.stem}_{i}{path.suffix}"
+            with netCDF4.Dataset(part, "w", format=src.data_model) as dst:
+                dst.setncatts({k: src.getncattr(k) for k in src.ncattrs()})
+                for name, d in src.dimensions.items():
+                    dst.createDimension(name, None if d.isunlimited() else len(d))
+                for var in src.variables.values():
+                    _copy_variable(var, dst, dim, slice(start, start + n))
+            out.append(part)
+            start += n
+    return out
+
+
+def _copy_variable(var, dst, dim: str, span: slice) -> None:
+    attrs = {k: var.getncattr(k) for k in var.ncattrs()}
+    fill = attrs.pop("_FillValue", None)
+    dtype = str if var.dtype is str else var.dtype
+    new = dst.createVariable(var.name, dtype, var.dimensions, fill_value=fill)
+    new.setncatts(attrs)
+    index = tuple(span if d == dim else slice(None) for d in var.dimensions)
+    values = var[index] if var.dimensions else var[...]
+    if var.dtype is str:
+        for i, text in enumerate(np.asarray(values).ravel()):
+            new[i] = text
+    else:
+        new[...] = values
+
+
+def nemo_by_time_centered(ds: xr.Dataset) -> xr.Dataset:
+    return ds.swap_dims(time_counter="time_centered")
+
+
+def test_real_nemo_monthly_files_360_day_bounds(tmp_path):
+    """NEMO ocean output: ``time_centered_bounds`` on the 360-day calendar, decoded to cftime;
+    ``time_counter`` is 0 in every file, so the files combine along ``time_centered``."""
+    paths = sorted(sample_data("NEMO").glob("*.nc"))
+    pattern = pattern_from_file_sequence([str(p) for p in paths], "time_centered", 1)
+    recipe = pattern | OpenWithXarray() | nemo_by_time_centered | StoreToZarr("nemo.zarr")
+    result = bake(recipe, tmp_path / "out", workers=2)
+    src = open_sources(paths, "time_centered", nemo_by_time_centered)
+    out = assert_like_xarray(result.url, src)
+    assert out.time_centered_bounds.encoding["calendar"] == "360_day"
+    assert out.time_centered.attrs["bounds"] == "time_centered_bounds"
+
+
+def test_real_nemo_files_along_time_counter_are_refused(tmp_path):
+    paths = sorted(sample_data("NEMO").glob("*.nc"))
+    text = bake_fails(zarr_recipe(paths, "time_counter", 1), tmp_path / "out", SchemaError)
+    assert text == (
+        f"time_counter 0.0 in {paths[1]} repeats time_counter 0.0 in {paths[0]}: "
+        "inputs must be sorted along 'time_counter' without duplicates or overlaps"
+    )
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_real_hadcm3_a1b_split_along_time(tmp_path, zarr_format):
+    """HadCM3's A1B scenario: 360-day ``time_bnds``, 0-d ``height``, grid mapping and
+    cftime ``forecast_reference_time``; cut into four files of 60 months."""
+    paths = split_along(sample_data("A1B_north_america.nc"), "time", [60] * 4, tmp_path / "src")
+    recipe = zarr_recipe(paths, "time", 60, target_chunks={"time": 48}, zarr_format=zarr_format)
+    result = bake(recipe, tmp_path / "out", workers=2)
+    out = assert_like_xarray(result.url, open_sources(paths, "time"))
+    whole = xr.open_dataset(sample_data("A1B_north_america.nc"))
+    xr.testing.assert_identical(out, whole.load())
+
+
+def test_real_hadcm3_a1b_icechunk_references(tmp_path):
+    pytest.importorskip("icechunk")
+    paths = split_along(sample_data("A1B_north_america.nc"), "time", [120] * 2, tmp_path / "src")
+    result = bake(ref_recipe(paths), f"icechunk://{tmp_path / 'ic'}", workers=1)
+    with open_references(result.url) as out:
+        xr.testing.assert_identical(out.load(), open_sources(paths, "time"))
+        assert out.height.dims == () and out.latitude_longitude.dims == ()
+
+
+def test_real_ostia_standard_calendar_bounds(tmp_path):
+    """OSTIA monthly: ``time_bnds`` and ``forecast_reference_time_bnds`` on the standard
+    calendar, whose units come from the variables naming them as bounds."""
+    paths = split_along(sample_data("ostia_monthly.nc"), "time", [18] * 3, tmp_path / "src")
+    recipe = zarr_recipe(paths, "time", 18, target_chunks={"time": 12})
+    result = bake(recipe, tmp_path / "out", workers=1)
+    out = assert_like_xarray(result.url, open_sources(paths, "time"))
+    assert out.time_bnds.dtype.kind == "M"
+    xr.testing.assert_identical(out, xr.open_dataset(sample_data("ostia_monthly.nc")).load())
+
+
+def test_real_variable_length_strings_of_different_widths(tmp_path):
+    """``expver`` as variable-length strings: "AB", "ABC" and "ABCD" by turns."""
+    cut = split_along(sample_data("vlstr_type.nc"), "time", [25, 50, 75], tmp_path / "src")
+    assert [xr.open_dataset(p).expver.dtype.str for p in cut] == ["<U2", "<U3", "<U4"]
+    result = bake(zarr_recipe(cut, "time", None, target_chunks={"time": 40}), tmp_path / "out")
+    out = assert_like_xarray(result.url, open_sources(cut, "time"))
+    xr.testing.assert_identical(out, xr.open_dataset(sample_data("vlstr_type.nc")).load())
+
+
+def test_real_scenarios_as_string_keys_of_a_new_dim(tmp_path):
+    """HadCM3's A1B and E1 scenarios side by side along a new ``experiment`` dim."""
+    names = ["A1B", "E1"]
+    paths = [sample_data(f"{name}_north_america.nc") for name in names]
+
+    def experiment(ds: xr.Dataset) -> xr.Dataset:
+        return ds.expand_dims(experiment=[Path(ds.encoding["source"]).name.split("_")[0]])
+
+    pattern = FilePattern(
+        lambda experiment: str(paths[names.index(experiment)]),
+        ConcatDim("experiment", names, nitems_per_file=1),
+    )
+    recipe = pattern | OpenWithXarray() | experiment | StoreToZarr("s.zarr")
+    result = bake(recipe, tmp_path / "out", workers=1)
+    out = xr.open_zarr(result.url).load()
+    assert out.experiment.values.tolist() == names
+    xr.testing.assert_identical(out, open_sources(paths, "experiment", experiment))

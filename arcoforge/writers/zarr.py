@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import cftime
 import fsspec
 import numpy as np
 import xarray as xr
@@ -117,10 +118,8 @@ def write_template(
             variables[name] = _empty(info, concat)
     variables.update(_static_variables(schema, open_config, inputs_by_owner))
     names = [n for n, v in schema.variables.items() if v.is_coord and n in variables]
-    template = {
-        n: _encoded_already(encoding[n]) if _is_cftime(schema.variables[n]) else encoding[n]
-        for n in variables
-    }
+    empty = [n for n, v in schema.variables.items() if _is_cftime(v) and set(v.dims) & concat]
+    template = {n: _encoded_already(e) if n in empty else e for n, e in encoding.items()}
     _to_zarr(xr.Dataset(variables, attrs=dict(attrs)).set_coords(names), target, template, "w")
     group = zarr.open_group(zarr_store(target), mode="r+", zarr_format=target.zarr_format)
     for name in variables:
@@ -135,7 +134,9 @@ def _empty(info: VarInfo, concat: set[str]) -> xr.Variable:
     empty = [0 if d in concat else n for d, n in zip(info.dims, info.shape, strict=True)]
     if not _is_cftime(info):
         return xr.Variable(info.dims, np.empty(empty, info.dtype), info.attrs)
-    time = {k: info.encoding[k] for k in ("units", "calendar") if k in info.encoding}
+    units, calendar = info.encoding["units"], info.encoding["calendar"]
+    date = xr.Variable((), cftime.num2date(0, units, calendar), encoding=dict(info.encoding))
+    time = xr.conventions.encode_cf_variable(date).attrs  # units as xarray writes them
     return xr.Variable(info.dims, np.empty(empty, info.encoding["dtype"]), {**info.attrs, **time})
 
 
