@@ -464,3 +464,31 @@ def test_real_scenarios_as_string_keys_of_a_new_dim(tmp_path):
     out = xr.open_zarr(result.url).load()
     assert out.experiment.values.tolist() == names
     xr.testing.assert_identical(out, open_sources(paths, "experiment", experiment))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        Path(xr.__file__).parent / "tests" / "data" / "example.grib",  # xarray's, from ECMWF
+        "polar_stereo.grib2",  # iris-sample-data's, from the Canadian Meteorological Service
+    ],
+)
+def test_real_grib_icechunk_references(tmp_path, path):
+    """GRIB references committed to Icechunk (0-d ``step``, ``valid_time`` and levels, a
+    GRIB codec) read as cfgrib reads the file."""
+    pytest.importorskip("icechunk")
+    pytest.importorskip("cfgrib")
+    path = sample_data(path) if isinstance(path, str) else path
+    if not path.exists():
+        pytest.skip(f"{path} is not installed")
+    result = bake(ref_recipe([path], file_type="grib"), f"icechunk://{tmp_path / 'ic'}")
+    src = xr.open_dataset(path, engine="cfgrib", backend_kwargs={"indexpath": ""}).load()
+    with open_references(result.url) as ds:
+        out = ds.load()
+    for name, var in src.variables.items():
+        got = out[name]
+        if "time" in got.dims and "time" not in var.dims:  # the concat dim, promoted
+            got = got.squeeze("time")
+        assert got.dtype == var.dtype, name
+        np.testing.assert_array_equal(got.transpose(*var.dims).values, var.values, name)
+        assert got.attrs == var.attrs, name
