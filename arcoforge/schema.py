@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ _TIME_ENCODING = ("units", "calendar", "dtype")
 SHARED_BYTES = 1 << 20
 """Variables along a concat dim up to this size are fingerprinted by the scan, so that one
 held under several merge keys (xclim's ``time_vectors``) can be found equal and kept once."""
+SHARED_VALUES = 1 << 12
+"""Up to this size their values are kept too, to name the first difference."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class VarInfo:
     is_coord: bool
     fingerprint: str | None = None
     summary: str = ""
+    values: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def layout(self, concat: set[str]) -> tuple:
         """What must agree between inputs: dims, dtype, static sizes and static values.
@@ -162,10 +165,12 @@ def _var_info(var: xr.Variable, is_coord: bool, concat: set[str], merged: bool) 
     if _is_time(var):
         encoding = {k: var.encoding[k] for k in _TIME_ENCODING if k in var.encoding}
         encoding["dtype"] = str(np.dtype(encoding.get("dtype", "float64")))
-    fingerprint = summary = None
-    if not concat.intersection(var.dims) or (merged and var.nbytes <= SHARED_BYTES):
+    fingerprint = summary = kept = None
+    along = bool(concat.intersection(var.dims))
+    if not along or (merged and var.nbytes <= SHARED_BYTES):
         values = np.asarray(var.values)
         fingerprint, summary = _fingerprint(values), _summarize(values)
+        kept = values if along and values.nbytes <= SHARED_VALUES else None
     return VarInfo(
         dims=tuple(str(d) for d in var.dims),
         shape=tuple(int(n) for n in var.shape),
@@ -175,6 +180,7 @@ def _var_info(var: xr.Variable, is_coord: bool, concat: set[str], merged: bool) 
         is_coord=is_coord,
         fingerprint=fingerprint,
         summary=summary or "",
+        values=kept,
     )
 
 
@@ -342,6 +348,7 @@ class SchemaCombiner:
         out_vars = {
             name: replace(
                 info,
+                values=None,
                 shape=tuple(dims[d] for d in info.dims),
                 attrs=self._kept(name, info.attrs),
             )
@@ -398,8 +405,7 @@ class SchemaCombiner:
                 )
             if a.fingerprint != b.fingerprint:
                 raise SchemaError(
-                    f"variable {name!r} differs between {ia.url} and {ib.url}: "
-                    f"{b.summary} in the second, {a.summary} in the first"
+                    f"variable {name!r} differs between {ia.url} and {ib.url}: {_change(a, b)}"
                 )
 
     def _concat_values(self, dim: str) -> np.ndarray:
@@ -472,6 +478,18 @@ def _equal(a: Any, b: Any) -> bool:
         return bool(np.array_equal(a, b)) if isinstance(a, np.ndarray | list) else bool(a == b)
     except (TypeError, ValueError):
         return False
+
+
+def _change(a: VarInfo, b: VarInfo) -> str:
+    """Where ``b`` first differs from ``a``, if their values were kept; else both summaries."""
+    if a.values is None or b.values is None or a.values.shape != b.values.shape:
+        return f"{b.summary} in the second, {a.summary} in the first"
+    same = a.values == b.values
+    if a.values.dtype.kind == "f" and b.values.dtype.kind == "f":
+        same |= np.isnan(a.values) & np.isnan(b.values)
+    index = tuple(int(i) for i in np.argwhere(~np.asarray(same))[0])
+    at = dict(zip(a.dims, index, strict=True))
+    return f"at {at}, {b.values[index]} in the second, {a.values[index]} in the first"
 
 
 def _difference(ref: InputSchema, other: InputSchema, concat: set[str]) -> str:

@@ -273,12 +273,35 @@ def test_equal_variable_under_several_merge_keys_is_kept_once(tmp_path):
 
 def test_different_variable_under_two_merge_keys_is_refused(tmp_path):
     recipe = write_xclim_like(tmp_path / "src", ("pr", "tasmax"), differ=("tasmax", 1))
-    bake_fails(
-        recipe,
-        tmp_path / "out",
-        SchemaError,
+    text = bake_fails(recipe, tmp_path / "out", SchemaError)
+    assert text == (
         f"variable 'time_vectors' differs between {tmp_path / 'src' / 'pr_1.nc'} and "
-        f"{tmp_path / 'src' / 'tasmax_1.nc'}",
+        f"{tmp_path / 'src' / 'tasmax_1.nc'}: at {{'time': 1, 'six': 2}}, 99 in the second, "
+        "5 in the first"
+    )
+
+
+def test_large_variable_under_two_merge_keys_is_refused(tmp_path):
+    """Variables over 1 MiB an input are not read by the scan, so they cannot be compared."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for key in ("a", "b"):
+        big = np.zeros((2, 70_000))
+        ds = xr.Dataset(
+            {key: ("time", [1.0, 2.0]), "big": (("time", "x"), big)}, coords={"time": [0, 1]}
+        )
+        ds.to_netcdf(folder / f"{key}.nc")
+    pattern = FilePattern(
+        lambda variable, time: str(folder / f"{variable}.nc"),
+        MergeDim("variable", ["a", "b"]),
+        ConcatDim("time", [0], nitems_per_file=2),
+    )
+    recipe = pattern | OpenWithXarray() | StoreToZarr("big.zarr")
+    text = bake_fails(recipe, tmp_path / "out", SchemaError)
+    assert text == (
+        f"variable 'big' is in both {folder / 'a.nc'} and {folder / 'b.nc'}, too large to "
+        "compare in the scan (over 1048576 bytes an input); each merge key must hold "
+        "different variables"
     )
 
 
@@ -492,3 +515,11 @@ def test_real_grib_icechunk_references(tmp_path, path):
         assert got.dtype == var.dtype, name
         np.testing.assert_array_equal(got.transpose(*var.dims).values, var.values, name)
         assert got.attrs == var.attrs, name
+
+
+def test_missing_values_in_the_concat_coordinate_are_refused_by_the_scan(tmp_path):
+    paths = write_cmip(tmp_path / "src", "standard")
+    with netCDF4.Dataset(paths[2], "a") as nc:
+        nc["time"][1:] = np.nan
+    text = bake_fails(zarr_recipe(paths, "time", 4), tmp_path / "out", SchemaError)
+    assert text == f"{paths[2]}: coordinate 'time' has 3 missing value(s) of 4, first at index 1"

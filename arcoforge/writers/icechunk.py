@@ -243,6 +243,8 @@ def _codecs(name: str, meta: dict) -> list:
         config = dict(config)
         kind = config.pop("id")
         if kind not in kinds:
-            raise ArcoforgeError(f"variable {name!r}: codec {kind!r} has no Zarr v3 form here")
+            raise ArcoforgeError(
+                f"variable {name!r}: codec {kind!r} has no Zarr v3 form for Icechunk"
+            )
         out.append(kinds[kind](**config))
     return out
