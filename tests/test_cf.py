@@ -5,6 +5,7 @@ calendars and bounds; or refused with one line naming the input."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import netCDF4
@@ -27,6 +28,7 @@ from arcoforge import (
 from arcoforge.errors import SchemaError
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_grib_archive
+from arcoforge.updates import AppendError
 from arcoforge.writers.icechunk import readonly_store
 
 
@@ -523,3 +525,20 @@ def test_missing_values_in_the_concat_coordinate_are_refused_by_the_scan(tmp_pat
         nc["time"][1:] = np.nan
     text = bake_fails(zarr_recipe(paths, "time", 4), tmp_path / "out", SchemaError)
     assert text == f"{paths[2]}: coordinate 'time' has 3 missing value(s) of 4, first at index 1"
+
+
+def test_append_of_narrower_strings_and_refusal_of_wider_ones(tmp_path):
+    paths = write_era5(tmp_path / "src", ("0001", "005", "005"))
+    root = tmp_path / "out"
+    url = bake(zarr_recipe(paths[:1], "valid_time", 2), root).url
+    bake(zarr_recipe(paths[:2], "valid_time", 2), root, append=True)
+    out = xr.open_zarr(url)
+    assert out.expver.values.tolist() == ["0001"] * 2 + ["005"] * 2
+    wider = write_era5(tmp_path / "wider", ("0001", "005", "00001"))
+    shutil.copy(wider[2], paths[2])
+    with pytest.raises(AppendError) as info:
+        bake(zarr_recipe(paths, "valid_time", 2), root, append=True)
+    assert str(info.value) == (
+        f"cannot append {paths[2]}: 'expver' is <U5 {{'valid_time': 2}}, "
+        "the store's is <U4 {'valid_time': 4}"
+    )

@@ -244,8 +244,8 @@ def write_region(task: WriteTask) -> dict[str, int]:
     for name in list(arrays):
         array = arrays.pop(name)
         nbytes += array.nbytes
-        if array.dtype == object:
-            _write_dates(task.target, name, array, tuple(region[d] for d in dims[name]))
+        if array.dtype == object or array.dtype.kind in "SU":
+            _write_direct(task.target, name, array, tuple(region[d] for d in dims[name]))
             continue
         xr.Dataset({name: (dims[name], array)}).to_zarr(
             task.target.url,
@@ -263,13 +263,16 @@ def write_region(task: WriteTask) -> dict[str, int]:
     return {"bytes": nbytes, "inputs": len(task.pieces), "checked": checked, "missing": missing}
 
 
-def _write_dates(target: Target, name: str, dates: np.ndarray, region: tuple[slice, ...]) -> None:
-    """Write cftime dates encoded with the store's units and calendar. xarray's region writes
-    decode the stored variable first, and cannot while its unwritten parts hold NaN."""
+def _write_direct(target: Target, name: str, values: np.ndarray, region: tuple[slice, ...]):
+    """Write strings, and cftime dates encoded with the store's units and calendar, with
+    zarr: xarray's region writes refuse strings narrower than the store's (an append of
+    ERA5's ``expver``), and decode the stored dates first, which they cannot while the
+    unwritten parts hold NaN."""
     array = zarr.open_array(zarr_store(target), path=name, mode="r+")
-    units, calendar = array.attrs["units"], array.attrs["calendar"]
-    numbers, _, _ = xr.coding.times.encode_cf_datetime(dates, units, calendar, array.dtype)
-    array[region] = numbers
+    if values.dtype == object and "calendar" in array.attrs:
+        units, calendar = array.attrs["units"], array.attrs["calendar"]
+        values, _, _ = xr.coding.times.encode_cf_datetime(values, units, calendar, array.dtype)
+    array[region] = values
 
 
 def _allocate(shape: list[int], dtype: str, fill: bool) -> np.ndarray:
