@@ -542,3 +542,12 @@ def test_append_of_narrower_strings_and_refusal_of_wider_ones(tmp_path):
         f"cannot append {paths[2]}: 'expver' is <U5 {{'valid_time': 2}}, "
         "the store's is <U4 {'valid_time': 4}"
     )
+
+
+def test_append_of_cmip_files_on_the_360_day_calendar(tmp_path):
+    paths = write_cmip(tmp_path / "src", "360_day")
+    root = tmp_path / "out"
+    url = bake(zarr_recipe(paths[:2], "time", 4, target_chunks={"time": 3}), root).url
+    result = bake(zarr_recipe(paths, "time", 4, target_chunks={"time": 3}), root, append=True)
+    assert result.inputs == 1
+    assert_like_xarray(url, open_sources(paths, "time"))
