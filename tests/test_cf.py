@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import netCDF4
+import numcodecs
 import numpy as np
 import pytest
 import xarray as xr
@@ -25,7 +26,7 @@ from arcoforge import (
     bake,
     pattern_from_file_sequence,
 )
-from arcoforge.errors import SchemaError
+from arcoforge.errors import ArcoforgeError, SchemaError
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_grib_archive
 from arcoforge.updates import AppendError
@@ -551,3 +552,36 @@ def test_append_of_cmip_files_on_the_360_day_calendar(tmp_path):
     result = bake(zarr_recipe(paths, "time", 4, target_chunks={"time": 3}), root, append=True)
     assert result.inputs == 1
     assert_like_xarray(url, open_sources(paths, "time"))
+
+
+def write_zarr_inputs(folder: Path, **encoding) -> list[Path]:
+    """Two Zarr v2 stores of two steps each, ``v`` encoded as ``encoding`` says."""
+    paths = []
+    for i in range(2):
+        path = folder / f"z{i}.zarr"
+        values = np.arange(20.0).reshape(2, 10) / 3 + i
+        ds = xr.Dataset({"v": (("time", "x"), values)}, coords={"time": [2 * i, 2 * i + 1]})
+        ds.to_zarr(path, zarr_format=2, encoding={"v": encoding})
+        paths.append(path)
+    return paths
+
+
+def test_icechunk_references_of_zarr_v2_inputs_with_filters_and_blosc(tmp_path):
+    pytest.importorskip("icechunk")
+    codecs = {"filters": [numcodecs.Delta(dtype="<f8")], "compressors": [numcodecs.Blosc()]}
+    paths = write_zarr_inputs(tmp_path / "src", **codecs)
+    result = bake(ref_recipe(paths, file_type="zarr"), f"icechunk://{tmp_path / 'ic'}")
+    src = xr.concat([xr.open_zarr(p).load() for p in paths], "time")
+    with open_references(result.url) as out:
+        xr.testing.assert_identical(out.load(), src)
+    group = zarr.open_group(readonly_store(str(tmp_path / "ic" / "ref")), mode="r")
+    names = [c["name"] for c in group["v"].metadata.to_dict()["codecs"]]
+    assert names == ["numcodecs.delta", "bytes", "numcodecs.blosc"]
+
+
+def test_icechunk_refuses_a_codec_without_a_zarr_v3_form(tmp_path):
+    pytest.importorskip("icechunk")
+    paths = write_zarr_inputs(tmp_path / "src", compressors=[numcodecs.Base64()])
+    with pytest.raises(ArcoforgeError) as info:
+        bake(ref_recipe(paths, file_type="zarr"), f"icechunk://{tmp_path / 'ic'}")
+    assert str(info.value) == "variable 'v': codec 'base64' has no Zarr v3 form for Icechunk"

@@ -13,11 +13,14 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 import xarray as xr
 import zarr
+import zarr.codecs.numcodecs
+from zarr.abc.codec import ArrayArrayCodec, ArrayBytesCodec
 
 from ..errors import ArcoforgeError
 from ..references.manifest import NO_FILE, ArrayRefs, Manifest
@@ -152,6 +155,7 @@ def _write_array(root, store, name: str, refs: ArrayRefs, paths: list[str]) -> N
         fill = attrs["_FillValue"]  # as the references give it (GRIB's ``step``): NaN, no JSON
     if fill is not None:
         attrs["_FillValue"] = xr.backends.zarr.FillValueCoder.encode(_fill(fill, dtype), dtype)
+    filters, serializer, compressors = _v3_codecs(name, meta)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         array = root.create_array(
@@ -160,9 +164,9 @@ def _write_array(root, store, name: str, refs: ArrayRefs, paths: list[str]) -> N
             chunks=refs.chunks or refs.shape,
             dtype=dtype.newbyteorder("="),
             fill_value=_fill(fill, dtype) if fill is not None else None,
-            serializer=_grib(meta) or _serializer(dtype),
-            compressors=_codecs(name, meta),
-            filters=None,
+            serializer=serializer or _serializer(dtype),
+            compressors=compressors,
+            filters=filters,
             dimension_names=refs.dims,
             attributes=attrs,
             overwrite=True,
@@ -223,28 +227,37 @@ def _serializer(dtype: np.dtype):
     return BytesCodec(endian="big" if big else "little")
 
 
-def _grib(meta: dict) -> Grib | None:
-    """The GRIB codec of a GRIB variable's references (a filter in their Zarr v2 form)."""
-    for config in meta["filters"] or []:
-        if config["id"] == "grib":
-            return Grib(var=config["var"], dtype=config["dtype"])
-    return None
-
-
-def _codecs(name: str, meta: dict) -> list:
-    """Zarr v2 filters and compressor as Zarr v3 bytes-to-bytes codecs (numcodecs')."""
-    from numcodecs import zarr3
-
-    kinds = {"zlib": zarr3.Zlib, "shuffle": zarr3.Shuffle, "zstd": zarr3.Zstd}
-    kinds["fletcher32"] = zarr3.Fletcher32
+def _v3_codecs(name: str, meta: dict) -> tuple[list, Any, list]:
+    """A variable's Zarr v2 filters and compressor as Zarr v3 codecs: array-to-array filters,
+    the serializer (None: plain bytes) and bytes-to-bytes compressors; numcodecs' codecs in
+    zarr-python's Zarr v3 form, a GRIB message in arcoforge's."""
+    filters, serializer, compressors = [], None, []
     configs = [*(meta["filters"] or []), *([meta["compressor"]] if meta["compressor"] else [])]
-    out = []
-    for config in (c for c in configs if c["id"] != "grib"):
+    wrapped = _numcodecs_v3()
+    for config in configs:
         config = dict(config)
         kind = config.pop("id")
-        if kind not in kinds:
+        if kind == "grib":
+            serializer = Grib(**config)
+            continue
+        if kind not in wrapped:
             raise ArcoforgeError(
                 f"variable {name!r}: codec {kind!r} has no Zarr v3 form for Icechunk"
             )
-        out.append(kinds[kind](**config))
-    return out
+        codec = wrapped[kind](**config)
+        if isinstance(codec, ArrayArrayCodec):
+            filters.append(codec)
+        elif isinstance(codec, ArrayBytesCodec):
+            serializer = codec
+        else:
+            compressors.append(codec)
+    return filters, serializer, compressors
+
+
+def _numcodecs_v3() -> dict[str, type]:
+    """zarr-python's Zarr v3 forms of numcodecs' codecs, by numcodecs id."""
+    return {
+        kind.codec_name.removeprefix("numcodecs."): kind
+        for kind in vars(zarr.codecs.numcodecs).values()
+        if isinstance(kind, type) and isinstance(getattr(kind, "codec_name", None), str)
+    }
