@@ -5,7 +5,11 @@ calendars and bounds; or refused with one line naming the input."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import netCDF4
@@ -31,6 +35,8 @@ from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_grib_archive
 from arcoforge.updates import AppendError
 from arcoforge.writers.icechunk import readonly_store
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_cmip(folder: Path, calendar: str, files: int = 3, months: int = 4) -> list[Path]:
@@ -585,3 +591,43 @@ def test_icechunk_refuses_a_codec_without_a_zarr_v3_form(tmp_path):
     with pytest.raises(ArcoforgeError) as info:
         bake(ref_recipe(paths, file_type="zarr"), f"icechunk://{tmp_path / 'ic'}")
     assert str(info.value) == "variable 'v': codec 'base64' has no Zarr v3 form for Icechunk"
+
+
+READER = """
+import sys, icechunk, xarray as xr
+storage = icechunk.local_filesystem_storage(sys.argv[1])
+config = icechunk.RepositoryConfig.default()
+prefix = "file://" + sys.argv[2] + "/"
+store = icechunk.local_filesystem_store(sys.argv[2])
+config.set_virtual_chunk_container(icechunk.VirtualChunkContainer(prefix, store))
+access = icechunk.containers_credentials({prefix: None})
+repo = icechunk.Repository.open(storage, config, authorize_virtual_chunk_access=access)
+ds = xr.open_zarr(repo.readonly_session(branch="main").store, consolidated=False)
+print(float(ds.t2m.values.sum()), "arcoforge" in sys.modules)
+"""
+
+
+def test_a_reader_opens_grib_references_through_the_entry_point(tmp_path):
+    """A process that never imports arcoforge reads a GRIB Icechunk repository: zarr finds
+    the GRIB codec by the ``zarr.codecs`` entry point pyproject.toml declares."""
+    pytest.importorskip("icechunk")
+    pytest.importorskip("cfgrib")
+    paths = write_grib_archive(tmp_path / "src", days=1, steps_per_file=1)
+    result = bake(ref_recipe(paths, file_type="grib"), f"icechunk://{tmp_path / 'ic'}")
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    info = tmp_path / "site" / "arcoforge_entry_points-0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: arcoforge-entry-points\n")
+    lines = [f"{k} = {v}" for k, v in declared["zarr.codecs"].items()]
+    (info / "entry_points.txt").write_text("[zarr.codecs]\n" + "\n".join(lines) + "\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(info.parent), str(ROOT)])}
+    reader = [sys.executable, "-c", READER, result.url, str(paths[0].parent)]
+    done = subprocess.run(reader, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    grib = {"engine": "cfgrib", "backend_kwargs": {"indexpath": ""}}
+    want = sum(float(xr.open_dataset(p, **grib).t2m.values.astype("f8").sum()) for p in paths)
+    total, imported = done.stdout.split()[-2:]
+    assert float(total) == pytest.approx(want, rel=1e-6) and imported == "True"
+    no_entry = {**env, "PYTHONPATH": str(ROOT)}
+    failed = subprocess.run(reader, env=no_entry, capture_output=True, text=True, timeout=120)
+    assert failed.returncode != 0 and "numcodecs.grib" in failed.stderr
