@@ -608,8 +608,9 @@ print(float(ds.t2m.values.sum()), "arcoforge" in sys.modules)
 
 
 def test_a_reader_opens_grib_references_through_the_entry_point(tmp_path):
-    """A process that never imports arcoforge reads a GRIB Icechunk repository: zarr finds
-    the GRIB codec by the ``zarr.codecs`` entry point pyproject.toml declares."""
+    """A reader that imports only icechunk and xarray opens a GRIB Icechunk repository: zarr
+    finds the GRIB codec by the ``zarr.codecs`` entry point pyproject.toml declares (and fails
+    without it)."""
     pytest.importorskip("icechunk")
     pytest.importorskip("cfgrib")
     paths = write_grib_archive(tmp_path / "src", days=1, steps_per_file=1)
