@@ -632,3 +632,22 @@ def test_a_reader_opens_grib_references_through_the_entry_point(tmp_path):
     no_entry = {**env, "PYTHONPATH": str(ROOT)}
     failed = subprocess.run(reader, env=no_entry, capture_output=True, text=True, timeout=120)
     assert failed.returncode != 0 and "numcodecs.grib" in failed.stderr
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_char_arrays_holding_bytes_that_are_not_utf8(tmp_path, zarr_format):
+    """A char variable is bytes, whatever they hold: the store reads back as the source."""
+    paths = []
+    for i in range(2):
+        path = tmp_path / f"c{i}.nc"
+        with netCDF4.Dataset(path, "w", format="NETCDF3_CLASSIC") as nc:
+            nc.createDimension("time", None)
+            nc.createDimension("n", 4)
+            nc.createVariable("time", "f8", ("time",))[:] = [i]
+            flag = nc.createVariable("flag", "S1", ("time", "n"))
+            flag[0, :] = np.array([b"a", b"\x80", bytes([0xFF - i]), b""], "S1")
+        paths.append(path)
+    recipe = zarr_recipe(paths, "time", 1, zarr_format=zarr_format)
+    result = bake(recipe, tmp_path / "out")
+    out = assert_like_xarray(result.url, open_sources(paths, "time"))
+    assert out.flag.values.tolist() == [b"a\x80\xff", b"a\x80\xfe"]
