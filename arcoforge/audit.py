@@ -221,7 +221,8 @@ def _coordinate_problems(name: str, values: np.ndarray) -> list[str]:
         first = int(dup[0])
         earlier = int(np.flatnonzero(values[:first] == values[first])[0])
         problems.append(f"{name}: duplicate value {values[first]} at indices {earlier} and {first}")
-    if not (index.is_monotonic_increasing or index.is_monotonic_decreasing):
+    labels = values.dtype.kind in "SUT"  # names (ensemble members) keep the pattern's order
+    if not labels and not (index.is_monotonic_increasing or index.is_monotonic_decreasing):
         ahead, behind = values[1:], values[:-1]
         breaks = ahead < behind if values[-1] >= values[0] else ahead > behind
         bad = int(np.flatnonzero(breaks)[0])

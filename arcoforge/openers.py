@@ -142,7 +142,11 @@ def read_variables(
     where = config.redact(url)
     if _direct(config):
         with open_netcdf(local_copy(url, config.fetch), where) as nc:
-            return {n: _read(nc.variables.get(n), n, sel, where) for n, sel in wanted.items()}
+            inherited = _bounds_attrs(nc, wanted)
+            return {
+                n: _read(nc.variables.get(n), n, sel, where, inherited.get(n))
+                for n, sel in wanted.items()
+            }
     with open_input(url, config) as ds:
         return {n: _read(ds.variables.get(n), n, sel, where) for n, sel in wanted.items()}
 
@@ -167,29 +171,49 @@ def open_netcdf(path: str, where: str) -> Iterator:
         raise SourceError(f"{where}: cannot open: {one_line(exc)}") from None
     try:
         nc.set_auto_maskandscale(False)
+        nc.set_auto_chartostring(False)
         yield nc
     finally:
         nc.close()
 
 
-def _read(var, name: str, sel: dict[str, slice], where: str) -> np.ndarray:
+def _is_char_array(var, dims: tuple[str, ...], sel: dict[str, slice]) -> bool:
+    """A netCDF ``char`` array whose last dim xarray folds into fixed-width strings (WRF's
+    ``char Times(Time, DateStrLen)`` is read as ``Times(Time)``)."""
+    return var.dtype == np.dtype("S1") and len(dims) == len(sel) + 1 and dims[-1] not in sel
+
+
+def _bounds_attrs(nc, wanted) -> dict[str, dict]:
+    """The time attributes that CF bounds variables among ``wanted`` inherit from the
+    variable naming them in its ``bounds`` attribute, as xarray's decoder gives them."""
+    out = {}
+    for var in nc.variables.values():
+        names = set(var.ncattrs())
+        bounds = var.getncattr("bounds") if "bounds" in names else None
+        if isinstance(bounds, str) and bounds in wanted:
+            out[bounds] = {k: var.getncattr(k) for k in ("units", "calendar") if k in names}
+    return out
+
+
+def _read(var, name: str, sel: dict[str, slice], where: str, inherited=None) -> np.ndarray:
     if var is None:
         raise SourceError(f"{where}: variable {name!r} is missing")
     try:
         if isinstance(var, xr.Variable):
             return var.transpose(*sel).isel(sel).values
-        return _decode_netcdf(var, name, sel)
+        return _decode_netcdf(var, name, sel, inherited or {})
     except ArcoforgeError:
         raise
     except Exception as exc:
         raise SourceError(f"{where}: reading {name!r} failed: {one_line(exc)}") from None
 
 
-def _decode_netcdf(var, name: str, sel: dict[str, slice]) -> np.ndarray:
+def _decode_netcdf(var, name: str, sel: dict[str, slice], inherited: dict) -> np.ndarray:
     dims = tuple(var.dimensions)
-    if set(dims) != set(sel):
+    chars = {dims[-1]: slice(None)} if _is_char_array(var, dims, sel) else {}
+    if set(dims) != set(sel) | set(chars):
         raise ValueError(f"dims {dims} differ from the scanned {tuple(sel)}")
-    raw = var[tuple(sel[d] for d in dims)]
-    attrs = {k: var.getncattr(k) for k in var.ncattrs()}
+    raw = var[tuple({**sel, **chars}[d] for d in dims)]
+    attrs = {**inherited, **{k: var.getncattr(k) for k in var.ncattrs()}}
     decoded = xr.conventions.decode_cf_variable(name, xr.Variable(dims, np.asarray(raw), attrs))
     return decoded.transpose(*sel).values

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from .errors import SchemaError, SourceError, one_line
@@ -25,6 +26,11 @@ from .sources.lookup import scanned_identity
 
 _TIME_ENCODING = ("units", "calendar", "dtype")
 SHOWN_CAUSES = 3  # of an every-input-failed error, the first causes named
+SHARED_BYTES = 1 << 20
+"""Variables along a concat dim up to this size are fingerprinted by the scan, so that one
+held under several merge keys (xclim's ``time_vectors``) can be found equal and kept once."""
+SHARED_VALUES = 1 << 12
+"""Up to this size their values are kept too, to name the first difference."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class VarInfo:
     is_coord: bool
     fingerprint: str | None = None
     summary: str = ""
+    values: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def layout(self, concat: set[str]) -> tuple:
         """What must agree between inputs: dims, dtype, static sizes and static values.
@@ -46,8 +53,8 @@ class VarInfo:
         Scalar coordinates may vary (GRIB's ``valid_time``): they are concatenated.
         """
         static = tuple(n for d, n in zip(self.dims, self.shape, strict=True) if d not in concat)
-        values = None if self.is_scalar_coord else self.fingerprint
-        return (self.dims, self.dtype, static, self.is_coord, values)
+        values = None if self.is_scalar_coord or concat & set(self.dims) else self.fingerprint
+        return (self.dims, _kind(self.dtype), static, self.is_coord, values)
 
     @property
     def is_scalar_coord(self) -> bool:
@@ -133,8 +140,12 @@ def describe_input(
                 f"(dims are {', '.join(map(str, ds.dims)) or 'none'}); "
                 f"add a preprocessing step such as ds.expand_dims({dim!r})"
             )
+    for name in ds.dims:
+        if name in ds.coords:
+            _check_complete(item.url, str(name), np.asarray(ds[name].values))
+    merged = len(item.position) > len(concat_dims)  # the input has a merge key
     variables = {
-        str(name): _var_info(var, name in ds.coords, set(concat_dims))
+        str(name): _var_info(var, name in ds.coords, set(concat_dims), merged)
         for name, var in ds.variables.items()
     }
     values = {d: np.asarray(ds[d].values) for d in concat_dims if d in ds.variables}
@@ -148,16 +159,28 @@ def describe_input(
     )
 
 
-def _var_info(var: xr.Variable, is_coord: bool, concat: set[str]) -> VarInfo:
+def _check_complete(url: str, name: str, values: np.ndarray) -> None:
+    """Refuse a dimension coordinate with missing values before anything is written."""
+    missing = np.flatnonzero(pd.isna(values)) if values.dtype.kind in "fcmMO" else []
+    if len(missing):
+        raise SchemaError(
+            f"{url}: coordinate {name!r} has {len(missing)} missing value(s) of {values.size}, "
+            f"first at index {missing[0]}"
+        )
+
+
+def _var_info(var: xr.Variable, is_coord: bool, concat: set[str], merged: bool) -> VarInfo:
     dtype = var.dtype
     encoding = {}
     if _is_time(var):
         encoding = {k: var.encoding[k] for k in _TIME_ENCODING if k in var.encoding}
         encoding["dtype"] = str(np.dtype(encoding.get("dtype", "float64")))
-    fingerprint = summary = None
-    if not concat.intersection(var.dims):
+    fingerprint = summary = kept = None
+    along = bool(concat.intersection(var.dims))
+    if not along or (merged and var.nbytes <= SHARED_BYTES):
         values = np.asarray(var.values)
         fingerprint, summary = _fingerprint(values), _summarize(values)
+        kept = values if along and values.nbytes <= SHARED_VALUES else None
     return VarInfo(
         dims=tuple(str(d) for d in var.dims),
         shape=tuple(int(n) for n in var.shape),
@@ -167,6 +190,7 @@ def _var_info(var: xr.Variable, is_coord: bool, concat: set[str]) -> VarInfo:
         is_coord=is_coord,
         fingerprint=fingerprint,
         summary=summary or "",
+        values=kept,
     )
 
 
@@ -174,8 +198,19 @@ def _is_time(var: xr.Variable) -> bool:
     return var.dtype.kind == "M" or (var.dtype == object and "calendar" in var.encoding)
 
 
+def _kind(dtype: str) -> str:
+    """A dtype, with strings of any width alike: each input's strings are as wide as its
+    longest, and the output takes the widest (ERA5's ``expver``)."""
+    return np.dtype(dtype).kind if np.dtype(dtype).kind in "SU" else dtype
+
+
+def _widest(a: str, b: str) -> str:
+    return a if np.dtype(a).itemsize >= np.dtype(b).itemsize else b
+
+
 def _fingerprint(values: np.ndarray) -> str:
-    data = values.tobytes() if values.dtype != object else repr(values.tolist()).encode()
+    plain = values.dtype != object and values.dtype.kind not in "SU"
+    data = values.tobytes() if plain else repr(values.tolist()).encode()
     return hashlib.sha1(data + str(values.shape).encode()).hexdigest()
 
 
@@ -229,6 +264,8 @@ class SchemaCombiner:
         self.conflicts: set[tuple[str | None, str]] = set()
         self.scalars: dict[str, str | None] = {}
         self.varying: set[str] = set()
+        self.strings: dict[str, str] = {}
+        self.along: dict[tuple[str, tuple], dict[int | None, tuple[VarInfo, Input]]] = {}
         self.nbytes = 0
         self.n = 0
         self.missing: dict[str, tuple[Input, str]] = {}
@@ -251,6 +288,11 @@ class SchemaCombiner:
             first = self.scalars.setdefault(name, info.fingerprint)
             if info.is_scalar_coord and self.concat and first != info.fingerprint:
                 self.varying.add(name)
+            if self.merge and set(self.concat) & set(info.dims) and name not in self.concat:
+                at = tuple(schema.input.pos(d) for d in self.concat)
+                self.along.setdefault((name, at), {})[group] = (info, schema.input)
+            if np.dtype(info.dtype).kind in "SU":
+                self.strings[name] = _widest(self.strings.get(name, info.dtype), info.dtype)
 
     def add_missing(self, item: Input, error: str = "") -> None:
         """Take a skipped input (and why it failed) into account: its steps are known from
@@ -324,12 +366,15 @@ class SchemaCombiner:
                 values[dim] = self._concat_values(dim)
         for name in self.varying:
             variables[name] = replace(variables[name], dims=(self.concat[0],), shape=(0,))
+        for name, dtype in self.strings.items():
+            variables[name] = replace(variables[name], dtype=dtype)
         for info in variables.values():
             for d, n in zip(info.dims, info.shape, strict=True):
                 dims.setdefault(d, n)
         out_vars = {
             name: replace(
                 info,
+                values=None,
                 shape=tuple(dims[d] for d in info.dims),
                 attrs=self._kept(name, info.attrs),
             )
@@ -366,13 +411,28 @@ class SchemaCombiner:
             for name, info in schema.variables.items():
                 if name not in variables:
                     variables[name], owners[name] = info, group
-                elif not info.is_coord and set(self.concat) & set(info.dims):
-                    other = self.first[owners[name]].input.url
-                    raise SchemaError(
-                        f"variable {name!r} is in both {other} and {schema.input.url}; "
-                        "each merge key must hold different variables"
-                    )
+                elif set(self.concat) & set(info.dims) and name not in self.concat:
+                    self._check_shared(name, owners[name], group, info.is_coord)
         return variables, owners
+
+    def _check_shared(self, name: str, owner: int | None, group: int | None, coord: bool) -> None:
+        """A variable under two merge keys is kept once if it is equal in every input."""
+        for (var, _), held in self.along.items():
+            if var != name or owner not in held or group not in held:
+                continue
+            (a, ia), (b, ib) = held[owner], held[group]
+            if a.fingerprint is None or b.fingerprint is None:
+                if coord:
+                    continue
+                raise SchemaError(
+                    f"variable {name!r} is in both {ia.url} and {ib.url}, too large to compare "
+                    f"in the scan (over {SHARED_BYTES} bytes an input); each merge key must "
+                    "hold different variables"
+                )
+            if a.fingerprint != b.fingerprint:
+                raise SchemaError(
+                    f"variable {name!r} differs between {ia.url} and {ib.url}: {_change(a, b)}"
+                )
 
     def _concat_values(self, dim: str) -> np.ndarray:
         parts = sorted(self.values[dim].items())
@@ -446,6 +506,18 @@ def _equal(a: Any, b: Any) -> bool:
         return False
 
 
+def _change(a: VarInfo, b: VarInfo) -> str:
+    """Where ``b`` first differs from ``a``, if their values were kept; else both summaries."""
+    if a.values is None or b.values is None or a.values.shape != b.values.shape:
+        return f"{b.summary} in the second, {a.summary} in the first"
+    same = a.values == b.values
+    if a.values.dtype.kind == "f" and b.values.dtype.kind == "f":
+        same |= np.isnan(a.values) & np.isnan(b.values)
+    index = tuple(int(i) for i in np.argwhere(~np.asarray(same))[0])
+    at = dict(zip(a.dims, index, strict=True))
+    return f"at {at}, {b.values[index]} in the second, {a.values[index]} in the first"
+
+
 def _difference(ref: InputSchema, other: InputSchema, concat: set[str]) -> str:
     missing = sorted(set(ref.variables) - set(other.variables))
     if missing:
@@ -457,12 +529,12 @@ def _difference(ref: InputSchema, other: InputSchema, concat: set[str]) -> str:
         b = other.variables[name]
         if a.dims != b.dims:
             return f"{name!r} has dims {b.dims}, not {a.dims}"
-        if a.dtype != b.dtype:
+        if _kind(a.dtype) != _kind(b.dtype):
             return f"{name!r} has dtype {b.dtype}, not {a.dtype}"
         for d, na, nb in zip(a.dims, a.shape, b.shape, strict=True):
             if d not in concat and na != nb:
                 return f"different grid: {d!r} has {nb} points, not {na}"
-        if a.fingerprint != b.fingerprint:
+        if a.fingerprint != b.fingerprint and not concat & set(a.dims):
             return f"different values of {name!r}: {b.summary}, not {a.summary}"
         if a.is_coord != b.is_coord:
             return f"{name!r} is {'a coordinate' if b.is_coord else 'a data variable'} only here"

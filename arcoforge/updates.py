@@ -450,7 +450,7 @@ def _variable_mismatch(store: xr.Dataset, new: DatasetSchema, dim: str) -> str |
         var = store.variables[name]
         shape = tuple(n for d, n in zip(info.dims, info.shape, strict=True) if d != dim)
         held = tuple(n for d, n in var.sizes.items() if d != dim)
-        if var.dims != info.dims or shape != held or str(var.dtype) != info.dtype:
+        if var.dims != info.dims or shape != held or not _fits(var.dtype, info.dtype):
             return (
                 f"{name!r} is {info.dtype} {dict(zip(info.dims, info.shape, strict=True))}, "
                 f"the store's is {var.dtype} {dict(var.sizes)}"
@@ -458,6 +458,13 @@ def _variable_mismatch(store: xr.Dataset, new: DatasetSchema, dim: str) -> str |
         if dim not in info.dims and info.fingerprint and not _same(var, info):
             return f"{name!r} differs from the store's"
     return None
+
+
+def _fits(held: np.dtype, new: str) -> bool:
+    """The new inputs' dtype is the store's; strings may be narrower (ERA5's ``expver``)."""
+    if held.kind in "SU" and np.dtype(new).kind == held.kind:
+        return np.dtype(new).itemsize <= held.itemsize
+    return str(held) == new
 
 
 def _same(var: xr.Variable, info) -> bool:

@@ -14,14 +14,18 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 import xarray as xr
 import zarr
+import zarr.codecs.numcodecs
+from zarr.abc.codec import ArrayArrayCodec, ArrayBytesCodec
 
 from ..errors import ArcoforgeError
 from ..references.manifest import NO_FILE, VLEN_UTF8, ArrayRefs, Manifest
+from .codecs import GRIB, Grib
 
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
 
@@ -37,6 +41,7 @@ def _icechunk():
             "Icechunk targets need icechunk: pip install 'arcoforge[icechunk]'"
         ) from None
     icechunk.set_logs_filter("error")
+    zarr.registry.register_codec(GRIB, Grib)  # for this process, if arcoforge is not installed
     return icechunk
 
 
@@ -147,20 +152,23 @@ def _write_array(root, store, name: str, refs: ArrayRefs, paths: list[str]) -> N
     dtype = np.dtype(meta["dtype"])
     attrs = {k: v for k, v in refs.attrs.items() if k != "_ARRAY_DIMENSIONS"}
     fill = meta["fill_value"]
+    if fill is None and isinstance(attrs.get("_FillValue"), float):
+        fill = attrs["_FillValue"]  # as the references give it (GRIB's ``step``): NaN, no JSON
     if fill is not None:
         attrs["_FillValue"] = xr.backends.zarr.FillValueCoder.encode(_fill(fill, dtype), dtype)
     strings = meta["filters"] == VLEN_UTF8  # inline variable-length strings: Zarr v3's own
+    filters, serializer, compressors = ([], "auto", None) if strings else _v3_codecs(name, meta)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         array = root.create_array(
             name,
             shape=refs.shape,
-            chunks=refs.chunks or None,
+            chunks=refs.chunks or refs.shape,
             dtype=str if strings else dtype.newbyteorder("="),
             fill_value=_fill(fill, dtype) if fill is not None else None,
-            serializer="auto" if strings else _serializer(dtype),
-            compressors=None if strings else _codecs(meta),
-            filters=None,
+            serializer=serializer or _serializer(dtype),
+            compressors=compressors,
+            filters=filters or None,
             dimension_names=refs.dims,
             attributes=attrs,
             overwrite=True,
@@ -223,16 +231,37 @@ def _serializer(dtype: np.dtype):
     return BytesCodec(endian="big" if big else "little")
 
 
-def _codecs(meta: dict) -> list:
-    """Zarr v2 filters and compressor as Zarr v3 bytes-to-bytes codecs (numcodecs')."""
-    from numcodecs import zarr3
-
-    kinds = {"zlib": zarr3.Zlib, "shuffle": zarr3.Shuffle, "zstd": zarr3.Zstd}
-    kinds["fletcher32"] = zarr3.Fletcher32
+def _v3_codecs(name: str, meta: dict) -> tuple[list, Any, list]:
+    """A variable's Zarr v2 filters and compressor as Zarr v3 codecs: array-to-array filters,
+    the serializer (None: plain bytes) and bytes-to-bytes compressors; numcodecs' codecs in
+    zarr-python's Zarr v3 form, a GRIB message in arcoforge's."""
+    filters, serializer, compressors = [], None, []
     configs = [*(meta["filters"] or []), *([meta["compressor"]] if meta["compressor"] else [])]
-    out = []
+    wrapped = _numcodecs_v3()
     for config in configs:
         config = dict(config)
-        kind = kinds[config.pop("id")]
-        out.append(kind(**config))
-    return out
+        kind = config.pop("id")
+        if kind == "grib":
+            serializer = Grib(**config)
+            continue
+        if kind not in wrapped:
+            raise ArcoforgeError(
+                f"variable {name!r}: codec {kind!r} has no Zarr v3 form for Icechunk"
+            )
+        codec = wrapped[kind](**config)
+        if isinstance(codec, ArrayArrayCodec):
+            filters.append(codec)
+        elif isinstance(codec, ArrayBytesCodec):
+            serializer = codec
+        else:
+            compressors.append(codec)
+    return filters, serializer, compressors
+
+
+def _numcodecs_v3() -> dict[str, type]:
+    """zarr-python's Zarr v3 forms of numcodecs' codecs, by numcodecs id."""
+    return {
+        kind.codec_name.removeprefix("numcodecs."): kind
+        for kind in vars(zarr.codecs.numcodecs).values()
+        if isinstance(kind, type) and isinstance(getattr(kind, "codec_name", None), str)
+    }

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import cftime
 import fsspec
 import numpy as np
 import xarray as xr
@@ -89,8 +90,8 @@ def _default_encoding(name, info: VarInfo, chunks, schema: DatasetSchema, zarr_f
     kind = np.dtype(info.dtype).kind
     if kind == "f":
         enc["_FillValue"] = np.dtype(info.dtype).type(np.nan)
-    elif kind in "iub":
-        enc["_FillValue"] = None
+    elif kind in "iub" or _is_cftime(info):
+        enc["_FillValue"] = None  # a NaN in a cftime variable would not decode
     return enc
 
 
@@ -114,16 +115,37 @@ def write_template(
         if name in schema.concat_values:
             coords[name] = xr.Variable(info.dims, schema.concat_values[name], info.attrs)
         elif set(info.dims) & concat:
-            empty = [0 if d in concat else n for d, n in zip(info.dims, info.shape, strict=True)]
-            variables[name] = xr.Variable(info.dims, np.empty(empty, info.dtype), info.attrs)
+            variables[name] = _empty(info, concat)
     variables.update(_static_variables(schema, open_config, inputs_by_owner))
     names = [n for n, v in schema.variables.items() if v.is_coord and n in variables]
-    _to_zarr(xr.Dataset(variables, attrs=dict(attrs)).set_coords(names), target, encoding, "w")
+    empty = [n for n, v in schema.variables.items() if _is_cftime(v) and set(v.dims) & concat]
+    template = {n: _encoded_already(e) if n in empty else e for n, e in encoding.items()}
+    _to_zarr(xr.Dataset(variables, attrs=dict(attrs)).set_coords(names), target, template, "w")
     group = zarr.open_group(zarr_store(target), mode="r+", zarr_format=target.zarr_format)
     for name in variables:
         if set(schema.variables[name].dims) & concat:
             group[name].resize(schema.variables[name].shape)
     _to_zarr(xr.Dataset(coords=coords, attrs=dict(attrs)), target, encoding, "a")
+
+
+def _empty(info: VarInfo, concat: set[str]) -> xr.Variable:
+    """A variable of length 0 along the concat dims. An empty array of cftime dates has no
+    calendar to encode it with, so it is given in its encoded dtype with its time units."""
+    empty = [0 if d in concat else n for d, n in zip(info.dims, info.shape, strict=True)]
+    if not _is_cftime(info):
+        return xr.Variable(info.dims, np.empty(empty, info.dtype), info.attrs)
+    units, calendar = info.encoding["units"], info.encoding["calendar"]
+    date = xr.Variable((), cftime.num2date(0, units, calendar), encoding=dict(info.encoding))
+    time = xr.conventions.encode_cf_variable(date).attrs  # units as xarray writes them
+    return xr.Variable(info.dims, np.empty(empty, info.encoding["dtype"]), {**info.attrs, **time})
+
+
+def _is_cftime(info: VarInfo) -> bool:
+    return np.dtype(info.dtype) == object and "calendar" in info.encoding
+
+
+def _encoded_already(encoding: dict) -> dict:
+    return {k: v for k, v in encoding.items() if k not in ("units", "calendar")}
 
 
 def _static_variables(schema: DatasetSchema, open_config: OpenConfig, inputs_by_owner) -> dict:
@@ -222,6 +244,9 @@ def write_region(task: WriteTask) -> dict[str, int]:
     for name in list(arrays):
         array = arrays.pop(name)
         nbytes += array.nbytes
+        if array.dtype == object or array.dtype.kind in "SU":
+            _write_direct(task.target, name, array, tuple(region[d] for d in dims[name]))
+            continue
         xr.Dataset({name: (dims[name], array)}).to_zarr(
             task.target.url,
             region={d: region[d] for d in dims[name]},
@@ -236,6 +261,18 @@ def write_region(task: WriteTask) -> dict[str, int]:
     if task.ledger is not None:
         task.ledger.mark_done(task.units, missing)
     return {"bytes": nbytes, "inputs": len(task.pieces), "checked": checked, "missing": missing}
+
+
+def _write_direct(target: Target, name: str, values: np.ndarray, region: tuple[slice, ...]):
+    """Write strings, and cftime dates encoded with the store's units and calendar, with
+    zarr: xarray's region writes refuse strings narrower than the store's (an append of
+    ERA5's ``expver``), and decode the stored dates first, which they cannot while the
+    unwritten parts hold NaN."""
+    array = zarr.open_array(zarr_store(target), path=name, mode="r+")
+    if values.dtype == object and "calendar" in array.attrs:
+        units, calendar = array.attrs["units"], array.attrs["calendar"]
+        values, _, _ = xr.coding.times.encode_cf_datetime(values, units, calendar, array.dtype)
+    array[region] = values
 
 
 def _allocate(shape: list[int], dtype: str, fill: bool) -> np.ndarray:
