@@ -18,7 +18,8 @@ import numpy as np
 from .. import ledger as ledgers
 from ..errors import RecipeError
 from ..patterns import Input
-from ..plan import BakeState, Plan, Stage, _nothing
+from ..plan import STAGED, BakeState, Plan, Stage, _nothing
+from ..runs import RUNS_FOLDER
 from ..updates import AppendError, _text, check_steps
 from ..validate import sample_positions
 from . import held as held_files
@@ -77,8 +78,34 @@ class ReferencePlan(Plan):
         if self.scan.file_type in ("netcdf4", "hdf5"):
             import h5py  # noqa: F401
 
-        self.ledger.clear_staging()
+        staged = self.ledger.read(STAGED) or {}
+        self.clear_staging()
+        # written before anything is staged; an Icechunk repository is created in place,
+        # so whether this bake (or the one it follows up) found none there is kept
+        fresh = self.store.kind == "icechunk" and (
+            staged.get("fresh") or not ledgers.exists(self.url)
+        )
+        self.ledger.write(self._manifest("writing", fresh=fresh), STAGED)
+
+    def clear_staging(self) -> None:
+        """Remove what an unfinished bake staged: the Icechunk staging branch, the staging
+        name's references, then the staging records."""
         self.store.clear_staging()
+        self.ledger.clear_staging()
+
+    def check_ours(self) -> None:
+        """Also refuse a folder of references (TARGET_ROOT/STORE_NAME) that is a file or
+        holds anything arcoforge did not make."""
+        if self.store.kind != "icechunk":
+            folder = self.url.rpartition("/")[0]
+            ledgers.check_folder(folder, self.target.storage_options, ours=[RUNS_FOLDER])
+        super().check_ours()
+
+    def bears(self, seal: str) -> bool:
+        return self.store.bears(seal)
+
+    def seal(self, staged: bool = False) -> str | None:
+        return self.store.seal(staged)
 
     def scan_tasks(self, state: BakeState) -> list[ScanTask]:
         """Batches of inputs: about eight tasks per worker, at most ``BATCH`` inputs each;
@@ -264,8 +291,9 @@ class ReferencePlan(Plan):
         """Keep the manifest for appends, move the references into place, record them."""
         contents = self._contents(state)
         contents["held"] = self._keep(state, contents["inputs"])
+        self.ledger.write(self._manifest("complete", seal=self.seal(staged=True)), STAGED)
         self.store.publish()
-        self.ledger.write(self._manifest("complete", **contents))
+        self.ledger.write(self._manifest("complete", seal=self.seal(), **contents))
         if contents["held"] == [HELD]:
             self._drop_segments()
         self.ledger.clear_staging()
