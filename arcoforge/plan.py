@@ -157,7 +157,6 @@ class Plan:
             state.resumed = True
         else:
             self.clear_staging()
-            self.ledger.write(self._manifest("scanning"), STAGED)  # before the staging store
 
     def check_ours(self) -> None:
         """Refuse, before anything is written, to bake where something arcoforge did not
@@ -173,6 +172,11 @@ class Plan:
     def seal(self, staged: bool = False) -> str | None:
         """The seal of the published store, or with ``staged`` of the staged one."""
         return ledgers.seal(self.target.url if staged else self.url, self.target.storage_options)
+
+    def claim_staging(self, **extra) -> None:
+        """Write the staging manifest that vouches for the staging store, before the store
+        is created: a crash between them cannot leave a staging store not known for ours."""
+        self.ledger.write(self._manifest("staging", **extra), STAGED)
 
     def publishing(self) -> bool:
         """Whether a bake stopped while publishing: the published store may be half
@@ -217,6 +221,7 @@ class Plan:
             if item.url not in state.missing:
                 owners.setdefault(group, item)
         attrs = {**state.schema.attrs, **self.recipe.writer.attrs}
+        self.claim_staging()
         zarr_writer.write_template(
             state.schema, self.target, state.encoding, state.open, owners, attrs
         )

@@ -47,6 +47,7 @@ class PatchPlan(Plan):
         """Fill ``state`` from the scan and the store, and stage the patch."""
         state.chunks = _store_chunks(store)
         state.open = replace(self.open, promoted=new.promoted)
+        self.claim_staging()
         patch.stage(self.url, self.target, self.dim, state.schema.dims[self.dim])
 
     def check(self, state: BakeState, url: str) -> None:

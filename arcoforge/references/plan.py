@@ -78,14 +78,15 @@ class ReferencePlan(Plan):
         if self.scan.file_type in ("netcdf4", "hdf5"):
             import h5py  # noqa: F401
 
-        staged = self.ledger.read(STAGED) or {}
         self.clear_staging()
-        # written before anything is staged; an Icechunk repository is created in place,
-        # so whether this bake (or the one it follows up) found none there is kept
-        fresh = self.store.kind == "icechunk" and (
-            staged.get("fresh") or not ledgers.exists(self.url)
-        )
-        self.ledger.write(self._manifest("writing", fresh=fresh), STAGED)
+        if self._fresh and ledgers.exists(self.url):  # an interrupted first bake's
+            self.claim_staging(fresh=True)
+
+    @property
+    def _fresh(self) -> bool:
+        """Whether this bake makes its store in place: an Icechunk repository with none
+        published yet (so one that is there was made by an interrupted bake of ours)."""
+        return self.store.kind == "icechunk" and self.ledger.read() is None
 
     def clear_staging(self) -> None:
         """Remove what an unfinished bake staged: the Icechunk staging branch, the staging
@@ -232,6 +233,7 @@ class ReferencePlan(Plan):
     def write(self, state: BakeState, results: Iterable) -> None:
         """Write the combined references under the staging name."""
         attrs = {**state.manifest.attrs, **self.recipe.writer.attrs}
+        self.claim_staging(fresh=self._fresh)
         self.store.write_staged(state.manifest, attrs, self._message(), self._shared(state))
         sizes = state.manifest.sizes()
         state.stats["references"] = state.manifest.nrefs
