@@ -13,7 +13,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +231,8 @@ def remove(fs, path: str) -> None:
     elif any(c in path for c in "*?["):
         for found in fs.find(path):
             fs.rm_file(found)
+        with suppress(FileNotFoundError):  # an object of that name as well as a folder
+            fs.rm_file(path)
         fs.invalidate_cache(path)
     else:
         fs.rm(path, recursive=True)
@@ -265,9 +267,9 @@ def seal(url: str, storage_options: dict | None = None) -> str | None:
     else:
         size = int(info["size"])
         digest.update(b"\0%d\0" % size)
-        digest.update(fs.cat_file(path, 0, min(size, SAMPLE)))
+        digest.update(fs.cat_file(path, start=0, end=min(size, SAMPLE)))
         if size > SAMPLE:
-            digest.update(fs.cat_file(path, max(SAMPLE, size - SAMPLE), size))
+            digest.update(fs.cat_file(path, start=max(SAMPLE, size - SAMPLE), end=size))
     return digest.hexdigest()[:32]
 
 
