@@ -97,10 +97,10 @@ class ReferencePlan(Plan):
     def check_ours(self) -> None:
         """Also refuse a folder of references (TARGET_ROOT/STORE_NAME) that is a file or
         holds anything arcoforge did not make."""
+        super().check_ours()
         if self.store.kind != "icechunk":
             folder = self.url.rpartition("/")[0]
             ledgers.check_folder(folder, self.target.storage_options, ours=[RUNS_FOLDER])
-        super().check_ours()
 
     def bears(self, seal: str) -> bool:
         return self.store.bears(seal)
