@@ -64,6 +64,13 @@ class AppendPlan(PatchPlan):
 
     held: int = 0
 
+    @property
+    def fingerprint(self) -> str:
+        """An append resumes an interrupted append of the same inputs onto the same
+        steps, never a full bake of the same pattern staged at the same name (an
+        interrupted ``--force``): that is cleared instead."""
+        return ledgers.fingerprint(self.store_fingerprint, "append", self.held)
+
     def start(self, dim: str) -> int:
         return self.held if dim == self.dim else 0
 

@@ -25,6 +25,7 @@ from test_references import ref_recipe
 
 from arcoforge import bake
 from arcoforge.ledger import STAGED, Ledger, NotOursError
+from arcoforge.plan import Plan
 from arcoforge.references.plan import ReferencePlan
 from arcoforge.references.store import ReferenceStore
 from arcoforge.runs import RUNS_FOLDER
@@ -479,3 +480,23 @@ def test_a_first_icechunk_bake_killed_after_creating_the_repository_is_redone(
     result = bake(ref_recipe(days), root, workers=1)
     assert result.dims["time"] == 4
     assert bake(ref_recipe(days), root, workers=1).stats == {"up_to_date": True}
+
+
+@pytest.mark.parametrize("first, then", [("force", "append"), ("append", "force")])
+def test_an_interrupted_bake_is_not_resumed_as_another_kind(
+    days, tmp_path, monkeypatch, first, then
+):
+    """A forced full bake and an append of the same pattern stage at the same name: the
+    one interrupted is cleared by the other, never resumed as it (which left fill values
+    where the inputs' data belongs)."""
+    root = tmp_path / "out"
+    bake(simple_recipe(days[:2], "sst.zarr"), root, workers=1)
+    with monkeypatch.context() as patched:
+        patched.setattr(Plan, "count_written", _die)  # once the write tasks are done
+        with pytest.raises(Killed):
+            bake(simple_recipe(days, "sst.zarr"), root, workers=1, **{first: True})
+    assert (root / ".sst.zarr.partial").exists()
+    result = bake(simple_recipe(days, "sst.zarr"), root, workers=1, **{then: True})
+    assert result.stats["tasks_resumed"] == 0
+    assert_same_as_sources(result.url, days)
+    assert not (root / ".sst.zarr.partial").exists()
