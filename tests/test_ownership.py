@@ -311,10 +311,8 @@ def test_force_replaces_our_store_and_leaves_nothing_aside(days, tmp_path):
         ".sst.zarr.arcoforge",
         "sst.zarr",
     ]
-    assert sorted(p.name for p in (root / ".sst.zarr.arcoforge").iterdir()) == [
-        "lock",
-        "manifest.json",
-    ]
+    kept = {p.name for p in (root / ".sst.zarr.arcoforge").iterdir()}
+    assert "manifest.json" in kept and not kept & {"replaced", "staging"}
 
 
 def test_a_rebake_on_s3_replaces_our_store_without_stale_chunks(days, s3, bucket):
