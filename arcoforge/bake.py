@@ -71,10 +71,10 @@ def bake(
     refused with :class:`~arcoforge.ledger.NotOursError` before it writes anything. With
     ``append``, only the inputs the store lacks are baked, and added to it. With
     ``skip_failed``, inputs that still fail after their retries are left as fill values
-    and recorded in the store's manifest; ``retry_failed`` later fills them in. ``storage_options`` go to fsspec for
-    the target (an object store's endpoint and credentials, say). ``engine`` is "local",
-    "dask", "spark" or "beam" (configured by ``engine_options``, see
-    :mod:`arcoforge.engines`) or an :class:`Engine`. Every bake leaves a run
+    and recorded in the store's manifest; ``retry_failed`` later fills them in.
+    ``storage_options`` go to fsspec for the target (an object store's endpoint and
+    credentials, say). ``engine`` is "local", "dask", "spark" or "beam" (configured by
+    ``engine_options``, see :mod:`arcoforge.engines`) or an :class:`Engine`. Every bake leaves a run
     record (see :mod:`arcoforge.runs`); ``run`` adds what the caller knows to it.
 
     >>> result = bake(recipe, target_root="out/", workers=2)  # doctest: +SKIP
