@@ -500,3 +500,20 @@ def test_an_interrupted_bake_is_not_resumed_as_another_kind(
     assert result.stats["tasks_resumed"] == 0
     assert_same_as_sources(result.url, days)
     assert not (root / ".sst.zarr.partial").exists()
+
+
+def test_an_interrupted_force_on_s3_leaves_no_staged_objects(days, s3, bucket, monkeypatch):
+    recipe = simple_recipe(days[:2], "sst.zarr")
+    url = bake(recipe, bucket, workers=1, storage_options=s3).url
+    root = bucket.removeprefix("s3://")
+    published = objects(s3, url)
+    with monkeypatch.context() as patched:
+        patched.setattr(Plan, "count_written", _die)
+        with pytest.raises(Killed):
+            bake(recipe, bucket, workers=1, storage_options=s3, force=True)
+    assert [k for k in objects(s3, bucket) if k.startswith(f"{root}/.sst.zarr.partial/")]
+    again = bake(recipe, bucket, workers=1, storage_options=s3)
+    assert again.stats == {"up_to_date": True}
+    left = objects(s3, bucket)
+    assert not [k for k in left if ".partial" in k or "/staging/" in k]
+    assert objects(s3, url) == published
