@@ -69,13 +69,15 @@ def bake(
     """Bake ``recipe`` into ``target_root/STORE_NAME`` and return a :class:`BakeResult`.
 
     A bake that was interrupted resumes where it stopped; a store already baked from the
-    same recipe and inputs is left as it is, unless ``force``. With ``append``, only the
-    inputs the store lacks are baked, and added to it. With ``skip_failed``, inputs that
-    still fail after their retries are left as fill values and recorded in the store's
-    manifest; ``retry_failed`` later fills them in. ``storage_options`` go to fsspec for
-    the target (an object store's endpoint and credentials, say). ``engine`` is "local",
-    "dask", "spark" or "beam" (configured by ``engine_options``, see
-    :mod:`arcoforge.engines`) or an :class:`Engine`. Every bake leaves a run
+    same recipe and inputs is left as it is, unless ``force``. What lies at the store's
+    name or its staging name that arcoforge did not make is never touched: the bake is
+    refused with :class:`~arcoforge.ledger.NotOursError` before it writes anything. With
+    ``append``, only the inputs the store lacks are baked, and added to it. With
+    ``skip_failed``, inputs that still fail after their retries are left as fill values
+    and recorded in the store's manifest; ``retry_failed`` later fills them in.
+    ``storage_options`` go to fsspec for the target (an object store's endpoint and
+    credentials, say). ``engine`` is "local", "dask", "spark" or "beam" (configured by
+    ``engine_options``, see :mod:`arcoforge.engines`) or an :class:`Engine`. Every bake leaves a run
     record (see :mod:`arcoforge.runs`); ``run`` adds what the caller knows to it.
 
     Before a store is found up to date or appended to, its inputs are checked for changes
@@ -99,6 +101,7 @@ def bake(
             storage_options=storage_options,
             skip_failed=skip_failed,
         )
+        plan.check_ours()  # before the run record, which goes beside the store
         with recorded_run(plan, reporter, run) as record, plan.ledger.lock(record.record.id):
             reporter = record.reporter
             check = None
@@ -112,7 +115,8 @@ def bake(
                 plan = plan_append(plan)
             if retry_failed:
                 plan = plan_retry(plan)
-            if not force and plan.up_to_date():
+            if not force and not plan.publishing() and plan.up_to_date():
+                plan.clear_staging()  # what an interrupted --force left
                 result = refreshed
                 if result is None:
                     reporter.event("up_to_date", url=plan.url)

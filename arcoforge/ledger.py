@@ -9,8 +9,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,17 @@ from .locks import LockedError as LockedError  # where callers have always found
 VERSION = 1
 STATE_KIND = "staging state"
 log = logging.getLogger("arcoforge")
+
+
+class NotOursError(ArcoforgeError):
+    """A store or staging name holds something arcoforge did not make."""
+
+
+STAGED = "staging/manifest.json"  # the manifest of the bake in progress, in the folder
+REPLACED = "replaced"  # where a published local store steps aside, in the folder
+SEAL_FILES = ("zarr.json", ".zmetadata", ".zgroup", ".zattrs")
+SAMPLE = 1 << 16  # bytes read at each end of a file to seal it
+MOVE_IT = "move it away or choose another store name"
 
 
 @dataclass(frozen=True)
@@ -119,12 +130,52 @@ class Ledger:
         return units, missing
 
     def clear_staging(self) -> None:
-        """Forget the bake in progress: its staging store and its records."""
+        """Forget the bake in progress: its staging store (only if our staging manifest
+        vouches for it, see :meth:`check_staging`), then its records, the manifest last."""
+        self.check_staging()
         fs, _ = _fs(self.folder, self.storage_options)
         for url in (self.staging_store, f"{self.folder}/staging"):
             path = fs._strip_protocol(url)
             if fs.exists(path):
                 remove(fs, path)
+
+    def check_staging(self) -> None:
+        """Raise :class:`NotOursError` if something is at the staging name without our
+        staging manifest. Bakes write that manifest before they create the staging store
+        and remove it after the store, so a crash cannot leave a staging store of ours
+        without it."""
+        if exists(self.staging_store, self.storage_options) and self.read(STAGED) is None:
+            raise NotOursError(
+                f"{self.staging_store}: not made by arcoforge (no staging manifest of ours "
+                f"in {self.folder}/staging); {MOVE_IT}"
+            )
+
+    def check_store(self, bears: Callable[[str], bool]) -> None:
+        """Raise :class:`NotOursError` unless what is at :attr:`store`, if anything, is
+        the store this ledger records; ``bears(seal)`` tells whether it is the store a
+        manifest sealed (see :func:`seal`). Vouched for: the published store; the store
+        an interrupted publish was putting in place (a complete staging manifest whose
+        staging store is still there, or whose seal it bears); the one a bake in
+        progress created in place (an Icechunk repository: ``fresh``)."""
+        if not exists(self.store, self.storage_options):
+            return
+        published = self.read()
+        if published is not None and (not published.get("seal") or bears(published["seal"])):
+            return  # a manifest without a seal was written before seals: trusted
+        staged = self.read(STAGED) or {}
+        if staged.get("fresh") or (
+            staged.get("status") == "complete"
+            and (
+                exists(self.staging_store, self.storage_options)
+                or bool(staged.get("seal") and bears(staged["seal"]))
+            )
+        ):
+            return
+        if published is None:
+            cause = f"no manifest of ours in {self.folder}"
+        else:
+            cause = f"it is not the store {self.folder}/manifest.json records"
+        raise NotOursError(f"{self.store}: not made by arcoforge ({cause}); {MOVE_IT}")
 
     @contextmanager
     def lock(self, run: str | None = None) -> Iterator[None]:
@@ -169,9 +220,76 @@ def remove(fs, path: str) -> None:
     elif any(c in path for c in "*?["):
         for found in fs.find(path):
             fs.rm_file(found)
+        with suppress(FileNotFoundError):  # an object of that name as well as a folder
+            fs.rm_file(path)
         fs.invalidate_cache(path)
     else:
         fs.rm(path, recursive=True)
+
+
+def exists(url: str, storage_options: dict | None = None) -> bool:
+    """Whether anything is at ``url``."""
+    fs, path = _fs(url, storage_options)
+    return fs.exists(path)
+
+
+def seal(url: str, storage_options: dict | None = None) -> str | None:
+    """A digest that tells the store or file at ``url`` from another, cheaply: of a
+    folder, its root metadata (``zarr.json``, ``.zmetadata``, ``.zgroup``, ``.zattrs``);
+    of a file, its size and its first and last 64 KiB. None when nothing is there.
+    Recorded in the manifest when a store is published, so that a store put in its place
+    by someone else is not taken for it."""
+    fs, path = _fs(url, storage_options)
+    fs.invalidate_cache(path)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return None
+    digest = hashlib.sha256(info["type"].encode())
+    if info["type"] == "directory":
+        for name in SEAL_FILES:
+            try:
+                data = fs.cat_file(f"{path}/{name}")
+            except FileNotFoundError:
+                continue
+            digest.update(b"\0%s\0%d\0%s" % (name.encode(), len(data), data))
+    else:
+        size = int(info["size"])
+        digest.update(b"\0%d\0" % size)
+        digest.update(fs.cat_file(path, start=0, end=min(size, SAMPLE)))
+        if size > SAMPLE:
+            digest.update(fs.cat_file(path, start=max(SAMPLE, size - SAMPLE), end=size))
+    return digest.hexdigest()[:32]
+
+
+def check_folder(folder: str, storage_options: dict | None, ours: Iterable[str] = ()) -> None:
+    """Raise :class:`NotOursError` if ``folder``, where arcoforge puts files of its own
+    (references and their records), is a file or holds anything not ours: ours are the
+    names in ``ours``, ledger folders (``.NAME.arcoforge``), and the ``NAME`` and
+    ``.NAME.partial`` beside them."""
+    fs, path = _fs(folder, storage_options)
+    fs.invalidate_cache(path)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return
+    if info["type"] != "directory":
+        raise NotOursError(f"{folder}: not made by arcoforge (a file, not a folder); {MOVE_IT}")
+    names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+    for name in sorted(names - set(ours)):
+        if not _listed(name, names):
+            raise NotOursError(
+                f"{folder}: not made by arcoforge (it holds {name}, which is not ours); {MOVE_IT}"
+            )
+
+
+def _listed(name: str, names: set[str]) -> bool:
+    """Whether ``name`` is a ledger folder, or a store or staging store beside one."""
+    if name.startswith(".") and name.endswith(".arcoforge"):
+        return True
+    if name.startswith(".") and name.endswith(".partial"):
+        return f"{name.removesuffix('.partial')}.arcoforge" in names
+    return f".{name}.arcoforge" in names
 
 
 def get(url: str, storage_options: dict | None = None) -> bytes | None:

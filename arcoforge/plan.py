@@ -171,7 +171,39 @@ class Plan:
         if saved is not None and self.resume(state, saved):
             state.identities = staged.get("identities", {})
         else:
-            self.ledger.clear_staging()
+            self.clear_staging()
+
+    def check_ours(self) -> None:
+        """Refuse, before anything is written, to bake where something arcoforge did not
+        make lies: at the store's name (unless its manifest vouches for it) or at the
+        staging name (unless its staging manifest does)."""
+        self.ledger.check_store(self.bears)
+        self.ledger.check_staging()
+
+    def bears(self, seal: str) -> bool:
+        """Whether the store at :attr:`url` is the one a manifest sealed with ``seal``."""
+        return ledgers.seal(self.url, self.target.storage_options) == seal
+
+    def seal(self, staged: bool = False) -> str | None:
+        """The seal of the published store, or with ``staged`` of the staged one."""
+        return ledgers.seal(self.target.url if staged else self.url, self.target.storage_options)
+
+    def claim_staging(self, **extra) -> None:
+        """Write the staging manifest that vouches for the staging store, before the store
+        is created: a crash between them cannot leave a staging store not known for ours."""
+        self.ledger.write(self._manifest("staging", **extra), STAGED)
+
+    def publishing(self) -> bool:
+        """Whether a bake stopped while publishing: the published store may be half
+        replaced, so it is not up to date whatever its manifest says."""
+        staged = self.ledger.read(STAGED)
+        return staged is not None and staged["status"] == "complete"
+
+    def clear_staging(self) -> None:
+        """Remove what an unfinished bake staged (only what our staging manifest vouches
+        for), as a bake that starts afresh does, or one that finds the store up to date
+        beside what an interrupted ``--force`` left."""
+        self.ledger.clear_staging()
 
     def up_to_date(self) -> bool:
         """Whether the published store is this recipe's and complete."""
@@ -204,6 +236,7 @@ class Plan:
             if item.url not in state.missing:
                 owners.setdefault(group, item)
         attrs = {**state.schema.attrs, **self.recipe.writer.attrs}
+        self.claim_staging()
         zarr_writer.write_template(
             state.schema, self.target, state.encoding, state.open, owners, attrs
         )
@@ -300,11 +333,12 @@ class Plan:
             self.check(state, self.target.url)
             if self.recipe.writer.consolidated:
                 zarr_writer.consolidate(self.target)
-            staged = self._manifest("complete", **self._contents(state))
+            seal = self.seal(staged=True)
+            staged = self._manifest("complete", seal=seal, **self._contents(state))
             self.ledger.write(staged, STAGED)
         self.move_into_place(state)
         published = {k: v for k, v in staged.items() if k != "version"}
-        self.ledger.write({**published, "fingerprint": self.store_fingerprint})
+        self.ledger.write({**published, "fingerprint": self.store_fingerprint, "seal": self.seal()})
         self.ledger.clear_staging()
 
     def check(self, state: BakeState, url: str) -> None:
@@ -315,7 +349,7 @@ class Plan:
 
     def move_into_place(self, state: BakeState) -> None:
         """Put the staged store at the final name (repeatable)."""
-        zarr_writer.publish(self.target, self.url)
+        zarr_writer.publish(self.target, self.url, f"{self.ledger.folder}/{ledgers.REPLACED}")
 
     def _contents(self, state: BakeState) -> dict:
         """What the published store holds: its inputs, their steps, the skipped ones."""
@@ -486,7 +520,7 @@ class Plan:
         )
 
 
-STAGED = "staging/manifest.json"
+STAGED = ledgers.STAGED
 _KEPT = {"schema": DatasetSchema, "chunks": dict, "promoted": tuple, "missing": dict}
 log = logging.getLogger("arcoforge")
 

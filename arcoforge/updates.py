@@ -47,6 +47,7 @@ class PatchPlan(Plan):
         """Fill ``state`` from the scan and the store, and stage the patch."""
         state.chunks = _store_chunks(store)
         state.open = replace(self.open, promoted=new.promoted)
+        self.claim_staging()
         patch.stage(self.url, self.target, self.dim, state.schema.dims[self.dim])
 
     def check(self, state: BakeState, url: str) -> None:
@@ -70,6 +71,13 @@ class AppendPlan(PatchPlan):
     """The new inputs only, written after the store's ``held`` steps."""
 
     held: int = 0
+
+    @property
+    def fingerprint(self) -> str:
+        """An append resumes an interrupted append of the same inputs onto the same
+        steps, never a full bake of the same pattern staged at the same name (an
+        interrupted ``--force``): that is cleared instead."""
+        return ledgers.fingerprint(self.store_fingerprint, "append", self.held)
 
     def start(self, dim: str) -> int:
         return self.held if dim == self.dim else 0

@@ -18,6 +18,7 @@ from test_references import FORMATS, ref_recipe
 from arcoforge import bake
 from arcoforge.audit import checker_for
 from arcoforge.errors import TargetError
+from arcoforge.ledger import STAGED, Ledger
 from arcoforge.references.store import ReferenceStore
 from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
@@ -164,6 +165,8 @@ def test_cli_validate_reads_references_on_s3(days, s3, bucket, name):
 def test_leftover_staged_references_are_cleared(days, s3, bucket, name):
     fs = s3fs.S3FileSystem(**s3)
     staged = f"{bucket.removeprefix('s3://')}/ref/.{name}.partial"
+    ledger = Ledger(f"{bucket}/ref/{name}", s3)  # what vouches for them, written first
+    ledger.write({"fingerprint": "another", "status": "staging"}, STAGED)
     fs.pipe_file(staged, b"left by an interrupted bake")
     fs.pipe_file(f"{staged}/sst/refs.9.parq", b"left by an interrupted bake")
     url = bake(ref_recipe(days, name), bucket, workers=2, storage_options=s3).url

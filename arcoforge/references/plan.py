@@ -18,7 +18,8 @@ import numpy as np
 from .. import ledger as ledgers
 from ..errors import RecipeError
 from ..patterns import Input
-from ..plan import BakeState, Plan, Stage, _nothing
+from ..plan import STAGED, BakeState, Plan, Stage, _nothing
+from ..runs import RUNS_FOLDER
 from ..updates import AppendError, ChangedInputError, _text, check_steps, held_identities
 from ..validate import sample_positions
 from . import held as held_files
@@ -82,8 +83,35 @@ class ReferencePlan(Plan):
         if self.scan.file_type in ("netcdf4", "hdf5"):
             import h5py  # noqa: F401
 
-        self.ledger.clear_staging()
+        self.clear_staging()
+        if self._fresh and ledgers.exists(self.url):  # an interrupted first bake's
+            self.claim_staging(fresh=True)
+
+    @property
+    def _fresh(self) -> bool:
+        """Whether this bake makes its store in place: an Icechunk repository with none
+        published yet (so one that is there was made by an interrupted bake of ours)."""
+        return self.store.kind == "icechunk" and self.ledger.read() is None
+
+    def clear_staging(self) -> None:
+        """Remove what an unfinished bake staged: the Icechunk staging branch, the staging
+        name's references, then the staging records."""
         self.store.clear_staging()
+        self.ledger.clear_staging()
+
+    def check_ours(self) -> None:
+        """Also refuse a folder of references (TARGET_ROOT/STORE_NAME) that is a file or
+        holds anything arcoforge did not make."""
+        super().check_ours()
+        if self.store.kind != "icechunk":
+            folder = self.url.rpartition("/")[0]
+            ledgers.check_folder(folder, self.target.storage_options, ours=[RUNS_FOLDER])
+
+    def bears(self, seal: str) -> bool:
+        return self.store.bears(seal)
+
+    def seal(self, staged: bool = False) -> str | None:
+        return self.store.seal(staged)
 
     def scan_tasks(self, state: BakeState) -> list[ScanTask]:
         """Batches of inputs: about eight tasks per worker, at most ``BATCH`` inputs each;
@@ -226,6 +254,7 @@ class ReferencePlan(Plan):
     def write(self, state: BakeState, results: Iterable) -> None:
         """Write the combined references under the staging name."""
         attrs = {**state.manifest.attrs, **self.recipe.writer.attrs}
+        self.claim_staging(fresh=self._fresh)
         self.store.write_staged(state.manifest, attrs, self._message(), self._shared(state))
         sizes = state.manifest.sizes()
         state.stats["references"] = state.manifest.nrefs
@@ -285,8 +314,9 @@ class ReferencePlan(Plan):
         """Keep the manifest for appends, move the references into place, record them."""
         contents = self._contents(state)
         contents["held"] = self._keep(state, contents["inputs"])
+        self.ledger.write(self._manifest("complete", seal=self.seal(staged=True)), STAGED)
         self.store.publish()
-        self.ledger.write(self._manifest("complete", **contents))
+        self.ledger.write(self._manifest("complete", seal=self.seal(), **contents))
         if contents["held"] == [HELD]:
             self._drop_segments()
         self.ledger.clear_staging()

@@ -67,18 +67,33 @@ class ReferenceStore:
             kerchunk.preload()
 
     def clear_staging(self) -> None:
-        """Remove what an interrupted bake staged."""
+        """Drop the staging branch an interrupted Icechunk bake left. JSON and Parquet
+        references are staged at their ledger's staging name, which the ledger clears
+        (only if its staging manifest vouches for what is there)."""
         if self.kind == "icechunk":
             from ..writers import icechunk
 
             icechunk.drop_staging(self.url)
-        elif self.remote:
-            with _naming(self.staging, "cannot remove it"):
-                _remove(self.fs, self.staging)
-        elif os.path.isdir(self.staging):
-            shutil.rmtree(self.staging)
-        elif os.path.exists(self.staging):
-            os.remove(self.staging)
+
+    def seal(self, staged: bool = False) -> str | None:
+        """What tells the published references (or with ``staged`` the staged ones) from
+        any others: :func:`arcoforge.ledger.seal` of the file or folder; of an Icechunk
+        repository, the snapshot at the tip of ``main`` (or of the staging branch)."""
+        if self.kind == "icechunk":
+            from ..writers import icechunk
+
+            return icechunk.tip(self.url, icechunk.STAGING if staged else icechunk.MAIN)
+        return ledgers.seal(self.staging if staged else self.url, self.storage_options)
+
+    def bears(self, seal: str) -> bool:
+        """Whether what is at :attr:`url` is the references sealed with ``seal``: an
+        Icechunk repository holding that snapshot (later commits made by others do not
+        matter), else a file or folder of that seal."""
+        if self.kind == "icechunk":
+            from ..writers import icechunk
+
+            return icechunk.holds_snapshot(self.url, seal)
+        return ledgers.seal(self.url, self.storage_options) == seal
 
     def write_staged(
         self, manifest: Manifest, attrs: dict, message: str, shared: dict[str, int] | None = None
@@ -181,7 +196,7 @@ class ReferenceStore:
             with _naming(self.url, f"cannot publish the references staged at {self.staging}"):
                 _publish_remote(self.fs, self.staging, self.url)
         elif os.path.isdir(self.staging):
-            old = f"{self.url}.replaced"
+            old = f"{ledgers.Ledger(self.url).folder}/{ledgers.REPLACED}"
             if os.path.exists(self.url):
                 shutil.rmtree(old, ignore_errors=True)
                 os.rename(self.url, old)

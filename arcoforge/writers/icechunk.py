@@ -80,6 +80,30 @@ def _repository(path: str, prefixes: set[str] = frozenset()):
     return ic.Repository.create(storage, config, authorize_virtual_chunk_access=access)
 
 
+def tip(path: str, branch: str = MAIN) -> str | None:
+    """The snapshot at the tip of ``branch``; None without the repository or the branch."""
+    ic = _icechunk()
+    storage = ic.local_filesystem_storage(path)
+    if not Path(path).is_dir() or not ic.Repository.exists(storage):
+        return None
+    repo = ic.Repository.open(storage)
+    return repo.lookup_branch(branch) if branch in repo.list_branches() else None
+
+
+def holds_snapshot(path: str, snapshot: str) -> bool:
+    """Whether the repository at ``path`` holds ``snapshot`` (one a bake of ours
+    committed); False for a repository without it and for anything else at ``path``."""
+    ic = _icechunk()
+    storage = ic.local_filesystem_storage(path)
+    try:
+        if not Path(path).is_dir() or not ic.Repository.exists(storage):
+            return False
+        ic.Repository.open(storage).lookup_snapshot(snapshot)
+    except ic.IcechunkError:
+        return False
+    return True
+
+
 def drop_staging(path: str) -> None:
     """Forget the staging branch an interrupted bake left."""
     if not Path(path).exists():

@@ -303,22 +303,27 @@ def zarr_store(target: Target):
     return target.url.removeprefix("file://")
 
 
-def publish(staging: Target, final_url: str) -> None:
+def publish(staging: Target, final_url: str, aside: str) -> None:
     """Move the finished store from its staging name to its final name; repeatable, so an
-    interrupted publish is finished by running it again.
+    interrupted publish is finished by running it again. The caller has made sure that
+    whatever is at ``final_url`` is a store of ours.
 
-    On a local disk the old store steps aside and the new one takes its name, two renames
-    that readers never see half done. Object stores copy file by file, chunks first and
-    the root metadata last.
+    On a local disk the old store steps aside to ``aside`` (in the store's ledger folder,
+    so a name of ours) and the new one takes its name, two renames that readers never see
+    half done. Object stores copy file by file, chunks first and the root metadata last,
+    then remove the files of the old store the new one lacks.
     """
     fs, src = fsspec.core.url_to_fs(staging.url, **(staging.storage_options or {}))
     _, dst = fsspec.core.url_to_fs(final_url, **(staging.storage_options or {}))
     if is_local(fs):
-        _rename_into_place(src, dst)
+        _rename_into_place(src, dst, aside)
     elif fs.exists(src):
         files = sorted(fs.find(src), key=lambda p: publish_order(p.removeprefix(src)))
+        old = {p.removeprefix(dst) for p in fs.find(dst)} if fs.exists(dst) else set()
         for path in files:
             fs.copy(path, dst + path.removeprefix(src))
+        for relative in sorted(old - {p.removeprefix(src) for p in files}):
+            fs.rm_file(dst + relative)
         fs.rm(src, recursive=True)
 
 
@@ -333,11 +338,11 @@ def publish_order(relative: str) -> tuple[int, str]:
 METADATA_FILES = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
 
 
-def _rename_into_place(src: str, dst: str) -> None:
-    old = f"{dst}.replaced"
+def _rename_into_place(src: str, dst: str, aside: str) -> None:
     if os.path.exists(src):
         if os.path.exists(dst):
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(dst, old)
+            shutil.rmtree(aside, ignore_errors=True)
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            os.rename(dst, aside)
         os.rename(src, dst)
-    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
