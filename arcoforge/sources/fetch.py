@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import fsspec
 
 from ..errors import SourceError
-from ..secrets import redact, with_query_secrets
+from ..secrets import basic_credentials, redact, show_userinfo, with_query_secrets
 from .cache import Cache, file_sha256
 from .limits import host_slot
 
@@ -30,6 +30,7 @@ class FetchConfig:
     cache: str | None = None
     open_kwargs: dict = field(default_factory=dict)
     query_secrets: dict = field(default_factory=dict)
+    userinfo: dict = field(default_factory=dict)  # see arcoforge.secrets.hide_userinfo
     secrets: tuple[str, ...] = ()
     retries: int = 5
     retry_delay: float = 0.5
@@ -39,6 +40,10 @@ class FetchConfig:
     def redact(self, text: str) -> str:
         """``text`` with every secret of this config masked."""
         return redact(text, self.secrets)
+
+    def request_url(self, url: str) -> str:
+        """``url`` with its password and query secrets: for the request, never logged."""
+        return with_query_secrets(show_userinfo(url, self.userinfo), self.query_secrets)
 
 
 def is_remote(url: str) -> bool:
@@ -94,14 +99,37 @@ def _download(url: str, cache: Cache, config: FetchConfig) -> Path:
 
 def _get(url: str, tmp: Path, config: FetchConfig) -> str:
     """Download ``url`` to ``tmp``, checking its size; return its sha256."""
-    full = with_query_secrets(url, config.query_secrets)
-    fs, path = fsspec.core.url_to_fs(full, **_fs_options(url, config))
+    fs, path = fsspec.core.url_to_fs(config.request_url(url), **_fs_options(url, config))
     expected = fs.size(path)
     fs.get_file(path, str(tmp))
     got = tmp.stat().st_size
     if expected is not None and got != expected:
         raise TruncatedError(f"truncated download: got {got} of {expected} bytes")
     return file_sha256(tmp)
+
+
+def remote_options(url: str, config: FetchConfig) -> dict:
+    """fsspec options that read ``url`` (named without its ``user:password@``, as
+    references name it) with the credentials the fetch uses: its password as a basic
+    ``Authorization`` header, query secrets as request ``params``."""
+    options = _fs_options(url, config)
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        return options
+    found = basic_credentials(url, config.userinfo) or _credentials_for_host(url, config)
+    if found is not None:
+        token = base64.b64encode(f"{found[0]}:{found[1]}".encode()).decode()
+        options["headers"] = {"Authorization": f"Basic {token}", **options.get("headers", {})}
+    if config.query_secrets:
+        options["params"] = {**options.get("params", {}), **config.query_secrets}
+    return options
+
+
+def _credentials_for_host(url: str, config: FetchConfig) -> tuple[str, str] | None:
+    host = urlsplit(url).netloc.rpartition("@")[2]
+    for masked in config.userinfo:
+        if masked.rpartition("@")[2] == host:
+            return basic_credentials(f"//{masked}/", config.userinfo)
+    return None
 
 
 def _fs_options(url: str, config: FetchConfig) -> dict:

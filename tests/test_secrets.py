@@ -1,0 +1,238 @@
+"""No credential in any byte arcoforge writes or prints.
+
+Each credential form is required by a real loopback server (arcoforge.testing.httpserver)
+and baked with the CLI (a subprocess, JSON and plain output, ``--skip-failed`` with one
+missing input, a wrong credential with ``--debug``) and with ``bake()`` (references, other
+engines); then every file under the target root, the cache and the run-record state folder,
+and everything printed, is searched for the secret: raw, URL-quoted, and for basic auth
+base64 of ``user:password``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import aiohttp
+import fsspec
+import pytest
+from conftest import assert_same_as_sources
+
+from arcoforge import (
+    OpenURLWithFSSpec,
+    OpenWithKerchunk,
+    OpenWithXarray,
+    StoreToZarr,
+    WriteCombinedReference,
+    bake,
+    pattern_from_file_sequence,
+)
+from arcoforge.errors import SourceError
+from arcoforge.references.store import open_references
+from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.httpserver import FileServer
+
+pytestmark = pytest.mark.timeout(300)
+
+USER = "alice"
+PASSWORD = "Pa55+w0rd/=Q7"  # quoted, plus-quoted and raw forms all differ
+TOKEN = "t0ken-Bearer-9Zk"
+COOKIE = "c00kie+Val/3x"
+QUERY = "q5ecret-Key-77"
+WRONG = "wr0ng+Secret-41"
+S3_KEY, S3_SECRET = "AKIAARCOFORGEKEY42", "s3+secret/Value=99"
+NAME = "creds"
+
+
+def forms_of(value: str) -> list[bytes]:
+    """The forms a secret could be written in."""
+    found = {value, quote(value, safe=""), quote_plus(value), quote(value)}
+    return [f.encode() for f in found]
+
+
+def basic(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# Each form: what the server requires, the pattern's keyword arguments (as source code for a
+# feedstock, with SECRET for the credential) and whether the URL carries it.
+FORMS = {
+    "url-userinfo": ({"auth": (USER, PASSWORD)}, "{}", True),
+    "basic-options": (
+        {"auth": (USER, PASSWORD)},
+        f"dict(fsspec_open_kwargs={{'username': {USER!r}, 'password': SECRET}})",
+        False,
+    ),
+    "aiohttp-basic-auth": (
+        {"auth": (USER, PASSWORD)},
+        f"dict(fsspec_open_kwargs={{'client_kwargs': {{'auth': aiohttp.BasicAuth({USER!r}, SECRET)}}}})",
+        False,
+    ),
+    "bearer": (
+        {"bearer": TOKEN},
+        "dict(fsspec_open_kwargs={'headers': {'Authorization': 'Bearer ' + SECRET}})",
+        False,
+    ),
+    "cookie-header": (
+        {"cookies": {"session": COOKIE}},
+        "dict(fsspec_open_kwargs={'headers': {'Cookie': 'session=' + SECRET}})",
+        False,
+    ),
+    "cookies": (
+        {"cookies": {"session": COOKIE}},
+        "dict(fsspec_open_kwargs={'client_kwargs': {'cookies': {'session': SECRET}}})",
+        False,
+    ),
+    "query-string": ({"token": QUERY}, "dict(query_string_secrets={'token': SECRET})", False),
+}
+SECRET_OF = {
+    "url-userinfo": PASSWORD,
+    "basic-options": PASSWORD,
+    "aiohttp-basic-auth": PASSWORD,
+    "bearer": TOKEN,
+    "cookie-header": COOKIE,
+    "cookies": COOKIE,
+    "query-string": QUERY,
+}
+
+
+def needles(secret: str) -> list[bytes]:
+    """Every form of ``secret`` (and of the wrong one) that must appear nowhere."""
+    found = forms_of(secret) + forms_of(WRONG)
+    found += [basic(USER, secret).encode(), basic(USER, WRONG).encode()]
+    return found
+
+
+def leaks(folders, texts, secret: str) -> list[str]:
+    """Where any form of ``secret`` appears: files under ``folders``, or ``texts``."""
+    found = []
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            names = str(path).encode()
+            data = path.read_bytes() if path.is_file() else b""
+            found += [f"{path}: {n!r}" for n in needles(secret) if n in data or n in names]
+    for i, text in enumerate(texts):
+        found += [f"output {i}: {n!r}" for n in needles(secret) if n in text.encode()]
+    return found
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> list[Path]:
+    return write_oisst_archive(tmp_path_factory.mktemp("secrets") / "src", days=4, ny=6, nx=12)
+
+
+def input_urls(server: FileServer, paths, form: str, secret: str) -> list[str]:
+    base = server.url
+    if FORMS[form][2]:
+        base = base.replace("://", f"://{USER}:{quote(secret, safe='')}@")
+    return [f"{base}/{Path(p).name}" for p in paths]
+
+
+def pattern_kwargs(form: str, secret: str) -> dict:
+    return eval(FORMS[form][1], {"aiohttp": aiohttp, "SECRET": secret})
+
+
+def write_feedstock(folder: Path, urls: list[str], form: str, secret: str) -> Path:
+    """A feedstock baking ``urls`` into a Zarr store, with the credential of ``form``."""
+    folder.mkdir(parents=True)
+    (folder / "meta.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            title: creds
+            description: inputs behind a credential
+            recipes:
+              - id: {NAME}
+                object: "recipe:recipe"
+            provenance:
+              providers:
+                - name: test
+                  roles: [producer]
+              license: CC-BY-4.0
+            maintainers:
+              - name: Test
+                github: test
+            """
+        )
+    )
+    (folder / "recipe.py").write_text(
+        textwrap.dedent(
+            f"""\
+            import aiohttp
+            from arcoforge import (
+                OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, pattern_from_file_sequence,
+            )
+
+            SECRET = {secret!r}
+            pattern = pattern_from_file_sequence(
+                {urls!r}, "time", nitems_per_file=1, **{FORMS[form][1]}
+            )
+            recipe = (
+                pattern
+                | OpenURLWithFSSpec(retry_delay=0.01, retries=1)
+                | OpenWithXarray()
+                | StoreToZarr("{NAME}.zarr", target_chunks={{"time": 2}})
+            )
+            """
+        )
+    )
+    return folder
+
+
+def cli(*args, cwd: Path, state: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "ARCOFORGE_STATE_DIR": str(state)}
+    return subprocess.run(
+        [sys.executable, "-m", "arcoforge.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_cli_bakes_write_and_print_no_credential(form, archive, tmp_path):
+    secret = SECRET_OF[form]
+    state, cache, out = tmp_path / "state", tmp_path / "cache", tmp_path / "out"
+    with FileServer(archive[0].parent, **FORMS[form][0]) as server:
+        urls = input_urls(server, archive, form, secret)
+        missing = urls[1].replace(archive[1].name, "missing.nc")
+        feedstock = write_feedstock(tmp_path / "feed", [*urls, missing], form, secret)
+        common = ("bake", feedstock, "--target-root", out, "--cache", cache, "--workers", "2")
+        # one input is missing: skipped, and named (redacted) in the summary and the manifest
+        skipped = cli(*common, "--skip-failed", "--json", cwd=tmp_path, state=state)
+        assert skipped.returncode == 0, skipped.stderr
+        summary = json.loads(skipped.stdout.splitlines()[-1])
+        assert summary["event"] == "summary" and summary["inputs"] == 5
+        plain = cli(*common, "--skip-failed", "--force", cwd=tmp_path, state=state)
+        assert plain.returncode == 0, plain.stderr
+        # the wrong credential: one error line, also with --debug
+        wrong_urls = input_urls(server, archive, form, WRONG)
+        wrong = write_feedstock(tmp_path / "wrong", wrong_urls, form, WRONG)
+        failed = cli(
+            *("bake", wrong, "--target-root", out, "--cache", tmp_path / "cache2", "--debug"),
+            cwd=tmp_path,
+            state=state,
+        )
+    assert failed.returncode == 1
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and ("HTTP 401" in line or "HTTP 403" in line), line
+    store = out / f"{NAME}.zarr"
+    manifest = json.loads((out / f".{NAME}.zarr.arcoforge" / "manifest.json").read_text())
+    assert len(manifest["inputs"]) == 5 and list(manifest["missing"]) == [manifest["inputs"][4]]
+    assert "***" in manifest["inputs"][0] if FORMS[form][2] else True
+    assert_same_as_sources(_without_missing(store), archive)
+    outputs = [p.stdout + p.stderr for p in (skipped, plain, failed)]
+    assert leaks([out, cache, tmp_path / "cache2", state], outputs, secret) == []
+
+
+def _without_missing(store: Path):
+    import xarray as xr
+
+    return xr.open_zarr(store).isel(time=slice(0, 4))
