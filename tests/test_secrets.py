@@ -20,20 +20,17 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import aiohttp
-import fsspec
+import numpy as np
 import pytest
+import xarray as xr
 from conftest import assert_same_as_sources
 
 from arcoforge import (
-    OpenURLWithFSSpec,
     OpenWithKerchunk,
-    OpenWithXarray,
-    StoreToZarr,
     WriteCombinedReference,
     bake,
     pattern_from_file_sequence,
 )
-from arcoforge.errors import SourceError
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
@@ -226,13 +223,59 @@ def test_cli_bakes_write_and_print_no_credential(form, archive, tmp_path):
     store = out / f"{NAME}.zarr"
     manifest = json.loads((out / f".{NAME}.zarr.arcoforge" / "manifest.json").read_text())
     assert len(manifest["inputs"]) == 5 and list(manifest["missing"]) == [manifest["inputs"][4]]
-    assert "***" in manifest["inputs"][0] if FORMS[form][2] else True
+    if FORMS[form][2]:  # the URL is kept, its password masked
+        assert manifest["inputs"][0] == urls[0].replace(quote(secret, safe=""), "***")
     assert_same_as_sources(_without_missing(store), archive)
     outputs = [p.stdout + p.stderr for p in (skipped, plain, failed)]
     assert leaks([out, cache, tmp_path / "cache2", state], outputs, secret) == []
 
 
 def _without_missing(store: Path):
-    import xarray as xr
-
     return xr.open_zarr(store).isel(time=slice(0, 4))
+
+
+# How a reader of references gives each form's credential to fsspec (see docs/credentials.md)
+READER_OPTIONS = {
+    "url-userinfo": {"client_kwargs": {"auth": aiohttp.BasicAuth(USER, PASSWORD)}},
+    "basic-options": {"headers": {"Authorization": f"Basic {basic(USER, PASSWORD)}"}},
+    "aiohttp-basic-auth": {"client_kwargs": {"auth": aiohttp.BasicAuth(USER, PASSWORD)}},
+    "bearer": {"headers": {"Authorization": f"Bearer {TOKEN}"}},
+    "cookie-header": {"headers": {"Cookie": f"session={COOKIE}"}},
+    "cookies": {"client_kwargs": {"cookies": {"session": COOKIE}}},
+    "query-string": {"params": {"token": QUERY}},
+}
+
+
+def references_equal_sources(url: str, paths, remote_options: dict) -> None:
+    src = xr.concat([xr.open_dataset(p).load() for p in paths], dim="time", data_vars="minimal")
+    with open_references(url, remote_options=remote_options) as out:
+        assert set(out.variables) == set(src.variables)
+        for name, var in src.variables.items():
+            got = out[name].transpose(*var.dims).values
+            np.testing.assert_array_equal(got.astype(var.dtype), var.values, err_msg=name)
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_references_name_inputs_without_credentials(form, archive, tmp_path, capfd, caplog):
+    secret = SECRET_OF[form]
+    name = "reference.parquet" if list(FORMS).index(form) % 2 else "reference.json"
+    with FileServer(archive[0].parent, **FORMS[form][0]) as server:
+        urls = input_urls(server, archive, form, secret)
+        pattern = pattern_from_file_sequence(urls, "time", **pattern_kwargs(form, secret))
+        opener = OpenWithKerchunk(inline_threshold=0)  # every chunk read from the inputs
+        recipe = pattern | opener | WriteCombinedReference("ref", output_file_name=name)
+        result = bake(recipe, tmp_path / "out", cache=str(tmp_path / "cache"), workers=2)
+        assert result.stats["validated_inputs"] == 2
+        references_equal_sources(result.url, archive, READER_OPTIONS[form])
+        # without the credential the inputs cannot be read through the references
+        with pytest.raises(Exception):  # noqa: B017 - fsspec raises what aiohttp raised
+            references_equal_sources(result.url, archive, {})
+    store = Path(result.url)
+    manifest = json.loads((store.parent / f".{store.name}.arcoforge/manifest.json").read_text())
+    assert manifest["inputs"][0] == urls[0].replace(quote(secret, safe=""), "***")
+    if name.endswith(".json"):  # inputs are named by their URL without the credential
+        plain = urls[0].replace(f"{USER}:{quote(secret, safe='')}@", "")
+        assert f'"{plain}"'.encode() in store.read_bytes()
+    printed = capfd.readouterr()
+    outputs = [printed.out, printed.err, caplog.text, repr(result)]
+    assert leaks([tmp_path, os.environ["ARCOFORGE_STATE_DIR"]], outputs, secret) == []

@@ -449,6 +449,7 @@ def make_reference_plan(
             remote_protocol=opener.remote_protocol,
             secrets=config.fetch.secrets,
             grib_filter=opener.grib_filter or None,
+            fetch=config.fetch,
         ),
         store=reference_store(target_root, writer, ledger.staging_store, storage_options),
     )

@@ -12,7 +12,9 @@ import fsspec
 
 from ..errors import ArcoforgeError, SourceError, one_line
 from ..patterns import Input
-from ..sources import is_remote
+from ..secrets import redact, without_userinfo
+from ..sources import FetchConfig, is_remote
+from ..sources.fetch import remote_options
 from .manifest import Manifest
 
 
@@ -27,6 +29,7 @@ class ScanConfig:
     remote_protocol: str | None = None
     secrets: tuple[str, ...] = ()
     grib_filter: dict | None = None
+    fetch: FetchConfig | None = None  # the credentials of remote inputs
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,10 @@ class ScanTask:
 
 
 def reference_url(url: str, config: ScanConfig) -> str:
-    """The URL references name an input by: absolute ``file://`` URLs for local files."""
+    """The URL references name an input by: absolute ``file://`` URLs for local files,
+    never a ``user:password@`` (readers give credentials in ``remote_options``)."""
     if "://" in url:
-        return url
+        return without_userinfo(url)
     if config.remote_protocol and config.remote_protocol not in ("file", "local"):
         return f"{config.remote_protocol}://{url}"
     return "file://" + os.path.abspath(url)
@@ -54,8 +58,6 @@ def scan_inputs(task: ScanTask) -> list[tuple[Input, Manifest]]:
 
 def scan_input(item: Input, config: ScanConfig) -> Manifest:
     """The manifest of one input; errors name the input and the cause in one line."""
-    from ..secrets import redact
-
     url = reference_url(item.url, config)
     try:
         return _scanner(config.file_type)(url, config)
@@ -104,5 +106,12 @@ def opened(url: str, config: ScanConfig) -> Iterator[IO[bytes] | str]:
             raise FileNotFoundError(path)
         yield path
         return
-    with fsspec.open(url, "rb", **(config.storage_options or {})) as f:
+    with fsspec.open(url, "rb", **input_options(url, config)) as f:
         yield f
+
+
+def input_options(url: str, config: ScanConfig) -> dict:
+    """fsspec options reading the input at ``url``: the fetch's credentials, then
+    ``OpenWithKerchunk``'s ``storage_options``."""
+    found = remote_options(url, config.fetch) if config.fetch else {}
+    return {**found, **(config.storage_options or {})}
