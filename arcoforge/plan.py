@@ -153,7 +153,8 @@ class Plan:
         )
         saved = self.ledger.load_state() if there else None
         if saved is not None:
-            state.schema, state.chunks, state.encoding, state.open, state.missing = saved
+            state.schema, state.chunks, state.encoding, promoted, state.missing = saved
+            state.open = replace(self.open, promoted=promoted)
             state.resumed = True
         else:
             self.ledger.clear_staging()
@@ -195,9 +196,10 @@ class Plan:
         self.keep(state)
 
     def keep(self, state: BakeState) -> None:
-        """Record the scan's result, so that an interrupted bake resumes after it."""
+        """Record the scan's result, so that an interrupted bake resumes after it (not how
+        inputs are opened: that holds their credentials)."""
         self.ledger.save_state(
-            (state.schema, state.chunks, state.encoding, state.open, state.missing)
+            (state.schema, state.chunks, state.encoding, state.open.promoted, state.missing)
         )
         self.ledger.write(self._manifest("writing"), STAGED)
 

@@ -20,10 +20,11 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import aiohttp
+import fsspec
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import assert_same_as_sources
+from conftest import assert_same_as_sources, simple_recipe
 
 from arcoforge import (
     OpenWithKerchunk,
@@ -32,6 +33,7 @@ from arcoforge import (
     pattern_from_file_sequence,
 )
 from arcoforge.references.store import open_references
+from arcoforge.progress import Reporter
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 
@@ -228,6 +230,7 @@ def test_cli_bakes_write_and_print_no_credential(form, archive, tmp_path):
     assert_same_as_sources(_without_missing(store), archive)
     outputs = [p.stdout + p.stderr for p in (skipped, plain, failed)]
     assert leaks([out, cache, tmp_path / "cache2", state], outputs, secret) == []
+    assert leaks([feedstock], [], secret)  # the search finds the secret where it is
 
 
 def _without_missing(store: Path):
@@ -279,3 +282,108 @@ def test_references_name_inputs_without_credentials(form, archive, tmp_path, cap
     printed = capfd.readouterr()
     outputs = [printed.out, printed.err, caplog.text, repr(result)]
     assert leaks([tmp_path, os.environ["ARCOFORGE_STATE_DIR"]], outputs, secret) == []
+
+
+class InterruptDuring(Reporter):
+    """Acts as a user pressing Ctrl-C once ``stage`` is under way."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def advanced(self, name: str) -> None:
+        if name == self.stage:
+            raise KeyboardInterrupt
+
+
+def all_at_once(server: FileServer, paths) -> tuple[list[str], dict]:
+    """URLs with a password in them, and pattern options adding a query secret and a
+    cookie: every credential ``all_forms_server`` requires."""
+    urls = [u.replace("://", f"://{USER}:{quote(PASSWORD, safe='')}@") for u in served(server, paths)]
+    options = {
+        "query_string_secrets": {"token": QUERY},
+        "fsspec_open_kwargs": {"client_kwargs": {"cookies": {"session": COOKIE}}},
+    }
+    return urls, options
+
+
+def served(server: FileServer, paths) -> list[str]:
+    return [f"{server.url}/{Path(p).name}" for p in paths]
+
+
+def all_forms_server(root: Path) -> FileServer:
+    return FileServer(root, auth=(USER, PASSWORD), token=QUERY, cookies={"session": COOKIE})
+
+
+def all_leaks(folders, texts) -> list[str]:
+    return [leak for secret in (PASSWORD, QUERY, COOKIE) for leak in leaks(folders, texts, secret)]
+
+
+@pytest.mark.parametrize("engine", ["beam", "dask"])
+def test_other_engines_write_and_print_no_credential(engine, archive, tmp_path, capfd, caplog):
+    with all_forms_server(archive[0].parent) as server:
+        urls, options = all_at_once(server, archive)
+        missing = urls[0].replace(archive[0].name, "missing.nc")
+        recipe = simple_recipe([*urls, missing], **options)
+        result = bake(
+            recipe,
+            tmp_path / "out",
+            cache=str(tmp_path / "cache"),
+            workers=2,
+            engine=engine,
+            skip_failed=True,
+        )
+    assert result.stats["missing_inputs"] == [missing.replace(quote(PASSWORD, safe=""), "***")]
+    assert_same_as_sources(_without_missing(Path(result.url)), archive)
+    printed = capfd.readouterr()
+    outputs = [printed.out, printed.err, caplog.text, repr(result)]
+    assert all_leaks([tmp_path, os.environ["ARCOFORGE_STATE_DIR"]], outputs) == []
+
+
+def test_an_interrupted_bake_stages_no_credential(archive, tmp_path, capfd, caplog):
+    with all_forms_server(archive[0].parent) as server:
+        urls, options = all_at_once(server, archive)
+        recipe = simple_recipe(urls, **options)
+        target = tmp_path / "out"
+        with pytest.raises(KeyboardInterrupt):
+            bake(recipe, target, workers=1, reporter=InterruptDuring("write"))
+        # what the interrupted bake staged (its ledger, the scan's state) holds no secret
+        assert (target / f".{recipe.writer.store_name}.arcoforge" / "staging").exists()
+        assert all_leaks([target], []) == []
+        result = bake(recipe, target, workers=1)  # resumes, with the credentials
+    assert_same_as_sources(result.url, archive)
+    printed = capfd.readouterr()
+    outputs = [printed.out, printed.err, caplog.text]
+    assert all_leaks([tmp_path, os.environ["ARCOFORGE_STATE_DIR"]], outputs) == []
+
+
+def test_an_object_store_targets_credentials_are_written_nowhere(archive, s3, tmp_path):
+    """The target's key and secret (moto takes any) appear in no object of the bucket,
+    no run record and no line printed."""
+    endpoint = s3["client_kwargs"]["endpoint_url"]
+    options = {**s3, "key": S3_KEY, "secret": S3_SECRET}
+    root = f"s3://bakery/test_secrets/{tmp_path.name}"
+    state = tmp_path / "state"
+    with FileServer(archive[0].parent, auth=(USER, PASSWORD)) as server:
+        urls = input_urls(server, archive, "url-userinfo", PASSWORD)
+        feedstock = write_feedstock(tmp_path / "feed", urls, "url-userinfo", PASSWORD)
+        flags = ["--storage-option", f"key={S3_KEY}", "--storage-option", f"secret={S3_SECRET}"]
+        flags += ["--storage-option", f"client_kwargs.endpoint_url={endpoint}"]
+        flags += ["--storage-option", "client_kwargs.region_name=eu-west-1"]
+        args = ("bake", feedstock, "--target-root", root, *flags, "--cache", tmp_path / "c")
+        baked = cli(*args, "--json", cwd=tmp_path, state=state)
+        assert baked.returncode == 0, baked.stderr
+        # a failing bake on the same target: its error names no credential either
+        bad = cli(*args, "--storage-option", "endpoint_url=http://127.0.0.1:9", cwd=tmp_path, state=state)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("error: "), bad.stderr
+    fs = fsspec.filesystem("s3", **options)
+    objects = fs.find(root)
+    assert f"{root}/{NAME}.zarr/zarr.json".removeprefix("s3://") in objects
+    folder = tmp_path / "bucket"
+    for key in objects:
+        copy = folder / key.removeprefix(root.removeprefix("s3://") + "/")
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(fs.cat_file(key))
+    outputs = [baked.stdout, baked.stderr, bad.stdout, bad.stderr]
+    for secret in (S3_SECRET, S3_KEY, PASSWORD):
+        assert leaks([folder, state], outputs, secret) == []

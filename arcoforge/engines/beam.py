@@ -159,6 +159,8 @@ def build(pipeline: beam.Pipeline, plan: Plan, address: tuple | None, outcome: s
 
 def _save(carried: bytes, url: str, storage_options: dict | None) -> None:
     state, timings, totals, _, lines = cloudpickle.loads(carried)
+    if isinstance(state, BakeState):
+        state.open = None  # it holds the inputs' credentials, not to be written
     ledgers.put(url, cloudpickle.dumps((state, timings, totals, lines)), storage_options)
 
 
