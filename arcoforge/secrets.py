@@ -16,9 +16,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
-_SECRET_KEYS = re.compile(
-    r"pass|secret|token|key|auth|credential|signature|cookie", re.IGNORECASE
-)
+_SECRET_KEYS = re.compile(r"pass|secret|token|key|auth|credential|signature|cookie", re.IGNORECASE)
 _USERINFO = re.compile(r"(?<=://)([^/@:\s]+):([^/@\s]+)@")
 _SCHEMES = {"basic", "bearer", "token", "digest"}
 
@@ -96,7 +94,7 @@ def _parts(value: str) -> list[str]:
     ``a=1; b=2``'s values."""
     pieces = []
     for part in re.split(r"[\s;,]+", value):
-        name, eq, rest = part.partition("=")
+        _, eq, rest = part.partition("=")
         pieces += [rest] if eq and rest.strip("=") else []
         pieces += [part] if part.lower() not in _SCHEMES else []
     return [piece for piece in pieces if piece != value]

@@ -32,8 +32,8 @@ from arcoforge import (
     bake,
     pattern_from_file_sequence,
 )
-from arcoforge.references.store import open_references
 from arcoforge.progress import Reporter
+from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 
@@ -298,7 +298,9 @@ class InterruptDuring(Reporter):
 def all_at_once(server: FileServer, paths) -> tuple[list[str], dict]:
     """URLs with a password in them, and pattern options adding a query secret and a
     cookie: every credential ``all_forms_server`` requires."""
-    urls = [u.replace("://", f"://{USER}:{quote(PASSWORD, safe='')}@") for u in served(server, paths)]
+    urls = [
+        u.replace("://", f"://{USER}:{quote(PASSWORD, safe='')}@") for u in served(server, paths)
+    ]
     options = {
         "query_string_secrets": {"token": QUERY},
         "fsspec_open_kwargs": {"client_kwargs": {"cookies": {"session": COOKIE}}},
@@ -373,7 +375,9 @@ def test_an_object_store_targets_credentials_are_written_nowhere(archive, s3, tm
         baked = cli(*args, "--json", cwd=tmp_path, state=state)
         assert baked.returncode == 0, baked.stderr
         # a failing bake on the same target: its error names no credential either
-        bad = cli(*args, "--storage-option", "endpoint_url=http://127.0.0.1:9", cwd=tmp_path, state=state)
+        bad = cli(
+            *args, "--storage-option", "endpoint_url=http://127.0.0.1:9", cwd=tmp_path, state=state
+        )
     assert bad.returncode == 1
     assert bad.stderr.startswith("error: "), bad.stderr
     fs = fsspec.filesystem("s3", **options)
