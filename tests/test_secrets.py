@@ -16,6 +16,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
@@ -34,6 +36,14 @@ from arcoforge import (
 )
 from arcoforge.progress import Reporter
 from arcoforge.references.store import open_references
+from arcoforge.secrets import (
+    basic_credentials,
+    hide_userinfo,
+    redact,
+    secret_values,
+    show_userinfo,
+    without_userinfo,
+)
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 
@@ -391,3 +401,65 @@ def test_an_object_store_targets_credentials_are_written_nowhere(archive, s3, tm
     outputs = [baked.stdout, baked.stderr, bad.stdout, bad.stderr]
     for secret in (S3_SECRET, S3_KEY, PASSWORD):
         assert leaks([folder, state], outputs, secret) == []
+
+
+# -- arcoforge.secrets and the server's checks ----------------------------------------
+
+
+def test_a_url_password_is_masked_and_put_back_only_for_the_request():
+    url, userinfo = hide_userinfo("https://bob:p%2Fw%40rd@host:8443/a/b.nc?v=1")
+    assert url == "https://bob:***@host:8443/a/b.nc?v=1"
+    assert userinfo == {"bob:***@host:8443": "bob:p%2Fw%40rd@host:8443"}
+    assert show_userinfo(url, userinfo) == "https://bob:p%2Fw%40rd@host:8443/a/b.nc?v=1"
+    assert show_userinfo("https://eve:***@other/a.nc", userinfo) == "https://eve:***@other/a.nc"
+    assert without_userinfo(url) == "https://host:8443/a/b.nc?v=1"
+    assert basic_credentials(url, userinfo) == ("bob", "p/w@rd")
+    for plain in ("https://host/a.nc", "/data/a@b:c.nc", "s3://bucket/key.nc"):
+        assert hide_userinfo(plain) == (plain, {})
+    # the pattern makes its inputs with the password masked, and keeps it for the fetch
+    pattern = pattern_from_file_sequence(["https://bob:pw-1234@h/a.nc", "https://h/b.nc"], "t")
+    assert [i.url for i in pattern.inputs()] == ["https://bob:***@h/a.nc", "https://h/b.nc"]
+    assert pattern.userinfo == {"bob:***@h": "bob:pw-1234@h"}
+
+
+def test_secret_values_finds_every_credential_form():
+    found = set(
+        secret_values(
+            {"token": "query-1"},
+            {
+                "username": "bob",
+                "password": "pw-2222",
+                "headers": {"Authorization": "Bearer bearer-3", "Cookie": "a=cookie-4; b=cookie-5"},
+                "client_kwargs": {
+                    "cookies": {"session": "cookie-6"},
+                    "auth": aiohttp.BasicAuth("eve", "pw-7777"),
+                },
+            },
+            {"al:***@h": "al:pw%2F8@h"},
+        )
+    )
+    wanted = {"query-1", "pw-2222", "bearer-3", "cookie-4", "cookie-5", "cookie-6", "pw-7777"}
+    wanted |= {"pw%2F8", "pw/8", basic("bob", "pw-2222"), basic("eve", "pw-7777")}
+    wanted |= {basic("al", "pw/8")}
+    assert wanted <= found
+    assert not {"bob", "eve", "al", "Bearer"} & found
+    assert redact("Authorization: Bearer bearer-3", found) == "Authorization: ***"
+
+
+@pytest.mark.parametrize(
+    ("server", "good", "bad"),
+    [
+        ({"bearer": TOKEN}, {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Bearer x"}),
+        ({"cookies": {"s": COOKIE}}, {"Cookie": f'a=1; s="{COOKIE}"'}, {"Cookie": "s=other"}),
+    ],
+    ids=["bearer", "cookies"],
+)
+def test_file_server_checks_bearer_tokens_and_cookies(archive, server, good, bad):
+    with FileServer(archive[0].parent, **server) as running:
+        url = f"{running.url}/{archive[0].name}"
+        with urllib.request.urlopen(urllib.request.Request(url, headers=good)) as answer:
+            assert answer.read() == archive[0].read_bytes()
+        for headers in (bad, {}):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(url, headers=headers))
+            assert refused.value.code == 403
