@@ -21,6 +21,7 @@ from .plan import Plan, make_plan
 from .progress import Reporter
 from .recipe import Recipe
 from .runs import RunContext, recorded_run
+from .secrets import remember, secret_values
 from .sources import is_remote
 from .updates import plan_append, plan_retry
 
@@ -92,6 +93,7 @@ def bake(
             storage_options=storage_options,
             skip_failed=skip_failed,
         )
+        remember((*plan.open.fetch.secrets, *secret_values(open_kwargs=storage_options)))
         with recorded_run(plan, reporter, run) as record, plan.ledger.lock():
             reporter = record.reporter
             if append:

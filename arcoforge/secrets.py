@@ -19,6 +19,18 @@ MASK = "***"
 _SECRET_KEYS = re.compile(r"pass|secret|token|key|auth|credential|signature|cookie", re.IGNORECASE)
 _USERINFO = re.compile(r"(?<=://)([^/@:\s]+):([^/@\s]+)@")
 _SCHEMES = {"basic", "bearer", "token", "digest"}
+_REMEMBERED: set[str] = set()
+
+
+def remember(values: Iterable[str]) -> None:
+    """Keep the secrets of a bake this process runs, for :func:`redact_remembered`."""
+    _REMEMBERED.update(values)
+
+
+def redact_remembered(text: str) -> str:
+    """``text`` with every remembered secret masked: what the command line prints of an
+    error (a ``--debug`` traceback's chained causes too) passes through it."""
+    return redact(text, _REMEMBERED)
 
 
 def hide_userinfo(url: str) -> tuple[str, dict[str, str]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -34,12 +35,15 @@ from arcoforge import (
     bake,
     pattern_from_file_sequence,
 )
-from arcoforge.progress import Reporter
+from arcoforge.cli import friendly
+from arcoforge.errors import SourceError
+from arcoforge.progress import JsonReporter, Reporter, logs_to
 from arcoforge.references.store import open_references
 from arcoforge.secrets import (
     basic_credentials,
     hide_userinfo,
     redact,
+    remember,
     secret_values,
     show_userinfo,
     without_userinfo,
@@ -463,3 +467,29 @@ def test_file_server_checks_bearer_tokens_and_cookies(archive, server, good, bad
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(urllib.request.Request(url, headers=headers))
             assert refused.value.code == 403
+
+
+def test_the_cli_masks_remembered_secrets_in_errors_logs_and_debug_tracebacks(capsys):
+    """A safety net behind every mask: whatever a library puts in an error or a log line
+    (a chained cause's URL with its query string, say), the CLI prints it masked."""
+    remember([QUERY])
+
+    @friendly
+    def fails():
+        logging.getLogger("arcoforge").warning("retrying https://h/a.nc?token=%s", QUERY)
+        try:
+            raise ValueError(f"401, url='https://h/a.nc?token={QUERY}'")
+        except ValueError as exc:
+            raise SourceError(f"https://h/a.nc: failed: {exc}") from exc
+
+    reporter = JsonReporter()
+    with pytest.raises(SystemExit) as exited, logs_to(reporter):
+        fails(debug=True)
+    assert exited.value.code == 1
+    printed = capsys.readouterr()
+    assert QUERY not in printed.out + printed.err
+    assert json.loads(printed.out)["message"] == "retrying https://h/a.nc?token=***"
+    assert "ValueError: 401, url='https://h/a.nc?token=***'" in printed.err  # the cause
+    assert printed.err.splitlines()[-1] == (
+        "error: https://h/a.nc: failed: 401, url='https://h/a.nc?token=***'"
+    )
