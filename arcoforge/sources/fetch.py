@@ -115,7 +115,7 @@ def remote_options(url: str, config: FetchConfig) -> dict:
     options = _fs_options(url, config)
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         return options
-    found = basic_credentials(url, config.userinfo) or _credentials_for_host(url, config)
+    found = _credentials_for_host(url, config)
     if found is not None:
         token = base64.b64encode(f"{found[0]}:{found[1]}".encode()).decode()
         options["headers"] = {"Authorization": f"Basic {token}", **options.get("headers", {})}
@@ -125,6 +125,7 @@ def remote_options(url: str, config: FetchConfig) -> dict:
 
 
 def _credentials_for_host(url: str, config: FetchConfig) -> tuple[str, str] | None:
+    """The user and password the pattern's URLs give for ``url``'s host, if any."""
     host = urlsplit(url).netloc.rpartition("@")[2]
     for masked in config.userinfo:
         if masked.rpartition("@")[2] == host:
