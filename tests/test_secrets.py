@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -225,6 +226,8 @@ def test_cli_bakes_write_and_print_no_credential(form, archive, tmp_path):
         assert summary["event"] == "summary" and summary["inputs"] == 5
         plain = cli(*common, "--skip-failed", "--force", cwd=tmp_path, state=state)
         assert plain.returncode == 0, plain.stderr
+        masked = missing.replace(quote(secret, safe=""), "***")
+        assert f"1 inputs skipped, first {masked}" in plain.stdout, plain.stdout
         # the wrong credential: one error line, also with --debug
         wrong_urls = input_urls(server, archive, form, WRONG)
         wrong = write_feedstock(tmp_path / "wrong", wrong_urls, form, WRONG)
@@ -235,7 +238,10 @@ def test_cli_bakes_write_and_print_no_credential(form, archive, tmp_path):
         )
     assert failed.returncode == 1
     line = failed.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ") and ("HTTP 401" in line or "HTTP 403" in line), line
+    base = wrong_urls[0].rpartition("/")[0].replace(quote(WRONG, safe=""), "***")
+    status = "401 Unauthorized" if "auth" in FORMS[form][0] else "403 Forbidden"
+    pattern = rf"error: {re.escape(base)}/oisst-avhrr-v02r01\.\d{{8}}\.nc: HTTP {status} "
+    assert re.fullmatch(pattern + r"\(check credentials\)", line), line
     store = out / f"{NAME}.zarr"
     manifest = json.loads((out / f".{NAME}.zarr.arcoforge" / "manifest.json").read_text())
     assert len(manifest["inputs"]) == 5 and list(manifest["missing"]) == [manifest["inputs"][4]]
