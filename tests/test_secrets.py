@@ -38,6 +38,7 @@ from arcoforge import (
 )
 from arcoforge.cli import friendly
 from arcoforge.errors import SourceError
+from arcoforge.plan import make_plan
 from arcoforge.progress import JsonReporter, Reporter, logs_to
 from arcoforge.references.store import open_references
 from arcoforge.secrets import (
@@ -497,4 +498,18 @@ def test_the_cli_masks_remembered_secrets_in_errors_logs_and_debug_tracebacks(ca
     assert "ValueError: 401, url='https://h/a.nc?token=***'" in printed.err  # the cause
     assert printed.err.splitlines()[-1] == (
         "error: https://h/a.nc: failed: 401, url='https://h/a.nc?token=***'"
+    )
+
+
+def test_an_icechunk_commit_message_names_inputs_masked(tmp_path):
+    """The message an Icechunk bake commits with, from its plan (a real Icechunk bake of
+    HTTP inputs cannot run here: Icechunk drops the port of a virtual chunk's URL)."""
+    urls = [f"https://{USER}:{quote(PASSWORD, safe='')}@host/a{i}.nc" for i in range(3)]
+    pattern = pattern_from_file_sequence(urls, "time", query_string_secrets={"token": QUERY})
+    recipe = pattern | OpenWithKerchunk() | WriteCombinedReference("ref")
+    plan = make_plan(recipe, f"icechunk://{tmp_path / 'ic'}", cache=None, workers=1)
+    assert plan.store.kind == "icechunk"
+    assert plan._message() == (
+        f"arcoforge bake of ref: 3 inputs, https://{USER}:***@host/a0.nc .. "
+        f"https://{USER}:***@host/a2.nc"
     )
