@@ -23,6 +23,7 @@ from .plan import Plan, make_plan
 from .progress import Reporter
 from .recipe import Recipe
 from .runs import RunContext, recorded_run
+from .secrets import remember, secret_values
 from .sources import is_remote
 from .updates import plan_append, plan_retry
 
@@ -102,6 +103,7 @@ def bake(
             skip_failed=skip_failed,
         )
         plan.check_ours()  # before the run record, which goes beside the store
+        remember((*plan.open.fetch.secrets, *secret_values(open_kwargs=storage_options)))
         with recorded_run(plan, reporter, run) as record, plan.ledger.lock(record.record.id):
             reporter = record.reporter
             check = None

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .errors import one_line
+from .secrets import redact_remembered
 
 
 def _console(stderr: bool = False):
@@ -38,8 +39,9 @@ def friendly(func: Callable) -> Callable:
             sys.exit(130)
         except Exception as exc:
             if debug:
-                traceback.print_exception(exc)
-            click.echo(f"error: {one_line(exc)}", err=True)
+                trace = "".join(traceback.format_exception(exc))
+                click.echo(redact_remembered(trace), err=True, nl=False)
+            click.echo(f"error: {redact_remembered(one_line(exc))}", err=True)
             sys.exit(1)
 
     return click.option("--debug", is_flag=True, help="Show tracebacks of errors.")(wrapper)

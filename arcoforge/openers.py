@@ -12,6 +12,7 @@ import xarray as xr
 
 from .errors import ArcoforgeError, SourceError, one_line
 from .recipe import Preprocess
+from .secrets import show_userinfo
 from .sources import FetchConfig, local_copy
 
 ENGINES = {
@@ -75,7 +76,8 @@ def _import_backends(file_type: str) -> None:
 def open_input(url: str, config: OpenConfig) -> Iterator[xr.Dataset]:
     """Open ``url`` as a lazy Dataset with preprocessing applied; close it afterwards."""
     where = config.redact(url)
-    target = url if config.file_type == "zarr" else local_copy(url, config.fetch)
+    zarr = config.file_type == "zarr"
+    target = show_userinfo(url, config.fetch.userinfo) if zarr else local_copy(url, config.fetch)
     ds = _open(target, where, config)
     try:
         yield _promote_scalars(_preprocess(ds, where, config.preprocessors), config)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from .secrets import hide_userinfo
+
 FILE_TYPES = ("netcdf3", "netcdf4", "hdf5", "zarr", "grib", "unknown")
 
 
@@ -52,7 +54,8 @@ CombineDim = ConcatDim | MergeDim
 
 @dataclass(frozen=True)
 class Input:
-    """One input file: its URL (without secrets) and its position in every combine dim."""
+    """One input file: its URL (without secrets: a ``user:password@`` in it reads
+    ``user:***@``) and its position in every combine dim."""
 
     url: str
     position: tuple[tuple[str, int], ...]
@@ -125,17 +128,29 @@ class FilePattern:
         """Yield every input in key order."""
         yield from self._inputs
 
-    @cached_property
+    @property
+    def userinfo(self) -> dict[str, str]:
+        """The ``user:password@`` of inputs' URLs, by their masked form (for the fetch)."""
+        return self._made[1]
+
+    @property
     def _inputs(self) -> tuple[Input, ...]:
-        """Every input, made once: a bake goes through them several times."""
-        format_function, found = self.format_function, []
+        return self._made[0]
+
+    @cached_property
+    def _made(self) -> tuple[tuple[Input, ...], dict[str, str]]:
+        """Every input, made once (a bake goes through them several times), its URL's
+        password masked; and what was masked."""
+        format_function, found, userinfo = self.format_function, [], {}
         axes = [
             [((d.name, i), (d.name, k)) for i, k in enumerate(d.keys)] for d in self.combine_dims
         ]
         for pairs in itertools.product(*axes):
             position, keys = tuple([p for p, _ in pairs]), tuple([k for _, k in pairs])
-            found.append(Input(str(format_function(**dict(keys))), position, keys))
-        return tuple(found)
+            url, hidden = hide_userinfo(str(format_function(**dict(keys))))
+            userinfo.update(hidden)
+            found.append(Input(url, position, keys))
+        return tuple(found), userinfo
 
     def items(self) -> Iterator[tuple[tuple[tuple[str, int], ...], str]]:
         """Yield ``(position, url)`` pairs, as pangeo-forge's ``FilePattern.items`` does."""

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .secrets import redact_remembered
+
 
 class Reporter:
     """Receives a bake's events; the base class ignores them."""
@@ -164,7 +166,8 @@ class _ToReporter(logging.Handler):
         self.reporter = reporter
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.reporter.event("log", level=record.levelname, message=record.getMessage())
+        message = redact_remembered(record.getMessage())
+        self.reporter.event("log", level=record.levelname, message=message)
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from ..openers import OpenConfig, open_input
 from ..patterns import Input
 from ..sources import local_copy
 from ..validate import compare, compare_values
-from .scan import ScanConfig, reference_url
+from .scan import ScanConfig, input_options, reference_url
 from .store import ReferenceStore
 from .stored import Variable, stored_variables
 
@@ -83,7 +83,7 @@ def _as_stored(task: CheckTask) -> bool:
 
 def _check_decoded(task: CheckTask) -> None:
     """Each sample opened by xarray, compared with the references opened by xarray."""
-    with task.store.open_staged(task.dim, _spans(task)) as out:
+    with task.store.open_staged(task.dim, _spans(task), _remote(task)) as out:
         for item, region in task.samples:
             with open_input(item.url, task.open) as src:
                 part = out.isel({d: slice(*s) for d, s in region.items()})
@@ -93,7 +93,7 @@ def _check_decoded(task: CheckTask) -> None:
 
 def _check_stored(task: CheckTask) -> None:
     """Each sample read as stored, compared with the references as stored."""
-    refs = Staged(task.store.meeting(task.dim, _spans(task)), task.protocol)
+    refs = Staged(task.store.meeting(task.dim, _spans(task)), task.protocol, _remote(task))
     for item, region in task.samples:
         where = task.open.redact(item.url)
         url = reference_url(item.url, task.scan) if task.scan else None
@@ -102,6 +102,14 @@ def _check_stored(task: CheckTask) -> None:
             for var in variables:
                 chunks = _Chunks(var.dataset, url, var.dims, region) if var.dataset else None
                 _check_variable(refs, var, region, where, chunks)
+
+
+def _remote(task: CheckTask) -> dict | None:
+    """The fsspec options that read the inputs the references point into, with the
+    credentials of the fetch (references name inputs without them)."""
+    if task.scan is None or not task.samples or task.protocol in (None, "file", "local"):
+        return None
+    return input_options(reference_url(task.samples[0][0].url, task.scan), task.scan)
 
 
 def _spans(task: CheckTask) -> list[tuple[int, int]]:
@@ -264,10 +272,10 @@ class Staged:
     the file system they point into (``protocol``), decoded with the codecs the metadata
     names."""
 
-    def __init__(self, fo: dict, protocol: str | None = None):
+    def __init__(self, fo: dict, protocol: str | None = None, options: dict | None = None):
         self.references = fo["refs"]
         self.meta = json.loads(self.references[".zmetadata"])["metadata"]
-        self.fs = fsspec.filesystem(protocol or "file")
+        self.fs = fsspec.filesystem(protocol or "file", **(options or {}))
 
     def read(self, name: str, zarray: dict, region: tuple[slice, ...], where: str) -> np.ndarray:
         """The stored values of array ``name`` in ``region``, fill values where no chunk is."""

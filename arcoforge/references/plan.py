@@ -20,6 +20,7 @@ from ..errors import RecipeError
 from ..patterns import Input
 from ..plan import STAGED, BakeState, Plan, Stage, _nothing
 from ..runs import RUNS_FOLDER
+from ..secrets import secret_values
 from ..updates import AppendError, ChangedInputError, _text, check_steps, held_identities
 from ..validate import sample_positions
 from . import held as held_files
@@ -585,6 +586,10 @@ def make_reference_plan(
     url = store_location(target_root, writer)
     ledger = ledgers.Ledger(url, storage_options)
     config = open_config(recipe, cache)
+    scan_secrets = secret_values(open_kwargs=opener.storage_options)  # masked like the fetch's
+    config = replace(
+        config, fetch=replace(config.fetch, secrets=(*config.fetch.secrets, *scan_secrets))
+    )
     return ReferencePlan(
         recipe=recipe,
         url=url,

@@ -12,7 +12,9 @@ import fsspec
 
 from ..errors import ArcoforgeError, SourceError, one_line
 from ..patterns import Input
+from ..secrets import redact, without_userinfo
 from ..sources import FetchConfig, is_remote
+from ..sources.fetch import remote_options
 from ..sources.identity import Gone
 from ..sources.lookup import identity_now
 from .manifest import Manifest
@@ -29,7 +31,7 @@ class ScanConfig:
     remote_protocol: str | None = None
     secrets: tuple[str, ...] = ()
     grib_filter: dict | None = None
-    fetch: FetchConfig | None = None  # how whole remote files are fetched (GRIB's)
+    fetch: FetchConfig | None = None  # how remote inputs are fetched, with their credentials
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,10 @@ class ScanTask:
 
 
 def reference_url(url: str, config: ScanConfig) -> str:
-    """The URL references name an input by: absolute ``file://`` URLs for local files."""
+    """The URL references name an input by: absolute ``file://`` URLs for local files,
+    never a ``user:password@`` (readers give credentials in ``remote_options``)."""
     if "://" in url:
-        return url
+        return without_userinfo(url)
     if config.remote_protocol and config.remote_protocol not in ("file", "local"):
         return f"{config.remote_protocol}://{url}"
     return "file://" + os.path.abspath(url)
@@ -66,8 +69,6 @@ def _identified(item: Input, config: ScanConfig) -> tuple[Manifest, dict | None]
 
 def scan_input(item: Input, config: ScanConfig) -> Manifest:
     """The manifest of one input; errors name the input and the cause in one line."""
-    from ..secrets import redact
-
     url = reference_url(item.url, config)
     try:
         return _scanner(config.file_type)(url, config)
@@ -116,5 +117,12 @@ def opened(url: str, config: ScanConfig) -> Iterator[IO[bytes] | str]:
             raise FileNotFoundError(path)
         yield path
         return
-    with fsspec.open(url, "rb", **(config.storage_options or {})) as f:
+    with fsspec.open(url, "rb", **input_options(url, config)) as f:
         yield f
+
+
+def input_options(url: str, config: ScanConfig) -> dict:
+    """fsspec options reading the input at ``url``: the fetch's credentials, then
+    ``OpenWithKerchunk``'s ``storage_options``."""
+    found = remote_options(url, config.fetch) if config.fetch else {}
+    return {**found, **(config.storage_options or {})}

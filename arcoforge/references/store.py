@@ -147,17 +147,21 @@ class ReferenceStore:
             fs.put_file(f"{local}/.zmetadata", f"{self.staging}/.zmetadata")
 
     @contextmanager
-    def open_staged(self, dim: str | None = None, spans=()) -> Iterator[xr.Dataset]:
-        """The staged references opened by xarray. Of a JSON file, only the metadata and
-        the references of the chunks along ``dim`` that meet ``spans`` (and of the arrays
-        without ``dim``) are read, which spares parsing and indexing all of them."""
+    def open_staged(
+        self, dim: str | None = None, spans=(), remote_options: dict | None = None
+    ) -> Iterator[xr.Dataset]:
+        """The staged references opened by xarray (the files they point into read with
+        ``remote_options``). Of a JSON file, only the metadata and the references of the
+        chunks along ``dim`` that meet ``spans`` (and of the arrays without ``dim``) are
+        read, which spares parsing and indexing all of them."""
         if self.kind == "icechunk":
             from ..writers import icechunk
 
             with icechunk.open_dataset(self.url, icechunk.STAGING) as ds:
                 yield ds
             return
-        with open_references(self.staged_references(dim, spans), self.storage_options) as ds:
+        staged = self.staged_references(dim, spans)
+        with open_references(staged, self.storage_options, remote_options) as ds:
             yield ds
 
     def staged_references(self, dim: str | None = None, spans=()) -> str | dict:
@@ -382,17 +386,23 @@ def _has_record_size(path: str) -> bool:
 
 @contextmanager
 def open_references(
-    url: str | dict, storage_options: dict | None = None, **kwargs
+    url: str | dict,
+    storage_options: dict | None = None,
+    remote_options: dict | None = None,
+    **kwargs,
 ) -> Iterator[xr.Dataset]:
     """Open kerchunk references (JSON or Parquet, or a dict of them; local or on an object
-    store reached with ``storage_options``) or an Icechunk repository with xarray."""
+    store reached with ``storage_options``) or an Icechunk repository with xarray. The
+    files they point into are read with ``remote_options``: the credentials of inputs
+    behind one (references name them without it, see docs/credentials.md)."""
+    remote = {"remote_options": remote_options} if remote_options else {}
     if isinstance(url, dict):
-        with _open_kerchunk(url, True, **kwargs) as ds:
+        with _open_kerchunk(url, True, **remote, **kwargs) as ds:
             yield ds
         return
     if is_remote(url) and not url.startswith(ICECHUNK):
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        with _open_kerchunk(url, fs.isfile(path), storage_options, **kwargs) as ds:
+        with _open_kerchunk(url, fs.isfile(path), storage_options, **remote, **kwargs) as ds:
             yield ds
         return
     if is_icechunk_repository(url):
@@ -405,15 +415,19 @@ def open_references(
         return
     path = url.removeprefix("file://")
     # JSON holds consolidated .zmetadata; Parquet's .zmetadata is its own
-    with _open_kerchunk(path, os.path.isfile(path), **kwargs) as ds:
+    with _open_kerchunk(path, os.path.isfile(path), **remote, **kwargs) as ds:
         yield ds
 
 
 @contextmanager
 def _open_kerchunk(
-    fo: str | dict, consolidated: bool, target_options: dict | None = None, **kwargs
+    fo: str | dict,
+    consolidated: bool,
+    target_options: dict | None = None,
+    remote_options: dict | None = None,
+    **kwargs,
 ) -> Iterator[xr.Dataset]:
-    options = {"fo": fo, "remote_options": {"asynchronous": True}}
+    options = {"fo": fo, "remote_options": {**(remote_options or {}), "asynchronous": True}}
     if target_options:
         options["target_options"] = target_options
     ds = xr.open_dataset(

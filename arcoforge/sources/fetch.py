@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import fsspec
 
 from ..errors import SourceError
-from ..secrets import redact, with_query_secrets
+from ..secrets import basic_credentials, redact, show_userinfo, with_query_secrets
 from .cache import Cache, file_sha256
 from .identity import from_info
 from .limits import host_slot
@@ -33,6 +33,7 @@ class FetchConfig:
     cache: str | None = None
     open_kwargs: dict = field(default_factory=dict)
     query_secrets: dict = field(default_factory=dict)
+    userinfo: dict = field(default_factory=dict)  # see arcoforge.secrets.hide_userinfo
     secrets: tuple[str, ...] = ()
     retries: int = 5
     retry_delay: float = 0.5
@@ -42,6 +43,10 @@ class FetchConfig:
     def redact(self, text: str) -> str:
         """``text`` with every secret of this config masked."""
         return redact(text, self.secrets)
+
+    def request_url(self, url: str) -> str:
+        """``url`` with its password and query secrets: for the request, never logged."""
+        return with_query_secrets(show_userinfo(url, self.userinfo), self.query_secrets)
 
 
 def is_remote(url: str) -> bool:
@@ -99,8 +104,7 @@ def _download(url: str, cache: Cache, config: FetchConfig) -> Path:
 def _get(url: str, tmp: Path, config: FetchConfig) -> tuple[str, dict]:
     """Download ``url`` to ``tmp``, checking its size; return its sha256 and the identity
     its file system gave before the download (see :mod:`arcoforge.sources.identity`)."""
-    full = with_query_secrets(url, config.query_secrets)
-    fs, path = fsspec.core.url_to_fs(full, **_fs_options(url, config))
+    fs, path = fsspec.core.url_to_fs(config.request_url(url), **_fs_options(url, config))
     info = fs.info(path)
     expected = info.get("size")
     fs.get_file(path, str(tmp))
@@ -108,6 +112,31 @@ def _get(url: str, tmp: Path, config: FetchConfig) -> tuple[str, dict]:
     if expected is not None and got != expected:
         raise TruncatedError(f"truncated download: got {got} of {expected} bytes")
     return file_sha256(tmp), from_info(info)
+
+
+def remote_options(url: str, config: FetchConfig) -> dict:
+    """fsspec options that read ``url`` (named without its ``user:password@``, as
+    references name it) with the credentials the fetch uses: its password as a basic
+    ``Authorization`` header, query secrets as request ``params``."""
+    options = _fs_options(url, config)
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        return options
+    found = _credentials_for_host(url, config)
+    if found is not None:
+        token = base64.b64encode(f"{found[0]}:{found[1]}".encode()).decode()
+        options["headers"] = {"Authorization": f"Basic {token}", **options.get("headers", {})}
+    if config.query_secrets:
+        options["params"] = {**options.get("params", {}), **config.query_secrets}
+    return options
+
+
+def _credentials_for_host(url: str, config: FetchConfig) -> tuple[str, str] | None:
+    """The user and password the pattern's URLs give for ``url``'s host, if any."""
+    host = urlsplit(url).netloc.rpartition("@")[2]
+    for masked in config.userinfo:
+        if masked.rpartition("@")[2] == host:
+            return basic_credentials(f"//{masked}/", config.userinfo)
+    return None
 
 
 def _fs_options(url: str, config: FetchConfig) -> dict:

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 import fsspec
 
-from ..secrets import with_query_secrets
 from .cache import Cache
 from .fetch import FetchConfig, _fs_options, _retryable, is_remote
 from .identity import Gone, from_info
@@ -43,8 +42,7 @@ def identity_now(url: str, config: FetchConfig) -> dict:
         if os.path.isdir(path):  # a Zarr input: its folder's entries
             return {"mtime_ns": stat.st_mtime_ns}
         return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    full = with_query_secrets(url, config.query_secrets)
-    fs, path = fsspec.core.url_to_fs(full, **_fs_options(url, config))
+    fs, path = fsspec.core.url_to_fs(config.request_url(url), **_fs_options(url, config))
     try:
         return from_info(fs.info(path))
     except FileNotFoundError as exc:

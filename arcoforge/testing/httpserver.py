@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
+from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -72,8 +73,10 @@ class _Server(ThreadingHTTPServer):
 class FileServer:
     """Serve ``root`` over HTTP on an ephemeral loopback port; use as a context manager.
 
-    ``auth`` requires HTTP Basic credentials, ``token`` a ``token=...`` query parameter
-    and ``required_headers`` exact header values; ``faults`` injects seeded failures.
+    ``auth`` requires HTTP Basic credentials, ``bearer`` an ``Authorization: Bearer``
+    token, ``cookies`` these cookie values (as a ``Cookie`` header carries them, quoted
+    or not), ``token`` a ``token=...`` query parameter and ``required_headers`` exact
+    header values; ``faults`` injects seeded failures.
     ``requests`` lists every request target (path and query) in arrival order.
     """
 
@@ -82,6 +85,8 @@ class FileServer:
         root: str | Path,
         *,
         auth: tuple[str, str] | None = None,
+        bearer: str | None = None,
+        cookies: dict[str, str] | None = None,
         token: str | None = None,
         required_headers: dict[str, str] | None = None,
         faults: Faults | None = None,
@@ -90,6 +95,9 @@ class FileServer:
         self.auth = auth
         self.token = token
         self.required_headers = dict(required_headers or {})
+        if bearer is not None:
+            self.required_headers["Authorization"] = f"Bearer {bearer}"
+        self.cookies = dict(cookies or {})
         self.faults = faults or Faults()
         self.requests: list[str] = []
         self._lock = threading.Lock()
@@ -213,6 +221,10 @@ class FileServer:
             return HTTPStatus.FORBIDDEN
         for name, value in self.required_headers.items():
             if handler.headers.get(name) != value:
+                return HTTPStatus.FORBIDDEN
+        if self.cookies:
+            sent = SimpleCookie(handler.headers.get("Cookie", ""))
+            if any(name not in sent or sent[name].value != v for name, v in self.cookies.items()):
                 return HTTPStatus.FORBIDDEN
         return None
 
