@@ -397,3 +397,26 @@ def test_the_command_line_names_the_changed_inputs(archive, other_values, tmp_pa
     assert events[-1]["event"] == "summary"
     assert events[-1]["changed_inputs"] == [str(archive[0])]
     assert_same_as_sources(str(tmp_path / "out" / "out.zarr"), archive)
+
+
+def test_inputs_behind_credentials_are_checked_with_them_and_never_written(
+    archive, other_values, tmp_path
+):
+    """The lookups of the check send the recipe's credentials (a password in the URL, a
+    query-string secret); the changed input is named masked, and no byte written holds
+    either secret."""
+    password, token = "s3cr3t-pw-x", "t0ken-q-y"
+    with FileServer(archive[0].parent, auth=("ada", password), token=token) as server:
+        host = server.url.removeprefix("http://")
+        urls = [f"http://ada:{password}@{host}/{p.name}" for p in archive]
+        recipe = simple_recipe(urls, chunks={"time": 3}, query_string_secrets={"token": token})
+        cache = tmp_path / "cache"
+        bake(recipe, tmp_path / "out", workers=2, cache=str(cache))
+        rewrite(archive[3], other_values[3])
+        result = bake(recipe, tmp_path / "out", workers=2, cache=str(cache))
+    assert result.stats["changed_inputs"] == [f"http://ada:***@{host}/{archive[3].name}"]
+    assert_same_as_sources(result.url, archive)
+    for folder in (tmp_path / "out", cache):
+        for path in (p for p in folder.rglob("*") if p.is_file()):
+            body = path.read_bytes()
+            assert password.encode() not in body and token.encode() not in body, path

@@ -228,7 +228,7 @@ def test_cli_bakes_write_and_print_no_credential(form, archive, tmp_path):
         plain = cli(*common, "--skip-failed", "--force", cwd=tmp_path, state=state)
         assert plain.returncode == 0, plain.stderr
         masked = missing.replace(quote(secret, safe=""), "***")
-        assert f"1 inputs skipped, first {masked}" in plain.stdout, plain.stdout
+        assert f"1 input skipped, first {masked}" in plain.stdout, plain.stdout
         # the wrong credential: one error line, also with --debug
         wrong_urls = input_urls(server, archive, form, WRONG)
         wrong = write_feedstock(tmp_path / "wrong", wrong_urls, form, WRONG)

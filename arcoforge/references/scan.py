@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO
 
 import fsspec
@@ -59,9 +59,13 @@ def scan_inputs(task: ScanTask) -> list[tuple[Input, Manifest, dict]]:
 
 
 def _identified(item: Input, config: ScanConfig) -> tuple[Manifest, dict | None]:
-    fetch = FetchConfig(open_kwargs=dict(config.storage_options or {}), secrets=config.secrets)
+    """An input's manifest and its identity, looked up with the fetch's credentials (the
+    input's URL keeps its masked password, which the fetch puts back for the request)."""
+    fetch = config.fetch or FetchConfig(secrets=config.secrets)
+    fetch = replace(fetch, open_kwargs={**fetch.open_kwargs, **(config.storage_options or {})})
+    url = item.url if "://" in item.url else reference_url(item.url, config)
     try:
-        identity = identity_now(reference_url(item.url, config), fetch)
+        identity = identity_now(url, fetch)
     except Gone:
         identity = None  # the scan says what is wrong
     return scan_input(item, config), identity
