@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shlex
 import sys
 import traceback
 from collections.abc import Callable
@@ -27,7 +29,12 @@ def friendly(func: Callable) -> Callable:
     @wraps(func)
     def wrapper(*args, debug: bool = False, **kwargs):
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            sys.stdout.flush()
+            return result
+        except BrokenPipeError:  # the reader went away (| head): what it read was enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except click.exceptions.Exit:
             raise
         except click.ClickException as exc:  # a bad flag: exit 2, as click's own errors
@@ -82,6 +89,22 @@ def storage_options(flags: tuple[str, ...], base: dict | None = None) -> dict:
                 )
         node[leaf] = _value(text)
     return options
+
+
+def check_target(root: str, flags: tuple[str, ...], options: dict | None, config: str | None):
+    """Refuse, naming the flag, a target root of an unknown protocol and storage options
+    that a local target root would not use."""
+    import fsspec
+
+    protocol, sep, _ = root.partition("://")
+    if sep and protocol not in (*fsspec.available_protocols(), "icechunk"):
+        raise click.UsageError(
+            f"--target-root {root}: unknown protocol {protocol!r} "
+            "(a folder, or a URL such as s3://bucket/prefix or icechunk://PATH)"
+        )
+    if options and (not sep or protocol in ("file", "local", "icechunk")):
+        given = f"--storage-option {flags[0]}" if flags else f"{config}: storage_options"
+        raise click.UsageError(f"{given}: unused, the target root {root} is local")
 
 
 def _value(text: str):
@@ -152,7 +175,7 @@ def bake(
     from the same recipe and inputs is left as it is (use --force to bake it again).
     """
     from .bake import bake as run_bake
-    from .bake import normalize_root
+    from .bake import cache_for, normalize_root
     from .config import read_config
     from .feedstock import load_recipes
     from .plan import make_plan
@@ -169,20 +192,24 @@ def bake(
     target_root = target_root or config.target_root
     if not target_root:
         raise click.UsageError("give --target-root (or target_root in the config file)")
+    _refuse_conflicts(append=append, force=force, retry_failed=retry_failed)
     options = storage_options(storage_option, config.storage_options) or None
+    check_target(target_root, storage_option, options, config_file)
     recipes = load_recipes(feedstock, recipe_id or config.recipe)
     prune, workers = prune or config.prune, workers or config.workers
     console = _console()
     for rid, recipe in recipes.items():
         if dry_run:
-            plan = make_plan(
-                recipe.prune(prune) if prune else recipe,
-                normalize_root(target_root),
-                cache=cache or config.cache,
-                workers=workers or 1,
-                storage_options=options,
-            )
-            info = describe_plan(plan)
+            planned = recipe.prune(prune) if prune else recipe
+            with cache_for(planned, cache or config.cache) as cache_dir:
+                plan = make_plan(
+                    planned,
+                    normalize_root(target_root),
+                    cache=cache_dir,
+                    workers=workers or 1,
+                    storage_options=options,
+                )
+                info = describe_plan(plan)
             _emit(
                 as_json,
                 console,
@@ -219,6 +246,13 @@ def bake(
         )
 
 
+def _refuse_conflicts(**flags: bool) -> None:
+    """Exit 2 naming two flags given together that ask for different bakes."""
+    given = [f"--{name.replace('_', '-')}" for name, on in flags.items() if on]
+    if len(given) > 1:
+        raise click.UsageError(f"{given[0]} and {given[1]} cannot be given together")
+
+
 def _emit(as_json: bool, console, record: dict, render: Callable[[], None]) -> None:
     if as_json:
         click.echo(json.dumps(record, default=str))
@@ -246,9 +280,10 @@ def init(name, force):
     from .templates import write_feedstock
 
     folder = write_feedstock(Path(name), force=force)
+    quoted = shlex.quote(str(folder))
     click.echo(f"wrote {folder}/: edit recipe.py and meta.yaml, then run:")
-    click.echo(f"  arcoforge lint {folder}")
-    click.echo(f"  arcoforge bake {folder} --target-root ./output --prune 2")
+    click.echo(f"  arcoforge lint {quoted}")
+    click.echo(f"  arcoforge bake {quoted} --target-root ./output --prune 2")
 
 
 @main.command()
