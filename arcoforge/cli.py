@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .errors import one_line
+from .errors import MissingDependency, install_hint, one_line
 
 
 def _console(stderr: bool = False):
@@ -52,7 +52,25 @@ def friendly(func: Callable) -> Callable:
     return click.option("--debug", is_flag=True, help="Show tracebacks of errors.")(wrapper)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a bad flag or argument is one ``error:`` line and exit 2, as the
+    errors the commands raise are (click's usage text is for --help)."""
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `arcoforge`: the help
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="arcoforge")
 def main():
     """Bake archives of netCDF, HDF5, GRIB or Zarr files into analysis-ready Zarr stores.
@@ -102,6 +120,11 @@ def check_target(root: str, flags: tuple[str, ...], options: dict | None, config
             f"--target-root {root}: unknown protocol {protocol!r} "
             "(a folder, or a URL such as s3://bucket/prefix or icechunk://PATH)"
         )
+    if sep and protocol != "icechunk":
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as exc:
+            raise MissingDependency(f"--target-root {root}: {exc}{install_hint(str(exc))}") from exc
     if options and (not sep or protocol in ("file", "local", "icechunk")):
         given = f"--storage-option {flags[0]}" if flags else f"{config}: storage_options"
         raise click.UsageError(f"{given}: unused, the target root {root} is local")
@@ -196,6 +219,13 @@ def bake(
     options = storage_options(storage_option, config.storage_options) or None
     check_target(target_root, storage_option, options, config_file)
     recipes = load_recipes(feedstock, recipe_id or config.recipe)
+    if target_root.startswith("icechunk://"):
+        stores = [rid for rid, recipe in recipes.items() if not recipe.virtual]
+        if stores:
+            raise click.UsageError(
+                f"--target-root {target_root}: Icechunk targets take references "
+                f"(WriteCombinedReference); recipe {stores[0]!r} writes a Zarr store"
+            )
     prune, workers = prune or config.prune, workers or config.workers
     console = _console()
     for rid, recipe in recipes.items():

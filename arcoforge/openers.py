@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from .errors import ArcoforgeError, SourceError, one_line
+from .errors import ArcoforgeError, SourceError, one_line, require
 from .recipe import Preprocess
 from .sources import FetchConfig, local_copy
 
@@ -89,6 +89,7 @@ def _open(target: str, where: str, config: OpenConfig) -> xr.Dataset:
         kwargs.setdefault("storage_options", config.fetch.open_kwargs or None)
     if config.file_type == "grib":
         kwargs.setdefault("backend_kwargs", {"indexpath": ""})
+        require("cfgrib", "GRIB inputs")
     try:
         return xr.open_dataset(target, **kwargs)
     except ImportError as exc:

@@ -19,7 +19,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ..errors import ArcoforgeError
+from ..errors import require
 from ..references.manifest import NO_FILE, ArrayRefs, Manifest
 
 warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
@@ -29,12 +29,7 @@ MAIN = "main"
 
 
 def _icechunk():
-    try:
-        import icechunk
-    except ImportError:
-        raise ArcoforgeError(
-            "Icechunk targets need icechunk: pip install 'arcoforge[icechunk]'"
-        ) from None
+    icechunk = require("icechunk", "Icechunk targets")
     icechunk.set_logs_filter("error")
     return icechunk
 
