@@ -201,8 +201,8 @@ def check_root(root: str) -> None:
     while not path.exists() and path != path.parent:
         path = path.parent
     if not path.is_dir():
-        under = "" if path == Path(root) else f" (under {path}, a file)"
-        raise TargetError(f"target root {root}: not a folder{under}")
+        what = "a file" if path == Path(root) else f"under {path}, a file"
+        raise TargetError(f"target root {root}: {what}, not a folder")
 
 
 def stored_bytes(url: str, storage_options: dict | None = None) -> int:

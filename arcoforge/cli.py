@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .errors import MissingDependency, install_hint, one_line
+from .errors import ArcoforgeError, MissingDependency, install_hint, one_line
 
 
 def _console(stderr: bool = False):
@@ -126,8 +126,13 @@ def check_target(root: str, flags: tuple[str, ...], options: dict | None, config
         except ImportError as exc:
             raise MissingDependency(f"--target-root {root}: {exc}{install_hint(str(exc))}") from exc
     if options and (not sep or protocol in ("file", "local", "icechunk")):
-        given = f"--storage-option {flags[0]}" if flags else f"{config}: storage_options"
-        raise click.UsageError(f"{given}: unused, the target root {root} is local")
+        if not flags:
+            raise ArcoforgeError(
+                f"{config}: storage_options: unused, the target root {root} is local"
+            )
+        raise click.UsageError(
+            f"--storage-option {flags[0]}: unused, the target root {root} is local"
+        )
 
 
 def _value(text: str):

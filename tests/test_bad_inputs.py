@@ -17,10 +17,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import xarray as xr
 
 from arcoforge.testing.archives import (
     oisst_dataset,
@@ -82,6 +83,7 @@ class World:
     private: str  # the same, behind basic auth
     slow: str  # the same, answering each request after a few seconds
     env: dict[str, str]
+    cleanups: list[Callable[[], object]] = field(default_factory=list)
 
     def feedstock(
         self, base: str | None = None, edits: dict[str, str] | None = None, meta: str = META
@@ -144,12 +146,15 @@ class Case:
     rc: int
     first: str
     interrupt_after: float | None = None
+    without: str | None = None  # modules made unimportable, as if not installed
 
 
-# -- setups that need more than a line -------------------------------------------------
+# -- setups --------------------------------------------------------------------------
 
 
 def meta_edit(old: str, new: str) -> Callable[[World], list[str]]:
+    """``lint`` of a feedstock whose meta.yaml has ``old`` replaced by ``new``."""
+
     def setup(w: World) -> list[str]:
         assert old in META
         return ["lint", w.feedstock(meta=META.replace(old, new))]
@@ -158,98 +163,11 @@ def meta_edit(old: str, new: str) -> Callable[[World], list[str]]:
 
 
 def recipe_edit(command: str, edits: dict[str, str]) -> Callable[[World], list[str]]:
+    """``lint`` or ``bake`` of a feedstock whose recipe.py has ``edits``."""
+
     def setup(w: World) -> list[str]:
         feed = w.feedstock(edits=edits)
         return ["lint", feed] if command == "lint" else w.bake(feed=feed)
-
-    return setup
-
-
-def sources_with(w: World, extra: list[Path], keep: int = 4) -> str:
-    """A folder with the first ``keep`` archive files and ``extra``; return it."""
-    return w.folder_of(sorted(w.src.glob("*.nc"))[:keep] + extra)
-
-
-def five_days(w: World, fifth: list[Path]) -> list[str]:
-    """A bake of four archive days and ``fifth`` (named as day five)."""
-    folder = sources_with(w, fifth)
-    edits = {"periods=4": "periods=5"}
-    return w.bake(feed=w.feedstock(base=folder, edits=edits))
-
-
-def corrupt_day(w: World) -> list[str]:
-    path = w.tmp / "bad" / "oisst-avhrr-v02r01.19810905.nc"
-    return five_days(w, [write_corrupt_file(path)])
-
-
-def other_grid(w: World) -> list[str]:
-    ds = oisst_dataset(days=1, start="1981-09-05", ny=9, nx=18)
-    return five_days(w, write_files(ds, w.tmp / "odd"))
-
-
-def missing_variable(w: World) -> list[str]:
-    ds = oisst_dataset(days=1, start="1981-09-05", variables=("sst", "ice"), **GRID)
-    return five_days(w, write_files(ds, w.tmp / "odd"))
-
-
-def other_dtype(w: World) -> list[str]:
-    ds = oisst_dataset(days=1, start="1981-09-05", **GRID)
-    ds["sst"] = ds.sst.astype("float64")
-    ds["sst"].encoding = {}
-    return five_days(w, write_files(ds, w.tmp / "odd"))
-
-
-def overlapping_time(w: World) -> list[str]:
-    ds = oisst_dataset(days=1, start="1981-09-04", **GRID)
-    (path,) = write_files(ds, w.tmp / "odd")
-    renamed = path.with_name("oisst-avhrr-v02r01.19810905.nc")
-    path.rename(renamed)
-    return five_days(w, [renamed])
-
-
-def wrong_file_type(w: World) -> list[str]:
-    edits = {'file_type="netcdf4"': 'file_type="grib"'}
-    return w.bake(feed=w.feedstock(edits=edits))
-
-
-def target_file(w: World) -> list[str]:
-    (w.tmp / "out").write_text("a file, not a folder\n")
-    return w.bake()
-
-
-def served(w: World, path: str = "") -> str:
-    return f"{w.url}{path}"
-
-
-def baked_then(second: list[str]) -> Callable[[World], list[str]]:
-    """Bake the first four days, then run ``second`` (with {feed} as the feedstock)."""
-
-    def setup(w: World) -> list[str]:
-        feed = w.feedstock()
-        first = arcoforge(w.bake(feed=feed), w.tmp, w.env)
-        assert first.returncode == 0, first.stderr
-        return [a.replace("{feed}", feed) for a in second]
-
-    return setup
-
-
-def append_with(days: list[int]) -> Callable[[World], list[str]]:
-    """Bake days 1-4, then append a feedstock of the given days (1-based)."""
-
-    def setup(w: World) -> list[str]:
-        feed = w.feedstock()
-        assert arcoforge(w.bake(feed=feed), w.tmp, w.env).returncode == 0
-        later = write_oisst_archive(w.tmp / "more", days=8, **GRID)
-        folder = w.folder_of([later[d - 1] for d in days], "append")
-        listing = ", ".join(repr(f"{folder}/{later[d - 1].name}") for d in days)
-        text = RECIPE.replace("BASE", folder).replace(
-            'FilePattern(make_url, ConcatDim("time", DATES, nitems_per_file=1), '
-            'file_type="netcdf4")',
-            f"pattern_from_file_sequence([{listing}], 'time', nitems_per_file=1)",
-        )
-        text = text.replace("ConcatDim, FilePattern,", "pattern_from_file_sequence,")
-        (w.tmp / feed / "recipe.py").write_text(text)
-        return w.bake("--append", feed=feed)
 
     return setup
 
@@ -259,6 +177,140 @@ def no_recipe_py(w: World) -> list[str]:
     (w.tmp / "feed" / "meta.yaml").write_text(META)
     return ["lint", "feed"]
 
+
+def five_days(w: World, fifth: Path) -> list[str]:
+    """A bake of the four archive days and ``fifth``, copied into ``tmp/files`` as the
+    file of day five."""
+    folder = w.folder_of(sorted(w.src.glob("*.nc")))
+    shutil.copy(fifth, Path(folder) / "oisst-avhrr-v02r01.19810905.nc")
+    return w.bake(feed=w.feedstock(base=folder, edits={"periods=4": "periods=5"}))
+
+
+def fifth_day(w: World, **kwargs) -> Path:
+    """Day five written as ``oisst_dataset(**kwargs)`` (the archive's grid by default)."""
+    ds = oisst_dataset(days=1, **{"start": "1981-09-05", **GRID, **kwargs})
+    return write_files(ds, w.tmp / "odd")[0]
+
+
+def other_dtype(w: World) -> list[str]:
+    """Day five with ``sst`` stored as plain int32, not as packed floats."""
+    with xr.open_dataset(fifth_day(w)) as ds:
+        odd = ds.load()
+    odd["sst"] = odd.sst.astype("int32")
+    odd["sst"].encoding = {}
+    path = w.tmp / "odd" / "int.nc"
+    odd.to_netcdf(path)
+    return five_days(w, path)
+
+
+def target_file(w: World) -> list[str]:
+    (w.tmp / "out").write_text("a file, not a folder\n")
+    return w.bake()
+
+
+def reference_feedstock(w: World) -> str:
+    """The feedstock writing Parquet references instead of a Zarr store."""
+    return w.feedstock(
+        edits={
+            "OpenWithXarray, StoreToZarr": "OpenWithKerchunk, WriteCombinedReference",
+            "| OpenWithXarray()": "| OpenWithKerchunk()",
+            'StoreToZarr(store_name="sst.zarr", target_chunks={"time": 2})': (
+                'WriteCombinedReference(store_name="sst", output_file_name="ref.parquet")'
+            ),
+        }
+    )
+
+
+def full_disk(w: World) -> list[str]:
+    """A bake onto a 1 MB tmpfs: the template fits, the chunks do not."""
+    disk = w.tmp / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    w.cleanups.append(lambda: subprocess.run(["umount", str(disk)], check=True))
+    big = write_oisst_archive(w.tmp / "big", days=4, ny=180, nx=360)
+    feed = w.feedstock(base=str(big[0].parent))
+    return ["bake", feed, "--target-root", str(disk / "out"), "--workers", "1"]
+
+
+def baked(w: World) -> str:
+    """Bake the four archive days into ``tmp/out``; return the feedstock."""
+    feed = w.feedstock()
+    first = arcoforge(w.bake(feed=feed), w.tmp, w.env)
+    assert first.returncode == 0, first.stderr
+    return feed
+
+
+def append_of(more: Callable[[World], list[str]]) -> Callable[[World], list[str]]:
+    """Bake the four archive days, then append the files ``more`` lists after them."""
+
+    def setup(w: World) -> list[str]:
+        feed = baked(w)
+        files = [str(p) for p in sorted(w.src.glob("*.nc"))] + more(w)
+        text = RECIPE.replace(
+            'FilePattern(make_url, ConcatDim("time", DATES, nitems_per_file=1), '
+            'file_type="netcdf4")',
+            f"pattern_from_file_sequence({files!r}, 'time', nitems_per_file=1)",
+        ).replace("ConcatDim, FilePattern,", "pattern_from_file_sequence,")
+        (w.tmp / feed / "recipe.py").write_text(text)
+        return w.bake("--append", feed=feed)
+
+    return setup
+
+
+def later_days(*days: int) -> Callable[[World], list[str]]:
+    """Files of the given days (1-based) of a longer run of the same archive."""
+
+    def files(w: World) -> list[str]:
+        later = write_oisst_archive(w.tmp / "more", days=max(days), **GRID)
+        return [str(later[d - 1]) for d in days]
+
+    return files
+
+
+def dropping_the_first(w: World) -> list[str]:
+    """A recipe that lists days 2-6: the store's day 1 is not among them."""
+    feed = baked(w)
+    later = write_oisst_archive(w.tmp / "more", days=6, **GRID)
+    files = [str(p) for p in later[1:]]
+    text = RECIPE.replace(
+        'FilePattern(make_url, ConcatDim("time", DATES, nitems_per_file=1), file_type="netcdf4")',
+        f"pattern_from_file_sequence({files!r}, 'time', nitems_per_file=1)",
+    ).replace("ConcatDim, FilePattern,", "pattern_from_file_sequence,")
+    (w.tmp / feed / "recipe.py").write_text(text)
+    return w.bake("--append", feed=feed)
+
+
+def validate_bad_chunk(w: World) -> list[str]:
+    """A baked store one chunk of which was overwritten with garbage."""
+    baked(w)
+    chunk = w.tmp / "out" / "sst.zarr" / "sst" / "c" / "1" / "0" / "0"
+    chunk.write_bytes(b"not a compressed chunk")
+    return ["validate", "out/sst.zarr"]
+
+
+def served_bake(base: Callable[[World], str], retries: int = 1) -> Callable[[World], list[str]]:
+    """A bake of the archive under the URL ``base(w)``, with ``retries`` retries."""
+
+    def setup(w: World) -> list[str]:
+        edits = {"retries=1": f"retries={retries}"}
+        return w.bake(feed=w.feedstock(base=base(w), edits=edits))
+
+    return setup
+
+
+def config(text: str) -> Callable[[World], list[str]]:
+    return lambda w: w.bake("--config", w.config(text))
+
+
+LOCATION = "{tmp}/feed/recipe.py"
+CALL = "make_url(time=Timestamp('1981-09-01 00:00:00'))"
+FILES = "{tmp}/files/oisst-avhrr-v02r01.1981090"
 
 CASES = [
     # meta.yaml
@@ -281,7 +333,8 @@ CASES = [
         "meta.yaml",
         meta_edit("    object:", "   object:"),
         1,
-        "error: feed/meta.yaml line 5: not valid YAML: mapping values are not allowed here",
+        "error: feed/meta.yaml line 5: not valid YAML: expected <block end>, but found "
+        "'<block mapping start>'",
     ),
     Case(
         "unknown field",
@@ -315,13 +368,7 @@ CASES = [
         "error: feed: no recipe 'ice' in meta.yaml (ids: sst)",
     ),
     # recipe.py
-    Case(
-        "recipe.py missing",
-        "recipe.py",
-        no_recipe_py,
-        1,
-        "error: feed/recipe.py: missing",
-    ),
+    Case("recipe.py missing", "recipe.py", no_recipe_py, 1, "error: feed/recipe.py: missing"),
     Case(
         "syntax error",
         "recipe.py",
@@ -359,7 +406,7 @@ CASES = [
         "recipe.py",
         recipe_edit("lint", {'{"time": 2})\n': '{"time": 2})\n    | OpenWithXarray()\n'}),
         1,
-        "error: feed/recipe.py line 13: StoreToZarr must be the last step of a recipe",
+        "error: feed/recipe.py line 14: StoreToZarr must be the last step of a recipe",
     ),
     Case(
         "store_name is a path",
@@ -374,24 +421,21 @@ CASES = [
         "patterns",
         recipe_edit("lint", {"return f": "return foo + f"}),
         1,
-        "error: {tmp}/feed/recipe.py:9: make_url(time=Timestamp('1981-09-01 00:00:00')) "
-        "raised NameError: name 'foo' is not defined",
+        f"error: {LOCATION} line 9: {CALL} raised NameError: name 'foo' is not defined",
     ),
     Case(
         "format function raises (bake)",
         "patterns",
         recipe_edit("bake", {"return f": "return foo + f"}),
         1,
-        "error: {tmp}/feed/recipe.py:9: make_url(time=Timestamp('1981-09-01 00:00:00')) "
-        "raised NameError: name 'foo' is not defined",
+        f"error: {LOCATION} line 9: {CALL} raised NameError: name 'foo' is not defined",
     ),
     Case(
         "format function returns no URL",
         "patterns",
         recipe_edit("lint", {"return f": "f"}),
         1,
-        "error: {tmp}/feed/recipe.py:8: make_url(time=Timestamp('1981-09-01 00:00:00')) "
-        "returned None, not a URL",
+        f"error: {LOCATION} line 8: {CALL} returned None, not a URL",
     ),
     Case(
         "concat dim without keys",
@@ -414,43 +458,88 @@ CASES = [
         "sources",
         recipe_edit("bake", {"periods=4": "periods=5"}),
         1,
-        "error: {src}/oisst-avhrr-v02r01.19810905.nc: not found",
+        "error: {src}/oisst-avhrr-v02r01.19810905.nc: file not found",
     ),
     Case(
         "HTTP 404",
         "sources",
-        lambda w: w.bake(feed=w.feedstock(base=w.url + "/nowhere")),
+        served_bake(lambda w: w.url + "/nowhere"),
         1,
-        "error: {url}/nowhere/oisst-avhrr-v02r01.19810901.nc: not found (HTTP 404)",
+        "error: {url}/nowhere/oisst-avhrr-v02r01.19810901.nc: HTTP 404 Not Found",
     ),
     Case(
         "HTTP 401",
         "sources",
-        lambda w: w.bake(feed=w.feedstock(base=w.private)),
+        served_bake(lambda w: w.private),
         1,
-        "error: {private}/oisst-avhrr-v02r01.19810901.nc: HTTP 401",
+        "error: {private}/oisst-avhrr-v02r01.19810901.nc: HTTP 401 Unauthorized "
+        "(check credentials)",
     ),
     Case(
         "unknown host (DNS)",
         "sources",
-        lambda w: w.bake(feed=w.feedstock(base="http://no-such-host.invalid/data")),
+        served_bake(lambda w: "http://no-such-host.invalid/data", retries=0),
         1,
-        "error: http://no-such-host.invalid/data/oisst-avhrr-v02r01.19810901.nc: x",
+        "error: http://no-such-host.invalid/data/oisst-avhrr-v02r01.19810901.nc: "
+        "ClientConnectorDNSError: Cannot connect to host no-such-host.invalid:80 ssl:default "
+        "[Name or service not known]",
     ),
     # formats
-    Case("corrupt netCDF", "formats", corrupt_day, 1, "error: x"),
-    Case("wrong file_type", "formats", wrong_file_type, 1, "error: x"),
-    # schema mismatches
-    Case("other grid", "schema", other_grid, 1, "error: x"),
-    Case("missing variable", "schema", missing_variable, 1, "error: x"),
-    Case("other dtype", "schema", other_dtype, 1, "error: x"),
-    Case("overlapping time", "schema", overlapping_time, 1, "error: x"),
     Case(
-        "more steps per file than nitems_per_file",
+        "corrupt netCDF",
+        "formats",
+        lambda w: five_days(w, write_corrupt_file(w.tmp / "bad.nc")),
+        1,
+        f"error: {FILES}5.nc: cannot open as netcdf4: OSError: [Errno -101] NetCDF: HDF error: "
+        f"'{FILES}5.nc'",
+    ),
+    Case(
+        "netCDF read as GRIB (wrong file_type)",
+        "formats",
+        recipe_edit("bake", {'file_type="netcdf4"': 'file_type="grib"'}),
+        1,
+        "error: {src}/oisst-avhrr-v02r01.19810901.nc: cannot open as grib: EOFError: No valid "
+        "message found: '{src}/oisst-avhrr-v02r01.19810901.nc'",
+    ),
+    # schema mismatches
+    Case(
+        "other grid",
+        "schema",
+        lambda w: five_days(w, fifth_day(w, ny=9, nx=18)),
+        1,
+        f"error: {FILES}5.nc does not match {FILES}1.nc: different grid: 'lat' has 9 points, "
+        "not 18",
+    ),
+    Case(
+        "missing variable",
+        "schema",
+        lambda w: five_days(w, fifth_day(w, variables=("sst", "ice"))),
+        1,
+        f"error: {FILES}5.nc does not match {FILES}1.nc: variable 'anom', 'err' is missing",
+    ),
+    Case(
+        "other dtype",
+        "schema",
+        other_dtype,
+        1,
+        f"error: {FILES}5.nc does not match {FILES}1.nc: 'sst' has dtype int32, not float32",
+    ),
+    Case(
+        "overlapping time",
+        "schema",
+        lambda w: five_days(w, fifth_day(w, start="1981-09-04")),
+        1,
+        f"error: time 1981-09-04T12:00:00.000000000 in {FILES}5.nc repeats time "
+        f"1981-09-04T12:00:00.000000000 in {FILES}4.nc: inputs must be sorted along 'time' "
+        "without duplicates or overlaps",
+    ),
+    Case(
+        "fewer steps per file than nitems_per_file",
         "schema",
         recipe_edit("bake", {"nitems_per_file=1": "nitems_per_file=2"}),
         1,
-        "error: x",
+        "error: {src}/oisst-avhrr-v02r01.19810902.nc has 1 steps along 'time', the pattern "
+        "says nitems_per_file=2",
     ),
     # chunking
     Case(
@@ -458,130 +547,283 @@ CASES = [
         "chunking",
         recipe_edit("bake", {'{"time": 2}': '{"time": 2, "depth": 3}'}),
         1,
-        "error: x",
+        "error: target_chunks: dim 'depth' is not in the dataset (dims: time, lat, lon)",
     ),
     Case(
         "target_chunks of zero",
         "chunking",
         recipe_edit("bake", {'{"time": 2}': '{"time": 0}'}),
         1,
-        "error: x",
+        "error: target_chunks: time=0 must be a positive integer",
     ),
     Case(
         "target_chunks size not understood",
         "chunking",
         recipe_edit("bake", {'{"time": 2}': '"lots"'}),
         1,
-        "error: x",
+        "error: target_chunks: 'lots' is not a size such as '100MB'",
     ),
     # targets
-    Case("target root is a file", "targets", target_file, 1, "error: x"),
+    Case(
+        "target root is a file",
+        "targets",
+        target_file,
+        1,
+        "error: target root {tmp}/out: a file, not a folder",
+    ),
     Case(
         "unknown protocol in --target-root",
         "targets",
         lambda w: ["bake", w.feedstock(), "--target-root", "foo://x"],
         2,
-        "error: x",
+        "error: --target-root foo://x: unknown protocol 'foo' (a folder, or a URL such as "
+        "s3://bucket/prefix or icechunk://PATH)",
     ),
     Case(
         "--storage-option on a local target",
         "targets",
         lambda w: w.bake("--storage-option", "anon=true"),
         2,
-        "error: x",
+        "error: --storage-option anon=true: unused, the target root out is local",
+    ),
+    Case(
+        "Icechunk target of a Zarr recipe",
+        "targets",
+        lambda w: ["bake", w.feedstock(), "--target-root", "icechunk://repo"],
+        2,
+        "error: --target-root icechunk://repo: Icechunk targets take references "
+        "(WriteCombinedReference); recipe 'sst' writes a Zarr store",
+    ),
+    Case(
+        "full disk",
+        "targets",
+        full_disk,
+        1,
+        "error: write of anom at time[2:4], lat[0:180], lon[0:360]: no space left on "
+        "{tmp}/disk/out/.sst.zarr.partial/anom",
+    ),
+    # optional dependencies
+    Case(
+        "s3fs missing for an s3:// target",
+        "dependencies",
+        lambda w: ["bake", w.feedstock(), "--target-root", "s3://bucket/x"],
+        1,
+        'error: --target-root s3://bucket/x: Install s3fs to access S3 (pip install "arcoforge[s3]")',
+        without="s3fs",
+    ),
+    Case(
+        "cfgrib missing for GRIB inputs",
+        "dependencies",
+        recipe_edit("bake", {'file_type="netcdf4"': 'file_type="grib"'}),
+        1,
+        'error: GRIB inputs need cfgrib: pip install "arcoforge[grib]"',
+        without="cfgrib",
+    ),
+    Case(
+        "eccodes missing for GRIB inputs",
+        "dependencies",
+        recipe_edit("bake", {'file_type="netcdf4"': 'file_type="grib"'}),
+        1,
+        'error: GRIB inputs need eccodes: pip install "arcoforge[grib]"',
+        without="eccodes,gribapi",
+    ),
+    Case(
+        "pyarrow missing for Parquet references",
+        "dependencies",
+        lambda w: w.bake(feed=reference_feedstock(w)),
+        1,
+        'error: Parquet references need pyarrow: pip install "arcoforge[virtual]"',
+        without="pyarrow",
+    ),
+    Case(
+        "icechunk missing for an icechunk:// target",
+        "dependencies",
+        lambda w: ["bake", reference_feedstock(w), "--target-root", "icechunk://repo"],
+        1,
+        'error: Icechunk targets need icechunk: pip install "arcoforge[icechunk]"',
+        without="icechunk",
+    ),
+    Case(
+        "dask missing for --engine dask",
+        "dependencies",
+        lambda w: w.bake("--engine", "dask"),
+        1,
+        "error: engine 'dask' is not installed: pip install \"arcoforge[dask]\"",
+        without="dask,distributed",
     ),
     # flags
-    Case("--append with --force", "flags", lambda w: w.bake("--append", "--force"), 2, "error: x"),
+    Case(
+        "--append with --force",
+        "flags",
+        lambda w: w.bake("--append", "--force"),
+        2,
+        "error: --append and --force cannot be given together",
+    ),
     Case(
         "--append with --retry-failed",
         "flags",
         lambda w: w.bake("--append", "--retry-failed"),
         2,
-        "error: x",
+        "error: --append and --retry-failed cannot be given together",
     ),
     Case(
         "--force with --retry-failed",
         "flags",
         lambda w: w.bake("--force", "--retry-failed"),
         2,
-        "error: x",
+        "error: --force and --retry-failed cannot be given together",
     ),
     Case(
         "--dask-scheduler without --engine dask",
         "flags",
         lambda w: w.bake("--dask-scheduler", "tcp://127.0.0.1:1"),
         2,
-        "error: x",
+        "error: --dask-scheduler needs --engine dask",
     ),
-    Case("no --target-root", "flags", lambda w: ["bake", w.feedstock()], 2, "error: x"),
-    Case("--workers 0", "flags", lambda w: w.bake("--workers", "0"), 2, "error: x"),
+    Case(
+        "no --target-root",
+        "flags",
+        lambda w: ["bake", w.feedstock()],
+        2,
+        "error: give --target-root (or target_root in the config file)",
+    ),
+    Case(
+        "--workers 0",
+        "flags",
+        lambda w: w.bake("--workers", "0"),
+        2,
+        "error: Invalid value for '--workers': 0 is not in the range x>=1.",
+    ),
     Case(
         "--storage-option without =",
         "flags",
         lambda w: w.bake("--storage-option", "anon"),
         2,
-        "error: x",
+        "error: Invalid value for --storage-option: 'anon' is not KEY=VALUE",
     ),
-    Case("unknown --engine", "flags", lambda w: w.bake("--engine", "ray"), 2, "error: x"),
+    Case(
+        "unknown --engine",
+        "flags",
+        lambda w: w.bake("--engine", "ray"),
+        2,
+        "error: Invalid value for '--engine': 'ray' is not one of 'local', 'dask', 'spark', "
+        "'beam'.",
+    ),
+    Case(
+        "unknown flag",
+        "flags",
+        lambda w: w.bake("--wrokers", "2"),
+        2,
+        "error: No such option: --wrokers Did you mean --workers?",
+    ),
+    Case(
+        "unknown command",
+        "flags",
+        lambda w: ["bkae", "feed"],
+        2,
+        "error: No such command 'bkae'.",
+    ),
     # config
     Case(
         "unknown key",
         "config",
-        lambda w: w.bake("--config", w.config("wrokers: 2\n")),
+        config("wrokers: 2\n"),
         1,
-        "error: x",
+        "error: bake.yaml: wrokers: Extra inputs are not permitted",
     ),
     Case(
         "not valid YAML",
         "config",
-        lambda w: w.bake("--config", w.config("workers: [2\n")),
+        config("workers: [2\n"),
         1,
-        "error: x",
+        "error: bake.yaml line 2: not valid YAML: expected ',' or ']', but got '<stream end>'",
     ),
     Case(
         "wrong type",
         "config",
-        lambda w: w.bake("--config", w.config("workers: many\n")),
+        config("workers: many\n"),
         1,
-        "error: x",
+        "error: bake.yaml: workers: Input should be a valid integer, unable to parse string as "
+        "an integer",
     ),
     Case(
-        "wrong type in an engine section",
+        "value out of range in an engine section",
         "config",
-        lambda w: w.bake("--config", w.config("dask:\n  threads_per_worker: 0\n")),
+        config("dask:\n  threads_per_worker: 0\n"),
         1,
-        "error: x",
+        "error: bake.yaml: dask.threads_per_worker: Input should be greater than or equal to 1",
     ),
     Case(
         "not a mapping",
         "config",
-        lambda w: w.bake("--config", w.config("- workers\n")),
+        config("- workers\n"),
         1,
-        "error: x",
+        "error: bake.yaml: must be a mapping of fields",
     ),
     Case(
         "config file missing",
         "config",
         lambda w: w.bake("--config", "nowhere.yaml"),
         1,
-        "error: x",
+        "error: nowhere.yaml: cannot read: No such file or directory",
+    ),
+    Case(
+        "storage_options for a local target",
+        "config",
+        config("storage_options:\n  anon: true\n"),
+        1,
+        "error: bake.yaml: storage_options: unused, the target root out is local",
     ),
     # append
-    Case("gap", "append", append_with([6]), 1, "error: x"),
-    Case("overlap", "append", append_with([4, 5]), 1, "error: x"),
-    Case("out of order", "append", append_with([6, 5]), 1, "error: x"),
+    Case(
+        "gap",
+        "append",
+        append_of(later_days(6)),
+        1,
+        "error: cannot append: {tmp}/more/oisst-avhrr-v02r01.19810906.nc leaves a gap of 1 day "
+        "after 1981-09-04T12:00:00.000000000, the store's last 'time'",
+    ),
+    Case(
+        "overlap",
+        "append",
+        append_of(later_days(4)),
+        1,
+        "error: x",
+    ),
+    Case(
+        "inputs the store holds left out of the recipe",
+        "append",
+        dropping_the_first,
+        1,
+        "error: cannot append: {tmp}/out/sst.zarr holds {src}/oisst-avhrr-v02r01.19810901.nc, "
+        "which the recipe lacks",
+    ),
+    Case(
+        "--retry-failed without a store",
+        "append",
+        lambda w: w.bake("--retry-failed"),
+        1,
+        "error: cannot retry failed inputs: there is no store at {tmp}/out/sst.zarr",
+    ),
     # validate
     Case(
         "not a store",
         "validate",
         lambda w: ["validate", str(w.src)],
         1,
-        "error: x",
+        "error: {src}: not a Zarr store (no group metadata: GroupNotFoundError)",
     ),
     Case(
         "store missing",
         "validate",
         lambda w: ["validate", "nowhere.zarr"],
+        1,
+        "error: {tmp}/nowhere.zarr: no such store",
+    ),
+    Case(
+        "a chunk that does not decode",
+        "validate",
+        validate_bad_chunk,
         1,
         "error: x",
     ),
@@ -615,9 +857,43 @@ def servers(archive):
         yield plain, private, slow
 
 
-def world(tmp_path: Path, archive: Path, servers) -> World:
+WITHOUT = """\
+import importlib.machinery
+import os
+import sys
+
+MISSING = set(os.environ["ARCOFORGE_TEST_WITHOUT"].split(","))
+
+
+class Without(importlib.machinery.PathFinder):
+    \"\"\"Python's path finder, but finding none of MISSING: as if not installed.\"\"\"
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] in MISSING:
+            return None
+        return super().find_spec(name, path, target)
+
+
+sys.meta_path[:] = [Without if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+"""
+
+
+@pytest.fixture(scope="module")
+def without(tmp_path_factory) -> Path:
+    """A folder whose sitecustomize.py hides the modules $ARCOFORGE_TEST_WITHOUT names."""
+    folder = tmp_path_factory.mktemp("without")
+    (folder / "sitecustomize.py").write_text(WITHOUT)
+    return folder
+
+
+def world(tmp_path: Path, archive: Path, servers, case: Case, without: Path) -> World:
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    paths = [str(Path(__file__).resolve().parents[1])]
+    if case.without:
+        paths.append(str(without))
+        env["ARCOFORGE_TEST_WITHOUT"] = case.without
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     urls = [server.url for server in servers]
     return World(tmp_path, archive, *urls, env)
 
@@ -641,9 +917,16 @@ def expected(case: Case, w: World) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.category}: {c.kind}")
-def test_bad_input_gives_its_line(case, tmp_path, archive, servers):
-    w = world(tmp_path, archive, servers)
-    args = case.setup(w)
-    proc = arcoforge(args, tmp_path, w.env, case.interrupt_after)
+def test_bad_input_gives_its_line(case, tmp_path, archive, servers, without):
+    w = world(tmp_path, archive, servers, case, without)
+    try:
+        args = case.setup(w)
+        proc = arcoforge(args, tmp_path, w.env, case.interrupt_after)
+    finally:
+        for cleanup in w.cleanups:
+            cleanup()
+    print(
+        f"ACTUAL {case.category} | {case.kind} | {proc.returncode} | {proc.stderr.strip().splitlines()[-1:]}"
+    )
     assert "Traceback" not in proc.stderr, proc.stderr
     assert (proc.returncode, error_line(proc.stderr)) == (case.rc, expected(case, w))
