@@ -10,7 +10,10 @@ shared archive's folder and the loopback HTTP server's base URL.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -936,3 +939,99 @@ def test_bad_input_gives_its_line(case, tmp_path, archive, servers, without):
             cleanup()
     assert "Traceback" not in proc.stderr, proc.stderr
     assert (proc.returncode, error_line(proc.stderr)) == (case.rc, expected(case, w))
+
+
+# -- what used to go wrong around the errors -------------------------------------------
+
+
+def plain_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb", **extra}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env
+
+
+def test_dry_run_of_remote_inputs_needs_no_cache(tmp_path, archive, servers, without):
+    """The plan reads the first input through a temporary cache, removed afterwards."""
+    case = Case("dry run", "flags", lambda w: [], 0, "")
+    w = world(tmp_path, archive, servers, case, without)
+    (tmp_path / "tmp").mkdir()
+    env = {**w.env, "TMPDIR": str(tmp_path / "tmp")}
+    feed = w.feedstock(base=w.url)
+    proc = arcoforge(["bake", feed, "--target-root", "out", "--dry-run", "--json"], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    (plan,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert plan["event"] == "plan" and plan["inputs"] == 4
+    assert plan["dims"] == {"time": 4, "lat": 18, "lon": 36}
+    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "tmp").glob("arcoforge-cache-*"))
+
+
+def test_runs_json_piped_into_head_exits_0(tmp_path, archive, servers, without):
+    """More records than a pipe holds: ``head -1`` goes away while they are written."""
+    case = Case("runs", "flags", lambda w: [], 0, "")
+    w = world(tmp_path, archive, servers, case, without)
+    w.env["ARCOFORGE_STATE_DIR"] = str(tmp_path / "state")
+    baked(w)
+    (record,) = (tmp_path / "state").rglob("*.json")
+    data = json.loads(record.read_text())
+    for i in range(400):
+        copy = {**data, "id": f"{data['id'][:-4]}{i:04d}"}
+        record.with_name(f"{copy['id']}.json").write_text(json.dumps(copy))
+    command = f"set -o pipefail; {shlex.quote(sys.executable)} -m arcoforge.cli runs --json "
+    proc = subprocess.run(
+        ["bash", "-c", command + "--limit 400 | head -1"],
+        cwd=tmp_path,
+        env=w.env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert json.loads(proc.stdout)["recipe"] == "sst"
+
+
+@pytest.mark.parametrize("name", ["yes", "123", "my data"])
+def test_init_prints_commands_that_work_when_pasted(tmp_path, name):
+    env = plain_env(tmp_path)
+    proc = arcoforge(["init", name], tmp_path, env)
+    assert proc.returncode == 0, proc.stderr
+    commands = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  ")]
+    quoted = shlex.quote(name)
+    assert commands == [
+        f"arcoforge lint {quoted}",
+        f"arcoforge bake {quoted} --target-root ./output --prune 2",
+    ]
+    # pasted into a shell where `arcoforge` is the command under test
+    script = f'arcoforge() {{ {shlex.quote(sys.executable)} -m arcoforge.cli "$@"; }}\n'
+    pasted = subprocess.run(
+        ["bash", "-e", "-c", script + "\n".join(commands)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert pasted.returncode == 0, pasted.stderr
+    ident = {"my data": "my-data"}.get(name, name)
+    assert f"ok  recipe {ident}: 4 inputs -> {ident}.zarr" in pasted.stdout
+    assert (tmp_path / "output" / f"{ident}.zarr" / "zarr.json").is_file()
+
+
+# -- the table in the docs -------------------------------------------------------------
+
+
+def doc_rows() -> list[tuple[str, str, str]]:
+    """The rows ``| category | kind | first line |`` of docs/bad-inputs.md."""
+    rows = []
+    for line in DOCS.read_text().splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        if len(cells) == 3 and cells[2].startswith("`"):
+            rows.append((cells[0], cells[1], cells[2].strip("`")))
+    return rows
+
+
+def test_the_docs_table_lists_every_case():
+    """docs/bad-inputs.md holds the table, row for row (a cell's ``|`` written ``\\|``)."""
+    rows = [(c.category, c.kind, c.first.replace("|", "\\|")) for c in CASES]
+    assert doc_rows() == rows
+    assert len({(c.category, c.kind) for c in CASES}) == len(CASES) >= 45
