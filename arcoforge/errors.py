@@ -83,8 +83,10 @@ def require(module: str, needed_by: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        missing = exc.name if exc.name in EXTRAS else module  # cfgrib's eccodes, say
-        extra = EXTRAS[module.partition(".")[0]]
+        top = module.partition(".")[0]
+        missing = (exc.name or top).partition(".")[0]
+        missing = missing if missing in EXTRAS else top  # or what it needs: cfgrib's eccodes
+        extra = EXTRAS[top]
         raise MissingDependency(
             f'{needed_by} need {missing}: pip install "arcoforge[{extra}]"'
         ) from exc
