@@ -109,7 +109,9 @@ def storage_options(flags: tuple[str, ...], base: dict | None = None) -> dict:
     return options
 
 
-def check_target(root: str, flags: tuple[str, ...], options: dict | None, config: str | None):
+def check_target(
+    root: str, flags: tuple[str, ...], options: dict | None, config: str | None
+) -> None:
     """Refuse, naming the flag, a target root of an unknown protocol and storage options
     that a local target root would not use."""
     import fsspec

@@ -92,11 +92,8 @@ def _open(target: str, where: str, config: OpenConfig) -> xr.Dataset:
         require("cfgrib", "GRIB inputs")
     try:
         return xr.open_dataset(target, **kwargs)
-    except ImportError as exc:
-        extra = " (pip install 'arcoforge[grib]')" if config.file_type == "grib" else ""
-        raise SourceError(
-            f"{where}: cannot open {config.file_type}: {one_line(exc)}{extra}"
-        ) from None
+    except ImportError as exc:  # one_line names the extra, if one installs what is missing
+        raise SourceError(f"{where}: cannot open {config.file_type}: {one_line(exc)}") from exc
     except Exception as exc:
         cause = config.redact(one_line(exc))
         raise SourceError(f"{where}: cannot open as {config.file_type}: {cause}") from None

@@ -192,9 +192,8 @@ def _schema():
 
 def pyarrow_modules():
     """pyarrow and its Parquet module, which Parquet references are written and checked with."""
-    return require("pyarrow", "Parquet references"), require(
-        "pyarrow.parquet", "Parquet references"
-    )
+    pyarrow = require("pyarrow", "Parquet references")
+    return pyarrow, require("pyarrow.parquet", "Parquet references")
 
 
 def preload() -> None:
