@@ -212,6 +212,14 @@ def other_dtype(w: World) -> list[str]:
     return five_days(w, path)
 
 
+def two_steps(w: World) -> Path:
+    """Days five and six in one file."""
+    (path,) = write_oisst_archive(
+        w.tmp / "two", days=2, start="1981-09-05", steps_per_file=2, **GRID
+    )
+    return path
+
+
 def target_file(w: World) -> list[str]:
     (w.tmp / "out").write_text("a file, not a folder\n")
     return w.bake()
@@ -543,12 +551,11 @@ CASES = [
         "without duplicates or overlaps",
     ),
     Case(
-        "fewer steps per file than nitems_per_file",
+        "more steps in a file than nitems_per_file",
         "schema",
-        recipe_edit("bake", {"nitems_per_file=1": "nitems_per_file=2"}),
+        lambda w: five_days(w, two_steps(w)),
         1,
-        "error: {src}/oisst-avhrr-v02r01.19810902.nc has 1 steps along 'time', the pattern "
-        "says nitems_per_file=2",
+        f"error: {FILES}5.nc has 2 steps along 'time', the pattern says nitems_per_file=1",
     ),
     # chunking
     Case(
