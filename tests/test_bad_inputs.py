@@ -3,9 +3,11 @@ naming what is wrong, the right exit code, no traceback.
 
 The table ``CASES`` is also the table of docs/bad-inputs.md (a test keeps them in sync).
 Each case builds its own small feedstock (or config file, or target) with the helpers
-below, runs ``python -m arcoforge.cli`` and compares the first line of stderr exactly;
-``{tmp}``, ``{src}`` and ``{url}`` in the expected line stand for the case's folder, the
-shared archive's folder and the loopback HTTP server's base URL.
+below, runs ``python -m arcoforge.cli`` and compares its exit code and its error line
+exactly: the one ``error:`` line (``interrupted`` for Ctrl-C), which must be the last line
+of stderr; lines before it can only be progress and ``warning:`` lines. ``{tmp}``,
+``{src}``, ``{url}`` and ``{private}`` in the expected line stand for the case's folder,
+the shared archive's folder and the base URLs of the loopback HTTP servers.
 """
 
 from __future__ import annotations
@@ -90,7 +92,10 @@ class World:
     cleanups: list[Callable[[], object]] = field(default_factory=list)
 
     def feedstock(
-        self, base: str | None = None, edits: dict[str, str] | None = None, meta: str = META
+        self,
+        base: str | None = None,
+        edits: dict[str, str] | None = None,
+        meta: str | None = META,
     ) -> str:
         """Write the feedstock ``tmp/feed`` over ``base`` (the archive's folder by default),
         with each ``old: new`` of ``edits`` replaced in recipe.py; return its name."""
@@ -147,7 +152,8 @@ def arcoforge(
 
 @dataclass(frozen=True)
 class Case:
-    """A kind of bad input: how to make it, the exit code and the first line of stderr."""
+    """A kind of bad input: how to make it (``setup`` returns the command's arguments),
+    the exit code and the error line."""
 
     kind: str
     category: str
