@@ -673,6 +673,31 @@ CASES = [
         "error: engine 'dask' is not installed: pip install \"arcoforge[dask]\"",
         without="dask,distributed",
     ),
+    Case(
+        "pyspark missing for --engine spark",
+        "dependencies",
+        lambda w: w.bake("--engine", "spark"),
+        1,
+        "error: engine 'spark' is not installed: pip install \"arcoforge[spark]\"",
+        without="pyspark",
+    ),
+    Case(
+        "apache_beam missing for --engine beam",
+        "dependencies",
+        lambda w: w.bake("--engine", "beam"),
+        1,
+        "error: engine 'beam' is not installed: pip install \"arcoforge[beam]\"",
+        without="apache_beam",
+    ),
+    Case(
+        "s3fs missing for s3:// inputs",
+        "dependencies",
+        lambda w: w.bake(feed=w.feedstock(base="s3://bucket/data")),
+        1,
+        "error: s3://bucket/data/oisst-avhrr-v02r01.19810901.nc: ImportError: Install s3fs to "
+        'access S3 (pip install "arcoforge[s3]")',
+        without="s3fs",
+    ),
     # flags
     Case(
         "--append with --force",
