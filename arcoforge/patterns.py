@@ -171,18 +171,24 @@ class FilePattern:
 def url_of(format_function: Callable[..., str], keys: tuple[tuple[str, Any], ...]) -> str:
     """What ``format_function`` gives for ``keys``; a :class:`RecipeError` naming the file
     and line of the function, the call and the cause when it raises or gives no URL."""
-    name = getattr(format_function, "__name__", type(format_function).__name__)
-    call = f"{name}({', '.join(f'{k}={v!r}' for k, v in keys)})"
     try:
         url = format_function(**dict(keys))
     except Exception as exc:
         where = _raised_at(format_function, exc)
-        raise RecipeError(f"{where}{call} raised {one_line(exc)}") from exc
-    if not isinstance(url, str | os.PathLike):
+        raise RecipeError(f"{where}{_call(format_function, keys)} raised {one_line(exc)}") from exc
+    if isinstance(url, str):
+        return url
+    if not isinstance(url, os.PathLike):
         code = getattr(format_function, "__code__", None)
         where = f"{code.co_filename} line {code.co_firstlineno}: " if code else ""
-        raise RecipeError(f"{where}{call} returned {url!r}, not a URL")
+        raise RecipeError(f"{where}{_call(format_function, keys)} returned {url!r}, not a URL")
     return os.fspath(url)
+
+
+def _call(func: Callable, keys: tuple[tuple[str, Any], ...]) -> str:
+    """``func(key=value, ...)`` as it was called, for an error."""
+    name = getattr(func, "__name__", type(func).__name__)
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in keys)})"
 
 
 def _raised_at(func: Callable, exc: BaseException) -> str:
