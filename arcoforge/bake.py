@@ -18,6 +18,7 @@ import xarray as xr
 
 from .changes import check_inputs
 from .engines import Engine, get_engine
+from .errors import TargetError
 from .openers import preload
 from .plan import Plan, make_plan
 from .progress import Reporter
@@ -91,6 +92,7 @@ def bake(
     """
     if prune:
         recipe = recipe.prune(prune)
+    check_root(normalize_root(target_root))
     workers = workers or os.cpu_count() or 1
     reporter = reporter or Reporter()
     with cache_for(recipe, cache) as cache_dir:
@@ -224,6 +226,19 @@ def normalize_root(root: str | os.PathLike) -> str:
     if "://" in root and not root.startswith("file://"):
         return root
     return str(Path(root.removeprefix("file://")).expanduser().resolve())
+
+
+def check_root(root: str) -> None:
+    """Raise :class:`TargetError` naming a local target root that is, or lies under, a
+    file rather than a folder."""
+    if "://" in root:
+        return
+    path = Path(root)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        what = "a file" if path == Path(root) else f"under {path}, a file"
+        raise TargetError(f"target root {root}: {what}, not a folder")
 
 
 def stored_bytes(url: str, storage_options: dict | None = None) -> int:

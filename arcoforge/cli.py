@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shlex
 import sys
 import traceback
 from collections.abc import Callable
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .errors import one_line
+from .errors import ArcoforgeError, MissingDependency, install_hint, one_line
 from .secrets import redact_remembered
 
 
@@ -28,7 +30,12 @@ def friendly(func: Callable) -> Callable:
     @wraps(func)
     def wrapper(*args, debug: bool = False, **kwargs):
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            sys.stdout.flush()
+            return result
+        except BrokenPipeError:  # the reader went away (| head): what it read was enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except click.exceptions.Exit:
             raise
         except click.ClickException as exc:  # a bad flag: exit 2, as click's own errors
@@ -76,7 +83,25 @@ def _error_text(exc: BaseException) -> str:
     return one_line(exc)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a bad flag or argument is one ``error:`` line and exit 2, as the
+    errors the commands raise are (click's usage text is for --help)."""
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `arcoforge`: the help
+            click.echo(exc.format_message(), err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="arcoforge")
 def main():
     """Bake archives of netCDF, HDF5, GRIB or Zarr files into analysis-ready Zarr stores.
@@ -113,6 +138,34 @@ def storage_options(flags: tuple[str, ...], base: dict | None = None) -> dict:
                 )
         node[leaf] = _value(text)
     return options
+
+
+def check_target(
+    root: str, flags: tuple[str, ...], options: dict | None, config: str | None
+) -> None:
+    """Refuse, naming the flag, a target root of an unknown protocol and storage options
+    that a local target root would not use."""
+    import fsspec
+
+    protocol, sep, _ = root.partition("://")
+    if sep and protocol not in (*fsspec.available_protocols(), "icechunk"):
+        raise click.UsageError(
+            f"--target-root {root}: unknown protocol {protocol!r} "
+            "(a folder, or a URL such as s3://bucket/prefix or icechunk://PATH)"
+        )
+    if sep and protocol != "icechunk":
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as exc:
+            raise MissingDependency(f"--target-root {root}: {exc}{install_hint(str(exc))}") from exc
+    if options and (not sep or protocol in ("file", "local", "icechunk")):
+        if not flags:
+            raise ArcoforgeError(
+                f"{config}: storage_options: unused, the target root {root} is local"
+            )
+        raise click.UsageError(
+            f"--storage-option {flags[0]}: unused, the target root {root} is local"
+        )
 
 
 def _value(text: str):
@@ -192,7 +245,7 @@ def bake(
     from the same recipe and inputs is left as it is (use --force to bake it again).
     """
     from .bake import bake as run_bake
-    from .bake import normalize_root
+    from .bake import cache_for, normalize_root
     from .config import read_config
     from .feedstock import load_recipes
     from .plan import make_plan
@@ -209,8 +262,17 @@ def bake(
     target_root = target_root or config.target_root
     if not target_root:
         raise click.UsageError("give --target-root (or target_root in the config file)")
+    _refuse_conflicts(append=append, force=force, retry_failed=retry_failed)
     options = storage_options(storage_option, config.storage_options) or None
+    check_target(target_root, storage_option, options, config_file)
     recipes = load_recipes(feedstock, recipe_id or config.recipe)
+    if target_root.startswith("icechunk://"):
+        stores = [rid for rid, recipe in recipes.items() if not recipe.virtual]
+        if stores:
+            raise click.UsageError(
+                f"--target-root {target_root}: Icechunk targets take references "
+                f"(WriteCombinedReference); recipe {stores[0]!r} writes a Zarr store"
+            )
     prune, workers = prune or config.prune, workers or config.workers
     console = _console()
     for rid, recipe in recipes.items():
@@ -218,14 +280,16 @@ def bake(
         if events is not None:
             events.run = run_id
         if dry_run:
-            plan = make_plan(
-                recipe.prune(prune) if prune else recipe,
-                normalize_root(target_root),
-                cache=cache or config.cache,
-                workers=workers or 1,
-                storage_options=options,
-            )
-            info = describe_plan(plan)
+            planned = recipe.prune(prune) if prune else recipe
+            with cache_for(planned, cache or config.cache) as cache_dir:
+                plan = make_plan(
+                    planned,
+                    normalize_root(target_root),
+                    cache=cache_dir,
+                    workers=workers or 1,
+                    storage_options=options,
+                )
+                info = describe_plan(plan)
             _emit(
                 events,
                 console,
@@ -265,6 +329,13 @@ def bake(
         )
 
 
+def _refuse_conflicts(**flags: bool) -> None:
+    """Exit 2 naming two flags given together that ask for different bakes."""
+    given = [f"--{name.replace('_', '-')}" for name, on in flags.items() if on]
+    if len(given) > 1:
+        raise click.UsageError(f"{given[0]} and {given[1]} cannot be given together")
+
+
 def _emit(events, console, record: dict, render: Callable[[], None]) -> None:
     """``record`` as a JSON event to ``events``, if given; else ``render()``."""
     if events is not None:
@@ -294,9 +365,10 @@ def init(name, force):
     from .templates import write_feedstock
 
     folder = write_feedstock(Path(name), force=force)
+    quoted = shlex.quote(str(folder))
     click.echo(f"wrote {folder}/: edit recipe.py and meta.yaml, then run:")
-    click.echo(f"  arcoforge lint {folder}")
-    click.echo(f"  arcoforge bake {folder} --target-root ./output --prune 2")
+    click.echo(f"  arcoforge lint {quoted}")
+    click.echo(f"  arcoforge bake {quoted} --target-root ./output --prune 2")
 
 
 @main.command()

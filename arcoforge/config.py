@@ -80,14 +80,14 @@ def read_model(path: Path, model: type[M], error: type[ArcoforgeError]) -> M:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise error(f"{path}: cannot read: {exc.strerror}") from None
+        raise error(f"{path}: cannot read: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise error(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise error(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
     if not isinstance(data, dict):
         raise error(f"{path}: must be a mapping of fields")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise error(f"{path}: {first_field_error(exc)}") from None
+        raise error(f"{path}: {first_field_error(exc)}") from exc

@@ -92,7 +92,7 @@ def load_module(folder: Path, module: str):
         spec.loader.exec_module(mod)
     except Exception as exc:
         del sys.modules[name]
-        raise FeedstockError(f"{path}{_line_of(exc, path)}: {one_line(exc)}") from None
+        raise FeedstockError(f"{path}{_line_of(exc, path)}: {one_line(exc)}") from exc
     cloudpickle.register_pickle_by_value(mod)
     return mod
 
@@ -100,7 +100,8 @@ def load_module(folder: Path, module: str):
 def _line_of(exc: BaseException, path: Path) -> str:
     if isinstance(exc, SyntaxError) and exc.lineno:
         return f" line {exc.lineno}"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == path]
+    here = path.resolve()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename) == here]
     return f" line {frames[-1].lineno}" if frames else ""
 
 
@@ -131,16 +132,17 @@ def load_recipes(folder: str | Path, only: str | None = None) -> dict[str, Recip
         except Exception as exc:
             raise FeedstockError(
                 f"{folder / module}.py: recipe {ref.id!r}: {one_line(exc)}"
-            ) from None
+            ) from exc
     return recipes
 
 
 def lint(folder: str | Path) -> list[str]:
-    """Check meta.yaml and every recipe; return what was checked (raise on the first problem)."""
+    """Check meta.yaml and every recipe, each input's URL made by the pattern's format
+    function; return what was checked (raise on the first problem)."""
     folder = Path(folder)
     meta = read_meta(folder)
     recipes = load_recipes(folder)
     return [f"meta.yaml: {meta.title!r}, {len(meta.maintainers)} maintainer(s)"] + [
-        f"recipe {rid}: {len(r.pattern)} inputs -> {r.writer.store_name}"
+        f"recipe {rid}: {len(tuple(r.pattern.inputs()))} inputs -> {r.writer.store_name}"
         for rid, r in recipes.items()
     ]

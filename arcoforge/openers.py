@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
-from .errors import ArcoforgeError, SourceError, one_line
+from .errors import ArcoforgeError, SourceError, one_line, require
 from .recipe import Preprocess
 from .secrets import show_userinfo
 from .sources import FetchConfig, local_copy
@@ -91,13 +91,11 @@ def _open(target: str, where: str, config: OpenConfig) -> xr.Dataset:
         kwargs.setdefault("storage_options", config.fetch.open_kwargs or None)
     if config.file_type == "grib":
         kwargs.setdefault("backend_kwargs", {"indexpath": ""})
+        require("cfgrib", "GRIB inputs")
     try:
         return xr.open_dataset(target, **kwargs)
-    except ImportError as exc:
-        extra = " (pip install 'arcoforge[grib]')" if config.file_type == "grib" else ""
-        raise SourceError(
-            f"{where}: cannot open {config.file_type}: {one_line(exc)}{extra}"
-        ) from None
+    except ImportError as exc:  # one_line names the extra, if one installs what is missing
+        raise SourceError(f"{where}: cannot open {config.file_type}: {one_line(exc)}") from exc
     except Exception as exc:
         cause = config.redact(one_line(exc))
         raise SourceError(f"{where}: cannot open as {config.file_type}: {cause}") from None

@@ -6,11 +6,14 @@ The names follow pangeo-forge-recipes 0.10, so recipes move over unchanged.
 from __future__ import annotations
 
 import itertools
+import os
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from .errors import RecipeError, one_line
 from .secrets import hide_userinfo
 
 FILE_TYPES = ("netcdf3", "netcdf4", "hdf5", "zarr", "grib", "unknown")
@@ -147,7 +150,7 @@ class FilePattern:
         ]
         for pairs in itertools.product(*axes):
             position, keys = tuple([p for p, _ in pairs]), tuple([k for _, k in pairs])
-            url, hidden = hide_userinfo(str(format_function(**dict(keys))))
+            url, hidden = hide_userinfo(url_of(format_function, keys))
             userinfo.update(hidden)
             found.append(Input(url, position, keys))
         return tuple(found), userinfo
@@ -177,6 +180,39 @@ class FilePattern:
         from .recipe import Recipe
 
         return Recipe(self) | step
+
+
+def url_of(format_function: Callable[..., str], keys: tuple[tuple[str, Any], ...]) -> str:
+    """What ``format_function`` gives for ``keys``; a :class:`RecipeError` naming the file
+    and line of the function, the call and the cause when it raises or gives no URL."""
+    try:
+        url = format_function(**dict(keys))
+    except Exception as exc:
+        where = _raised_at(format_function, exc)
+        raise RecipeError(f"{where}{_call(format_function, keys)} raised {one_line(exc)}") from exc
+    if isinstance(url, str):
+        return url
+    if not isinstance(url, os.PathLike):
+        code = getattr(format_function, "__code__", None)
+        where = f"{code.co_filename} line {code.co_firstlineno}: " if code else ""
+        raise RecipeError(f"{where}{_call(format_function, keys)} returned {url!r}, not a URL")
+    return os.fspath(url)
+
+
+def _call(func: Callable, keys: tuple[tuple[str, Any], ...]) -> str:
+    """``func(key=value, ...)`` as it was called, for an error."""
+    name = getattr(func, "__name__", type(func).__name__)
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in keys)})"
+
+
+def _raised_at(func: Callable, exc: BaseException) -> str:
+    """``FILE line N: `` of the line of ``func``'s file where ``exc`` was raised, or of the
+    deepest line of the traceback when ``func`` has no code of its own."""
+    frames = traceback.extract_tb(exc.__traceback__)[1:]
+    code = getattr(func, "__code__", None)
+    own = [f for f in frames if code is not None and f.filename == code.co_filename]
+    frame = (own or frames or [None])[-1]
+    return f"{frame.filename} line {frame.lineno}: " if frame else ""
 
 
 def pattern_from_file_sequence(

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from .errors import FeedstockError
 
 META = """\
-title: "{title}"
+title: {title}
 description: >-
   Daily sea surface temperature on a regular grid, baked into one Zarr store.
   Replace this text with what your dataset holds.
 recipes:
-  - id: {ident}
+  - id: "{ident}"
     object: "recipe:recipe"
 provenance:
   providers:
@@ -28,7 +29,7 @@ maintainers:
 """
 
 RECIPE = '''\
-"""Recipe for {title}.
+"""Recipe for the dataset of this feedstock.
 
 The example reads the sample files beside this recipe. Point make_url at your archive
 (https://, ftp://, s3:// or local paths) and set the dates it covers.
@@ -65,10 +66,12 @@ def write_feedstock(folder: Path, force: bool = False) -> Path:
 
     if folder.exists() and any(folder.iterdir()) and not force:
         raise FeedstockError(f"{folder}: already exists and is not empty (use --force)")
-    ident = re.sub(r"[^A-Za-z0-9_.-]", "-", folder.name).strip("-.") or "recipe"
-    title = folder.name.replace("-", " ").replace("_", " ").strip() or "My dataset"
+    name = folder.resolve().name
+    ident = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-._") or "recipe"
+    title = name.replace("-", " ").replace("_", " ").strip() or "My dataset"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "meta.yaml").write_text(META.format(title=title, ident=ident))
-    (folder / "recipe.py").write_text(RECIPE.format(title=title, ident=ident))
+    # a JSON string is a YAML string too: any title, quotes and all, stays text
+    (folder / "meta.yaml").write_text(META.format(title=json.dumps(title), ident=ident))
+    (folder / "recipe.py").write_text(RECIPE.format(ident=ident))
     write_oisst_archive(folder / "sample-data", days=4, ny=36, nx=72)
     return folder

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ..errors import SourceError
+from ..errors import SourceError, require
 from ..sources import FetchConfig, is_remote, local_copy
 from .manifest import NO_FILE, ArrayRefs, Manifest, inline_array, json_value, zarray
 from .scan import ScanConfig, opened
@@ -51,10 +51,8 @@ def _local(url: str, config: ScanConfig) -> str:
 
 def _structure(path: str, url: str, config: ScanConfig) -> xr.Dataset:
     backend = {"indexpath": "", "filter_by_keys": config.grib_filter or {}}
-    try:
-        ds = xr.open_dataset(path, engine="cfgrib", backend_kwargs=backend, decode_timedelta=True)
-    except ImportError:
-        raise SourceError(f"{url}: GRIB needs cfgrib: pip install 'arcoforge[grib]'") from None
+    require("cfgrib", "GRIB inputs")
+    ds = xr.open_dataset(path, engine="cfgrib", backend_kwargs=backend, decode_timedelta=True)
     for dim in config.concat_dims:
         if dim in ds.coords and ds[dim].ndim == 0:
             ds = ds.expand_dims(dim)

@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import fsspec
 
@@ -63,7 +63,7 @@ def _is_windows_drive(url: str) -> bool:
 def local_copy(url: str, config: FetchConfig) -> str:
     """A local path holding the bytes of ``url``: the file itself, or a verified cache entry."""
     if not is_remote(url):
-        path = url[len("file://") :] if url.startswith("file://") else url
+        path = unquote(url[len("file://") :]) if url.startswith("file://") else url
         if not os.path.exists(path):
             raise SourceError(f"{url}: file not found")
         return path

@@ -23,7 +23,7 @@ import zarr
 import zarr.codecs.numcodecs
 from zarr.abc.codec import ArrayArrayCodec, ArrayBytesCodec
 
-from ..errors import ArcoforgeError
+from ..errors import ArcoforgeError, require
 from ..references.manifest import NO_FILE, VLEN_UTF8, ArrayRefs, Manifest
 from .codecs import GRIB, Grib
 
@@ -34,12 +34,7 @@ MAIN = "main"
 
 
 def _icechunk():
-    try:
-        import icechunk
-    except ImportError:
-        raise ArcoforgeError(
-            "Icechunk targets need icechunk: pip install 'arcoforge[icechunk]'"
-        ) from None
+    icechunk = require("icechunk", "Icechunk targets")
     icechunk.set_logs_filter("error")
     zarr.registry.register_codec(GRIB, Grib)  # for this process, if arcoforge is not installed
     return icechunk

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArcoforgeError
+from ..errors import require
 from ..references.manifest import NO_FILE, ArrayRefs, Manifest, grid_of
 
 
@@ -192,14 +192,8 @@ def _schema():
 
 def pyarrow_modules():
     """pyarrow and its Parquet module, which Parquet references are written and checked with."""
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError:
-        raise ArcoforgeError(
-            "Parquet references need pyarrow: pip install 'arcoforge[virtual]'"
-        ) from None
-    return pyarrow, pyarrow.parquet
+    pyarrow = require("pyarrow", "Parquet references")
+    return pyarrow, require("pyarrow.parquet", "Parquet references")
 
 
 def preload() -> None:

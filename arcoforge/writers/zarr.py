@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import warnings
@@ -15,7 +16,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from ..errors import ArcoforgeError, SourceError, one_line
+from ..errors import ArcoforgeError, SourceError, TargetError, one_line
 from ..ledger import Ledger, is_local
 from ..openers import OpenConfig, open_input, read_variables
 from ..patterns import Input
@@ -244,18 +245,25 @@ def write_region(task: WriteTask) -> dict[str, int]:
     for name in list(arrays):
         array = arrays.pop(name)
         nbytes += array.nbytes
-        if array.dtype == object or array.dtype.kind in "SU":
-            _write_direct(task.target, name, array, tuple(region[d] for d in dims[name]))
-            continue
-        xr.Dataset({name: (dims[name], array)}).to_zarr(
-            task.target.url,
-            region={d: region[d] for d in dims[name]},
-            mode="r+",
-            consolidated=False,
-            zarr_format=task.target.zarr_format,
-            storage_options=task.target.storage_options,
-            write_empty_chunks=True,
-        )
+        where = {d: region[d] for d in dims[name]}
+        try:
+            if array.dtype == object or array.dtype.kind in "SU":
+                _write_direct(task.target, name, array, tuple(where.values()))
+            else:
+                xr.Dataset({name: (dims[name], array)}).to_zarr(
+                    task.target.url,
+                    region=where,
+                    mode="r+",
+                    consolidated=False,
+                    zarr_format=task.target.zarr_format,
+                    storage_options=task.target.storage_options,
+                    write_empty_chunks=True,
+                )
+        except OSError as exc:
+            error = _write_error(exc, name, where, task.target)
+            if error is None:
+                raise
+            raise error from exc
         del array
     checked = [check_input(c) for c in task.checks if c.input.url not in missing]
     if task.ledger is not None:
@@ -273,6 +281,20 @@ def _write_direct(target: Target, name: str, values: np.ndarray, region: tuple[s
         units, calendar = array.attrs["units"], array.attrs["calendar"]
         values, _, _ = xr.coding.times.encode_cf_datetime(values, units, calendar, array.dtype)
     array[region] = values
+
+
+def _write_error(
+    exc: OSError, name: str, region: dict[str, slice], target: Target
+) -> TargetError | None:
+    """A failed region write as one line naming the stage, the variable's region and its
+    path in the store (a full disk says so); None for errors without an errno."""
+    path = f"{target.url.rstrip('/')}/{name}"
+    at = ", ".join(f"{d}[{s.start}:{s.stop}]" for d, s in region.items())
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TargetError(f"write of {name} at {at}: no space left on {path}")
+    if exc.errno is not None and exc.strerror:
+        return TargetError(f"write of {name} at {at} to {path}: {exc.strerror}")
+    return None
 
 
 def _allocate(shape: list[int], dtype: str, fill: bool) -> np.ndarray:
