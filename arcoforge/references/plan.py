@@ -229,6 +229,9 @@ class ReferencePlan(Plan):
         values = new.coords[dim]  # in one encoding: increasing as numbers is as times
         if values.dtype.kind in "iuf" and (values[1:] > values[:-1]).all():
             return
+        if values.dtype.kind in "OUS":  # labels (ensemble members): the pattern's order
+            self._check_unique(dim, values, manifests)
+            return
         values = decoded(values, new.arrays[dim].attrs)
         unsorted = np.flatnonzero(values[1:] <= values[:-1])
         if unsorted.size:
@@ -241,6 +244,20 @@ class ReferencePlan(Plan):
                 f"{_text(values[i])} {what} ({_text(values[i - 1])} is before it); the inputs "
                 f"are not sorted along {dim!r}"
             )
+
+    def _check_unique(self, dim: str, values: np.ndarray, manifests: list[Manifest]) -> None:
+        """Each label along ``dim`` in one input only."""
+        seen: set = set()
+        for i, value in enumerate(values.tolist()):
+            if value in seen:
+                late = self._input_at(manifests, dim)(i).url
+                error = AppendError if self.held is not None else CombineError
+                raise error(
+                    f"cannot {'append' if self.held is not None else 'combine'} {late}: {dim} "
+                    f"{_text(value)} is already in an earlier input; the inputs hold each "
+                    f"{dim} once"
+                )
+            seen.add(value)
 
     def _input_at(self, manifests: list[Manifest], dim: str):
         """An input that holds step ``i`` along ``dim`` of the steps of ``manifests``."""
