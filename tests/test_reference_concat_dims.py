@@ -199,6 +199,30 @@ def test_members_as_string_labels_of_different_widths(tmp_path, target):
         assert out.member.values.tolist() == ["r1i1p1", "r10i1p1", "r2i1p1f1"]
 
 
+@pytest.mark.parametrize("name", FORMATS)
+def test_members_as_scalar_string_coordinates_of_different_widths(tmp_path, name):
+    """Each file names its member in a scalar string coordinate, as CMIP's
+    ``realization`` may be; the widest label is not the first."""
+    labels = ["r1i1p1", "r10i1p1f1", "r2i1p1"]
+    for label in labels:
+        ds = xr.Dataset(
+            {"tas": ("time", np.arange(3.0) + len(label))},
+            coords={"time": ("time", np.arange(3), {"units": "days since 2000-01-01"})},
+        )
+        ds.assign_coords(realization=label).to_netcdf(tmp_path / f"{label}.nc")
+    pattern = FilePattern(
+        lambda realization: str(tmp_path / f"{realization}.nc"), ConcatDim("realization", labels)
+    )
+    recipe = (
+        pattern
+        | OpenWithKerchunk()
+        | WriteCombinedReference("ref", concat_dims=["realization"], output_file_name=name)
+    )
+    result = bake(recipe, tmp_path / "out", workers=1)
+    src = xr.concat([xr.open_dataset(tmp_path / f"{label}.nc") for label in labels], "realization")
+    assert_equals(result.url, src)
+
+
 def test_icechunk_along_time_and_member_equals_sources(tmp_path):
     """Checked through xarray, as Icechunk stores are."""
     pytest.importorskip("icechunk", reason="Icechunk targets need the [icechunk] extra")

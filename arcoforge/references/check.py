@@ -134,7 +134,8 @@ def _check_variable(
     )
 
     def read(part: tuple[slice, ...]) -> np.ndarray:
-        return refs.read(name, zarray, part, where)[(0,) * len(new)]
+        # an array even when the input's variable is a scalar string (an object, once indexed)
+        return np.asarray(refs.read(name, zarray, part, where)[(0,) * len(new)])
 
     if name in spans and not _same_encoding(zarray, zattrs, var.dtype, attrs):
         got, want = read(region), var.values(where)
