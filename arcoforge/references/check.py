@@ -33,7 +33,9 @@ from functools import cached_property
 import fsspec
 import numpy as np
 
-from ..errors import ValidationError
+import xarray as xr
+
+from ..errors import ValidationError, one_line
 from ..openers import OpenConfig, open_input
 from ..patterns import Input
 from ..sources import local_copy
@@ -46,6 +48,7 @@ from .stored import Variable, stored_variables
 DECODING = ("scale_factor", "add_offset", "_Unsigned")
 TIME_ENCODING = ("units", "calendar")
 COMPARED = (*DECODING, *TIME_ENCODING, "_FillValue", "missing_value")  # the inputs' read
+TEXT = "SUOT"  # kinds of chars and strings, whose decoding by readers can fail
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,40 @@ def check_input(task: CheckTask) -> list[str]:
     the values of each sample input; return their URLs."""
     if _as_stored(task):
         _check_stored(task)
+        _check_readable(task)
     else:
         _check_decoded(task)
     return [item.url for item, _ in task.samples]
+
+
+def _check_readable(task: CheckTask) -> None:
+    """The text variables of each sample's region read through xarray with its default
+    decoding, as readers open the store: compared as stored, chars that xarray decodes
+    (``_Encoding``) by bytes that are not in their encoding would pass."""
+    with task.store.open_staged(task.dim, _spans(task)) as out:
+        for item, region in task.samples:
+            part = out.isel({d: slice(*s) for d, s in region.items()})
+            _raise_first(unreadable(part), task.open.redact(item.url))
+
+
+def unreadable(ds: xr.Dataset) -> list[str]:
+    """Why xarray cannot read each text variable of ``ds`` (opened as readers open it),
+    one line a variable: loading is what decodes chars to strings."""
+    problems = []
+    for name, var in ds.variables.items():
+        stored = np.dtype(var.encoding.get("dtype", var.dtype))
+        if stored.kind not in TEXT and var.dtype.kind not in TEXT:
+            continue
+        try:
+            var.values  # noqa: B018 - decoded on access
+        except ValueError as exc:  # UnicodeDecodeError among them
+            problems.append(f"variable {name!r}: xarray cannot read it: {one_line(exc)}")
+    return problems
+
+
+def _raise_first(problems: list[str], where: str) -> None:
+    if problems:
+        raise ValidationError(f"{where}: {problems[0]}")
 
 
 def _as_stored(task: CheckTask) -> bool:
@@ -88,6 +122,7 @@ def _check_decoded(task: CheckTask) -> None:
             with open_input(item.url, task.open) as src:
                 part = out.isel({d: slice(*s) for d, s in region.items()})
                 new = [d for d in region if d not in src.dims]  # dims the store adds
+                _raise_first(unreadable(part), task.open.redact(item.url))
                 compare(src, _without(part, new), task.open.redact(item.url))
 
 
