@@ -32,7 +32,6 @@ from functools import cached_property
 
 import fsspec
 import numpy as np
-
 import xarray as xr
 
 from ..errors import ValidationError, one_line
