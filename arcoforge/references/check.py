@@ -82,13 +82,14 @@ def _check_readable(task: CheckTask) -> None:
     with task.store.open_staged(task.dim, _spans(task)) as out:
         for item, region in task.samples:
             part = out.isel({d: slice(*s) for d, s in region.items()})
-            _raise_first(unreadable(part), task.open.redact(item.url))
+            _raise_first(unreadable(part, task.open.redact(item.url)))
 
 
-def unreadable(ds: xr.Dataset) -> list[str]:
-    """Why xarray cannot read each text variable of ``ds`` (opened as readers open it),
-    one line a variable: loading is what decodes chars to strings."""
-    problems = []
+def unreadable(ds: xr.Dataset, where: str) -> list[ValidationError]:
+    """Why xarray cannot read each text variable of ``ds`` (opened as readers open it), an
+    error a variable naming ``where``, its cause chained: loading is what decodes chars to
+    strings."""
+    errors = []
     for name, var in ds.variables.items():
         stored = np.dtype(var.encoding.get("dtype", var.dtype))
         if stored.kind not in TEXT and var.dtype.kind not in TEXT:
@@ -96,13 +97,17 @@ def unreadable(ds: xr.Dataset) -> list[str]:
         try:
             var.values  # noqa: B018 - decoded on access
         except ValueError as exc:  # UnicodeDecodeError among them
-            problems.append(f"variable {name!r}: xarray cannot read it: {one_line(exc)}")
-    return problems
+            error = ValidationError(
+                f"{where}: variable {name!r}: xarray cannot read it: {one_line(exc)}"
+            )
+            error.__cause__ = exc
+            errors.append(error)
+    return errors
 
 
-def _raise_first(problems: list[str], where: str) -> None:
-    if problems:
-        raise ValidationError(f"{where}: {problems[0]}")
+def _raise_first(errors: list[ValidationError]) -> None:
+    if errors:
+        raise errors[0]
 
 
 def _as_stored(task: CheckTask) -> bool:
@@ -121,7 +126,7 @@ def _check_decoded(task: CheckTask) -> None:
             with open_input(item.url, task.open) as src:
                 part = out.isel({d: slice(*s) for d, s in region.items()})
                 new = [d for d in region if d not in src.dims]  # dims the store adds
-                _raise_first(unreadable(part), task.open.redact(item.url))
+                _raise_first(unreadable(part, task.open.redact(item.url)))
                 compare(src, _without(part, new), task.open.redact(item.url))
 
 
