@@ -12,7 +12,10 @@ it. Values as stored are compared exactly (a decoded comparison allows half a st
 of packed data), and the check costs no more than the chunks it reads, not the per-chunk
 overhead of zarr's reader nor xarray's import of dask. The concat coordinate, which
 references hold in the units of the first input, is compared decoded when an input's
-units differ. Other inputs and Icechunk stores are compared through xarray.
+units differ. Other inputs and Icechunk stores are compared through xarray. In both, the
+samples' char and string variables are then read through xarray with its default decoding,
+as readers open the store: chars that xarray decodes to strings (``_Encoding``) but hold
+other bytes would pass a comparison as stored, and end a reader's load in an error.
 
 For HDF5 inputs, the references of a sample's chunks are first compared with where HDF5
 finds the chunk at the same position. When every chunk of a variable is the input's own
