@@ -81,9 +81,9 @@ def check_input(task: CheckTask) -> list[str]:
 
 def _check_readable(task: CheckTask, refs: Staged) -> None:
     """The text variables of each sample's region (``refs``: the references that meet
-    them) read through xarray with its default decoding, as readers open the store:
-    compared as stored, chars that xarray decodes (``_Encoding``) by bytes that are not in
-    their encoding would pass."""
+    them) read through xarray with its default decoding, as readers open the store: chars
+    that xarray decodes to strings (``_Encoding``) but that hold bytes not in their
+    encoding pass the comparison as stored."""
     kinds = {np.dtype(z["dtype"]).kind for k, z in refs.meta.items() if k.endswith("/.zarray")}
     if not kinds & set(TEXT):
         return  # spare opening the references again
@@ -139,7 +139,7 @@ def _check_decoded(task: CheckTask) -> None:
                 compare(src, _without(part, new), task.open.redact(item.url))
 
 
-def _without(part, new: list[str]):
+def _without(part: xr.Dataset, new: list[str]) -> xr.Dataset:
     """``part`` of the store less the dims ``new`` it adds to an input (one step of each)
     and their coordinates; the variables it leads with them (the input's scalar
     coordinates) kept, as ``squeeze(drop=True)`` does not."""
