@@ -223,6 +223,29 @@ def test_members_as_scalar_string_coordinates_of_different_widths(tmp_path, name
     assert_equals(result.url, src)
 
 
+def test_appending_a_member_labelled_by_a_string(tmp_path):
+    """A member appended along a dim of string labels follows the held ones, however it
+    sorts among them (was: ``TypeError: unsupported operand type(s) for -: 'str' and
+    'str'``)."""
+    numbers = {"r1i1p1": 1, "r10i1p1": 10, "r2i1p1f1": 2}
+    labels = list(numbers)
+    pattern = one_member_per_file(tmp_path / "src", "absent", list(numbers.values()))
+
+    def members(keys):
+        def path(member: str) -> str:
+            return pattern.format_function(member=numbers[member])
+
+        return recipe(FilePattern(path, ConcatDim("member", keys)), "reference.json")
+
+    bake(members(labels[:2]), tmp_path / "out", workers=1)
+    result = bake(members(labels), tmp_path / "out", workers=1, append=True)
+    assert result.stats["validated_inputs"] == 1
+    with open_references(str(result.url)) as out:
+        assert out.member.values.tolist() == labels
+        src = xr.open_dataset(tmp_path / "src" / "tas_t0_m2.nc")
+        np.testing.assert_array_equal(out.tas.isel(member=2).values, src.tas.values)
+
+
 def test_icechunk_along_time_and_member_equals_sources(tmp_path):
     """Checked through xarray, as Icechunk stores are."""
     pytest.importorskip("icechunk", reason="Icechunk targets need the [icechunk] extra")
