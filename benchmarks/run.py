@@ -74,6 +74,7 @@ class Contestant:
     output: str  # "zarr" (a store named oisst.zarr) or "chunks" (the floor's chunk files)
     venv: str | None = None  # None: this interpreter (the arcoforge dev venv)
     args: tuple[str, ...] = ()  # more arguments of the script (they win over the common ones)
+    defaults: bool = False  # run with its defaults: chunks and codec are its own, not checked
 
 
 ARCOFORGE = Contestant("arcoforge", "arcoforge (local, 2 workers)", "arcoforge_local.py", "zarr")
@@ -82,8 +83,26 @@ PEERS = (
     Contestant("xarray_dask", "xarray open_mfdataset + dask.distributed", "xarray_dask.py", "zarr"),
     Contestant("floor", "floor (h5py + numcodecs, Pool(2))", "floor.py", "chunks"),
 )
-ALL = {c.key: c for c in (ARCOFORGE, *PEERS)}
-TABLE_ORDER = ("arcoforge", "pgf", "xarray_dask", "floor")
+# default against default: each as a user first writes it, its output sizes compared
+DEFAULTS = (
+    Contestant(
+        "arcoforge_defaults",
+        "arcoforge, its defaults (local, 2 workers)",
+        "arcoforge_local.py",
+        "zarr",
+        args=("--defaults",),
+        defaults=True,
+    ),
+    Contestant(
+        "xarray_threads",
+        "xarray open_mfdataset(parallel=True).to_zarr(), dask threads, its defaults",
+        "xarray_threads.py",
+        "zarr",
+        defaults=True,
+    ),
+)
+ALL = {c.key: c for c in (ARCOFORGE, *PEERS, *DEFAULTS)}
+TABLE_ORDER = ("arcoforge", "pgf", "xarray_dask", "floor", "arcoforge_defaults", "xarray_threads")
 
 
 # --------------------------------------------------------------------------- pgf venv
@@ -492,7 +511,7 @@ def _expected_times(archive: Archive):
 
 def verify(c: Contestant, out: Path, archive: Archive) -> dict:
     if c.output == "zarr":
-        return _verify_zarr(out / "oisst.zarr", archive)
+        return _verify_zarr(out / "oisst.zarr", archive, layout=not c.defaults)
     return _verify_chunks(out, archive)
 
 
@@ -520,7 +539,9 @@ def _codec_summary(compressors) -> str:
     return "+".join(parts) or "none"
 
 
-def _verify_zarr(store: Path, archive: Archive) -> dict:
+def _verify_zarr(store: Path, archive: Archive, layout: bool = True) -> dict:
+    """The store's values, dims and times are the archive's; with ``layout``, its chunks
+    and codec are the ones every contestant is given too."""
     import numpy as np
     import xarray as xr
     import zarr
@@ -546,14 +567,14 @@ def _verify_zarr(store: Path, archive: Archive) -> dict:
             "codec": _codec_summary(getattr(arr, "compressors", ())),
         }
         info["vars"][var] = vinfo
-        if vinfo["codec"] != EXPECTED_CODEC:
+        if layout and vinfo["codec"] != EXPECTED_CODEC:
             info.setdefault("warnings", []).append(
                 f"{var} compressed with {vinfo['codec']}, not {EXPECTED_CODEC}"
             )
         if ds[var].dims != ("time", "lat", "lon") or tuple(arr.shape) != shape:
             problems.append(f"{var}: dims {ds[var].dims} shape {arr.shape}, want {shape}")
             continue
-        if tuple(arr.chunks) != (min(TIME_CHUNK, archive.days), archive.ny, archive.nx):
+        if layout and tuple(arr.chunks) != (min(TIME_CHUNK, archive.days), archive.ny, archive.nx):
             problems.append(f"{var}: chunks {arr.chunks}")
         if arr.nchunks_initialized != arr.nchunks:
             problems.append(f"{var}: only {arr.nchunks_initialized}/{arr.nchunks} chunks written")
@@ -641,6 +662,11 @@ class Row:
         return statistics.median(r.peak_rss for r in self.good) if self.ok else None
 
     @property
+    def output(self) -> float | None:
+        """Bytes of the output, median over the runs."""
+        return statistics.median(r.output_bytes for r in self.good) if self.ok else None
+
+    @property
     def mbps(self) -> float | None:
         return self.input_bytes / MB / self.seconds if self.ok else None
 
@@ -661,27 +687,29 @@ def render(rows: list[Row], args, archive: Archive) -> tuple[str, list[dict]]:
         "",
         f"Input: {archive.input_bytes / MB:.1f} MB uncompressed (the data variables' int16 "
         f"bytes as stored), {archive.disk_bytes / MB:.1f} MB on disk. Output: Zarr, time "
-        f"chunks of {TIME_CHUNK}, float32, Blosc(zstd, 3, shuffle). "
+        f"chunks of {TIME_CHUNK}, float32, Blosc(zstd, 3, shuffle) (the rows of defaults: "
+        "each tool's own). "
         f"{os.cpu_count()} CPUs; median of {args.repeat} run(s); warm page cache.",
         "",
-        "| contestant | wall s | MB/s | peak RSS MB | time ratio vs arcoforge "
+        "| contestant | wall s | MB/s | peak RSS MB | output MB | time ratio vs arcoforge "
         "| RSS ratio vs arcoforge |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    b_s = base.seconds if base else None
-    b_rss = base.rss if base else None
+    own = next((r for r in rows if r.key == "arcoforge_defaults" and r.days == archive.days), None)
     for row in rows:
+        b = own if ALL[row.key].defaults else base  # default rows against arcoforge's defaults
+        b_s, b_rss = (b.seconds, b.rss) if b else (None, None)
         label = row.label
         if row.days != archive.days:
             label += f" — {row.days // archive.days}x archive ({row.days} days)"
         if not row.ok:
             reason = next((r.error for r in row.runs if r.error), "did not run")
             reason = reason[:120].replace("|", "/")
-            lines.append(f"| {label} | failed: {reason} | | | | |")
+            lines.append(f"| {label} | failed: {reason} | | | | | |")
             continue
         lines.append(
             f"| {label} | {row.seconds:.2f} | {row.mbps:.0f} | {row.rss / MB:.0f} | "
-            f"{_fmt(_ratio(row.seconds, b_s), '.2f', 'x')} | "
+            f"{row.output / MB:.1f} | {_fmt(_ratio(row.seconds, b_s), '.2f', 'x')} | "
             f"{_fmt(_ratio(row.rss, b_rss), '.2f', 'x')} |"
         )
     lines += [
@@ -690,7 +718,9 @@ def render(rows: list[Row], args, archive: Archive) -> tuple[str, list[dict]]:
         "start-up and imports excluded). MB/s: input uncompressed bytes / wall s. peak RSS: "
         f"sum over the contestant's process tree, polled every {POLL_SECONDS * 1000:.0f} ms. "
         "Ratios: contestant / arcoforge (time ratio > 1: arcoforge is faster); the scaled "
-        f"archive's row is compared with arcoforge on {archive.days} days.",
+        f"archive's row is compared with arcoforge on {archive.days} days; the rows of "
+        "defaults with arcoforge's defaults. output MB: bytes of the store on disk.",
+        *_default_against_default(rows, archive),
         "",
         "### Targets",
         "",
@@ -723,6 +753,25 @@ def render(rows: list[Row], args, archive: Archive) -> tuple[str, list[dict]]:
     if notes:
         lines += ["", "### Details", "", *notes]
     return "\n".join(lines) + "\n", targets
+
+
+def _default_against_default(rows: list[Row], archive: Archive) -> list[str]:
+    """The default-vs-default line: each as a user first writes it, times and sizes."""
+    mine, theirs = (
+        next((r for r in rows if r.key == key and r.days == archive.days and r.ok), None)
+        for key in ("arcoforge_defaults", "xarray_threads")
+    )
+    if not (mine and theirs):
+        return []
+    return [
+        "",
+        f"Default against default: arcoforge {mine.seconds:.2f} s, {mine.output / MB:.1f} MB; "
+        f"xarray open_mfdataset(parallel=True).to_zarr() on dask threads {theirs.seconds:.2f} "
+        f"s, {theirs.output / MB:.1f} MB (xarray takes "
+        f"{_fmt(_ratio(theirs.seconds, mine.seconds), '.2f', 'x')} arcoforge's time; "
+        f"arcoforge's output is {_fmt(_ratio(mine.output, theirs.output), '.2f', 'x')} "
+        "xarray's size).",
+    ]
 
 
 def _describe_output(r: RunResult) -> str:
@@ -825,6 +874,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="before each run, wait up to this many seconds for other processes to go idle",
     )
     p.add_argument("--keep-output", action="store_true", help="keep the baked stores in .work/out")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="write results.md and results.json into this folder (default: benchmarks/ and "
+        "benchmarks/.work/), leaving the recorded results as they are",
+    )
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
@@ -874,7 +930,8 @@ def main(argv=None) -> int:
 
     # Run order: the floor, arcoforge, the peers, then arcoforge on the scaled archive;
     # repeats are interleaved so that slow drifts of the machine hit everyone alike.
-    jobs = [(ALL[k], archive) for k in ("floor", "arcoforge", "xarray_dask", "pgf") if k in keys]
+    order = ("floor", "arcoforge", "xarray_dask", "pgf", "arcoforge_defaults", "xarray_threads")
+    jobs = [(ALL[k], archive) for k in order if k in keys]
     if big is not None:
         jobs.append((ARCOFORGE, big))
     runs: dict[tuple[str, int], list[RunResult]] = {}
@@ -902,7 +959,13 @@ def main(argv=None) -> int:
 
     table, targets = render(rows, args, archive)
     print(table)
-    (BENCH / "results.md").write_text(table)
+    md, out_json = (
+        (args.results / "results.md", args.results / "results.json")
+        if args.results
+        else (BENCH / "results.md", WORK / "results.json")
+    )
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(table)
     payload = {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -929,14 +992,15 @@ def main(argv=None) -> int:
                 "process_wall_s": r.process_seconds,
                 "mb_per_s": r.mbps,
                 "peak_rss_bytes": r.rss,
+                "output_bytes": r.output,
                 "runs": [dataclasses.asdict(x) for x in r.runs],
             }
             for r in rows
         ],
         "targets": targets,
     }
-    (WORK / "results.json").write_text(json.dumps(payload, indent=2, default=str))
-    log(f"wrote {BENCH / 'results.md'} and {WORK / 'results.json'}")
+    out_json.write_text(json.dumps(payload, indent=2, default=str))
+    log(f"wrote {md} and {out_json}")
     return 0 if all(r.ok for r in rows) else 1
 
 

@@ -38,9 +38,7 @@ from tests import corpus
 pytest.importorskip("iris_sample_data", reason="the corpus needs the test extra")
 GRIB = {"engine": "cfgrib", "backend_kwargs": {"indexpath": ""}, "decode_timedelta": True}
 PRODUCTS = ("zarr", "json", "parquet", "icechunk")
-ITEM_1 = "issue 16 item 1: time bounds on the Zarr path"
 ITEM_2 = "issue 16 item 2: char arrays on the Zarr path's fast read"
-ITEM_12 = "issue 16 item 12: Icechunk targets fail on 0-d variables and GRIB references"
 CHAR_FILL = "xarray cannot decode the Zarr v3 _FillValue of a char (|S1) array"
 
 
@@ -94,20 +92,17 @@ CASES = {
         _cut("A1B_north_america.nc", "time", [120, 120]),
         "time",
         "netcdf4",
-        xfail={"zarr": ITEM_1, "icechunk": ITEM_12},
     ),
     "hadgem-a1b-netcdf3-short-last": Case(
         _cut("A1B_north_america.nc", "time", [120, 118, 2], "NETCDF3_CLASSIC"),
         "time",
         "netcdf3",
-        xfail={"zarr": ITEM_1, "icechunk": ITEM_12},
         inline_threshold=20000,  # the last input's air_temperature (2 steps) is inline
     ),
     "ostia-gregorian-bounds": Case(
         _cut("ostia_monthly.nc", "time", [27, 27]),
         "time",
         "netcdf4",
-        xfail={"zarr": ITEM_1, "icechunk": ITEM_12},
     ),
     "era5-expver-vlen-strings": Case(_cut("vlstr_type.nc", "time", [100, 50]), "time", "netcdf4"),
     "soi-darwin-series": Case(_cut("SOI_Darwin.nc", "time", [1000, 776]), "time", "netcdf4"),
@@ -122,61 +117,51 @@ CASES = {
         _one(lambda: corpus.iris("space_weather.nc")),
         "height",
         "netcdf3",
-        xfail={"icechunk": ITEM_12},
     ),
     "ugrid-mesh-netcdf3-64bit": Case(
         _one(lambda: corpus.iris("mesh_C4_synthetic_float.nc")),
         "nexample_C4_face",
         "netcdf3",
-        xfail={"icechunk": ITEM_12},
     ),
     "grib2-members-levels-series": Case(
         _grib_series(lambda: corpus.xarray_data("example.grib")),
         "time",
         "grib",
-        xfail={"icechunk": ITEM_12},
     ),
     "era5-grib1-members-levels-series": Case(
         _grib_series(lambda: corpus.data("era5-levels-members.grib")),
         "time",
         "grib",
-        xfail={"icechunk": ITEM_12},
     ),
     "era5-grib1-scalar-time": Case(
         _one(lambda: corpus.data("era5-single-level-scalar-time.grib")),
         "time",
         "grib",
-        xfail={"icechunk": ITEM_12},
     ),
     "grib1-missing-values-series": Case(
         _grib_series(lambda: corpus.data("fields_with_missing_values.grib")),
         "time",
         "grib",
-        xfail={"icechunk": ITEM_12},
     ),
     "grib1-regular-ll-surface": Case(
         _one(lambda: corpus.data("regular_ll_sfc.grib")),
         "time",
         "grib",
-        xfail={"icechunk": ITEM_12},
     ),
     "grib1-isobaric-analysis": Case(
         _one(lambda: corpus.data("t_analysis_and_fc_0.grib")),
         "time",
         "grib",
-        xfail={"icechunk": ITEM_12},
     ),
     "cams-grib1-monthly": Case(
         _one(lambda: corpus.data("cams-egg4-monthly.grib")),
         "time",
         "grib",
-        xfail={"icechunk": ITEM_12},
     ),
     "polar-stereographic-grib2": Case(
         _one(lambda: corpus.iris("polar_stereo.grib2")),
         "time",
         "grib",
-        xfail={"icechunk": ITEM_12},
     ),
 }
 
@@ -332,14 +317,13 @@ def test_strings_and_chars_are_inline_as_kerchunk_holds_them(tmp_path):
     assert (meta["dtype"], meta["fill_value"]) == ("|S1", base64.b64encode(b"b").decode())
 
 
-def _scenarios(paths: dict[str, Path], name: str = "reference.json"):
-    """``paths`` (one file a key) along a new dim ``scenario``."""
-    keys = list(paths)
-    pattern = FilePattern(lambda scenario: str(paths[scenario]), ConcatDim("scenario", keys))
+def _scenarios(paths: dict[str, Path], name: str = "reference.json", dim: str = "scenario"):
+    """``paths`` (one file a key) along a new dim ``dim``, in the order of ``paths``."""
+    pattern = FilePattern(lambda **key: str(paths[key[dim]]), ConcatDim(dim, list(paths)))
     return (
         pattern
         | OpenWithKerchunk(file_type="netcdf4")
-        | WriteCombinedReference("out", concat_dims=["scenario"], output_file_name=name)
+        | WriteCombinedReference("out", concat_dims=[dim], output_file_name=name)
     )
 
 
@@ -357,6 +341,46 @@ def test_scenarios_along_a_new_dim_equal_xarray_reading(tmp_path, name):
     ).assign_coords(scenario=list(paths))
     with open_references(str(result.url)) as out:
         assert_same(out, src)
+
+
+@pytest.mark.parametrize("product", ["json", "parquet", "icechunk"])
+def test_experiments_as_string_keys_of_any_width_in_the_pattern_s_order(tmp_path, product):
+    # issue 16 item 7: "realization values do not fit the first input's <U12"; labels are
+    # kept in the pattern's order (E1 before A1B), the later one wider than the first
+    paths = {"E1": corpus.iris("E1_north_america.nc"), "A1B": corpus.iris("A1B_north_america.nc")}
+    paths["A1B-r10i1p1"] = paths["A1B"]  # wider still: the same file under a longer label
+    name = "reference.parquet" if product == "parquet" else "reference.json"
+    root = f"icechunk://{tmp_path / 'ic'}" if product == "icechunk" else tmp_path / "out"
+    result = bake(_scenarios(paths, name, "experiment"), root, workers=1)
+    assert result.dims["experiment"] == 3
+    assert result.stats["validated_inputs"] == 2
+    src = xr.combine_nested(
+        [xr.open_dataset(p) for p in paths.values()],
+        concat_dim="experiment",
+        data_vars="all",
+        coords="all",
+        compat="override",
+        combine_attrs="override",
+    ).assign_coords(experiment=list(paths))
+    with open_references(str(result.url)) as out:
+        assert out.experiment.values.tolist() == ["E1", "A1B", "A1B-r10i1p1"]
+        assert_same(out, src)
+
+
+def test_a_string_key_given_twice_is_refused(tmp_path):
+    e1 = corpus.iris("E1_north_america.nc")
+    pattern = FilePattern(lambda experiment: str(e1), ConcatDim("experiment", ["E1", "A", "E1"]))
+    recipe = (
+        pattern
+        | OpenWithKerchunk(file_type="netcdf4")
+        | WriteCombinedReference("out", concat_dims=["experiment"])
+    )
+    with pytest.raises(ArcoforgeError) as caught:
+        bake(recipe, tmp_path / "out", workers=1)
+    assert str(caught.value) == (
+        f"cannot combine {e1}: experiment E1 is already in an earlier input; the inputs hold "
+        "each experiment once"
+    )
 
 
 def test_every_input_s_coordinates_are_compared_not_only_the_first_and_last(tmp_path):

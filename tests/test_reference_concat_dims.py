@@ -161,6 +161,91 @@ def test_one_concat_dim_the_files_lack(tmp_path, name, layout):
     assert_equals(url, members_combined(pattern, layout))
 
 
+@pytest.mark.parametrize("target", [*FORMATS, "icechunk"])
+def test_members_as_string_labels_of_different_widths(tmp_path, target):
+    """Ensemble members named by labels the files lack (issue 16 item 7), wider than the
+    first one later on, along time and member: combined as ``xarray.combine_nested``
+    combines them, in the pattern's order (not sorted: r10 before r2)."""
+    if target == "icechunk":
+        pytest.importorskip("icechunk", reason="Icechunk targets need the [icechunk] extra")
+    root = tmp_path / "src"
+    root.mkdir()
+    numbers = {"r1i1p1": 1, "r10i1p1": 10, "r2i1p1f1": 2}
+    for t in range(2):
+        for m in numbers.values():
+            member_file(root, t, m, "absent")
+    pattern = FilePattern(
+        lambda time, member: str(root / f"tas_t{time}_m{numbers[member]}.nc"),
+        ConcatDim("time", [0, 1]),
+        ConcatDim("member", list(numbers)),
+    )
+    url = f"icechunk://{tmp_path / 'ic'}" if target == "icechunk" else tmp_path / "out"
+    result = bake(
+        recipe(pattern, "reference.json" if target == "icechunk" else target), url, workers=1
+    )
+    assert result.dims == {"member": 3, "time": 2, "lat": 24, "lon": 32}
+    src = xr.combine_nested(
+        [
+            [xr.open_dataset(pattern.format_function(time=t, member=m)) for t in range(2)]
+            for m in numbers
+        ],
+        concat_dim=["member", "time"],
+        data_vars="all",
+        coords="minimal",
+        combine_attrs="override",
+    ).assign_coords(member=list(numbers))
+    assert_equals(result.url, src)
+    with open_references(str(result.url)) as out:
+        assert out.member.values.tolist() == ["r1i1p1", "r10i1p1", "r2i1p1f1"]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_members_as_scalar_string_coordinates_of_different_widths(tmp_path, name):
+    """Each file names its member in a scalar string coordinate, as CMIP's
+    ``realization`` may be; the widest label is not the first."""
+    labels = ["r1i1p1", "r10i1p1f1", "r2i1p1"]
+    for label in labels:
+        ds = xr.Dataset(
+            {"tas": ("time", np.arange(3.0) + len(label))},
+            coords={"time": ("time", np.arange(3), {"units": "days since 2000-01-01"})},
+        )
+        ds.assign_coords(realization=label).to_netcdf(tmp_path / f"{label}.nc")
+    pattern = FilePattern(
+        lambda realization: str(tmp_path / f"{realization}.nc"), ConcatDim("realization", labels)
+    )
+    recipe = (
+        pattern
+        | OpenWithKerchunk()
+        | WriteCombinedReference("ref", concat_dims=["realization"], output_file_name=name)
+    )
+    result = bake(recipe, tmp_path / "out", workers=1)
+    src = xr.concat([xr.open_dataset(tmp_path / f"{label}.nc") for label in labels], "realization")
+    assert_equals(result.url, src)
+
+
+def test_appending_a_member_labelled_by_a_string(tmp_path):
+    """A member appended along a dim of string labels follows the held ones, however it
+    sorts among them (was: ``TypeError: unsupported operand type(s) for -: 'str' and
+    'str'``)."""
+    numbers = {"r1i1p1": 1, "r10i1p1": 10, "r2i1p1f1": 2}
+    labels = list(numbers)
+    pattern = one_member_per_file(tmp_path / "src", "absent", list(numbers.values()))
+
+    def members(keys):
+        def path(member: str) -> str:
+            return pattern.format_function(member=numbers[member])
+
+        return recipe(FilePattern(path, ConcatDim("member", keys)), "reference.json")
+
+    bake(members(labels[:2]), tmp_path / "out", workers=1)
+    result = bake(members(labels), tmp_path / "out", workers=1, append=True)
+    assert result.stats["validated_inputs"] == 1
+    with open_references(str(result.url)) as out:
+        assert out.member.values.tolist() == labels
+        src = xr.open_dataset(tmp_path / "src" / "tas_t0_m2.nc")
+        np.testing.assert_array_equal(out.tas.isel(member=2).values, src.tas.values)
+
+
 def test_icechunk_along_time_and_member_equals_sources(tmp_path):
     """Checked through xarray, as Icechunk stores are."""
     pytest.importorskip("icechunk", reason="Icechunk targets need the [icechunk] extra")

@@ -14,6 +14,7 @@ import zarr
 from ..audit import StoreReport, _check_coordinates, _check_sources, _grid, _pick
 from ..errors import ValidationError, one_line
 from ..recipe import Recipe
+from .check import unreadable
 from .store import ICECHUNK, is_icechunk_repository, open_references
 
 Ref = tuple[str, str, int, int]  # key, path, offset, length
@@ -39,6 +40,8 @@ def validate_references(
     try:
         with open_references(url, storage_options) as ds:
             report.add("opens", [], f"{len(ds.data_vars)} variables, {dict(ds.sizes)}")
+            texts = [str(error) for error in unreadable(ds, url)]
+            report.add("text-decodes", texts, "every char and string variable reads")
             _check_coordinates(report, ds)
             if against is not None:
                 group = _group(url, storage_options)

@@ -12,7 +12,10 @@ it. Values as stored are compared exactly (a decoded comparison allows half a st
 of packed data), and the check costs no more than the chunks it reads, not the per-chunk
 overhead of zarr's reader nor xarray's import of dask. The concat coordinate, which
 references hold in the units of the first input, is compared decoded when an input's
-units differ. Other inputs and Icechunk stores are compared through xarray.
+units differ. Other inputs and Icechunk stores are compared through xarray. In both, the
+samples' char and string variables are then read through xarray with its default decoding,
+as readers open the store: chars that xarray decodes to strings (``_Encoding``) but hold
+other bytes would pass a comparison as stored, and end a reader's load in an error.
 
 For HDF5 inputs, the references of a sample's chunks are first compared with where HDF5
 finds the chunk at the same position. When every chunk of a variable is the input's own
@@ -32,20 +35,22 @@ from functools import cached_property
 
 import fsspec
 import numpy as np
+import xarray as xr
 
-from ..errors import ValidationError
+from ..errors import ValidationError, one_line
 from ..openers import OpenConfig, open_input
 from ..patterns import Input
 from ..sources import local_copy
 from ..validate import compare, compare_values
 from .scan import ScanConfig, input_options, reference_url
-from .store import ReferenceStore
+from .store import ReferenceStore, open_references
 from .stored import Variable, stored_variables
 
 # attributes by which readers scale stored values (units and calendar decode times)
 DECODING = ("scale_factor", "add_offset", "_Unsigned")
 TIME_ENCODING = ("units", "calendar")
 COMPARED = (*DECODING, *TIME_ENCODING, "_FillValue", "missing_value")  # the inputs' read
+TEXT = "SUOT"  # kinds of chars and strings, whose decoding by readers can fail
 
 
 @dataclass(frozen=True)
@@ -66,10 +71,52 @@ def check_input(task: CheckTask) -> list[str]:
     """Raise :class:`~arcoforge.errors.ValidationError` unless the references give exactly
     the values of each sample input; return their URLs."""
     if _as_stored(task):
-        _check_stored(task)
+        refs = Staged(task.store.meeting(task.dim, _spans(task)), task.protocol, _remote(task))
+        _check_stored(task, refs)
+        _check_readable(task, refs)
     else:
         _check_decoded(task)
     return [item.url for item, _ in task.samples]
+
+
+def _check_readable(task: CheckTask, refs: Staged) -> None:
+    """The text variables of each sample's region (``refs``: the references that meet
+    them) read through xarray with its default decoding, as readers open the store: chars
+    that xarray decodes to strings (``_Encoding``) but that hold bytes not in their
+    encoding pass the comparison as stored."""
+    kinds = {np.dtype(z["dtype"]).kind for k, z in refs.meta.items() if k.endswith("/.zarray")}
+    if not kinds & set(TEXT):
+        return  # spare opening the references again
+    fo = {"version": 1, "refs": refs.references}
+    with open_references(fo, task.store.storage_options, _remote(task)) as out:
+        for item, region in task.samples:
+            part = out.isel({d: slice(*s) for d, s in region.items()})
+            _raise_first(unreadable(part, task.open.redact(item.url)))
+
+
+def unreadable(ds: xr.Dataset, where: str) -> list[ValidationError]:
+    """Why xarray cannot read each text variable of ``ds`` (opened as readers open it), an
+    error a variable naming ``where``, its cause chained: loading is what decodes chars to
+    strings."""
+    errors = []
+    for name, var in ds.variables.items():
+        stored = np.dtype(var.encoding.get("dtype", var.dtype))
+        if stored.kind not in TEXT and var.dtype.kind not in TEXT:
+            continue
+        try:
+            var.values  # noqa: B018 - decoded on access
+        except ValueError as exc:  # UnicodeDecodeError among them
+            error = ValidationError(
+                f"{where}: variable {name!r}: xarray cannot read it: {one_line(exc)}"
+            )
+            error.__cause__ = exc
+            errors.append(error)
+    return errors
+
+
+def _raise_first(errors: list[ValidationError]) -> None:
+    if errors:
+        raise errors[0]
 
 
 def _as_stored(task: CheckTask) -> bool:
@@ -88,12 +135,19 @@ def _check_decoded(task: CheckTask) -> None:
             with open_input(item.url, task.open) as src:
                 part = out.isel({d: slice(*s) for d, s in region.items()})
                 new = [d for d in region if d not in src.dims]  # dims the store adds
-                compare(src, part.squeeze(new, drop=True), task.open.redact(item.url))
+                _raise_first(unreadable(part, task.open.redact(item.url)))
+                compare(src, _without(part, new), task.open.redact(item.url))
 
 
-def _check_stored(task: CheckTask) -> None:
-    """Each sample read as stored, compared with the references as stored."""
-    refs = Staged(task.store.meeting(task.dim, _spans(task)), task.protocol, _remote(task))
+def _without(part: xr.Dataset, new: list[str]) -> xr.Dataset:
+    """``part`` of the store less the dims ``new`` it adds to an input (one step of each)
+    and their coordinates; the variables it leads with them (the input's scalar
+    coordinates) kept, as ``squeeze(drop=True)`` does not."""
+    return part.isel({d: 0 for d in new}).drop_vars([d for d in new if d in part.variables])
+
+
+def _check_stored(task: CheckTask, refs: Staged) -> None:
+    """Each sample read as stored, compared with the references as stored (``refs``)."""
     for item, region in task.samples:
         where = task.open.redact(item.url)
         url = reference_url(item.url, task.scan) if task.scan else None
@@ -135,7 +189,8 @@ def _check_variable(
     )
 
     def read(part: tuple[slice, ...]) -> np.ndarray:
-        return refs.read(name, zarray, part, where)[(0,) * len(new)]
+        # an array even when the input's variable is a scalar string (an object, once indexed)
+        return np.asarray(refs.read(name, zarray, part, where)[(0,) * len(new)])
 
     if name in spans and not _same_encoding(zarray, zattrs, var.dtype, attrs):
         got, want = read(region), var.values(where)

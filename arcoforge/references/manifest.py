@@ -132,7 +132,7 @@ def inline_array(values: np.ndarray, attrs: dict, fill_value=None) -> ArrayRefs:
     strings = values.dtype.kind in "OU"
     if strings:
         values = values.astype(object)
-        raw[(0,) * len(shape)] = numcodecs.VLenUTF8().encode(values)
+        raw[(0,) * len(shape)] = bytes(numcodecs.VLenUTF8().encode(values))  # not bytearray
     else:
         raw[(0,) * len(shape)] = values.tobytes()
     meta = zarray(shape, shape or (), values.dtype, fill_value=fill_value)

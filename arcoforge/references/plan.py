@@ -216,6 +216,9 @@ class ReferencePlan(Plan):
         old, values = held.coords[dim], new.coords[dim]
         if held.arrays[dim].attrs == new.arrays[dim].attrs and _continues(old, values):
             return  # as numbers in one encoding, so as times too: spare decoding them
+        if values.dtype.kind in "OUS":  # labels: new ones, in the pattern's order
+            self._check_unique(dim, np.concatenate([old, values]), manifests, len(old))
+            return
         old, values = decoded(old, held.arrays[dim].attrs), decoded(values, new.arrays[dim].attrs)
         check_steps(old, values, dim, self._input_at(manifests, dim))
 
@@ -230,6 +233,9 @@ class ReferencePlan(Plan):
         values = new.coords[dim]  # in one encoding: increasing as numbers is as times
         if values.dtype.kind in "iuf" and (values[1:] > values[:-1]).all():
             return
+        if values.dtype.kind in "OUS":  # labels (ensemble members): the pattern's order
+            self._check_unique(dim, values, manifests)
+            return
         values = decoded(values, new.arrays[dim].attrs)
         unsorted = np.flatnonzero(values[1:] <= values[:-1])
         if unsorted.size:
@@ -242,6 +248,23 @@ class ReferencePlan(Plan):
                 f"{_text(values[i])} {what} ({_text(values[i - 1])} is before it); the inputs "
                 f"are not sorted along {dim!r}"
             )
+
+    def _check_unique(
+        self, dim: str, values: np.ndarray, manifests: list[Manifest], held: int = 0
+    ) -> None:
+        """Each label along ``dim`` in one input only (the first ``held`` of ``values``
+        the store's, when appending)."""
+        seen: set = set()
+        for i, value in enumerate(values.tolist()):
+            if value in seen:
+                late = self._input_at(manifests, dim)(i - held).url
+                error = AppendError if self.held is not None else CombineError
+                raise error(
+                    f"cannot {'append' if self.held is not None else 'combine'} {late}: {dim} "
+                    f"{_text(value)} is already in an earlier input; the inputs hold each "
+                    f"{dim} once"
+                )
+            seen.add(value)
 
     def _input_at(self, manifests: list[Manifest], dim: str):
         """An input that holds step ``i`` along ``dim`` of the steps of ``manifests``."""
@@ -383,8 +406,10 @@ def _steps(inputs: list[Input], manifests: list[Manifest], dim: str) -> dict[int
 
 def _continues(held: np.ndarray, values: np.ndarray) -> bool:
     """Whether ``values`` follow ``held`` at its one step, as numbers, exactly."""
+    if len(held) < 2 or held.dtype.kind not in "iuf" or values.dtype.kind not in "iuf":
+        return False
     steps = np.diff(np.concatenate([held, values]))
-    return len(held) > 1 and held.dtype.kind in "iuf" and steps[0] > 0 and (steps == steps[0]).all()
+    return steps[0] > 0 and (steps == steps[0]).all()
 
 
 def _region(item: Input, steps: dict, held: int) -> dict[str, tuple[int, int]]:

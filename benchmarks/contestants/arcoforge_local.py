@@ -1,5 +1,7 @@
 """Contestant 1: arcoforge, local engine, ``--workers`` (2) workers; ``--engine`` runs the
-same bake on dask, spark or beam (benchmarks/engines.py).
+same bake on dask, spark or beam (benchmarks/engines.py); ``--defaults`` bakes with
+arcoforge's defaults instead (no target chunks, no encoding given), the default-vs-default
+row against xarray's defaults (``xarray_threads.py``).
 
 FilePattern | OpenURLWithFSSpec | OpenWithXarray | StoreToZarr(target_chunks={"time": 30});
 arcoforge writes decoded float32 (NaN fill), Zarr v3.  The codec is set explicitly to the one
@@ -23,7 +25,9 @@ from _common import Timer, daily_pattern, parse_args, write_result
 
 
 def main() -> None:
-    args = parse_args()
+    args = parse_args(
+        lambda p: p.add_argument("--defaults", action="store_true", help="arcoforge's defaults")
+    )
     from zarr.codecs import BloscCodec
 
     from arcoforge import (
@@ -48,7 +52,13 @@ def main() -> None:
             pattern
             | OpenURLWithFSSpec()
             | OpenWithXarray()
-            | StoreToZarr(store_name="oisst.zarr", target_chunks={"time": 30}, encoding=encoding)
+            | (
+                StoreToZarr(store_name="oisst.zarr")
+                if args.defaults
+                else StoreToZarr(
+                    store_name="oisst.zarr", target_chunks={"time": 30}, encoding=encoding
+                )
+            )
         )
         result = bake(recipe, target_root=str(args.out), workers=args.workers, engine=engine)
     write_result(
@@ -56,6 +66,7 @@ def main() -> None:
         t.seconds,
         store="oisst.zarr",
         engine=args.engine,
+        defaults=args.defaults,
         startup_seconds=startup,
         bake_result=repr(result)[:2000],
     )
