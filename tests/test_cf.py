@@ -5,6 +5,7 @@ calendars and bounds; or refused with one line naming the input."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -609,8 +610,8 @@ print(float(ds.t2m.values.sum()), "arcoforge" in sys.modules)
 
 def test_a_reader_opens_grib_references_through_the_entry_point(tmp_path):
     """A reader that imports only icechunk and xarray opens a GRIB Icechunk repository: zarr
-    finds the GRIB codec by the ``zarr.codecs`` entry point pyproject.toml declares (and fails
-    without it)."""
+    finds the GRIB codec by the ``zarr.codecs`` entry point pyproject.toml declares, which the
+    installed arcoforge declares too."""
     pytest.importorskip("icechunk")
     pytest.importorskip("cfgrib")
     paths = write_grib_archive(tmp_path / "src", days=1, steps_per_file=1)
@@ -629,9 +630,10 @@ def test_a_reader_opens_grib_references_through_the_entry_point(tmp_path):
     want = sum(float(xr.open_dataset(p, **grib).t2m.values.astype("f8").sum()) for p in paths)
     total, imported = done.stdout.split()[-2:]
     assert float(total) == pytest.approx(want, rel=1e-6) and imported == "True"
-    no_entry = {**env, "PYTHONPATH": str(ROOT)}
-    failed = subprocess.run(reader, env=no_entry, capture_output=True, text=True, timeout=120)
-    assert failed.returncode != 0 and "numcodecs.grib" in failed.stderr
+    installed = importlib.metadata.entry_points(group="zarr.codecs")
+    assert {e.name: e.value for e in installed}.get("numcodecs.grib") == (
+        declared["zarr.codecs"]["numcodecs.grib"]
+    ), "the installed arcoforge declares the codec"
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

@@ -18,7 +18,7 @@ import pytest
 from conftest import assert_same_as_sources
 
 from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
-from arcoforge.errors import ArcoforgeError
+from arcoforge.errors import ArcoforgeError, TargetError
 from arcoforge.ledger import LockedError
 from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
@@ -387,8 +387,8 @@ def test_full_disk_fails_cleanly_and_resumes_once_there_is_room(small_disk, tmp_
 
     files = write_oisst_archive(tmp_path / "src", days=12, ny=90, nx=180)
     clean = bake(_recipe(files), tmp_path / "clean", workers=2)
-    with pytest.raises(OSError, match="No space left on device"):
-        bake(_recipe(files), small_disk, workers=2)
+    with pytest.raises((OSError, TargetError), match=r"(?i)no space left on"):
+        bake(_recipe(files), small_disk, workers=2)  # a write names its path, others their own
     assert not (small_disk / "out.zarr").exists(), "nothing published"
     staged = json.loads((small_disk / ".out.zarr.arcoforge/staging/manifest.json").read_text())
     assert staged["status"] == "writing"

@@ -16,7 +16,7 @@ from ..secrets import redact, without_userinfo
 from ..sources import FetchConfig, is_remote
 from ..sources.fetch import remote_options
 from ..sources.identity import Gone
-from ..sources.lookup import identity_now
+from ..sources.lookup import identity_now, scanned_identity
 from .manifest import Manifest
 
 
@@ -60,15 +60,24 @@ def scan_inputs(task: ScanTask) -> list[tuple[Input, Manifest, dict]]:
 
 def _identified(item: Input, config: ScanConfig) -> tuple[Manifest, dict | None]:
     """An input's manifest and its identity, looked up with the fetch's credentials (the
-    input's URL keeps its masked password, which the fetch puts back for the request)."""
+    input's URL keeps its masked password, which the fetch puts back for the request):
+    taken before the scan, or, of a file the scan downloads whole (remote GRIB), the one
+    its cached copy recorded as it was downloaded."""
     fetch = config.fetch or FetchConfig(secrets=config.secrets)
     fetch = replace(fetch, open_kwargs={**fetch.open_kwargs, **(config.storage_options or {})})
     url = item.url if "://" in item.url else reference_url(item.url, config)
-    try:
-        identity = identity_now(url, fetch)
-    except Gone:
-        identity = None  # the scan says what is wrong
+    if config.file_type == "grib" and is_remote(url) and fetch.cache:
+        manifest = scan_input(item, config)
+        return manifest, _identity(scanned_identity, url, fetch)
+    identity = _identity(identity_now, url, fetch)
     return scan_input(item, config), identity
+
+
+def _identity(look_up, url: str, fetch: FetchConfig) -> dict | None:
+    try:
+        return look_up(url, fetch)
+    except Gone:
+        return None  # the scan says what is wrong
 
 
 def scan_input(item: Input, config: ScanConfig) -> Manifest:
