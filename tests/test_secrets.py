@@ -341,7 +341,7 @@ def all_leaks(folders, texts) -> list[str]:
     return [leak for secret in (PASSWORD, QUERY, COOKIE) for leak in leaks(folders, texts, secret)]
 
 
-@pytest.mark.parametrize("engine", ["beam", "dask"])
+@pytest.mark.parametrize("engine", ["beam", "dask", "spark"])
 def test_other_engines_write_and_print_no_credential(engine, archive, tmp_path, capfd, caplog):
     with all_forms_server(archive[0].parent) as server:
         urls, options = all_at_once(server, archive)
