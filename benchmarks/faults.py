@@ -245,7 +245,7 @@ def changed_run(days: int, grid: tuple[int, int], chunk: int) -> dict:
 BUCKET = "bench"
 
 
-def lock_kill_run(days: int, grid: tuple[int, int], chunk: int, stale: float = 4.0) -> dict:
+def lock_kill_run(days: int, grid: tuple[int, int], chunk: int, stale: float = 20.0) -> dict:
     """Kill a bake to S3 while it holds the store's lock; the next bake is refused while the
     lock is fresh and takes it over once it is stale, ending with a clean bake's bytes."""
     import s3fs
