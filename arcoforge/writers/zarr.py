@@ -20,7 +20,7 @@ from ..ledger import Ledger, is_local
 from ..openers import OpenConfig, open_input, read_variables
 from ..patterns import Input
 from ..recipe import StoreToZarr
-from ..schema import DatasetSchema, VarInfo
+from ..schema import PACKING, DatasetSchema, VarInfo
 from ..validate import check_input
 
 _ENCODING_KEYS = {
@@ -30,6 +30,8 @@ _ENCODING_KEYS = {
     "filters",
     "serializer",
     "_FillValue",
+    "missing_value",
+    "_Unsigned",
     "scale_factor",
     "add_offset",
     "units",
@@ -56,7 +58,9 @@ def default_compressor(zarr_format: int):
 
 
 def encodings(schema: DatasetSchema, chunks: Mapping[str, int], writer: StoreToZarr) -> dict:
-    """The Zarr encoding of every output variable: defaults, then the recipe's overrides."""
+    """The Zarr encoding of every output variable: the source's packing (none with
+    ``decode=True``) and our chunks and compressor, then the recipe's overrides; an
+    override naming a packing key replaces the source's packing, as in xarray."""
     unknown = set(writer.encoding) - set(schema.variables)
     if unknown:
         raise ArcoforgeError(
@@ -64,8 +68,9 @@ def encodings(schema: DatasetSchema, chunks: Mapping[str, int], writer: StoreToZ
         )
     out = {}
     for name, info in schema.variables.items():
-        enc = _default_encoding(name, info, chunks, schema, writer.zarr_format)
         user = writer.encoding.get(name, {})
+        packed = not writer.decode and not set(user) & set(PACKING)
+        enc = _default_encoding(name, info, chunks, schema, writer.zarr_format, packed)
         bad = set(user) - _ENCODING_KEYS
         if bad:
             raise ArcoforgeError(
@@ -79,17 +84,22 @@ def encodings(schema: DatasetSchema, chunks: Mapping[str, int], writer: StoreToZ
     return out
 
 
-def _default_encoding(name, info: VarInfo, chunks, schema: DatasetSchema, zarr_format: int):
+def _default_encoding(
+    name, info: VarInfo, chunks, schema: DatasetSchema, zarr_format: int, packed: bool
+):
     is_dim_coord = info.dims == (name,)
     shape = tuple(schema.dims[d] for d in info.dims)
     enc: dict[str, Any] = {
         "chunks": shape if is_dim_coord else tuple(chunks[d] for d in info.dims),
         "compressors": (default_compressor(zarr_format),),
     }
-    enc.update(info.encoding)
-    kind = np.dtype(info.dtype).kind
-    if kind == "f":
-        enc["_FillValue"] = np.dtype(info.dtype).type(np.nan)
+    if packed or "units" in info.encoding:  # times keep their units and calendar
+        enc.update(info.encoding)
+    if "_FillValue" in enc or "missing_value" in enc:
+        return enc
+    stored, kind = np.dtype(enc.get("dtype", info.dtype)), np.dtype(info.dtype).kind
+    if kind == "f" and stored.kind == "f":
+        enc["_FillValue"] = stored.type(np.nan)
     elif kind in "iub" or _is_cftime(info):
         enc["_FillValue"] = None  # a NaN in a cftime variable would not decode
     return enc
