@@ -54,7 +54,9 @@ def test_int16_packing_is_kept_as_stored(tmp_path, small_archive):
     assert raw.sst.dtype == np.int16 and raw.sst.attrs["scale_factor"] == np.float32(0.01)
     stored = zarr.open_array(f"{result.url}/sst", mode="r")
     np.testing.assert_array_equal(stored[3:4], raw.sst.values)
-    assert stored.attrs["scale_factor"] == pytest.approx(0.01) and stored.attrs["_FillValue"] == -999
+    assert (
+        stored.attrs["scale_factor"] == pytest.approx(0.01) and stored.attrs["_FillValue"] == -999
+    )
 
 
 def test_decode_writes_the_values_xarray_reads(tmp_path, small_archive):
