@@ -257,9 +257,10 @@ def write_region(task: WriteTask) -> dict[str, int]:
                 raise
             missing[piece.input.url] = one_line(exc)
     nbytes = 0
+    decoded = dict(zip(task.variables, task.dtypes, strict=True))
     for name in list(arrays):
         array = arrays.pop(name)
-        nbytes += array.nbytes
+        nbytes += array.size * np.dtype(decoded[name]).itemsize  # decoded, whatever is stored
         where = tuple(region[d] for d in dims[name])
         if name in packing or array.dtype == object or array.dtype.kind in "SU":
             _write_direct(task.target, name, array, where)
