@@ -5,15 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 
 from .bake import bake
+from .errors import ValidationError
 from .patterns import ConcatDim, FilePattern
 from .progress import JsonReporter, console_reporter
 from .recipe import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr
 from .runs import RunContext, new_id
 from .summary import render_result, result_dict
+from .validate import compare_stored
 
 
 def run_demo(folder: Path, days: int = 30, workers: int | None = None, as_json: bool = False):
@@ -85,12 +86,15 @@ class _UrlFor:
 
 
 def check_against_sources(url: str, paths: list[Path]) -> int:
-    """Compare every value of the store with the source files; return the days checked."""
-    out = xr.open_zarr(url)
+    """Compare every value of the store with the source files, packed variables as stored;
+    return the days checked."""
+    out = xr.open_zarr(url, mask_and_scale=False, decode_times=False)
     for i, path in enumerate(paths):
         with xr.open_dataset(path) as src:
-            for name, var in src.data_vars.items():
-                got = out[name].isel(time=slice(i, i + 1)).values
-                if not np.array_equal(got, var.values, equal_nan=True):
-                    raise AssertionError(f"{path.name}: {name} differs from the store")
+            for name in src.data_vars:
+                stored = out[[name]].isel(time=slice(i, i + 1))
+                try:
+                    compare_stored(src[[name]].load(), stored, path.name)
+                except ValidationError as exc:
+                    raise AssertionError(f"{path.name}: {name} differs from the store") from exc
     return len(paths)

@@ -313,7 +313,11 @@ def unit_key(name: str, region: Iterable[tuple[str, slice]]) -> str:
 
 
 def fingerprint(*parts: Any) -> str:
-    """A stable digest of a recipe's inputs and settings (functions by their source)."""
+    """A stable digest of a recipe's inputs and settings (functions by their source).
+
+    Dataclass fields marked ``metadata={"added": True}`` are left out at their default,
+    so that what was fingerprinted before they were added keeps its fingerprint.
+    """
     digest = hashlib.sha256()
     for part in parts:
         digest.update(_stable(part).encode())
@@ -343,6 +347,10 @@ def _stable(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ",".join(_stable(v) for v in value) + "]"
     if hasattr(value, "__dataclass_fields__"):
-        fields = {k: getattr(value, k) for k in value.__dataclass_fields__}
+        fields = {
+            k: getattr(value, k)
+            for k, f in value.__dataclass_fields__.items()
+            if not (f.metadata.get("added") and getattr(value, k) == f.default)
+        }
         return f"{type(value).__name__}{_stable(fields)}"
     return repr(value)

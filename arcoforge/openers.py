@@ -140,7 +140,7 @@ def read_variables(
     everything else goes through :func:`open_input`.
     """
     where = config.redact(url)
-    if _direct(config):
+    if direct(config):
         with open_netcdf(local_copy(url, config.fetch), where) as nc:
             inherited = _bounds_attrs(nc, wanted)
             return {
@@ -151,7 +151,64 @@ def read_variables(
         return {n: _read(ds.variables.get(n), n, sel, where) for n, sel in wanted.items()}
 
 
-def _direct(config: OpenConfig) -> bool:
+STORED_ATTRS = ("scale_factor", "add_offset", "_FillValue", "missing_value", "_Unsigned")
+"""The attributes that say how a number is packed, besides its dtype."""
+
+
+def read_stored(
+    url: str, config: OpenConfig, wanted: dict[str, dict[str, slice]], packing: dict[str, dict]
+) -> dict[str, np.ndarray]:
+    """Values of the ``wanted`` variables of one netCDF input (read as :func:`read_variables`
+    reads them) packed as ``packing`` (``dtype`` and :data:`STORED_ATTRS`) gives for each:
+    read as stored, without decoding, where the input packs them so; else decoded and
+    packed again."""
+    where = config.redact(url)
+    with open_netcdf(local_copy(url, config.fetch), where) as nc:
+        inherited = _bounds_attrs(nc, wanted)
+        out = {}
+        for name, sel in wanted.items():
+            var, pack = nc.variables.get(name), packing[name]
+            if var is not None and _packed_as(var, pack):
+                out[name] = _read_raw(var, name, sel, where)
+            else:
+                values = _read(var, name, sel, where, inherited.get(name))
+                plain = xr.Variable(tuple(sel), values, encoding=dict(pack))
+                out[name] = xr.conventions.encode_cf_variable(plain).values
+    return out
+
+
+def _packed_as(var, pack: dict) -> bool:
+    """Whether a netCDF variable is stored with the dtype and packing ``pack`` gives."""
+    if var.dtype != np.dtype(pack["dtype"]):
+        return False
+    names = set(var.ncattrs())
+    for key in STORED_ATTRS:
+        if (key in names) != (key in pack):
+            return False
+        if key in names and not _same_attr(var.getncattr(key), pack[key]):
+            return False
+    return True
+
+
+def _same_attr(a, b) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return bool(np.array_equal(np.asarray(a, float), np.asarray(b, float), equal_nan=True))
+
+
+def _read_raw(var, name: str, sel: dict[str, slice], where: str) -> np.ndarray:
+    try:
+        dims = tuple(var.dimensions)
+        if set(dims) != set(sel):
+            raise ValueError(f"dims {dims} differ from the scanned {tuple(sel)}")
+        raw = np.asarray(var[tuple(sel[d] for d in dims)])
+        return xr.Variable(dims, raw).transpose(*sel).values
+    except Exception as exc:
+        raise SourceError(f"{where}: reading {name!r} failed: {one_line(exc)}") from None
+
+
+def direct(config: OpenConfig) -> bool:
+    """Whether inputs are read with the netCDF4 library rather than through xarray."""
     return (
         config.file_type in ("netcdf4", "hdf5", "netcdf3")
         and not config.preprocessors

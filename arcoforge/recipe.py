@@ -66,6 +66,13 @@ class StoreToZarr(Step):
     ``target_chunks`` maps dims to chunk lengths, or is a size such as ``"100MB"``
     from which the chunk length along the concat dims is chosen. ``encoding`` sets
     per-variable ``dtype``, ``compressors``, ``_FillValue``, ``scale_factor``...
+
+    Each data variable keeps its source encoding by default, as ``xarray.Dataset.to_zarr``
+    does: its stored dtype and packing (``scale_factor``, ``add_offset``, ``_FillValue``,
+    ``missing_value``), and times their units and calendar. ``decode=True`` writes the
+    decoded values instead (packed integers become floats with NaN for missing values).
+    An ``encoding`` entry naming any of ``dtype``, ``scale_factor``, ``add_offset``,
+    ``_FillValue`` or ``missing_value`` replaces the variable's packing with its own.
     """
 
     store_name: str
@@ -74,6 +81,7 @@ class StoreToZarr(Step):
     zarr_format: int = 3
     consolidated: bool = True
     attrs: dict[str, Any] = field(default_factory=dict)
+    decode: bool = field(default=False, metadata={"added": True})
 
     def __post_init__(self):
         if self.zarr_format not in (2, 3):

@@ -25,6 +25,8 @@ from .sources.identity import Gone
 from .sources.lookup import scanned_identity
 
 _TIME_ENCODING = ("units", "calendar", "dtype")
+PACKING = ("dtype", "scale_factor", "add_offset", "_FillValue", "missing_value", "_Unsigned")
+"""The encoding of a numeric variable in its source, kept in the store by default."""
 SHOWN_CAUSES = 3  # of an every-input-failed error, the first causes named
 SHARED_BYTES = 1 << 20
 """Variables along a concat dim up to this size are fingerprinted by the scan, so that one
@@ -35,7 +37,8 @@ SHARED_VALUES = 1 << 12
 
 @dataclass(frozen=True)
 class VarInfo:
-    """One variable of an input: layout, decoded dtype, attributes and time encoding."""
+    """One variable of an input: layout, decoded dtype, attributes and source encoding
+    (time units and calendar, or the packing of numbers)."""
 
     dims: tuple[str, ...]
     shape: tuple[int, ...]
@@ -175,6 +178,9 @@ def _var_info(var: xr.Variable, is_coord: bool, concat: set[str], merged: bool) 
     if _is_time(var):
         encoding = {k: var.encoding[k] for k in _TIME_ENCODING if k in var.encoding}
         encoding["dtype"] = str(np.dtype(encoding.get("dtype", "float64")))
+    elif dtype.kind in "iuf" and np.dtype(var.encoding.get("dtype", dtype)).kind in "iuf":
+        encoding = {k: var.encoding[k] for k in PACKING if k in var.encoding}
+        encoding["dtype"] = str(np.dtype(encoding.get("dtype", dtype)))
     fingerprint = summary = kept = None
     along = bool(concat.intersection(var.dims))
     if not along or (merged and var.nbytes <= SHARED_BYTES):

@@ -458,7 +458,7 @@ def _variable_mismatch(store: xr.Dataset, new: DatasetSchema, dim: str) -> str |
         var = store.variables[name]
         shape = tuple(n for d, n in zip(info.dims, info.shape, strict=True) if d != dim)
         held = tuple(n for d, n in var.sizes.items() if d != dim)
-        if var.dims != info.dims or shape != held or not _fits(var.dtype, info.dtype):
+        if var.dims != info.dims or shape != held or not _fits(var, info.dtype):
             return (
                 f"{name!r} is {info.dtype} {dict(zip(info.dims, info.shape, strict=True))}, "
                 f"the store's is {var.dtype} {dict(var.sizes)}"
@@ -468,11 +468,19 @@ def _variable_mismatch(store: xr.Dataset, new: DatasetSchema, dim: str) -> str |
     return None
 
 
-def _fits(held: np.dtype, new: str) -> bool:
-    """The new inputs' dtype is the store's; strings may be narrower (ERA5's ``expver``)."""
+def _fits(var: xr.Variable, new: str) -> bool:
+    """The new inputs' dtype is the store's; strings may be narrower (ERA5's ``expver``);
+    a packed variable of the store (read back as float64, its ``scale_factor`` a JSON
+    number) takes floats of any width, packed as the store packs them."""
+    held = var.dtype
+    if held.kind == "f" and np.dtype(new).kind == "f" and _PACKED & set(var.encoding):
+        return True
     if held.kind in "SU" and np.dtype(new).kind == held.kind:
         return np.dtype(new).itemsize <= held.itemsize
     return str(held) == new
+
+
+_PACKED = {"scale_factor", "add_offset"}
 
 
 def _same(var: xr.Variable, info) -> bool:

@@ -33,16 +33,44 @@ class CheckTask:
 
 
 def check_input(task: CheckTask) -> str:
-    """Raise :class:`ValidationError` unless the store holds exactly the input's values."""
+    """Raise :class:`ValidationError` unless the store holds exactly the input's values,
+    packed variables compared in the store's encoding."""
     out = open_store(task.target)
     try:
         with open_input(task.input.url, task.open) as src:
             where = task.open.redact(task.input.url)
             own = _isel(_own(src, task), task.source)
-            compare(own, xr.decode_cf(_isel(out, task.store)[list(own.variables)]), where)
+            compare_stored(own, _isel(out, task.store)[list(own.variables)], where)
     finally:
         out.close()
     return task.input.url
+
+
+def compare_stored(source: xr.Dataset, stored: xr.Dataset, where: str) -> None:
+    """Raise :class:`ValidationError` at the first value of ``source`` (decoded) that
+    ``stored`` (as stored, undecoded) lacks: packed variables are compared exactly as
+    stored, the source encoded with the store's packing; the others decoded."""
+    decoded = xr.decode_cf(stored)
+    for name, var in source.variables.items():
+        if name not in stored.variables:
+            raise ValidationError(f"{where}: variable {name!r} is missing from the store")
+        raw = stored.variables[name]
+        if _PACKED & set(raw.attrs):
+            got, want = raw.transpose(*var.dims).values, _encoded(var, raw)
+        else:
+            got, want = decoded.variables[name].transpose(*var.dims).values, var.values
+        compare_values(got, want, name, var.dims, where)
+
+
+_PACKED = {"scale_factor", "add_offset"}
+
+
+def _encoded(var: xr.Variable, stored: xr.Variable) -> np.ndarray:
+    """The values of ``var`` packed as ``stored`` is."""
+    keys = ("scale_factor", "add_offset", "_FillValue", "missing_value", "_Unsigned")
+    encoding = {k: stored.attrs[k] for k in keys if k in stored.attrs}
+    plain = xr.Variable(var.dims, var.values, encoding={**encoding, "dtype": stored.dtype})
+    return xr.conventions.encode_cf_variable(plain).values
 
 
 def _own(src: xr.Dataset, task: CheckTask) -> xr.Dataset:
@@ -63,14 +91,16 @@ def _isel(ds: xr.Dataset, sel) -> xr.Dataset:
 
 
 def open_store(target) -> xr.Dataset:
-    """Open a store without consolidated metadata and without decoding times: parts that
-    other tasks have yet to write hold NaN, which a cftime calendar cannot decode."""
+    """Open a store without consolidated metadata and without decoding: parts that other
+    tasks have yet to write hold NaN, which a cftime calendar cannot decode, and packed
+    variables are compared as stored."""
     return xr.open_dataset(
         target.url,
         engine="zarr",
         chunks=None,
         consolidated=False,
         decode_times=False,
+        mask_and_scale=False,
         storage_options=target.storage_options,
     )
 

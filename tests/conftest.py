@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +77,13 @@ def simple_recipe(urls, store="out.zarr", chunks=None, **pattern_kwargs):
     )
 
 
-def assert_same_as_sources(store, paths, concat_dim: str = "time", **open_kwargs):
+def assert_same_as_sources(
+    store, paths, concat_dim: str = "time", decoded: bool = False, **open_kwargs
+):
     """Every variable and coordinate of the store (a URL or an opened dataset) equals the
-    sources read directly by xarray."""
+    sources read directly by xarray, as xarray's own ``to_zarr`` of them reads back (the
+    source encoding kept: a float32 ``scale_factor`` becomes a JSON number, so packed
+    variables read back as float64); with ``decoded``, as xarray decodes the sources."""
     out = store if isinstance(store, xr.Dataset) else xr.open_zarr(store)
     src = xr.concat(
         [xr.open_dataset(p, **open_kwargs).load() for p in paths],
@@ -87,6 +92,8 @@ def assert_same_as_sources(store, paths, concat_dim: str = "time", **open_kwargs
         coords="minimal",
         compat="override",
     )
+    if not decoded:
+        src = xarray_to_zarr(src)
     assert set(out.variables) == set(src.variables)
     for name, var in src.variables.items():
         got = out[name].transpose(*var.dims).values
@@ -97,6 +104,13 @@ def assert_same_as_sources(store, paths, concat_dim: str = "time", **open_kwargs
         else:
             assert (got == want).all(), name
     return out, src
+
+
+def xarray_to_zarr(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` written by ``xarray.Dataset.to_zarr`` with its defaults and read back."""
+    with tempfile.TemporaryDirectory() as folder:
+        ds.to_zarr(f"{folder}/xarray.zarr", consolidated=False)
+        return xr.open_zarr(f"{folder}/xarray.zarr", consolidated=False).load()
 
 
 def nothing_baked(target: Path) -> bool:

@@ -26,14 +26,15 @@ from arcoforge.testing.archives import (
     write_merge_archive,
     write_oisst_archive,
 )
-from tests.conftest import assert_same_as_sources, simple_recipe
+from tests.conftest import assert_same_as_sources, simple_recipe, xarray_to_zarr
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_daily_files_equal_sources(tmp_path, small_archive, workers):
     result = bake(simple_recipe(small_archive), tmp_path / "out", workers=workers)
     out, src = assert_same_as_sources(result.url, small_archive)
-    assert out.sst.dtype == np.float32
+    assert out.sst.dtype == np.float64  # as xarray's to_zarr: the scale_factor is a JSON number
+    assert zarr.open_array(f"{result.url}/sst", mode="r").dtype == np.int16
     assert np.isnan(out.sst.values).any(), "land cells must stay NaN"
     assert out.attrs["title"] == src.attrs["title"]
     assert out.sst.attrs["units"] == "Celsius"
@@ -47,13 +48,44 @@ def test_daily_files_equal_sources(tmp_path, small_archive, workers):
     assert result.stats["validated_inputs"] == 2
 
 
-def test_int16_packing_decodes_to_the_values_xarray_reads(tmp_path, small_archive):
+def test_int16_packing_is_kept_as_stored(tmp_path, small_archive):
     result = bake(simple_recipe(small_archive), tmp_path / "out", workers=1)
     raw = xr.open_dataset(small_archive[3], mask_and_scale=False)
     assert raw.sst.dtype == np.int16 and raw.sst.attrs["scale_factor"] == np.float32(0.01)
-    out = xr.open_zarr(result.url)
+    stored = zarr.open_array(f"{result.url}/sst", mode="r")
+    np.testing.assert_array_equal(stored[3:4], raw.sst.values)
+    assert (
+        stored.attrs["scale_factor"] == pytest.approx(0.01) and stored.attrs["_FillValue"] == -999
+    )
+
+
+def test_decode_writes_the_values_xarray_reads(tmp_path, small_archive):
+    pattern = pattern_from_file_sequence([str(p) for p in small_archive], "time", nitems_per_file=1)
+    recipe = pattern | OpenWithXarray() | StoreToZarr("d.zarr", {"time": 3}, decode=True)
+    result = bake(recipe, tmp_path / "out", workers=1)
+    out, _ = assert_same_as_sources(result.url, small_archive, decoded=True)
+    assert out.sst.dtype == np.float32
+    stored = zarr.open_array(f"{result.url}/sst", mode="r")
+    assert stored.dtype == np.float32 and "scale_factor" not in stored.attrs
+    raw = xr.open_dataset(small_archive[3], mask_and_scale=False)
     expected = np.where(raw.sst.values == -999, np.nan, raw.sst.values * np.float32(0.01))
     np.testing.assert_array_equal(out.sst.isel(time=[3]).values, expected.astype(np.float32))
+
+
+def test_default_dtypes_are_xarray_to_zarrs(tmp_path, small_archive):
+    """The lead's decision: the default store reads back as xarray's ``to_zarr`` of the same
+    source does (a float32 ``scale_factor`` is a JSON number, so float64), not as the source."""
+    result = bake(simple_recipe(small_archive), tmp_path / "out", workers=1)
+    ours = xr.open_zarr(result.url)
+    theirs = xarray_to_zarr(xr.open_mfdataset(small_archive).load())
+    assert {n: v.dtype for n, v in ours.variables.items()} == {
+        n: v.dtype for n, v in theirs.variables.items()
+    }
+    assert theirs.sst.dtype == np.float64
+    assert xr.open_dataset(small_archive[0]).sst.dtype == np.float32
+    for name in theirs.variables:
+        raw_ours = zarr.open_array(f"{result.url}/{name}", mode="r")
+        assert raw_ours.dtype == theirs[name].encoding["dtype"], name
 
 
 def test_time_has_one_units_and_calendar(tmp_path, small_archive):
@@ -84,7 +116,9 @@ def test_unknown_steps_per_file_are_counted_by_the_scan(tmp_path):
 
 def test_values_match_the_generated_dataset(tmp_path):
     paths = write_oisst_archive(tmp_path / "src", days=5, ny=8, nx=16)
-    result = bake(simple_recipe(paths), tmp_path / "out", workers=1)
+    pattern = pattern_from_file_sequence([str(p) for p in paths], "time", nitems_per_file=1)
+    recipe = pattern | OpenWithXarray() | StoreToZarr("d.zarr", decode=True)
+    result = bake(recipe, tmp_path / "out", workers=1)
     out = xr.open_zarr(result.url)
     want = oisst_dataset(days=5, ny=8, nx=16)
     for name in want.data_vars:
@@ -104,8 +138,8 @@ def test_merge_dim_across_variable_files(tmp_path):
     out = xr.open_zarr(result.url)
     assert set(out.data_vars) == {"sst", "ice"}
     for var in ("sst", "ice"):
-        src = xr.open_mfdataset(files[var], combine="nested", concat_dim="time")
-        np.testing.assert_array_equal(out[var].values, src[var].values)
+        src = xr.open_mfdataset(files[var], combine="nested", concat_dim="time").load()
+        np.testing.assert_array_equal(out[var].values, xarray_to_zarr(src)[var].values)
 
 
 @pytest.mark.parametrize(
@@ -173,8 +207,8 @@ def test_zarr_v2_and_encoding_control(tmp_path, small_archive):
     assert meta["dtype"] == "<i2" and meta["chunks"] == [4, 18, 36]
     assert (tmp_path / "out" / "v2.zarr" / ".zmetadata").exists()
     out = xr.open_zarr(result.url)
-    src = xr.open_mfdataset(small_archive)
-    np.testing.assert_array_equal(out.ice.values, src.ice.values)
+    src = xr.open_mfdataset(small_archive).load()
+    np.testing.assert_array_equal(out.ice.values, xarray_to_zarr(src).ice.values)
     np.testing.assert_allclose(out.sst.values, src.sst.values, atol=0.005, rtol=0)
     assert np.array_equal(np.isnan(out.sst.values), np.isnan(src.sst.values))
 

@@ -321,9 +321,10 @@ def test_bake_killed_between_the_publishing_renames_is_finished_by_the_next(
     ]
 
 
-def _recipe(archive, chunks: int = 2):
+def _recipe(archive, chunks: int = 2, decode: bool = False):
     pattern = pattern_from_file_sequence([str(p) for p in archive], "time", nitems_per_file=1)
-    return pattern | OpenWithXarray() | StoreToZarr("out.zarr", target_chunks={"time": chunks})
+    writer = StoreToZarr("out.zarr", target_chunks={"time": chunks}, decode=decode)
+    return pattern | OpenWithXarray() | writer
 
 
 def test_finished_bake_is_not_redone_unless_forced(archive, tmp_path):
@@ -386,13 +387,14 @@ def test_full_disk_fails_cleanly_and_resumes_once_there_is_room(small_disk, tmp_
     from arcoforge.testing.archives import write_oisst_archive
 
     files = write_oisst_archive(tmp_path / "src", days=12, ny=90, nx=180)
-    clean = bake(_recipe(files), tmp_path / "clean", workers=2)
+    recipe = _recipe(files, decode=True)  # decoded float32: more than the disk holds
+    clean = bake(recipe, tmp_path / "clean", workers=2)
     with pytest.raises((OSError, TargetError), match=r"(?i)no space left on"):
-        bake(_recipe(files), small_disk, workers=2)  # a write names its path, others their own
+        bake(recipe, small_disk, workers=2)  # a write names its path, others their own
     assert not (small_disk / "out.zarr").exists(), "nothing published"
     staged = json.loads((small_disk / ".out.zarr.arcoforge/staging/manifest.json").read_text())
     assert staged["status"] == "writing"
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    result = bake(_recipe(files), small_disk, workers=2)
+    result = bake(recipe, small_disk, workers=2)
     assert result.stats["tasks_resumed"] > 0
     assert digest(small_disk / "out.zarr") == digest(Path(clean.url))

@@ -18,11 +18,11 @@ import zarr
 
 from ..errors import ArcoforgeError, SourceError, TargetError, one_line
 from ..ledger import Ledger, is_local
-from ..openers import OpenConfig, open_input, read_variables
+from ..openers import STORED_ATTRS, OpenConfig, direct, open_input, read_stored, read_variables
 from ..patterns import Input
 from ..recipe import StoreToZarr
-from ..schema import DatasetSchema, VarInfo
-from ..validate import check_input
+from ..schema import PACKING, DatasetSchema, VarInfo
+from ..validate import check_input, open_store
 
 _ENCODING_KEYS = {
     "dtype",
@@ -31,6 +31,8 @@ _ENCODING_KEYS = {
     "filters",
     "serializer",
     "_FillValue",
+    "missing_value",
+    "_Unsigned",
     "scale_factor",
     "add_offset",
     "units",
@@ -57,7 +59,9 @@ def default_compressor(zarr_format: int):
 
 
 def encodings(schema: DatasetSchema, chunks: Mapping[str, int], writer: StoreToZarr) -> dict:
-    """The Zarr encoding of every output variable: defaults, then the recipe's overrides."""
+    """The Zarr encoding of every output variable: the source's packing (none with
+    ``decode=True``) and our chunks and compressor, then the recipe's overrides; an
+    override naming a packing key replaces the source's packing, as in xarray."""
     unknown = set(writer.encoding) - set(schema.variables)
     if unknown:
         raise ArcoforgeError(
@@ -65,8 +69,9 @@ def encodings(schema: DatasetSchema, chunks: Mapping[str, int], writer: StoreToZ
         )
     out = {}
     for name, info in schema.variables.items():
-        enc = _default_encoding(name, info, chunks, schema, writer.zarr_format)
         user = writer.encoding.get(name, {})
+        packed = not writer.decode and not set(user) & set(PACKING)
+        enc = _default_encoding(name, info, chunks, schema, writer.zarr_format, packed)
         bad = set(user) - _ENCODING_KEYS
         if bad:
             raise ArcoforgeError(
@@ -80,17 +85,22 @@ def encodings(schema: DatasetSchema, chunks: Mapping[str, int], writer: StoreToZ
     return out
 
 
-def _default_encoding(name, info: VarInfo, chunks, schema: DatasetSchema, zarr_format: int):
+def _default_encoding(
+    name, info: VarInfo, chunks, schema: DatasetSchema, zarr_format: int, packed: bool
+):
     is_dim_coord = info.dims == (name,)
     shape = tuple(schema.dims[d] for d in info.dims)
     enc: dict[str, Any] = {
         "chunks": shape if is_dim_coord else tuple(chunks[d] for d in info.dims),
         "compressors": (default_compressor(zarr_format),),
     }
-    enc.update(info.encoding)
-    kind = np.dtype(info.dtype).kind
-    if kind == "f":
-        enc["_FillValue"] = np.dtype(info.dtype).type(np.nan)
+    if packed or "units" in info.encoding:  # times keep their units and calendar
+        enc.update(info.encoding)
+    if "_FillValue" in enc or "missing_value" in enc:
+        return enc
+    stored, kind = np.dtype(enc.get("dtype", info.dtype)), np.dtype(info.dtype).kind
+    if kind == "f" and stored.kind == "f":
+        enc["_FillValue"] = stored.type(np.nan)
     elif kind in "iub" or _is_cftime(info):
         enc["_FillValue"] = None  # a NaN in a cftime variable would not decode
     return enc
@@ -224,30 +234,37 @@ def write_region(task: WriteTask) -> dict[str, int]:
     """Read every piece, assemble the region in memory, write it a variable at a time, then
     compare the sample inputs among the pieces, opened afresh by xarray, with the store.
 
-    Writing the same task twice writes the same bytes. Chunks of fill values are written
-    too, so that an audit can tell a lost chunk from an empty one.
+    Numbers of netCDF inputs are assembled as the store holds them (the input's bytes as
+    stored where it packs them as the store does: no decoding and encoding again) and
+    written with zarr; other variables are decoded and written by xarray, which encodes
+    them as the store does. Writing the same task twice writes the same bytes. Chunks of
+    fill values are written too, so that an audit can tell a lost chunk from an empty one.
     """
     region = dict(task.region)
     dims = dict(task.dims)
+    packing = _stored_packing(task) if direct(task.open) else {}
     arrays = {
-        name: _allocate([_len(region[d]) for d in dims[name]], dtype, task.skip_failed)
+        name: _allocate(
+            [_len(region[d]) for d in dims[name]], dtype, task.skip_failed, packing.get(name)
+        )
         for name, dtype in zip(task.variables, task.dtypes, strict=True)
     }
     missing = {}
     for piece in task.pieces:
         try:
-            _read_piece(piece, task, arrays, dims, region)
+            _read_piece(piece, task, arrays, dims, region, packing)
         except SourceError as exc:
             if not task.skip_failed:
                 raise
             missing[piece.input.url] = one_line(exc)
     nbytes = 0
+    decoded = dict(zip(task.variables, task.dtypes, strict=True))
     for name in list(arrays):
         array = arrays.pop(name)
-        nbytes += array.nbytes
+        nbytes += array.size * np.dtype(decoded[name]).itemsize  # decoded, whatever is stored
         where = {d: region[d] for d in dims[name]}
         try:
-            if array.dtype == object or array.dtype.kind in "SU":
+            if name in packing or array.dtype == object or array.dtype.kind in "SU":
                 _write_direct(task.target, name, array, tuple(where.values()))
             else:
                 xr.Dataset({name: (dims[name], array)}).to_zarr(
@@ -271,16 +288,31 @@ def write_region(task: WriteTask) -> dict[str, int]:
     return {"bytes": nbytes, "inputs": len(task.pieces), "checked": checked, "missing": missing}
 
 
+def _stored_packing(task: WriteTask) -> dict[str, dict]:
+    """The dtype and packing attributes of the task's numeric variables as the store holds
+    them (times aside), for those whose missing values a skipped input can be left as."""
+    out = {}
+    with open_store(task.target) as store:
+        for name in task.variables:
+            var = store.variables[name]
+            attrs = {k: var.attrs[k] for k in STORED_ATTRS if k in var.attrs}
+            is_time = "since" in str(var.attrs.get("units", "")) or "calendar" in var.attrs
+            fill = var.dtype.kind == "f" or "_FillValue" in attrs or "missing_value" in attrs
+            if var.dtype.kind in "iuf" and not is_time and (fill or not task.skip_failed):
+                out[name] = {"dtype": var.dtype, **attrs}
+    return out
+
+
 def _write_direct(target: Target, name: str, values: np.ndarray, region: tuple[slice, ...]):
-    """Write strings, and cftime dates encoded with the store's units and calendar, with
-    zarr: xarray's region writes refuse strings narrower than the store's (an append of
-    ERA5's ``expver``), and decode the stored dates first, which they cannot while the
-    unwritten parts hold NaN."""
+    """Write values as stored, strings, and cftime dates encoded with the store's units and
+    calendar, with zarr: xarray's region writes refuse strings narrower than the store's
+    (an append of ERA5's ``expver``), and decode the stored dates first, which they cannot
+    while the unwritten parts hold NaN."""
     array = zarr.open_array(zarr_store(target), path=name, mode="r+")
     if values.dtype == object and "calendar" in array.attrs:
         units, calendar = array.attrs["units"], array.attrs["calendar"]
         values, _, _ = xr.coding.times.encode_cf_datetime(values, units, calendar, array.dtype)
-    array[region] = values
+    array.with_config({"write_empty_chunks": True})[region] = values
 
 
 def _write_error(
@@ -297,20 +329,30 @@ def _write_error(
     return None
 
 
-def _allocate(shape: list[int], dtype: str, fill: bool) -> np.ndarray:
-    """An array for a region; filled with the missing value if inputs may be skipped."""
+def _allocate(shape: list[int], dtype: str, fill: bool, packing: dict | None = None) -> np.ndarray:
+    """An array for a region, in the store's dtype if ``packing`` is given; filled with the
+    missing value if inputs may be skipped."""
+    if packing is not None:
+        dtype = packing["dtype"]
     if not fill:
         return np.empty(shape, dtype=dtype)
     kind = np.dtype(dtype).kind
     missing = np.nan if kind in "fc" else np.datetime64("NaT") if kind in "mM" else 0
+    if packing is not None:
+        missing = packing.get("_FillValue", packing.get("missing_value", missing))
     return np.full(shape, missing, dtype=dtype)
 
 
-def _read_piece(piece: Piece, task: WriteTask, arrays, dims, region) -> None:
+def _read_piece(piece: Piece, task: WriteTask, arrays, dims, region, packing) -> None:
     source, dest = dict(piece.source), dict(piece.dest)
     wanted = {n: {d: source.get(d, region[d]) for d in dims[n]} for n in arrays}
-    for name, values in read_variables(piece.input.url, task.open, wanted).items():
-        arrays[name][tuple(dest.get(d, slice(None)) for d in dims[name])] = values
+    stored = {n: sel for n, sel in wanted.items() if n in packing}
+    decoded = {n: sel for n, sel in wanted.items() if n not in packing}
+    values = read_variables(piece.input.url, task.open, decoded) if decoded else {}
+    if stored:
+        values.update(read_stored(piece.input.url, task.open, stored, packing))
+    for name, array in values.items():
+        arrays[name][tuple(dest.get(d, slice(None)) for d in dims[name])] = array
 
 
 def consolidate(target: Target) -> None:
