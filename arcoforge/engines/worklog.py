@@ -10,6 +10,7 @@ import logging
 import os
 import select
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,15 +86,23 @@ def captured(label: str = "a task", relay: int | None = None) -> Iterator[_Task]
     task ``label``: sent to ``relay`` as it is logged, if given, else kept."""
     with _installed:
         if _capture not in logging.getLogger(LOGGER).filters:
-            logging.captureWarnings(True)
             for name in WATCHED:
                 logging.getLogger(name).addFilter(_capture)
+        _route_warnings()
     task = _Task(label, relay)
     _capture.tasks[threading.get_ident()] = task
     try:
         yield task
     finally:
         del _capture.tasks[threading.get_ident()]
+
+
+def _route_warnings() -> None:
+    """Send Python warnings to logging, where tasks capture them; again if someone (a
+    test runner's ``catch_warnings``, say) has put ``warnings.showwarning`` back since."""
+    if getattr(warnings.showwarning, "__module__", None) != "logging":
+        logging.captureWarnings(False)
+        logging.captureWarnings(True)
 
 
 def with_lines(result: Any, task: _Task) -> Any:
