@@ -246,7 +246,7 @@ def reference_feedstock(w: World) -> str:
 
 
 def full_disk(w: World) -> list[str]:
-    """A bake onto a 1 MB tmpfs: the template fits, the chunks do not."""
+    """A decoded bake onto a 1 MB tmpfs: the template fits, the chunks do not."""
     disk = w.tmp / "disk"
     disk.mkdir()
     if os.geteuid() != 0:
@@ -258,7 +258,9 @@ def full_disk(w: World) -> list[str]:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     w.cleanups.append(lambda: subprocess.run(["umount", str(disk)], check=True))
     big = write_oisst_archive(w.tmp / "big", days=4, ny=180, nx=360)
-    feed = w.feedstock(base=str(big[0].parent))
+    writer = 'StoreToZarr(store_name="sst.zarr", target_chunks={"time": 2})'
+    decoded = writer.replace(")", ", decode=True)")  # float32: more than the disk holds
+    feed = w.feedstock(base=str(big[0].parent), edits={writer: decoded})
     return ["bake", feed, "--target-root", str(disk / "out"), "--workers", "1"]
 
 
