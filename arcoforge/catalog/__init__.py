@@ -1,0 +1,1 @@
+"""A static website and STAC catalog of what was baked."""
