@@ -272,5 +272,6 @@ def _decode_netcdf(var, name: str, sel: dict[str, slice], inherited: dict) -> np
         raise ValueError(f"dims {dims} differ from the scanned {tuple(sel)}")
     raw = var[tuple({**sel, **chars}[d] for d in dims)]
     attrs = {**inherited, **{k: var.getncattr(k) for k in var.ncattrs()}}
-    decoded = xr.conventions.decode_cf_variable(name, xr.Variable(dims, np.asarray(raw), attrs))
+    plain = xr.Variable(dims, np.asarray(raw), attrs)
+    decoded = xr.conventions.decode_cf_variable(name, plain, stack_char_dim=bool(chars))
     return decoded.transpose(*sel).values
