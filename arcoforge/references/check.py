@@ -180,7 +180,7 @@ def _check_variable(
     if zarray is None:
         raise ValidationError(f"{where}: variable {name!r} is missing from the store")
     dims, stored = list(var.dims), zattrs.get("_ARRAY_DIMENSIONS", [])
-    if stored == [name] and name in spans and len(dims) == 1 and var.dtype == np.dtype("S1"):
+    if stored == [name] != dims and name in spans and len(dims) == 1 and var.dtype == "S1":
         _check_label(refs, var, zarray, spans[name], where)
         return
     new = stored[: len(stored) - len(dims)]
