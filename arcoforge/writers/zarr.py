@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import errno
 import os
 import shutil
@@ -84,10 +83,11 @@ def encodings(schema: DatasetSchema, chunks: Mapping[str, int], writer: StoreToZ
             user.pop("compressor")
         enc.update(user)
         if writer.zarr_format == 3 and _is_masked_chars(info) and enc.get("_FillValue"):
+            fill = bytes(enc["_FillValue"])
             raise SchemaError(
-                f"variable {name!r}: chars with a _FillValue ({bytes(enc['_FillValue'])!r}) cannot be "
-                "written to Zarr v3 so that xarray reads them (it cannot decode the _FillValue "
-                "of a |S1 array); bake with StoreToZarr(zarr_format=2)"
+                f"variable {name!r}: chars with a _FillValue ({fill!r}) cannot be written to "
+                "Zarr v3 so that xarray reads them (it cannot decode the _FillValue of a |S1 "
+                "array); bake with StoreToZarr(zarr_format=2)"
             )
         out[name] = enc
     return out
@@ -320,25 +320,17 @@ def _stored_packing(task: WriteTask) -> dict[str, dict]:
 
 
 def _write_direct(target: Target, name: str, values: np.ndarray, region: tuple[slice, ...]):
-    """Write values as stored, strings, and cftime dates encoded with the store's units and
-    calendar, with zarr: xarray's region writes refuse strings narrower than the store's
-    (an append of ERA5's ``expver``), and decode the stored dates first, which they cannot
-    while the unwritten parts hold NaN."""
+    """Write values as stored, strings, masked chars (NaN as the store's fill value) and
+    cftime dates encoded with the store's units and calendar, with zarr: xarray's region
+    writes refuse strings narrower than the store's (an append of ERA5's ``expver``), and
+    decode the stored dates first, which they cannot while the unwritten parts hold NaN."""
     array = zarr.open_array(zarr_store(target), path=name, mode="r+")
     if values.dtype == object and "calendar" in array.attrs:
         units, calendar = array.attrs["units"], array.attrs["calendar"]
         values, _, _ = xr.coding.times.encode_cf_datetime(values, units, calendar, array.dtype)
-    elif values.dtype == object and array.dtype.kind == "S":
-        values = np.where(pd.isna(values), _char_fill(array), values).astype(array.dtype)
+    elif values.dtype == object and array.dtype.kind == "S":  # masked chars, in Zarr v2
+        values = np.where(pd.isna(values), array.fill_value, values).astype(array.dtype)
     array.with_config({"write_empty_chunks": True})[region] = values
-
-
-def _char_fill(array: zarr.Array) -> bytes:
-    """The fill value of masked chars: xarray gives it as the Zarr v2 fill value, and in
-    base64 as the ``_FillValue`` attribute of Zarr v3."""
-    if array.metadata.zarr_format == 2:
-        return array.fill_value
-    return base64.standard_b64decode(array.attrs["_FillValue"])
 
 
 def _write_error(
