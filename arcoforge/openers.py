@@ -143,10 +143,12 @@ def read_variables(
     if direct(config):
         with open_netcdf(local_copy(url, config.fetch), where) as nc:
             inherited = _bounds_attrs(nc, wanted)
-            return {
-                n: _read(nc.variables.get(n), n, sel, where, inherited.get(n))
-                for n, sel in wanted.items()
-            }
+            out = {}
+            for name, sel in wanted.items():
+                var = nc.variables.get(name)
+                own, axes = _held_dims(var, sel, config.concat_dims)
+                out[name] = np.expand_dims(_read(var, name, own, where, inherited.get(name)), axes)
+            return out
     with open_input(url, config) as ds:
         return {n: _read(ds.variables.get(n), n, sel, where) for n, sel in wanted.items()}
 
@@ -168,13 +170,26 @@ def read_stored(
         out = {}
         for name, sel in wanted.items():
             var, pack = nc.variables.get(name), packing[name]
+            own, axes = _held_dims(var, sel, config.concat_dims)
             if var is not None and _packed_as(var, pack):
-                out[name] = _read_raw(var, name, sel, where)
+                values = _read_raw(var, name, own, where)
             else:
-                values = _read(var, name, sel, where, inherited.get(name))
-                plain = xr.Variable(tuple(sel), values, encoding=dict(pack))
-                out[name] = xr.conventions.encode_cf_variable(plain).values
+                values = _read(var, name, own, where, inherited.get(name))
+                plain = xr.Variable(tuple(own), values, encoding=dict(pack))
+                values = xr.conventions.encode_cf_variable(plain).values
+            out[name] = np.expand_dims(values, axes)
     return out
+
+
+def _held_dims(var, sel: dict[str, slice], concat_dims) -> tuple[dict[str, slice], tuple]:
+    """``sel`` less the concat dims the netCDF variable lacks, and their axes: an input that
+    holds a concat dim as a scalar coordinate (CMIP's ``realization``) is opened with that
+    dim of one step (:func:`_promote_scalars`), which the direct read adds back."""
+    if var is None:
+        return sel, ()
+    held = set(var.dimensions)
+    axes = tuple(k for k, d in enumerate(sel) if d in concat_dims and d not in held)
+    return {d: s for d, s in sel.items() if d in held or d not in concat_dims}, axes
 
 
 def _packed_as(var, pack: dict) -> bool:
@@ -272,5 +287,6 @@ def _decode_netcdf(var, name: str, sel: dict[str, slice], inherited: dict) -> np
         raise ValueError(f"dims {dims} differ from the scanned {tuple(sel)}")
     raw = var[tuple({**sel, **chars}[d] for d in dims)]
     attrs = {**inherited, **{k: var.getncattr(k) for k in var.ncattrs()}}
-    decoded = xr.conventions.decode_cf_variable(name, xr.Variable(dims, np.asarray(raw), attrs))
+    plain = xr.Variable(dims, np.asarray(raw), attrs)
+    decoded = xr.conventions.decode_cf_variable(name, plain, stack_char_dim=bool(chars))
     return decoded.transpose(*sel).values

@@ -178,9 +178,11 @@ def _var_info(var: xr.Variable, is_coord: bool, concat: set[str], merged: bool) 
     if _is_time(var):
         encoding = {k: var.encoding[k] for k in _TIME_ENCODING if k in var.encoding}
         encoding["dtype"] = str(np.dtype(encoding.get("dtype", "float64")))
-    elif dtype.kind in "iuf" and np.dtype(var.encoding.get("dtype", dtype)).kind in "iuf":
+    elif _packing_kept(var):
         encoding = {k: var.encoding[k] for k in PACKING if k in var.encoding}
         encoding["dtype"] = str(np.dtype(encoding.get("dtype", dtype)))
+    elif _masked_chars(var):
+        encoding = {"dtype": str(var.encoding["dtype"]), "_FillValue": var.encoding["_FillValue"]}
     fingerprint = summary = kept = None
     along = bool(concat.intersection(var.dims))
     if not along or (merged and var.nbytes <= SHARED_BYTES):
@@ -198,6 +200,28 @@ def _var_info(var: xr.Variable, is_coord: bool, concat: set[str], merged: bool) 
         summary=summary or "",
         values=kept,
     )
+
+
+def _packing_kept(var: xr.Variable) -> bool:
+    """Whether a number's source packing can be kept: xarray encodes neither a non-number
+    nor a ``_FillValue`` and ``missing_value`` that differ (scipy's
+    ``example_3_maskedvals.nc``: both are decoded to NaN, and so the store holds it)."""
+    stored = np.dtype(var.encoding.get("dtype", var.dtype))
+    if var.dtype.kind not in "iuf" or stored.kind not in "iuf":
+        return False
+    fill, missing = var.encoding.get("_FillValue"), var.encoding.get("missing_value")
+    return fill is None or missing is None or _same_values(fill, missing)
+
+
+def _masked_chars(var: xr.Variable) -> bool:
+    """A char variable whose ``_FillValue`` xarray masks (decoded to objects, NaN where
+    missing: scipy's ``example_3_maskedvals.nc``), kept as chars with that fill value."""
+    chars = var.encoding.get("dtype") == np.dtype("S1")
+    return var.dtype == object and chars and "_FillValue" in var.encoding
+
+
+def _same_values(a, b) -> bool:
+    return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
 
 
 def _is_time(var: xr.Variable) -> bool:

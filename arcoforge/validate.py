@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from .errors import ValidationError
@@ -145,4 +146,6 @@ def _equal_mask(a: np.ndarray, b: np.ndarray, tolerance: float = 0.0) -> np.ndar
         return close | (np.isnan(a) & np.isnan(b))
     if a.dtype.kind == "M":
         return (a == b) | (np.isnat(a) & np.isnat(b))
+    if a.dtype.kind == "O" and b.dtype.kind == "O":  # masked chars: bytes, NaN where missing
+        return np.asarray(a == b) | (pd.isna(a) & pd.isna(b))
     return np.asarray(a == b)

@@ -20,6 +20,7 @@ import pytest
 import xarray as xr
 import zarr
 from test_errors import bake_fails
+from test_reference_concat_dims import CHAR_MEMBERS, char_members, members_pattern
 from test_references import assert_matches_sources, ref_recipe
 
 from arcoforge import (
@@ -234,6 +235,28 @@ def test_ensemble_members_as_string_keys_of_a_new_dim(tmp_path):
     src = open_sources(paths, "realization", as_member)
     xr.testing.assert_identical(out, src)
     assert "variant_label" not in out.attrs  # it differs between the members
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("file_format", ["NETCDF4", "NETCDF3_CLASSIC"])
+def test_members_named_by_a_scalar_char_array(tmp_path, file_format, zarr_format):
+    """Each file names its member in ``char realization(strlen)``, which xarray reads as a
+    scalar string coordinate: the members combine along it, read as stored by the fast
+    path (was: ``reading 'tas' failed: ValueError: dims ('time',) differ from the scanned
+    ('realization', 'time')``, for any scalar coordinate named as the concat dim)."""
+    paths = char_members(tmp_path / "src", file_format)
+    file_type = "netcdf3" if file_format.startswith("NETCDF3") else "netcdf4"
+    recipe = (
+        members_pattern(paths)
+        | OpenWithXarray(file_type=file_type)
+        | StoreToZarr("ens.zarr", zarr_format=zarr_format)
+    )
+    result = bake(recipe, tmp_path / "out", workers=1)
+    assert result.stats["validated_inputs"] == 2  # the first and the last
+    out = xr.open_zarr(result.url).load()
+    assert out.realization.values.tolist() == [m.encode() for m in CHAR_MEMBERS]
+    assert out.tas.dims == ("realization", "time")
+    xr.testing.assert_identical(out, open_sources(list(paths.values()), "realization"))
 
 
 def write_xclim_like(folder: Path, variables: tuple[str, ...], years: int = 2, differ=None):

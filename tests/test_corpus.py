@@ -1,8 +1,8 @@
 """Real files nobody here wrote (``tests/corpus.py``, ``docs/corpus.md``) bake to Zarr and to
 JSON, Parquet and Icechunk references that equal xarray's reading of the sources (values,
 dims, dtypes, attributes, calendars, bounds), or are refused in one line naming the file
-and the cause. Cases that fail on the Zarr path today are strict xfails named by their
-item of issue 16, so that they flip when fixed."""
+and the cause. Cases that fail today are strict xfails naming the cause, so that they flip
+when fixed."""
 
 from __future__ import annotations
 
@@ -38,8 +38,12 @@ from tests import corpus
 pytest.importorskip("iris_sample_data", reason="the corpus needs the test extra")
 GRIB = {"engine": "cfgrib", "backend_kwargs": {"indexpath": ""}, "decode_timedelta": True}
 PRODUCTS = ("zarr", "json", "parquet", "icechunk")
-ITEM_2 = "issue 16 item 2: char arrays on the Zarr path's fast read"
 CHAR_FILL = "xarray cannot decode the Zarr v3 _FillValue of a char (|S1) array"
+CHAR_FILL_REFUSED = (
+    "variable 'var6_char': chars with a _FillValue (b'b') cannot be written to Zarr v3 so "
+    "that xarray reads them (it cannot decode the _FillValue of a |S1 array); bake with "
+    "StoreToZarr(zarr_format=2)"
+)
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ CASES = {
         _one(lambda: corpus.scipy_nc("example_3_maskedvals.nc")),
         "dim1",
         "netcdf3",
-        xfail={"zarr": ITEM_2, "icechunk": CHAR_FILL},
+        xfail={"icechunk": CHAR_FILL},
+        refused={"zarr": CHAR_FILL_REFUSED},
     ),
     "space-weather-netcdf3-char-scalar": Case(
         _one(lambda: corpus.iris("space_weather.nc")),
@@ -174,14 +179,14 @@ def _params():
             yield pytest.param(name, product, marks=marks, id=f"{name}-{product}")
 
 
-def _recipe(case: Case, paths: list[Path], product: str):
+def _recipe(case: Case, paths: list[Path], product: str, zarr_format: int = 3):
     pattern = sequence([str(p) for p in paths], case.dim, file_type=case.file_type)
     if product == "zarr":
         return (
             pattern
             | OpenURLWithFSSpec()
             | OpenWithXarray(file_type=case.file_type)
-            | (StoreToZarr("out"))
+            | StoreToZarr("out", zarr_format=zarr_format)
         )
     name = "reference.parquet" if product == "parquet" else "reference.json"
     return (
@@ -315,6 +320,21 @@ def test_strings_and_chars_are_inline_as_kerchunk_holds_them(tmp_path):
     refs = _reference_json(tmp_path / "chars", case, case.make(tmp_path))
     meta = json.loads(refs["var6_char/.zarray"])
     assert (meta["dtype"], meta["fill_value"]) == ("|S1", base64.b64encode(b"b").decode())
+
+
+def test_masked_chars_and_two_fill_values_bake_to_zarr_v2(tmp_path):
+    # issue 16 item 2's case: the char variable var6_char(dim1) shares its dim with numbers,
+    # so xarray keeps it as chars (masked where b'b'); var3 has _FillValue 1 and
+    # missing_value 2, which xarray decodes but cannot encode: it is stored decoded
+    case = CASES["scipy-netcdf3-masked-chars"]
+    paths = case.make(tmp_path)
+    result = bake(_recipe(case, paths, "zarr", zarr_format=2), tmp_path / "out", workers=1)
+    with xr.open_zarr(result.url) as out:
+        assert_same(out, _sources(paths, case))
+        chars = out.var6_char.values
+        assert (chars.dtype, chars[0], chars[2]) == (object, b"a", b"c") and np.isnan(chars[1])
+        assert out.var6_char.encoding["_FillValue"] == b"b"
+        np.testing.assert_array_equal(out.var3_fillvalAndMissingValue, [np.nan, np.nan, 3.0])
 
 
 def _scenarios(paths: dict[str, Path], name: str = "reference.json", dim: str = "scenario"):

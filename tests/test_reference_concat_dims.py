@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
@@ -453,3 +454,60 @@ def test_scalar_coordinates_differing_along_a_later_dim_are_refused(tmp_path):
         ds.assign_coords(seed=item.pos("member")).to_netcdf(item.url)
     with pytest.raises(CombineError, match=r"seed differ along 'member', not only along 'time'$"):
         bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+
+
+CHAR_MEMBERS = ["r1i1p1", "r10i1p1f1", "r2i1p1"]
+
+
+def char_members(root: Path, file_format: str = "NETCDF4") -> dict[str, Path]:
+    """One file a member, each naming it in a 0-d char array ``char realization(strlen)``
+    (a coordinate of ``tas``), ``strlen`` as long as the label: the widest is not first."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for k, label in enumerate(CHAR_MEMBERS):
+        path = paths[label] = root / f"tas_{label}.nc"
+        with netCDF4.Dataset(path, "w", format=file_format) as nc:
+            nc.createDimension("time", 3)
+            nc.createDimension("strlen", len(label))
+            time = nc.createVariable("time", "f8", ("time",))
+            time.units = "days since 2000-01-01"
+            time[:] = np.arange(3)
+            tas = nc.createVariable("tas", "f4", ("time",))
+            tas.coordinates = "realization"
+            tas[:] = np.arange(3.0) + 10 * k
+            realization = nc.createVariable("realization", "S1", ("strlen",))
+            realization[:] = netCDF4.stringtochar(np.array([label], f"S{len(label)}"))
+    return paths
+
+
+def members_pattern(paths: dict[str, Path]) -> FilePattern:
+    return FilePattern(
+        lambda realization: str(paths[realization]), ConcatDim("realization", list(paths))
+    )
+
+
+@pytest.mark.parametrize("file_format", ["NETCDF4", "NETCDF3_CLASSIC"])
+@pytest.mark.parametrize("name", [*FORMATS, "icechunk"])
+def test_members_named_by_a_scalar_char_array(tmp_path, name, file_format):
+    """xarray reads the 0-d char array as one string and concatenates the members along
+    it; so do the references (was: ``'realization' is neither a dim nor a scalar held
+    inline``)."""
+    paths = char_members(tmp_path / "src", file_format)
+    file_type = "netcdf3" if file_format.startswith("NETCDF3") else "netcdf4"
+    root, output = str(tmp_path / "out"), name
+    if name == "icechunk":
+        pytest.importorskip("icechunk", reason="Icechunk targets need the [icechunk] extra")
+        root, output = f"icechunk://{tmp_path / 'ic'}", "reference.json"
+    recipe = (
+        members_pattern(paths)
+        | OpenWithKerchunk(file_type=file_type)
+        | WriteCombinedReference("ref", concat_dims=["realization"], output_file_name=output)
+    )
+    result = bake(recipe, root, workers=1)
+    assert result.stats["validated_inputs"] == 2
+    src = xr.concat([xr.open_dataset(p).load() for p in paths.values()], "realization")
+    assert src.realization.dtype == "S9"
+    assert_equals(result.url, src)
+    with open_references(str(result.url)) as out:
+        assert out.realization.values.tolist() == [label.encode() for label in CHAR_MEMBERS]
+        assert out.tas.dims == ("realization", "time")

@@ -1,7 +1,12 @@
 """Reference stores that xarray cannot read are not published (issue 16 item 13): char
 variables that xarray decodes to strings (``_Encoding``) holding bytes that are not in that
 encoding end a reader's ``open_dataset(...).load()`` in ``UnicodeDecodeError``. The in-bake
-check and ``arcoforge validate`` open the store as readers do and name the variable."""
+check and ``arcoforge validate`` open the store as readers do and name the variable.
+
+Packed variables (issue 16 item 14): xarray reads int16 packed with a float32
+``scale_factor`` from references as float64 (JSON attributes have no float32), as it reads
+kerchunk's own references of the same files; ``.astype("float32")`` is within float32's
+rounding of its decoding of the files (docs/real-archives.md)."""
 
 from __future__ import annotations
 
@@ -13,11 +18,15 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 import pytest
+import xarray as xr
 from test_references import ref_recipe
 
-from arcoforge import bake
+from arcoforge import bake, pattern_from_file_sequence
 from arcoforge.errors import ValidationError
+from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.store import open_references
+from arcoforge.testing.archives import write_oisst_archive
+from tests import corpus
 
 UTF8_ERROR = (
     "variable 'flag': xarray cannot read it: UnicodeDecodeError: 'utf-8' codec can't decode "
@@ -109,3 +118,109 @@ def test_validate_names_a_variable_xarray_cannot_read(tmp_path, name):
     report = json.loads(broken.stdout)
     assert f"{url}: {UTF8_ERROR}" in report["findings"]
     assert "Traceback" not in broken.stderr
+
+
+def kerchunk_references(paths: list[Path], file_type: str, concat_dim: str) -> dict:
+    """kerchunk's own references of ``paths``, combined along ``concat_dim`` if several."""
+    pytest.importorskip("kerchunk", reason="kerchunk is the peer compared with")
+    from kerchunk.combine import MultiZarrToZarr
+    from kerchunk.hdf import SingleHdf5ToZarr
+    from kerchunk.netCDF3 import NetCDF3ToZarr
+
+    scan = SingleHdf5ToZarr if file_type == "netcdf4" else NetCDF3ToZarr
+    singles = [scan(str(p), inline_threshold=0).translate() for p in paths]
+    if len(singles) == 1:
+        return singles[0]
+    return MultiZarrToZarr(singles, concat_dims=[concat_dim]).translate()
+
+
+def offset_kelvin(paths: list[Path]) -> None:
+    """Give ``sst`` a float32 ``add_offset`` of 273.15 (its raw int16 values unchanged)."""
+    for path in paths:
+        with netCDF4.Dataset(path, "a") as nc:
+            nc["sst"].add_offset = np.float32(273.15)
+
+
+def assert_float64_within_float32_rounding(
+    got: np.ndarray, decoded: np.ndarray, raw: np.ndarray, scale: np.float32, name: str
+) -> None:
+    """``got`` (float64, exact: int16 x float32 fits float64's mantissa) is within one
+    float32 rounding of the product ``raw * scale`` and one of the sum that xarray's
+    float32 decoding ``decoded`` made; with no offset, the sum rounds nothing."""
+    assert np.array_equal(np.isnan(got), np.isnan(decoded)), name
+    product = np.abs(raw.astype(np.float32) * scale)
+    bound = (np.spacing(product).astype(np.float64) + np.spacing(np.abs(decoded))) / 2
+    error = np.abs(got - decoded.astype(np.float64))
+    assert (error[~np.isnan(got)] <= bound[~np.isnan(got)]).all(), name
+
+
+def assert_as_kerchunk(got: np.ndarray, peer: xr.DataArray, scale: np.float32, file_type: str):
+    """``got`` equals kerchunk's values: exactly for HDF5, whose references keep the file's
+    float32 ``scale_factor`` as its float64 value; kerchunk's netCDF-3 references write it
+    through ``str`` (0.01, not 0.009999999776482582), so theirs are off by that (under half
+    a float32 ulp, relatively) and ours are the file's."""
+    if file_type == "netcdf4":
+        np.testing.assert_array_equal(got, peer.values)
+        return
+    assert peer.encoding["scale_factor"] == float(str(scale)) != float(scale)
+    np.testing.assert_allclose(got, peer.values, rtol=2**-24, atol=0)
+
+
+PACKED = {
+    "netcdf4": ("NETCDF4", None),
+    "netcdf3": ("NETCDF3_64BIT", None),
+    "netcdf4-add_offset": ("NETCDF4", offset_kelvin),
+}
+
+
+@pytest.mark.parametrize("case", PACKED)
+@pytest.mark.parametrize("name", TARGETS)
+def test_packed_int16_with_float32_scale_reads_as_kerchunk_float64(tmp_path, name, case):
+    file_format, change = PACKED[case]
+    file_type = "netcdf3" if file_format.startswith("NETCDF3") else "netcdf4"
+    paths = write_oisst_archive(tmp_path / "src", days=4, ny=18, nx=36, file_format=file_format)
+    if change:
+        change(paths)
+    root, output = target(tmp_path, name)
+    url = bake(ref_recipe(paths, output, file_type=file_type), root, workers=1).url
+    peer = kerchunk_references(paths, file_type, "time")
+    sources = {"paths": paths, "combine": "nested", "concat_dim": "time"}
+    with (
+        xr.open_mfdataset(**sources) as source,
+        xr.open_mfdataset(**sources, mask_and_scale=False) as raw,
+        xr.open_dataset(peer, engine="kerchunk", chunks=None) as kerchunk,
+        open_references(str(url)) as out,
+    ):
+        for var in ("sst", "anom", "err", "ice"):
+            assert raw[var].dtype == np.int16, var
+            assert out[var].dtype == kerchunk[var].dtype == np.float64, var
+            got, scale = out[var].values, raw[var].attrs["scale_factor"]
+            assert_as_kerchunk(got, kerchunk[var], scale, file_type)
+            decoded = source[var].values
+            assert decoded.dtype == np.float32, var
+            assert_float64_within_float32_rounding(got, decoded, raw[var].values, scale, var)
+            if raw[var].attrs["add_offset"] == 0:  # one rounding: float32 gives it back
+                np.testing.assert_array_equal(got.astype(np.float32), decoded, err_msg=var)
+        assert raw.sst.attrs["add_offset"] == (np.float32(273.15) if change else 0)
+
+
+def test_a_real_packed_file_reads_as_xarray_reads_the_file(tmp_path):
+    """scipy's ``example_2.nc`` packs int32 with a float32 ``scale_factor`` and an int32
+    ``add_offset``: xarray decodes the file to float64 (an integer offset), and so the
+    references, value for value, NaN at the missing value; kerchunk's too."""
+    path = corpus.scipy_nc("example_2.nc")
+    pattern = pattern_from_file_sequence([str(path)], "Temperature", file_type="netcdf3")
+    recipe = pattern | OpenWithKerchunk() | WriteCombinedReference("ref")
+    url = bake(recipe, tmp_path / "out", workers=1).url
+    peer = kerchunk_references([path], "netcdf3", "Temperature")
+    with (
+        xr.open_dataset(path) as source,
+        xr.open_dataset(peer, engine="kerchunk", chunks=None) as kerchunk,
+        open_references(str(url)) as out,
+    ):
+        got = out.Temperature
+        assert source.Temperature.dtype == got.dtype == kerchunk.Temperature.dtype
+        assert got.dtype == np.float64
+        np.testing.assert_array_equal(got.values, source.Temperature.values)
+        assert np.isnan(got.values[3])
+        assert_as_kerchunk(got.values, kerchunk.Temperature, np.float32(0.01), "netcdf3")

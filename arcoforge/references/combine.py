@@ -148,10 +148,25 @@ def _new_coord(manifest: Manifest, dim: str, keys: dict, url: str) -> ArrayRefs:
             raise CombineError(f"{url}: has no {dim!r} and no key along it")
         return inline_array(np.array([keys[dim]]), {"_ARRAY_DIMENSIONS": [dim]})
     values = scalar.inline_values
+    if values is not None and _folded_chars(manifest, scalar):
+        label = np.array(values.tobytes(), dtype=f"S{values.size}")
+        return inline_array(label.reshape(1), {**scalar.attrs, "_ARRAY_DIMENSIONS": [dim]})
     if scalar.dims or values is None:
         raise CombineError(f"{url}: {dim!r} is neither a dim nor a scalar held inline")
     attrs = {**scalar.attrs, "_ARRAY_DIMENSIONS": [dim]}
     return inline_array(values.reshape(1), attrs, fill_value=scalar.meta.get("fill_value"))
+
+
+def _folded_chars(manifest: Manifest, array: ArrayRefs) -> bool:
+    """Whether ``array`` is a 0-d char array (CMIP's ``char realization(strlen)``), which
+    xarray reads as one string: chars along one dim that only chars use, as their last."""
+    if len(array.dims) != 1 or np.dtype(array.meta["dtype"]) != np.dtype("S1"):
+        return False
+    dim = array.dims[0]
+    users = [a for a in manifest.arrays.values() if dim in a.dims]
+    return dim not in manifest.arrays and all(
+        np.dtype(a.meta["dtype"]).kind == "S" and a.dims[-1] == dim for a in users
+    )
 
 
 def _with_dim(manifest: Manifest, dim: str, coord: ArrayRefs, identical: Sequence[str]) -> Manifest:
@@ -392,8 +407,8 @@ def _in_units_of(first: Manifest, other: Manifest, name: str, url: str) -> np.nd
     values = other.coords[name]
     dtype = first.coords[name].dtype
     same = all(got.get(k) == want.get(k) for k in ("units", "calendar"))
-    if same and values.dtype == dtype:
-        return values
+    if same and (values.dtype == dtype or values.dtype.kind == dtype.kind in "SU"):
+        return values  # labels of any width: they are joined as wide as the widest
     if not same and " since " not in str(want.get("units", "")):
         raise CombineError(
             f"{url}: {name} units {got.get('units')!r} differ from the first input's "

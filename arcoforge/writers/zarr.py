@@ -13,10 +13,11 @@ from typing import Any
 import cftime
 import fsspec
 import numpy as np
+import pandas as pd
 import xarray as xr
 import zarr
 
-from ..errors import ArcoforgeError, SourceError, TargetError, one_line
+from ..errors import ArcoforgeError, SchemaError, SourceError, TargetError, one_line
 from ..ledger import Ledger, is_local
 from ..openers import STORED_ATTRS, OpenConfig, direct, open_input, read_stored, read_variables
 from ..patterns import Input
@@ -81,6 +82,13 @@ def encodings(schema: DatasetSchema, chunks: Mapping[str, int], writer: StoreToZ
             user = {**user, "compressors": user["compressor"]}
             user.pop("compressor")
         enc.update(user)
+        if writer.zarr_format == 3 and _is_masked_chars(info) and enc.get("_FillValue"):
+            fill = bytes(enc["_FillValue"])
+            raise SchemaError(
+                f"variable {name!r}: chars with a _FillValue ({fill!r}) cannot be written to "
+                "Zarr v3 so that xarray reads them (it cannot decode the _FillValue of a |S1 "
+                "array); bake with StoreToZarr(zarr_format=2)"
+            )
         out[name] = enc
     return out
 
@@ -94,7 +102,8 @@ def _default_encoding(
         "chunks": shape if is_dim_coord else tuple(chunks[d] for d in info.dims),
         "compressors": (default_compressor(zarr_format),),
     }
-    if packed or "units" in info.encoding:  # times keep their units and calendar
+    # times keep their units and calendar; masked chars their fill (NaN is no char)
+    if packed or "units" in info.encoding or _is_masked_chars(info):
         enc.update(info.encoding)
     if "_FillValue" in enc or "missing_value" in enc:
         return enc
@@ -141,8 +150,11 @@ def write_template(
 
 def _empty(info: VarInfo, concat: set[str]) -> xr.Variable:
     """A variable of length 0 along the concat dims. An empty array of cftime dates has no
-    calendar to encode it with, so it is given in its encoded dtype with its time units."""
+    calendar to encode it with, so it is given in its encoded dtype with its time units;
+    masked chars (objects) are given as chars, which xarray would take for floats."""
     empty = [0 if d in concat else n for d, n in zip(info.dims, info.shape, strict=True)]
+    if _is_masked_chars(info):
+        return xr.Variable(info.dims, np.empty(empty, info.encoding["dtype"]), info.attrs)
     if not _is_cftime(info):
         return xr.Variable(info.dims, np.empty(empty, info.dtype), info.attrs)
     units, calendar = info.encoding["units"], info.encoding["calendar"]
@@ -153,6 +165,10 @@ def _empty(info: VarInfo, concat: set[str]) -> xr.Variable:
 
 def _is_cftime(info: VarInfo) -> bool:
     return np.dtype(info.dtype) == object and "calendar" in info.encoding
+
+
+def _is_masked_chars(info: VarInfo) -> bool:
+    return np.dtype(info.dtype) == object and np.dtype(info.encoding.get("dtype", "O")).kind == "S"
 
 
 def _encoded_already(encoding: dict) -> dict:
@@ -304,14 +320,16 @@ def _stored_packing(task: WriteTask) -> dict[str, dict]:
 
 
 def _write_direct(target: Target, name: str, values: np.ndarray, region: tuple[slice, ...]):
-    """Write values as stored, strings, and cftime dates encoded with the store's units and
-    calendar, with zarr: xarray's region writes refuse strings narrower than the store's
-    (an append of ERA5's ``expver``), and decode the stored dates first, which they cannot
-    while the unwritten parts hold NaN."""
+    """Write values as stored, strings, masked chars (NaN as the store's fill value) and
+    cftime dates encoded with the store's units and calendar, with zarr: xarray's region
+    writes refuse strings narrower than the store's (an append of ERA5's ``expver``), and
+    decode the stored dates first, which they cannot while the unwritten parts hold NaN."""
     array = zarr.open_array(zarr_store(target), path=name, mode="r+")
     if values.dtype == object and "calendar" in array.attrs:
         units, calendar = array.attrs["units"], array.attrs["calendar"]
         values, _, _ = xr.coding.times.encode_cf_datetime(values, units, calendar, array.dtype)
+    elif values.dtype == object and array.dtype.kind == "S":  # masked chars, in Zarr v2
+        values = np.where(pd.isna(values), array.fill_value, values).astype(array.dtype)
     array.with_config({"write_empty_chunks": True})[region] = values
 
 
