@@ -150,6 +150,9 @@ class ReferencePlan(Plan):
             self._check_continues(new, manifests)
             urls = [self.url, self.inputs[0].url]
             new = concat([self.held, new], self.dim, urls, self.recipe.writer.identical_dims)
+        problem = self.store.unwritable(new)
+        if problem:
+            raise CombineError(f"{self.inputs[0].url}: {problem}")
         state.manifest = new
         state.open = replace(self.open, promoted=new.promoted)
         state.counts = [m.sizes().get(self.dim, 1) for m in manifests] if self.dim else []

@@ -66,6 +66,14 @@ class ReferenceStore:
         if self.kind == "parquet":
             kerchunk.preload()
 
+    def unwritable(self, manifest: Manifest) -> str | None:
+        """Why ``manifest`` cannot be written in this store's kind, or None."""
+        if self.kind == "icechunk":
+            from ..writers import icechunk
+
+            return icechunk.unwritable(manifest)
+        return None
+
     def clear_staging(self) -> None:
         """Drop the staging branch an interrupted Icechunk bake left. JSON and Parquet
         references are staged at their ledger's staging name, which the ledger clears

@@ -166,6 +166,22 @@ def open_dataset(path: str, branch: str = MAIN, **kwargs) -> Iterator[xr.Dataset
         ds.close()
 
 
+def unwritable(manifest: Manifest) -> str | None:
+    """Why the references cannot go to Icechunk so that xarray reads them, or None: a byte
+    string array with a fill value (masked chars), whose Zarr v3 fill value xarray cannot
+    decode."""
+    for name, refs in manifest.arrays.items():
+        fill = refs.meta["fill_value"]
+        if np.dtype(refs.meta["dtype"]).kind == "S" and fill is not None:
+            fill = base64.b64decode(fill) if isinstance(fill, str) else fill
+            return (
+                f"variable {name!r}: chars with a _FillValue ({fill!r}) cannot be referenced "
+                "in Icechunk so that xarray reads them (it cannot decode the Zarr v3 "
+                "_FillValue of a byte string array); write JSON or Parquet references"
+            )
+    return None
+
+
 def _write_array(root, store, name: str, refs: ArrayRefs, paths: list[str]) -> None:
     meta = refs.meta
     dtype = np.dtype(meta["dtype"])
