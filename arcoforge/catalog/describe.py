@@ -18,9 +18,10 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import xarray as xr
+from zarr.errors import NodeNotFoundError
 
 from ..bake import normalize_root
-from ..errors import one_line, require
+from ..errors import MissingDependency, one_line, require
 from ..feedstock import Meta, load_recipes, read_meta
 from ..recipe import Recipe
 from ..references.store import ICECHUNK, open_references, store_location
@@ -153,17 +154,22 @@ def describe_recipe(
         with open_store(url, kind, storage_options) as ds:
             _fill(record, ds, secrets, quicklook_dir)
         record.snippets = snippets(shown, kind, storage_options, secrets)
+    except MissingDependency:
+        raise
     except Exception as exc:  # any store we cannot read still gets its record
-        _unopened(record, runs, url, storage_options, redact(one_line(exc), secrets))
+        error = redact(one_line(exc), secrets)
+        error = error if shown in error else f"{shown}: {error}"
+        _unopened(record, runs, url, storage_options, exc, error)
         return record
     record.store.size_bytes, record.store.objects = stored_size(url, storage_options)
     return record
 
 
-def _unopened(record, runs, url, storage_options, error: str) -> None:
+def _unopened(record, runs, url, storage_options, exc: Exception, error: str) -> None:
     """Say why a store could not be read: never baked, a bake that failed or is running,
-    or a store that is there but unreadable."""
-    if _exists(url, storage_options):
+    or a store that is there (or may be: a server refused us) but unreadable."""
+    missing = isinstance(exc, FileNotFoundError | NodeNotFoundError)
+    if not missing or _exists(url, storage_options):
         record.status, record.error = "unreadable", error
     elif not runs:
         record.status = "never-baked"
@@ -301,7 +307,8 @@ def stored_size(url: str, storage_options: dict | None = None) -> tuple[int | No
     try:
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         found = fs.find(path, detail=True)
-    except (OSError, NotImplementedError, ValueError):
+    except Exception as exc:  # each filesystem has errors of its own (aiohttp's, say)
+        log.info("%s: not listed, size unknown (%s)", url, one_line(exc))
         return None, None
     if not found:
         return None, None
@@ -312,7 +319,7 @@ def _exists(url: str, storage_options: dict | None) -> bool:
     try:
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         return bool(fs.exists(path))
-    except (OSError, ValueError):
+    except Exception:  # each filesystem has errors of its own (aiohttp's, say)
         return False
 
 
@@ -338,7 +345,8 @@ def read_runs(folder: str, storage_options: dict | None = None) -> list[RunRecor
     try:
         fs, path = fsspec.core.url_to_fs(folder, **(storage_options or {}))
         paths = fs.glob(f"{path.rstrip('/')}/*.json")
-    except (OSError, ValueError, NotImplementedError):
+    except Exception as exc:  # each filesystem has errors of its own (aiohttp's, say)
+        log.info("%s: run records not listed (%s)", folder, one_line(exc))
         return []
     records = []
     for found in paths:
