@@ -347,9 +347,27 @@ def test_a_store_that_cannot_be_opened_still_has_its_record(baked, tmp_path):
     records = describe_feedstock(baked.zarr, tmp_path / "out")
     daily = next(r for r in records if r.recipe == "daily")
     assert daily.status == "unreadable"
-    assert daily.error.startswith(f"{junk}: ") and "\n" not in daily.error
+    assert daily.error == f"{junk}: JSONDecodeError: Expecting value: line 1 column 1 (char 0)"
     assert daily.dims == [] and daily.snippets == {} and daily.runs == []
     assert (daily.store.size_bytes, daily.store.objects) == (None, None)
+
+
+def test_a_store_gone_since_its_bake_succeeded(baked, tmp_path):
+    runs = tmp_path / "out" / RUNS_FOLDER
+    runs.mkdir(parents=True)
+    record = RunRecord(
+        id="20260102T030405Z-000001",
+        status="succeeded",
+        recipe="daily",
+        store="daily.zarr",
+        target=str(tmp_path / "out" / "daily.zarr"),
+        inputs=Inputs(count=4),
+        started=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+    (runs / f"{record.id}.json").write_text(record.model_dump_json())
+    daily = describe_feedstock(baked.zarr, tmp_path / "out")[0]
+    assert (daily.status, daily.error) == ("unreadable", f"{tmp_path}/out/daily.zarr: not found")
+    assert [r.status for r in daily.runs] == ["succeeded"]
 
 
 def test_references_record_and_only_two_slices_read(baked, ref_record):
