@@ -81,7 +81,7 @@ refs = (
     pattern_from_file_sequence(URLS, "time", nitems_per_file=1)
     | OpenURLWithFSSpec()
     | OpenWithKerchunk()
-    | WriteCombinedReference("refs")
+    | WriteCombinedReference("refs", output_file_name={output!r})
 )
 """
 
@@ -142,7 +142,7 @@ class Baked:
         served = [f"{server.url}/{p.name}" for p in self.sources]
         self.refs = write_feedstock(
             root / "sst-refs",
-            REFERENCE_RECIPE.format(urls=served),
+            REFERENCE_RECIPE.format(urls=served, output="reference.json"),
             ["refs"],
             title='"Daily SST references"',
             description='"The same files, as kerchunk references."',
@@ -151,11 +151,20 @@ class Baked:
 
         self.icechunk = write_feedstock(
             root / "sst-ice",
-            REFERENCE_RECIPE.format(urls=urls),
+            REFERENCE_RECIPE.format(urls=urls, output="reference.json"),
             ["refs"],
             title='"Daily SST in Icechunk"',
             description='"The local files, as virtual chunks of an Icechunk repository."',
             license="CC0-1.0",
+        )
+
+        self.parquet = write_feedstock(
+            root / "sst-parquet",
+            REFERENCE_RECIPE.format(urls=urls, output="refs.parquet"),
+            ["refs"],
+            title='"Daily SST as Parquet references"',
+            description='"The local files, as kerchunk references in Parquet."',
+            license="ODbL-1.0",
         )
 
     def bake(self) -> None:
@@ -163,6 +172,7 @@ class Baked:
         failed = self.cli("bake", self.zarr, "--target-root", self.out, "--recipe", "broken")
         assert failed.returncode == 1, failed.stderr
         ok(self.cli("bake", self.refs, "--target-root", self.out))
+        ok(self.cli("bake", self.parquet, "--target-root", self.out))
         ok(self.cli("bake", self.icechunk, "--target-root", f"icechunk://{self.ice}"))
 
     def cli(self, *args) -> subprocess.CompletedProcess:
@@ -193,6 +203,12 @@ def ref_record(baked) -> DatasetRecord:
     baked.server.requests.clear()
     (record,) = describe_feedstock(baked.refs, baked.out, quicklook_dir=baked.root / "looks")
     baked.requests = list(baked.server.requests)
+    return record
+
+
+@pytest.fixture(scope="module")
+def parquet_record(baked) -> DatasetRecord:
+    (record,) = describe_feedstock(baked.parquet, baked.out)
     return record
 
 
@@ -396,6 +412,23 @@ def test_references_record_and_only_two_slices_read(baked, ref_record):
     assert {r.partition("?")[0] for r in baked.requests} == {f"/{first}", f"/{last}"}
 
 
+def test_parquet_record(baked, parquet_record):
+    folder = baked.out / "refs" / "refs.parquet"
+    files = baked.files_under(folder)
+    assert (parquet_record.status, parquet_record.store.type, parquet_record.store.url) == (
+        "ok",
+        "references-parquet",
+        str(folder),
+    )
+    assert parquet_record.store.size_bytes == sum(p.stat().st_size for p in files) > 0
+    assert parquet_record.store.objects == len(files) > 1
+    assert parquet_record.license_url == "https://opendatacommons.org/licenses/odbl/1-0/"
+    assert (parquet_record.time_coverage.start, parquet_record.time_coverage.end) == (START, END)
+    # its runs only, though the JSON references' runs are kept in the same folder
+    assert [r.status for r in parquet_record.runs] == ["succeeded"]
+    assert len(list((baked.out / "refs" / RUNS_FOLDER).glob("*.json"))) == 2
+
+
 def test_icechunk_record(baked, ice_record):
     repo = baked.ice / "refs"
     files = baked.files_under(repo)
@@ -415,11 +448,19 @@ def test_icechunk_record(baked, ice_record):
     [
         ("zarr", ["xarray"]),
         ("refs", ["arcoforge", "xarray (kerchunk)"]),
+        ("parquet", ["arcoforge", "xarray (kerchunk)"]),
         ("ice", ["icechunk", "arcoforge"]),
     ],
 )
-def test_snippets_open_the_store(baked, zarr_records, ref_record, ice_record, which, labels):
-    record = {"zarr": zarr_records["daily"], "refs": ref_record, "ice": ice_record}[which]
+def test_snippets_open_the_store(
+    baked, zarr_records, ref_record, parquet_record, ice_record, which, labels
+):
+    record = {
+        "zarr": zarr_records["daily"],
+        "refs": ref_record,
+        "parquet": parquet_record,
+        "ice": ice_record,
+    }[which]
     assert list(record.snippets) == labels
     with xr.open_dataset(baked.sources[-1]) as source:
         expected = source["sst"].values[0]
