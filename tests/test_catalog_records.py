@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import struct
@@ -508,7 +509,8 @@ def test_quicklooks_are_pngs_of_the_first_and_last_day(baked, zarr_records):
 # -- credentials, object stores ---------------------------------------------------------
 
 
-def test_a_store_behind_basic_auth_has_its_password_masked(baked):
+def test_a_store_behind_basic_auth_has_its_password_masked(baked, caplog):
+    caplog.set_level(logging.DEBUG)
     with FileServer(baked.out, auth=("reader", "s3cret")) as server:
         root = server.url.replace("http://", "http://reader:s3cret@")
         records = describe_feedstock(baked.zarr, root)
@@ -531,6 +533,11 @@ def test_a_store_behind_basic_auth_has_its_password_masked(baked):
     assert key in {"zarr.json'", ".zmetadata'", ".zgroup'", ".zattrs'"}
     for record in [*records, *wrong]:
         assert "s3cret" not in record.model_dump_json()
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("arcoforge")]
+    assert (
+        f"{masked}/.arcoforge-runs: run records not listed (ClientResponseError: 401, " in ours[0]
+    )
+    assert not any("s3cret" in line for line in ours)
 
 
 def test_a_store_on_an_object_store(baked, s3, bucket):
