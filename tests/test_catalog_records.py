@@ -725,15 +725,19 @@ def test_the_offline_validator_refuses_an_invalid_collection(catalog):
 
 
 def test_stac_with_a_base_url_names_only_its_root_absolutely(zarr_records, tmp_path):
-    records = [zarr_records["monthly"]]
+    records = [zarr_records["monthly"], zarr_records["daily"]]
     stac.build_stac(records, tmp_path / "stac", base_url="https://data.example.org/cat/stac")
     root = json.loads((tmp_path / "stac" / "catalog.json").read_text())
-    hrefs = {link["rel"]: link["href"] for link in root["links"]}
-    assert hrefs == {
-        "root": "./catalog.json",
-        "child": "./sst-zarr--monthly/collection.json",
-        "self": "https://data.example.org/cat/stac/catalog.json",
-    }
+    assert sorted((link["rel"], link["href"]) for link in root["links"]) == [
+        ("child", "./sst-zarr--daily/collection.json"),
+        ("child", "./sst-zarr--monthly/collection.json"),
+        ("root", "./catalog.json"),
+        ("self", "https://data.example.org/cat/stac/catalog.json"),
+    ]
+    # without quicklook_dir, no thumbnail (its PNG would not be there)
+    daily = json.loads((tmp_path / "stac" / "sst-zarr--daily" / "collection.json").read_text())
+    assert set(daily["assets"]) == {"store"}
+    assert not (tmp_path / "stac" / "sst-zarr--daily" / "quicklook-first.png").exists()
 
 
 def test_a_missing_quicklook_is_one_line_naming_it(zarr_records, tmp_path):
