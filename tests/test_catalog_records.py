@@ -69,7 +69,13 @@ def pattern(urls):
 
 
 fetch = OpenURLWithFSSpec(retries=0)
-daily = pattern(URLS) | fetch | OpenWithXarray() | StoreToZarr("daily.zarr", target_chunks={{"time": 2}})
+sharded = {{"sst": {{"chunks": [1, 9, 36], "shards": [2, 18, 36]}}}}
+daily = (
+    pattern(URLS)
+    | fetch
+    | OpenWithXarray()
+    | StoreToZarr("daily.zarr", target_chunks={{"time": 2}}, encoding=sharded)
+)
 monthly = pattern(URLS) | fetch | OpenWithXarray() | StoreToZarr("monthly.zarr")
 broken = pattern([*URLS, MISSING]) | fetch | OpenWithXarray() | StoreToZarr("broken.zarr")
 """
@@ -285,8 +291,8 @@ def test_zarr_record_holds_meta_dims_variables_and_size(baked, zarr_records):
         "dims": ["time", "lat", "lon"],
         "dtype": "float64",
         "shape": [4, 18, 36],
-        "chunks": [2, 18, 36],
-        "shards": None,
+        "chunks": [1, 9, 36],
+        "shards": [2, 18, 36],
         "codecs": ["blosc(zstd)"],
         "units": "Celsius",
         "long_name": "Daily sea surface temperature",
@@ -294,7 +300,14 @@ def test_zarr_record_holds_meta_dims_variables_and_size(baked, zarr_records):
         "coordinate": False,
     }
     stored = json.loads((store / "sst" / "zarr.json").read_text())
-    assert stored["chunk_grid"]["configuration"]["chunk_shape"] == sst.chunks
+    assert stored["chunk_grid"]["configuration"]["chunk_shape"] == sst.shards
+    (sharding,) = stored["codecs"]
+    assert sharding["configuration"]["chunk_shape"] == sst.chunks
+    assert [c["name"] for c in sharding["configuration"]["codecs"]] == ["bytes", "blosc"]
+    anom = variables["anom"]
+    assert (anom.chunks, anom.shards, anom.codecs) == ([2, 18, 36], None, ["blosc(zstd)"])
+    stored = json.loads((store / "anom" / "zarr.json").read_text())
+    assert stored["chunk_grid"]["configuration"]["chunk_shape"] == anom.chunks
     assert [c["name"] for c in stored["codecs"]] == ["bytes", "blosc"]
     assert variables["lat"].coordinate and variables["lat"].chunks == [18]
     assert "Dimensions:" in record.repr and "sst" in record.repr and "(time: 4" in record.repr
@@ -659,8 +672,8 @@ def test_stac_validates_offline_and_holds_the_datacube(catalog):
         "shape": [4, 18, 36],
         "description": "Daily sea surface temperature",
         "unit": "Celsius",
-        "chunks": [2, 18, 36],
-        "attrs": {"dtype": "float64", "codecs": ["blosc(zstd)"]},
+        "chunks": [1, 9, 36],
+        "attrs": {"dtype": "float64", "codecs": ["blosc(zstd)"], "shards": [2, 18, 36]},
     }
     assert set(daily["cube:variables"]) == {"sst", "anom", "err", "ice"}
     assert (daily["license"], daily["keywords"]) == ("CC-BY-4.0", ["ocean", "sst"])
