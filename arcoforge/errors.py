@@ -20,6 +20,9 @@ EXTRAS = {
     "distributed": "dask",
     "pyspark": "spark",
     "apache_beam": "beam",
+    "matplotlib": "catalog",
+    "pystac": "catalog",
+    "jsonschema": "catalog",
 }
 _MISSING = re.compile(r"No module named '(\w+)|\bInstall (\w+) to\b")
 
