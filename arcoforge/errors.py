@@ -20,6 +20,7 @@ EXTRAS = {
     "distributed": "dask",
     "pyspark": "spark",
     "apache_beam": "beam",
+    "jinja2": "catalog",
 }
 _MISSING = re.compile(r"No module named '(\w+)|\bInstall (\w+) to\b")
 

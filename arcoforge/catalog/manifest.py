@@ -91,7 +91,8 @@ def publish(out: Path, files: Mapping[str, bytes]) -> Published:
     changed = [p for p in files if old.get(p) != new[p] or not (out / p).is_file()]
     # claim what is about to be written first: an interrupted build leaves those paths
     # the catalog's (and to be written again), never a stranger's
-    _write_manifest(out, {**old, **dict.fromkeys(changed)})
+    if changed:
+        _write_manifest(out, {**old, **dict.fromkeys(changed)})
     for path in files:
         if path in changed:
             _write_atomic(out / path, files[path])
@@ -103,7 +104,8 @@ def publish(out: Path, files: Mapping[str, bytes]) -> Published:
             result.removed.append(path)
         elif (out / path).exists():
             result.kept.append(path)
-    _write_manifest(out, new)
+    if new != old:
+        _write_manifest(out, new)
     return result
 
 

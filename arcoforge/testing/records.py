@@ -81,7 +81,7 @@ def generated_record(i: int, quicklook: bool = False, **fields) -> DatasetRecord
             Provider(name="arcoforge bakery", roles=["host"]),
         ],
         maintainers=[Maintainer(name=f"Maintainer {i % 7}", github=f"maintainer{i % 7}")],
-        tags=sorted({TAGS[i % len(TAGS)], TAGS[(i // 7 + 3) % len(TAGS)]}),
+        tags=sorted({TAGS[i % len(TAGS)], TAGS[(i // 2 + 3) % len(TAGS)]}),
         store=Store(url=url, type=kind, size_bytes=10_000 * days, objects=4 * days),
         status=status,
         error="FileNotFoundError: zarr.json not found" if status == "unreadable" else None,

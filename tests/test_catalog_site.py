@@ -1,0 +1,408 @@
+"""The catalog website: pages from records, incremental rebuilds, the ``catalog`` command,
+and the site driven in headless Chromium (over loopback HTTP and from file://)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import threading
+import zlib
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from arcoforge.catalog.manifest import MANIFEST, CatalogFolderError
+from arcoforge.catalog.site import SiteError, render_site, write_site
+from arcoforge.testing.records import generated_record
+
+HOSTILE = "<script>window.pwned=1</script>\"quoted\" & 'single' <img src=x onerror=window.pwned=2>"
+WAIT = 10  # seconds any browser wait may take at most
+
+
+def hostile_record(i: int = 0):
+    """A record with markup and quotes in every text a user or a source file writes."""
+    record = generated_record(i, quicklook=True)
+    variable = record.variables[0].model_copy(update={"long_name": HOSTILE, "units": HOSTILE})
+    return generated_record(
+        i,
+        quicklook=True,
+        title=f"Title {HOSTILE}",
+        description=f"Description {HOSTILE}",
+        license=f"License {HOSTILE}",
+        license_url="javascript:window.pwned=3",
+        providers=[{"name": f"Provider {HOSTILE}", "roles": [HOSTILE], "url": '"onclick="x'}],
+        maintainers=[{"name": HOSTILE, "github": "<b>"}],
+        tags=[f"tag {HOSTILE}"],
+        variables=[variable, *record.variables[1:]],
+        snippets={HOSTILE: f"print(1)  # {HOSTILE}"},
+        repr=HOSTILE,
+        error=f"store {HOSTILE}",
+        status="unreadable",
+    )
+
+
+def png(width: int = 4, height: int = 3) -> bytes:
+    """A small grey RGB PNG."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\0" + b"\x80" * (3 * width) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def quicklooks(records, folder: Path) -> Path:
+    """Quick-look PNGs for ``records`` where :func:`write_site` looks for them."""
+    for record in records:
+        if record.quicklook:
+            (folder / record.slug).mkdir(parents=True, exist_ok=True)
+            for name in (record.quicklook.first, record.quicklook.last):
+                (folder / record.slug / name).write_bytes(png())
+    return folder
+
+
+def stamps(out: Path) -> dict[str, int]:
+    """Each file under ``out`` and its modification time in nanoseconds."""
+    return {
+        p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()
+    }
+
+
+def embedded_index(html: str) -> list[dict]:
+    found = re.search(r'<script type="application/json" id="catalog-index">(.*?)</script>', html)
+    assert found, "no embedded index"
+    return json.loads(found.group(1))
+
+
+# -- pages from records ----------------------------------------------------------------
+
+
+def test_user_text_is_escaped_and_only_web_urls_are_links(tmp_path):
+    records = [hostile_record(0), generated_record(1)]
+    write_site(records, tmp_path / "site", quicklook_dir=quicklooks(records, tmp_path / "q"))
+    index = (tmp_path / "site" / "index.html").read_text()
+    page = (tmp_path / "site" / "datasets" / records[0].slug / "index.html").read_text()
+    for html in (index, page):
+        assert "<script>window" not in html and "<img src=x" not in html
+        assert "onclick" not in html.replace("&#34;onclick=&#34;x", "")
+        assert 'href="javascript' not in html and 'href="&#34;' not in html
+    assert index.count("<script") == 2  # the page's script and its JSON index
+    assert page.count("<script") == 1
+    escaped = "&lt;script&gt;window.pwned=1&lt;/script&gt;&#34;quoted&#34; &amp; &#39;single&#39;"
+    assert f"Title {escaped}" in index and f"Title {escaped}" in page
+    for text in ("Description", "License", "Provider", "store", "print(1)  #"):
+        assert f"{text} {escaped}" in page, text
+    assert page.count(escaped) >= 9  # long name, units, roles, maintainer, tag, snippet, repr...
+    # the JSON index, embedded and as a file, holds the texts as they were
+    entries = json.loads((tmp_path / "site" / "index.json").read_text())
+    assert embedded_index(index) == entries
+    hostile = next(e for e in entries if e["id"] == records[0].id)
+    assert hostile["title"] == f"Title {HOSTILE}"
+    assert hostile["long_names"] == [HOSTILE]
+
+
+def test_a_page_shows_what_the_record_holds(tmp_path):
+    record = generated_record(3, quicklook=True)
+    files = render_site([record], base_url="https://data.example.org/catalog")
+    page = files[f"datasets/{record.slug}/index.html"].decode()
+    run = record.runs[0]
+    for text in (
+        f"<h1>{record.title}</h1>",
+        f'<code class="url">{record.store.url}</code>',
+        "Icechunk",  # the store type
+        '<a href="https://spdx.org/licenses/CC-BY-4.0.html">CC-BY-4.0</a>',
+        '<a href="https://example.org/provider">Met Office</a> <span class="roles">(producer, licensor)</span>',
+        '<a href="https://github.com/maintainer3">@maintainer3</a>',
+        f"<td>{record.dims[0].start}</td><td>{record.dims[0].end}</td>",
+        "<td>1 \u00d7 720 \u00d7 1440</td>",  # chunks
+        "<td>bytes, zstd</td>",
+        "<td>sea_ice_area_fraction</td>",
+        f'<img src="quicklook-first.png" alt="{record.quicklook.alt_first}">',
+        '<button type="button" class="copy" data-copy="snippet-1"',
+        "&lt;xarray.Dataset&gt;",
+        f'<a href="runs/{run.id}.json" type="application/json">{run.id}</a>',
+        "<td>failed</td>",
+        '<link rel="canonical" href="https://data.example.org/catalog/datasets/',
+        'href="../../index.html"',  # links inside the site stay relative
+        '<html lang="en">',
+    ):
+        assert text in page, text
+    assert json.loads(files[f"datasets/{record.slug}/runs/{run.id}.json"]) == run.model_dump()
+    entries = json.loads(files["index.json"])
+    assert (
+        entries[0]["url"] == f"https://data.example.org/catalog/datasets/{record.slug}/index.html"
+    )
+    assert f'href="datasets/{record.slug}/index.html"' in files["index.html"].decode()
+
+
+def test_an_unreadable_store_gets_a_page_saying_why(tmp_path):
+    record = generated_record(5)
+    assert record.status == "unreadable"
+    page = render_site([record])[f"datasets/{record.slug}/index.html"].decode()
+    assert (
+        "<h2>The store could not be opened</h2>\n  <p>FileNotFoundError: zarr.json not found</p>"
+        in page
+    )
+    assert '<span class="badge status-unreadable">unreadable</span>' in page
+
+
+def test_two_datasets_of_one_page_name_are_refused():
+    one, two = generated_record(1), generated_record(2)
+    with pytest.raises(SiteError) as info:
+        render_site([one, two.model_copy(update={"slug": one.slug.upper()})])
+    assert str(info.value) == (
+        f"datasets {one.id!r} and {two.id!r} have one page name {one.slug.upper()!r}"
+    )
+    with pytest.raises(SiteError) as info:
+        render_site([one.model_copy(update={"slug": "../escape"})])
+    assert str(info.value) == f"dataset {one.id!r}: slug '../escape' is not a file name"
+
+
+# -- incremental rebuilds --------------------------------------------------------------
+
+
+def test_a_rebuild_rewrites_only_what_changed(tmp_path):
+    out = tmp_path / "site"
+    records = [generated_record(i) for i in range(4)]
+    first = write_site(records, out)
+    assert first.unchanged == [] and "index.html" in first.written
+    before = stamps(out)
+    assert write_site(records, out).written == []
+    assert stamps(out) == before
+
+    records[2] = records[2].model_copy(update={"description": "A better description."})
+    again = write_site(records, out)
+    assert sorted(again.written) == [
+        f"datasets/{records[2].slug}/index.html",
+        "index.html",
+        "index.json",
+    ]
+    after = stamps(out)
+    changed = {path for path in before if after[path] != before[path]}
+    assert changed == {*again.written, MANIFEST}
+
+
+def test_removed_datasets_lose_their_pages_but_files_others_made_stay(tmp_path):
+    out = tmp_path / "site"
+    records = [generated_record(i) for i in range(4)]
+    write_site(records, out)
+    gone, edited = records[2], records[3]
+    (out / "notes.txt").write_text("mine")
+    (out / "datasets" / gone.slug / "mine.txt").write_text("mine too")
+    (out / "datasets" / edited.slug / "index.html").write_text("edited by hand")
+
+    done = write_site(records[:2], out)
+    assert sorted(done.removed) == sorted(
+        [
+            f"datasets/{gone.slug}/index.html",
+            f"datasets/{gone.slug}/runs/{gone.runs[0].id}.json",
+            f"datasets/{edited.slug}/runs/{edited.runs[0].id}.json",
+        ]
+    )
+    assert done.kept == [f"datasets/{edited.slug}/index.html"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (out / "datasets" / gone.slug).iterdir()) == ["mine.txt"]
+    assert sorted(p.name for p in (out / "datasets" / edited.slug).iterdir()) == ["index.html"]
+    manifest = json.loads((out / MANIFEST).read_text())["files"]
+    assert not any(gone.slug in path or edited.slug in path for path in manifest)
+
+
+def test_a_folder_the_catalog_did_not_make_is_refused(tmp_path):
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    with pytest.raises(CatalogFolderError) as info:
+        write_site([generated_record(0)], out)
+    assert str(info.value) == (
+        f"--out {out}: not empty and not a catalog (no {MANIFEST}); give a new or empty folder"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
+
+
+def test_a_file_in_the_way_of_a_new_page_is_refused(tmp_path):
+    out = tmp_path / "site"
+    write_site([generated_record(0)], out)
+    new = generated_record(1)
+    page = out / "datasets" / new.slug / "index.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("mine")
+    before = stamps(out)
+    with pytest.raises(CatalogFolderError) as info:
+        write_site([generated_record(0), new], out)
+    assert str(info.value) == f"{page}: exists and the catalog did not write it; move it away"
+    assert stamps(out) == before and page.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "manifest, cause",
+    [
+        ("{", "not a catalog manifest (Expecting property name enclosed in double quotes"),
+        ('{"format": "arcoforge-catalog/1", "files": {"../../etc/passwd": null}}',
+         "not a catalog manifest (format arcoforge-catalog/1 expected)"),
+    ],
+)  # fmt: skip
+def test_a_broken_manifest_is_refused_and_nothing_is_removed(tmp_path, manifest, cause):
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / MANIFEST).write_text(manifest)
+    with pytest.raises(CatalogFolderError) as info:
+        write_site([generated_record(0)], out)
+    assert str(info.value).startswith(f"{out / MANIFEST}: {cause}")
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST]
+
+
+# -- in a real browser -----------------------------------------------------------------
+
+
+def chromium_paths() -> tuple[str, str]:
+    """Chromium and its driver; a skip only where the environment allows it."""
+    binary = next(
+        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
+    )
+    driver = shutil.which("chromedriver")
+    if binary and driver:
+        return binary, driver
+    missing = "chromium" if not binary else "chromedriver"
+    if os.environ.get("ARCOFORGE_ALLOW_NO_BROWSER") == "1":
+        pytest.skip(f"{missing} is not installed (ARCOFORGE_ALLOW_NO_BROWSER=1)")
+    pytest.fail(f"{missing} is not installed (apt-get install chromium chromium-driver)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium, its console kept for :func:`console_errors`."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = chromium_paths()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    chrome.set_page_load_timeout(WAIT)
+    yield chrome
+    chrome.quit()
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+@pytest.fixture
+def serve():
+    """``serve(folder)``: the folder over HTTP on loopback, its URL."""
+    servers = []
+
+    def start(folder: Path) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(folder)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def console_errors(chrome) -> list[dict]:
+    return [entry for entry in chrome.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def open_index(chrome, url: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chrome.get(url)
+    WebDriverWait(chrome, WAIT).until(
+        lambda c: c.execute_script("return document.documentElement.dataset.ready") == "true"
+    )
+
+
+def shown(chrome) -> list[str]:
+    """The slugs of the cards on show."""
+    return chrome.execute_script(
+        "return Array.from(document.querySelectorAll('#cards > li:not([hidden])'))"
+        ".map(li => li.dataset.slug)"
+    )
+
+
+def choose(chrome, name: str, value: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(chrome.find_element("id", f"filter-{name}")).select_by_value(value)
+
+
+def search(chrome, text: str) -> None:
+    box = chrome.find_element("id", "q")
+    box.clear()
+    box.send_keys(text)
+
+
+def test_generated_site_searches_filters_and_runs_no_injected_script(browser, serve, tmp_path):
+    records = [hostile_record(0), *(generated_record(i, quicklook=True) for i in range(1, 8))]
+    out = tmp_path / "site"
+    write_site(records, out, quicklook_dir=quicklooks(records, tmp_path / "q"))
+    by_slug = {r.slug: r for r in records}
+    open_index(browser, serve(out))
+    assert len(shown(browser)) == 8
+    assert browser.find_element("id", "count").text == "8 of 8 datasets"
+
+    search(browser, "uwnd")  # a variable's name
+    assert [by_slug[s].title for s in shown(browser)] == ["Daily wind 4"]
+    search(browser, "Window")  # a word in the hostile texts, any case
+    assert shown(browser) == [records[0].slug]
+    search(browser, "SEA_ICE sst")  # every word must match; variables count
+    assert shown(browser) == []
+    assert browser.find_element("id", "nothing").is_displayed()
+    search(browser, "sst")
+    assert sorted(shown(browser)) == sorted(r.slug for r in records if r.variables[0].name == "sst")
+    browser.find_element("id", "clear").click()
+    choose(browser, "status", "failed")
+    assert shown(browser) == [r.slug for r in records if r.status == "failed"]
+    choose(browser, "status", "")
+    choose(browser, "type", "zarr")
+    choose(browser, "provider", "NOAA")
+    choose(browser, "tag", "satellite")
+    expected = [
+        r.slug
+        for r in records
+        if r.store.type == "zarr"
+        and "NOAA" in [p.name for p in r.providers]
+        and "satellite" in r.tags
+    ]
+    assert len(expected) == 1 and shown(browser) == expected
+    choose(browser, "license", "ODbL-1.0")
+    assert shown(browser) == []
+    choose(browser, "license", "CC0-1.0")
+    assert shown(browser) == expected
+    # the filters are in the address: a reload shows the same cards
+    assert browser.current_url.endswith("#tag=satellite&license=CC0-1.0&provider=NOAA&type=zarr")
+    open_index(browser, browser.current_url)
+    assert shown(browser) == expected
+
+    # the hostile dataset's texts are texts: nothing of them ran
+    browser.get(f"{serve(out)}datasets/{records[0].slug}/index.html")
+    heading = browser.find_element("tag name", "h1").text
+    assert heading == f"Title {HOSTILE}"
+    assert browser.execute_script("return window.pwned === undefined")
+    assert console_errors(browser) == []
