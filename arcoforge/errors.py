@@ -21,6 +21,9 @@ EXTRAS = {
     "pyspark": "spark",
     "apache_beam": "beam",
     "jinja2": "catalog",
+    "matplotlib": "catalog",
+    "pystac": "catalog",
+    "jsonschema": "catalog",
 }
 _MISSING = re.compile(r"No module named '(\w+)|\bInstall (\w+) to\b")
 
