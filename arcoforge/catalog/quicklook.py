@@ -97,9 +97,9 @@ def _draw(data: xr.DataArray, path: Path, limits: tuple[float, float]) -> str:
         xs, ys, np.ma.masked_invalid(data.values), vmin=limits[0], vmax=limits[1]
     )
     label, unit = _label(data), cf.units(data.variable)
-    figure.colorbar(mesh, ax=axes, label=f"{label} ({unit})" if unit else label)
+    figure.colorbar(mesh, ax=axes, label=unit or str(data.name))
     when = _when(data)
-    axes.set_title(f"{data.name}{f' at {when}' if when else ''}")
+    axes.set_title(f"{label}{f', {when}' if when else ''}", fontsize="medium", wrap=True)
     axes.set_xlabel(str(x))
     axes.set_ylabel(str(y))
     figure.savefig(path, dpi=80)
