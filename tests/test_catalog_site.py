@@ -3,18 +3,24 @@ and the site driven in headless Chromium (over loopback HTTP and from file://)."
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
 import shutil
+import signal
 import struct
+import subprocess
+import sys
 import threading
+import urllib.request
 import zlib
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from test_cli import arcoforge, error_line, json_lines, ok
 
 from arcoforge.catalog.manifest import MANIFEST, CatalogFolderError
 from arcoforge.catalog.site import SiteError, render_site, write_site
@@ -94,10 +100,10 @@ def test_user_text_is_escaped_and_only_web_urls_are_links(tmp_path):
     write_site(records, tmp_path / "site", quicklook_dir=quicklooks(records, tmp_path / "q"))
     index = (tmp_path / "site" / "index.html").read_text()
     page = (tmp_path / "site" / "datasets" / records[0].slug / "index.html").read_text()
-    for html in (index, page):
-        assert "<script>window" not in html and "<img src=x" not in html
-        assert "onclick" not in html.replace("&#34;onclick=&#34;x", "")
-        assert 'href="javascript' not in html and 'href="&#34;' not in html
+    for text in (index, page):
+        assert "<script>window" not in text and "<img src=x" not in text
+        assert "onclick" not in text.replace("&#34;onclick=&#34;x", "")
+        assert 'href="javascript' not in text and 'href="&#34;' not in text
     assert index.count("<script") == 2  # the page's script and its JSON index
     assert page.count("<script") == 1
     escaped = "&lt;script&gt;window.pwned=1&lt;/script&gt;&#34;quoted&#34; &amp; &#39;single&#39;"
@@ -126,7 +132,7 @@ def test_a_page_shows_what_the_record_holds(tmp_path):
         '<a href="https://example.org/provider">Met Office</a> <span class="roles">(producer, licensor)</span>',
         '<a href="https://github.com/maintainer3">@maintainer3</a>',
         f"<td>{record.dims[0].start}</td><td>{record.dims[0].end}</td>",
-        "<td>1 \u00d7 720 \u00d7 1440</td>",  # chunks
+        '<td class="nowrap">1 \u00d7 720 \u00d7 1440</td>',  # chunks
         "<td>bytes, zstd</td>",
         "<td>sea_ice_area_fraction</td>",
         f'<img src="quicklook-first.png" alt="{record.quicklook.alt_first}">',
@@ -406,3 +412,274 @@ def test_generated_site_searches_filters_and_runs_no_injected_script(browser, se
     assert heading == f"Title {HOSTILE}"
     assert browser.execute_script("return window.pwned === undefined")
     assert console_errors(browser) == []
+
+
+# -- the catalog command, end to end ---------------------------------------------------
+
+RECIPE = """\
+from pathlib import Path
+
+import pandas as pd
+
+from arcoforge import ConcatDim, FilePattern, OpenURLWithFSSpec
+from arcoforge.recipe import OpenWithKerchunk, OpenWithXarray, StoreToZarr, WriteCombinedReference
+
+HERE = Path(__file__).parent
+dates = pd.date_range("1981-09-01", periods=4, freq="D")
+
+
+def make_url(time):
+    return (HERE / "sample-data" / f"oisst-avhrr-v02r01.{time:%Y%m%d}.nc").as_uri()
+
+
+pattern = FilePattern(make_url, ConcatDim("time", dates, nitems_per_file=1), file_type="netcdf4")
+recipe = pattern | OpenURLWithFSSpec() | OPENER | WRITER
+"""
+FEEDSTOCKS = {
+    "sst-zarr": {
+        "title": "Sea surface temperature, daily Zarr",
+        "tags": ["ocean", "satellite"],
+        "license": "CC-BY-4.0",
+        "provider": "NOAA NCEI",
+        "opener": "OpenWithXarray()",
+        "writer": 'StoreToZarr(store_name="sst.zarr", target_chunks={"time": 2})',
+    },
+    "sst-refs": {
+        "title": "Sea surface temperature, kerchunk references",
+        "tags": ["ocean", "virtual"],
+        "license": "CC0-1.0",
+        "provider": "Example Bakery",
+        "opener": "OpenWithKerchunk()",
+        "writer": 'WriteCombinedReference(store_name="sst-refs", concat_dims=["time"])',
+    },
+}
+
+
+def write_feedstock(folder: Path, spec: dict) -> Path:
+    """A feedstock of four tiny OISST-like days, as ``spec`` describes it."""
+    from arcoforge.testing.archives import write_oisst_archive
+
+    write_oisst_archive(folder / "sample-data", days=4, ny=18, nx=36)
+    meta = {
+        "title": spec["title"],
+        "description": f"Four days of {spec['title'].lower()}, for the catalog's tests.",
+        "recipes": [{"id": folder.name, "object": "recipe:recipe"}],
+        "provenance": {
+            "providers": [
+                {"name": spec["provider"], "roles": ["producer"], "url": "https://example.org"}
+            ],
+            "license": spec["license"],
+        },
+        "maintainers": [{"name": "A. Tester", "github": "a-tester"}],
+        "tags": spec["tags"],
+    }
+    (folder / "meta.yaml").write_text(json.dumps(meta))
+    code = RECIPE.replace("OPENER", spec["opener"]).replace("WRITER", spec["writer"])
+    (folder / "recipe.py").write_text(code)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory) -> Path:
+    """Two feedstocks (Zarr, references) baked under ``out`` by the real command."""
+    root = tmp_path_factory.mktemp("baked")
+    for name, spec in FEEDSTOCKS.items():
+        write_feedstock(root / name, spec)
+        ok(arcoforge("bake", name, "--target-root", "out", "--workers", "1", cwd=root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def site(baked) -> Path:
+    """The catalog of :func:`baked`, built by ``arcoforge catalog`` into ``site``."""
+    proc = ok(arcoforge("catalog", *FEEDSTOCKS, "--target-root", "out", "--out", "site", cwd=baked))
+    assert proc.stdout.splitlines()[:2] == [
+        "ok          sst-zarr/sst-zarr",
+        "ok          sst-refs/sst-refs",
+    ]
+    assert re.fullmatch(
+        r"site/index.html: 2 datasets; \d+ files written, 0 unchanged, 0 removed\n",
+        proc.stdout.splitlines(keepends=True)[2],
+    )
+    return baked / "site"
+
+
+def test_the_command_writes_pages_stac_and_runs_and_a_rerun_writes_nothing(baked, site):
+    slugs = sorted(p.name for p in (site / "datasets").iterdir())
+    assert slugs == ["sst-refs--sst-refs", "sst-zarr--sst-zarr"]
+    for slug in slugs:
+        names = {p.name for p in (site / "datasets" / slug).iterdir()}
+        assert names == {"index.html", "quicklook-first.png", "quicklook-last.png", "runs"}
+        assert (site / "stac" / slug / "collection.json").is_file()
+    zarr = (site / "datasets" / "sst-zarr--sst-zarr" / "index.html").read_text()
+    assert f'<code class="url">{baked / "out" / "sst.zarr"}</code>' in zarr
+    assert "<td>1981-09-01T12:00:00</td><td>1981-09-04T12:00:00</td>" in zarr
+    catalog = json.loads((site / "stac" / "catalog.json").read_text())
+    assert catalog["type"] == "Catalog"
+    assert sorted(link["href"] for link in catalog["links"] if link["rel"] == "child") == [
+        f"./{slug}/collection.json" for slug in slugs
+    ]
+    before = stamps(site)
+    proc = ok(arcoforge("catalog", *FEEDSTOCKS, "--target-root", "out", "--out", "site", cwd=baked))
+    assert proc.stdout.splitlines()[2] == (
+        f"site/index.html: 2 datasets; 0 files written, {len(before) - 1} unchanged, 0 removed"
+    )
+    assert stamps(site) == before
+
+
+def test_the_site_in_a_browser(browser, serve, site, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = serve(site)
+    open_index(browser, url)
+    assert sorted(shown(browser)) == ["sst-refs--sst-refs", "sst-zarr--sst-zarr"]
+    choose(browser, "type", "zarr")
+    assert shown(browser) == ["sst-zarr--sst-zarr"]
+    choose(browser, "type", "references-json")
+    assert shown(browser) == ["sst-refs--sst-refs"]
+    browser.find_element("id", "clear").click()
+    search(browser, "anom satellite")  # a variable and a tag
+    assert shown(browser) == ["sst-zarr--sst-zarr"]
+    choose(browser, "license", "CC0-1.0")
+    assert shown(browser) == []
+    browser.find_element("id", "clear").click()
+    choose(browser, "provider", "Example Bakery")
+    assert shown(browser) == ["sst-refs--sst-refs"]
+    shot = tmp_path / "catalog-index.png"
+    browser.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    browser.find_element("link text", FEEDSTOCKS["sst-refs"]["title"]).click()
+    WebDriverWait(browser, WAIT).until(lambda c: c.current_url.endswith("/index.html"))
+    assert browser.current_url == f"{url}datasets/sst-refs--sst-refs/index.html"
+    assert browser.find_element("tag name", "h1").text == FEEDSTOCKS["sst-refs"]["title"]
+    assert_images_loaded(browser, 2)
+    shot = tmp_path / "catalog-dataset.png"
+    browser.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
+    assert console_errors(browser) == []
+
+    run_link = browser.find_element("css selector", "#runs ~ div a[type='application/json']")
+    run_id = run_link.text
+    run_link.click()
+    WebDriverWait(browser, WAIT).until(lambda c: c.current_url.endswith(f"{run_id}.json"))
+    run = json.loads(browser.find_element("tag name", "pre").text)
+    assert run["id"] == run_id and run["status"] == "succeeded" and run["inputs"] == 4
+
+    browser.back()
+    browser.find_element("link text", "STAC catalog").click()
+    WebDriverWait(browser, WAIT).until(lambda c: c.current_url.endswith("stac/catalog.json"))
+    catalog = json.loads(browser.find_element("tag name", "pre").text)
+    assert catalog["type"] == "Catalog" and catalog["id"] == "arcoforge"
+    # a JSON document has no <link rel="icon">, so the browser asks for /favicon.ico
+    errors = console_errors(browser)
+    assert [e for e in errors if "/favicon.ico - " not in e["message"]] == [], errors
+
+
+def assert_images_loaded(chrome, expected: int) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(chrome, WAIT).until(
+        lambda c: c.execute_script("return Array.from(document.images).every(i => i.complete)")
+    )
+    widths = chrome.execute_script("return Array.from(document.images).map(i => i.naturalWidth)")
+    alts = chrome.execute_script("return Array.from(document.images).map(i => i.alt)")
+    assert len(widths) == expected and all(w > 0 for w in widths), widths
+    assert all(alts), alts
+
+
+def test_the_site_from_a_folder_on_disk(browser, site):
+    open_index(browser, (site / "index.html").as_uri())
+    search(browser, "references")
+    assert shown(browser) == ["sst-refs--sst-refs"]
+    search(browser, "no-such-word")
+    assert shown(browser) == []
+    browser.find_element("id", "clear").click()
+    browser.find_element("link text", FEEDSTOCKS["sst-zarr"]["title"]).click()
+    assert browser.current_url == (site / "datasets" / "sst-zarr--sst-zarr" / "index.html").as_uri()
+    assert_images_loaded(browser, 2)
+    assert console_errors(browser) == []
+
+
+def test_serve_previews_the_site_until_ctrl_c(site):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arcoforge.cli", "catalog", *FEEDSTOCKS, "--target-root", "out",
+         "--out", "site", "--serve", "--port", "0"],
+        cwd=site.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        lines = [proc.stdout.readline() for _ in range(4)]
+        served = re.fullmatch(r"serving (http://127\.0\.0\.1:\d+/) \(Ctrl-C to stop\)\n", lines[3])
+        assert served, lines
+        with urllib.request.urlopen(served.group(1), timeout=WAIT) as answer:
+            assert answer.status == 200
+            assert answer.read() == (site / "index.html").read_bytes()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=WAIT)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert err == "stopped\n"
+
+
+@pytest.mark.parametrize(
+    "args, rc, line",
+    [
+        (["--port", "8001"], 2, "error: --port needs --serve"),
+        (["--base-url", "ftp://host/x"], 2, "error: --base-url ftp://host/x: not an http:// or https:// URL"),
+        (["--target-root", "nowhere://x"], 2, "error: --target-root nowhere://x: unknown protocol 'nowhere' (a folder, or a URL such as s3://bucket/prefix or icechunk://PATH)"),
+        (["--storage-option", "anon=true"], 2, "error: --storage-option anon=true: unused, the target root out is local"),
+    ],
+)  # fmt: skip
+def test_bad_flags_are_one_line(baked, tmp_path, args, rc, line):
+    base = ["--target-root", "out", "--out", str(tmp_path / "site")]
+    proc = arcoforge("catalog", "sst-zarr", *base, *args, cwd=baked)
+    assert error_line(proc, rc=rc) == line
+    assert not (tmp_path / "site").exists()
+
+
+def test_a_missing_target_root_and_feedstock_are_one_line(baked, tmp_path):
+    proc = arcoforge("catalog", "sst-zarr", "--out", "site", cwd=tmp_path.parent)
+    assert (
+        error_line(proc, rc=2)
+        == "error: Invalid value for 'FEEDSTOCK...': Directory 'sst-zarr' does not exist."
+    )
+    proc = arcoforge("catalog", "sst-zarr", "--out", str(tmp_path / "site"), cwd=baked)
+    assert (
+        error_line(proc, rc=2)
+        == "error: give --target-root (the folder or URL the stores are under)"
+    )
+
+
+def test_an_out_folder_of_other_files_is_refused_before_any_store_is_read(baked, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "paper.pdf").write_bytes(b"%PDF")
+    proc = arcoforge("catalog", "sst-zarr", "--target-root", "out", "--out", str(out), cwd=baked)
+    assert error_line(proc, rc=1) == (
+        f"error: --out {out}: not empty and not a catalog (no {MANIFEST}); give a new or empty folder"
+    )
+    assert [p.name for p in out.iterdir()] == ["paper.pdf"]
+
+
+def test_an_unreadable_store_still_gets_a_page_saying_why(baked, tmp_path):
+    store = tmp_path / "broken" / "sst.zarr"
+    store.mkdir(parents=True)
+    (store / "zarr.json").write_text("{not json")
+    out = tmp_path / "site"
+    proc = arcoforge(
+        "catalog", "sst-zarr", "--target-root", str(store.parent), "--out", str(out), "--json",
+        cwd=baked,
+    )  # fmt: skip
+    events = json_lines(ok(proc).stdout)
+    assert [e["event"] for e in events] == ["dataset", "summary"]
+    assert events[0]["dataset"] == "sst-zarr/sst-zarr" and events[0]["status"] == "unreadable"
+    assert events[1]["datasets"] == 1 and events[1]["removed"] == 0
+    page = (out / "datasets" / "sst-zarr--sst-zarr" / "index.html").read_text()
+    assert "<h2>The store could not be opened</h2>" in page
+    assert events[0]["error"] and f"<p>{html.escape(events[0]['error'])}</p>" in page

@@ -28,24 +28,27 @@ def build_catalog(
     read_manifest(out)  # refuse a folder of something else before reading any store
     with tempfile.TemporaryDirectory(prefix="arcoforge-catalog-") as tmp:
         stage = Path(tmp)
+        quicklooks = stage / "quicklooks"
         records = []
         for folder in feedstocks:
             for record in describe_feedstock(
                 folder,
                 target_root,
                 storage_options=storage_options,
-                quicklook_dir=stage / "quicklooks",
+                quicklook_dir=quicklooks,
             ):
                 records.append(record)
                 if described:
                     described(record)
         check_records(records)
-        build_stac(records, stage / "stac", base_url=_stac_url(base_url))
+        build_stac(
+            records, stage / "stac", base_url=_stac_url(base_url), quicklook_dir=quicklooks
+        )
         published = write_site(
             records,
             out,
             base_url=base_url,
-            quicklook_dir=stage / "quicklooks",
+            quicklook_dir=quicklooks,
             stac_dir=stage / "stac",
         )
     return records, published
