@@ -364,6 +364,7 @@ def search(chrome, text: str) -> None:
     box.send_keys(text)
 
 
+@pytest.mark.browser
 def test_generated_site_searches_filters_and_runs_no_injected_script(browser, serve, tmp_path):
     records = [hostile_record(0), *(generated_record(i, quicklook=True) for i in range(1, 8))]
     out = tmp_path / "site"
@@ -527,6 +528,7 @@ def test_the_command_writes_pages_stac_and_runs_and_a_rerun_writes_nothing(baked
     assert stamps(site) == before
 
 
+@pytest.mark.browser
 def test_the_site_in_a_browser(browser, serve, site, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -589,6 +591,7 @@ def assert_images_loaded(chrome, expected: int) -> None:
     assert all(alts), alts
 
 
+@pytest.mark.browser
 def test_the_site_from_a_folder_on_disk(browser, site):
     open_index(browser, (site / "index.html").as_uri())
     search(browser, "references")

@@ -41,9 +41,7 @@ def build_catalog(
                 if described:
                     described(record)
         check_records(records)
-        build_stac(
-            records, stage / "stac", base_url=_stac_url(base_url), quicklook_dir=quicklooks
-        )
+        build_stac(records, stage / "stac", base_url=_stac_url(base_url), quicklook_dir=quicklooks)
         published = write_site(
             records,
             out,
