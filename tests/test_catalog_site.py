@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -657,6 +658,30 @@ def test_a_missing_target_root_and_feedstock_are_one_line(baked, tmp_path):
         error_line(proc, rc=2)
         == "error: give --target-root (the folder or URL the stores are under)"
     )
+
+
+def test_a_feedstock_given_twice_and_a_port_in_use_are_one_line(baked, tmp_path):
+    out = str(tmp_path / "site")
+    proc = arcoforge(
+        "catalog", "sst-zarr", "sst-zarr", "--target-root", "out", "--out", out, cwd=baked
+    )
+    assert error_line(proc, rc=1) == (
+        "error: dataset 'sst-zarr/sst-zarr' is given twice (feedstock given twice?)"
+    )
+    assert not Path(out).exists()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = arcoforge(
+            "catalog", "sst-zarr", "--target-root", "out", "--out", out, "--serve", "--port", port,
+            cwd=baked,
+        )  # fmt: skip
+    assert error_line(proc, rc=1) == (
+        f"error: --port {port}: cannot listen on 127.0.0.1: Address already in use "
+        "(choose another port, or 0 for any free one)"
+    )
+    assert (Path(out) / "index.html").is_file()  # built, then the preview could not start
 
 
 def test_an_out_folder_of_other_files_is_refused_before_any_store_is_read(baked, tmp_path):
