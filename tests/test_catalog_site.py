@@ -140,7 +140,7 @@ def test_a_page_shows_what_the_record_holds(tmp_path):
         '<button type="button" class="copy" data-copy="snippet-1"',
         "&lt;xarray.Dataset&gt;",
         f'<a href="runs/{run.id}.json" type="application/json">{run.id}</a>',
-        "<td>failed</td>",
+        "<td>failed</td><td>2026-11-01 03:00:00 UTC</td><td>43.0 s</td>",
         '<link rel="canonical" href="https://data.example.org/catalog/datasets/',
         'href="../../index.html"',  # links inside the site stay relative
         '<html lang="en">',
@@ -558,6 +558,22 @@ def test_the_site_in_a_browser(browser, serve, site, tmp_path):
     assert browser.current_url == f"{url}datasets/sst-refs--sst-refs/index.html"
     assert browser.find_element("tag name", "h1").text == FEEDSTOCKS["sst-refs"]["title"]
     assert_images_loaded(browser, 2)
+    # a snippet's Copy button puts its code on the clipboard
+    origin = url.rstrip("/")
+    permissions = ["clipboardReadWrite", "clipboardSanitizedWrite"]
+    browser.execute_cdp_cmd(
+        "Browser.grantPermissions", {"permissions": permissions, "origin": origin}
+    )
+    button = browser.find_element("css selector", "button[data-copy='snippet-1']")
+    button.click()
+    WebDriverWait(browser, WAIT).until(
+        lambda c: (
+            c.find_element("css selector", "#open ~ .copied").text == "Copied to the clipboard."
+        )
+    )
+    code = browser.execute_script("return document.getElementById('snippet-1').textContent")
+    assert "sst-refs" in code
+    assert browser.execute_script("return navigator.clipboard.readText()") == code
     shot = tmp_path / "catalog-dataset.png"
     browser.save_screenshot(str(shot))
     print(f"screenshot: {shot}")
@@ -658,6 +674,32 @@ def test_a_missing_target_root_and_feedstock_are_one_line(baked, tmp_path):
         error_line(proc, rc=2)
         == "error: give --target-root (the folder or URL the stores are under)"
     )
+
+
+def test_stores_on_an_object_store_and_no_secret_in_any_byte(baked, tmp_path, s3, bucket):
+    secret = "catalog-s3cr3t-9f2c"
+    flags = ["--storage-option", "key=catalog-key", "--storage-option", f"secret={secret}"]
+    endpoint = s3["client_kwargs"]["endpoint_url"]
+    flags += ["--storage-option", f"client_kwargs.endpoint_url={endpoint}"]
+    flags += ["--storage-option", "client_kwargs.region_name=eu-west-1"]
+    ok(arcoforge("bake", "sst-zarr", "--target-root", bucket, *flags, cwd=baked))
+    out = tmp_path / "site"
+    proc = ok(
+        arcoforge("catalog", "sst-zarr", "--target-root", bucket, "--out", out, *flags, cwd=baked)
+    )
+    assert proc.stdout.startswith("ok          sst-zarr/sst-zarr\n")
+    page = (out / "datasets" / "sst-zarr--sst-zarr" / "index.html").read_text()
+    assert f'<code class="url">{bucket}/sst.zarr</code>' in page
+    assert_quicklooks_are_png(out / "datasets" / "sst-zarr--sst-zarr")
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) > 10
+    assert not [p for p in files if secret.encode() in p.read_bytes()]
+    assert secret not in proc.stdout + proc.stderr
+
+
+def assert_quicklooks_are_png(folder: Path) -> None:
+    for name in ("quicklook-first.png", "quicklook-last.png"):
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 def test_a_feedstock_given_twice_and_a_port_in_use_are_one_line(baked, tmp_path):

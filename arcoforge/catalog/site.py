@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from importlib import metadata, resources
 from pathlib import Path
 
@@ -229,7 +230,7 @@ def _card(record: DatasetRecord) -> dict:
         "status": record.status,
         "size": _size(record.store.size_bytes),
         "time": f"{coverage.start} to {coverage.end}" if coverage else None,
-        "last_bake": f"{last.started} ({last.status})" if last else "never",
+        "last_bake": f"{_when(last.started)} ({last.status})" if last else "never",
     }
 
 
@@ -267,11 +268,27 @@ def _dataset_page(env: Environment, record: DatasetRecord, base: str | None, com
 
 
 def _run_row(run: Run) -> dict:
-    return {**run.model_dump(), "href": _run_file(run), "duration": _duration(run.seconds)}
+    return {
+        **run.model_dump(),
+        "href": _run_file(run),
+        "started": _when(run.started),
+        "duration": _duration(run.seconds),
+    }
 
 
 def _size(nbytes: int | None) -> str:
     return size(nbytes) if nbytes is not None else "unknown"
+
+
+def _when(text: str) -> str:
+    """An ISO time as ``2026-11-25 08:15:00 UTC``; other text as it is."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        return f"{moment:%Y-%m-%d %H:%M:%S}"
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _duration(seconds: float | None) -> str:

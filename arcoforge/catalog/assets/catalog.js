@@ -82,23 +82,27 @@
     document.documentElement.setAttribute("data-ready", "true");
   }
 
+  function copyByCommand(text) {
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    var done = false;
+    try { done = document.execCommand("copy"); } catch (e) { done = false; }
+    document.body.removeChild(area);
+    return done ? Promise.resolve() : Promise.reject(new Error("copy refused"));
+  }
+
   function copyText(text) {
+    /* the Clipboard API where the page is a secure context (https, loopback), else (file://,
+       plain http) or where it is refused, the older copy command */
     if (navigator.clipboard && window.isSecureContext) {
-      return navigator.clipboard.writeText(text);
+      return navigator.clipboard.writeText(text).catch(function () { return copyByCommand(text); });
     }
-    return new Promise(function (resolve, reject) {
-      var area = document.createElement("textarea");
-      area.value = text;
-      area.setAttribute("readonly", "");
-      area.style.position = "fixed";
-      area.style.opacity = "0";
-      document.body.appendChild(area);
-      area.select();
-      var done = false;
-      try { done = document.execCommand("copy"); } catch (e) { done = false; }
-      document.body.removeChild(area);
-      if (done) { resolve(); } else { reject(new Error("copy refused")); }
-    });
+    return copyByCommand(text);
   }
 
   function setUpCopyButtons() {
