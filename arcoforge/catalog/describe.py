@@ -13,14 +13,16 @@ import logging
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
 import numpy as np
 import xarray as xr
+from zarr.errors import NodeNotFoundError
 
 from ..bake import normalize_root
-from ..errors import one_line, require
+from ..errors import MissingDependency, one_line, require
 from ..feedstock import Meta, load_recipes, read_meta
 from ..recipe import Recipe
 from ..references.store import ICECHUNK, open_references, store_location
@@ -80,23 +82,28 @@ def describe_feedstock(
     folder = Path(folder)
     meta = read_meta(folder)
     recipes = load_recipes(folder)
-    root = normalize_root(target_root)
-    secrets = tuple(secret_values(open_kwargs=storage_options))
+    where = Where(
+        normalize_root(target_root),
+        storage_options,
+        tuple(secret_values(open_kwargs=storage_options)),
+        runs_folder,
+        quicklook_dir,
+    )
     feedstock = folder.resolve().name
     return [
-        describe_recipe(
-            meta,
-            feedstock,
-            ref.id,
-            recipes[ref.id],
-            root,
-            storage_options,
-            secrets,
-            runs_folder,
-            quicklook_dir,
-        )
-        for ref in meta.recipes
+        describe_recipe(meta, feedstock, ref.id, recipes[ref.id], where) for ref in meta.recipes
     ]
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a catalog reads stores and run records, and draws quick-looks."""
+
+    target_root: str  # as arcoforge.bake.normalize_root gives it
+    storage_options: dict | None = None
+    secrets: tuple[str, ...] = ()  # the values in storage_options to mask
+    runs_folder: str | Path | None = None
+    quicklook_dir: str | Path | None = None
 
 
 def slug(dataset_id: str) -> str:
@@ -117,20 +124,13 @@ def store_of(recipe: Recipe, target_root: str) -> tuple[str, StoreType]:
 
 
 def describe_recipe(
-    meta: Meta,
-    feedstock: str,
-    recipe_id: str,
-    recipe: Recipe,
-    target_root: str,
-    storage_options: dict | None,
-    secrets: tuple[str, ...],
-    runs_folder: str | Path | None,
-    quicklook_dir: str | Path | None,
+    meta: Meta, feedstock: str, recipe_id: str, recipe: Recipe, where: Where
 ) -> DatasetRecord:
     """The record of one recipe: meta.yaml's words, its runs and what its store holds."""
-    url, kind = store_of(recipe, target_root)
+    url, kind = store_of(recipe, where.target_root)
+    options, secrets = where.storage_options, where.secrets
     shown = redact(url, secrets)
-    runs = find_runs(url, shown, storage_options, runs_folder)
+    runs = find_runs(url, shown, options, where.runs_folder)
     record = DatasetRecord(
         id=f"{feedstock}/{recipe_id}",
         slug=slug(f"{feedstock}/{recipe_id}"),
@@ -150,20 +150,25 @@ def describe_recipe(
         runs=[_run(r) for r in runs],
     )
     try:
-        with open_store(url, kind, storage_options) as ds:
-            _fill(record, ds, secrets, quicklook_dir)
-        record.snippets = snippets(shown, kind, storage_options, secrets)
+        with open_store(url, kind, options) as ds:
+            _fill(record, ds, secrets, where.quicklook_dir)
+        record.snippets = snippets(shown, kind, options, secrets)
+    except MissingDependency:
+        raise
     except Exception as exc:  # any store we cannot read still gets its record
-        _unopened(record, runs, url, storage_options, redact(one_line(exc), secrets))
+        error = redact(one_line(exc), secrets)
+        error = error if shown in error else f"{shown}: {error}"
+        _unopened(record, runs, url, options, exc, error)
         return record
-    record.store.size_bytes, record.store.objects = stored_size(url, storage_options)
+    record.store.size_bytes, record.store.objects = stored_size(url, options)
     return record
 
 
-def _unopened(record, runs, url, storage_options, error: str) -> None:
+def _unopened(record, runs, url, storage_options, exc: Exception, error: str) -> None:
     """Say why a store could not be read: never baked, a bake that failed or is running,
-    or a store that is there but unreadable."""
-    if _exists(url, storage_options):
+    or a store that is there (or may be: a server refused us) but unreadable."""
+    missing = isinstance(exc, FileNotFoundError | NodeNotFoundError)
+    if not missing or _exists(url, storage_options):
         record.status, record.error = "unreadable", error
     elif not runs:
         record.status = "never-baked"
@@ -301,7 +306,8 @@ def stored_size(url: str, storage_options: dict | None = None) -> tuple[int | No
     try:
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         found = fs.find(path, detail=True)
-    except (OSError, NotImplementedError, ValueError):
+    except Exception as exc:  # each filesystem has errors of its own (aiohttp's, say)
+        log.info("%s: not listed, size unknown (%s)", url, one_line(exc))
         return None, None
     if not found:
         return None, None
@@ -312,7 +318,7 @@ def _exists(url: str, storage_options: dict | None) -> bool:
     try:
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         return bool(fs.exists(path))
-    except (OSError, ValueError):
+    except Exception:  # each filesystem has errors of its own (aiohttp's, say)
         return False
 
 
@@ -338,7 +344,8 @@ def read_runs(folder: str, storage_options: dict | None = None) -> list[RunRecor
     try:
         fs, path = fsspec.core.url_to_fs(folder, **(storage_options or {}))
         paths = fs.glob(f"{path.rstrip('/')}/*.json")
-    except (OSError, ValueError, NotImplementedError):
+    except Exception as exc:  # each filesystem has errors of its own (aiohttp's, say)
+        log.info("%s: run records not listed (%s)", folder, one_line(exc))
         return []
     records = []
     for found in paths:

@@ -265,8 +265,8 @@ def offline_validator():
     datacube's ``reference_system`` points to is not; it stands here as "an object" (this
     catalog writes EPSG codes, never PROJJSON, so the code branch is what is checked)."""
     _pystac()
-    require("jsonschema", "STAC validation")
-    validation = require("pystac.validation", "STAC validation")
+    require("jsonschema", "STAC checks")
+    validation = require("pystac.validation", "STAC checks")
     validator = validation.JsonSchemaSTACValidator(allow_list=[])
     validator.schema_cache[PROJJSON] = {
         "$schema": "http://json-schema.org/draft-07/schema#",

@@ -1,0 +1,741 @@
+"""Catalog records, quick-looks and STAC, from feedstocks baked here by the real command:
+a Zarr feedstock (one recipe baked, one never baked, one that fails), a references feedstock
+whose inputs are served over HTTP (baked to JSON and to Icechunk), a real file of the corpus,
+stores behind HTTP Basic auth and on an S3 server."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pystac
+import pytest
+import xarray as xr
+import xpystac.core
+from corpus import iris
+
+import arcoforge
+from arcoforge.catalog import stac
+from arcoforge.catalog.describe import LICENSES, describe_feedstock
+from arcoforge.catalog.record import DatasetRecord
+from arcoforge.runs import RUNS_FOLDER, Inputs, RunRecord
+from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.httpserver import FileServer
+
+TIMEOUT = 180
+START, END = "1981-09-01T12:00:00", "1981-09-04T12:00:00"
+SIZES = {"time": 4, "lat": 18, "lon": 36}
+
+META = """\
+title: {title}
+description: {description}
+recipes:
+{recipes}
+provenance:
+  providers:
+    - name: NOAA NCEI
+      roles: [producer, licensor]
+      url: https://www.ncei.noaa.gov
+    - name: arcoforge tests
+      roles: [processor, host]
+  license: {license}
+maintainers:
+  - name: Ada Lovelace
+    github: ada
+tags: [ocean, sst]
+"""
+
+ZARR_RECIPES = """\
+from arcoforge import *
+
+URLS = {urls!r}
+MISSING = {missing!r}
+
+
+def pattern(urls):
+    return pattern_from_file_sequence(urls, "time", nitems_per_file=1)
+
+
+fetch = OpenURLWithFSSpec(retries=0)
+daily = pattern(URLS) | fetch | OpenWithXarray() | StoreToZarr("daily.zarr", target_chunks={{"time": 2}})
+monthly = pattern(URLS) | fetch | OpenWithXarray() | StoreToZarr("monthly.zarr")
+broken = pattern([*URLS, MISSING]) | fetch | OpenWithXarray() | StoreToZarr("broken.zarr")
+"""
+
+REFERENCE_RECIPE = """\
+from arcoforge import *
+
+URLS = {urls!r}
+refs = (
+    pattern_from_file_sequence(URLS, "time", nitems_per_file=1)
+    | OpenURLWithFSSpec()
+    | OpenWithKerchunk()
+    | WriteCombinedReference("refs")
+)
+"""
+
+CORPUS_RECIPE = """\
+from arcoforge import *
+
+a1b = (
+    pattern_from_file_sequence([{url!r}], "time", nitems_per_file=240)
+    | OpenURLWithFSSpec()
+    | OpenWithXarray()
+    | StoreToZarr("a1b.zarr", target_chunks={{"time": 60}})
+)
+"""
+
+
+def write_feedstock(folder: Path, recipe: str, ids: list[str], **meta: str) -> Path:
+    folder.mkdir(parents=True)
+    recipes = "\n".join(f'  - id: {i}\n    object: "recipe:{i}"' for i in ids)
+    (folder / "meta.yaml").write_text(META.format(recipes=recipes, **meta))
+    (folder / "recipe.py").write_text(recipe)
+    return folder
+
+
+def arcoforge_cli(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}), "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return subprocess.run(
+        [sys.executable, "-m", "arcoforge.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+class Baked:
+    """What the module's fixture baked, and where."""
+
+    def __init__(self, root: Path, server: FileServer):
+        self.root, self.server = root, server
+        self.sources = write_oisst_archive(root / "src", days=4, ny=18, nx=36)
+        self.out, self.ice = root / "out", root / "ice"
+        urls = [p.as_uri() for p in self.sources]
+        self.zarr = write_feedstock(
+            root / "sst-zarr",
+            ZARR_RECIPES.format(urls=urls, missing=(root / "src" / "gone.nc").as_uri()),
+            ["daily", "monthly", "broken"],
+            title='"Daily SST"',
+            description='"OISST-like daily sea surface temperature <b>on a coarse grid</b>."',
+            license="CC-BY-4.0",
+        )
+        served = [f"{server.url}/{p.name}" for p in self.sources]
+        self.refs = write_feedstock(
+            root / "sst-refs",
+            REFERENCE_RECIPE.format(urls=served),
+            ["refs"],
+            title='"Daily SST references"',
+            description='"The same files, as kerchunk references."',
+            license="Custom-Terms",
+        )
+
+        self.icechunk = write_feedstock(
+            root / "sst-ice",
+            REFERENCE_RECIPE.format(urls=urls),
+            ["refs"],
+            title='"Daily SST in Icechunk"',
+            description='"The local files, as virtual chunks of an Icechunk repository."',
+            license="CC0-1.0",
+        )
+
+    def bake(self) -> None:
+        ok(self.cli("bake", self.zarr, "--target-root", self.out, "--recipe", "daily"))
+        failed = self.cli("bake", self.zarr, "--target-root", self.out, "--recipe", "broken")
+        assert failed.returncode == 1, failed.stderr
+        ok(self.cli("bake", self.refs, "--target-root", self.out))
+        ok(self.cli("bake", self.icechunk, "--target-root", f"icechunk://{self.ice}"))
+
+    def cli(self, *args) -> subprocess.CompletedProcess:
+        return arcoforge_cli(*args, cwd=self.root)
+
+    def files_under(self, path: Path) -> list[Path]:
+        return [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+
+
+@pytest.fixture(scope="module")
+def baked(tmp_path_factory) -> Baked:
+    root = tmp_path_factory.mktemp("catalog")
+    (root / "src").mkdir()
+    with FileServer(root / "src") as server:
+        found = Baked(root, server)
+        found.bake()
+        yield found
+
+
+@pytest.fixture(scope="module")
+def zarr_records(baked) -> dict[str, DatasetRecord]:
+    records = describe_feedstock(baked.zarr, baked.out, quicklook_dir=baked.root / "looks")
+    return {r.recipe: r for r in records}
+
+
+@pytest.fixture(scope="module")
+def ref_record(baked) -> DatasetRecord:
+    baked.server.requests.clear()
+    (record,) = describe_feedstock(baked.refs, baked.out, quicklook_dir=baked.root / "looks")
+    baked.requests = list(baked.server.requests)
+    return record
+
+
+@pytest.fixture(scope="module")
+def ice_record(baked) -> DatasetRecord:
+    (record,) = describe_feedstock(baked.icechunk, f"icechunk://{baked.ice}")
+    return record
+
+
+# -- what a record says -----------------------------------------------------------------
+
+
+def test_zarr_record_holds_meta_dims_variables_and_size(baked, zarr_records):
+    record = zarr_records["daily"]
+    assert (record.id, record.slug, record.feedstock) == (
+        "sst-zarr/daily",
+        "sst-zarr--daily",
+        "sst-zarr",
+    )
+    assert record.title == "Daily SST (daily)"  # meta.yaml holds three recipes
+    assert record.description == "OISST-like daily sea surface temperature <b>on a coarse grid</b>."
+    assert (record.license, record.license_url) == (
+        "CC-BY-4.0",
+        "https://creativecommons.org/licenses/by/4.0/",
+    )
+    assert [(p.name, p.roles, p.url) for p in record.providers] == [
+        ("NOAA NCEI", ["producer", "licensor"], "https://www.ncei.noaa.gov"),
+        ("arcoforge tests", ["processor", "host"], None),
+    ]
+    assert [(m.name, m.github) for m in record.maintainers] == [("Ada Lovelace", "ada")]
+    assert record.tags == ["ocean", "sst"]
+    assert (record.status, record.error) == ("ok", None)
+
+    store = baked.out / "daily.zarr"
+    files = baked.files_under(store)
+    assert record.store.url == str(store) and record.store.type == "zarr"
+    assert record.store.size_bytes == sum(p.stat().st_size for p in files) > 0
+    assert record.store.objects == len(files) > 0
+
+    assert (record.time_coverage.start, record.time_coverage.end) == (START, END)
+    assert record.extent.model_dump() == {"west": 5.0, "south": -85.0, "east": 355.0, "north": 85.0}
+    assert [d.model_dump() for d in record.dims] == [
+        {
+            "name": "time",
+            "size": 4,
+            "start": START,
+            "end": END,
+            "units": "days since 1978-01-01T12:00:00",
+            "kind": "time",
+        },
+        {
+            "name": "lat",
+            "size": 18,
+            "start": "-85",
+            "end": "85",
+            "units": "degrees_north",
+            "kind": "y",
+        },
+        {
+            "name": "lon",
+            "size": 36,
+            "start": "5",
+            "end": "355",
+            "units": "degrees_east",
+            "kind": "x",
+        },
+    ]
+    variables = {v.name: v for v in record.variables}
+    assert set(variables) == {"sst", "anom", "err", "ice", "time", "lat", "lon"}
+    sst = variables["sst"]
+    assert sst.model_dump() == {
+        "name": "sst",
+        "dims": ["time", "lat", "lon"],
+        "dtype": "float64",
+        "shape": [4, 18, 36],
+        "chunks": [2, 18, 36],
+        "shards": None,
+        "codecs": ["blosc(zstd)"],
+        "units": "Celsius",
+        "long_name": "Daily sea surface temperature",
+        "standard_name": None,
+        "coordinate": False,
+    }
+    stored = json.loads((store / "sst" / "zarr.json").read_text())
+    assert stored["chunk_grid"]["configuration"]["chunk_shape"] == sst.chunks
+    assert [c["name"] for c in stored["codecs"]] == ["bytes", "blosc"]
+    assert variables["lat"].coordinate and variables["lat"].chunks == [18]
+    assert "Dimensions:" in record.repr and "sst" in record.repr and "(time: 4" in record.repr
+
+
+def test_runs_newest_first_with_their_command_and_version(baked, zarr_records):
+    (run,) = zarr_records["daily"].runs
+    assert (run.status, run.inputs, run.retries, run.version) == (
+        "succeeded",
+        4,
+        0,
+        arcoforge.__version__,
+    )
+    assert run.command == f"arcoforge bake {baked.zarr} --target-root {baked.out} --recipe daily"
+    assert datetime.fromisoformat(run.started) <= datetime.fromisoformat(run.ended)
+    assert run.seconds > 0
+    record = json.loads((baked.out / RUNS_FOLDER / f"{run.id}.json").read_text())
+    assert record["status"] == "succeeded" and record["target"] == str(baked.out / "daily.zarr")
+
+
+def test_a_recipe_never_baked_and_one_whose_bake_failed(baked, zarr_records):
+    never = zarr_records["monthly"]
+    assert (never.status, never.error, never.runs, never.dims, never.snippets) == (
+        "never-baked",
+        None,
+        [],
+        [],
+        {},
+    )
+    assert never.store.url == str(baked.out / "monthly.zarr")
+    assert (never.store.size_bytes, never.store.objects) == (None, None)
+
+    failed = zarr_records["broken"]
+    assert failed.status == "failed" and [r.status for r in failed.runs] == ["failed"]
+    gone = baked.root / "src" / "gone.nc"
+    assert failed.error == f"during scan: {gone.as_uri()}: file not found"
+    assert failed.snippets == {} and failed.repr is None
+
+
+def test_a_running_bake_found_in_the_runs_folder(baked, tmp_path):
+    folder = tmp_path / "state"
+    folder.mkdir()
+    started = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    running = RunRecord(
+        id="20260102T030405Z-abcdef",
+        recipe="monthly",
+        store="monthly.zarr",
+        target=str(baked.out / "monthly.zarr"),
+        inputs=Inputs(count=4),
+        started=started,
+    )
+    (folder / f"{running.id}.json").write_text(running.model_dump_json())
+    (folder / "notes.json").write_text("{}")  # not a run record: skipped
+    records = describe_feedstock(baked.zarr, baked.out, runs_folder=folder)
+    monthly = next(r for r in records if r.recipe == "monthly")
+    assert (monthly.status, monthly.error) == ("running", None)
+    assert [(r.id, r.status, r.started) for r in monthly.runs] == [
+        ("20260102T030405Z-abcdef", "running", "2026-01-02T03:04:05+00:00")
+    ]
+    daily = next(r for r in records if r.recipe == "daily")
+    assert daily.status == "ok" and len(daily.runs) == 1  # the state folder holds none of it
+
+
+def test_a_store_that_cannot_be_opened_still_has_its_record(baked, tmp_path):
+    junk = tmp_path / "out" / "daily.zarr"
+    junk.mkdir(parents=True)
+    (junk / "zarr.json").write_text("this is not JSON")
+    records = describe_feedstock(baked.zarr, tmp_path / "out")
+    daily = next(r for r in records if r.recipe == "daily")
+    assert daily.status == "unreadable"
+    assert daily.error == f"{junk}: JSONDecodeError: Expecting value: line 1 column 1 (char 0)"
+    assert daily.dims == [] and daily.snippets == {} and daily.runs == []
+    assert (daily.store.size_bytes, daily.store.objects) == (None, None)
+
+
+def test_a_store_gone_since_its_bake_succeeded(baked, tmp_path):
+    runs = tmp_path / "out" / RUNS_FOLDER
+    runs.mkdir(parents=True)
+    record = RunRecord(
+        id="20260102T030405Z-000001",
+        status="succeeded",
+        recipe="daily",
+        store="daily.zarr",
+        target=str(tmp_path / "out" / "daily.zarr"),
+        inputs=Inputs(count=4),
+        started=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+    (runs / f"{record.id}.json").write_text(record.model_dump_json())
+    daily = describe_feedstock(baked.zarr, tmp_path / "out")[0]
+    assert (daily.status, daily.error) == ("unreadable", f"{tmp_path}/out/daily.zarr: not found")
+    assert [r.status for r in daily.runs] == ["succeeded"]
+
+
+def test_references_record_and_only_two_slices_read(baked, ref_record):
+    record = ref_record
+    assert (record.id, record.title, record.status) == (
+        "sst-refs/refs",
+        "Daily SST references",
+        "ok",
+    )
+    assert (record.license, record.license_url) == ("Custom-Terms", None)
+    json_file = baked.out / "refs" / "reference.json"
+    assert record.store.model_dump() == {
+        "url": str(json_file),
+        "type": "references-json",
+        "size_bytes": json_file.stat().st_size,
+        "objects": 1,
+    }
+    assert (record.time_coverage.start, record.time_coverage.end) == (START, END)
+    sst = next(v for v in record.variables if v.name == "sst")
+    assert (sst.chunks, sst.codecs) == ([1, 18, 36], ["shuffle", "zlib"])
+    assert [r.status for r in record.runs] == ["succeeded"]
+    # the quick-look read the first and the last input, and nothing else
+    first, last = baked.sources[0].name, baked.sources[-1].name
+    assert record.quicklook.variable == "sst"  # the first data variable of the references
+    assert {r.partition("?")[0] for r in baked.requests} == {f"/{first}", f"/{last}"}
+
+
+def test_icechunk_record(baked, ice_record):
+    repo = baked.ice / "refs"
+    files = baked.files_under(repo)
+    assert (ice_record.status, ice_record.store.type, ice_record.store.url) == (
+        "ok",
+        "icechunk",
+        str(repo),
+    )
+    assert ice_record.store.size_bytes == sum(p.stat().st_size for p in files)
+    assert ice_record.store.objects == len(files)
+    assert [r.status for r in ice_record.runs] == ["succeeded"]
+    assert f'"file://{baked.root}/src/": None,' in ice_record.snippets["icechunk"]
+
+
+@pytest.mark.parametrize(
+    ("which", "labels"),
+    [
+        ("zarr", ["xarray"]),
+        ("refs", ["arcoforge", "xarray (kerchunk)"]),
+        ("ice", ["icechunk", "arcoforge"]),
+    ],
+)
+def test_snippets_open_the_store(baked, zarr_records, ref_record, ice_record, which, labels):
+    record = {"zarr": zarr_records["daily"], "refs": ref_record, "ice": ice_record}[which]
+    assert list(record.snippets) == labels
+    with xr.open_dataset(baked.sources[-1]) as source:
+        expected = source["sst"].values[0]
+    for label, code in record.snippets.items():
+        scope: dict = {}
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, f"<{label} snippet>", "exec"), scope)
+        if "ds" in scope:
+            ds = scope["ds"]
+            assert dict(ds.sizes) == SIZES, label
+            np.testing.assert_allclose(ds["sst"].values[-1], expected, rtol=1e-6)
+            ds.close()
+        else:
+            assert "<xarray.Dataset>" in printed.getvalue() and "time: 4" in printed.getvalue()
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return struct.unpack(">II", data[16:24])
+
+
+def test_quicklooks_are_pngs_of_the_first_and_last_day(baked, zarr_records):
+    look = zarr_records["daily"].quicklook
+    folder = baked.root / "looks" / "sst-zarr--daily"
+    assert (look.variable, look.first, look.last) == (
+        "anom",
+        "quicklook-first.png",
+        "quicklook-last.png",
+    )
+    first, last = folder / look.first, folder / look.last
+    assert png_size(first) == png_size(last) == (512, 288)
+    assert first.stat().st_size > 10_000 and first.read_bytes() != last.read_bytes()
+    with xr.open_mfdataset(baked.sources) as source:
+        anom = source["anom"]
+        low, high = float(anom[0].min()), float(anom[0].max())
+    assert look.alt_first == (
+        f"Map of Daily sea surface temperature anomalies (anom) on {START}: values from "
+        f"{low:.4g} to {high:.4g} Celsius, over lon 5 to 355 and lat -85 to 85."
+    )
+    assert f"on {END}:" in look.alt_last
+
+
+# -- credentials, object stores ---------------------------------------------------------
+
+
+def test_a_store_behind_basic_auth_has_its_password_masked(baked):
+    with FileServer(baked.out, auth=("reader", "s3cret")) as server:
+        root = server.url.replace("http://", "http://reader:s3cret@")
+        records = describe_feedstock(baked.zarr, root)
+        wrong = describe_feedstock(baked.zarr, server.url.replace("http://", "http://reader:no@"))
+        base = server.url
+    masked = base.replace("http://", "http://reader:***@")
+    daily = records[0]
+    assert (daily.status, daily.store.url) == ("ok", f"{masked}/daily.zarr")
+    assert (daily.time_coverage.start, daily.time_coverage.end) == (START, END)
+    assert (daily.store.size_bytes, daily.store.objects) == (None, None)  # not listable
+    assert daily.snippets["xarray"].endswith(f'xr.open_zarr("{masked}/daily.zarr")\n')
+    assert [r.status for r in records] == ["ok", "never-baked", "never-baked"]
+    assert wrong[0].status == "unreadable"
+    assert wrong[0].error == (
+        f"http://reader:***@{base.removeprefix('http://')}/daily.zarr: ClientResponseError: 401, "
+        f"message='Unauthorized', url='{base}/daily.zarr/zarr.json'"
+    )
+    for record in [*records, *wrong]:
+        assert "s3cret" not in record.model_dump_json()
+
+
+def test_a_store_on_an_object_store(baked, s3, bucket):
+    endpoint = s3["client_kwargs"]["endpoint_url"]
+    flags = ["--storage-option", "key=testing", "--storage-option", "secret=testing"]
+    flags += ["--storage-option", f"client_kwargs.endpoint_url={endpoint}"]
+    flags += ["--storage-option", "client_kwargs.region_name=eu-west-1"]
+    ok(baked.cli("bake", baked.zarr, "--target-root", bucket, "--recipe", "daily", *flags))
+    records = describe_feedstock(baked.zarr, bucket, storage_options=s3)
+    daily = records[0]
+    fs = fsspec.filesystem("s3", **s3)
+    found = fs.find(f"{bucket}/daily.zarr", detail=True)
+    assert (daily.status, daily.store.url) == ("ok", f"{bucket}/daily.zarr")
+    assert daily.store.size_bytes == sum(i["size"] for i in found.values()) > 0
+    assert daily.store.objects == len(found)
+    assert [r.status for r in daily.runs] == ["succeeded"]
+    assert (daily.time_coverage.start, daily.time_coverage.end) == (START, END)
+    options = {"client_kwargs": {"endpoint_url": endpoint, "region_name": "eu-west-1"}}
+    assert daily.snippets["xarray"] == (
+        "import xarray as xr\n\n"
+        f'ds = xr.open_zarr("{bucket}/daily.zarr", storage_options={options!r})\n'
+    )
+    assert [r.status for r in records[1:]] == ["never-baked", "never-baked"]
+    assert all("testing" not in r.model_dump_json() for r in records)
+
+
+# -- a real file ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[DatasetRecord, Path]:
+    """The record of a real file baked to Zarr, and the folder of its quick-looks."""
+    root = tmp_path_factory.mktemp("corpus")
+    feed = write_feedstock(
+        root / "a1b",
+        CORPUS_RECIPE.format(url=iris("A1B_north_america.nc").as_uri()),
+        ["a1b"],
+        title='"HadCM3 A1B air temperature over North America"',
+        description='"From iris-sample-data."',
+        license="OGL-UK-3.0",
+    )
+    ok(arcoforge_cli("bake", feed, "--target-root", root / "out", cwd=root))
+    (record,) = describe_feedstock(feed, root / "out", quicklook_dir=root / "looks")
+    return record, root / "looks" / record.slug
+
+
+def test_a_real_file_keeps_its_attributes(corpus):
+    record, looks = corpus
+    assert record.license_url == LICENSES["OGL-UK-3.0"]
+    with xr.open_dataset(iris("A1B_north_america.nc")) as source:
+        times = source["time"].values
+        air = source["air_temperature"]
+        attrs = dict(air.attrs)
+        lat, lon = source["latitude"].values, source["longitude"].values
+    assert record.time_coverage.model_dump() == {
+        "start": times[0].strftime("%Y-%m-%d"),
+        "end": times[-1].strftime("%Y-%m-%d"),
+    }
+    assert record.time_coverage.start == "1860-06-01"
+    assert record.extent.model_dump() == {
+        "west": float(lon.min()),
+        "south": float(lat.min()),
+        "east": float(lon.max()),
+        "north": float(lat.max()),
+    }
+    var = next(v for v in record.variables if v.name == "air_temperature")
+    assert (var.units, var.standard_name, var.dims, var.chunks) == (
+        attrs["units"],
+        attrs["standard_name"],
+        ["time", "latitude", "longitude"],
+        [60, 37, 49],
+    )
+    assert (var.units, var.standard_name) == ("K", "air_temperature")
+    kinds = {d.name: d.kind for d in record.dims}
+    assert kinds == {"time": "time", "latitude": "y", "longitude": "x", "bnds": "other"}
+    bnds = next(d for d in record.dims if d.name == "bnds")
+    assert (bnds.size, bnds.start) == (2, None)
+    assert record.quicklook.variable == "air_temperature"
+    assert png_size(looks / record.quicklook.first) == (512, 288)
+
+
+# -- STAC -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def catalog(baked, zarr_records, ref_record, ice_record, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stac") / "stac"
+    looks = baked.root / "looks"
+    corpus_record, corpus_looks = corpus
+    shutil.copytree(corpus_looks, looks / corpus_record.slug, dirs_exist_ok=True)
+    records = [*zarr_records.values(), ref_record, ice_record, corpus_record]
+    return stac.build_stac(records, out, quicklook_dir=looks), out
+
+
+def test_stac_validates_offline_and_holds_the_datacube(catalog):
+    cat, out = catalog
+    assert stac.validate(cat) == [
+        "arcoforge",
+        "sst-zarr--daily",
+        "sst-zarr--monthly",
+        "sst-zarr--broken",
+        "sst-refs--refs",
+        "sst-ice--refs",
+        "a1b--a1b",
+    ]
+    daily = json.loads((out / "sst-zarr--daily" / "collection.json").read_text())
+    assert daily["extent"] == {
+        "spatial": {"bbox": [[5.0, -85.0, -5.0, 85.0]]},  # 5..355 E crosses the antimeridian
+        "temporal": {"interval": [["1981-09-01T12:00:00Z", "1981-09-04T12:00:00Z"]]},
+    }
+    assert daily["cube:dimensions"] == {
+        "time": {"type": "temporal", "extent": ["1981-09-01T12:00:00Z", "1981-09-04T12:00:00Z"]},
+        "lat": {"extent": [-85.0, 85.0], "type": "spatial", "axis": "y", "reference_system": 4326},
+        "lon": {"extent": [5.0, 355.0], "type": "spatial", "axis": "x", "reference_system": 4326},
+    }
+    assert daily["cube:variables"]["sst"] == {
+        "type": "data",
+        "dimensions": ["time", "lat", "lon"],
+        "shape": [4, 18, 36],
+        "description": "Daily sea surface temperature",
+        "unit": "Celsius",
+        "chunks": [2, 18, 36],
+        "attrs": {"dtype": "float64", "codecs": ["blosc(zstd)"]},
+    }
+    assert set(daily["cube:variables"]) == {"sst", "anom", "err", "ice"}
+    assert (daily["license"], daily["keywords"]) == ("CC-BY-4.0", ["ocean", "sst"])
+    assert daily["providers"][0] == {
+        "name": "NOAA NCEI",
+        "roles": ["producer", "licensor"],
+        "url": "https://www.ncei.noaa.gov",
+    }
+    assert daily["assets"]["store"]["type"] == "application/vnd+zarr"
+    assert daily["assets"]["store"]["roles"] == ["data"]
+    assert daily["assets"]["store"]["xarray:open_kwargs"] == {"engine": "zarr", "chunks": {}}
+    thumbnail = daily["assets"]["thumbnail"]
+    assert (thumbnail["href"], thumbnail["type"], thumbnail["roles"]) == (
+        "./quicklook-first.png",
+        "image/png",
+        ["thumbnail"],
+    )
+    assert png_size(out / "sst-zarr--daily" / "quicklook-first.png") == (512, 288)
+    links = [link["href"] for link in daily["links"] if link["rel"] != "license"]
+    assert links == ["../catalog.json", "../catalog.json"]
+
+
+def test_stac_of_the_real_file_and_the_references(catalog):
+    _, out = catalog
+    a1b = json.loads((out / "a1b--a1b" / "collection.json").read_text())
+    assert a1b["extent"]["spatial"]["bbox"] == [[-135.0, 15.0, -45.0, 60.0]]
+    assert a1b["extent"]["temporal"]["interval"][0][0] == "1860-06-01T00:00:00Z"
+    assert a1b["license"] == "OGL-UK-3.0"
+    assert a1b["cube:dimensions"]["bnds"] == {
+        "type": "other",
+        "extent": [0, 1],
+        "description": "indices",
+    }
+    assert a1b["cube:variables"]["air_temperature"]["attrs"]["standard_name"] == "air_temperature"
+    refs = json.loads((out / "sst-refs--refs" / "collection.json").read_text())
+    assert refs["license"] == "Custom-Terms"
+    assert refs["assets"]["store"]["type"] == "application/json"
+    assert refs["assets"]["store"]["roles"] == ["data", "references"]
+    never = json.loads((out / "sst-zarr--monthly" / "collection.json").read_text())
+    assert never["arcoforge:status"] == "never-baked" and "cube:dimensions" in never
+
+
+def test_stac_assets_open_with_xpystac(catalog):
+    _, out = catalog
+    collection = pystac.read_file(out / "sst-zarr--daily" / "collection.json")
+    assert collection.validate(validator=stac.offline_validator())
+    ds = xpystac.core.to_xarray(collection.assets["store"])
+    assert dict(ds.sizes) == SIZES
+
+
+def test_the_offline_validator_refuses_an_invalid_collection(catalog):
+    _, out = catalog
+    collection = pystac.read_file(out / "sst-zarr--daily" / "collection.json")
+    del collection.extra_fields["cube:dimensions"]["lon"]["axis"]
+    with pytest.raises(pystac.errors.STACValidationError) as info:
+        collection.validate(validator=stac.offline_validator())
+    assert str(info.value).splitlines()[0] == (
+        f"Validation failed for Collection at {out / 'sst-zarr--daily' / 'collection.json'} "
+        "with ID sst-zarr--daily against schema at "
+        "https://stac-extensions.github.io/datacube/v2.2.0/schema.json"
+    )
+
+
+def test_stac_with_a_base_url_names_only_its_root_absolutely(zarr_records, tmp_path):
+    records = [zarr_records["monthly"]]
+    stac.build_stac(records, tmp_path / "stac", base_url="https://data.example.org/cat/stac")
+    root = json.loads((tmp_path / "stac" / "catalog.json").read_text())
+    hrefs = {link["rel"]: link["href"] for link in root["links"]}
+    assert hrefs == {
+        "root": "./catalog.json",
+        "child": "./sst-zarr--monthly/collection.json",
+        "self": "https://data.example.org/cat/stac/catalog.json",
+    }
+
+
+# -- missing extras ---------------------------------------------------------------------
+
+HIDE = """\
+import importlib.machinery, os, sys
+
+MISSING = set(os.environ["ARCOFORGE_TEST_WITHOUT"].split(","))
+
+
+class Without(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.partition(".")[0] in MISSING:
+            return None
+        return super().find_spec(name, path, target)
+
+
+sys.meta_path[:] = [Without if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "code", "line"),
+    [
+        (
+            "matplotlib",
+            "describe_feedstock(FEED, OUT, quicklook_dir=LOOKS)",
+            'MissingDependency: catalog quick-looks need matplotlib: pip install "arcoforge[catalog]"',
+        ),
+        (
+            "pystac",
+            "build_stac([], LOOKS)",
+            'MissingDependency: STAC catalogs need pystac: pip install "arcoforge[catalog]"',
+        ),
+    ],
+)
+def test_a_missing_extra_is_one_line_naming_it(baked, tmp_path, module, code, line):
+    (tmp_path / "hide").mkdir()
+    (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE)
+    script = (
+        "from arcoforge.catalog.describe import describe_feedstock\n"
+        "from arcoforge.catalog.stac import build_stac\n"
+        f"FEED, OUT, LOOKS = {str(baked.zarr)!r}, {str(baked.out)!r}, {str(tmp_path / 'l')!r}\n"
+        "try:\n"
+        f"    {code}\n"
+        "except Exception as exc:\n"
+        "    print(f'{type(exc).__name__}: {exc}')\n"
+    )
+    env = {**os.environ, "ARCOFORGE_TEST_WITHOUT": module}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), str(tmp_path / "hide")]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert proc.stdout.strip().splitlines()[-1] == line, proc.stderr
