@@ -752,4 +752,8 @@ def test_an_unreadable_store_still_gets_a_page_saying_why(baked, tmp_path):
     assert events[1]["datasets"] == 1 and events[1]["removed"] == 0
     page = (out / "datasets" / "sst-zarr--sst-zarr" / "index.html").read_text()
     assert "<h2>The store could not be opened</h2>" in page
-    assert events[0]["error"] and f"<p>{html.escape(events[0]['error'])}</p>" in page
+    assert events[0]["error"] == (
+        f"{store}: JSONDecodeError: Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1)"
+    )
+    assert f"<p>{html.escape(events[0]['error'])}</p>" in page
