@@ -21,6 +21,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from test_catalog_records import HIDE
 from test_cli import arcoforge, error_line, json_lines, ok
 
 from arcoforge.catalog.manifest import MANIFEST, CatalogFolderError
@@ -724,6 +725,22 @@ def test_a_feedstock_given_twice_and_a_port_in_use_are_one_line(baked, tmp_path)
         "(choose another port, or 0 for any free one)"
     )
     assert (Path(out) / "index.html").is_file()  # built, then the preview could not start
+
+
+def test_without_jinja2_the_command_names_the_extra(baked, tmp_path):
+    (tmp_path / "hide").mkdir()
+    (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE)
+    env = {**os.environ, "ARCOFORGE_TEST_WITHOUT": "jinja2"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), str(tmp_path / "hide")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "arcoforge.cli", "catalog", "sst-zarr", "--target-root", "out",
+         "--out", str(tmp_path / "site")],
+        cwd=baked, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert error_line(proc, rc=1) == (
+        'error: catalog sites need jinja2: pip install "arcoforge[catalog]"'
+    )
+    assert not (tmp_path / "site").exists()
 
 
 def test_an_out_folder_of_other_files_is_refused_before_any_store_is_read(baked, tmp_path):
