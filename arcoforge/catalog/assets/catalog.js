@@ -9,8 +9,9 @@
 
   function setUpIndex(form, data) {
     var entries = JSON.parse(data.textContent);
+    var list = document.getElementById("cards");
     var cards = {};
-    document.querySelectorAll("#cards > li[data-slug]").forEach(function (card) {
+    Array.prototype.forEach.call(list.children, function (card) {
       cards[card.getAttribute("data-slug")] = card;
     });
     entries.forEach(function (entry) {
@@ -41,16 +42,24 @@
       selects.forEach(function (select) {
         if (select.value) chosen[select.getAttribute("data-filter")] = select.value;
       });
-      var shown = 0;
+      var kept = [];
       entries.forEach(function (entry) {
-        var card = cards[entry.slug];
-        var keep = matches(entry, terms, chosen);
-        if (card.hidden === keep) card.hidden = !keep;
-        if (keep) shown++;
+        if (matches(entry, terms, chosen)) kept.push(cards[entry.slug]);
       });
-      count.textContent = shown + " of " + entries.length + " datasets";
-      nothing.hidden = shown > 0;
+      show(kept);
+      count.textContent = kept.length + " of " + entries.length + " datasets";
+      nothing.hidden = kept.length > 0;
       remember(terms.length ? query.value : "", chosen);
+    }
+
+    function show(kept) {
+      /* the list holds only the cards that match, in the index's order: taking cards out
+         is far cheaper for the browser than hiding hundreds of them */
+      var current = list.children;
+      var same = current.length === kept.length && kept.every(function (card, i) {
+        return current[i] === card;
+      });
+      if (!same) list.replaceChildren.apply(list, kept);
     }
 
     function remember(text, chosen) {
