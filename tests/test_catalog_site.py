@@ -349,8 +349,7 @@ def open_index(chrome, url: str) -> None:
 def shown(chrome) -> list[str]:
     """The slugs of the cards on show."""
     return chrome.execute_script(
-        "return Array.from(document.querySelectorAll('#cards > li'))"
-        ".map(li => li.dataset.slug)"
+        "return Array.from(document.querySelectorAll('#cards > li')).map(li => li.dataset.slug)"
     )
 
 
