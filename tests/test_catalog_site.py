@@ -529,6 +529,28 @@ def test_the_command_writes_pages_stac_and_runs_and_a_rerun_writes_nothing(baked
     assert stamps(site) == before
 
 
+def test_a_feedstock_left_out_loses_its_pages_and_collection(baked, tmp_path):
+    out = tmp_path / "site"
+    ok(arcoforge("catalog", *FEEDSTOCKS, "--target-root", "out", "--out", out, cwd=baked))
+    (out / "datasets" / "sst-refs--sst-refs" / "notes.txt").write_text("mine")
+    proc = ok(
+        arcoforge("catalog", "sst-zarr", "--target-root", "out", "--out", out, "--json", cwd=baked)
+    )
+    summary = json_lines(proc.stdout)[-1]
+    assert summary["event"] == "summary" and summary["datasets"] == 1
+    assert summary["removed"] == 7 and summary["kept"] == 0  # page, 2 quick-looks, run; STAC 3
+    assert sorted(p.name for p in (out / "datasets").iterdir()) == [
+        "sst-refs--sst-refs",
+        "sst-zarr--sst-zarr",
+    ]
+    assert [p.name for p in (out / "datasets" / "sst-refs--sst-refs").iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in (out / "stac").iterdir()) == [
+        "catalog.json",
+        "sst-zarr--sst-zarr",
+    ]
+    assert "sst-refs" not in (out / "index.json").read_text()
+
+
 @pytest.mark.browser
 def test_the_site_in_a_browser(browser, serve, site, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
