@@ -25,6 +25,7 @@ import xpystac.core
 from corpus import iris
 
 import arcoforge
+from arcoforge import ArcoforgeError
 from arcoforge.catalog import stac
 from arcoforge.catalog.describe import LICENSES, describe_feedstock
 from arcoforge.catalog.record import DatasetRecord
@@ -80,7 +81,7 @@ refs = (
     pattern_from_file_sequence(URLS, "time", nitems_per_file=1)
     | OpenURLWithFSSpec()
     | OpenWithKerchunk()
-    | WriteCombinedReference("refs")
+    | WriteCombinedReference("refs", output_file_name={output!r})
 )
 """
 
@@ -141,7 +142,7 @@ class Baked:
         served = [f"{server.url}/{p.name}" for p in self.sources]
         self.refs = write_feedstock(
             root / "sst-refs",
-            REFERENCE_RECIPE.format(urls=served),
+            REFERENCE_RECIPE.format(urls=served, output="reference.json"),
             ["refs"],
             title='"Daily SST references"',
             description='"The same files, as kerchunk references."',
@@ -150,11 +151,20 @@ class Baked:
 
         self.icechunk = write_feedstock(
             root / "sst-ice",
-            REFERENCE_RECIPE.format(urls=urls),
+            REFERENCE_RECIPE.format(urls=urls, output="reference.json"),
             ["refs"],
             title='"Daily SST in Icechunk"',
             description='"The local files, as virtual chunks of an Icechunk repository."',
             license="CC0-1.0",
+        )
+
+        self.parquet = write_feedstock(
+            root / "sst-parquet",
+            REFERENCE_RECIPE.format(urls=urls, output="refs.parquet"),
+            ["refs"],
+            title='"Daily SST as Parquet references"',
+            description='"The local files, as kerchunk references in Parquet."',
+            license="ODbL-1.0",
         )
 
     def bake(self) -> None:
@@ -162,6 +172,7 @@ class Baked:
         failed = self.cli("bake", self.zarr, "--target-root", self.out, "--recipe", "broken")
         assert failed.returncode == 1, failed.stderr
         ok(self.cli("bake", self.refs, "--target-root", self.out))
+        ok(self.cli("bake", self.parquet, "--target-root", self.out))
         ok(self.cli("bake", self.icechunk, "--target-root", f"icechunk://{self.ice}"))
 
     def cli(self, *args) -> subprocess.CompletedProcess:
@@ -192,6 +203,12 @@ def ref_record(baked) -> DatasetRecord:
     baked.server.requests.clear()
     (record,) = describe_feedstock(baked.refs, baked.out, quicklook_dir=baked.root / "looks")
     baked.requests = list(baked.server.requests)
+    return record
+
+
+@pytest.fixture(scope="module")
+def parquet_record(baked) -> DatasetRecord:
+    (record,) = describe_feedstock(baked.parquet, baked.out)
     return record
 
 
@@ -395,6 +412,23 @@ def test_references_record_and_only_two_slices_read(baked, ref_record):
     assert {r.partition("?")[0] for r in baked.requests} == {f"/{first}", f"/{last}"}
 
 
+def test_parquet_record(baked, parquet_record):
+    folder = baked.out / "refs" / "refs.parquet"
+    files = baked.files_under(folder)
+    assert (parquet_record.status, parquet_record.store.type, parquet_record.store.url) == (
+        "ok",
+        "references-parquet",
+        str(folder),
+    )
+    assert parquet_record.store.size_bytes == sum(p.stat().st_size for p in files) > 0
+    assert parquet_record.store.objects == len(files) > 1
+    assert parquet_record.license_url == "https://opendatacommons.org/licenses/odbl/1-0/"
+    assert (parquet_record.time_coverage.start, parquet_record.time_coverage.end) == (START, END)
+    # its runs only, though the JSON references' runs are kept in the same folder
+    assert [r.status for r in parquet_record.runs] == ["succeeded"]
+    assert len(list((baked.out / "refs" / RUNS_FOLDER).glob("*.json"))) == 2
+
+
 def test_icechunk_record(baked, ice_record):
     repo = baked.ice / "refs"
     files = baked.files_under(repo)
@@ -414,11 +448,19 @@ def test_icechunk_record(baked, ice_record):
     [
         ("zarr", ["xarray"]),
         ("refs", ["arcoforge", "xarray (kerchunk)"]),
+        ("parquet", ["arcoforge", "xarray (kerchunk)"]),
         ("ice", ["icechunk", "arcoforge"]),
     ],
 )
-def test_snippets_open_the_store(baked, zarr_records, ref_record, ice_record, which, labels):
-    record = {"zarr": zarr_records["daily"], "refs": ref_record, "ice": ice_record}[which]
+def test_snippets_open_the_store(
+    baked, zarr_records, ref_record, parquet_record, ice_record, which, labels
+):
+    record = {
+        "zarr": zarr_records["daily"],
+        "refs": ref_record,
+        "parquet": parquet_record,
+        "ice": ice_record,
+    }[which]
     assert list(record.snippets) == labels
     with xr.open_dataset(baked.sources[-1]) as source:
         expected = source["sst"].values[0]
@@ -480,10 +522,13 @@ def test_a_store_behind_basic_auth_has_its_password_masked(baked):
     assert daily.snippets["xarray"].endswith(f'xr.open_zarr("{masked}/daily.zarr")\n')
     assert [r.status for r in records] == ["ok", "never-baked", "never-baked"]
     assert wrong[0].status == "unreadable"
-    assert wrong[0].error == (
+    # zarr asks for its metadata keys at once: the first refusal is the one reported
+    head, key = wrong[0].error.rsplit("/", 1)
+    assert head == (
         f"http://reader:***@{base.removeprefix('http://')}/daily.zarr: ClientResponseError: 401, "
-        f"message='Unauthorized', url='{base}/daily.zarr/zarr.json'"
+        f"message='Unauthorized', url='{base}/daily.zarr"
     )
+    assert key in {"zarr.json'", ".zmetadata'", ".zgroup'", ".zattrs'"}
     for record in [*records, *wrong]:
         assert "s3cret" not in record.model_dump_json()
 
@@ -684,6 +729,16 @@ def test_stac_with_a_base_url_names_only_its_root_absolutely(zarr_records, tmp_p
     }
 
 
+def test_a_missing_quicklook_is_one_line_naming_it(zarr_records, tmp_path):
+    record = zarr_records["daily"]
+    with pytest.raises(ArcoforgeError) as info:
+        stac.build_stac([record], tmp_path / "stac", quicklook_dir=tmp_path / "none")
+    assert str(info.value) == (
+        f"{tmp_path}/none/sst-zarr--daily/quicklook-first.png: missing "
+        "(the quick-look of 'sst-zarr/daily')"
+    )
+
+
 # -- missing extras ---------------------------------------------------------------------
 
 HIDE = """\
@@ -713,6 +768,11 @@ sys.meta_path[:] = [Without if f is importlib.machinery.PathFinder else f for f 
             'MissingDependency: catalog quick-looks need matplotlib: pip install "arcoforge[catalog]"',
         ),
         (
+            "jsonschema",
+            "validate(build_stac([], LOOKS))",
+            'MissingDependency: STAC checks need jsonschema: pip install "arcoforge[catalog]"',
+        ),
+        (
             "pystac",
             "build_stac([], LOOKS)",
             'MissingDependency: STAC catalogs need pystac: pip install "arcoforge[catalog]"',
@@ -724,7 +784,7 @@ def test_a_missing_extra_is_one_line_naming_it(baked, tmp_path, module, code, li
     (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE)
     script = (
         "from arcoforge.catalog.describe import describe_feedstock\n"
-        "from arcoforge.catalog.stac import build_stac\n"
+        "from arcoforge.catalog.stac import build_stac, validate\n"
         f"FEED, OUT, LOOKS = {str(baked.zarr)!r}, {str(baked.out)!r}, {str(tmp_path / 'l')!r}\n"
         "try:\n"
         f"    {code}\n"

@@ -241,7 +241,7 @@ def _copy_quicklooks(records: list[DatasetRecord], source: Path, out_dir: Path) 
     for record in records:
         if record.quicklook:
             (out_dir / record.slug).mkdir(parents=True, exist_ok=True)
-            for name in {record.quicklook.first, record.quicklook.last}:
+            for name in dict.fromkeys([record.quicklook.first, record.quicklook.last]):
                 path = source / record.slug / name
                 if not path.is_file():
                     raise ArcoforgeError(f"{path}: missing (the quick-look of {record.id!r})")
