@@ -521,7 +521,7 @@ def catalog(feedstocks, target_root, out, base_url, serve, port, as_json, storag
     """
     if not target_root:
         raise click.UsageError("give --target-root (the folder or URL the stores are under)")
-    if base_url and not re.match(r"https?://[^\s/]+", base_url):
+    if base_url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", base_url):
         raise click.UsageError(f"--base-url {base_url}: not an http:// or https:// URL")
     if port is not None and not serve:
         raise click.UsageError("--port needs --serve")
@@ -531,23 +531,17 @@ def catalog(feedstocks, target_root, out, base_url, serve, port, as_json, storag
     from .bake import normalize_root
     from .catalog.build import build_catalog
     from .catalog.preview import serve as serve_site
+    from .progress import PlainReporter, logs_to
 
-    def described(record):
-        fields = {"dataset": record.id, "status": record.status, "error": record.error}
-        if events is not None:
-            events.event("dataset", **fields)
-        else:
-            why = f": {record.error}" if record.error else ""
-            click.echo(f"{record.status:<11} {record.id}{why}")
-
-    records, done = build_catalog(
-        feedstocks,
-        normalize_root(target_root),
-        out,
-        base_url=base_url,
-        storage_options=options,
-        described=described,
-    )
+    with logs_to(events or PlainReporter()):  # a skipped run record's warning, say
+        records, done = build_catalog(
+            feedstocks,
+            normalize_root(target_root),
+            out,
+            base_url=base_url,
+            storage_options=options,
+            described=lambda record: _described(events, record),
+        )
     counts = {k: len(getattr(done, k)) for k in ("written", "unchanged", "removed", "kept")}
     if events is not None:
         events.event("summary", out=str(out), datasets=len(records), **counts)
@@ -559,20 +553,25 @@ def catalog(feedstocks, target_root, out, base_url, serve, port, as_json, storag
             f"{counts['removed']} removed{kept}"
         )
     if serve:
-        serve_site(out, 8000 if port is None else port, _announce(events))
+        serve_site(out, 8000 if port is None else port, lambda url: _serving(events, url))
         click.echo("stopped", err=True)
 
 
-def _announce(events) -> Callable[[str], None]:
-    """What tells the user where the preview is."""
+def _described(events, record) -> None:
+    """A dataset's status (and why it could not be read) as a line or a JSON event."""
+    if events is not None:
+        events.event("dataset", dataset=record.id, status=record.status, error=record.error)
+    else:
+        why = f": {record.error}" if record.error else ""
+        click.echo(f"{record.status:<11} {record.id}{why}")
 
-    def ready(url: str) -> None:
-        if events is not None:
-            events.event("serving", url=url)
-        else:
-            click.echo(f"serving {url} (Ctrl-C to stop)")
 
-    return ready
+def _serving(events, url: str) -> None:
+    """Where the preview is, as a line or a JSON event."""
+    if events is not None:
+        events.event("serving", url=url)
+    else:
+        click.echo(f"serving {url} (Ctrl-C to stop)")
 
 
 if __name__ == "__main__":  # pragma: no cover

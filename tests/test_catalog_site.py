@@ -724,6 +724,20 @@ def assert_quicklooks_are_png(folder: Path) -> None:
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
+def test_a_file_among_run_records_that_is_not_one_is_a_warning_line(baked, tmp_path):
+    root = Path(shutil.copytree(baked / "out", tmp_path / "out"))
+    junk = root / ".arcoforge-runs" / "notes.json"
+    junk.write_text("[1, 2]")
+    out = tmp_path / "site"
+    proc = ok(arcoforge("catalog", "sst-zarr", "--target-root", root, "--out", out, cwd=baked))
+    assert proc.stdout.startswith("ok          sst-zarr/sst-zarr\n")
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"warning: {junk}: not a run record, skipped (ValidationError: ")
+    # the copied records name the store where it was baked, not this copy
+    page = (out / "datasets" / "sst-zarr--sst-zarr" / "index.html").read_text()
+    assert "<p>No run record of this dataset was found.</p>" in page
+
+
 def test_a_feedstock_given_twice_and_a_port_in_use_are_one_line(baked, tmp_path):
     out = str(tmp_path / "site")
     proc = arcoforge(
