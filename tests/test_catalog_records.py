@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import shutil
 import struct
@@ -68,7 +69,13 @@ def pattern(urls):
 
 
 fetch = OpenURLWithFSSpec(retries=0)
-daily = pattern(URLS) | fetch | OpenWithXarray() | StoreToZarr("daily.zarr", target_chunks={{"time": 2}})
+sharded = {{"sst": {{"chunks": [1, 9, 36], "shards": [2, 18, 36]}}}}
+daily = (
+    pattern(URLS)
+    | fetch
+    | OpenWithXarray()
+    | StoreToZarr("daily.zarr", target_chunks={{"time": 2}}, encoding=sharded)
+)
 monthly = pattern(URLS) | fetch | OpenWithXarray() | StoreToZarr("monthly.zarr")
 broken = pattern([*URLS, MISSING]) | fetch | OpenWithXarray() | StoreToZarr("broken.zarr")
 """
@@ -284,8 +291,8 @@ def test_zarr_record_holds_meta_dims_variables_and_size(baked, zarr_records):
         "dims": ["time", "lat", "lon"],
         "dtype": "float64",
         "shape": [4, 18, 36],
-        "chunks": [2, 18, 36],
-        "shards": None,
+        "chunks": [1, 9, 36],
+        "shards": [2, 18, 36],
         "codecs": ["blosc(zstd)"],
         "units": "Celsius",
         "long_name": "Daily sea surface temperature",
@@ -293,7 +300,14 @@ def test_zarr_record_holds_meta_dims_variables_and_size(baked, zarr_records):
         "coordinate": False,
     }
     stored = json.loads((store / "sst" / "zarr.json").read_text())
-    assert stored["chunk_grid"]["configuration"]["chunk_shape"] == sst.chunks
+    assert stored["chunk_grid"]["configuration"]["chunk_shape"] == sst.shards
+    (sharding,) = stored["codecs"]
+    assert sharding["configuration"]["chunk_shape"] == sst.chunks
+    assert [c["name"] for c in sharding["configuration"]["codecs"]] == ["bytes", "blosc"]
+    anom = variables["anom"]
+    assert (anom.chunks, anom.shards, anom.codecs) == ([2, 18, 36], None, ["blosc(zstd)"])
+    stored = json.loads((store / "anom" / "zarr.json").read_text())
+    assert stored["chunk_grid"]["configuration"]["chunk_shape"] == anom.chunks
     assert [c["name"] for c in stored["codecs"]] == ["bytes", "blosc"]
     assert variables["lat"].coordinate and variables["lat"].chunks == [18]
     assert "Dimensions:" in record.repr and "sst" in record.repr and "(time: 4" in record.repr
@@ -508,7 +522,8 @@ def test_quicklooks_are_pngs_of_the_first_and_last_day(baked, zarr_records):
 # -- credentials, object stores ---------------------------------------------------------
 
 
-def test_a_store_behind_basic_auth_has_its_password_masked(baked):
+def test_a_store_behind_basic_auth_has_its_password_masked(baked, caplog):
+    caplog.set_level(logging.DEBUG)
     with FileServer(baked.out, auth=("reader", "s3cret")) as server:
         root = server.url.replace("http://", "http://reader:s3cret@")
         records = describe_feedstock(baked.zarr, root)
@@ -531,6 +546,11 @@ def test_a_store_behind_basic_auth_has_its_password_masked(baked):
     assert key in {"zarr.json'", ".zmetadata'", ".zgroup'", ".zattrs'"}
     for record in [*records, *wrong]:
         assert "s3cret" not in record.model_dump_json()
+    ours = [r.getMessage() for r in caplog.records if r.name.startswith("arcoforge")]
+    assert (
+        f"{masked}/.arcoforge-runs: run records not listed (ClientResponseError: 401, " in ours[0]
+    )
+    assert not any("s3cret" in line for line in ours)
 
 
 def test_a_store_on_an_object_store(baked, s3, bucket):
@@ -652,8 +672,8 @@ def test_stac_validates_offline_and_holds_the_datacube(catalog):
         "shape": [4, 18, 36],
         "description": "Daily sea surface temperature",
         "unit": "Celsius",
-        "chunks": [2, 18, 36],
-        "attrs": {"dtype": "float64", "codecs": ["blosc(zstd)"]},
+        "chunks": [1, 9, 36],
+        "attrs": {"dtype": "float64", "codecs": ["blosc(zstd)"], "shards": [2, 18, 36]},
     }
     assert set(daily["cube:variables"]) == {"sst", "anom", "err", "ice"}
     assert (daily["license"], daily["keywords"]) == ("CC-BY-4.0", ["ocean", "sst"])
@@ -718,15 +738,19 @@ def test_the_offline_validator_refuses_an_invalid_collection(catalog):
 
 
 def test_stac_with_a_base_url_names_only_its_root_absolutely(zarr_records, tmp_path):
-    records = [zarr_records["monthly"]]
+    records = [zarr_records["monthly"], zarr_records["daily"]]
     stac.build_stac(records, tmp_path / "stac", base_url="https://data.example.org/cat/stac")
     root = json.loads((tmp_path / "stac" / "catalog.json").read_text())
-    hrefs = {link["rel"]: link["href"] for link in root["links"]}
-    assert hrefs == {
-        "root": "./catalog.json",
-        "child": "./sst-zarr--monthly/collection.json",
-        "self": "https://data.example.org/cat/stac/catalog.json",
-    }
+    assert sorted((link["rel"], link["href"]) for link in root["links"]) == [
+        ("child", "./sst-zarr--daily/collection.json"),
+        ("child", "./sst-zarr--monthly/collection.json"),
+        ("root", "./catalog.json"),
+        ("self", "https://data.example.org/cat/stac/catalog.json"),
+    ]
+    # without quicklook_dir, no thumbnail (its PNG would not be there)
+    daily = json.loads((tmp_path / "stac" / "sst-zarr--daily" / "collection.json").read_text())
+    assert set(daily["assets"]) == {"store"}
+    assert not (tmp_path / "stac" / "sst-zarr--daily" / "quicklook-first.png").exists()
 
 
 def test_a_missing_quicklook_is_one_line_naming_it(zarr_records, tmp_path):

@@ -307,11 +307,16 @@ def stored_size(url: str, storage_options: dict | None = None) -> tuple[int | No
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
         found = fs.find(path, detail=True)
     except Exception as exc:  # each filesystem has errors of its own (aiohttp's, say)
-        log.info("%s: not listed, size unknown (%s)", url, one_line(exc))
+        log.info(_masked(f"{url}: not listed, size unknown ({one_line(exc)})", storage_options))
         return None, None
     if not found:
         return None, None
     return int(sum(info.get("size") or 0 for info in found.values())), len(found)
+
+
+def _masked(text: str, storage_options: dict | None) -> str:
+    """``text`` with passwords in URLs and the secrets of ``storage_options`` masked."""
+    return redact(text, secret_values(open_kwargs=storage_options))
 
 
 def _exists(url: str, storage_options: dict | None) -> bool:
@@ -345,14 +350,15 @@ def read_runs(folder: str, storage_options: dict | None = None) -> list[RunRecor
         fs, path = fsspec.core.url_to_fs(folder, **(storage_options or {}))
         paths = fs.glob(f"{path.rstrip('/')}/*.json")
     except Exception as exc:  # each filesystem has errors of its own (aiohttp's, say)
-        log.info("%s: run records not listed (%s)", folder, one_line(exc))
+        log.info(_masked(f"{folder}: run records not listed ({one_line(exc)})", storage_options))
         return []
     records = []
     for found in paths:
         try:
             records.append(RunRecord.model_validate_json(fs.cat_file(found)))
         except (OSError, ValueError) as exc:
-            log.warning("%s: not a run record, skipped (%s)", found, one_line(exc))
+            why = f"{found}: not a run record, skipped ({one_line(exc)})"
+            log.warning(_masked(why, storage_options))
     return records
 
 

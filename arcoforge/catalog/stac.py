@@ -66,7 +66,7 @@ def build_stac(
         description="Analysis-ready, cloud-optimized stores baked by arcoforge from feedstocks.",
     )
     for record in records:
-        catalog.add_child(collection(record))
+        catalog.add_child(collection(record, thumbnail=quicklook_dir is not None))
     catalog.normalize_hrefs(str(out_dir.resolve()))
     if quicklook_dir is not None:
         _copy_quicklooks(records, Path(quicklook_dir), out_dir)
@@ -79,8 +79,9 @@ def build_stac(
     return catalog
 
 
-def collection(record: DatasetRecord) -> pystac.Collection:
-    """The Collection of one record."""
+def collection(record: DatasetRecord, thumbnail: bool = True) -> pystac.Collection:
+    """The Collection of one record; with ``thumbnail``, its first quick-look (expected
+    beside the collection) as its thumbnail."""
     stac = _pystac()
     result = stac.Collection(
         id=record.slug,
@@ -101,7 +102,7 @@ def collection(record: DatasetRecord) -> pystac.Collection:
         result.add_link(stac.Link("license", record.license_url, media_type="text/html"))
     _datacube(result, record)
     _store_asset(result, record)
-    if record.quicklook:
+    if record.quicklook and thumbnail:
         result.add_asset(
             "thumbnail",
             stac.Asset(
