@@ -21,11 +21,15 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from test_catalog_records import HIDE
 from test_cli import arcoforge, error_line, json_lines, ok
 
 from arcoforge.catalog.manifest import MANIFEST, CatalogFolderError
 from arcoforge.catalog.site import SiteError, render_site, write_site
+from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.records import generated_record
 
 HOSTILE = "<script>window.pwned=1</script>\"quoted\" & 'single' <img src=x onerror=window.pwned=2>"
@@ -291,9 +295,6 @@ def chromium_paths() -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium, its console kept for :func:`console_errors`."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     binary, driver = chromium_paths()
     options = webdriver.ChromeOptions()
     options.binary_location = binary
@@ -338,8 +339,6 @@ def console_errors(chrome) -> list[dict]:
 
 
 def open_index(chrome, url: str) -> None:
-    from selenium.webdriver.support.ui import WebDriverWait
-
     chrome.get(url)
     WebDriverWait(chrome, WAIT).until(
         lambda c: c.execute_script("return document.documentElement.dataset.ready") == "true"
@@ -354,8 +353,6 @@ def shown(chrome) -> list[str]:
 
 
 def choose(chrome, name: str, value: str) -> None:
-    from selenium.webdriver.support.ui import Select
-
     Select(chrome.find_element("id", f"filter-{name}")).select_by_value(value)
 
 
@@ -459,8 +456,6 @@ FEEDSTOCKS = {
 
 def write_feedstock(folder: Path, spec: dict) -> Path:
     """A feedstock of four tiny OISST-like days, as ``spec`` describes it."""
-    from arcoforge.testing.archives import write_oisst_archive
-
     write_oisst_archive(folder / "sample-data", days=4, ny=18, nx=36)
     meta = {
         "title": spec["title"],
@@ -553,8 +548,6 @@ def test_a_feedstock_left_out_loses_its_pages_and_collection(baked, tmp_path):
 
 @pytest.mark.browser
 def test_the_site_in_a_browser(browser, serve, site, tmp_path):
-    from selenium.webdriver.support.ui import WebDriverWait
-
     url = serve(site)
     open_index(browser, url)
     assert sorted(shown(browser)) == ["sst-refs--sst-refs", "sst-zarr--sst-zarr"]
@@ -619,8 +612,6 @@ def test_the_site_in_a_browser(browser, serve, site, tmp_path):
 
 
 def assert_images_loaded(chrome, expected: int) -> None:
-    from selenium.webdriver.support.ui import WebDriverWait
-
     WebDriverWait(chrome, WAIT).until(
         lambda c: c.execute_script("return Array.from(document.images).every(i => i.complete)")
     )
