@@ -1,10 +1,11 @@
-"""The ``arcoforge`` command: demo, bake, lint, init, validate, runs."""
+"""The ``arcoforge`` command: demo, bake, lint, init, validate, runs, catalog."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import re
 import shlex
 import sys
 import traceback
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import click
 
-from .errors import ArcoforgeError, MissingDependency, install_hint, one_line
+from .amounts import count
+from .errors import ArcoforgeError, MissingDependency, install_hint, one_line, require
 from .secrets import redact_remembered
 
 
@@ -480,6 +482,96 @@ def show_run(run_id, as_json):
         click.echo(record.model_dump_json(indent=1))
     else:
         render_run(record, _console())
+
+
+@main.command()
+@click.argument(
+    "feedstocks",
+    nargs=-1,
+    required=True,
+    metavar="FEEDSTOCK...",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+)
+@click.option("--target-root", help="Folder or URL under which the stores were baked.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the site: new, empty, or one this command wrote before.",
+)
+@click.option(
+    "--base-url", metavar="URL", help="Where the site will be published (absolute links)."
+)
+@click.option("--serve", is_flag=True, help="Then serve the site on 127.0.0.1 until Ctrl-C.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="With --serve: the port [default: 8000; 0 for any free one].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Structured log lines instead of text.")
+@storage_option
+@friendly
+@json_events
+def catalog(feedstocks, target_root, out, base_url, serve, port, as_json, storage_option, events):
+    """Build a static website and STAC catalog of the datasets FEEDSTOCK... baked.
+
+    Each recipe's store under --target-root is read (its metadata, two quick-look maps) with
+    its run records; the site goes to --out (index.html, a page per dataset, stac/), which
+    works from disk or any static host. Run it again to update only what changed.
+    """
+    if not target_root:
+        raise click.UsageError("give --target-root (the folder or URL the stores are under)")
+    if base_url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", base_url):
+        raise click.UsageError(f"--base-url {base_url}: not an http:// or https:// URL")
+    if port is not None and not serve:
+        raise click.UsageError("--port needs --serve")
+    options = storage_options(storage_option) or None
+    check_target(target_root, storage_option, options, None)
+    require("jinja2", "catalog sites")
+    from .bake import normalize_root
+    from .catalog.build import build_catalog
+    from .catalog.preview import serve as serve_site
+    from .progress import PlainReporter, logs_to
+
+    with logs_to(events or PlainReporter()):  # a skipped run record's warning, say
+        records, done = build_catalog(
+            feedstocks,
+            normalize_root(target_root),
+            out,
+            base_url=base_url,
+            storage_options=options,
+            described=lambda record: _described(events, record),
+        )
+    counts = {k: len(getattr(done, k)) for k in ("written", "unchanged", "removed", "kept")}
+    if events is not None:
+        events.event("summary", out=str(out), datasets=len(records), **counts)
+    else:
+        kept = f", {counts['kept']} changed by hand kept" if counts["kept"] else ""
+        click.echo(
+            f"{out / 'index.html'}: {count(len(records), 'dataset')}; "
+            f"{count(counts['written'], 'file')} written, {counts['unchanged']} unchanged, "
+            f"{counts['removed']} removed{kept}"
+        )
+    if serve:
+        serve_site(out, 8000 if port is None else port, lambda url: _serving(events, url))
+        click.echo("stopped", err=True)
+
+
+def _described(events, record) -> None:
+    """A dataset's status (and why it could not be read) as a line or a JSON event."""
+    if events is not None:
+        events.event("dataset", dataset=record.id, status=record.status, error=record.error)
+    else:
+        why = f": {record.error}" if record.error else ""
+        click.echo(f"{record.status:<11} {record.id}{why}")
+
+
+def _serving(events, url: str) -> None:
+    """Where the preview is, as a line or a JSON event."""
+    if events is not None:
+        events.event("serving", url=url)
+    else:
+        click.echo(f"serving {url} (Ctrl-C to stop)")
 
 
 if __name__ == "__main__":  # pragma: no cover

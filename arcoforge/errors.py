@@ -20,6 +20,7 @@ EXTRAS = {
     "distributed": "dask",
     "pyspark": "spark",
     "apache_beam": "beam",
+    "jinja2": "catalog",
     "matplotlib": "catalog",
     "pystac": "catalog",
     "jsonschema": "catalog",

@@ -1,0 +1,57 @@
+"""``arcoforge catalog``: describe the datasets of feedstocks, then write their site and
+STAC catalog into one folder, touching only what changed."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .describe import describe_feedstock
+from .manifest import Published, read_manifest
+from .record import DatasetRecord
+from .site import check_records, write_site
+from .stac import build_stac
+
+
+def build_catalog(
+    feedstocks: Sequence[Path],
+    target_root: str,
+    out: Path,
+    base_url: str | None = None,
+    storage_options: dict | None = None,
+    described: Callable[[DatasetRecord], None] | None = None,
+) -> tuple[list[DatasetRecord], Published]:
+    """The records of every recipe of ``feedstocks`` (their stores under ``target_root``),
+    and what writing their site and STAC catalog (``out/stac``) did to ``out``.
+    ``described`` is called with each record as it is made."""
+    read_manifest(out)  # refuse a folder of something else before reading any store
+    with tempfile.TemporaryDirectory(prefix="arcoforge-catalog-") as tmp:
+        stage = Path(tmp)
+        quicklooks = stage / "quicklooks"
+        records = []
+        for folder in feedstocks:
+            for record in describe_feedstock(
+                folder,
+                target_root,
+                storage_options=storage_options,
+                quicklook_dir=quicklooks,
+            ):
+                records.append(record)
+                if described:
+                    described(record)
+        check_records(records)
+        build_stac(records, stage / "stac", base_url=_stac_url(base_url), quicklook_dir=quicklooks)
+        published = write_site(
+            records,
+            out,
+            base_url=base_url,
+            quicklook_dir=quicklooks,
+            stac_dir=stage / "stac",
+        )
+    return records, published
+
+
+def _stac_url(base_url: str | None) -> str | None:
+    """Where the STAC catalog is published: ``stac/`` under the site's URL."""
+    return f"{base_url.rstrip('/')}/stac/" if base_url else None
