@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from test_catalog_records import HIDE
 from test_cli import arcoforge, error_line, json_lines, ok
@@ -633,6 +634,40 @@ def test_the_site_from_a_folder_on_disk(browser, site):
     assert browser.current_url == (site / "datasets" / "sst-zarr--sst-zarr" / "index.html").as_uri()
     assert_images_loaded(browser, 2)
     assert console_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_the_site_on_a_phone_and_from_the_keyboard(browser, serve, site):
+    """On a phone-sized window no page scrolls sideways (wide tables scroll in their own
+    box); from the keyboard, Tab reaches the skip link, which leads into the page's main
+    part: its STAC link, then the search box."""
+    url = serve(site)
+    browser.set_window_size(390, 844)
+    try:
+        for page in ("", "datasets/sst-zarr--sst-zarr/index.html"):
+            open_index(browser, url) if not page else browser.get(url + page)
+            widths = browser.execute_script(
+                "return [document.documentElement.scrollWidth, window.innerWidth]"
+            )
+            assert widths[0] <= widths[1], (page, widths)
+    finally:
+        browser.set_window_size(1280, 1000)
+    open_index(browser, url)
+    body = browser.find_element("tag name", "body")
+    body.send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.text == "Skip to content"
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    reached = []
+    for _ in range(2):  # the intro's STAC link, then the search box
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        focused = browser.switch_to.active_element
+        inside = "return arguments[0].closest('main') !== null"
+        reached.append(
+            (focused.text or focused.get_attribute("id"), browser.execute_script(inside, focused))
+        )
+    assert reached == [("STAC catalog", True), ("q", True)]
+    focused.send_keys("references")
+    assert shown(browser) == ["sst-refs--sst-refs"]
 
 
 def test_serve_previews_the_site_until_ctrl_c(site):
