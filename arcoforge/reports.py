@@ -50,6 +50,7 @@ def render_run(r: RunRecord, console) -> None:
         ("recipe", f"{r.recipe or '-'} (store {r.store})"),
         ("feedstock", r.feedstock or "-"),
         ("command", " ".join(r.args) or "-"),
+        ("by", r.by or "-"),
         ("target", r.target),
         ("inputs", _inputs(r)),
         *[(f"output {i}", _output(o)) for i, o in enumerate(r.outputs, 1)],

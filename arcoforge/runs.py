@@ -3,11 +3,13 @@ a local state folder, with every secret masked."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import platform
 import re
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -89,6 +91,7 @@ class RunRecord(BaseModel):
     stats: dict[str, Any] = {}
     validation: dict[str, Any] | None = None
     versions: dict[str, str] = Field(default_factory=dict)
+    by: str | None = None  # who ran it: see runner()
     started: datetime
     ended: datetime | None = None
 
@@ -133,6 +136,20 @@ def versions() -> dict[str, str]:
         if version is not None:
             found[name] = version
     return found
+
+
+def runner() -> str:
+    """Who runs this bake, as a run record names it: ``ARCOFORGE_RUN_BY`` when set (a
+    bakery's name, say), else the actor of a GitHub Actions run, else ``user@host``."""
+    if os.environ.get("ARCOFORGE_RUN_BY"):
+        return os.environ["ARCOFORGE_RUN_BY"]
+    if os.environ.get("GITHUB_ACTIONS") == "true" and os.environ.get("GITHUB_ACTOR"):
+        return f"{os.environ['GITHUB_ACTOR']} (GitHub Actions)"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name: a container without a user entry
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def _dist_info_versions() -> dict[str, str]:
@@ -182,6 +199,7 @@ class Recorder:
                 last=inputs[-1].url if inputs else None,
             ),
             versions=versions(),
+            by=runner(),
             started=datetime.now(UTC),
         )
 

@@ -30,7 +30,7 @@ from arcoforge import ArcoforgeError
 from arcoforge.catalog import stac
 from arcoforge.catalog.describe import LICENSES, describe_feedstock
 from arcoforge.catalog.record import DatasetRecord
-from arcoforge.runs import RUNS_FOLDER, Inputs, RunRecord
+from arcoforge.runs import RUNS_FOLDER, Inputs, RunRecord, runner
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 
@@ -313,7 +313,7 @@ def test_zarr_record_holds_meta_dims_variables_and_size(baked, zarr_records):
     assert "Dimensions:" in record.repr and "sst" in record.repr and "(time: 4" in record.repr
 
 
-def test_runs_newest_first_with_their_command_and_version(baked, zarr_records):
+def test_runs_newest_first_with_their_command_runner_and_version(baked, zarr_records):
     (run,) = zarr_records["daily"].runs
     assert (run.status, run.inputs, run.retries, run.version) == (
         "succeeded",
@@ -322,6 +322,7 @@ def test_runs_newest_first_with_their_command_and_version(baked, zarr_records):
         arcoforge.__version__,
     )
     assert run.command == f"arcoforge bake {baked.zarr} --target-root {baked.out} --recipe daily"
+    assert run.by == runner() and "@" in run.by
     assert datetime.fromisoformat(run.started) <= datetime.fromisoformat(run.ended)
     assert run.seconds > 0
     record = json.loads((baked.out / RUNS_FOLDER / f"{run.id}.json").read_text())

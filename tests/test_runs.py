@@ -3,11 +3,13 @@ masked; listed and shown by ``arcoforge runs``."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import platform
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +27,15 @@ from arcoforge import bake
 from arcoforge.bake import stored_bytes
 from arcoforge.errors import SourceError
 from arcoforge.progress import Reporter
-from arcoforge.runs import LIBRARIES, RUNS_FOLDER, RunContext, list_runs, state_dir, versions
+from arcoforge.runs import (
+    LIBRARIES,
+    RUNS_FOLDER,
+    RunContext,
+    list_runs,
+    runner,
+    state_dir,
+    versions,
+)
 from arcoforge.testing.httpserver import Faults, FileServer
 
 ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
@@ -91,7 +101,20 @@ def test_successful_bake_is_recorded(small_archive, tmp_path, state):
         record["versions"]
     )
     assert record["started"] <= record["ended"]
+    assert record["by"] == f"{getpass.getuser()}@{socket.gethostname()}"
     assert set(src.data_vars) == {"sst", "anom", "err", "ice"}
+
+
+def test_who_ran_a_bake_is_named_by_the_environment(monkeypatch):
+    for name in ("ARCOFORGE_RUN_BY", "GITHUB_ACTIONS", "GITHUB_ACTOR"):
+        monkeypatch.delenv(name, raising=False)
+    assert runner() == f"{getpass.getuser()}@{socket.gethostname()}"
+    monkeypatch.setenv("GITHUB_ACTOR", "octocat")
+    assert runner() == f"{getpass.getuser()}@{socket.gethostname()}"  # not in Actions
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    assert runner() == "octocat (GitHub Actions)"
+    monkeypatch.setenv("ARCOFORGE_RUN_BY", "the example bakery")
+    assert runner() == "the example bakery"
 
 
 def test_versions_are_those_of_the_installed_distributions():
@@ -285,6 +308,7 @@ def test_runs_command_lists_and_shows(small_archive, tmp_path, state):
     assert json.loads(shown) == listed[1]
     text = ok(arcoforge("runs", "show", newest, cwd=tmp_path)).stdout
     assert "failed" in text and "nope.nc" in text and "bad.zarr" in text
+    assert re.search(rf"\bby\s+\S*\s*{re.escape(runner())}", text), text
 
     line = error_line(arcoforge("runs", "show", "1999", cwd=tmp_path), rc=1)
     assert line == f"error: no run '1999' in {state}"

@@ -372,6 +372,7 @@ def _run(record: RunRecord) -> Run:
         inputs=record.inputs.count,
         retries=record.retries,
         command=" ".join(record.args) or None,
+        by=record.by,
         version=record.versions.get("arcoforge"),
     )
 

@@ -102,6 +102,7 @@ class Run(_Model):
     inputs: int
     retries: int = 0
     command: str | None = None
+    by: str | None = None  # who ran it (the run record's ``by``)
     version: str | None = None
 
 
