@@ -634,6 +634,8 @@ def _verify_zarr(store: Path, archive: Archive, layout: bool = True) -> dict:
             "codec": _codec_summary(getattr(arr, "compressors", ())),
         }
         info["vars"][var] = vinfo
+        if layout and arr.dtype != np.float32:
+            problems.append(f"{var} stored as {arr.dtype}, not float32 like every contestant")
         if layout and vinfo["codec"] != EXPECTED_CODEC:
             info.setdefault("warnings", []).append(
                 f"{var} compressed with {vinfo['codec']}, not {EXPECTED_CODEC}"
