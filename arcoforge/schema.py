@@ -172,7 +172,8 @@ def _check_complete(url: str, name: str, values: np.ndarray) -> None:
 def incomplete(name: str, missing: np.ndarray, size: int) -> str:
     """What is wrong with dimension coordinate ``name`` of ``size`` values, missing at the
     indices ``missing``: in these words from both products (Zarr and references)."""
-    return f"coordinate {name!r} has {len(missing)} missing value(s) of {size}, first at index {missing[0]}"
+    count, first = len(missing), missing[0]
+    return f"coordinate {name!r} has {count} missing value(s) of {size}, first at index {first}"
 
 
 def _var_info(var: xr.Variable, is_coord: bool, concat: set[str], merged: bool) -> VarInfo:
