@@ -166,10 +166,14 @@ def _check_complete(url: str, name: str, values: np.ndarray) -> None:
     """Refuse a dimension coordinate with missing values before anything is written."""
     missing = np.flatnonzero(pd.isna(values)) if values.dtype.kind in "fcmMO" else []
     if len(missing):
-        raise SchemaError(
-            f"{url}: coordinate {name!r} has {len(missing)} missing value(s) of {values.size}, "
-            f"first at index {missing[0]}"
-        )
+        raise SchemaError(f"{url}: {incomplete(name, missing, values.size)}")
+
+
+def incomplete(name: str, missing: np.ndarray, size: int) -> str:
+    """What is wrong with dimension coordinate ``name`` of ``size`` values, missing at the
+    indices ``missing``: in these words from both products (Zarr and references)."""
+    count, first = len(missing), missing[0]
+    return f"coordinate {name!r} has {count} missing value(s) of {size}, first at index {first}"
 
 
 def _var_info(var: xr.Variable, is_coord: bool, concat: set[str], merged: bool) -> VarInfo:

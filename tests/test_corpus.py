@@ -28,7 +28,7 @@ from arcoforge import (
     bake,
 )
 from arcoforge import pattern_from_file_sequence as sequence
-from arcoforge.errors import ArcoforgeError
+from arcoforge.errors import ArcoforgeError, SchemaError
 from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_oisst_archive
@@ -48,6 +48,8 @@ CHAR_FILL_ICECHUNK = (
     "that xarray reads them (it cannot decode the Zarr v3 _FillValue of a byte string array); "
     "write JSON or Parquet references"
 )
+
+MISSING_TEMPERATURE = "{0}: coordinate 'Temperature' has 1 missing value(s) of 15, first at index 3"
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,13 @@ CASES = {
     "era5-expver-vlen-strings": Case(_cut("vlstr_type.nc", "time", [100, 50]), "time", "netcdf4"),
     "soi-darwin-series": Case(_cut("SOI_Darwin.nc", "time", [1000, 776]), "time", "netcdf4"),
     "scipy-netcdf3-record": Case(_one(lambda: corpus.scipy_nc("example_1.nc")), "time", "netcdf3"),
+    # packed int32, _FillValue and missing_value 9999 at index 3: xarray reads NaN there
+    "scipy-netcdf3-missing-coordinate": Case(
+        _one(lambda: corpus.scipy_nc("example_2.nc")),
+        "Temperature",
+        "netcdf3",
+        refused={"zarr": MISSING_TEMPERATURE, "refs": MISSING_TEMPERATURE},
+    ),
     "scipy-netcdf3-masked-chars": Case(
         _one(lambda: corpus.scipy_nc("example_3_maskedvals.nc")),
         "dim1",
@@ -338,6 +347,26 @@ def test_masked_chars_and_two_fill_values_bake_to_zarr_v2(tmp_path):
         assert (chars.dtype, chars[0], chars[2]) == (object, b"a", b"c") and np.isnan(chars[1])
         assert out.var6_char.encoding["_FillValue"] == b"b"
         np.testing.assert_array_equal(out.var3_fillvalAndMissingValue, [np.nan, np.nan, 3.0])
+
+
+@pytest.mark.parametrize("product", ["json", "parquet", "icechunk"])
+def test_a_missing_coordinate_value_is_refused_before_anything_is_written(tmp_path, product):
+    # the references of example_2.nc were published, and `arcoforge validate` then said
+    # "Temperature: 1 missing value(s), first at index 3"; the Zarr product's scan refuses
+    # the file: so does the references product's, in the same line, before writing
+    case = CASES["scipy-netcdf3-missing-coordinate"]
+    paths = case.make(tmp_path)
+    root = tmp_path / ("ic" if product == "icechunk" else "out")
+    url = f"icechunk://{root}" if product == "icechunk" else root
+    with pytest.raises(SchemaError) as caught:
+        bake(_recipe(case, paths, product), url, workers=1)
+    assert str(caught.value) == MISSING_TEMPERATURE.format(*paths)
+    folder = "" if product == "icechunk" else "out/"  # where the references' name is
+    name = {"json": "reference.json", "parquet": "reference.parquet", "icechunk": "out"}
+    made = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert len(made) == 2  # no store, no staging: the bake's lock and its run record
+    assert made[1] == f"{folder}.{name[product]}.arcoforge/lock"
+    assert made[0].startswith(f"{folder}.arcoforge-runs/") and made[0].endswith(".json")
 
 
 def _scenarios(paths: dict[str, Path], name: str = "reference.json", dim: str = "scenario"):

@@ -9,8 +9,16 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from arcoforge import ConcatDim, FilePattern, MergeDim, bake, pattern_from_file_sequence
-from arcoforge.errors import ArcoforgeError, RecipeError, SourceError
+from arcoforge import (
+    ConcatDim,
+    FilePattern,
+    MergeDim,
+    OpenWithXarray,
+    StoreToZarr,
+    bake,
+    pattern_from_file_sequence,
+)
+from arcoforge.errors import ArcoforgeError, RecipeError, SchemaError, SourceError
 from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import (
@@ -205,6 +213,66 @@ def test_zarr_inputs(tmp_path, zarr_format):
         stores.append(store)
     result = bake(ref_recipe(stores, "reference.parquet", file_type="zarr"), tmp_path / "out")
     assert_matches_sources(result.url, stores, engine="zarr", consolidated=False)
+
+
+def _inputs_missing_lat(folder, file_type: str, fill, zarr_format: int) -> list:
+    """Two inputs along time whose second's ``lat`` is missing at 5 and 7: stored as
+    ``fill`` (its ``_FillValue``), or as NaN where ``fill`` is None."""
+    ds = oisst_dataset(days=4, ny=18, nx=36)
+    folder.mkdir()
+    paths = []
+    for i in range(2):
+        part = ds.isel(time=slice(2 * i, 2 * i + 2))
+        if i:
+            lat = part.lat.values.copy()
+            lat[[5, 7]] = np.nan
+            part = part.assign_coords(lat=("lat", lat, part.lat.attrs))
+        encoding = {"lat": {"_FillValue": fill}}
+        if file_type == "zarr":
+            path = folder / f"part{i}.zarr"
+            part.to_zarr(path, zarr_format=zarr_format, consolidated=False, encoding=encoding)
+        else:
+            path = folder / f"part{i}.nc"
+            form = "NETCDF3_64BIT" if file_type == "netcdf3" else "NETCDF4"
+            part.to_netcdf(path, format=form, encoding=encoding)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("file_type", "fill", "zarr_format"),
+    [
+        ("netcdf4", None, 0),
+        ("netcdf4", -999.0, 0),
+        ("netcdf3", -999.0, 0),
+        ("zarr", None, 3),
+        ("zarr", -999.0, 2),
+        ("zarr", -999.0, 3),
+    ],
+)
+def test_missing_values_in_a_dimension_coordinate_are_refused_by_the_scan(
+    tmp_path, file_type, fill, zarr_format
+):
+    """As the Zarr product's scan refuses them, in the same line, before anything is
+    written: a missing value in a dimension coordinate (``lat``, not the concat dim), NaN
+    or a fill value, in netCDF-4, netCDF-3, and Zarr (v2: the array's fill value; v3: its
+    ``_FillValue`` attribute) inputs."""
+    paths = _inputs_missing_lat(tmp_path / "src", file_type, fill, zarr_format)
+    engine = "zarr" if file_type == "zarr" else None
+    with xr.open_dataset(paths[1], engine=engine, mask_and_scale=False) as raw:
+        stored = raw.lat.values[[5, 7]]
+        assert np.isnan(stored).all() if fill is None else (stored == fill).all()
+    with xr.open_dataset(paths[1], engine=engine) as src:
+        assert np.flatnonzero(np.isnan(src.lat.values)).tolist() == [5, 7]
+    line = f"{paths[1]}: coordinate 'lat' has 2 missing value(s) of 18, first at index 5"
+    with pytest.raises(SchemaError) as refused:
+        bake(ref_recipe(paths, file_type=file_type), tmp_path / "out", workers=1)
+    assert str(refused.value) == line
+    assert not (tmp_path / "out" / "ref" / "reference.json").exists()
+    pattern = pattern_from_file_sequence([str(p) for p in paths], "time", file_type=file_type)
+    with pytest.raises(SchemaError) as zarr_refused:
+        bake(pattern | OpenWithXarray() | StoreToZarr("out.zarr"), tmp_path / "z", workers=1)
+    assert str(zarr_refused.value) == line
 
 
 def test_sharded_zarr_v3_inputs(tmp_path):

@@ -3,7 +3,8 @@
 cfgrib gives the dataset's shape (variables, their dims and coordinates); eccodes lists the
 messages with their byte ranges and keys, each placed in its variable's grid by the values
 of its keys along the leading dims. Each message is one chunk, decoded by kerchunk's
-``grib`` codec; coordinates are written inline.
+``grib`` codec; coordinates are written inline. They come from message keys, which have
+no fill values, so unlike other formats' they are not checked for missing values.
 """
 
 from __future__ import annotations

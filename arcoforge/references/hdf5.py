@@ -8,11 +8,13 @@ coordinates.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import h5py
 import numpy as np
 
 from ..errors import SourceError
+from .coords import check_coordinate
 from .manifest import (
     COORD_INLINE,
     NO_FILE,
@@ -51,6 +53,8 @@ def scan_hdf5(
                 arrays[name] = inline_array(coords[name], _attrs(attrs, dims))
             else:
                 arrays[name] = _array(ds, attrs, dims, where, inline_threshold, dims == [name])
+            if dims == [name]:
+                check_coordinate(name, arrays[name], attrs, partial(np.asarray, ds))
         return Manifest([url], arrays, _attrs(_read_attrs(h5), None), coords)
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import struct
 from contextlib import ExitStack
+from functools import partial
 from typing import IO
 
 import numpy as np
 
 from ..errors import SourceError
+from .coords import check_coordinate
 from .manifest import (
     COORD_INLINE,
     NO_FILE,
@@ -98,8 +100,12 @@ def _scan(f: IO[bytes], url: str, config: ScanConfig) -> Manifest:
         if name in config.concat_dims and names == [name]:
             coords[name] = _read(f, var, shape, is_record, recsize)
             arrays[name] = inline_array(coords[name], _attrs(var["attrs"], names))
-            continue
-        arrays[name] = _array(f, var, names, shape, is_record, recsize, config.inline_threshold)
+        else:
+            inline = config.inline_threshold
+            arrays[name] = _array(f, var, names, shape, is_record, recsize, inline)
+        if names == [name]:
+            read = partial(_read, f, var, shape, is_record, recsize)
+            check_coordinate(name, arrays[name], var["attrs"], read)
     return Manifest([url], arrays, _attrs(attrs, None), coords)
 
 

@@ -10,13 +10,14 @@ from typing import IO
 
 import fsspec
 
-from ..errors import ArcoforgeError, SourceError, one_line
+from ..errors import ArcoforgeError, SchemaError, SourceError, one_line
 from ..patterns import Input
 from ..secrets import redact, without_userinfo
 from ..sources import FetchConfig, is_remote
 from ..sources.fetch import remote_options
 from ..sources.identity import Gone
 from ..sources.lookup import identity_now, scanned_identity
+from .coords import IncompleteCoordinate
 from .manifest import Manifest
 
 
@@ -85,6 +86,8 @@ def scan_input(item: Input, config: ScanConfig) -> Manifest:
     url = reference_url(item.url, config)
     try:
         return _scanner(config.file_type)(url, config)
+    except IncompleteCoordinate as exc:  # named as the Zarr product's scan names it
+        raise SchemaError(f"{redact(item.url, config.secrets)}: {exc}") from exc
     except ArcoforgeError:
         raise
     except FileNotFoundError:

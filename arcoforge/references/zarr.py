@@ -4,12 +4,15 @@ are byte ranges of their shard, read from the shard's index."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import fsspec
 import numpy as np
 import xarray as xr
 import zarr
 
 from ..errors import SourceError
+from .coords import check_coordinate
 from .manifest import NO_FILE, ArrayRefs, Manifest, fill_json, inline_array, json_value, zarray
 from .scan import ScanConfig
 
@@ -32,14 +35,17 @@ def scan_zarr(url: str, config: ScanConfig) -> Manifest:
     for name, array in sorted(group.arrays()):
         where = f"{url}: variable {name!r}"
         meta, attrs = _v2_metadata(array, where)
-        if name in config.concat_dims and attrs["_ARRAY_DIMENSIONS"] == [name]:
+        coordinate = attrs["_ARRAY_DIMENSIONS"] == [name]
+        if name in config.concat_dims and coordinate:
             coords[name] = array[...]
             arrays[name] = inline_array(coords[name], attrs)
-            continue
-        if array.shards is None:
+        elif array.shards is None:
             arrays[name] = _locate(array, name, meta, attrs, sizes, paths, url)
         else:
             arrays[name] = _locate_sharded(array, name, meta, attrs, sizes, paths, url, fs, root)
+        if coordinate:  # read unless inline: the other arrays' chunks are only listed
+            fills = {**attrs, "_FillValue": meta["fill_value"]}
+            check_coordinate(name, arrays[name], fills, partial(np.asarray, array))
     return Manifest(paths, arrays, {k: json_value(v) for k, v in group.attrs.items()}, coords)
 
 
