@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,48 +44,57 @@ class ContainerError(ArcoforgeError):
     """An input an Icechunk repository cannot point its virtual chunks into."""
 
 
-def _containers(paths: list[str]) -> dict[str, str]:
-    """The virtual chunk containers the references need, by prefix, each with the origin
-    its chunks are fetched from: each folder of local inputs (origin ""), each host of
-    remote ones. Icechunk 1.x stores a chunk's location without its port, so a container
-    of inputs on a port is one of the host alone whose origin keeps the port."""
-    found: dict[str, str] = {}
+def _containers(paths: Iterable[str], held: dict[str, str] | None = None) -> dict[str, str]:
+    """The virtual chunk containers the references to ``paths`` need, by prefix, each with
+    the origin its chunks are fetched from, along with those a repository ``held``;
+    refusing a host reached at two ports, whose chunk locations could not be told apart."""
+    found = dict(held or {})
     for path in paths:
-        parts = urlsplit(path)
-        if parts.scheme == "file":
-            found[f"file://{parts.path.rpartition('/')[0]}/"] = ""
-            continue
-        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
-        prefix, origin = f"{parts.scheme}://{host}/", f"{parts.scheme}://{host}"
-        if parts.port not in (None, _DEFAULT_PORTS.get(parts.scheme)):
-            if parts.scheme != "http":
-                raise ContainerError(
-                    f"{path}: Icechunk {_icechunk().__version__} drops the port from virtual "
-                    "chunk locations, which arcoforge can route around over http only; "
-                    "write JSON or Parquet references"
-                )
-            origin = f"{origin}:{parts.port}"
-        _add(found, prefix, origin, path)
+        prefix, origin = _container(path)
+        known = found.setdefault(prefix, origin)
+        if known != origin:
+            raise ContainerError(
+                f"{path}: Icechunk {_icechunk().__version__} drops the port from virtual "
+                f"chunk locations, so one repository cannot point into both {known} and "
+                f"{origin}; write JSON or Parquet references"
+            )
     return found
+
+
+def _container(path: str) -> tuple[str, str]:
+    """The prefix and origin of the container of ``path``: its folder (origin "") if local,
+    else its host. Icechunk 1.x stores a chunk's location without its port, so the
+    container of an input on a port is that of its host alone, and the origin keeps the
+    port."""
+    parts = urlsplit(path)
+    if parts.scheme == "file":
+        return f"file://{parts.path.rpartition('/')[0]}/", ""
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    prefix, origin = f"{parts.scheme}://{host}/", f"{parts.scheme}://{host}"
+    if parts.port in (None, _DEFAULT_PORTS.get(parts.scheme)):
+        return prefix, origin
+    if parts.scheme != "http":
+        raise ContainerError(
+            f"{path}: Icechunk {_icechunk().__version__} drops the port from virtual chunk "
+            "locations, which arcoforge can route around over http only; "
+            "write JSON or Parquet references"
+        )
+    return prefix, f"{origin}:{parts.port}"
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-def _add(containers: dict[str, str], prefix: str, origin: str, path: str) -> None:
-    """Add a container, refusing one whose host is already reached at another port: its
-    chunk locations could not be told apart."""
-    known = containers.setdefault(prefix, origin)
-    if known != origin:
-        raise ContainerError(
-            f"{path}: Icechunk {_icechunk().__version__} drops the port from virtual chunk "
-            f"locations, so one repository cannot point into both {known} and {origin}; "
-            "write JSON or Parquet references"
-        )
+def _held(config) -> dict[str, str]:
+    """The containers a repository's ``config`` holds, by prefix, each with its origin."""
+    return {
+        prefix: _origin(container)
+        for prefix, container in (config.virtual_chunk_containers or {}).items()
+    }
 
 
 def _origin(container) -> str:
-    """The origin a container of ours fetches its chunks from (see :func:`_containers`)."""
+    """The origin a container of ours fetches its chunks from (see :func:`_container`)."""
     if container.url_prefix.startswith("file://"):
         return ""
     http = isinstance(container.store, _icechunk().ObjectStoreConfig.Http)
@@ -108,33 +117,24 @@ def _store(prefix: str, origin: str):
 
 
 def check_inputs(path: str, paths: list[str]) -> None:
-    """Refuse, before anything is written, inputs the repository at ``path`` (if any)
+    """Refuse, before anything is written, inputs the repository at ``path`` (made or not)
     cannot point its virtual chunks into along with those it points into."""
-    containers = _containers(paths)
     ic = _icechunk()
     storage = ic.local_filesystem_storage(path)
+    held = None
     if Path(path).is_dir() and ic.Repository.exists(storage):
-        _merged(ic.Repository.open(storage).config, containers, paths[0])
+        held = _held(ic.Repository.open(storage).config)
+    _containers(paths, held)
 
 
-def _merged(config, containers: dict[str, str], path: str) -> dict[str, str]:
-    """``containers`` and those a repository's ``config`` holds."""
-    merged = dict(containers)
-    for prefix, container in (config.virtual_chunk_containers or {}).items():
-        _add(merged, prefix, _origin(container), path)
-    return merged
-
-
-def _repository(path: str, containers: dict[str, str] | None = None, path_of: str = ""):
+def _repository(path: str, paths: Iterable[str] = ()):
     """Open (or create) the repository at ``path``, allowed to read chunks from the
-    ``containers`` (prefix to origin, see :func:`_containers`) and those it holds."""
+    containers it holds and those of ``paths``."""
     ic = _icechunk()
     storage = ic.local_filesystem_storage(path)
     config = ic.RepositoryConfig.default()
-    containers = containers or {}
     exists = ic.Repository.exists(storage)
-    if exists:
-        containers = _merged(ic.Repository.open(storage).config, containers, path_of)
+    containers = _containers(paths, _held(ic.Repository.open(storage).config) if exists else None)
     for prefix, origin in sorted(containers.items()):
         config.set_virtual_chunk_container(ic.VirtualChunkContainer(prefix, _store(prefix, origin)))
     access = ic.containers_credentials({p: None for p in containers})
@@ -184,7 +184,7 @@ def commit_staged(
     ``shared`` counts, per array, the leading references (in C order) ``main`` already
     holds: such arrays are resized and given only their new references (an append).
     """
-    repo = _repository(path, _containers(manifest.paths), manifest.paths[0])
+    repo = _repository(path, manifest.paths)
     repo.save_config()
     if STAGING in repo.list_branches():
         repo.delete_branch(STAGING)
