@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import xarray as xr
+from test_cli import arcoforge, error_line
 from test_reference_append import digest
 from test_references import assert_matches_sources, ref_recipe
 
@@ -110,3 +111,44 @@ def test_icechunk_refuses_inputs_it_cannot_tell_apart_before_writing(tmp_path):
             f"{other.url}; write JSON or Parquet references"
         )
         assert digest(store) == before
+
+
+FEEDSTOCK = """\
+title: ports
+description: inputs on https at a port
+recipes:
+  - id: refs
+    object: "recipe:refs"
+provenance:
+  providers:
+    - name: test
+      roles: [producer]
+  license: CC-BY-4.0
+maintainers:
+  - name: Test
+    github: test
+"""
+
+RECIPE = """\
+from arcoforge import *
+
+refs = (
+    pattern_from_file_sequence({urls!r}, "time")
+    | OpenWithKerchunk()
+    | WriteCombinedReference("refs")
+)
+"""
+
+
+def test_the_cli_refuses_https_on_a_port_to_icechunk_in_one_line(tmp_path):
+    urls = [f"https://127.0.0.1:8443/{i}.nc" for i in range(2)]
+    (tmp_path / "feed").mkdir()
+    (tmp_path / "feed" / "meta.yaml").write_text(FEEDSTOCK)
+    (tmp_path / "feed" / "recipe.py").write_text(RECIPE.format(urls=urls))
+    done = arcoforge("bake", "feed", "--target-root", "icechunk://ic", cwd=tmp_path)
+    assert error_line(done, rc=1) == (
+        f"error: {urls[0]}: Icechunk {icechunk.__version__} drops the port from virtual chunk "
+        "locations, which arcoforge can route around over http only; "
+        "write JSON or Parquet references"
+    )
+    assert not (tmp_path / "ic").exists()
