@@ -31,6 +31,7 @@ warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr 
 
 STAGING = "arcoforge-staging"
 MAIN = "main"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _icechunk():
@@ -80,9 +81,6 @@ def _container(path: str) -> tuple[str, str]:
             "write JSON or Parquet references"
         )
     return prefix, f"{origin}:{parts.port}"
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _held(config) -> dict[str, str]:
@@ -222,11 +220,7 @@ def virtual_locations(path: str, branch: str = MAIN) -> list[str]:
     """The files the virtual chunks of the repository's ``branch`` point into."""
     repo = _repository(path)
     found = repo.readonly_session(branch=branch).all_virtual_chunk_locations()
-    moved = {
-        prefix: f"{_origin(container)}/"
-        for prefix, container in (repo.config.virtual_chunk_containers or {}).items()
-        if _origin(container) and f"{_origin(container)}/" != prefix
-    }
+    moved = {p: f"{o}/" for p, o in _held(repo.config).items() if o and f"{o}/" != p}
     return sorted({_with_origin(location, moved) for location in found})
 
 
