@@ -102,11 +102,13 @@ class ReferencePlan(Plan):
 
     def check_ours(self) -> None:
         """Also refuse a folder of references (TARGET_ROOT/STORE_NAME) that is a file or
-        holds anything arcoforge did not make."""
+        holds anything arcoforge did not make, and inputs an Icechunk repository cannot
+        point into."""
         super().check_ours()
         if self.store.kind != "icechunk":
             folder = self.url.rpartition("/")[0]
             ledgers.check_folder(folder, self.target.storage_options, ours=[RUNS_FOLDER])
+        self.store.check_inputs([reference_url(item.url, self.scan) for item in self.inputs])
 
     def bears(self, seal: str) -> bool:
         return self.store.bears(seal)

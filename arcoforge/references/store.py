@@ -74,6 +74,14 @@ class ReferenceStore:
             return icechunk.unwritable(manifest)
         return None
 
+    def check_inputs(self, urls: list[str]) -> None:
+        """Refuse, before anything is written, inputs (as the references name them) that
+        the Icechunk repository cannot point into."""
+        if self.kind == "icechunk":
+            from ..writers import icechunk
+
+            icechunk.check_inputs(self.url, urls)
+
     def clear_staging(self) -> None:
         """Drop the staging branch an interrupted Icechunk bake left. JSON and Parquet
         references are staged at their ledger's staging name, which the ledger clears

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr 
 
 STAGING = "arcoforge-staging"
 MAIN = "main"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _icechunk():
@@ -40,36 +41,101 @@ def _icechunk():
     return icechunk
 
 
-def _prefixes(paths: list[str]) -> set[str]:
-    """The virtual chunk containers the references need: each folder of local inputs, each
-    host of remote ones."""
-    found = set()
+class ContainerError(ArcoforgeError):
+    """An input an Icechunk repository cannot point its virtual chunks into."""
+
+
+def _containers(paths: Iterable[str], held: dict[str, str] | None = None) -> dict[str, str]:
+    """The virtual chunk containers the references to ``paths`` need, by prefix, each with
+    the origin its chunks are fetched from, along with those a repository ``held``;
+    refusing a host reached at two ports, whose chunk locations could not be told apart."""
+    found = dict(held or {})
     for path in paths:
-        parts = urlsplit(path)
-        if parts.scheme == "file":
-            found.add(f"file://{parts.path.rpartition('/')[0]}/")
-        else:
-            found.add(f"{parts.scheme}://{parts.netloc}/")
+        prefix, origin = _container(path)
+        known = found.setdefault(prefix, origin)
+        if known != origin:
+            raise ContainerError(
+                f"{path}: Icechunk {_icechunk().__version__} drops the port from virtual "
+                f"chunk locations, so one repository cannot point into both {known} and "
+                f"{origin}; write JSON or Parquet references"
+            )
     return found
 
 
-def _repository(path: str, prefixes: set[str] = frozenset()):
-    """Open (or create) the repository at ``path``, allowed to read chunks under ``prefixes``."""
+def _container(path: str) -> tuple[str, str]:
+    """The prefix and origin of the container of ``path``: its folder (origin "") if local,
+    else its host. Icechunk 1.x stores a chunk's location without its port, so the
+    container of an input on a port is that of its host alone, and the origin keeps the
+    port."""
+    parts = urlsplit(path)
+    if parts.scheme == "file":
+        return f"file://{parts.path.rpartition('/')[0]}/", ""
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    prefix, origin = f"{parts.scheme}://{host}/", f"{parts.scheme}://{host}"
+    if parts.port in (None, _DEFAULT_PORTS.get(parts.scheme)):
+        return prefix, origin
+    if parts.scheme != "http":
+        raise ContainerError(
+            f"{path}: Icechunk {_icechunk().__version__} drops the port from virtual chunk "
+            "locations, which arcoforge can route around over http only; "
+            "write JSON or Parquet references"
+        )
+    return prefix, f"{origin}:{parts.port}"
+
+
+def _held(config) -> dict[str, str]:
+    """The containers a repository's ``config`` holds, by prefix, each with its origin."""
+    return {
+        prefix: _origin(container)
+        for prefix, container in (config.virtual_chunk_containers or {}).items()
+    }
+
+
+def _origin(container) -> str:
+    """The origin a container of ours fetches its chunks from (see :func:`_container`)."""
+    if container.url_prefix.startswith("file://"):
+        return ""
+    http = isinstance(container.store, _icechunk().ObjectStoreConfig.Http)
+    options = (container.store[0] if http else None) or {}
+    return options.get("proxy_url", container.url_prefix.rstrip("/"))
+
+
+def _store(prefix: str, origin: str):
+    """The Icechunk store of a container: a local folder, or an HTTP server. Icechunk
+    requests a chunk at its location (host, no port), so a server on a port is reached by
+    naming it as the proxy: a server must accept a request naming the whole URL (RFC 9112,
+    3.2.2)."""
+    ic = _icechunk()
+    if not origin:
+        return ic.local_filesystem_store(prefix.removeprefix("file://"))
+    options = {"allow_http": "true"} if prefix.startswith("http://") else {}
+    if origin != prefix.rstrip("/"):
+        options["proxy_url"] = origin
+    return ic.http_store(options)
+
+
+def check_inputs(path: str, paths: list[str]) -> None:
+    """Refuse, before anything is written, inputs the repository at ``path`` (made or not)
+    cannot point its virtual chunks into along with those it points into."""
+    ic = _icechunk()
+    storage = ic.local_filesystem_storage(path)
+    held = None
+    if Path(path).is_dir() and ic.Repository.exists(storage):
+        held = _held(ic.Repository.open(storage).config)
+    _containers(paths, held)
+
+
+def _repository(path: str, paths: Iterable[str] = ()):
+    """Open (or create) the repository at ``path``, allowed to read chunks from the
+    containers it holds and those of ``paths``."""
     ic = _icechunk()
     storage = ic.local_filesystem_storage(path)
     config = ic.RepositoryConfig.default()
     exists = ic.Repository.exists(storage)
-    if exists:
-        prefixes = set(prefixes) | set(
-            ic.Repository.open(storage).config.virtual_chunk_containers or {}
-        )
-    for prefix in sorted(prefixes):
-        local = prefix.startswith("file://")
-        store = (
-            ic.local_filesystem_store(prefix.removeprefix("file://")) if local else ic.http_store()
-        )
-        config.set_virtual_chunk_container(ic.VirtualChunkContainer(prefix, store))
-    access = ic.containers_credentials({p: None for p in prefixes})
+    containers = _containers(paths, _held(ic.Repository.open(storage).config) if exists else None)
+    for prefix, origin in sorted(containers.items()):
+        config.set_virtual_chunk_container(ic.VirtualChunkContainer(prefix, _store(prefix, origin)))
+    access = ic.containers_credentials({p: None for p in containers})
     if exists:
         return ic.Repository.open(storage, config, authorize_virtual_chunk_access=access)
     return ic.Repository.create(storage, config, authorize_virtual_chunk_access=access)
@@ -116,7 +182,7 @@ def commit_staged(
     ``shared`` counts, per array, the leading references (in C order) ``main`` already
     holds: such arrays are resized and given only their new references (an append).
     """
-    repo = _repository(path, _prefixes(manifest.paths))
+    repo = _repository(path, manifest.paths)
     repo.save_config()
     if STAGING in repo.list_branches():
         repo.delete_branch(STAGING)
@@ -152,8 +218,18 @@ def readonly_store(path: str, branch: str = MAIN):
 
 def virtual_locations(path: str, branch: str = MAIN) -> list[str]:
     """The files the virtual chunks of the repository's ``branch`` point into."""
-    session = _repository(path).readonly_session(branch=branch)
-    return sorted(set(session.all_virtual_chunk_locations()))
+    repo = _repository(path)
+    found = repo.readonly_session(branch=branch).all_virtual_chunk_locations()
+    moved = {p: f"{o}/" for p, o in _held(repo.config).items() if o and f"{o}/" != p}
+    return sorted({_with_origin(location, moved) for location in found})
+
+
+def _with_origin(location: str, moved: dict[str, str]) -> str:
+    """A chunk location as it was given: with the port Icechunk dropped from it."""
+    for prefix, origin in moved.items():
+        if location.startswith(prefix):
+            return origin + location.removeprefix(prefix)
+    return location
 
 
 @contextmanager
