@@ -20,6 +20,7 @@ their ```bash blocks that call ``arcoforge``. docs/contributing.md says the same
                                becomes the server's (``token=bearer|query``: the server asks
                                for a token, which the block's ``token`` holds)
   ``references=PATH``          the served archive's kerchunk references baked at PATH
+                               (``icechunk:PATH``: into an Icechunk repository at PATH)
   ``members=A,B,...``          one file per ensemble member; ``paths`` maps member to file
   ``s3[=ADDRESS]``             a loopback S3 server (moto) with buckets ``bucket`` and
                                ``bakery``: its credentials and address in the environment
@@ -38,8 +39,10 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -224,9 +227,15 @@ def serve(block: Block, space: Workspace, folder: Path, files: list[Path]) -> No
         urls = [f"{server.url}/{path.relative_to(folder)}" for path in files]
         credential = CREDENTIALS.get(how, {})
         pattern = pattern_from_file_sequence(urls, "time", file_type="netcdf4", **credential)
-        parent, store, name = target.rsplit("/", 2)
-        writer = WriteCombinedReference(store, concat_dims=["time"], output_file_name=name)
-        bake(pattern | OpenWithKerchunk() | writer, target_root=space.folder / parent, workers=1)
+        if target.startswith("icechunk:"):  # an Icechunk repository at PATH
+            parent, store = target.removeprefix("icechunk:").rsplit("/", 1)
+            writer = WriteCombinedReference(store, concat_dims=["time"])
+            root = f"icechunk://{space.folder / parent}"
+        else:
+            parent, store, name = target.rsplit("/", 2)
+            writer = WriteCombinedReference(store, concat_dims=["time"], output_file_name=name)
+            root = space.folder / parent
+        bake(pattern | OpenWithKerchunk() | writer, target_root=root, workers=1)
 
 
 def write_members(folder: Path, members: list[str]) -> dict[str, str]:
@@ -292,7 +301,11 @@ def workspace(block: Block, spaces: dict, tmp_path_factory, request) -> Workspac
     if space is not None:
         space.stack.close()
     stack = contextlib.ExitStack()
-    folder = tmp_path_factory.mktemp(re.sub(r"\W", "_", head.id))
+    if head.get("cwd"):  # a short folder, so that the paths it prints wrap as the docs show
+        folder = Path(tempfile.mkdtemp(prefix="arcoforge-"))
+        stack.callback(shutil.rmtree, folder, ignore_errors=True)
+    else:
+        folder = tmp_path_factory.mktemp(re.sub(r"\W", "_", head.id))
     spaces[head.id] = space = prepare(head, folder, stack, request)
     return space
 
