@@ -2,7 +2,9 @@
 
 Both scan only the inputs they need and write only the chunks those inputs land in, into
 a patch (see :mod:`arcoforge.writers.patch`) applied once every chunk is written and
-checked, so the cost follows the new data, not the store.
+checked, so the cost follows the new data, not the store. A retry, and a re-bake of
+changed inputs, write their inputs over the patch's copies of the store's chunks: the
+other inputs of those chunks are neither scanned nor read again.
 
 An append must continue the store: the same variables, grids and dtypes, and steps along
 the concat dim that follow its last one without a gap, overlap, duplicate or reordering.
@@ -11,8 +13,9 @@ Otherwise it is refused with a message naming the input, before anything is writ
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -25,8 +28,9 @@ from .errors import SchemaError, one_line
 from .patterns import Input
 from .plan import BakeState, Plan, exists
 from .schema import DatasetSchema
+from .validate import sample_positions
 from .writers import patch
-from .writers.zarr import zarr_store
+from .writers.zarr import WriteTask, zarr_store
 
 
 class AppendError(SchemaError):
@@ -43,12 +47,17 @@ class PatchPlan(Plan):
     def dim(self) -> str:
         return self.concat_dims[0]
 
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """The steps along the dim whose chunks this plan's tasks write over in part."""
+        return ()
+
     def stage_patch(self, state: BakeState, store: xr.Dataset, new: DatasetSchema) -> None:
         """Fill ``state`` from the scan and the store, and stage the patch."""
         state.chunks = _store_chunks(store)
         state.open = replace(self.open, promoted=new.promoted)
         self.claim_staging()
-        patch.stage(self.url, self.target, self.dim, state.schema.dims[self.dim])
+        patch.stage(self.url, self.target, self.dim, state.schema.dims[self.dim], self.spans)
 
     def check(self, state: BakeState, url: str) -> None:
         """A patch is not a whole store: the audit runs on the store once it is applied."""
@@ -117,13 +126,42 @@ class AppendPlan(PatchPlan):
 
 @dataclass
 class RetryPlan(PatchPlan):
-    """The chunks that lack skipped inputs, rewritten from all the inputs they hold."""
+    """The skipped inputs, written into copies of the ``blocks`` of chunks that lack them.
+
+    Only the :attr:`fresh` inputs are read: the steps of the other inputs of those chunks
+    keep the store's bytes. ``inputs`` are the inputs scanned: the fresh ones and, with a
+    merge dim, those at the same steps of the other merge keys, which tell which variables
+    the store's merge keys hold (they are not written).
+    """
 
     blocks: tuple[tuple[int, int], ...] = ()
 
     @property
     def fingerprint(self) -> str:
         return ledgers.fingerprint(self.store_fingerprint, "retry", self.blocks)
+
+    @property
+    def fresh(self) -> set[str]:
+        """The inputs written into the store: those that were skipped."""
+        return set(self.published.get("missing", {}))
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        return self.blocks
+
+    def write_tasks(self, state: BakeState) -> list[WriteTask]:
+        """Tasks that write the fresh inputs' steps only, over the patch's copies."""
+        tasks = super().write_tasks(state)
+        return [replace(task, pieces_only=True) for task in tasks if task.pieces]
+
+    def _inputs_along(self, schema: DatasetSchema, span: slice) -> Iterator[Input]:
+        return (i for i in super()._inputs_along(schema, span) if i.url in self.fresh)
+
+    @cached_property
+    def _samples(self) -> set[Input]:
+        """The first and the last fresh input, compared value for value with the patch."""
+        fresh = [i for i in self.inputs if i.url in self.fresh]
+        return {fresh[i] for i in sample_positions(len(fresh))}
 
     def combine(self, state: BakeState, results: Iterable) -> None:
         """Check that the inputs fit where the store expects them, then stage the patch."""
@@ -189,6 +227,11 @@ class ChangedPlan(RetryPlan):
     now: tuple[dict, ...] = ()
 
     @property
+    def fresh(self) -> set[str]:
+        """The inputs written into the store: those that changed."""
+        return set(self.changed)
+
+    @property
     def store_fingerprint(self) -> str:
         """The store's as published: it holds the inputs it held (the recipe may have more,
         to append after)."""
@@ -209,7 +252,7 @@ class ChangedPlan(RetryPlan):
 
     def check_fits(self, store: xr.Dataset, new: DatasetSchema) -> None:
         """Same variables, grids and dtypes as the store, the same steps along its dim."""
-        problem = _variable_mismatch(store, new, self.dim)
+        problem = _other_grid(store, new, self.dim) or _variable_mismatch(store, new, self.dim)
         if problem is not None:
             raise self.misfit(problem)
         item = _differing_steps(store, new, self.inputs, self.dim, self.published["counts"])
@@ -239,12 +282,12 @@ def plan_changed(plan: Plan, published: dict, changed: list[str], now: list[dict
     concat dims, ``plan`` itself, which bakes the store afresh."""
     if len(plan.concat_dims) != 1:
         return plan
-    blocks, wanted = _rewritten(plan, published, changed)
     skipped = published.get("missing", {})
+    scanned = [i for i in _scanned(plan, changed) if i.url not in skipped]
     return ChangedPlan(
-        **_fields(plan, inputs=[i for i in wanted if i.url not in skipped]),
+        **_fields(plan, inputs=scanned),
         published=published,
-        blocks=tuple(blocks),
+        blocks=_blocks(plan, published, changed),
         changed=tuple(changed),
         now=tuple(now),
     )
@@ -293,13 +336,27 @@ def plan_retry(plan: Plan) -> Plan:
         )
     if not published.get("missing"):
         return plan
-    blocks, wanted = _rewritten(plan, published, published["missing"])
-    return RetryPlan(**_fields(plan, inputs=wanted), published=published, blocks=tuple(blocks))
+    missing = published["missing"]
+    return RetryPlan(
+        **_fields(plan, inputs=_scanned(plan, missing)),
+        published=published,
+        blocks=_blocks(plan, published, missing),
+    )
 
 
-def _rewritten(plan: Plan, published: dict, urls) -> tuple[list[tuple[int, int]], list[Input]]:
-    """The blocks of chunks along the concat dim that hold the inputs at ``urls``, and every
-    input those blocks hold."""
+def _scanned(plan: Plan, urls: Iterable[str]) -> list[Input]:
+    """The inputs at ``urls`` and, with a merge dim, those at the same steps along the
+    concat dim (whose variables the store's other merge keys hold)."""
+    urls = set(urls)
+    if plan.merge_dim is None:
+        return [i for i in plan.inputs if i.url in urls]
+    dim = plan.concat_dims[0]
+    steps = {i.pos(dim) for i in plan.inputs if i.url in urls}
+    return [i for i in plan.inputs if i.pos(dim) in steps]
+
+
+def _blocks(plan: Plan, published: dict, urls) -> tuple[tuple[int, int], ...]:
+    """The blocks of chunks along the concat dim that hold the inputs at ``urls``."""
     dim = plan.concat_dims[0]
     with xr.open_zarr(plan.url, storage_options=plan.target.storage_options) as store:
         step = _store_chunks(store)[dim]
@@ -307,19 +364,12 @@ def _rewritten(plan: Plan, published: dict, urls) -> tuple[list[tuple[int, int]]
     offsets = np.cumsum([0, *counts]).tolist()
     held = [i for i in plan.inputs if i.pos(dim) < len(counts)]  # not those to append
     spans = {i.url: (offsets[i.pos(dim)], offsets[i.pos(dim) + 1]) for i in held}
-    blocks = sorted(
-        {
-            (b, min(b + step, offsets[-1]))
-            for url in urls
-            for b in range(spans[url][0] // step * step, spans[url][1], step)
-        }
-    )
-    wanted = [i for i in held if any(_meets(spans[i.url], b) for b in blocks)]
-    return blocks, wanted
-
-
-def _meets(span: tuple[int, int], block: tuple[int, int]) -> bool:
-    return span[0] < block[1] and block[0] < span[1]
+    blocks = {
+        (b, min(b + step, offsets[-1]))
+        for url in urls
+        for b in range(spans[url][0] // step * step, spans[url][1], step)
+    }
+    return tuple(sorted(blocks))
 
 
 def _published(plan: Plan, doing: str) -> dict | None:
@@ -465,6 +515,16 @@ def _variable_mismatch(store: xr.Dataset, new: DatasetSchema, dim: str) -> str |
             )
         if dim not in info.dims and info.fingerprint and not _same(var, info):
             return f"{name!r} differs from the store's"
+    return None
+
+
+def _other_grid(store: xr.Dataset, new: DatasetSchema, dim: str) -> str | None:
+    """How the first dim of ``new`` (but ``dim``) whose length is not the store's differs,
+    or None."""
+    for name, n in new.dims.items():
+        held = store.sizes.get(name)
+        if name != dim and held is not None and n != held:
+            return f"different grid: {name!r} has {n} points, not {held}"
     return None
 
 

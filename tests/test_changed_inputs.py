@@ -195,8 +195,8 @@ def test_an_input_that_no_longer_fits_is_refused(archive, tmp_path):
         baked(archive, tmp_path / "out")
     assert str(info.value) == (
         f"input {archive[1]} changed since the store was baked and no longer fits it: "
-        f"{archive[1]} does not match {archive[0]}: different grid: 'lat' has 20 points, "
-        "not 18; the published store is left as it was (bake it afresh with --force)"
+        "different grid: 'lat' has 20 points, not 18; the published store is left as it was "
+        "(bake it afresh with --force)"
     )
     assert digest(tmp_path / "out") == before
 

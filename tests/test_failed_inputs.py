@@ -56,14 +56,17 @@ def test_skipped_input_leaves_fill_values_and_is_recorded(half_served, small_arc
 
 
 def test_retry_fills_in_what_was_skipped(half_served, small_archive, tmp_path):
-    _, root, urls = half_served
+    server, root, urls = half_served
     target = tmp_path / "out"
     bake(simple_recipe(urls), target, workers=2, skip_failed=True)
     store = target / "out.zarr"
     untouched = (store / "sst" / "c" / "0" / "0" / "0").read_bytes()
     shutil.copy(small_archive[5], root / small_archive[5].name)
+    server.calls.clear()
     result = bake(simple_recipe(urls), target, workers=2, retry_failed=True)
-    assert result.inputs == 3, "only the inputs of the chunk that lacked day 6 are read"
+    assert result.inputs == 1, "only day 6 is read: the other days of its chunk are kept"
+    fetched = {path for method, path in server.calls if method == "GET"}
+    assert fetched == {f"/{small_archive[5].name}"}  # the other inputs: looked up (HEAD) only
     assert_same_as_sources(result.url, small_archive)
     assert manifest(target)["missing"] == {}
     assert (store / "sst" / "c" / "0" / "0" / "0").read_bytes() == untouched
