@@ -47,17 +47,18 @@ class PatchPlan(Plan):
     def dim(self) -> str:
         return self.concat_dims[0]
 
-    @property
-    def spans(self) -> tuple[tuple[int, int], ...]:
-        """The steps along the dim whose chunks this plan's tasks write over in part."""
-        return ()
+    def copied(self, schema: DatasetSchema) -> dict[str, tuple[tuple[int, int], ...]]:
+        """The chunks of the store this plan's tasks write over in part: by variable, the
+        spans of steps along the dim."""
+        return {}
 
     def stage_patch(self, state: BakeState, store: xr.Dataset, new: DatasetSchema) -> None:
         """Fill ``state`` from the scan and the store, and stage the patch."""
         state.chunks = _store_chunks(store)
         state.open = replace(self.open, promoted=new.promoted)
         self.claim_staging()
-        patch.stage(self.url, self.target, self.dim, state.schema.dims[self.dim], self.spans)
+        length = state.schema.dims[self.dim]
+        patch.stage(self.url, self.target, self.dim, length, self.copied(state.schema))
 
     def check(self, state: BakeState, url: str) -> None:
         """A patch is not a whole store: the audit runs on the store once it is applied."""
@@ -145,9 +146,11 @@ class RetryPlan(PatchPlan):
         """The inputs written into the store: those that were skipped."""
         return set(self.published.get("missing", {}))
 
-    @property
-    def spans(self) -> tuple[tuple[int, int], ...]:
-        return self.blocks
+    def copied(self, schema: DatasetSchema) -> dict[str, tuple[tuple[int, int], ...]]:
+        """The blocks' chunks of the variables the fresh inputs are written to."""
+        merge = self.merge_dim
+        keys = {i.pos(merge) if merge else None for i in self.inputs if i.url in self.fresh}
+        return {n: self.blocks for n in self._data_vars(schema) if schema.owners[n] in keys}
 
     def write_tasks(self, state: BakeState) -> list[WriteTask]:
         """Tasks that write the fresh inputs' steps only, over the patch's copies."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import fsspec
@@ -25,13 +25,18 @@ from .zarr import METADATA_FILES, Target, publish_order, zarr_store
 
 
 def stage(
-    store: str, patch: Target, dim: str, new_length: int, spans: Sequence[tuple[int, int]] = ()
+    store: str,
+    patch: Target,
+    dim: str,
+    new_length: int,
+    copied: Mapping[str, Sequence[tuple[int, int]]] | None = None,
 ) -> None:
     """Make ``patch`` a copy of ``store``'s metadata and of the chunks a growth of ``dim``
     to ``new_length`` rewrites, with every array along ``dim`` resized. If ``dim`` keeps its
     length (a patch that rewrites chunks in place), the chunks copied are the coordinates'
-    and those that meet the ``spans`` of steps along ``dim``, which the patch's tasks write
-    over in part: the steps they do not write keep the store's bytes."""
+    and, for each array named in ``copied``, those that meet its spans of steps along
+    ``dim``: the patch's tasks write over them in part, the steps they do not write keep
+    the store's bytes."""
     fs, src = fsspec.core.url_to_fs(store, **(patch.storage_options or {}))
     _, dst = fsspec.core.url_to_fs(patch.url, **(patch.storage_options or {}))
     for path in fs.find(src):
@@ -45,7 +50,7 @@ def stage(
             continue
         axis = _dims(array).index(dim)
         if array.shape[axis] == new_length and array.ndim > 1:
-            for key in _chunks_meeting(array, axis, spans):
+            for key in _chunks_meeting(array, axis, (copied or {}).get(name, ())):
                 if fs.exists(f"{src}/{name}/{key}"):
                     _copy(fs, f"{src}/{name}/{key}", f"{dst}/{name}/{key}")
             continue
