@@ -255,7 +255,7 @@ class ChangedPlan(RetryPlan):
 
     def check_fits(self, store: xr.Dataset, new: DatasetSchema) -> None:
         """Same variables, grids and dtypes as the store, the same steps along its dim."""
-        problem = _other_grid(store, new, self.dim) or _variable_mismatch(store, new, self.dim)
+        problem = _changed_mismatch(store, new, self.dim)
         if problem is not None:
             raise self.misfit(problem)
         item = _differing_steps(store, new, self.inputs, self.dim, self.published["counts"])
@@ -521,13 +521,28 @@ def _variable_mismatch(store: xr.Dataset, new: DatasetSchema, dim: str) -> str |
     return None
 
 
-def _other_grid(store: xr.Dataset, new: DatasetSchema, dim: str) -> str | None:
-    """How the first dim of ``new`` (but ``dim``) whose length is not the store's differs,
-    or None."""
-    for name, n in new.dims.items():
-        held = store.sizes.get(name)
-        if name != dim and held is not None and n != held:
-            return f"different grid: {name!r} has {n} points, not {held}"
+def _changed_mismatch(store: xr.Dataset, new: DatasetSchema, dim: str) -> str | None:
+    """How changed inputs (``new``) differ from the store (but for their length along
+    ``dim``), in the words of a scan that compares two inputs; or None."""
+    names = {n for n, v in new.variables.items() if not v.is_coord}
+    missing, extra = set(store.data_vars) - names, names - set(store.data_vars)
+    if missing:
+        return f"variable {', '.join(map(repr, sorted(missing)))} is missing"
+    if extra:
+        return f"it has extra variable {', '.join(map(repr, sorted(extra)))}"
+    for name, info in new.variables.items():
+        if name not in store.variables or name == dim:
+            continue
+        var = store.variables[name]
+        if var.dims != info.dims:
+            return f"{name!r} has dims {info.dims}, not {var.dims}"
+        for d, n in zip(info.dims, info.shape, strict=True):
+            if d != dim and n != var.sizes[d]:
+                return f"different grid: {d!r} has {n} points, not {var.sizes[d]}"
+        if not _fits(var, info.dtype):
+            return f"{name!r} has dtype {info.dtype}, not {var.dtype}"
+        if dim not in info.dims and info.fingerprint and not _same(var, info):
+            return f"different values of {name!r}"
     return None
 
 

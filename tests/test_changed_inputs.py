@@ -15,6 +15,7 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 import pytest
+import xarray as xr
 from conftest import assert_same_as_sources, simple_recipe
 from test_append import digest
 from test_references import assert_matches_sources, ref_recipe
@@ -518,3 +519,46 @@ def test_a_references_rebake_over_http_rescans_the_changed_input_only(days, tmp_
     # the scan reads the small file in one block; the check reads its 4 chunks (sst,
     # anom, err, ice) through the references, and downloads it to read it directly
     assert gets == [changed] * 6
+
+
+def without_anom(ds):
+    return ds.drop_vars("anom")
+
+
+def with_more(ds):
+    return ds.assign(more=ds.sst * 2)
+
+
+def as_int32(ds):
+    sst = ds.sst.fillna(0).astype("int32")
+    sst.encoding = {}
+    return ds.assign(sst=sst)
+
+
+def shifted_lat(ds):
+    return ds.assign_coords(lat=ds.lat + 0.5)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (without_anom, "variable 'anom' is missing"),
+        (with_more, "it has extra variable 'more'"),
+        (as_int32, "'sst' has dtype int32, not float64"),
+        (shifted_lat, "different values of 'lat'"),
+    ],
+)
+def test_a_changed_input_is_compared_with_the_store(archive, tmp_path, change, problem):
+    """The changed input alone is scanned: its misfit is told against the store."""
+    baked(archive, tmp_path / "out")
+    before = digest(tmp_path / "out")
+    with xr.open_dataset(archive[4]) as ds:
+        change(ds.load()).to_netcdf(tmp_path / "changed.nc")
+    rewrite(archive[4], tmp_path / "changed.nc")
+    with pytest.raises(ChangedInputError) as info:
+        baked(archive, tmp_path / "out")
+    assert str(info.value) == (
+        f"input {archive[4]} changed since the store was baked and no longer fits it: "
+        f"{problem}; the published store is left as it was (bake it afresh with --force)"
+    )
+    assert digest(tmp_path / "out") == before
