@@ -24,13 +24,13 @@ import xarray as xr
 import zarr
 
 from . import ledger as ledgers
-from .errors import SchemaError, one_line
+from .errors import SchemaError, SourceError, one_line
 from .patterns import Input
-from .plan import BakeState, Plan, exists
-from .schema import DatasetSchema
+from .plan import BakeState, Plan, _overlap, exists
+from .schema import DatasetSchema, Missing, SchemaCombiner
 from .validate import sample_positions
 from .writers import patch
-from .writers.zarr import WriteTask, zarr_store
+from .writers.zarr import Piece, WriteTask, zarr_store
 
 
 class AppendError(SchemaError):
@@ -153,9 +153,28 @@ class RetryPlan(PatchPlan):
         return {n: self.blocks for n in self._data_vars(schema) if schema.owners[n] in keys}
 
     def write_tasks(self, state: BakeState) -> list[WriteTask]:
-        """Tasks that write the fresh inputs' steps only, over the patch's copies."""
-        tasks = super().write_tasks(state)
-        return [replace(task, pieces_only=True) for task in tasks if task.pieces]
+        """Tasks that write the fresh inputs' steps only, over the patch's copies (those of
+        fresh inputs that failed again as missing values)."""
+        tasks = []
+        for task in super().write_tasks(state):
+            blanks = self._blanks(state, task)
+            if task.pieces or blanks:
+                tasks.append(replace(task, pieces_only=True, blanks=blanks))
+        return tasks
+
+    def _blanks(self, state: BakeState, task: WriteTask) -> tuple[Piece, ...]:
+        """The parts of ``task``'s region that fresh inputs skipped by the scan hold."""
+        schema, region = state.schema, dict(task.region)
+        owner = schema.owners[task.variables[0]]
+        failed = (
+            i
+            for i in self.inputs
+            if i.url in self.fresh
+            and i.url in state.missing
+            and (self.merge_dim is None or i.pos(self.merge_dim) == owner)
+        )
+        pieces = (_overlap(schema.region_of(i), region, i) for i in failed)
+        return tuple(p for p in pieces if p is not None)
 
     def _inputs_along(self, schema: DatasetSchema, span: slice) -> Iterator[Input]:
         return (i for i in super()._inputs_along(schema, span) if i.url in self.fresh)
@@ -174,7 +193,7 @@ class RetryPlan(PatchPlan):
         counts = self.published["counts"]
         offsets = np.cumsum([0, *counts[:-1]]).tolist()
         with xr.open_zarr(self.url, storage_options=self.target.storage_options) as store:
-            self.check_fits(store, new)
+            self.check_fits(store, new, [i for i in self.inputs if i.url not in state.missing])
             dims = {**new.dims, self.dim: int(store.sizes[self.dim])}
             variables = {
                 n: replace(v, shape=tuple(dims[d] for d in v.dims))
@@ -190,9 +209,31 @@ class RetryPlan(PatchPlan):
             self.stage_patch(state, store, new)
         self.keep(state)
 
-    def check_fits(self, store: xr.Dataset, new: DatasetSchema) -> None:
-        """The inputs being retried must hold the steps the store has for them."""
-        item = _differing_steps(store, new, self.inputs, self.dim, self.published["counts"])
+    def _combined(self, state: BakeState, results: Iterable) -> SchemaCombiner:
+        """Fold the scans of the inputs read; those skipped are recorded, not folded (their
+        steps are the store's). Raises :class:`SourceError` if no fresh input was read."""
+        results = list(results)
+        failed = [r for r in results if isinstance(r, Missing)]
+        state.missing.update((r.input.url, r.error) for r in failed)
+        read = [r for r in results if not isinstance(r, Missing)]
+        if failed and not self.fresh & {r.input.url for r in read}:
+            first = failed[0]
+            cause = first.error
+            if not cause.startswith(f"{first.input.url}: "):
+                cause = f"{first.input.url}: {cause}"
+            more = f" (and {len(failed) - 1} more inputs)" if len(failed) > 1 else ""
+            raise SourceError(
+                self.open.redact(
+                    f"{cause}{more}; no input to write was read, the published store is "
+                    "left as it was"
+                )
+            )
+        return super()._combined(state, read)
+
+    def check_fits(self, store: xr.Dataset, new: DatasetSchema, scanned: list[Input]) -> None:
+        """The inputs being retried (those ``scanned``) must hold the steps the store has
+        for them."""
+        item = _differing_steps(store, new, scanned, self.dim, self.published["counts"])
         if item is not None:
             raise AppendError(
                 f"cannot retry {item.url}: its {self.dim} steps differ from those the "
@@ -253,12 +294,12 @@ class ChangedPlan(RetryPlan):
                 raise
             raise self.misfit(one_line(exc)) from exc
 
-    def check_fits(self, store: xr.Dataset, new: DatasetSchema) -> None:
+    def check_fits(self, store: xr.Dataset, new: DatasetSchema, scanned: list[Input]) -> None:
         """Same variables, grids and dtypes as the store, the same steps along its dim."""
         problem = _changed_mismatch(store, new, self.dim)
         if problem is not None:
             raise self.misfit(problem)
-        item = _differing_steps(store, new, self.inputs, self.dim, self.published["counts"])
+        item = _differing_steps(store, new, scanned, self.dim, self.published["counts"])
         if item is not None:
             raise self.misfit(f"its {self.dim} values differ from the store's", item.url)
 

@@ -562,3 +562,24 @@ def test_a_changed_input_is_compared_with_the_store(archive, tmp_path, change, p
         f"{problem}; the published store is left as it was (bake it afresh with --force)"
     )
     assert digest(tmp_path / "out") == before
+
+
+def test_a_changed_input_that_cannot_be_read_is_skipped_with_skip_failed(
+    archive, other_values, tmp_path
+):
+    """Days 4 and 5 (one chunk) change, day 5 into bytes no opener reads: with
+    --skip-failed, day 4 is baked again, day 5's steps become fill values (not its old
+    values) and it is recorded as missing."""
+    baked(archive, tmp_path / "out")
+    rewrite(archive[3], other_values[3])
+    (tmp_path / "junk.nc").write_bytes(b"not a netCDF file")
+    rewrite(archive[4], tmp_path / "junk.nc")
+    result = baked(archive, tmp_path / "out", skip_failed=True)
+    assert result.stats["changed_inputs"] == [str(archive[3]), str(archive[4])]
+    assert result.stats["missing_inputs"] == [str(archive[4])]
+    out = xr.open_zarr(result.url).load()
+    kept = [p for i, p in enumerate(archive) if i != 4]
+    assert_same_as_sources(out.drop_isel(time=4), kept)
+    for name in ("sst", "anom", "err", "ice"):
+        assert np.isnan(out[name].isel(time=4).values).all(), name
+    assert list(manifest(result.url)["missing"]) == [str(archive[4])]

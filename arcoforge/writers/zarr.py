@@ -220,8 +220,9 @@ class Piece:
 @dataclass(frozen=True)
 class WriteTask:
     """Write ``variables`` over ``region`` of the target, reading ``pieces`` of inputs;
-    with ``pieces_only``, only the pieces' parts of the region are written, the rest keeps
-    what the target holds (a patch's copy of the published chunks)."""
+    with ``pieces_only``, only the pieces' parts of the region are written (and as missing
+    values those of ``blanks``, skipped inputs'), the rest keeps what the target holds (a
+    patch's copy of the published chunks)."""
 
     target: Target
     open: OpenConfig
@@ -235,6 +236,7 @@ class WriteTask:
     ledger: Ledger | None = None
     skip_failed: bool = False
     pieces_only: bool = False
+    blanks: tuple[Piece, ...] = ()
 
     @property
     def label(self) -> str:
@@ -295,13 +297,12 @@ def _written(
     task: WriteTask, region: dict[str, slice], dims: tuple[str, ...]
 ) -> list[tuple[dict[str, slice], tuple[slice, ...]]]:
     """Where a variable over ``dims`` is written, and which part of its array goes there:
-    the whole region, or with ``pieces_only`` each piece's part of it (a failed piece's too,
-    as missing values)."""
-    whole = (slice(None),) * len(dims)
+    the whole region, or with ``pieces_only`` each piece's part of it (as missing values
+    those of blanks, and of pieces that failed)."""
     if not task.pieces_only:
-        return [({d: region[d] for d in dims}, whole)]
+        return [({d: region[d] for d in dims}, (slice(None),) * len(dims))]
     parts = []
-    for piece in task.pieces:
+    for piece in (*task.pieces, *task.blanks):
         dest = dict(piece.dest)
         where = {
             d: slice(region[d].start + dest[d].start, region[d].start + dest[d].stop)
