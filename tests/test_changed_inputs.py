@@ -434,12 +434,11 @@ def days(tmp_path) -> tuple[list[Path], list[Path]]:
 
 
 def rebaked(server: FileServer, bake_once, src: list[Path], alt: list[Path]) -> list:
-    """Bake, change input ``CHANGED``, bake again: the requests of the second bake, as
-    (method, path) pairs."""
-    bake_once()
+    """Change input ``CHANGED``, bake again (with ``bake_once``, which returns the inputs
+    the bake found changed): the requests of that bake, as (method, path) pairs."""
     rewrite(src[CHANGED], alt[CHANGED])
     server.calls.clear()
-    bake_once()
+    assert bake_once() == [f"{server.url}/{src[CHANGED].name}"]
     return list(server.calls)
 
 
@@ -450,32 +449,41 @@ def heads_and_gets(calls: list) -> tuple[list[str], list[str]]:
     )
 
 
+def api_baker(urls: list[str], target: Path, **kwargs):
+    """A bake of ``urls`` by :func:`arcoforge.bake`."""
+
+    def bake_once() -> list[str] | None:
+        return baked(urls, target, **kwargs).stats.get("changed_inputs")
+
+    return bake_once
+
+
+def cli_baker(stock: Path, target: Path, cache: Path):
+    """A bake of ``stock`` by the command line, with ``--cache``."""
+    args = ("bake", str(stock), "--target-root", str(target), "--workers", "2")
+
+    def bake_once() -> list[str] | None:
+        done = cli(*args, "--cache", str(cache), "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.splitlines()[-1]).get("changed_inputs")
+
+    return bake_once
+
+
 @pytest.mark.parametrize("cache", ["none", "bake(cache=...)", "--cache"])
 def test_a_rebake_over_http_fetches_the_changed_input_only(days, tmp_path, cache):
     """A re-bake of 24 inputs of which 1 changed looks every input up (HEAD) and
     downloads the changed one, once: the other inputs of its chunk are not read, their
     steps keep the store's bytes. Only the chunk it feeds is written again."""
     src, alt = days
-    target = tmp_path / "out"
-    store = target / "out.zarr"
+    target, store = tmp_path / "out", tmp_path / "out" / "out.zarr"
     with FileServer(src[0].parent) as server:
         urls = [f"{server.url}/{p.name}" for p in src]
         if cache == "--cache":
-            stock = feedstock(tmp_path / "stock", urls)
-            args = ("bake", str(stock), "--target-root", str(target), "--workers", "2")
-            args = (*args, "--cache", str(tmp_path / "cache"), "--json")
-            runs = []
-
-            def bake_once():
-                runs.append(cli(*args))
-                assert runs[-1].returncode == 0, runs[-1].stderr
-
+            bake_once = cli_baker(feedstock(tmp_path / "stock", urls), target, tmp_path / "cache")
         else:
             kwargs = {"cache": str(tmp_path / "cache")} if cache != "none" else {}
-
-            def bake_once():
-                baked(urls, target, **kwargs)
-
+            bake_once = api_baker(urls, target, **kwargs)
         bake_once()
         before, times = digest(store / "sst"), mtimes(store / "sst")
         calls = rebaked(server, bake_once, src, alt)
@@ -502,14 +510,14 @@ def test_a_references_rebake_over_http_rescans_the_changed_input_only(days, tmp_
     kwargs = {"cache": str(tmp_path / "cache")} if cache else {}
     with FileServer(src[0].parent) as server:
         urls = [f"{server.url}/{p.name}" for p in src]
-        results = []
 
-        def bake_once():
-            results.append(bake(ref_recipe(urls), tmp_path / "out", workers=2, **kwargs))
+        def bake_once() -> list[str] | None:
+            result = bake(ref_recipe(urls), tmp_path / "out", workers=2, **kwargs)
+            return result.stats.get("changed_inputs")
 
+        bake_once()
         calls = rebaked(server, bake_once, src, alt)
-        assert results[-1].stats["changed_inputs"] == [urls[CHANGED]]
-        assert_matches_sources(results[-1].url, src)
+        assert_matches_sources(tmp_path / "out" / "ref" / "reference.json", src)
     changed = f"/{src[CHANGED].name}"
     heads, gets = heads_and_gets(calls)
     # every input looked up once for the check; the changed one 3 times more: its
