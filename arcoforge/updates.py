@@ -148,8 +148,7 @@ class RetryPlan(PatchPlan):
 
     def copied(self, schema: DatasetSchema) -> dict[str, tuple[tuple[int, int], ...]]:
         """The blocks' chunks of the variables the fresh inputs are written to."""
-        merge = self.merge_dim
-        keys = {i.pos(merge) if merge else None for i in self.inputs if i.url in self.fresh}
+        keys = {self._key(i) for i in self.inputs if i.url in self.fresh}
         return {n: self.blocks for n in self._data_vars(schema) if schema.owners[n] in keys}
 
     def write_tasks(self, state: BakeState) -> list[WriteTask]:
@@ -169,9 +168,7 @@ class RetryPlan(PatchPlan):
         failed = (
             i
             for i in self.inputs
-            if i.url in self.fresh
-            and i.url in state.missing
-            and (self.merge_dim is None or i.pos(self.merge_dim) == owner)
+            if i.url in self.fresh and i.url in state.missing and self._key(i) == owner
         )
         pieces = (_overlap(schema.region_of(i), region, i) for i in failed)
         return tuple(p for p in pieces if p is not None)
@@ -211,17 +208,20 @@ class RetryPlan(PatchPlan):
 
     def _combined(self, state: BakeState, results: Iterable) -> SchemaCombiner:
         """Fold the scans of the inputs read; those skipped are recorded, not folded (their
-        steps are the store's). Raises :class:`SourceError` if no fresh input was read."""
+        steps are the store's). Raises :class:`SourceError` if no fresh input (of a merge
+        key that has fresh inputs) was read: nothing tells what to write."""
         results = list(results)
         failed = [r for r in results if isinstance(r, Missing)]
         state.missing.update((r.input.url, r.error) for r in failed)
         read = [r for r in results if not isinstance(r, Missing)]
-        if failed and not self.fresh & {r.input.url for r in read}:
-            first = failed[0]
+        keys = {self._key(r.input) for r in read if r.input.url in self.fresh}
+        lost = [r for r in failed if self._key(r.input) not in keys]
+        if lost:
+            first = lost[0]
             cause = first.error
             if not cause.startswith(f"{first.input.url}: "):
                 cause = f"{first.input.url}: {cause}"
-            more = f" (and {len(failed) - 1} more inputs)" if len(failed) > 1 else ""
+            more = f" (and {len(lost) - 1} more inputs)" if len(lost) > 1 else ""
             raise SourceError(
                 self.open.redact(
                     f"{cause}{more}; no input to write was read, the published store is "
@@ -229,6 +229,10 @@ class RetryPlan(PatchPlan):
                 )
             )
         return super()._combined(state, read)
+
+    def _key(self, item: Input) -> int | None:
+        """The merge key of ``item`` (None without a merge dim)."""
+        return item.pos(self.merge_dim) if self.merge_dim else None
 
     def check_fits(self, store: xr.Dataset, new: DatasetSchema, scanned: list[Input]) -> None:
         """The inputs being retried (those ``scanned``) must hold the steps the store has

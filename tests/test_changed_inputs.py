@@ -16,11 +16,11 @@ import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import assert_same_as_sources, simple_recipe
+from conftest import assert_same_as_sources, simple_recipe, xarray_to_zarr
 from test_append import digest
 from test_references import assert_matches_sources, ref_recipe
 
-from arcoforge import bake
+from arcoforge import ConcatDim, FilePattern, MergeDim, OpenWithXarray, StoreToZarr, bake
 from arcoforge.changes import UNCHECKED, InputDeletedError
 from arcoforge.errors import SourceError
 from arcoforge.ledger import Ledger
@@ -29,7 +29,7 @@ from arcoforge.references.store import open_references
 from arcoforge.runs import RUNS_FOLDER
 from arcoforge.sources import FetchConfig
 from arcoforge.sources.lookup import identities_now
-from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.archives import write_merge_archive, write_oisst_archive
 from arcoforge.testing.httpserver import Faults, FileServer
 from arcoforge.updates import ChangedInputError
 
@@ -591,3 +591,31 @@ def test_a_changed_input_that_cannot_be_read_is_skipped_with_skip_failed(
     for name in ("sst", "anom", "err", "ice"):
         assert np.isnan(out[name].isel(time=4).values).all(), name
     assert list(manifest(result.url)["missing"]) == [str(archive[4])]
+
+
+def test_with_a_merge_dim_the_other_merge_keys_are_scanned_not_written(tmp_path):
+    """sst of day 3 changes: ice of day 3 is scanned too (the variables still fit), only
+    sst's chunk of days 3 and 4 is written again."""
+    files = write_merge_archive(tmp_path / "src", days=4, ny=6, nx=12)
+    days = [p.name.split("_")[1][:8] for p in files["sst"]]
+    pattern = FilePattern(
+        lambda variable, time: str(tmp_path / "src" / f"{variable}_{time}.nc"),
+        MergeDim("variable", ["sst", "ice"]),
+        ConcatDim("time", days, nitems_per_file=1),
+    )
+    recipe = pattern | OpenWithXarray() | StoreToZarr("m.zarr", target_chunks={"time": 2})
+    store = Path(bake(recipe, tmp_path / "out", workers=2).url)
+    times = mtimes(store)
+    with xr.open_dataset(files["sst"][2]) as ds:
+        (ds.load() + 1.5).to_netcdf(tmp_path / "warmer.nc")  # other values, same layout
+    rewrite(files["sst"][2], tmp_path / "warmer.nc")
+    result = bake(recipe, tmp_path / "out", workers=2)
+    assert result.stats["changed_inputs"] == [str(files["sst"][2])]
+    assert result.inputs == 2
+    later = mtimes(store)
+    chunks = [k for k in later if k.startswith(("sst/c/", "ice/c/")) and (store / k).is_file()]
+    assert sorted(k for k in chunks if later[k] != times[k]) == ["sst/c/1/0/0"]
+    with xr.open_zarr(store) as out:
+        for name in ("sst", "ice"):
+            src = xr.concat([xr.open_dataset(p).load() for p in files[name]], dim="time")
+            np.testing.assert_array_equal(out[name].values, xarray_to_zarr(src)[name].values)
