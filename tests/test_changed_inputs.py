@@ -20,7 +20,15 @@ from conftest import assert_same_as_sources, simple_recipe, xarray_to_zarr
 from test_append import digest
 from test_references import assert_matches_sources, ref_recipe
 
-from arcoforge import ConcatDim, FilePattern, MergeDim, OpenWithXarray, StoreToZarr, bake
+from arcoforge import (
+    ConcatDim,
+    FilePattern,
+    MergeDim,
+    OpenWithXarray,
+    StoreToZarr,
+    bake,
+    pattern_from_file_sequence,
+)
 from arcoforge.changes import UNCHECKED, InputDeletedError
 from arcoforge.errors import SourceError
 from arcoforge.ledger import Ledger
@@ -619,3 +627,43 @@ def test_with_a_merge_dim_the_other_merge_keys_are_scanned_not_written(tmp_path)
         for name in ("sst", "ice"):
             src = xr.concat([xr.open_dataset(p).load() for p in files[name]], dim="time")
             np.testing.assert_array_equal(out[name].values, xarray_to_zarr(src)[name].values)
+
+
+class FailsOnWriteWhenArmed:
+    """A preprocessing step that fails on the second opening of ``name`` (the scan opens
+    it first, the write task second) once ``marks/armed`` exists."""
+
+    def __init__(self, name: str, marks: Path):
+        self.name, self.marks = name, marks
+        self.__name__ = "fails_on_write_when_armed"
+
+    def __call__(self, ds):
+        armed = (self.marks / "armed").exists()
+        if armed and ds.encoding.get("source", "").endswith(self.name):
+            seen = self.marks / "scanned"
+            if seen.exists():
+                raise OSError("the file went bad")
+            seen.touch()
+        return ds
+
+
+def test_a_rebake_that_fails_while_writing_leaves_the_store(archive, other_values, tmp_path):
+    """The changed input is written into the patch, not into the store: a failure before
+    the patch is checked and applied leaves every byte of the store as it was."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    pattern = pattern_from_file_sequence([str(p) for p in archive], "time", 1)
+    recipe = (
+        pattern
+        | OpenWithXarray()
+        | FailsOnWriteWhenArmed(archive[4].name, marks)
+        | StoreToZarr("out.zarr", target_chunks={"time": 3})
+    )
+    bake(recipe, tmp_path / "out", workers=2)
+    before = digest(tmp_path / "out" / "out.zarr")
+    rewrite(archive[4], other_values[4])
+    (marks / "armed").touch()
+    with pytest.raises(SourceError) as info:
+        bake(recipe, tmp_path / "out", workers=2)
+    assert "the file went bad" in str(info.value)
+    assert digest(tmp_path / "out" / "out.zarr") == before
