@@ -667,3 +667,22 @@ def test_a_rebake_that_fails_while_writing_leaves_the_store(archive, other_value
         bake(recipe, tmp_path / "out", workers=2)
     assert "the file went bad" in str(info.value)
     assert digest(tmp_path / "out" / "out.zarr") == before
+
+
+def test_a_store_on_s3_has_only_the_chunk_a_changed_input_feeds_rewritten(
+    archive, other_values, s3, bucket
+):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3)
+    store = f"{bucket.removeprefix('s3://')}/out.zarr"
+    baked(archive, bucket, storage_options=s3)
+    before = {k: fs.cat_file(f"{store}/sst/c/{k}/0/0") for k in range(3)}
+    rewrite(archive[4], other_values[4])
+    result = baked(archive, bucket, storage_options=s3)
+    assert result.stats["changed_inputs"] == [str(archive[4])]
+    assert result.inputs == 1
+    assert_same_as_sources(xr.open_zarr(result.url, storage_options=s3), archive)
+    after = {k: fs.cat_file(f"{store}/sst/c/{k}/0/0") for k in range(3)}
+    assert [after[k] == before[k] for k in range(3)] == [True, False, True]
+    assert not fs.exists(f"{bucket.removeprefix('s3://')}/.out.zarr.partial")  # the patch
