@@ -3,9 +3,9 @@
 A patch is a staging store holding a copy of the store's metadata and of the few chunks
 the patch rewrites (the last, partial chunk along the dim, the chunks whose steps some
 inputs are written over, and the concat coordinates), and of the arrays that do not grow
-(grids, masks), against which its tasks check. Tasks write into it like into any store. Applying the patch moves its files into the
-store: new chunks first (invisible to readers until the metadata grows), then the array
-metadata, the root metadata last. Each file is replaced whole, so a reader sees the old
+(grids, masks), against which its tasks check. Tasks write into it like into any store.
+Applying the patch moves its files into the store: new chunks first (invisible to readers
+until the metadata grows), then the array metadata, the root metadata last. Each file is replaced whole, so a reader sees the old
 store or the new one; an interrupted apply is finished by applying again.
 """
 
