@@ -5,8 +5,9 @@ the patch rewrites (the last, partial chunk along the dim, the chunks whose step
 inputs are written over, and the concat coordinates), and of the arrays that do not grow
 (grids, masks), against which its tasks check. Tasks write into it like into any store.
 Applying the patch moves its files into the store: new chunks first (invisible to readers
-until the metadata grows), then the array metadata, the root metadata last. Each file is replaced whole, so a reader sees the old
-store or the new one; an interrupted apply is finished by applying again.
+until the metadata grows), then the array metadata, the root metadata last. Each file is
+replaced whole, so a reader sees the old store or the new one; an interrupted apply is
+finished by applying again.
 """
 
 from __future__ import annotations
