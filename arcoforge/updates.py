@@ -2,7 +2,9 @@
 
 Both scan only the inputs they need and write only the chunks those inputs land in, into
 a patch (see :mod:`arcoforge.writers.patch`) applied once every chunk is written and
-checked, so the cost follows the new data, not the store.
+checked, so the cost follows the new data, not the store. A retry, and a re-bake of
+changed inputs, write their inputs over the patch's copies of the store's chunks: the
+other inputs of those chunks are neither scanned nor read again.
 
 An append must continue the store: the same variables, grids and dtypes, and steps along
 the concat dim that follow its last one without a gap, overlap, duplicate or reordering.
@@ -11,8 +13,9 @@ Otherwise it is refused with a message naming the input, before anything is writ
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -21,12 +24,13 @@ import xarray as xr
 import zarr
 
 from . import ledger as ledgers
-from .errors import SchemaError, one_line
+from .errors import SchemaError, SourceError, one_line
 from .patterns import Input
-from .plan import BakeState, Plan, exists
-from .schema import DatasetSchema
+from .plan import BakeState, Plan, _overlap, exists
+from .schema import DatasetSchema, Missing, SchemaCombiner
+from .validate import sample_positions
 from .writers import patch
-from .writers.zarr import zarr_store
+from .writers.zarr import Piece, WriteTask, zarr_store
 
 
 class AppendError(SchemaError):
@@ -43,12 +47,18 @@ class PatchPlan(Plan):
     def dim(self) -> str:
         return self.concat_dims[0]
 
+    def copied(self, schema: DatasetSchema) -> dict[str, tuple[tuple[int, int], ...]]:
+        """The chunks of the store this plan's tasks write over in part: by variable, the
+        spans of steps along the dim."""
+        return {}
+
     def stage_patch(self, state: BakeState, store: xr.Dataset, new: DatasetSchema) -> None:
         """Fill ``state`` from the scan and the store, and stage the patch."""
         state.chunks = _store_chunks(store)
         state.open = replace(self.open, promoted=new.promoted)
         self.claim_staging()
-        patch.stage(self.url, self.target, self.dim, state.schema.dims[self.dim])
+        length = state.schema.dims[self.dim]
+        patch.stage(self.url, self.target, self.dim, length, self.copied(state.schema))
 
     def check(self, state: BakeState, url: str) -> None:
         """A patch is not a whole store: the audit runs on the store once it is applied."""
@@ -117,13 +127,60 @@ class AppendPlan(PatchPlan):
 
 @dataclass
 class RetryPlan(PatchPlan):
-    """The chunks that lack skipped inputs, rewritten from all the inputs they hold."""
+    """The skipped inputs, written into copies of the ``blocks`` of chunks that lack them.
+
+    Only the :attr:`fresh` inputs are read: the steps of the other inputs of those chunks
+    keep the store's bytes. ``inputs`` are the inputs scanned: the fresh ones and, with a
+    merge dim, those at the same steps of the other merge keys, which tell which variables
+    the store's merge keys hold (they are not written).
+    """
 
     blocks: tuple[tuple[int, int], ...] = ()
 
     @property
     def fingerprint(self) -> str:
         return ledgers.fingerprint(self.store_fingerprint, "retry", self.blocks)
+
+    @property
+    def fresh(self) -> set[str]:
+        """The inputs written into the store: those that were skipped."""
+        return set(self.published.get("missing", {}))
+
+    def copied(self, schema: DatasetSchema) -> dict[str, tuple[tuple[int, int], ...]]:
+        """The blocks' chunks of the variables the fresh inputs are written to."""
+        keys = {self._key(i) for i in self.inputs if i.url in self.fresh}
+        return {n: self.blocks for n in self._data_vars(schema) if schema.owners[n] in keys}
+
+    def write_tasks(self, state: BakeState) -> list[WriteTask]:
+        """Tasks that write the fresh inputs' steps only, over the patch's copies (those of
+        fresh inputs that failed again as missing values)."""
+        tasks = []
+        for task in super().write_tasks(state):
+            blanks = self._blanks(state, task)
+            if task.pieces or blanks:
+                tasks.append(replace(task, pieces_only=True, blanks=blanks))
+        return tasks
+
+    def _blanks(self, state: BakeState, task: WriteTask) -> tuple[Piece, ...]:
+        """The parts of ``task``'s region that fresh inputs skipped by the scan hold."""
+        schema, region = state.schema, dict(task.region)
+        owner = schema.owners[task.variables[0]]
+        failed = (
+            i
+            for i in self.inputs
+            if i.url in self.fresh and i.url in state.missing and self._key(i) == owner
+        )
+        pieces = (_overlap(schema.region_of(i), region, i) for i in failed)
+        return tuple(p for p in pieces if p is not None)
+
+    def _inputs_along(self, schema: DatasetSchema, span: slice) -> Iterator[Input]:
+        return (i for i in super()._inputs_along(schema, span) if i.url in self.fresh)
+
+    @cached_property
+    def _samples(self) -> set[Input]:
+        """The first and the last fresh input, compared value for value with the patch."""
+        fresh = [i for i in self.inputs if i.url in self.fresh]
+        return {fresh[i] for i in sample_positions(len(fresh))}
 
     def combine(self, state: BakeState, results: Iterable) -> None:
         """Check that the inputs fit where the store expects them, then stage the patch."""
@@ -133,7 +190,7 @@ class RetryPlan(PatchPlan):
         counts = self.published["counts"]
         offsets = np.cumsum([0, *counts[:-1]]).tolist()
         with xr.open_zarr(self.url, storage_options=self.target.storage_options) as store:
-            self.check_fits(store, new)
+            self.check_fits(store, new, [i for i in self.inputs if i.url not in state.missing])
             dims = {**new.dims, self.dim: int(store.sizes[self.dim])}
             variables = {
                 n: replace(v, shape=tuple(dims[d] for d in v.dims))
@@ -149,9 +206,38 @@ class RetryPlan(PatchPlan):
             self.stage_patch(state, store, new)
         self.keep(state)
 
-    def check_fits(self, store: xr.Dataset, new: DatasetSchema) -> None:
-        """The inputs being retried must hold the steps the store has for them."""
-        item = _differing_steps(store, new, self.inputs, self.dim, self.published["counts"])
+    def _combined(self, state: BakeState, results: Iterable) -> SchemaCombiner:
+        """Fold the scans of the inputs read; those skipped are recorded, not folded (their
+        steps are the store's). Raises :class:`SourceError` if no fresh input (of a merge
+        key that has fresh inputs) was read: nothing tells what to write."""
+        results = list(results)
+        failed = [r for r in results if isinstance(r, Missing)]
+        state.missing.update((r.input.url, r.error) for r in failed)
+        read = [r for r in results if not isinstance(r, Missing)]
+        keys = {self._key(r.input) for r in read if r.input.url in self.fresh}
+        lost = [r for r in failed if self._key(r.input) not in keys]
+        if lost:
+            first = lost[0]
+            cause = first.error
+            if not cause.startswith(f"{first.input.url}: "):
+                cause = f"{first.input.url}: {cause}"
+            more = f" (and {len(lost) - 1} more inputs)" if len(lost) > 1 else ""
+            raise SourceError(
+                self.open.redact(
+                    f"{cause}{more}; no input to write was read, the published store is "
+                    "left as it was"
+                )
+            )
+        return super()._combined(state, read)
+
+    def _key(self, item: Input) -> int | None:
+        """The merge key of ``item`` (None without a merge dim)."""
+        return item.pos(self.merge_dim) if self.merge_dim else None
+
+    def check_fits(self, store: xr.Dataset, new: DatasetSchema, scanned: list[Input]) -> None:
+        """The inputs being retried (those ``scanned``) must hold the steps the store has
+        for them."""
+        item = _differing_steps(store, new, scanned, self.dim, self.published["counts"])
         if item is not None:
             raise AppendError(
                 f"cannot retry {item.url}: its {self.dim} steps differ from those the "
@@ -189,6 +275,11 @@ class ChangedPlan(RetryPlan):
     now: tuple[dict, ...] = ()
 
     @property
+    def fresh(self) -> set[str]:
+        """The inputs written into the store: those that changed."""
+        return set(self.changed)
+
+    @property
     def store_fingerprint(self) -> str:
         """The store's as published: it holds the inputs it held (the recipe may have more,
         to append after)."""
@@ -207,12 +298,12 @@ class ChangedPlan(RetryPlan):
                 raise
             raise self.misfit(one_line(exc)) from exc
 
-    def check_fits(self, store: xr.Dataset, new: DatasetSchema) -> None:
+    def check_fits(self, store: xr.Dataset, new: DatasetSchema, scanned: list[Input]) -> None:
         """Same variables, grids and dtypes as the store, the same steps along its dim."""
-        problem = _variable_mismatch(store, new, self.dim)
+        problem = _changed_mismatch(store, new, self.dim)
         if problem is not None:
             raise self.misfit(problem)
-        item = _differing_steps(store, new, self.inputs, self.dim, self.published["counts"])
+        item = _differing_steps(store, new, scanned, self.dim, self.published["counts"])
         if item is not None:
             raise self.misfit(f"its {self.dim} values differ from the store's", item.url)
 
@@ -239,12 +330,12 @@ def plan_changed(plan: Plan, published: dict, changed: list[str], now: list[dict
     concat dims, ``plan`` itself, which bakes the store afresh."""
     if len(plan.concat_dims) != 1:
         return plan
-    blocks, wanted = _rewritten(plan, published, changed)
     skipped = published.get("missing", {})
+    scanned = [i for i in _scanned(plan, changed) if i.url not in skipped]
     return ChangedPlan(
-        **_fields(plan, inputs=[i for i in wanted if i.url not in skipped]),
+        **_fields(plan, inputs=scanned),
         published=published,
-        blocks=tuple(blocks),
+        blocks=_blocks(plan, published, changed),
         changed=tuple(changed),
         now=tuple(now),
     )
@@ -293,13 +384,27 @@ def plan_retry(plan: Plan) -> Plan:
         )
     if not published.get("missing"):
         return plan
-    blocks, wanted = _rewritten(plan, published, published["missing"])
-    return RetryPlan(**_fields(plan, inputs=wanted), published=published, blocks=tuple(blocks))
+    missing = published["missing"]
+    return RetryPlan(
+        **_fields(plan, inputs=_scanned(plan, missing)),
+        published=published,
+        blocks=_blocks(plan, published, missing),
+    )
 
 
-def _rewritten(plan: Plan, published: dict, urls) -> tuple[list[tuple[int, int]], list[Input]]:
-    """The blocks of chunks along the concat dim that hold the inputs at ``urls``, and every
-    input those blocks hold."""
+def _scanned(plan: Plan, urls: Iterable[str]) -> list[Input]:
+    """The inputs at ``urls`` and, with a merge dim, those at the same steps along the
+    concat dim (whose variables the store's other merge keys hold)."""
+    urls = set(urls)
+    if plan.merge_dim is None:
+        return [i for i in plan.inputs if i.url in urls]
+    dim = plan.concat_dims[0]
+    steps = {i.pos(dim) for i in plan.inputs if i.url in urls}
+    return [i for i in plan.inputs if i.pos(dim) in steps]
+
+
+def _blocks(plan: Plan, published: dict, urls) -> tuple[tuple[int, int], ...]:
+    """The blocks of chunks along the concat dim that hold the inputs at ``urls``."""
     dim = plan.concat_dims[0]
     with xr.open_zarr(plan.url, storage_options=plan.target.storage_options) as store:
         step = _store_chunks(store)[dim]
@@ -307,19 +412,12 @@ def _rewritten(plan: Plan, published: dict, urls) -> tuple[list[tuple[int, int]]
     offsets = np.cumsum([0, *counts]).tolist()
     held = [i for i in plan.inputs if i.pos(dim) < len(counts)]  # not those to append
     spans = {i.url: (offsets[i.pos(dim)], offsets[i.pos(dim) + 1]) for i in held}
-    blocks = sorted(
-        {
-            (b, min(b + step, offsets[-1]))
-            for url in urls
-            for b in range(spans[url][0] // step * step, spans[url][1], step)
-        }
-    )
-    wanted = [i for i in held if any(_meets(spans[i.url], b) for b in blocks)]
-    return blocks, wanted
-
-
-def _meets(span: tuple[int, int], block: tuple[int, int]) -> bool:
-    return span[0] < block[1] and block[0] < span[1]
+    blocks = {
+        (b, min(b + step, offsets[-1]))
+        for url in urls
+        for b in range(spans[url][0] // step * step, spans[url][1], step)
+    }
+    return tuple(sorted(blocks))
 
 
 def _published(plan: Plan, doing: str) -> dict | None:
@@ -465,6 +563,31 @@ def _variable_mismatch(store: xr.Dataset, new: DatasetSchema, dim: str) -> str |
             )
         if dim not in info.dims and info.fingerprint and not _same(var, info):
             return f"{name!r} differs from the store's"
+    return None
+
+
+def _changed_mismatch(store: xr.Dataset, new: DatasetSchema, dim: str) -> str | None:
+    """How changed inputs (``new``) differ from the store (but for their length along
+    ``dim``), in the words of a scan that compares two inputs; or None."""
+    names = {n for n, v in new.variables.items() if not v.is_coord}
+    missing, extra = set(store.data_vars) - names, names - set(store.data_vars)
+    if missing:
+        return f"variable {', '.join(map(repr, sorted(missing)))} is missing"
+    if extra:
+        return f"it has extra variable {', '.join(map(repr, sorted(extra)))}"
+    for name, info in new.variables.items():
+        if name not in store.variables or name == dim:
+            continue
+        var = store.variables[name]
+        if var.dims != info.dims:
+            return f"{name!r} has dims {info.dims}, not {var.dims}"
+        for d, n in zip(info.dims, info.shape, strict=True):
+            if d != dim and n != var.sizes[d]:
+                return f"different grid: {d!r} has {n} points, not {var.sizes[d]}"
+        if not _fits(var, info.dtype):
+            return f"{name!r} has dtype {info.dtype}, not {var.dtype}"
+        if dim not in info.dims and info.fingerprint and not _same(var, info):
+            return f"different values of {name!r}"
     return None
 
 

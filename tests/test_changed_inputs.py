@@ -15,11 +15,20 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 import pytest
-from conftest import assert_same_as_sources, simple_recipe
+import xarray as xr
+from conftest import assert_same_as_sources, simple_recipe, xarray_to_zarr
 from test_append import digest
 from test_references import assert_matches_sources, ref_recipe
 
-from arcoforge import bake
+from arcoforge import (
+    ConcatDim,
+    FilePattern,
+    MergeDim,
+    OpenWithXarray,
+    StoreToZarr,
+    bake,
+    pattern_from_file_sequence,
+)
 from arcoforge.changes import UNCHECKED, InputDeletedError
 from arcoforge.errors import SourceError
 from arcoforge.ledger import Ledger
@@ -28,7 +37,7 @@ from arcoforge.references.store import open_references
 from arcoforge.runs import RUNS_FOLDER
 from arcoforge.sources import FetchConfig
 from arcoforge.sources.lookup import identities_now
-from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.archives import write_merge_archive, write_oisst_archive
 from arcoforge.testing.httpserver import Faults, FileServer
 from arcoforge.updates import ChangedInputError
 
@@ -195,8 +204,8 @@ def test_an_input_that_no_longer_fits_is_refused(archive, tmp_path):
         baked(archive, tmp_path / "out")
     assert str(info.value) == (
         f"input {archive[1]} changed since the store was baked and no longer fits it: "
-        f"{archive[1]} does not match {archive[0]}: different grid: 'lat' has 20 points, "
-        "not 18; the published store is left as it was (bake it afresh with --force)"
+        "different grid: 'lat' has 20 points, not 18; the published store is left as it was "
+        "(bake it afresh with --force)"
     )
     assert digest(tmp_path / "out") == before
 
@@ -420,3 +429,260 @@ def test_inputs_behind_credentials_are_checked_with_them_and_never_written(
         for path in (p for p in folder.rglob("*") if p.is_file()):
             body = path.read_bytes()
             assert password.encode() not in body and token.encode() not in body, path
+
+
+DAYS, CHANGED = 24, 10  # day 11 of 24: in the chunk of steps 9..11 (three steps a chunk)
+
+
+@pytest.fixture
+def days(tmp_path) -> tuple[list[Path], list[Path]]:
+    """Twenty-four daily inputs, and the same days with other values."""
+    src = write_oisst_archive(tmp_path / "src", days=DAYS, **GRID)
+    return src, write_oisst_archive(tmp_path / "alt", days=DAYS, seed=7, **GRID)
+
+
+def rebaked(server: FileServer, bake_once, src: list[Path], alt: list[Path]) -> list:
+    """Change input ``CHANGED``, bake again (with ``bake_once``, which returns the inputs
+    the bake found changed): the requests of that bake, as (method, path) pairs."""
+    rewrite(src[CHANGED], alt[CHANGED])
+    server.calls.clear()
+    assert bake_once() == [f"{server.url}/{src[CHANGED].name}"]
+    return list(server.calls)
+
+
+def heads_and_gets(calls: list) -> tuple[list[str], list[str]]:
+    return (
+        sorted(path for method, path in calls if method == "HEAD"),
+        sorted(path for method, path in calls if method == "GET"),
+    )
+
+
+def api_baker(urls: list[str], target: Path, **kwargs):
+    """A bake of ``urls`` by :func:`arcoforge.bake`."""
+
+    def bake_once() -> list[str] | None:
+        return baked(urls, target, **kwargs).stats.get("changed_inputs")
+
+    return bake_once
+
+
+def cli_baker(stock: Path, target: Path, cache: Path):
+    """A bake of ``stock`` by the command line, with ``--cache``."""
+    args = ("bake", str(stock), "--target-root", str(target), "--workers", "2")
+
+    def bake_once() -> list[str] | None:
+        done = cli(*args, "--cache", str(cache), "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.splitlines()[-1]).get("changed_inputs")
+
+    return bake_once
+
+
+@pytest.mark.parametrize("cache", ["none", "bake(cache=...)", "--cache"])
+def test_a_rebake_over_http_fetches_the_changed_input_only(days, tmp_path, cache):
+    """A re-bake of 24 inputs of which 1 changed looks every input up (HEAD) and
+    downloads the changed one, once: the other inputs of its chunk are not read, their
+    steps keep the store's bytes. Only the chunk it feeds is written again."""
+    src, alt = days
+    target, store = tmp_path / "out", tmp_path / "out" / "out.zarr"
+    with FileServer(src[0].parent) as server:
+        urls = [f"{server.url}/{p.name}" for p in src]
+        if cache == "--cache":
+            bake_once = cli_baker(feedstock(tmp_path / "stock", urls), target, tmp_path / "cache")
+        else:
+            kwargs = {"cache": str(tmp_path / "cache")} if cache != "none" else {}
+            bake_once = api_baker(urls, target, **kwargs)
+        bake_once()
+        before, times = digest(store / "sst"), mtimes(store / "sst")
+        calls = rebaked(server, bake_once, src, alt)
+    changed = f"/{src[CHANGED].name}"
+    heads, gets = heads_and_gets(calls)
+    # every input looked up once for the check; the changed one once more, as its
+    # download is checked against the size the server gives just before
+    assert heads == sorted([*(f"/{p.name}" for p in src), changed])
+    # its bytes once: the scan, the write and the check read the downloaded copy
+    assert gets == [changed]
+    assert manifest(str(store))["identities"][CHANGED]["etag"].startswith('"')
+    assert_same_as_sources(str(store), src)
+    after, later = digest(store / "sst"), mtimes(store / "sst")
+    chunks = [k for k in before if k.startswith("c/")]
+    assert len(chunks) == DAYS // 3
+    for key in chunks:
+        same = key != "c/3/0/0"
+        assert (after[key] == before[key]) == same and (later[key] == times[key]) == same, key
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_references_rebake_over_http_rescans_the_changed_input_only(days, tmp_path, cache):
+    src, alt = days
+    kwargs = {"cache": str(tmp_path / "cache")} if cache else {}
+    with FileServer(src[0].parent) as server:
+        urls = [f"{server.url}/{p.name}" for p in src]
+
+        def bake_once() -> list[str] | None:
+            result = bake(ref_recipe(urls), tmp_path / "out", workers=2, **kwargs)
+            return result.stats.get("changed_inputs")
+
+        bake_once()
+        calls = rebaked(server, bake_once, src, alt)
+        assert_matches_sources(tmp_path / "out" / "ref" / "reference.json", src)
+    changed = f"/{src[CHANGED].name}"
+    heads, gets = heads_and_gets(calls)
+    # every input looked up once for the check; the changed one 3 times more: its
+    # identity just before its chunk index is read, the size the scan opens it with, the
+    # size its download for the check is checked against
+    assert heads == sorted([*(f"/{p.name}" for p in src), *[changed] * 3])
+    # the scan reads the small file in one block; the check reads its 4 chunks (sst,
+    # anom, err, ice) through the references, and downloads it to read it directly
+    assert gets == [changed] * 6
+
+
+def without_anom(ds):
+    return ds.drop_vars("anom")
+
+
+def with_more(ds):
+    return ds.assign(more=ds.sst * 2)
+
+
+def as_int32(ds):
+    sst = ds.sst.fillna(0).astype("int32")
+    sst.encoding = {}
+    return ds.assign(sst=sst)
+
+
+def shifted_lat(ds):
+    return ds.assign_coords(lat=ds.lat + 0.5)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (without_anom, "variable 'anom' is missing"),
+        (with_more, "it has extra variable 'more'"),
+        (as_int32, "'sst' has dtype int32, not float64"),
+        (shifted_lat, "different values of 'lat'"),
+    ],
+)
+def test_a_changed_input_is_compared_with_the_store(archive, tmp_path, change, problem):
+    """The changed input alone is scanned: its misfit is told against the store."""
+    baked(archive, tmp_path / "out")
+    before = digest(tmp_path / "out")
+    with xr.open_dataset(archive[4]) as ds:
+        change(ds.load()).to_netcdf(tmp_path / "changed.nc")
+    rewrite(archive[4], tmp_path / "changed.nc")
+    with pytest.raises(ChangedInputError) as info:
+        baked(archive, tmp_path / "out")
+    assert str(info.value) == (
+        f"input {archive[4]} changed since the store was baked and no longer fits it: "
+        f"{problem}; the published store is left as it was (bake it afresh with --force)"
+    )
+    assert digest(tmp_path / "out") == before
+
+
+def test_a_changed_input_that_cannot_be_read_is_skipped_with_skip_failed(
+    archive, other_values, tmp_path
+):
+    """Days 4 and 5 (one chunk) change, day 5 into bytes no opener reads: with
+    --skip-failed, day 4 is baked again, day 5's steps become fill values (not its old
+    values) and it is recorded as missing."""
+    baked(archive, tmp_path / "out")
+    rewrite(archive[3], other_values[3])
+    (tmp_path / "junk.nc").write_bytes(b"not a netCDF file")
+    rewrite(archive[4], tmp_path / "junk.nc")
+    result = baked(archive, tmp_path / "out", skip_failed=True)
+    assert result.stats["changed_inputs"] == [str(archive[3]), str(archive[4])]
+    assert result.stats["missing_inputs"] == [str(archive[4])]
+    out = xr.open_zarr(result.url).load()
+    kept = [p for i, p in enumerate(archive) if i != 4]
+    assert_same_as_sources(out.drop_isel(time=4), kept)
+    for name in ("sst", "anom", "err", "ice"):
+        assert np.isnan(out[name].isel(time=4).values).all(), name
+    assert list(manifest(result.url)["missing"]) == [str(archive[4])]
+
+
+def test_with_a_merge_dim_the_other_merge_keys_are_scanned_not_written(tmp_path):
+    """sst of day 3 changes: ice of day 3 is scanned too (the variables still fit), only
+    sst's chunk of days 3 and 4 is written again."""
+    files = write_merge_archive(tmp_path / "src", days=4, ny=6, nx=12)
+    days = [p.name.split("_")[1][:8] for p in files["sst"]]
+    pattern = FilePattern(
+        lambda variable, time: str(tmp_path / "src" / f"{variable}_{time}.nc"),
+        MergeDim("variable", ["sst", "ice"]),
+        ConcatDim("time", days, nitems_per_file=1),
+    )
+    recipe = pattern | OpenWithXarray() | StoreToZarr("m.zarr", target_chunks={"time": 2})
+    store = Path(bake(recipe, tmp_path / "out", workers=2).url)
+    times = mtimes(store)
+    with xr.open_dataset(files["sst"][2]) as ds:
+        (ds.load() + 1.5).to_netcdf(tmp_path / "warmer.nc")  # other values, same layout
+    rewrite(files["sst"][2], tmp_path / "warmer.nc")
+    result = bake(recipe, tmp_path / "out", workers=2)
+    assert result.stats["changed_inputs"] == [str(files["sst"][2])]
+    assert result.inputs == 2
+    later = mtimes(store)
+    chunks = [k for k in later if k.startswith(("sst/c/", "ice/c/")) and (store / k).is_file()]
+    assert sorted(k for k in chunks if later[k] != times[k]) == ["sst/c/1/0/0"]
+    with xr.open_zarr(store) as out:
+        for name in ("sst", "ice"):
+            src = xr.concat([xr.open_dataset(p).load() for p in files[name]], dim="time")
+            np.testing.assert_array_equal(out[name].values, xarray_to_zarr(src)[name].values)
+
+
+class FailsOnWriteWhenArmed:
+    """A preprocessing step that fails on the second opening of ``name`` (the scan opens
+    it first, the write task second) once ``marks/armed`` exists."""
+
+    def __init__(self, name: str, marks: Path):
+        self.name, self.marks = name, marks
+        self.__name__ = "fails_on_write_when_armed"
+
+    def __call__(self, ds):
+        armed = (self.marks / "armed").exists()
+        if armed and ds.encoding.get("source", "").endswith(self.name):
+            seen = self.marks / "scanned"
+            if seen.exists():
+                raise OSError("the file went bad")
+            seen.touch()
+        return ds
+
+
+def test_a_rebake_that_fails_while_writing_leaves_the_store(archive, other_values, tmp_path):
+    """The changed input is written into the patch, not into the store: a failure before
+    the patch is checked and applied leaves every byte of the store as it was."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    pattern = pattern_from_file_sequence([str(p) for p in archive], "time", 1)
+    recipe = (
+        pattern
+        | OpenWithXarray()
+        | FailsOnWriteWhenArmed(archive[4].name, marks)
+        | StoreToZarr("out.zarr", target_chunks={"time": 3})
+    )
+    bake(recipe, tmp_path / "out", workers=2)
+    before = digest(tmp_path / "out" / "out.zarr")
+    rewrite(archive[4], other_values[4])
+    (marks / "armed").touch()
+    with pytest.raises(SourceError) as info:
+        bake(recipe, tmp_path / "out", workers=2)
+    assert "the file went bad" in str(info.value)
+    assert digest(tmp_path / "out" / "out.zarr") == before
+
+
+def test_a_store_on_s3_has_only_the_chunk_a_changed_input_feeds_rewritten(
+    archive, other_values, s3, bucket
+):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3)
+    store = f"{bucket.removeprefix('s3://')}/out.zarr"
+    baked(archive, bucket, storage_options=s3)
+    before = {k: fs.cat_file(f"{store}/sst/c/{k}/0/0") for k in range(3)}
+    rewrite(archive[4], other_values[4])
+    result = baked(archive, bucket, storage_options=s3)
+    assert result.stats["changed_inputs"] == [str(archive[4])]
+    assert result.inputs == 1
+    assert_same_as_sources(xr.open_zarr(result.url, storage_options=s3), archive)
+    after = {k: fs.cat_file(f"{store}/sst/c/{k}/0/0") for k in range(3)}
+    assert [after[k] == before[k] for k in range(3)] == [True, False, True]
+    assert not fs.exists(f"{bucket.removeprefix('s3://')}/.out.zarr.partial")  # the patch

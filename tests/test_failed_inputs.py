@@ -56,14 +56,17 @@ def test_skipped_input_leaves_fill_values_and_is_recorded(half_served, small_arc
 
 
 def test_retry_fills_in_what_was_skipped(half_served, small_archive, tmp_path):
-    _, root, urls = half_served
+    server, root, urls = half_served
     target = tmp_path / "out"
     bake(simple_recipe(urls), target, workers=2, skip_failed=True)
     store = target / "out.zarr"
     untouched = (store / "sst" / "c" / "0" / "0" / "0").read_bytes()
     shutil.copy(small_archive[5], root / small_archive[5].name)
+    server.calls.clear()
     result = bake(simple_recipe(urls), target, workers=2, retry_failed=True)
-    assert result.inputs == 3, "only the inputs of the chunk that lacked day 6 are read"
+    assert result.inputs == 1, "only day 6 is read: the other days of its chunk are kept"
+    fetched = {path for method, path in server.calls if method == "GET"}
+    assert fetched == {f"/{small_archive[5].name}"}  # the other inputs: looked up (HEAD) only
     assert_same_as_sources(result.url, small_archive)
     assert manifest(target)["missing"] == {}
     assert (store / "sst" / "c" / "0" / "0" / "0").read_bytes() == untouched
@@ -150,3 +153,41 @@ def test_the_first_input_can_be_skipped(half_served, small_archive, tmp_path):
         np.testing.assert_array_equal(out.sst.isel(time=1).values, want)
     assert np.isnan(out.sst.isel(time=0).values).all()
     assert str(out.time.values[0]).startswith("1981-09-01")
+
+
+def test_a_retry_that_skips_again_reads_only_the_skipped_inputs(
+    half_served, small_archive, tmp_path
+):
+    """Days 5 and 6 (one chunk) skipped; day 5 comes back: it is filled in, day 6 stays
+    fill values and recorded. When no skipped input can be read, the retry stops."""
+    server, root, urls = half_served
+    target = tmp_path / "out"
+    shutil.move(root / small_archive[4].name, tmp_path / "later.nc")
+    bake(simple_recipe(urls), target, workers=2, skip_failed=True)
+    assert list(manifest(target)["missing"]) == [urls[4], urls[5]]
+    shutil.move(tmp_path / "later.nc", root / small_archive[4].name)
+    server.calls.clear()
+    result = bake(simple_recipe(urls), target, workers=2, skip_failed=True, retry_failed=True)
+    assert {path for method, path in server.calls if method == "GET"} == {
+        f"/{small_archive[4].name}",
+        f"/{small_archive[5].name}",
+    }
+    assert result.stats["missing_inputs"] == [urls[5]]
+    out = xr.open_zarr(result.url).load()
+    src = xr.concat([xr.open_dataset(p).load() for p in small_archive], dim="time")
+    src = xarray_to_zarr(src)
+    kept = [i for i in range(len(small_archive)) if i != 5]
+    for name in src.data_vars:
+        assert np.isnan(out[name].isel(time=5).values).all(), name
+        np.testing.assert_array_equal(
+            out[name].isel(time=kept).values, src[name].isel(time=kept).values
+        )
+    assert list(manifest(target)["missing"]) == [urls[5]]
+    before = (target / "out.zarr" / "sst" / "c" / "1" / "0" / "0").read_bytes()
+    with pytest.raises(SourceError) as info:
+        bake(simple_recipe(urls), target, workers=2, skip_failed=True, retry_failed=True)
+    assert str(info.value) == (
+        f"{urls[5]}: HTTP 404 Not Found; no input to write was read, the published store is "
+        "left as it was"
+    )
+    assert (target / "out.zarr" / "sst" / "c" / "1" / "0" / "0").read_bytes() == before

@@ -235,6 +235,8 @@ def test_serves_identical_bytes_and_records_requests(served):
             "/missing.nc",
             "/nested",
         ]
+        assert [method for method, _ in server.calls] == ["GET", "GET", "HEAD", "GET", "GET"]
+        assert [target for _, target in server.calls] == server.requests
 
 
 def test_paths_outside_root_are_not_served(served):

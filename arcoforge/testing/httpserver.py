@@ -77,7 +77,8 @@ class FileServer:
     token, ``cookies`` these cookie values (as a ``Cookie`` header carries them, quoted
     or not), ``token`` a ``token=...`` query parameter and ``required_headers`` exact
     header values; ``faults`` injects seeded failures.
-    ``requests`` lists every request target (path and query) in arrival order.
+    ``requests`` lists every request target (path and query) in arrival order, ``calls``
+    every request as its method and target (``("HEAD", "/a.nc")``).
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class FileServer:
         self.cookies = dict(cookies or {})
         self.faults = faults or Faults()
         self.requests: list[str] = []
+        self.calls: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._stopping = threading.Event()
@@ -175,9 +177,10 @@ class FileServer:
             self._connections.discard(connection)
             self._idle.notify_all()
 
-    def _begin(self, target: str) -> None:
+    def _begin(self, method: str, target: str) -> None:
         with self._lock:
             self.requests.append(target)
+            self.calls.append((method, target))
             self._active += 1
             self._max_active = max(self._max_active, self._active)
 
@@ -278,7 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, body: bool) -> None:
         owner = self.server.owner
-        owner._begin(self.path)
+        owner._begin(self.command, self.path)
         try:
             self._answer(owner, body)
         except (ConnectionError, TimeoutError):

@@ -219,7 +219,10 @@ class Piece:
 
 @dataclass(frozen=True)
 class WriteTask:
-    """Write ``variables`` over ``region`` of the target, reading ``pieces`` of inputs."""
+    """Write ``variables`` over ``region`` of the target, reading ``pieces`` of inputs;
+    with ``pieces_only``, only the pieces' parts of the region are written (and as missing
+    values those of ``blanks``, skipped inputs'), the rest keeps what the target holds (a
+    patch's copy of the published chunks)."""
 
     target: Target
     open: OpenConfig
@@ -232,6 +235,8 @@ class WriteTask:
     units: tuple[str, ...] = ()
     ledger: Ledger | None = None
     skip_failed: bool = False
+    pieces_only: bool = False
+    blanks: tuple[Piece, ...] = ()
 
     @property
     def label(self) -> str:
@@ -277,31 +282,66 @@ def write_region(task: WriteTask) -> dict[str, int]:
     decoded = dict(zip(task.variables, task.dtypes, strict=True))
     for name in list(arrays):
         array = arrays.pop(name)
-        nbytes += array.size * np.dtype(decoded[name]).itemsize  # decoded, whatever is stored
-        where = {d: region[d] for d in dims[name]}
-        try:
-            if name in packing or array.dtype == object or array.dtype.kind in "SU":
-                _write_direct(task.target, name, array, tuple(where.values()))
-            else:
-                xr.Dataset({name: (dims[name], array)}).to_zarr(
-                    task.target.url,
-                    region=where,
-                    mode="r+",
-                    consolidated=False,
-                    zarr_format=task.target.zarr_format,
-                    storage_options=task.target.storage_options,
-                    write_empty_chunks=True,
-                )
-        except OSError as exc:
-            error = _write_error(exc, name, where, task.target)
-            if error is None:
-                raise
-            raise error from exc
+        for where, part in _written(task, region, dims[name]):
+            values = array[part]
+            nbytes += values.size * np.dtype(decoded[name]).itemsize  # decoded, as read
+            _write_variable(task, name, dims[name], values, where, name in packing)
         del array
     checked = [check_input(c) for c in task.checks if c.input.url not in missing]
     if task.ledger is not None:
         task.ledger.mark_done(task.units, missing)
     return {"bytes": nbytes, "inputs": len(task.pieces), "checked": checked, "missing": missing}
+
+
+def _written(
+    task: WriteTask, region: dict[str, slice], dims: tuple[str, ...]
+) -> list[tuple[dict[str, slice], tuple[slice, ...]]]:
+    """Where a variable over ``dims`` is written, and which part of its array goes there:
+    the whole region, or with ``pieces_only`` each piece's part of it (as missing values
+    those of blanks, and of pieces that failed)."""
+    if not task.pieces_only:
+        return [({d: region[d] for d in dims}, (slice(None),) * len(dims))]
+    parts = []
+    for piece in (*task.pieces, *task.blanks):
+        dest = dict(piece.dest)
+        where = {
+            d: slice(region[d].start + dest[d].start, region[d].start + dest[d].stop)
+            if d in dest
+            else region[d]
+            for d in dims
+        }
+        parts.append((where, tuple(dest.get(d, slice(None)) for d in dims)))
+    return parts
+
+
+def _write_variable(
+    task: WriteTask,
+    name: str,
+    dims: tuple[str, ...],
+    values: np.ndarray,
+    where: dict[str, slice],
+    stored: bool,
+) -> None:
+    """Write ``values`` of variable ``name`` at ``where``: as ``stored`` (packed as the store
+    packs them), strings and dates with zarr, the others encoded by xarray."""
+    try:
+        if stored or values.dtype == object or values.dtype.kind in "SU":
+            _write_direct(task.target, name, values, tuple(where.values()))
+        else:
+            xr.Dataset({name: (dims, values)}).to_zarr(
+                task.target.url,
+                region=where,
+                mode="r+",
+                consolidated=False,
+                zarr_format=task.target.zarr_format,
+                storage_options=task.target.storage_options,
+                write_empty_chunks=True,
+            )
+    except OSError as exc:
+        error = _write_error(exc, name, where, task.target)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _stored_packing(task: WriteTask) -> dict[str, dict]:
