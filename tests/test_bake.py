@@ -19,6 +19,7 @@ from arcoforge import (
     bake,
     pattern_from_file_sequence,
 )
+from arcoforge.errors import SchemaError
 from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import (
     oisst_dataset,
@@ -211,6 +212,28 @@ def test_zarr_v2_and_encoding_control(tmp_path, small_archive):
     np.testing.assert_array_equal(out.ice.values, xarray_to_zarr(src).ice.values)
     np.testing.assert_allclose(out.sst.values, src.sst.values, atol=0.005, rtol=0)
     assert np.array_equal(np.isnan(out.sst.values), np.isnan(src.sst.values))
+
+
+def test_shards_spanning_several_write_chunks_are_refused_before_writing(tmp_path, small_archive):
+    """Two write tasks filling parts of one shard at once would lose one's part: shards
+    longer than target_chunks along a dim they split are refused; shards equal to them
+    (inner chunks smaller) bake."""
+    pattern = pattern_from_file_sequence([str(p) for p in small_archive], "time", nitems_per_file=1)
+    sharded = {"sst": {"chunks": (1, 18, 36), "shards": (4, 18, 36)}}
+    writer = StoreToZarr("s.zarr", target_chunks={"time": 2}, encoding=sharded)
+    with pytest.raises(SchemaError) as refused:
+        bake(pattern | OpenWithXarray() | writer, tmp_path / "out", workers=2)
+    assert str(refused.value) == (
+        "StoreToZarr encoding of 'sst': shards of 4 along 'time' span several write chunks of "
+        "2 (target_chunks); give target_chunks {'time': 4} and the inner chunks in encoding "
+        "'chunks'"
+    )
+    assert not (tmp_path / "out" / "s.zarr").exists()
+    writer = StoreToZarr("s.zarr", target_chunks={"time": 4}, encoding=sharded)
+    result = bake(pattern | OpenWithXarray() | writer, tmp_path / "out", workers=2)
+    sst = zarr.open_array(f"{result.url}/sst")
+    assert (sst.shards, sst.chunks) == ((4, 18, 36), (1, 18, 36))
+    assert_same_as_sources(result.url, small_archive)
 
 
 def test_preprocessing_applies_to_every_input(tmp_path, small_archive):
