@@ -22,6 +22,7 @@ import fsspec
 from . import audit, statefile
 from . import ledger as ledgers
 from .chunking import resolve_chunks
+from .errors import SchemaError
 from .openers import OpenConfig
 from .patterns import Input
 from .recipe import Recipe
@@ -230,6 +231,7 @@ class Plan:
         state.open = replace(self.open, promoted=state.schema.promoted)
         state.chunks = resolve_chunks(state.schema, self.recipe.writer.target_chunks)
         state.encoding = zarr_writer.encodings(state.schema, state.chunks, self.recipe.writer)
+        self.check_aligned(state)
         owners = {}
         for item in self.inputs:
             group = item.pos(self.merge_dim) if self.merge_dim else None
@@ -401,6 +403,24 @@ class Plan:
         return [
             dict(zip(dims, combo, strict=True)) for combo in itertools.product(*blocks.values())
         ]
+
+    def check_aligned(self, state: BakeState) -> None:
+        """Refuse a variable whose stored chunks or shards a boundary between write regions
+        would split: two tasks filling parts of one stored object at once would each
+        overwrite the other's part. Regions are ``target_chunks`` long (or whole dims)."""
+        for name in self._data_vars(state.schema):
+            encoding = state.encoding[name]
+            kind = "shards" if encoding.get("shards") else "chunks"
+            stored = encoding.get(kind) or ()
+            for dim, unit in zip(state.schema.variables[name].dims, stored, strict=False):
+                step = state.chunks[dim]
+                if step < state.schema.dims[dim] and step % unit:
+                    raise SchemaError(
+                        f"StoreToZarr encoding of {name!r}: {kind} of {unit} along {dim!r} do "
+                        f"not divide the write chunks of {step} (target_chunks), so two write "
+                        f"tasks would fill one at once; make target_chunks along {dim!r} a "
+                        f"multiple of {unit}"
+                    )
 
     def start(self, dim: str) -> int:
         """Where this plan's writes begin along ``dim``: 0, or the end of an appended store."""

@@ -13,6 +13,7 @@ Otherwise it is refused with a message naming the input, before anything is writ
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -54,7 +55,7 @@ class PatchPlan(Plan):
 
     def stage_patch(self, state: BakeState, store: xr.Dataset, new: DatasetSchema) -> None:
         """Fill ``state`` from the scan and the store, and stage the patch."""
-        state.chunks = _store_chunks(store)
+        state.chunks = write_chunks(store)
         state.open = replace(self.open, promoted=new.promoted)
         self.claim_staging()
         length = state.schema.dims[self.dim]
@@ -407,7 +408,7 @@ def _blocks(plan: Plan, published: dict, urls) -> tuple[tuple[int, int], ...]:
     """The blocks of chunks along the concat dim that hold the inputs at ``urls``."""
     dim = plan.concat_dims[0]
     with xr.open_zarr(plan.url, storage_options=plan.target.storage_options) as store:
-        step = _store_chunks(store)[dim]
+        step = write_chunks(store)[dim]
     counts = published["counts"]
     offsets = np.cumsum([0, *counts]).tolist()
     held = [i for i in plan.inputs if i.pos(dim) < len(counts)]  # not those to append
@@ -630,11 +631,15 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _store_chunks(store: xr.Dataset) -> dict[str, int]:
+def write_chunks(store: xr.Dataset) -> dict[str, int]:
+    """The write chunks of ``store``: along each dim, the least common multiple of its data
+    variables' stored objects (shards, if sharded, else chunks), so that no two write
+    tasks share one."""
     chunks: dict[str, int] = {}
     for var in store.data_vars.values():
-        for d, c in zip(var.dims, var.encoding.get("chunks", ()), strict=False):
-            chunks.setdefault(str(d), int(c))
+        stored = var.encoding.get("shards") or var.encoding.get("chunks", ())
+        for d, c in zip(var.dims, stored, strict=False):
+            chunks[str(d)] = math.lcm(chunks.get(str(d), 1), int(c))
     return chunks
 
 

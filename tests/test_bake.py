@@ -27,6 +27,7 @@ from arcoforge.testing.archives import (
     write_merge_archive,
     write_oisst_archive,
 )
+from arcoforge.updates import write_chunks
 from tests.conftest import assert_same_as_sources, simple_recipe, xarray_to_zarr
 
 
@@ -214,26 +215,83 @@ def test_zarr_v2_and_encoding_control(tmp_path, small_archive):
     assert np.array_equal(np.isnan(out.sst.values), np.isnan(src.sst.values))
 
 
-def test_shards_spanning_several_write_chunks_are_refused_before_writing(tmp_path, small_archive):
-    """Two write tasks filling parts of one shard at once would lose one's part: shards
-    longer than target_chunks along a dim they split are refused; shards equal to them
-    (inner chunks smaller) bake."""
+@pytest.mark.parametrize(
+    ("encoding", "step", "line"),
+    [
+        (
+            {"chunks": (1, 18, 36), "shards": (4, 18, 36)},
+            2,
+            "shards of 4 along 'time' do not divide the write chunks of 2",
+        ),
+        (
+            {"chunks": (1, 18, 36), "shards": (3, 18, 36)},
+            4,
+            "shards of 3 along 'time' do not divide the write chunks of 4",
+        ),
+        (
+            {"chunks": (4, 18, 36)},
+            6,
+            "chunks of 4 along 'time' do not divide the write chunks of 6",
+        ),
+    ],
+)
+def test_stored_objects_a_write_region_would_split_are_refused(
+    tmp_path, small_archive, encoding, step, line
+):
+    """Two write tasks filling parts of one stored chunk or shard at once would lose one's
+    part: a chunk or shard that target_chunks does not divide is refused before writing."""
     pattern = pattern_from_file_sequence([str(p) for p in small_archive], "time", nitems_per_file=1)
-    sharded = {"sst": {"chunks": (1, 18, 36), "shards": (4, 18, 36)}}
-    writer = StoreToZarr("s.zarr", target_chunks={"time": 2}, encoding=sharded)
+    writer = StoreToZarr("s.zarr", target_chunks={"time": step}, encoding={"sst": encoding})
     with pytest.raises(SchemaError) as refused:
         bake(pattern | OpenWithXarray() | writer, tmp_path / "out", workers=2)
+    unit = line.split(" of ")[1].split()[0]
     assert str(refused.value) == (
-        "StoreToZarr encoding of 'sst': shards of 4 along 'time' span several write chunks of "
-        "2 (target_chunks); give target_chunks {'time': 4} and the inner chunks in encoding "
-        "'chunks'"
+        f"StoreToZarr encoding of 'sst': {line} (target_chunks), so two write tasks would fill "
+        f"one at once; make target_chunks along 'time' a multiple of {unit}"
     )
     assert not (tmp_path / "out" / "s.zarr").exists()
+
+
+def test_shards_of_the_write_chunks_bake_and_a_change_rewrites_whole_shards(
+    tmp_path, small_archive
+):
+    """Shards equal to target_chunks with smaller inner chunks bake; a re-bake of changed
+    inputs (several in one shard, two workers) writes each shard from one task only."""
+    pattern = pattern_from_file_sequence([str(p) for p in small_archive], "time", nitems_per_file=1)
+    sharded = {name: {"chunks": (1, 18, 36), "shards": (4, 18, 36)} for name in ("sst", "anom")}
     writer = StoreToZarr("s.zarr", target_chunks={"time": 4}, encoding=sharded)
     result = bake(pattern | OpenWithXarray() | writer, tmp_path / "out", workers=2)
     sst = zarr.open_array(f"{result.url}/sst")
     assert (sst.shards, sst.chunks) == ((4, 18, 36), (1, 18, 36))
     assert_same_as_sources(result.url, small_archive)
+    changed = write_oisst_archive(tmp_path / "new", days=8, ny=18, nx=36, seed=7)
+    days = (1, 2, 3, 5, 6)
+    for day in days:
+        small_archive[day].write_bytes(changed[day].read_bytes())
+    with xr.open_zarr(result.url) as store:  # what patches write in: whole shards
+        assert write_chunks(store) == {"time": 4, "lat": 18, "lon": 36}
+    again = bake(pattern | OpenWithXarray() | writer, tmp_path / "out", workers=2)
+    assert sorted(again.stats["changed_inputs"]) == sorted(str(small_archive[d]) for d in days)
+    assert_same_as_sources(again.url, small_archive)
+
+
+def test_the_write_chunks_of_a_store_cover_every_variable_s_stored_objects(tmp_path):
+    """Along each dim, the least common multiple of the data variables' shards or chunks."""
+    ds = xr.Dataset(
+        {
+            "a": (("time", "x"), np.zeros((12, 4), "f4")),
+            "b": (("time", "x"), np.zeros((12, 4), "f4")),
+            "c": (("x",), np.zeros(4, "f4")),
+        }
+    )
+    encoding = {
+        "a": {"chunks": (1, 4), "shards": (4, 4)},
+        "b": {"chunks": (6, 2)},
+        "c": {"chunks": (4,)},
+    }
+    ds.to_zarr(tmp_path / "s.zarr", encoding=encoding, zarr_format=3, consolidated=False)
+    with xr.open_zarr(tmp_path / "s.zarr", consolidated=False) as store:
+        assert write_chunks(store) == {"time": 12, "x": 4}
 
 
 def test_preprocessing_applies_to_every_input(tmp_path, small_archive):

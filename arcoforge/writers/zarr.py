@@ -82,7 +82,6 @@ def encodings(schema: DatasetSchema, chunks: Mapping[str, int], writer: StoreToZ
             user = {**user, "compressors": user["compressor"]}
             user.pop("compressor")
         enc.update(user)
-        _check_shards(name, info.dims, enc.get("shards"), chunks, schema.dims)
         if writer.zarr_format == 3 and _is_masked_chars(info) and enc.get("_FillValue"):
             fill = bytes(enc["_FillValue"])
             raise SchemaError(
@@ -92,19 +91,6 @@ def encodings(schema: DatasetSchema, chunks: Mapping[str, int], writer: StoreToZ
             )
         out[name] = enc
     return out
-
-
-def _check_shards(name, dims, shards, chunks: Mapping[str, int], sizes: Mapping[str, int]):
-    """Refuse shards longer than the write chunks (``target_chunks``) along a dim they
-    split: write tasks cover one write chunk each, and two tasks writing parts of one shard
-    at once would each overwrite the other's part."""
-    for dim, shard in zip(dims, shards or (), strict=False):
-        if shard > chunks[dim] and chunks[dim] < sizes[dim]:
-            raise SchemaError(
-                f"StoreToZarr encoding of {name!r}: shards of {shard} along {dim!r} span "
-                f"several write chunks of {chunks[dim]} (target_chunks); give target_chunks "
-                f"{{{dim!r}: {shard}}} and the inner chunks in encoding 'chunks'"
-            )
 
 
 def _default_encoding(
