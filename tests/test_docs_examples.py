@@ -493,4 +493,4 @@ def wait_for_url(proc: subprocess.Popen, lines: list[str]) -> str:
                 return found.group(0)
     finally:
         timer.cancel()
-    raise AssertionError(f"no URL printed within {WAIT} s:\n{''.join(lines)}")
+    raise AssertionError(f"no URL printed (it ended, or {WAIT} s passed):\n{''.join(lines)}")
