@@ -13,7 +13,7 @@ their ```bash blocks that call ``arcoforge``. docs/contributing.md says the same
   and line breaks read as one space). Bash blocks without an ``arcoforge`` command (installs, benchmarks) are not run.
 - An HTML comment on the line before a block prepares what it needs (shlex words):
 
-  ``skip reason="..."``        not run: needs what no test has (a cluster, a fixed port)
+  ``skip reason="..."``        not run (MAX_SKIPPED, 0: a test fails if any block is)
   ``archive=DIR``              an OISST-like archive in DIR (``days=4 ny=18 nx=36``;
                                ``monthly``: in a folder per month, ``YYYYMM/``)
   ``serve[=URL]``              the archive on a loopback HTTP server; URL in the block
@@ -28,6 +28,13 @@ their ```bash blocks that call ``arcoforge``. docs/contributing.md says the same
                                becomes the server's
   ``feedstock=NAME[:ID]``      ``arcoforge init NAME`` (recipe and store named ID)
   ``baked=ROOT``               those feedstocks baked under ROOT
+  ``recipe=NAME``              ``recipe``: the first recipe of feedstock NAME; and ``bake``
+  ``dask[=ADDRESS]``           a LocalCluster (2 worker processes on 127.0.0.1), started with
+                               the block's environment; ADDRESS in the block becomes its
+                               scheduler's; the block must run tasks on it
+  ``replace="OLD => NEW"``     OLD in the block becomes NEW (``--serve => --serve --port 0``)
+  ``interrupt=TEXT``           the commands run until they print an ``http://`` URL, which
+                               must answer HTTP 200 with TEXT in its page; then Ctrl-C (SIGINT)
   ``NAME.EXT="TEXT"``          a file written with TEXT (``\\n`` for a new line)
   ``exit=N``, ``cwd=PATH``     expected exit code; the directory the shown output names
 """
@@ -40,15 +47,19 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import s3fs
 import xarray as xr
+from distributed import LocalCluster
 
 from arcoforge import OpenWithKerchunk, WriteCombinedReference, bake, pattern_from_file_sequence
 from arcoforge.feedstock import load_recipes
@@ -58,9 +69,11 @@ from arcoforge.testing.httpserver import FileServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
-MAX_SKIPPED = 3
+MAX_SKIPPED = 0
 SHAPE = {"days": "4", "ny": "18", "nx": "36"}
 TIMEOUT = 180
+WAIT = 60  # seconds an interrupted block has to print its URL
+URL = re.compile(r"http://127\.0\.0\.1:\d+/\S*")
 TOKEN = "docs-example-token"
 CREDENTIALS = {  # how the references' recipe passes the token the server asks for
     "bearer": {"fsspec_open_kwargs": {"headers": {"Authorization": f"Bearer {TOKEN}"}}},
@@ -71,7 +84,8 @@ DIRECTIVE = re.compile(r"^\s*<!--\s*example:(.*?)-->\s*$")
 ARCOFORGE_COMMAND = re.compile(r"^\s*(?:\w+=\$\()?arcoforge\s", re.MULTILINE)
 SETTINGS = {
     "skip", "reason", "archive", "days", "ny", "nx", "monthly", "serve", "token",
-    "references", "members", "s3", "feedstock", "baked", "exit", "cwd",
+    "references", "members", "s3", "feedstock", "baked", "recipe", "dask", "replace",
+    "interrupt", "exit", "cwd",
 }  # fmt: skip
 
 
@@ -163,6 +177,7 @@ class Workspace:
     env: dict[str, str] = field(default_factory=dict)
     unset: list[str] = field(default_factory=list)
     names: dict = field(default_factory=dict)
+    cluster: LocalCluster | None = None
     done: Block | None = None
 
     def text(self, block: Block) -> str:
@@ -193,6 +208,13 @@ def prepare(block: Block, folder: Path, stack: contextlib.ExitStack, request) ->
         mp.setenv("ARCOFORGE_STATE_DIR", space.env["ARCOFORGE_STATE_DIR"])
         for name in block.settings.get("feedstock", []):
             feedstock(folder, name, block.get("baked"))
+    if block.get("recipe"):
+        space.names.update(recipe=first_recipe(folder / block.get("recipe")), bake=bake)
+    if "dask" in block.settings:
+        dask_cluster(block, space)
+    for rule in block.settings.get("replace", []):
+        old, new = rule.split(" => ")
+        space.replace[old] = new
     return space
 
 
@@ -282,6 +304,32 @@ def feedstock(folder: Path, name: str, baked: str | None) -> None:
         bake(recipe, target_root=folder / baked, workers=1)
 
 
+def first_recipe(folder: Path):
+    """The first recipe of the feedstock in ``folder``."""
+    return next(iter(load_recipes(folder).values()))
+
+
+def dask_cluster(block: Block, space: Workspace) -> None:
+    """A LocalCluster of 2 worker processes on 127.0.0.1, its workers started with the
+    block's environment (the S3 server's address and credentials)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in space.env.items():
+            mp.setenv(name, value)
+        for name in space.unset:
+            mp.delenv(name, raising=False)
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            protocol="tcp://",
+            dashboard_address=None,
+        )
+    space.cluster = space.stack.enter_context(cluster)
+    if block.get("dask"):
+        space.replace[block.get("dask")] = cluster.scheduler_address
+
+
 @pytest.fixture(scope="module")
 def workspaces():
     """The workspace of each chain of python blocks, kept while its blocks run in turn."""
@@ -351,6 +399,8 @@ def test_example(block: Block, workspaces, tmp_path_factory, request, monkeypatc
         else:
             run_bash(each, space)
         space.done = each
+    if space.cluster is not None:
+        assert space.cluster.scheduler.transition_counter > 0, "nothing ran on the Dask cluster"
 
 
 def run_python(block: Block, space: Workspace) -> None:
@@ -382,14 +432,13 @@ def run_bash(block: Block, space: Workspace) -> None:
     env = {**os.environ, **space.env, "COLUMNS": "160", "NO_COLOR": "1", "TERM": "dumb"}
     for name in space.unset:
         env.pop(name, None)
-    proc = subprocess.run(
-        ["bash", "-c", prelude + space.text(block)],
-        cwd=space.folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    script = ["bash", "-c", prelude + space.text(block)]
+    if "interrupt" in block.settings:
+        proc = interrupted(script, space.folder, env, block.get("interrupt"))
+    else:
+        proc = subprocess.run(
+            script, cwd=space.folder, env=env, capture_output=True, text=True, timeout=TIMEOUT
+        )
     printed = proc.stdout + proc.stderr
     expected = int(block.get("exit", "0"))
     assert proc.returncode == expected, f"{block.id}: exit {proc.returncode}\n{printed}"
@@ -400,3 +449,48 @@ def run_bash(block: Block, space: Workspace) -> None:
         words = " ".join(printed.split())  # a long line wraps in a table cell
         for line in block.output.splitlines():
             assert " ".join(line.split()) in words, f"{block.id}: {line!r} not printed:\n{printed}"
+
+
+def interrupted(script: list[str], folder: Path, env: dict, text: str):
+    """Run ``script`` until it prints an ``http://`` URL on loopback; check that the URL
+    answers HTTP 200 with ``text`` in its page, then send Ctrl-C (SIGINT) to its process
+    group and return what it printed and its exit code."""
+    proc = subprocess.Popen(
+        script,
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # SIGINT reaches bash and the command, as Ctrl-C would
+    )
+    lines: list[str] = []
+    try:
+        url = wait_for_url(proc, lines)
+        with urllib.request.urlopen(url, timeout=WAIT) as answer:
+            assert answer.status == 200, f"{url}: HTTP {answer.status}"
+            page = answer.read().decode()
+        assert text in page, f"{url}: {text!r} not in the page:\n{page[:500]}"
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(script, proc.returncode, "".join(lines) + rest, "")
+
+
+def wait_for_url(proc: subprocess.Popen, lines: list[str]) -> str:
+    """The first loopback URL ``proc`` prints; its lines go to ``lines``. A process that
+    prints none within ``WAIT`` seconds is killed."""
+    timer = threading.Timer(WAIT, os.killpg, (proc.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            found = URL.search(line)
+            if found:
+                return found.group(0)
+    finally:
+        timer.cancel()
+    raise AssertionError(f"no URL printed (it ended, or {WAIT} s passed):\n{''.join(lines)}")
