@@ -3,13 +3,11 @@ a local state folder, with every secret masked."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import platform
 import re
 import secrets
-import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -138,18 +136,15 @@ def versions() -> dict[str, str]:
     return found
 
 
-def runner() -> str:
+def runner() -> str | None:
     """Who runs this bake, as a run record names it: ``ARCOFORGE_RUN_BY`` when set (a
-    bakery's name, say), else the actor of a GitHub Actions run, else ``user@host``."""
+    bakery's name, say), else the actor of a GitHub Actions run; else None. A login or host
+    name is never taken on its own: records go beside stores and into public catalogs."""
     if os.environ.get("ARCOFORGE_RUN_BY"):
         return os.environ["ARCOFORGE_RUN_BY"]
     if os.environ.get("GITHUB_ACTIONS") == "true" and os.environ.get("GITHUB_ACTOR"):
         return f"{os.environ['GITHUB_ACTOR']} (GitHub Actions)"
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no login name: a container without a user entry
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+    return None
 
 
 def _dist_info_versions() -> dict[str, str]:
