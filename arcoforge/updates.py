@@ -26,7 +26,7 @@ import zarr
 from . import ledger as ledgers
 from .errors import SchemaError, SourceError, one_line
 from .patterns import Input
-from .plan import BakeState, Plan, _overlap, exists
+from .plan import BakeState, Plan, exists, overlap
 from .schema import DatasetSchema, Missing, SchemaCombiner
 from .validate import sample_positions
 from .writers import patch
@@ -170,7 +170,7 @@ class RetryPlan(PatchPlan):
             for i in self.inputs
             if i.url in self.fresh and i.url in state.missing and self._key(i) == owner
         )
-        pieces = (_overlap(schema.region_of(i), region, i) for i in failed)
+        pieces = (overlap(schema.region_of(i), region, i) for i in failed)
         return tuple(p for p in pieces if p is not None)
 
     def _inputs_along(self, schema: DatasetSchema, span: slice) -> Iterator[Input]:
