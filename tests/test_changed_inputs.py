@@ -744,3 +744,23 @@ def test_a_store_on_s3_has_only_the_chunk_a_changed_input_feeds_rewritten(
     after = {k: fs.cat_file(f"{store}/sst/c/{k}/0/0") for k in range(3)}
     assert [after[k] == before[k] for k in range(3)] == [True, False, True]
     assert not fs.exists(f"{bucket.removeprefix('s3://')}/.out.zarr.partial")  # the patch
+
+
+def test_a_retry_with_an_unread_input_of_another_merge_key_fills_in_the_skipped_one(
+    tmp_path,
+):
+    """sst of day 3 was skipped; it comes back, but ice of day 3 (scanned only to learn
+    ice's variables) cannot be read: the retry fills in sst and keeps ice's values."""
+    files, recipe = merge_recipe(tmp_path)
+    shutil.move(files["sst"][2], tmp_path / "later.nc")
+    store = bake(recipe, tmp_path / "out", workers=2, skip_failed=True).url
+    assert list(manifest(store)["missing"]) == [str(files["sst"][2])]
+    shutil.move(tmp_path / "later.nc", files["sst"][2])
+    ice = sources(files["ice"], "ice")
+    spoiled_in_place(files["ice"][2])
+    result = bake(recipe, tmp_path / "out", workers=2, skip_failed=True, retry_failed=True)
+    assert "missing_inputs" not in result.stats
+    assert manifest(store)["missing"] == {}
+    with xr.open_zarr(store) as out:
+        np.testing.assert_array_equal(out.sst.values, sources(files["sst"], "sst"))
+        np.testing.assert_array_equal(out.ice.values, ice)
