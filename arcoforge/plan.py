@@ -504,7 +504,7 @@ class Plan:
         for item in self._inputs_along(schema, region[self.concat_dims[0]]):
             if (self.merge_dim and item.pos(self.merge_dim) != owner) or item.url in state.missing:
                 continue
-            piece = _overlap(schema.region_of(item), region, item)
+            piece = overlap(schema.region_of(item), region, item)
             if piece is not None:
                 pieces.append(piece)
                 if item in self._samples:
@@ -574,7 +574,10 @@ def _nothing(state: BakeState) -> list:
     return []
 
 
-def _overlap(covers: dict[str, slice], region: dict[str, slice], item: Input) -> Piece | None:
+def overlap(covers: dict[str, slice], region: dict[str, slice], item: Input) -> Piece | None:
+    """The piece of ``item`` that a write task of ``region`` reads: where ``covers`` (the
+    steps ``item`` fills, by concat dim) meets ``region``, as slices of the input
+    (``source``) and of the region (``dest``); None if they do not meet."""
     source, dest = [], []
     for dim, span in covers.items():
         lo, hi = max(span.start, region[dim].start), min(span.stop, region[dim].stop)

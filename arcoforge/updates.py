@@ -27,8 +27,8 @@ import zarr
 from . import ledger as ledgers
 from .errors import SchemaError, SourceError, one_line
 from .patterns import Input
-from .plan import BakeState, Plan, _overlap, exists
-from .schema import DatasetSchema, Missing, SchemaCombiner
+from .plan import BakeState, Plan, exists, overlap
+from .schema import DatasetSchema, Missing, SchemaCombiner, VarInfo
 from .validate import sample_positions
 from .writers import patch
 from .writers.zarr import Piece, WriteTask, zarr_store
@@ -171,7 +171,7 @@ class RetryPlan(PatchPlan):
             for i in self.inputs
             if i.url in self.fresh and i.url in state.missing and self._key(i) == owner
         )
-        pieces = (_overlap(schema.region_of(i), region, i) for i in failed)
+        pieces = (overlap(schema.region_of(i), region, i) for i in failed)
         return tuple(p for p in pieces if p is not None)
 
     def _inputs_along(self, schema: DatasetSchema, span: slice) -> Iterator[Input]:
@@ -187,11 +187,14 @@ class RetryPlan(PatchPlan):
         """Check that the inputs fit where the store expects them, then stage the patch."""
         if state.resumed:
             return
+        results = list(results)
+        read = [r.input for r in results if not isinstance(r, Missing)]
         new = self._combined(state, results).result()
         counts = self.published["counts"]
         offsets = np.cumsum([0, *counts[:-1]]).tolist()
         with xr.open_zarr(self.url, storage_options=self.target.storage_options) as store:
-            self.check_fits(store, new, [i for i in self.inputs if i.url not in state.missing])
+            new = self._with_unread_keys(new, store, read)
+            self.check_fits(store, new, read)
             dims = {**new.dims, self.dim: int(store.sizes[self.dim])}
             variables = {
                 n: replace(v, shape=tuple(dims[d] for d in v.dims))
@@ -208,11 +211,13 @@ class RetryPlan(PatchPlan):
         self.keep(state)
 
     def _combined(self, state: BakeState, results: Iterable) -> SchemaCombiner:
-        """Fold the scans of the inputs read; those skipped are recorded, not folded (their
-        steps are the store's). Raises :class:`SourceError` if no fresh input (of a merge
-        key that has fresh inputs) was read: nothing tells what to write."""
+        """Fold the scans of the inputs read. Fresh inputs skipped are recorded as missing,
+        not folded (their steps are the store's); other inputs that failed were scanned
+        only to learn their merge key's variables, which the store's data still holds.
+        Raises :class:`SourceError` if no fresh input (of a merge key that has fresh
+        inputs) was read: nothing tells what to write."""
         results = list(results)
-        failed = [r for r in results if isinstance(r, Missing)]
+        failed = [r for r in results if isinstance(r, Missing) and r.input.url in self.fresh]
         state.missing.update((r.input.url, r.error) for r in failed)
         read = [r for r in results if not isinstance(r, Missing)]
         keys = {self._key(r.input) for r in read if r.input.url in self.fresh}
@@ -230,6 +235,24 @@ class RetryPlan(PatchPlan):
                 )
             )
         return super()._combined(state, read)
+
+    def _with_unread_keys(
+        self, new: DatasetSchema, store: xr.Dataset, read: list[Input]
+    ) -> DatasetSchema:
+        """``new`` with the store's variables of the merge keys none of whose inputs were
+        read (every scan of theirs failed): none is written, so the store says what they
+        hold. Those variables go to the first such key; the split between several such
+        keys is unknown, and no task needs it."""
+        if self.merge_dim is None:
+            return new
+        unread = {self._key(i) for i in self.inputs} - {self._key(i) for i in read}
+        if not unread:
+            return new
+        lacking = [n for n in store.data_vars if n not in new.variables]
+        variables = {**new.variables, **{n: _store_variable(store[n]) for n in lacking}}
+        owners = {**new.owners, **dict.fromkeys(lacking, min(unread))}
+        dims = {**{d: int(n) for d, n in store.sizes.items()}, **new.dims}
+        return replace(new, variables=variables, owners=owners, dims=dims)
 
     def _key(self, item: Input) -> int | None:
         """The merge key of ``item`` (None without a merge dim)."""
@@ -323,6 +346,18 @@ def held_identities(published: dict) -> list[dict | None]:
     none (a store baked before identities were recorded)."""
     found = published.get("identities") or []
     return [*found, *[None] * (len(published["inputs"]) - len(found))]
+
+
+def _store_variable(var: xr.DataArray) -> VarInfo:
+    """A data variable of the store, described as a scan describes one (without values)."""
+    return VarInfo(
+        dims=tuple(map(str, var.dims)),
+        shape=tuple(var.shape),
+        dtype=str(var.dtype),
+        attrs=dict(var.attrs),
+        encoding={},
+        is_coord=False,
+    )
 
 
 def plan_changed(plan: Plan, published: dict, changed: list[str], now: list[dict]) -> Plan:

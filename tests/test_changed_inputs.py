@@ -604,19 +604,10 @@ def test_a_changed_input_that_cannot_be_read_is_skipped_with_skip_failed(
 def test_with_a_merge_dim_the_other_merge_keys_are_scanned_not_written(tmp_path):
     """sst of day 3 changes: ice of day 3 is scanned too (the variables still fit), only
     sst's chunk of days 3 and 4 is written again."""
-    files = write_merge_archive(tmp_path / "src", days=4, ny=6, nx=12)
-    days = [p.name.split("_")[1][:8] for p in files["sst"]]
-    pattern = FilePattern(
-        lambda variable, time: str(tmp_path / "src" / f"{variable}_{time}.nc"),
-        MergeDim("variable", ["sst", "ice"]),
-        ConcatDim("time", days, nitems_per_file=1),
-    )
-    recipe = pattern | OpenWithXarray() | StoreToZarr("m.zarr", target_chunks={"time": 2})
+    files, recipe = merge_recipe(tmp_path)
     store = Path(bake(recipe, tmp_path / "out", workers=2).url)
     times = mtimes(store)
-    with xr.open_dataset(files["sst"][2]) as ds:
-        (ds.load() + 1.5).to_netcdf(tmp_path / "warmer.nc")  # other values, same layout
-    rewrite(files["sst"][2], tmp_path / "warmer.nc")
+    changed_values(files["sst"][2], lambda ds: ds + 1.5, tmp_path)
     result = bake(recipe, tmp_path / "out", workers=2)
     assert result.stats["changed_inputs"] == [str(files["sst"][2])]
     assert result.inputs == 2
@@ -625,48 +616,115 @@ def test_with_a_merge_dim_the_other_merge_keys_are_scanned_not_written(tmp_path)
     assert sorted(k for k in chunks if later[k] != times[k]) == ["sst/c/1/0/0"]
     with xr.open_zarr(store) as out:
         for name in ("sst", "ice"):
-            src = xr.concat([xr.open_dataset(p).load() for p in files[name]], dim="time")
-            np.testing.assert_array_equal(out[name].values, xarray_to_zarr(src)[name].values)
+            np.testing.assert_array_equal(out[name].values, sources(files[name], name))
 
 
-class FailsOnWriteWhenArmed:
-    """A preprocessing step that fails on the second opening of ``name`` (the scan opens
-    it first, the write task second) once ``marks/armed`` exists."""
+class FailsWhenArmed:
+    """A preprocessing step that fails on the ``nth`` opening of ``name`` once
+    ``marks/armed`` exists (the scan opens a changed input first, its write task second,
+    the check of a sample input third)."""
 
-    def __init__(self, name: str, marks: Path):
-        self.name, self.marks = name, marks
-        self.__name__ = "fails_on_write_when_armed"
+    def __init__(self, name: str, marks: Path, nth: int):
+        self.name, self.marks, self.nth = name, marks, nth
+        self.__name__ = "fails_when_armed"
 
     def __call__(self, ds):
         armed = (self.marks / "armed").exists()
         if armed and ds.encoding.get("source", "").endswith(self.name):
-            seen = self.marks / "scanned"
-            if seen.exists():
+            seen = len(list(self.marks.glob("opened-*"))) + 1
+            (self.marks / f"opened-{seen}").touch()
+            if seen == self.nth:
                 raise OSError("the file went bad")
-            seen.touch()
         return ds
 
 
 def test_a_rebake_that_fails_while_writing_leaves_the_store(archive, other_values, tmp_path):
-    """The changed input is written into the patch, not into the store: a failure before
-    the patch is checked and applied leaves every byte of the store as it was."""
+    """Days 1 and 7 (chunks 0 and 2) change; the check of day 7 fails after its task wrote
+    the new values into the patch: every byte and mtime of the published store is as it
+    was, and the next bake finishes the job."""
     marks = tmp_path / "marks"
     marks.mkdir()
     pattern = pattern_from_file_sequence([str(p) for p in archive], "time", 1)
     recipe = (
         pattern
         | OpenWithXarray()
-        | FailsOnWriteWhenArmed(archive[4].name, marks)
+        | FailsWhenArmed(archive[7].name, marks, nth=3)
         | StoreToZarr("out.zarr", target_chunks={"time": 3})
     )
+    store = tmp_path / "out" / "out.zarr"
     bake(recipe, tmp_path / "out", workers=2)
-    before = digest(tmp_path / "out" / "out.zarr")
-    rewrite(archive[4], other_values[4])
+    before, times = digest(store), mtimes(store)
+    for day in (1, 7):
+        rewrite(archive[day], other_values[day])
     (marks / "armed").touch()
     with pytest.raises(SourceError) as info:
-        bake(recipe, tmp_path / "out", workers=2)
-    assert "the file went bad" in str(info.value)
-    assert digest(tmp_path / "out" / "out.zarr") == before
+        bake(recipe, tmp_path / "out", workers=1)  # one task a chunk, one after the other
+    assert str(info.value).startswith(f"{archive[7]}: preprocessing fails_when_armed failed: ")
+    assert len(list(marks.glob("opened-*"))) == 3  # scanned, written, then the check failed
+    patch = tmp_path / "out" / ".out.zarr.partial"
+    assert (patch / "sst/c/2/0/0").read_bytes() != (store / "sst/c/2/0/0").read_bytes()
+    assert digest(store) == before and mtimes(store) == times
+    (marks / "armed").unlink()
+    result = bake(recipe, tmp_path / "out", workers=2)
+    assert_same_as_sources(result.url, archive)
+
+
+def merge_recipe(tmp_path: Path):
+    """Days of sst and ice in separate files, merged; two days a chunk."""
+    files = write_merge_archive(tmp_path / "src", days=4, ny=6, nx=12)
+    days = [p.name.split("_")[1][:8] for p in files["sst"]]
+    pattern = FilePattern(
+        lambda variable, time: str(tmp_path / "src" / f"{variable}_{time}.nc"),
+        MergeDim("variable", ["sst", "ice"]),
+        ConcatDim("time", days, nitems_per_file=1),
+    )
+    return files, pattern | OpenWithXarray() | StoreToZarr("m.zarr", target_chunks={"time": 2})
+
+
+def changed_values(path: Path, change, folder: Path) -> None:
+    """Rewrite ``path`` with ``change`` applied to its values (same layout)."""
+    with xr.open_dataset(path) as ds:
+        change(ds.load()).to_netcdf(folder / f"new-{path.name}")
+    rewrite(path, folder / f"new-{path.name}")
+
+
+def spoiled_in_place(path: Path) -> None:
+    """Bytes no opener reads, of the same size and mtime: the input looks unchanged."""
+    stat = path.stat()
+    path.write_bytes(b"\0" * stat.st_size)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def sources(files: list[Path], name: str) -> np.ndarray:
+    src = xr.concat([xr.open_dataset(p).load() for p in files], dim="time")
+    return xarray_to_zarr(src)[name].values
+
+
+@pytest.mark.parametrize("ice_changed", [False, True])
+def test_an_unread_input_of_another_merge_key_is_neither_missing_nor_fatal(tmp_path, ice_changed):
+    """sst of day 3 changes (and with ``ice_changed``, ice of day 4): ice of day 3, scanned
+    only to learn ice's variables, cannot be read. With --skip-failed the re-bake takes
+    ice's variables from the store: it is not recorded as missing, its steps keep the
+    store's values."""
+    files, recipe = merge_recipe(tmp_path)
+    store = bake(recipe, tmp_path / "out", workers=2).url
+    old_ice = sources(files["ice"], "ice")
+    changed_values(files["sst"][2], lambda ds: ds + 1.5, tmp_path)
+    changed = [files["sst"][2]]
+    if ice_changed:
+        changed_values(files["ice"][3], lambda ds: ds * 0.5, tmp_path)
+        changed.append(files["ice"][3])
+    new_ice = sources(files["ice"], "ice")
+    spoiled_in_place(files["ice"][2])
+    result = bake(recipe, tmp_path / "out", workers=2, skip_failed=True)
+    assert result.stats["changed_inputs"] == [str(p) for p in changed]
+    assert "missing_inputs" not in result.stats
+    assert manifest(store)["missing"] == {}
+    with xr.open_zarr(store) as out:
+        np.testing.assert_array_equal(out.ice.values[:3], old_ice[:3])
+        np.testing.assert_array_equal(out.ice.values[3], new_ice[3])
+        assert not np.isnan(out.ice.values[2]).all()
+        np.testing.assert_array_equal(out.sst.values[2], sources(files["sst"], "sst")[2])
 
 
 def test_a_store_on_s3_has_only_the_chunk_a_changed_input_feeds_rewritten(
@@ -686,3 +744,23 @@ def test_a_store_on_s3_has_only_the_chunk_a_changed_input_feeds_rewritten(
     after = {k: fs.cat_file(f"{store}/sst/c/{k}/0/0") for k in range(3)}
     assert [after[k] == before[k] for k in range(3)] == [True, False, True]
     assert not fs.exists(f"{bucket.removeprefix('s3://')}/.out.zarr.partial")  # the patch
+
+
+def test_a_retry_with_an_unread_input_of_another_merge_key_fills_in_the_skipped_one(
+    tmp_path,
+):
+    """sst of day 3 was skipped; it comes back, but ice of day 3 (scanned only to learn
+    ice's variables) cannot be read: the retry fills in sst and keeps ice's values."""
+    files, recipe = merge_recipe(tmp_path)
+    shutil.move(files["sst"][2], tmp_path / "later.nc")
+    store = bake(recipe, tmp_path / "out", workers=2, skip_failed=True).url
+    assert list(manifest(store)["missing"]) == [str(files["sst"][2])]
+    shutil.move(tmp_path / "later.nc", files["sst"][2])
+    ice = sources(files["ice"], "ice")
+    spoiled_in_place(files["ice"][2])
+    result = bake(recipe, tmp_path / "out", workers=2, skip_failed=True, retry_failed=True)
+    assert "missing_inputs" not in result.stats
+    assert manifest(store)["missing"] == {}
+    with xr.open_zarr(store) as out:
+        np.testing.assert_array_equal(out.sst.values, sources(files["sst"], "sst"))
+        np.testing.assert_array_equal(out.ice.values, ice)
