@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import arcoforge
 from arcoforge import ArcoforgeError
 from arcoforge.catalog import stac
 from arcoforge.catalog.describe import LICENSES, describe_feedstock
+from arcoforge.catalog.quicklook import write_quicklook
 from arcoforge.catalog.record import DatasetRecord
 from arcoforge.runs import RUNS_FOLDER, Inputs, RunRecord, runner
 from arcoforge.testing.archives import write_oisst_archive
@@ -824,3 +826,63 @@ def test_a_missing_extra_is_one_line_naming_it(baked, tmp_path, module, code, li
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=TIMEOUT
     )
     assert proc.stdout.strip().splitlines()[-1] == line, proc.stderr
+
+
+# -- quick-looks that cannot or need not be drawn in full ---------------------------------
+
+
+def test_a_quicklook_that_cannot_be_read_leaves_the_store_readable(baked, tmp_path, caplog):
+    shutil.copytree(baked.out / "daily.zarr", tmp_path / "out" / "daily.zarr")
+    for name in ("anom", "sst"):  # the data chunks; coordinates stay readable
+        for path in (tmp_path / "out" / "daily.zarr" / name / "c").rglob("*"):
+            if path.is_file():
+                path.write_bytes(b"not a chunk")
+    with caplog.at_level(logging.WARNING, logger="arcoforge.catalog.describe"):
+        records = describe_feedstock(baked.zarr, tmp_path / "out", quicklook_dir=tmp_path / "q")
+    daily = next(r for r in records if r.recipe == "daily")
+    assert (daily.status, daily.error, daily.quicklook) == ("ok", None, None)
+    assert daily.dims and set(daily.snippets) == {"xarray"}
+    assert daily.store.size_bytes and daily.store.objects
+    (line,) = [r.getMessage() for r in caplog.records if "quick-look" in r.getMessage()]
+    assert line.startswith("sst-zarr/daily: no quick-look (")
+
+
+def _grid(ny: int, nx: int, nt: int = 1, dtype="float32") -> xr.Dataset:
+    data = np.arange(nt * ny * nx, dtype="float64").reshape(nt, ny, nx).astype(dtype)
+    return xr.Dataset(
+        {"v": (("time", "lat", "lon"), data)},
+        coords={
+            "time": np.arange(nt).astype("datetime64[D]").astype("datetime64[ns]"),
+            "lat": np.linspace(-89.9, 89.9, ny),
+            "lon": np.linspace(0.0, 359.9, nx),
+        },
+    )
+
+
+def test_complex_and_empty_variables_get_no_quicklook(tmp_path):
+    assert write_quicklook(_grid(3, 4, dtype="complex64"), tmp_path) is None
+    assert write_quicklook(_grid(0, 4), tmp_path) is None
+    assert write_quicklook(_grid(3, 4, nt=0), tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_one_step_dataset_has_one_quicklook(tmp_path):
+    look = write_quicklook(_grid(3, 4), tmp_path)
+    assert (look.first, look.last) == ("quicklook-first.png", "quicklook-first.png")
+    assert look.alt_first == look.alt_last
+    assert [p.name for p in tmp_path.iterdir()] == ["quicklook-first.png"]
+
+
+def test_a_large_map_is_read_strided(tmp_path):
+    store = tmp_path / "big.zarr"
+    big = _grid(2000, 4000, nt=2).chunk({"time": 1, "lat": 500, "lon": 1000})
+    big.to_zarr(store, zarr_format=3, consolidated=False)
+    with xr.open_zarr(store, chunks=None, consolidated=False) as ds:
+        tracemalloc.start()
+        look = write_quicklook(ds, tmp_path / "look")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert (look.first, look.last) == ("quicklook-first.png", "quicklook-last.png")
+    assert peak < 200e6, peak
+    assert png_size(tmp_path / "look" / look.first) == (512, 288)
+    assert "values from 0 to 7.996e+06" in look.alt_first

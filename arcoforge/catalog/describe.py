@@ -36,6 +36,7 @@ from .record import (
     Extent,
     Maintainer,
     Provider,
+    QuickLook,
     Run,
     Store,
     StoreType,
@@ -151,7 +152,9 @@ def describe_recipe(
     )
     try:
         with open_store(url, kind, options) as ds:
-            _fill(record, ds, secrets, where.quicklook_dir)
+            _fill(record, ds, secrets)
+            if where.quicklook_dir is not None:
+                record.quicklook = _quicklook(record, ds, where.quicklook_dir, secrets)
         record.snippets = snippets(shown, kind, options, secrets)
     except MissingDependency:
         raise
@@ -194,7 +197,19 @@ def open_store(
         yield ds
 
 
-def _fill(record: DatasetRecord, ds: xr.Dataset, secrets, quicklook_dir) -> None:
+def _quicklook(record: DatasetRecord, ds: xr.Dataset, quicklook_dir, secrets) -> QuickLook | None:
+    """The record's quick-look, or None with one warning when it cannot be drawn (slices
+    that cannot be read, say): a store that opens stays readable."""
+    try:
+        return write_quicklook(ds, Path(quicklook_dir) / record.slug)
+    except MissingDependency:
+        raise
+    except Exception as exc:  # reading a slice may fail in any filesystem's or codec's way
+        log.warning(redact(f"{record.id}: no quick-look ({one_line(exc)})", secrets))
+        return None
+
+
+def _fill(record: DatasetRecord, ds: xr.Dataset, secrets) -> None:
     """What the record says of the dataset itself."""
     record.dims = [_dimension(ds, str(d)) for d in ds.dims]
     record.variables = [_variable(ds, str(n)) for n in ds.variables]
@@ -202,8 +217,6 @@ def _fill(record: DatasetRecord, ds: xr.Dataset, secrets, quicklook_dir) -> None
     record.extent = extent(ds)
     with xr.set_options(display_width=100, display_max_rows=40):
         record.repr = redact(repr(ds), secrets)
-    if quicklook_dir is not None:
-        record.quicklook = write_quicklook(ds, Path(quicklook_dir) / record.slug)
 
 
 def _dimension(ds: xr.Dataset, name: str) -> Dimension:
