@@ -29,10 +29,11 @@ from corpus import iris
 import arcoforge
 from arcoforge import ArcoforgeError
 from arcoforge.catalog import stac
-from arcoforge.catalog.describe import LICENSES, describe_feedstock
+from arcoforge.catalog.describe import LICENSES, describe_feedstock, snippets
 from arcoforge.catalog.quicklook import write_quicklook
 from arcoforge.catalog.record import DatasetRecord
 from arcoforge.runs import RUNS_FOLDER, Inputs, RunRecord, runner
+from arcoforge.secrets import secret_values
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 
@@ -886,3 +887,25 @@ def test_a_large_map_is_read_strided(tmp_path):
     assert peak < 200e6, peak
     assert png_size(tmp_path / "look" / look.first) == (512, 288)
     assert "values from 0 to 7.996e+06" in look.alt_first
+
+
+def test_snippets_show_only_public_storage_options_and_no_secret():
+    options = {
+        "key": "AKIAEXAMPLE",
+        "secret": "s3cr3tpw",
+        "account_name": "sstdata",
+        "connection_string": "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc123==",
+        "client_kwargs": {"endpoint_url": "http://minio:s3cr3tpw@minio:9000", "verify": False},
+        "config_kwargs": {"signature_version": "s3v4"},
+    }
+    secrets = tuple(secret_values(open_kwargs=options))
+    assert options["connection_string"] in secrets
+    found = snippets("s3://bucket/sst.zarr", "zarr", options, secrets)
+    public = {"account_name": "sstdata", "client_kwargs": {"endpoint_url": "http://minio:9000"}}
+    assert found == {
+        "xarray": 'import xarray as xr\n\nds = xr.open_zarr("s3://bucket/sst.zarr", '
+        f"storage_options={public!r})\n"
+    }
+    leaked = snippets("s3://bucket/s3cr3tpw/refs.json", "references-json", options, secrets)
+    assert all("s3cr3tpw" not in text and "abc123" not in text for text in leaked.values())
+    assert all("s3://bucket/***/refs.json" in text for text in leaked.values())

@@ -27,7 +27,7 @@ from ..feedstock import Meta, load_recipes, read_meta
 from ..recipe import Recipe
 from ..references.store import ICECHUNK, open_references, store_location
 from ..runs import RUNS_FOLDER, RunRecord
-from ..secrets import redact, secret_values
+from ..secrets import redact, secret_values, without_userinfo
 from . import cf
 from .quicklook import write_quicklook
 from .record import (
@@ -396,10 +396,13 @@ def _run(record: RunRecord) -> Run:
 def snippets(
     url: str, kind: StoreType, storage_options: dict | None, secrets: tuple[str, ...]
 ) -> dict[str, str]:
-    """Python code that opens the store, by label; ``url`` is the masked one, and only the
-    storage options that are not secrets are written (credentials come from the reader's
-    environment)."""
-    options = _public(storage_options or {}, set(secrets))
+    """Python code that opens the store, by label; ``url`` is the masked one, only the
+    storage options :func:`_public` allows are written, and every text is redacted."""
+    found = _snippets(url, kind, _public(storage_options or {}))
+    return {label: redact(text, secrets) for label, text in found.items()}
+
+
+def _snippets(url: str, kind: StoreType, options: dict) -> dict[str, str]:
     extra = f", storage_options={options!r}" if options else ""
     if kind == "zarr":
         return {"xarray": f'import xarray as xr\n\nds = xr.open_zarr("{url}"{extra})\n'}
@@ -461,13 +464,19 @@ def _containers(path: str) -> list[str]:
     return sorted(repo.config.virtual_chunk_containers or {})
 
 
-def _public(options: Mapping, secrets: set[str]) -> dict:
-    """``options`` without the values that are secrets (at any depth)."""
+PUBLIC_OPTIONS = {"endpoint_url", "region_name", "anon", "requester_pays", "account_name"}
+
+
+def _public(options: Mapping) -> dict:
+    """The storage options a snippet may show: :data:`PUBLIC_OPTIONS` (an ``endpoint_url``
+    without its user info), also inside ``client_kwargs``; credentials come from the
+    reader's environment."""
     kept = {}
     for key, value in options.items():
-        if isinstance(value, Mapping):
-            value = _public(value, secrets)
-        elif isinstance(value, str) and value in secrets:
-            continue
-        kept[key] = value
+        if key == "client_kwargs" and isinstance(value, Mapping):
+            value = _public(value)
+            if value:
+                kept[key] = value
+        elif key in PUBLIC_OPTIONS and isinstance(value, str | bool | None):
+            kept[key] = without_userinfo(value) if key == "endpoint_url" and value else value
     return kept
