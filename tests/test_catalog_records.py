@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from corpus import iris
 import arcoforge
 from arcoforge import ArcoforgeError
 from arcoforge.catalog import stac
-from arcoforge.catalog.describe import LICENSES, describe_feedstock, snippets
+from arcoforge.catalog.describe import LICENSES, describe_feedstock, snippets, time_coverage
 from arcoforge.catalog.quicklook import write_quicklook
 from arcoforge.catalog.record import DatasetRecord
 from arcoforge.runs import RUNS_FOLDER, Inputs, RunRecord, runner
@@ -909,3 +910,13 @@ def test_snippets_show_only_public_storage_options_and_no_secret():
     leaked = snippets("s3://bucket/s3cr3tpw/refs.json", "references-json", options, secrets)
     assert all("s3cr3tpw" not in text and "abc123" not in text for text in leaked.values())
     assert all("s3://bucket/***/refs.json" in text for text in leaked.values())
+
+
+def test_time_coverage_of_many_steps_is_computed_in_numpy():
+    hours = np.arange(700_000).astype("timedelta64[h]") + np.datetime64("1940-01-01", "ns")
+    hours[0] = hours[-1] = np.datetime64("NaT")
+    ds = xr.Dataset(coords={"time": ("time", hours, {"standard_name": "time"})})
+    began = time.perf_counter()
+    found = time_coverage(ds)
+    assert time.perf_counter() - began < 1.0
+    assert (found.start, found.end) == ("1940-01-01T01:00:00", "2019-11-08T14:00:00")

@@ -288,10 +288,20 @@ def time_coverage(ds: xr.Dataset) -> TimeCoverage | None:
         var = ds.variables.get(name)
         if var is None or var.ndim != 1 or cf.kind(var) != "time" or not cf.is_time(var):
             continue
-        values = [v for v in var.values if cf.text(v) is not None]
-        if values:
-            return TimeCoverage(start=cf.text(min(values)), end=cf.text(max(values)))
+        found = _time_ends(var.values)
+        if found:
+            return TimeCoverage(start=cf.text(found[0]), end=cf.text(found[1]))
     return None
+
+
+def _time_ends(values: np.ndarray) -> tuple | None:
+    """The earliest and latest of ``values``, NaT and undated ones left out: in numpy for
+    datetime64, value by value only for cftime objects."""
+    if np.issubdtype(values.dtype, np.datetime64):
+        values = values[~np.isnat(values)]
+        return (values.min(), values.max()) if values.size else None
+    dated = [v for v in values if cf.text(v) is not None]
+    return (min(dated), max(dated)) if dated else None
 
 
 def extent(ds: xr.Dataset) -> Extent | None:
