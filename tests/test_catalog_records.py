@@ -920,3 +920,19 @@ def test_time_coverage_of_many_steps_is_computed_in_numpy():
     found = time_coverage(ds)
     assert time.perf_counter() - began < 1.0
     assert (found.start, found.end) == ("1940-01-01T01:00:00", "2019-11-08T14:00:00")
+
+
+@pytest.mark.parametrize(
+    ("repo", "feedstock"),
+    [("noaa-oisst-feedstock", "noaa-oisst"), ("oisst", "oisst"), ("-feedstock", "-feedstock")],
+)
+def test_a_pangeo_forge_feedstock_repo_is_named_for_the_repo(baked, tmp_path, repo, feedstock):
+    folder = tmp_path / repo / "feedstock"
+    shutil.copytree(baked.zarr, folder)
+    records = describe_feedstock(folder, tmp_path / "nothing-here")
+    assert [r.id for r in records] == [
+        f"{feedstock}/daily",
+        f"{feedstock}/monthly",
+        f"{feedstock}/broken",
+    ]
+    assert records[0].slug == f"{feedstock}--daily"

@@ -90,7 +90,7 @@ def describe_feedstock(
         runs_folder,
         quicklook_dir,
     )
-    feedstock = folder.resolve().name
+    feedstock = feedstock_name(folder)
     return [
         describe_recipe(meta, feedstock, ref.id, recipes[ref.id], where) for ref in meta.recipes
     ]
@@ -105,6 +105,16 @@ class Where:
     secrets: tuple[str, ...] = ()  # the values in storage_options to mask
     runs_folder: str | Path | None = None
     quicklook_dir: str | Path | None = None
+
+
+def feedstock_name(folder: Path) -> str:
+    """The feedstock's part of dataset ids: the folder's name, or for a pangeo-forge
+    feedstock repository (``NAME-feedstock/feedstock/meta.yaml``) the repository's, without
+    its ``-feedstock`` suffix (``NAME``), as every such folder is named ``feedstock``."""
+    folder = folder.resolve()
+    if folder.name != "feedstock" or not folder.parent.name:
+        return folder.name
+    return folder.parent.name.removesuffix("-feedstock") or folder.parent.name
 
 
 def slug(dataset_id: str) -> str:
