@@ -936,3 +936,17 @@ def test_a_pangeo_forge_feedstock_repo_is_named_for_the_repo(baked, tmp_path, re
         f"{feedstock}/broken",
     ]
     assert records[0].slug == f"{feedstock}--daily"
+
+
+def test_run_records_beside_a_moved_store_still_match(baked, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(baked.out, moved)
+    records = {r.recipe: r for r in describe_feedstock(baked.zarr, moved)}
+    before = {r.recipe: r for r in describe_feedstock(baked.zarr, baked.out)}
+    assert [r.id for r in records["daily"].runs] == [r.id for r in before["daily"].runs]
+    assert [r.status for r in records["daily"].runs] == ["succeeded"]
+    assert (records["daily"].status, records["broken"].status) == ("ok", "failed")
+    (refs,) = describe_feedstock(baked.refs, moved)
+    (parquet,) = describe_feedstock(baked.parquet, moved)
+    assert [r.status for r in refs.runs] == [r.status for r in parquet.runs] == ["succeeded"]
+    assert refs.runs[0].id != parquet.runs[0].id

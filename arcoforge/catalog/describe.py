@@ -76,8 +76,8 @@ def describe_feedstock(
     """One record per recipe of the feedstock in ``folder``, in meta.yaml's order.
 
     Stores are read under ``target_root`` with ``storage_options``; run records beside
-    each store (and in ``runs_folder``, such as :func:`arcoforge.runs.state_dir`), those
-    whose target is the store. With ``quicklook_dir``, quick-looks are drawn into
+    each store (those of its store name), and in ``runs_folder`` (such as
+    :func:`arcoforge.runs.state_dir`, those whose target is the store). With ``quicklook_dir``, quick-looks are drawn into
     ``quicklook_dir/SLUG/`` (the record names them relative to that folder).
     """
     folder = Path(folder)
@@ -141,7 +141,7 @@ def describe_recipe(
     url, kind = store_of(recipe, where.target_root)
     options, secrets = where.storage_options, where.secrets
     shown = redact(url, secrets)
-    runs = find_runs(url, shown, options, where.runs_folder)
+    runs = find_runs(url, shown, recipe.writer.store_name, options, where.runs_folder)
     record = DatasetRecord(
         id=f"{feedstock}/{recipe_id}",
         slug=slug(f"{feedstock}/{recipe_id}"),
@@ -364,16 +364,26 @@ def _exists(url: str, storage_options: dict | None) -> bool:
 
 
 def find_runs(
-    url: str, shown: str, storage_options: dict | None, runs_folder: str | Path | None
+    url: str,
+    shown: str,
+    store_name: str,
+    storage_options: dict | None,
+    runs_folder: str | Path | None,
 ) -> list[RunRecord]:
     """The run records of the store at ``url`` (whose records name it ``shown``), newest
-    first: those beside it, and those in ``runs_folder``."""
-    parent = url.rstrip("/").rpartition("/")[0]
-    found = {r.id: r for r in read_runs(f"{parent}/{RUNS_FOLDER}", storage_options)}
+    first. Those beside it match on their ``store`` (the recipe's store name) and the last
+    part of their target (a references file's name), so they survive a target root that
+    moved; those in ``runs_folder`` match on their whole target."""
+    parent, _, leaf = url.rstrip("/").rpartition("/")
+    beside = read_runs(f"{parent}/{RUNS_FOLDER}", storage_options)
+    found = {r.id: r for r in beside if r.store == store_name and _leaf(r.target) == leaf}
     if runs_folder is not None:
-        found.update({r.id: r for r in read_runs(str(runs_folder))})
-    mine = [r for r in found.values() if r.target in (url, shown)]
-    return sorted(mine, key=lambda r: (r.started, r.id), reverse=True)
+        found.update({r.id: r for r in read_runs(str(runs_folder)) if r.target in (url, shown)})
+    return sorted(found.values(), key=lambda r: (r.started, r.id), reverse=True)
+
+
+def _leaf(target: str) -> str:
+    return target.rstrip("/").rpartition("/")[2]
 
 
 def read_runs(folder: str, storage_options: dict | None = None) -> list[RunRecord]:
