@@ -30,7 +30,13 @@ from corpus import iris
 import arcoforge
 from arcoforge import ArcoforgeError
 from arcoforge.catalog import stac
-from arcoforge.catalog.describe import LICENSES, describe_feedstock, snippets, time_coverage
+from arcoforge.catalog.describe import (
+    LICENSES,
+    describe_feedstock,
+    license_url,
+    snippets,
+    time_coverage,
+)
 from arcoforge.catalog.quicklook import write_quicklook
 from arcoforge.catalog.record import DatasetRecord
 from arcoforge.runs import RUNS_FOLDER, Inputs, RunRecord, runner
@@ -714,7 +720,7 @@ def test_stac_of_the_real_file_and_the_references(catalog):
     }
     assert a1b["cube:variables"]["air_temperature"]["attrs"]["standard_name"] == "air_temperature"
     refs = json.loads((out / "sst-refs--refs" / "collection.json").read_text())
-    assert refs["license"] == "Custom-Terms"
+    assert refs["license"] == "other"  # not an SPDX id, and no page known
     assert refs["assets"]["store"]["type"] == "application/json"
     assert refs["assets"]["store"]["roles"] == ["data", "references"]
     never = json.loads((out / "sst-zarr--monthly" / "collection.json").read_text())
@@ -950,3 +956,35 @@ def test_run_records_beside_a_moved_store_still_match(baked, tmp_path):
     (parquet,) = describe_feedstock(baked.parquet, moved)
     assert [r.status for r in refs.runs] == [r.status for r in parquet.runs] == ["succeeded"]
     assert refs.runs[0].id != parquet.runs[0].id
+
+
+@pytest.mark.parametrize(
+    ("license", "url"),
+    [
+        ("CC-BY-4.0", "https://creativecommons.org/licenses/by/4.0/"),
+        ("Unlicense", "https://spdx.org/licenses/Unlicense.html"),
+        ("etalab-2.0", "https://spdx.org/licenses/etalab-2.0.html"),
+        ("cc-by-sa-3.0", "https://spdx.org/licenses/CC-BY-SA-3.0.html"),
+        ("Custom-Terms", None),
+        ("MIT OR Apache-2.0", None),
+        ("LicenseRef-Mine", None),
+    ],
+)
+def test_a_license_links_to_its_spdx_page_only_when_it_is_an_spdx_id(license, url):
+    assert license_url(license) == url
+
+
+@pytest.mark.parametrize(
+    ("license", "stac_license", "link"),
+    [
+        ("Unlicense", "Unlicense", "https://spdx.org/licenses/Unlicense.html"),
+        ("ODbL", "other", "https://opendatacommons.org/licenses/odbl/1-0/"),
+        ("Custom-Terms", "other", None),
+    ],
+)
+def test_stac_license_is_an_spdx_id_or_other(zarr_records, license, stac_license, link):
+    record = zarr_records["monthly"].model_copy(deep=True)
+    record.license, record.license_url = license, license_url(license)
+    found = stac.collection(record, thumbnail=False).to_dict()
+    links = [x["href"] for x in found["links"] if x["rel"] == "license"]
+    assert (found["license"], links) == (stac_license, [link] if link else [])

@@ -19,6 +19,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import xarray as xr
+from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
 from zarr.errors import NodeNotFoundError
 
 from ..bake import normalize_root
@@ -63,6 +64,27 @@ LICENSES = {
     "BSD-3-Clause": "https://opensource.org/licenses/BSD-3-Clause",
     "GPL-3.0-only": "https://www.gnu.org/licenses/gpl-3.0.html",
 }
+SPDX_PAGE = "https://spdx.org/licenses/{}.html"
+
+
+def spdx_id(license: str) -> str | None:
+    """``license`` as the SPDX list spells it when it is one id of that list (packaging
+    carries the list), else None: an expression or a ``LicenseRef-`` is not one."""
+    try:
+        found = canonicalize_license_expression(license)
+    except InvalidLicenseExpression:
+        return None
+    return None if " " in found or found.startswith("LicenseRef-") else found
+
+
+def license_url(license: str) -> str | None:
+    """The license's page: :data:`LICENSES`' own, else the SPDX list's for an SPDX id."""
+    if license in LICENSES:
+        return LICENSES[license]
+    found = spdx_id(license)
+    return SPDX_PAGE.format(found) if found else None
+
+
 RUN_STATUS = {"succeeded": "ok", "failed": "failed", "interrupted": "failed", "running": "running"}
 
 
@@ -150,7 +172,7 @@ def describe_recipe(
         title=meta.title if len(meta.recipes) == 1 else f"{meta.title} ({recipe_id})",
         description=meta.description,
         license=meta.provenance.license,
-        license_url=LICENSES.get(meta.provenance.license),
+        license_url=license_url(meta.provenance.license),
         providers=[
             Provider(name=p.name, roles=list(p.roles), url=p.url) for p in meta.provenance.providers
         ],
