@@ -16,7 +16,9 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
-_SECRET_KEYS = re.compile(r"pass|secret|token|key|auth|credential|signature|cookie", re.IGNORECASE)
+_SECRET_KEYS = re.compile(
+    r"pass|secret|token|key|auth|credential|signature|cookie|connection", re.IGNORECASE
+)
 _USERINFO = re.compile(r"(?<=://)([^/@:\s]+):([^/@\s]+)@")
 _SCHEMES = {"basic", "bearer", "token", "digest"}
 _REMEMBERED: set[str] = set()
@@ -84,7 +86,7 @@ def secret_values(
     userinfo: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Collect the secret strings held by a pattern's query secrets, fsspec options (any
-    value under a key naming a password, token, key, auth or cookie, and the token of an
+    value under a key naming a password, token, key, auth, cookie or connection (string), and the token of an
     ``Authorization`` value or the values of a ``Cookie`` one) and URL passwords; with
     the base64 ``user:password`` of each basic credential, as an ``Authorization`` header
     carries it."""

@@ -14,6 +14,8 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
+import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,9 +30,17 @@ from corpus import iris
 import arcoforge
 from arcoforge import ArcoforgeError
 from arcoforge.catalog import stac
-from arcoforge.catalog.describe import LICENSES, describe_feedstock
+from arcoforge.catalog.describe import (
+    LICENSES,
+    describe_feedstock,
+    license_url,
+    snippets,
+    time_coverage,
+)
+from arcoforge.catalog.quicklook import write_quicklook
 from arcoforge.catalog.record import DatasetRecord
 from arcoforge.runs import RUNS_FOLDER, Inputs, RunRecord, runner
+from arcoforge.secrets import secret_values
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 
@@ -710,7 +720,7 @@ def test_stac_of_the_real_file_and_the_references(catalog):
     }
     assert a1b["cube:variables"]["air_temperature"]["attrs"]["standard_name"] == "air_temperature"
     refs = json.loads((out / "sst-refs--refs" / "collection.json").read_text())
-    assert refs["license"] == "Custom-Terms"
+    assert refs["license"] == "other"  # not an SPDX id, and no page known
     assert refs["assets"]["store"]["type"] == "application/json"
     assert refs["assets"]["store"]["roles"] == ["data", "references"]
     never = json.loads((out / "sst-zarr--monthly" / "collection.json").read_text())
@@ -824,3 +834,157 @@ def test_a_missing_extra_is_one_line_naming_it(baked, tmp_path, module, code, li
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=TIMEOUT
     )
     assert proc.stdout.strip().splitlines()[-1] == line, proc.stderr
+
+
+# -- quick-looks that cannot or need not be drawn in full ---------------------------------
+
+
+def test_a_quicklook_that_cannot_be_read_leaves_the_store_readable(baked, tmp_path, caplog):
+    shutil.copytree(baked.out / "daily.zarr", tmp_path / "out" / "daily.zarr")
+    for name in ("anom", "sst"):  # the data chunks; coordinates stay readable
+        for path in (tmp_path / "out" / "daily.zarr" / name / "c").rglob("*"):
+            if path.is_file():
+                path.write_bytes(b"not a chunk")
+    with caplog.at_level(logging.WARNING, logger="arcoforge.catalog.describe"):
+        records = describe_feedstock(baked.zarr, tmp_path / "out", quicklook_dir=tmp_path / "q")
+    daily = next(r for r in records if r.recipe == "daily")
+    assert (daily.status, daily.error, daily.quicklook) == ("ok", None, None)
+    assert daily.dims and set(daily.snippets) == {"xarray"}
+    assert daily.store.size_bytes and daily.store.objects
+    (line,) = [r.getMessage() for r in caplog.records if "quick-look" in r.getMessage()]
+    assert line.startswith("sst-zarr/daily: no quick-look (")
+
+
+def _grid(ny: int, nx: int, nt: int = 1, dtype="float32") -> xr.Dataset:
+    data = np.arange(nt * ny * nx, dtype="float64").reshape(nt, ny, nx).astype(dtype)
+    return xr.Dataset(
+        {"v": (("time", "lat", "lon"), data)},
+        coords={
+            "time": np.arange(nt).astype("datetime64[D]").astype("datetime64[ns]"),
+            "lat": np.linspace(-89.9, 89.9, ny),
+            "lon": np.linspace(0.0, 359.9, nx),
+        },
+    )
+
+
+def test_complex_and_empty_variables_get_no_quicklook(tmp_path):
+    assert write_quicklook(_grid(3, 4, dtype="complex64"), tmp_path) is None
+    assert write_quicklook(_grid(0, 4), tmp_path) is None
+    assert write_quicklook(_grid(3, 4, nt=0), tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_one_step_dataset_has_one_quicklook(tmp_path):
+    look = write_quicklook(_grid(3, 4), tmp_path)
+    assert (look.first, look.last) == ("quicklook-first.png", "quicklook-first.png")
+    assert look.alt_first == look.alt_last
+    assert [p.name for p in tmp_path.iterdir()] == ["quicklook-first.png"]
+
+
+def test_a_large_map_is_read_strided(tmp_path):
+    store = tmp_path / "big.zarr"
+    big = _grid(2000, 4000, nt=2).chunk({"time": 1, "lat": 500, "lon": 1000})
+    big.to_zarr(store, zarr_format=3, consolidated=False)
+    with xr.open_zarr(store, chunks=None, consolidated=False) as ds:
+        tracemalloc.start()
+        look = write_quicklook(ds, tmp_path / "look")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert (look.first, look.last) == ("quicklook-first.png", "quicklook-last.png")
+    assert peak < 200e6, peak
+    assert png_size(tmp_path / "look" / look.first) == (512, 288)
+    assert "values from 0 to 7.996e+06" in look.alt_first
+
+
+def test_snippets_show_only_public_storage_options_and_no_secret():
+    options = {
+        "key": "AKIAEXAMPLE",
+        "secret": "s3cr3tpw",
+        "account_name": "sstdata",
+        "connection_string": "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc123==",
+        "client_kwargs": {"endpoint_url": "http://minio:s3cr3tpw@minio:9000", "verify": False},
+        "config_kwargs": {"signature_version": "s3v4"},
+    }
+    secrets = tuple(secret_values(open_kwargs=options))
+    assert options["connection_string"] in secrets
+    found = snippets("s3://bucket/sst.zarr", "zarr", options, secrets)
+    public = {"account_name": "sstdata", "client_kwargs": {"endpoint_url": "http://minio:9000"}}
+    assert found == {
+        "xarray": 'import xarray as xr\n\nds = xr.open_zarr("s3://bucket/sst.zarr", '
+        f"storage_options={public!r})\n"
+    }
+    leaked = snippets("s3://bucket/s3cr3tpw/refs.json", "references-json", options, secrets)
+    assert all("s3cr3tpw" not in text and "abc123" not in text for text in leaked.values())
+    assert all("s3://bucket/***/refs.json" in text for text in leaked.values())
+
+
+def test_time_coverage_of_many_steps_is_computed_in_numpy():
+    hours = np.arange(700_000).astype("timedelta64[h]") + np.datetime64("1940-01-01", "ns")
+    hours[0] = hours[-1] = np.datetime64("NaT")
+    ds = xr.Dataset(coords={"time": ("time", hours, {"standard_name": "time"})})
+    began = time.perf_counter()
+    found = time_coverage(ds)
+    assert time.perf_counter() - began < 1.0
+    assert (found.start, found.end) == ("1940-01-01T01:00:00", "2019-11-08T14:00:00")
+
+
+@pytest.mark.parametrize(
+    ("repo", "feedstock"),
+    [("noaa-oisst-feedstock", "noaa-oisst"), ("oisst", "oisst"), ("-feedstock", "-feedstock")],
+)
+def test_a_pangeo_forge_feedstock_repo_is_named_for_the_repo(baked, tmp_path, repo, feedstock):
+    folder = tmp_path / repo / "feedstock"
+    shutil.copytree(baked.zarr, folder)
+    records = describe_feedstock(folder, tmp_path / "nothing-here")
+    assert [r.id for r in records] == [
+        f"{feedstock}/daily",
+        f"{feedstock}/monthly",
+        f"{feedstock}/broken",
+    ]
+    assert records[0].slug == f"{feedstock}--daily"
+
+
+def test_run_records_beside_a_moved_store_still_match(baked, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(baked.out, moved)
+    records = {r.recipe: r for r in describe_feedstock(baked.zarr, moved)}
+    before = {r.recipe: r for r in describe_feedstock(baked.zarr, baked.out)}
+    assert [r.id for r in records["daily"].runs] == [r.id for r in before["daily"].runs]
+    assert [r.status for r in records["daily"].runs] == ["succeeded"]
+    assert (records["daily"].status, records["broken"].status) == ("ok", "failed")
+    (refs,) = describe_feedstock(baked.refs, moved)
+    (parquet,) = describe_feedstock(baked.parquet, moved)
+    assert [r.status for r in refs.runs] == [r.status for r in parquet.runs] == ["succeeded"]
+    assert refs.runs[0].id != parquet.runs[0].id
+
+
+@pytest.mark.parametrize(
+    ("license", "url"),
+    [
+        ("CC-BY-4.0", "https://creativecommons.org/licenses/by/4.0/"),
+        ("Unlicense", "https://spdx.org/licenses/Unlicense.html"),
+        ("etalab-2.0", "https://spdx.org/licenses/etalab-2.0.html"),
+        ("cc-by-sa-3.0", "https://spdx.org/licenses/CC-BY-SA-3.0.html"),
+        ("Custom-Terms", None),
+        ("MIT OR Apache-2.0", None),
+        ("LicenseRef-Mine", None),
+    ],
+)
+def test_a_license_links_to_its_spdx_page_only_when_it_is_an_spdx_id(license, url):
+    assert license_url(license) == url
+
+
+@pytest.mark.parametrize(
+    ("license", "stac_license", "link"),
+    [
+        ("Unlicense", "Unlicense", "https://spdx.org/licenses/Unlicense.html"),
+        ("ODbL", "other", "https://opendatacommons.org/licenses/odbl/1-0/"),
+        ("Custom-Terms", "other", None),
+    ],
+)
+def test_stac_license_is_an_spdx_id_or_other(zarr_records, license, stac_license, link):
+    record = zarr_records["monthly"].model_copy(deep=True)
+    record.license, record.license_url = license, license_url(license)
+    found = stac.collection(record, thumbnail=False).to_dict()
+    links = [x["href"] for x in found["links"] if x["rel"] == "license"]
+    assert (found["license"], links) == (stac_license, [link] if link else [])

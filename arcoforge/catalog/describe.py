@@ -19,6 +19,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import xarray as xr
+from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
 from zarr.errors import NodeNotFoundError
 
 from ..bake import normalize_root
@@ -27,7 +28,7 @@ from ..feedstock import Meta, load_recipes, read_meta
 from ..recipe import Recipe
 from ..references.store import ICECHUNK, open_references, store_location
 from ..runs import RUNS_FOLDER, RunRecord
-from ..secrets import redact, secret_values
+from ..secrets import redact, secret_values, without_userinfo
 from . import cf
 from .quicklook import write_quicklook
 from .record import (
@@ -36,6 +37,7 @@ from .record import (
     Extent,
     Maintainer,
     Provider,
+    QuickLook,
     Run,
     Store,
     StoreType,
@@ -62,6 +64,27 @@ LICENSES = {
     "BSD-3-Clause": "https://opensource.org/licenses/BSD-3-Clause",
     "GPL-3.0-only": "https://www.gnu.org/licenses/gpl-3.0.html",
 }
+SPDX_PAGE = "https://spdx.org/licenses/{}.html"
+
+
+def spdx_id(license: str) -> str | None:
+    """``license`` as the SPDX list spells it when it is one id of that list (packaging
+    carries the list), else None: an expression or a ``LicenseRef-`` is not one."""
+    try:
+        found = canonicalize_license_expression(license)
+    except InvalidLicenseExpression:
+        return None
+    return None if " " in found or found.startswith("LicenseRef-") else found
+
+
+def license_url(license: str) -> str | None:
+    """The license's page: :data:`LICENSES`' own, else the SPDX list's for an SPDX id."""
+    if license in LICENSES:
+        return LICENSES[license]
+    found = spdx_id(license)
+    return SPDX_PAGE.format(found) if found else None
+
+
 RUN_STATUS = {"succeeded": "ok", "failed": "failed", "interrupted": "failed", "running": "running"}
 
 
@@ -75,8 +98,8 @@ def describe_feedstock(
     """One record per recipe of the feedstock in ``folder``, in meta.yaml's order.
 
     Stores are read under ``target_root`` with ``storage_options``; run records beside
-    each store (and in ``runs_folder``, such as :func:`arcoforge.runs.state_dir`), those
-    whose target is the store. With ``quicklook_dir``, quick-looks are drawn into
+    each store (those of its store name), and in ``runs_folder`` (such as
+    :func:`arcoforge.runs.state_dir`, those whose target is the store). With ``quicklook_dir``, quick-looks are drawn into
     ``quicklook_dir/SLUG/`` (the record names them relative to that folder).
     """
     folder = Path(folder)
@@ -89,7 +112,7 @@ def describe_feedstock(
         runs_folder,
         quicklook_dir,
     )
-    feedstock = folder.resolve().name
+    feedstock = feedstock_name(folder)
     return [
         describe_recipe(meta, feedstock, ref.id, recipes[ref.id], where) for ref in meta.recipes
     ]
@@ -104,6 +127,16 @@ class Where:
     secrets: tuple[str, ...] = ()  # the values in storage_options to mask
     runs_folder: str | Path | None = None
     quicklook_dir: str | Path | None = None
+
+
+def feedstock_name(folder: Path) -> str:
+    """The feedstock's part of dataset ids: the folder's name, or for a pangeo-forge
+    feedstock repository (``NAME-feedstock/feedstock/meta.yaml``) the repository's, without
+    its ``-feedstock`` suffix (``NAME``), as every such folder is named ``feedstock``."""
+    folder = folder.resolve()
+    if folder.name != "feedstock" or not folder.parent.name:
+        return folder.name
+    return folder.parent.name.removesuffix("-feedstock") or folder.parent.name
 
 
 def slug(dataset_id: str) -> str:
@@ -130,7 +163,7 @@ def describe_recipe(
     url, kind = store_of(recipe, where.target_root)
     options, secrets = where.storage_options, where.secrets
     shown = redact(url, secrets)
-    runs = find_runs(url, shown, options, where.runs_folder)
+    runs = find_runs(url, shown, recipe.writer.store_name, options, where.runs_folder)
     record = DatasetRecord(
         id=f"{feedstock}/{recipe_id}",
         slug=slug(f"{feedstock}/{recipe_id}"),
@@ -139,7 +172,7 @@ def describe_recipe(
         title=meta.title if len(meta.recipes) == 1 else f"{meta.title} ({recipe_id})",
         description=meta.description,
         license=meta.provenance.license,
-        license_url=LICENSES.get(meta.provenance.license),
+        license_url=license_url(meta.provenance.license),
         providers=[
             Provider(name=p.name, roles=list(p.roles), url=p.url) for p in meta.provenance.providers
         ],
@@ -151,7 +184,9 @@ def describe_recipe(
     )
     try:
         with open_store(url, kind, options) as ds:
-            _fill(record, ds, secrets, where.quicklook_dir)
+            _fill(record, ds, secrets)
+            if where.quicklook_dir is not None:
+                record.quicklook = _quicklook(record, ds, where.quicklook_dir, secrets)
         record.snippets = snippets(shown, kind, options, secrets)
     except MissingDependency:
         raise
@@ -194,7 +229,19 @@ def open_store(
         yield ds
 
 
-def _fill(record: DatasetRecord, ds: xr.Dataset, secrets, quicklook_dir) -> None:
+def _quicklook(record: DatasetRecord, ds: xr.Dataset, quicklook_dir, secrets) -> QuickLook | None:
+    """The record's quick-look, or None with one warning when it cannot be drawn (slices
+    that cannot be read, say): a store that opens stays readable."""
+    try:
+        return write_quicklook(ds, Path(quicklook_dir) / record.slug)
+    except MissingDependency:
+        raise
+    except Exception as exc:  # reading a slice may fail in any filesystem's or codec's way
+        log.warning(redact(f"{record.id}: no quick-look ({one_line(exc)})", secrets))
+        return None
+
+
+def _fill(record: DatasetRecord, ds: xr.Dataset, secrets) -> None:
     """What the record says of the dataset itself."""
     record.dims = [_dimension(ds, str(d)) for d in ds.dims]
     record.variables = [_variable(ds, str(n)) for n in ds.variables]
@@ -202,8 +249,6 @@ def _fill(record: DatasetRecord, ds: xr.Dataset, secrets, quicklook_dir) -> None
     record.extent = extent(ds)
     with xr.set_options(display_width=100, display_max_rows=40):
         record.repr = redact(repr(ds), secrets)
-    if quicklook_dir is not None:
-        record.quicklook = write_quicklook(ds, Path(quicklook_dir) / record.slug)
 
 
 def _dimension(ds: xr.Dataset, name: str) -> Dimension:
@@ -275,10 +320,20 @@ def time_coverage(ds: xr.Dataset) -> TimeCoverage | None:
         var = ds.variables.get(name)
         if var is None or var.ndim != 1 or cf.kind(var) != "time" or not cf.is_time(var):
             continue
-        values = [v for v in var.values if cf.text(v) is not None]
-        if values:
-            return TimeCoverage(start=cf.text(min(values)), end=cf.text(max(values)))
+        found = _time_ends(var.values)
+        if found:
+            return TimeCoverage(start=cf.text(found[0]), end=cf.text(found[1]))
     return None
+
+
+def _time_ends(values: np.ndarray) -> tuple | None:
+    """The earliest and latest of ``values``, NaT and undated ones left out: in numpy for
+    datetime64, value by value only for cftime objects."""
+    if np.issubdtype(values.dtype, np.datetime64):
+        values = values[~np.isnat(values)]
+        return (values.min(), values.max()) if values.size else None
+    dated = [v for v in values if cf.text(v) is not None]
+    return (min(dated), max(dated)) if dated else None
 
 
 def extent(ds: xr.Dataset) -> Extent | None:
@@ -331,16 +386,26 @@ def _exists(url: str, storage_options: dict | None) -> bool:
 
 
 def find_runs(
-    url: str, shown: str, storage_options: dict | None, runs_folder: str | Path | None
+    url: str,
+    shown: str,
+    store_name: str,
+    storage_options: dict | None,
+    runs_folder: str | Path | None,
 ) -> list[RunRecord]:
     """The run records of the store at ``url`` (whose records name it ``shown``), newest
-    first: those beside it, and those in ``runs_folder``."""
-    parent = url.rstrip("/").rpartition("/")[0]
-    found = {r.id: r for r in read_runs(f"{parent}/{RUNS_FOLDER}", storage_options)}
+    first. Those beside it match on their ``store`` (the recipe's store name) and the last
+    part of their target (a references file's name), so they survive a target root that
+    moved; those in ``runs_folder`` match on their whole target."""
+    parent, _, leaf = url.rstrip("/").rpartition("/")
+    beside = read_runs(f"{parent}/{RUNS_FOLDER}", storage_options)
+    found = {r.id: r for r in beside if r.store == store_name and _leaf(r.target) == leaf}
     if runs_folder is not None:
-        found.update({r.id: r for r in read_runs(str(runs_folder))})
-    mine = [r for r in found.values() if r.target in (url, shown)]
-    return sorted(mine, key=lambda r: (r.started, r.id), reverse=True)
+        found.update({r.id: r for r in read_runs(str(runs_folder)) if r.target in (url, shown)})
+    return sorted(found.values(), key=lambda r: (r.started, r.id), reverse=True)
+
+
+def _leaf(target: str) -> str:
+    return target.rstrip("/").rpartition("/")[2]
 
 
 def read_runs(folder: str, storage_options: dict | None = None) -> list[RunRecord]:
@@ -383,10 +448,13 @@ def _run(record: RunRecord) -> Run:
 def snippets(
     url: str, kind: StoreType, storage_options: dict | None, secrets: tuple[str, ...]
 ) -> dict[str, str]:
-    """Python code that opens the store, by label; ``url`` is the masked one, and only the
-    storage options that are not secrets are written (credentials come from the reader's
-    environment)."""
-    options = _public(storage_options or {}, set(secrets))
+    """Python code that opens the store, by label; ``url`` is the masked one, only the
+    storage options :func:`_public` allows are written, and every text is redacted."""
+    found = _snippets(url, kind, _public(storage_options or {}))
+    return {label: redact(text, secrets) for label, text in found.items()}
+
+
+def _snippets(url: str, kind: StoreType, options: dict) -> dict[str, str]:
     extra = f", storage_options={options!r}" if options else ""
     if kind == "zarr":
         return {"xarray": f'import xarray as xr\n\nds = xr.open_zarr("{url}"{extra})\n'}
@@ -448,13 +516,19 @@ def _containers(path: str) -> list[str]:
     return sorted(repo.config.virtual_chunk_containers or {})
 
 
-def _public(options: Mapping, secrets: set[str]) -> dict:
-    """``options`` without the values that are secrets (at any depth)."""
+PUBLIC_OPTIONS = {"endpoint_url", "region_name", "anon", "requester_pays", "account_name"}
+
+
+def _public(options: Mapping) -> dict:
+    """The storage options a snippet may show: :data:`PUBLIC_OPTIONS` (an ``endpoint_url``
+    without its user info), also inside ``client_kwargs``; credentials come from the
+    reader's environment."""
     kept = {}
     for key, value in options.items():
-        if isinstance(value, Mapping):
-            value = _public(value, secrets)
-        elif isinstance(value, str) and value in secrets:
-            continue
-        kept[key] = value
+        if key == "client_kwargs" and isinstance(value, Mapping):
+            value = _public(value)
+            if value:
+                kept[key] = value
+        elif key in PUBLIC_OPTIONS and isinstance(value, str | bool | None):
+            kept[key] = without_userinfo(value) if key == "endpoint_url" and value else value
     return kept

@@ -1,6 +1,6 @@
 """Quick-looks: a map of one variable at its first and last time step, as PNG files.
 
-Only the two 2-D slices are read. Figures are drawn with :class:`matplotlib.figure.Figure`
+Only the two 2-D slices are read, strided to at most 1000 points per axis. Figures are drawn with :class:`matplotlib.figure.Figure`
 on an Agg canvas of their own, so pyplot's global state and backend are never touched.
 """
 
@@ -16,6 +16,7 @@ from . import cf
 from .record import QuickLook
 
 FIRST, LAST = "quicklook-first.png", "quicklook-last.png"
+MAX_POINTS = 1000  # per map axis: finer than the image's pixels, and a bounded read
 
 
 def choose_variable(ds: xr.Dataset) -> str | None:
@@ -33,7 +34,8 @@ def write_quicklook(
 ) -> QuickLook | None:
     """Draw ``variable`` (else :func:`choose_variable`'s) at the first and last step of its
     time dim into ``folder/quicklook-first.png`` and ``quicklook-last.png``; None when no
-    variable maps. Without a time dim, both name the one image."""
+    variable maps. Without a time dim, or with one step, both name the one image. Each map
+    axis is read with a stride keeping at most :data:`MAX_POINTS` points."""
     variable = variable or choose_variable(ds)
     if variable is None:
         return None
@@ -41,12 +43,12 @@ def write_quicklook(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     time = _time_dim(ds, var)
-    steps = [0, var.sizes[time] - 1] if time else [None]
+    steps = [0, var.sizes[time] - 1] if time and var.sizes[time] > 1 else [0 if time else None]
     slices = [_slice(var, time, step) for step in steps]
     finite = [s.values[np.isfinite(s.values)] for s in slices]
     values = np.concatenate(finite) if any(v.size for v in finite) else np.zeros(1)
     limits = float(values.min()), float(values.max())
-    names = [FIRST, LAST] if time else [FIRST]
+    names = [FIRST, LAST][: len(slices)]
     alts = [_draw(s, folder / name, limits) for s, name in zip(slices, names, strict=True)]
     return QuickLook(
         variable=variable, first=FIRST, last=names[-1], alt_first=alts[0], alt_last=alts[-1]
@@ -54,8 +56,10 @@ def write_quicklook(
 
 
 def _map_dims(ds: xr.Dataset, var: xr.DataArray) -> tuple[str, str] | None:
-    """The (y, x) dims of ``var`` when they are its last two and it is numeric."""
-    if var.ndim < 2 or not np.issubdtype(var.dtype, np.number):
+    """The (y, x) dims of ``var`` when they are its last two, it is real-valued (integers
+    or floats: matplotlib draws no complex numbers) and no dim is empty."""
+    numeric = np.issubdtype(var.dtype, np.floating) or np.issubdtype(var.dtype, np.integer)
+    if var.ndim < 2 or not numeric or 0 in var.shape:
         return None
     y, x = var.dims[-2:]
     kinds = (_dim_kind(ds, y), _dim_kind(ds, x))
@@ -76,9 +80,12 @@ def _time_dim(ds: xr.Dataset, var: xr.DataArray) -> str | None:
 
 
 def _slice(var: xr.DataArray, time: str | None, step: int | None) -> xr.DataArray:
-    """The 2-D map at ``step`` of ``time``, the first index of every other leading dim;
-    read from the store now, that slice alone."""
-    index = {d: 0 for d in var.dims[:-2]}
+    """The 2-D map at ``step`` of ``time``, the first index of every other leading dim,
+    each map axis strided to at most :data:`MAX_POINTS` points; read from the store now,
+    those points alone."""
+    index: dict = {d: 0 for d in var.dims[:-2]}
+    for dim in var.dims[-2:]:
+        index[dim] = slice(None, None, -(-var.sizes[dim] // MAX_POINTS))
     if time:
         index[time] = step
     return var.isel(index).load()

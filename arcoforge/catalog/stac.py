@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ArcoforgeError, require
+from .describe import spdx_id
 from .record import DatasetRecord, Dimension, Variable
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ ROLES = {
     "references-parquet": ["data", "references"],
     "icechunk": ["data", "virtual"],
 }
-_SPDX = re.compile(r"^[\w\-.+]+$")
 _WORLD = [-180.0, -90.0, 180.0, 90.0]
 PROJJSON = "https://proj.org/schemas/v0.4/projjson.schema.json"
 
@@ -91,7 +91,7 @@ def collection(record: DatasetRecord, thumbnail: bool = True) -> pystac.Collecti
             stac.SpatialExtent([_bbox(record)]),
             stac.TemporalExtent([_interval(record)]),
         ),
-        license=record.license if _SPDX.fullmatch(record.license) else "other",
+        license=spdx_id(record.license) or "other",
         keywords=list(record.tags) or None,
         providers=[
             stac.Provider(name=p.name, roles=list(p.roles), url=p.url) for p in record.providers
