@@ -258,6 +258,32 @@ def test_a_file_in_the_way_of_a_new_page_is_refused(tmp_path):
     assert stamps(out) == before and page.read_text() == "mine"
 
 
+def test_removal_never_follows_a_symbolic_link(tmp_path, caplog):
+    """A manifest naming files behind a symlinked folder or a symlinked file: what they
+    lead to stays, with a warning line each, and the rebuild completes."""
+    out, victim = tmp_path / "site", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "f.txt").write_text("victim's")
+    (victim / "g.txt").write_text("victim's too")
+    write_site([generated_record(0)], out)
+    (out / "d").symlink_to(victim, target_is_directory=True)
+    (out / "g.txt").symlink_to(victim / "g.txt")
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["files"].update({"d/f.txt": None, "g.txt": None})
+    (out / MANIFEST).write_text(json.dumps(manifest))
+
+    with caplog.at_level("WARNING", logger="arcoforge.catalog.manifest"):
+        done = write_site([generated_record(0)], out)
+    assert done.removed == [] and done.kept == ["d/f.txt", "g.txt"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{out / 'd' / 'f.txt'}: left in place, not removed ({out / 'd'} is a symbolic link)",
+        f"{out / 'g.txt'}: left in place, not removed ({out / 'g.txt'} is a symbolic link)",
+    ]
+    assert sorted(p.name for p in victim.iterdir()) == ["f.txt", "g.txt"]
+    assert (victim / "f.txt").read_text() == "victim's"
+    assert (out / "d").is_symlink() and (out / "g.txt").is_symlink()
+
+
 @pytest.mark.parametrize(
     "manifest, cause",
     [
