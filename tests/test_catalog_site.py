@@ -798,6 +798,7 @@ def test_a_feedstock_given_twice_and_a_port_in_use_are_one_line(baked, tmp_path)
     assert error_line(proc, rc=1) == (
         "error: dataset 'sst-zarr/sst-zarr' is given twice (feedstock given twice?)"
     )
+    assert proc.stdout == ""  # refused from meta.yaml, before any store was read
     assert not Path(out).exists()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -812,6 +813,20 @@ def test_a_feedstock_given_twice_and_a_port_in_use_are_one_line(baked, tmp_path)
         "(choose another port, or 0 for any free one)"
     )
     assert (Path(out) / "index.html").is_file()  # built, then the preview could not start
+
+
+def test_two_feedstocks_of_one_page_name_are_refused_before_any_store_is_read(baked, tmp_path):
+    twin = Path(shutil.copytree(baked / "sst-zarr", tmp_path / "SST-zarr"))
+    out = tmp_path / "site"
+    proc = arcoforge(
+        "catalog", "sst-zarr", twin, "--target-root", "out", "--out", out, cwd=baked
+    )  # fmt: skip
+    assert error_line(proc, rc=1) == (
+        "error: datasets 'sst-zarr/sst-zarr' and 'SST-zarr/sst-zarr' have one page name "
+        "'SST-zarr--sst-zarr'"
+    )
+    assert proc.stdout == ""
+    assert not out.exists()
 
 
 def test_without_jinja2_the_command_names_the_extra(baked, tmp_path):

@@ -7,10 +7,11 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .describe import describe_feedstock
+from ..feedstock import read_meta
+from .describe import describe_feedstock, slug
 from .manifest import Published, read_manifest
 from .record import DatasetRecord
-from .site import check_records, write_site
+from .site import check_names, check_records, write_site
 from .stac import build_stac
 
 
@@ -26,6 +27,7 @@ def build_catalog(
     and what writing their site and STAC catalog (``out/stac``) did to ``out``.
     ``described`` is called with each record as it is made."""
     read_manifest(out)  # refuse a folder of something else before reading any store
+    check_names(_names(feedstocks))  # and pages that would collide
     with tempfile.TemporaryDirectory(prefix="arcoforge-catalog-") as tmp:
         stage = Path(tmp)
         quicklooks = stage / "quicklooks"
@@ -50,6 +52,18 @@ def build_catalog(
             stac_dir=stage / "stac",
         )
     return records, published
+
+
+def _names(feedstocks: Sequence[Path]) -> list[tuple[str, str]]:
+    """The (dataset id, slug) of each recipe of ``feedstocks``, from their meta.yaml alone
+    (named as :func:`describe_feedstock` names them)."""
+    names = []
+    for folder in feedstocks:
+        feedstock = Path(folder).resolve().name
+        for ref in read_meta(Path(folder)).recipes:
+            dataset_id = f"{feedstock}/{ref.id}"
+            names.append((dataset_id, slug(dataset_id)))
+    return names
 
 
 def _stac_url(base_url: str | None) -> str | None:
