@@ -160,6 +160,17 @@ def test_a_page_shows_what_the_record_holds(tmp_path):
     assert f'href="datasets/{record.slug}/index.html"' in files["index.html"].decode()
 
 
+def test_a_run_links_its_full_record_where_there_is_one_else_its_summary(tmp_path):
+    records = [generated_record(1), generated_record(2)]
+    full = '{"id": "full record"}\n'
+    write_site(records, tmp_path / "site", run_records={records[0].runs[0].id: full})
+    paths = [
+        tmp_path / "site" / "datasets" / r.slug / "runs" / f"{r.runs[0].id}.json" for r in records
+    ]
+    assert paths[0].read_text() == full
+    assert json.loads(paths[1].read_text()) == records[1].runs[0].model_dump()
+
+
 def test_an_unreadable_store_gets_a_page_saying_why(tmp_path):
     record = generated_record(5)
     assert record.status == "unreadable"
@@ -538,6 +549,12 @@ def test_the_command_writes_pages_stac_and_runs_and_a_rerun_writes_nothing(baked
     zarr = (site / "datasets" / "sst-zarr--sst-zarr" / "index.html").read_text()
     assert f'<code class="url">{baked / "out" / "sst.zarr"}</code>' in zarr
     assert "<td>1981-09-01T12:00:00</td><td>1981-09-04T12:00:00</td>" in zarr
+    # each run's link serves its full record, as bake wrote it beside the store
+    runs = list((site / "datasets" / "sst-zarr--sst-zarr" / "runs").iterdir())
+    assert runs
+    for run in runs:
+        beside = baked / "out" / ".arcoforge-runs" / run.name
+        assert json.loads(run.read_text()) == json.loads(beside.read_text())
     catalog = json.loads((site / "stac" / "catalog.json").read_text())
     assert catalog["type"] == "Catalog"
     assert sorted(link["href"] for link in catalog["links"] if link["rel"] == "child") == [
@@ -626,7 +643,8 @@ def test_the_site_in_a_browser(browser, serve, site, tmp_path):
     run_link.click()
     WebDriverWait(browser, WAIT).until(lambda c: c.current_url.endswith(f"{run_id}.json"))
     run = json.loads(browser.find_element("tag name", "pre").text)
-    assert run["id"] == run_id and run["status"] == "succeeded" and run["inputs"] == 4
+    assert run["id"] == run_id and run["status"] == "succeeded" and run["inputs"]["count"] == 4
+    assert run["stage_seconds"] and run["target"].startswith("/")  # the full run record
 
     browser.back()
     browser.find_element("link text", "STAC catalog").click()

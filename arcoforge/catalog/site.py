@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata, resources
 from pathlib import Path
@@ -52,13 +52,20 @@ def write_site(
     base_url: str | None = None,
     quicklook_dir: Path | None = None,
     stac_dir: Path | None = None,
+    run_records: Mapping[str, str] | None = None,
 ) -> Published:
     """Write the site of ``records`` into ``out``, touching only files whose bytes change.
 
     ``quicklook_dir`` holds the quick-look PNGs the records name (their paths relative to
-    ``quicklook_dir/<slug>/``); ``stac_dir`` a STAC catalog to publish as ``out/stac``.
+    ``quicklook_dir/<slug>/``); ``stac_dir`` a STAC catalog to publish as ``out/stac``;
+    ``run_records`` the full run records as JSON text (secrets masked) by run id, each
+    published in place of its run's summary.
     """
     files = render_site(records, base_url=base_url, stac=stac_dir is not None)
+    for record in records:
+        for run in record.runs:
+            if run_records and run.id in run_records:
+                files[f"datasets/{record.slug}/{_run_file(run)}"] = run_records[run.id].encode()
     if quicklook_dir is not None:
         files.update(quicklook_files(records, quicklook_dir))
     if stac_dir is not None:
