@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 import zlib
 from functools import partial
@@ -35,6 +36,7 @@ from arcoforge.testing.records import generated_record
 
 HOSTILE = "<script>window.pwned=1</script>\"quoted\" & 'single' <img src=x onerror=window.pwned=2>"
 WAIT = 10  # seconds any browser wait may take at most
+ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"  # screenshots CI keeps (git-ignored)
 
 
 def hostile_record(i: int = 0):
@@ -591,7 +593,7 @@ def test_a_feedstock_left_out_loses_its_pages_and_collection(baked, tmp_path):
 
 
 @pytest.mark.browser
-def test_the_site_in_a_browser(browser, serve, site, tmp_path):
+def test_the_site_in_a_browser(browser, serve, site):
     url = serve(site)
     open_index(browser, url)
     assert sorted(shown(browser)) == ["sst-refs--sst-refs", "sst-zarr--sst-zarr"]
@@ -607,9 +609,7 @@ def test_the_site_in_a_browser(browser, serve, site, tmp_path):
     browser.find_element("id", "clear").click()
     choose(browser, "provider", "Example Bakery")
     assert shown(browser) == ["sst-refs--sst-refs"]
-    shot = tmp_path / "catalog-index.png"
-    browser.save_screenshot(str(shot))
-    print(f"screenshot: {shot}")
+    shot = screenshot(browser, "catalog-index.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     browser.find_element("link text", FEEDSTOCKS["sst-refs"]["title"]).click()
@@ -633,9 +633,7 @@ def test_the_site_in_a_browser(browser, serve, site, tmp_path):
     code = browser.execute_script("return document.getElementById('snippet-1').textContent")
     assert "sst-refs" in code
     assert browser.execute_script("return navigator.clipboard.readText()") == code
-    shot = tmp_path / "catalog-dataset.png"
-    browser.save_screenshot(str(shot))
-    print(f"screenshot: {shot}")
+    assert screenshot(browser, "catalog-dataset.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert console_errors(browser) == []
 
     run_link = browser.find_element("css selector", "#runs ~ div a[type='application/json']")
@@ -651,9 +649,38 @@ def test_the_site_in_a_browser(browser, serve, site, tmp_path):
     WebDriverWait(browser, WAIT).until(lambda c: c.current_url.endswith("stac/catalog.json"))
     catalog = json.loads(browser.find_element("tag name", "pre").text)
     assert catalog["type"] == "Catalog" and catalog["id"] == "arcoforge"
+    # one child link leads to its collection, whose thumbnail is the quick-look PNG
+    (child,) = [
+        link["href"]
+        for link in catalog["links"]
+        if link["rel"] == "child" and "sst-zarr--sst-zarr" in link["href"]
+    ]
+    browser.get(urllib.parse.urljoin(browser.current_url, child))
+    assert browser.current_url == f"{url}stac/sst-zarr--sst-zarr/collection.json"
+    collection = json.loads(browser.find_element("tag name", "pre").text)
+    assert collection["type"] == "Collection" and collection["id"] == "sst-zarr--sst-zarr"
+    (interval,) = collection["extent"]["temporal"]["interval"]
+    assert [t[:10] for t in interval] == ["1981-09-01", "1981-09-04"]
+    (bbox,) = collection["extent"]["spatial"]["bbox"]
+    assert len(bbox) == 4 and -90 <= bbox[1] < bbox[3] <= 90
+    thumbnail = collection["assets"]["thumbnail"]
+    assert thumbnail["type"] == "image/png"
+    href = urllib.parse.urljoin(browser.current_url, thumbnail["href"])
+    with urllib.request.urlopen(href, timeout=WAIT) as answer:
+        assert answer.headers["Content-Type"] == "image/png"
+        assert answer.read()[:8] == b"\x89PNG\r\n\x1a\n"
     # a JSON document has no <link rel="icon">, so the browser asks for /favicon.ico
     errors = console_errors(browser)
     assert [e for e in errors if "/favicon.ico - " not in e["message"]] == [], errors
+
+
+def screenshot(chrome, name: str) -> Path:
+    """Save a screenshot of the window in ``ARTIFACTS`` (kept by CI), print its path."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / name
+    chrome.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
+    return shot
 
 
 def assert_images_loaded(chrome, expected: int) -> None:
