@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 import zlib
 from functools import partial
@@ -35,6 +36,7 @@ from arcoforge.testing.records import generated_record
 
 HOSTILE = "<script>window.pwned=1</script>\"quoted\" & 'single' <img src=x onerror=window.pwned=2>"
 WAIT = 10  # seconds any browser wait may take at most
+ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"  # screenshots CI keeps (git-ignored)
 
 
 def hostile_record(i: int = 0):
@@ -160,6 +162,17 @@ def test_a_page_shows_what_the_record_holds(tmp_path):
     assert f'href="datasets/{record.slug}/index.html"' in files["index.html"].decode()
 
 
+def test_a_run_links_its_full_record_where_there_is_one_else_its_summary(tmp_path):
+    records = [generated_record(1), generated_record(2)]
+    full = '{"id": "full record"}\n'
+    write_site(records, tmp_path / "site", run_records={records[0].runs[0].id: full})
+    paths = [
+        tmp_path / "site" / "datasets" / r.slug / "runs" / f"{r.runs[0].id}.json" for r in records
+    ]
+    assert paths[0].read_text() == full
+    assert json.loads(paths[1].read_text()) == records[1].runs[0].model_dump()
+
+
 def test_an_unreadable_store_gets_a_page_saying_why(tmp_path):
     record = generated_record(5)
     assert record.status == "unreadable"
@@ -256,6 +269,32 @@ def test_a_file_in_the_way_of_a_new_page_is_refused(tmp_path):
         write_site([generated_record(0), new], out)
     assert str(info.value) == f"{page}: exists and the catalog did not write it; move it away"
     assert stamps(out) == before and page.read_text() == "mine"
+
+
+def test_removal_never_follows_a_symbolic_link(tmp_path, caplog):
+    """A manifest naming files behind a symlinked folder or a symlinked file: what they
+    lead to stays, with a warning line each, and the rebuild completes."""
+    out, victim = tmp_path / "site", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "f.txt").write_text("victim's")
+    (victim / "g.txt").write_text("victim's too")
+    write_site([generated_record(0)], out)
+    (out / "d").symlink_to(victim, target_is_directory=True)
+    (out / "g.txt").symlink_to(victim / "g.txt")
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["files"].update({"d/f.txt": None, "g.txt": None})
+    (out / MANIFEST).write_text(json.dumps(manifest))
+
+    with caplog.at_level("WARNING", logger="arcoforge.catalog.manifest"):
+        done = write_site([generated_record(0)], out)
+    assert done.removed == [] and done.kept == ["d/f.txt", "g.txt"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{out / 'd' / 'f.txt'}: left in place, not removed ({out / 'd'} is a symbolic link)",
+        f"{out / 'g.txt'}: left in place, not removed ({out / 'g.txt'} is a symbolic link)",
+    ]
+    assert sorted(p.name for p in victim.iterdir()) == ["f.txt", "g.txt"]
+    assert (victim / "f.txt").read_text() == "victim's"
+    assert (out / "d").is_symlink() and (out / "g.txt").is_symlink()
 
 
 @pytest.mark.parametrize(
@@ -512,6 +551,12 @@ def test_the_command_writes_pages_stac_and_runs_and_a_rerun_writes_nothing(baked
     zarr = (site / "datasets" / "sst-zarr--sst-zarr" / "index.html").read_text()
     assert f'<code class="url">{baked / "out" / "sst.zarr"}</code>' in zarr
     assert "<td>1981-09-01T12:00:00</td><td>1981-09-04T12:00:00</td>" in zarr
+    # each run's link serves its full record, as bake wrote it beside the store
+    runs = list((site / "datasets" / "sst-zarr--sst-zarr" / "runs").iterdir())
+    assert runs
+    for run in runs:
+        beside = baked / "out" / ".arcoforge-runs" / run.name
+        assert json.loads(run.read_text()) == json.loads(beside.read_text())
     catalog = json.loads((site / "stac" / "catalog.json").read_text())
     assert catalog["type"] == "Catalog"
     assert sorted(link["href"] for link in catalog["links"] if link["rel"] == "child") == [
@@ -548,7 +593,7 @@ def test_a_feedstock_left_out_loses_its_pages_and_collection(baked, tmp_path):
 
 
 @pytest.mark.browser
-def test_the_site_in_a_browser(browser, serve, site, tmp_path):
+def test_the_site_in_a_browser(browser, serve, site):
     url = serve(site)
     open_index(browser, url)
     assert sorted(shown(browser)) == ["sst-refs--sst-refs", "sst-zarr--sst-zarr"]
@@ -564,9 +609,7 @@ def test_the_site_in_a_browser(browser, serve, site, tmp_path):
     browser.find_element("id", "clear").click()
     choose(browser, "provider", "Example Bakery")
     assert shown(browser) == ["sst-refs--sst-refs"]
-    shot = tmp_path / "catalog-index.png"
-    browser.save_screenshot(str(shot))
-    print(f"screenshot: {shot}")
+    shot = screenshot(browser, "catalog-index.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     browser.find_element("link text", FEEDSTOCKS["sst-refs"]["title"]).click()
@@ -590,9 +633,7 @@ def test_the_site_in_a_browser(browser, serve, site, tmp_path):
     code = browser.execute_script("return document.getElementById('snippet-1').textContent")
     assert "sst-refs" in code
     assert browser.execute_script("return navigator.clipboard.readText()") == code
-    shot = tmp_path / "catalog-dataset.png"
-    browser.save_screenshot(str(shot))
-    print(f"screenshot: {shot}")
+    assert screenshot(browser, "catalog-dataset.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert console_errors(browser) == []
 
     run_link = browser.find_element("css selector", "#runs ~ div a[type='application/json']")
@@ -600,16 +641,46 @@ def test_the_site_in_a_browser(browser, serve, site, tmp_path):
     run_link.click()
     WebDriverWait(browser, WAIT).until(lambda c: c.current_url.endswith(f"{run_id}.json"))
     run = json.loads(browser.find_element("tag name", "pre").text)
-    assert run["id"] == run_id and run["status"] == "succeeded" and run["inputs"] == 4
+    assert run["id"] == run_id and run["status"] == "succeeded" and run["inputs"]["count"] == 4
+    assert run["stage_seconds"] and run["target"].startswith("/")  # the full run record
 
     browser.back()
     browser.find_element("link text", "STAC catalog").click()
     WebDriverWait(browser, WAIT).until(lambda c: c.current_url.endswith("stac/catalog.json"))
     catalog = json.loads(browser.find_element("tag name", "pre").text)
     assert catalog["type"] == "Catalog" and catalog["id"] == "arcoforge"
+    # one child link leads to its collection, whose thumbnail is the quick-look PNG
+    (child,) = [
+        link["href"]
+        for link in catalog["links"]
+        if link["rel"] == "child" and "sst-zarr--sst-zarr" in link["href"]
+    ]
+    browser.get(urllib.parse.urljoin(browser.current_url, child))
+    assert browser.current_url == f"{url}stac/sst-zarr--sst-zarr/collection.json"
+    collection = json.loads(browser.find_element("tag name", "pre").text)
+    assert collection["type"] == "Collection" and collection["id"] == "sst-zarr--sst-zarr"
+    (interval,) = collection["extent"]["temporal"]["interval"]
+    assert [t[:10] for t in interval] == ["1981-09-01", "1981-09-04"]
+    (bbox,) = collection["extent"]["spatial"]["bbox"]
+    assert len(bbox) == 4 and -90 <= bbox[1] < bbox[3] <= 90
+    thumbnail = collection["assets"]["thumbnail"]
+    assert thumbnail["type"] == "image/png"
+    href = urllib.parse.urljoin(browser.current_url, thumbnail["href"])
+    with urllib.request.urlopen(href, timeout=WAIT) as answer:
+        assert answer.headers["Content-Type"] == "image/png"
+        assert answer.read()[:8] == b"\x89PNG\r\n\x1a\n"
     # a JSON document has no <link rel="icon">, so the browser asks for /favicon.ico
     errors = console_errors(browser)
     assert [e for e in errors if "/favicon.ico - " not in e["message"]] == [], errors
+
+
+def screenshot(chrome, name: str) -> Path:
+    """Save a screenshot of the window in ``ARTIFACTS`` (kept by CI), print its path."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / name
+    chrome.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
+    return shot
 
 
 def assert_images_loaded(chrome, expected: int) -> None:
@@ -772,6 +843,7 @@ def test_a_feedstock_given_twice_and_a_port_in_use_are_one_line(baked, tmp_path)
     assert error_line(proc, rc=1) == (
         "error: dataset 'sst-zarr/sst-zarr' is given twice (feedstock given twice?)"
     )
+    assert proc.stdout == ""  # refused from meta.yaml, before any store was read
     assert not Path(out).exists()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -786,6 +858,20 @@ def test_a_feedstock_given_twice_and_a_port_in_use_are_one_line(baked, tmp_path)
         "(choose another port, or 0 for any free one)"
     )
     assert (Path(out) / "index.html").is_file()  # built, then the preview could not start
+
+
+def test_two_feedstocks_of_one_page_name_are_refused_before_any_store_is_read(baked, tmp_path):
+    twin = Path(shutil.copytree(baked / "sst-zarr", tmp_path / "SST-zarr"))
+    out = tmp_path / "site"
+    proc = arcoforge(
+        "catalog", "sst-zarr", twin, "--target-root", "out", "--out", out, cwd=baked
+    )  # fmt: skip
+    assert error_line(proc, rc=1) == (
+        "error: datasets 'sst-zarr/sst-zarr' and 'SST-zarr/sst-zarr' have one page name "
+        "'SST-zarr--sst-zarr'"
+    )
+    assert proc.stdout == ""
+    assert not out.exists()
 
 
 def test_without_jinja2_the_command_names_the_extra(baked, tmp_path):

@@ -7,10 +7,15 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .describe import describe_feedstock
+import fsspec
+
+from ..feedstock import read_meta
+from ..runs import RUNS_FOLDER, RunRecord
+from ..secrets import redact, secret_values
+from .describe import describe_feedstock, slug
 from .manifest import Published, read_manifest
 from .record import DatasetRecord
-from .site import check_records, write_site
+from .site import check_names, check_records, write_site
 from .stac import build_stac
 
 
@@ -26,6 +31,7 @@ def build_catalog(
     and what writing their site and STAC catalog (``out/stac``) did to ``out``.
     ``described`` is called with each record as it is made."""
     read_manifest(out)  # refuse a folder of something else before reading any store
+    check_names(_names(feedstocks))  # and pages that would collide
     with tempfile.TemporaryDirectory(prefix="arcoforge-catalog-") as tmp:
         stage = Path(tmp)
         quicklooks = stage / "quicklooks"
@@ -48,8 +54,44 @@ def build_catalog(
             base_url=base_url,
             quicklook_dir=quicklooks,
             stac_dir=stage / "stac",
+            run_records=run_records(records, storage_options),
         )
     return records, published
+
+
+def run_records(
+    records: Sequence[DatasetRecord], storage_options: dict | None = None
+) -> dict[str, str]:
+    """The run records of ``records`` as JSON text (secrets masked) by run id, read again
+    from the folder beside each store where bake wrote them; a run whose record is not
+    there (or names another store) is left out, and its summary is published instead."""
+    secrets = tuple(secret_values(open_kwargs=storage_options))
+    found = {}
+    for record in records:
+        parent = record.store.url.rstrip("/").rpartition("/")[0]
+        for run in record.runs:
+            try:
+                fs, path = fsspec.core.url_to_fs(
+                    f"{parent}/{RUNS_FOLDER}/{run.id}.json", **(storage_options or {})
+                )
+                full = RunRecord.model_validate_json(fs.cat_file(path))
+            except Exception:  # missing, unreadable or not a record: each filesystem has its own
+                continue
+            if full.id == run.id and full.target == record.store.url:
+                found[run.id] = redact(full.model_dump_json(indent=1), secrets) + "\n"
+    return found
+
+
+def _names(feedstocks: Sequence[Path]) -> list[tuple[str, str]]:
+    """The (dataset id, slug) of each recipe of ``feedstocks``, from their meta.yaml alone
+    (named as :func:`describe_feedstock` names them)."""
+    names = []
+    for folder in feedstocks:
+        feedstock = Path(folder).resolve().name
+        for ref in read_meta(Path(folder)).recipes:
+            dataset_id = f"{feedstock}/{ref.id}"
+            names.append((dataset_id, slug(dataset_id)))
+    return names
 
 
 def _stac_url(base_url: str | None) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Mapping
@@ -21,6 +22,8 @@ from ..errors import ArcoforgeError
 
 MANIFEST = ".arcoforge-catalog.json"
 FORMAT = "arcoforge-catalog/1"
+
+log = logging.getLogger(__name__)
 
 
 class CatalogFolderError(ArcoforgeError):
@@ -111,18 +114,37 @@ def publish(out: Path, files: Mapping[str, bytes]) -> Published:
 
 def _remove_if_ours(out: Path, path: str, expected: str | None) -> bool:
     """Remove ``out/path`` if it holds what the catalog wrote there (any bytes, for a file
-    claimed by an interrupted build), then the folders it leaves empty."""
+    claimed by an interrupted build), then the folders it leaves empty. A path through a
+    symbolic link is never followed: what it leads to is not the catalog's, so it stays,
+    with a warning."""
     target = out / path
-    if not target.is_file() or target.is_symlink():
+    why = _not_plainly_inside(out, PurePosixPath(path))
+    if why:
+        log.warning(f"{target}: left in place, not removed ({why})")
+        return False
+    if not target.is_file():
         return False
     if expected is not None and digest(target.read_bytes()) != expected:
         return False
     target.unlink()
     parent = target.parent
-    while parent != out and not any(parent.iterdir()):
+    while parent != out and not parent.is_symlink() and not any(parent.iterdir()):
         parent.rmdir()
         parent = parent.parent
     return True
+
+
+def _not_plainly_inside(out: Path, path: PurePosixPath) -> str | None:
+    """Why ``out/path`` may lead outside ``out`` (a symbolic link on the way, ``path``
+    included), or None."""
+    step = out
+    for part in path.parts:
+        step = step / part
+        if step.is_symlink():
+            return f"{step} is a symbolic link"
+    if not step.resolve().is_relative_to(out.resolve()):
+        return f"it resolves outside {out}"
+    return None
 
 
 def _write_manifest(out: Path, files: Mapping[str, str | None]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata, resources
 from pathlib import Path
@@ -52,13 +52,20 @@ def write_site(
     base_url: str | None = None,
     quicklook_dir: Path | None = None,
     stac_dir: Path | None = None,
+    run_records: Mapping[str, str] | None = None,
 ) -> Published:
     """Write the site of ``records`` into ``out``, touching only files whose bytes change.
 
     ``quicklook_dir`` holds the quick-look PNGs the records name (their paths relative to
-    ``quicklook_dir/<slug>/``); ``stac_dir`` a STAC catalog to publish as ``out/stac``.
+    ``quicklook_dir/<slug>/``); ``stac_dir`` a STAC catalog to publish as ``out/stac``;
+    ``run_records`` the full run records as JSON text (secrets masked) by run id, each
+    published in place of its run's summary.
     """
     files = render_site(records, base_url=base_url, stac=stac_dir is not None)
+    for record in records:
+        for run in record.runs:
+            if run_records and run.id in run_records:
+                files[f"datasets/{record.slug}/{_run_file(run)}"] = run_records[run.id].encode()
     if quicklook_dir is not None:
         files.update(quicklook_files(records, quicklook_dir))
     if stac_dir is not None:
@@ -104,24 +111,30 @@ def check_records(records: Iterable[DatasetRecord]) -> None:
     """Refuse records whose pages would collide or whose files would land outside their
     folder: two datasets of one id or slug, a slug that is not a file name, a quick-look
     path that leaves the dataset's folder."""
-    ids: set[str] = set()
-    slugs: dict[str, str] = {}
+    records = list(records)
+    check_names((record.id, record.slug) for record in records)
     for record in records:
-        if record.id in ids:
-            raise SiteError(f"dataset {record.id!r} is given twice (feedstock given twice?)")
-        ids.add(record.id)
-        if not _SLUG.fullmatch(record.slug):
-            raise SiteError(f"dataset {record.id!r}: slug {record.slug!r} is not a file name")
-        if record.slug.casefold() in slugs:
-            other = slugs[record.slug.casefold()]
-            raise SiteError(
-                f"datasets {other!r} and {record.id!r} have one page name {record.slug!r}"
-            )
-        slugs[record.slug.casefold()] = record.id
         look = record.quicklook
         for path in (look.first, look.last) if look else ():
             if not safe_path(path) or path == "index.html" or path.startswith("runs/"):
                 raise SiteError(f"dataset {record.id!r}: quick-look path {path!r} is not allowed")
+
+
+def check_names(names: Iterable[tuple[str, str]]) -> None:
+    """Refuse (dataset id, slug) pairs whose pages would collide: an id given twice, a slug
+    that is not a file name, two slugs that differ only in case."""
+    ids: set[str] = set()
+    slugs: dict[str, str] = {}
+    for dataset_id, slug in names:
+        if dataset_id in ids:
+            raise SiteError(f"dataset {dataset_id!r} is given twice (feedstock given twice?)")
+        ids.add(dataset_id)
+        if not _SLUG.fullmatch(slug):
+            raise SiteError(f"dataset {dataset_id!r}: slug {slug!r} is not a file name")
+        if slug.casefold() in slugs:
+            other = slugs[slug.casefold()]
+            raise SiteError(f"datasets {other!r} and {dataset_id!r} have one page name {slug!r}")
+        slugs[slug.casefold()] = dataset_id
 
 
 def quicklook_files(records: Iterable[DatasetRecord], folder: Path) -> dict[str, bytes]:
