@@ -830,9 +830,11 @@ def test_a_file_among_run_records_that_is_not_one_is_a_warning_line(baked, tmp_p
     assert proc.stdout.startswith("ok          sst-zarr/sst-zarr\n")
     (line,) = proc.stderr.splitlines()
     assert line.startswith(f"warning: {junk}: not a run record, skipped (ValidationError: ")
-    # the copied records name the store where it was baked, not this copy
+    # records beside the copy match on their store name, so the copy keeps its history
     page = (out / "datasets" / "sst-zarr--sst-zarr" / "index.html").read_text()
-    assert "<p>No run record of this dataset was found.</p>" in page
+    assert "<p>No run record of this dataset was found.</p>" not in page
+    (run,) = [p.stem for p in (root / ".arcoforge-runs").glob("2*.json")]
+    assert f">{run}</a>" in page
 
 
 def test_a_feedstock_given_twice_and_a_port_in_use_are_one_line(baked, tmp_path):
