@@ -194,12 +194,20 @@ def _bbox(record: DatasetRecord) -> list[float]:
     if record.extent is None:
         return list(_WORLD)
     e = record.extent
-    if e.east - e.west >= 359.0:
+    if e.east - e.west + _spacing(record) >= 359.0:  # cell centres of a global grid
         west, east = -180.0, 180.0
     else:
         west, east = _wrap(e.west), _wrap(e.east)
         east = 180.0 if east == -180.0 and e.east > e.west else east
     return [west, max(e.south, -90.0), east, min(e.north, 90.0)]
+
+
+def _spacing(record: DatasetRecord) -> float:
+    """The step of a regular 1-D longitude dimension (its centres span one step less than
+    the cells do), or 0."""
+    extent = record.extent
+    sizes = [d.size for d in record.dims if d.kind == "x" and d.size > 1]
+    return (extent.east - extent.west) / (sizes[0] - 1) if extent and sizes else 0.0
 
 
 def _wrap(lon: float) -> float:
