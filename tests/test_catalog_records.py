@@ -26,6 +26,8 @@ import pytest
 import xarray as xr
 import xpystac.core
 from corpus import iris
+from test_cli import arcoforge as arcoforge_cli
+from test_cli import ok
 
 import arcoforge
 from arcoforge import ArcoforgeError
@@ -120,24 +122,6 @@ def write_feedstock(folder: Path, recipe: str, ids: list[str], **meta: str) -> P
     (folder / "meta.yaml").write_text(META.format(recipes=recipes, **meta))
     (folder / "recipe.py").write_text(recipe)
     return folder
-
-
-def arcoforge_cli(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, **(env or {}), "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-    return subprocess.run(
-        [sys.executable, "-m", "arcoforge.cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 class Baked:
