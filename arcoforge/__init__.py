@@ -1,9 +1,9 @@
 """arcoforge: bake archives of scientific files into analysis-ready, cloud-optimized stores."""
 
-from .bake import BakeResult, bake
-from .errors import ArcoforgeError
-from .patterns import ConcatDim, FilePattern, MergeDim, pattern_from_file_sequence
-from .recipe import (
+from arcoforge.bake.run import BakeResult, bake
+from arcoforge.errors import ArcoforgeError
+from arcoforge.recipe.patterns import ConcatDim, FilePattern, MergeDim, pattern_from_file_sequence
+from arcoforge.recipe.steps import (
     OpenURLWithFSSpec,
     OpenWithKerchunk,
     OpenWithXarray,

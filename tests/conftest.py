@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, pattern_from_file_sequence
-from arcoforge.runs import RUNS_FOLDER
+from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 

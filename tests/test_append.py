@@ -12,10 +12,10 @@ import xarray as xr
 from conftest import assert_same_as_sources, simple_recipe
 
 from arcoforge import bake
-from arcoforge.runs import RUNS_FOLDER
+from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.testing.archives import oisst_dataset, write_files, write_oisst_archive
-from arcoforge.updates import AppendError
-from arcoforge.writers import patch
+from arcoforge.zarr import patch
+from arcoforge.zarr.append import AppendError
 
 GRID = {"ny": 18, "nx": 36}
 

@@ -14,9 +14,15 @@ from conftest import assert_same_as_sources, simple_recipe
 from test_cli import NAME, arcoforge, error_line, ok, sources
 
 from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
-from arcoforge.audit import CHECKERS, StoreReport, check_before_publish, checker_for, validate_store
 from arcoforge.errors import ValidationError
-from arcoforge.patterns import pattern_from_file_sequence
+from arcoforge.recipe.patterns import pattern_from_file_sequence
+from arcoforge.validate.zarr import (
+    CHECKERS,
+    StoreReport,
+    check_before_publish,
+    checker_for,
+    validate_store,
+)
 
 CHECKS = ["opens", "cf-time", "coordinates", "chunks-present", "chunks-decode"]
 
@@ -263,7 +269,7 @@ def test_validate_command_on_a_healthy_store(baked_feedstock, tmp_path):
         assert f"│ {check}" in table
     assert "FAILED" not in table and "4 of 4 inputs equal the store" in table
     proc = ok(arcoforge("validate", store, "--against", NAME, "--json", cwd=tmp_path))
-    from arcoforge.feedstock import load_recipes
+    from arcoforge.recipe.feedstock import load_recipes
 
     recipe = load_recipes(feedstock)[NAME]
     assert json.loads(proc.stdout) == validate_store(str(store), against=recipe).to_dict()

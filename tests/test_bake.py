@@ -19,15 +19,15 @@ from arcoforge import (
     bake,
     pattern_from_file_sequence,
 )
+from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.errors import SchemaError
-from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import (
     oisst_dataset,
     write_coords_archive,
     write_merge_archive,
     write_oisst_archive,
 )
-from arcoforge.updates import write_chunks
+from arcoforge.zarr.append import write_chunks
 from tests.conftest import assert_same_as_sources, simple_recipe, xarray_to_zarr
 
 
@@ -315,10 +315,10 @@ def test_rebake_replaces_the_store_with_the_same_values(tmp_path, small_archive)
 
 
 def test_memory_budget_splits_static_dims(tmp_path, small_archive):
-    from arcoforge.bake import normalize_root, run_plan
+    from arcoforge.bake.run import normalize_root, run_plan
+    from arcoforge.core.progress import Reporter
     from arcoforge.engines.local import LocalEngine
-    from arcoforge.plan import estimate, make_plan
-    from arcoforge.progress import Reporter
+    from arcoforge.zarr.plan import estimate, make_plan
 
     recipe = simple_recipe(small_archive, chunks={"time": 8, "lat": 6})
     plan = make_plan(recipe, normalize_root(tmp_path), cache=None, workers=1)

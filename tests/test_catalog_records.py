@@ -41,8 +41,8 @@ from arcoforge.catalog.describe import (
 )
 from arcoforge.catalog.quicklook import write_quicklook
 from arcoforge.catalog.record import DatasetRecord
-from arcoforge.runs import RUNS_FOLDER, Inputs, RunRecord, runner
-from arcoforge.secrets import secret_values
+from arcoforge.core.runs import RUNS_FOLDER, Inputs, RunRecord, runner
+from arcoforge.sources.secrets import secret_values
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 

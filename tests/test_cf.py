@@ -33,10 +33,10 @@ from arcoforge import (
     pattern_from_file_sequence,
 )
 from arcoforge.errors import ArcoforgeError, SchemaError
+from arcoforge.references.formats.icechunk import readonly_store
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_grib_archive
-from arcoforge.updates import AppendError
-from arcoforge.writers.icechunk import readonly_store
+from arcoforge.zarr.append import AppendError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ import xarray as xr
 import yaml
 from conftest import assert_same_as_sources
 
-from arcoforge.runs import RUNS_FOLDER
+from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.testing.httpserver import Faults, FileServer
 
 TIMEOUT = 120
@@ -262,7 +262,7 @@ def test_a_bad_storage_option_is_one_line_naming_it(feedstock, tmp_path, flags, 
 
 
 def test_storage_option_values_are_json_when_they_are_json():
-    from arcoforge.cli import storage_options
+    from arcoforge.cli.main import storage_options
 
     flags = ("anon=true", "n=3", "name=eu-west-1", "code=0123", 'quoted="3"', "a.b.c=x")
     got = storage_options(flags, {"a": {"b": {"d": 1}}, "n": 1})

@@ -19,17 +19,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from arcoforge import (
-    ConcatDim,
-    FilePattern,
-    OpenURLWithFSSpec,
-    OpenWithXarray,
-    StoreToZarr,
-    bake,
-)
+from arcoforge import ConcatDim, FilePattern, OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
 from arcoforge import pattern_from_file_sequence as sequence
 from arcoforge.errors import ArcoforgeError, SchemaError
-from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
+from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer

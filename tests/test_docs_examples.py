@@ -62,8 +62,8 @@ import xarray as xr
 from distributed import LocalCluster
 
 from arcoforge import OpenWithKerchunk, WriteCombinedReference, bake, pattern_from_file_sequence
-from arcoforge.feedstock import load_recipes
-from arcoforge.templates import write_feedstock
+from arcoforge.cli.templates import write_feedstock
+from arcoforge.recipe.feedstock import load_recipes
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 

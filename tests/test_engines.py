@@ -16,11 +16,11 @@ import pytest
 import yaml
 
 from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
-from arcoforge.config import read_config
+from arcoforge.cli.templates import write_feedstock
+from arcoforge.core.progress import Reporter
 from arcoforge.engines import get_engine
 from arcoforge.errors import ArcoforgeError, SourceError
-from arcoforge.progress import Reporter
-from arcoforge.templates import write_feedstock
+from arcoforge.recipe.config import read_config
 from arcoforge.testing.archives import write_corrupt_file, write_oisst_archive
 from arcoforge.testing.engines import KillWorker, SparkStandalone
 from arcoforge.testing.httpserver import Faults, FileServer

@@ -87,7 +87,7 @@ def test_retry_that_fails_again_keeps_the_store(half_served, tmp_path):
 
 def test_skipping_needs_the_length_of_each_input(half_served, tmp_path):
     from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr
-    from arcoforge.patterns import pattern_from_file_sequence
+    from arcoforge.recipe.patterns import pattern_from_file_sequence
 
     _, _, urls = half_served
     recipe = (
@@ -119,7 +119,7 @@ class FailsOnSecondOpen:
 
 def test_input_failing_in_the_write_stage_is_skipped_and_recorded(small_archive, tmp_path):
     from arcoforge import OpenWithXarray, StoreToZarr
-    from arcoforge.patterns import pattern_from_file_sequence
+    from arcoforge.recipe.patterns import pattern_from_file_sequence
 
     marks = tmp_path / "marks"
     marks.mkdir()

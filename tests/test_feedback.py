@@ -22,22 +22,15 @@ import xarray as xr
 from conftest import nothing_baked
 from test_cli import NAME, arcoforge, error_line, json_lines, ok, sources
 
-from arcoforge import (
-    ConcatDim,
-    FilePattern,
-    OpenURLWithFSSpec,
-    OpenWithXarray,
-    StoreToZarr,
-    bake,
-)
+from arcoforge import ConcatDim, FilePattern, OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
 from arcoforge.amounts import count, size
+from arcoforge.cli.templates import write_feedstock
+from arcoforge.core.progress import PlainReporter
+from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.errors import RecipeError, SchemaError, SourceError
-from arcoforge.patterns import pattern_from_file_sequence
-from arcoforge.progress import PlainReporter
-from arcoforge.recipe import OpenWithKerchunk, Recipe, WriteCombinedReference
+from arcoforge.recipe.patterns import pattern_from_file_sequence
+from arcoforge.recipe.steps import OpenWithKerchunk, Recipe, WriteCombinedReference
 from arcoforge.references.plan import describe, make_reference_plan
-from arcoforge.runs import RUNS_FOLDER
-from arcoforge.templates import write_feedstock
 from arcoforge.testing.archives import oisst_dataset, write_oisst_archive
 from arcoforge.testing.httpserver import Faults, FileServer
 

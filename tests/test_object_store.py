@@ -11,9 +11,9 @@ import xarray as xr
 from conftest import assert_same_as_sources, simple_recipe
 
 from arcoforge import bake
-from arcoforge.audit import validate_store
-from arcoforge.ledger import LockedError
-from arcoforge.runs import RUNS_FOLDER
+from arcoforge.core.ledger import LockedError
+from arcoforge.core.runs import RUNS_FOLDER
+from arcoforge.validate.zarr import validate_store
 
 
 def test_bake_to_s3_and_rebake_is_a_no_op(small_archive, s3, bucket):

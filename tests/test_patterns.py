@@ -17,7 +17,7 @@ from arcoforge import (
     pattern_from_file_sequence,
 )
 from arcoforge.errors import RecipeError
-from arcoforge.recipe import Preprocess
+from arcoforge.recipe.steps import Preprocess
 
 
 def make_url(variable, time):

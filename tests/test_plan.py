@@ -6,11 +6,11 @@ import pickle
 
 import pytest
 
-from arcoforge.bake import normalize_root
-from arcoforge.chunking import parse_bytes, resolve_chunks
+from arcoforge.bake.run import normalize_root
+from arcoforge.core.compare import sample_positions
 from arcoforge.errors import RecipeError
-from arcoforge.plan import estimate, make_plan
-from arcoforge.validate import sample_positions
+from arcoforge.zarr.chunking import parse_bytes, resolve_chunks
+from arcoforge.zarr.plan import estimate, make_plan
 from tests.conftest import simple_recipe
 
 

@@ -15,10 +15,10 @@ import xarray as xr
 from test_references import FORMATS, assert_matches_sources, ref_recipe
 
 from arcoforge import ConcatDim, FilePattern, MergeDim, bake
-from arcoforge.plan import make_plan
-from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
+from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references import plan as references_plan
 from arcoforge.references import store as reference_store
+from arcoforge.references.formats.json import read_meeting, write_json
 from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest, zarray
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import (
@@ -28,8 +28,8 @@ from arcoforge.testing.archives import (
     write_merge_archive,
     write_oisst_archive,
 )
-from arcoforge.updates import AppendError
-from arcoforge.writers.kerchunk_json import read_meeting, write_json
+from arcoforge.zarr.append import AppendError
+from arcoforge.zarr.plan import make_plan
 
 
 def digest(path: Path) -> str:

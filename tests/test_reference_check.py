@@ -21,12 +21,13 @@ from arcoforge import bake
 from arcoforge.errors import ValidationError
 from arcoforge.references import check, held
 from arcoforge.references.check import CheckTask, _check_decoded, check_input
+from arcoforge.references.formats import json as kerchunk_json
+from arcoforge.references.formats import parquet as kerchunk
 from arcoforge.references.manifest import Manifest, inline_array
 from arcoforge.references.plan import HELD, make_reference_plan
 from arcoforge.references.store import ReferenceStore
 from arcoforge.testing.archives import write_oisst_archive
-from arcoforge.updates import AppendError
-from arcoforge.writers import kerchunk, kerchunk_json
+from arcoforge.zarr.append import AppendError
 
 
 def swap_days(m: Manifest) -> None:

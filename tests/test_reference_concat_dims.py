@@ -13,16 +13,17 @@ from test_references import FORMATS
 
 from arcoforge import ConcatDim, FilePattern, MergeDim, bake
 from arcoforge.errors import ValidationError
-from arcoforge.plan import BakeState
-from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
+from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references import held
 from arcoforge.references.check import CheckTask, _check_decoded, check_input
 from arcoforge.references.combine import CombineError, concat_grid
+from arcoforge.references.formats import json as kerchunk_json
+from arcoforge.references.formats import parquet as kerchunk
 from arcoforge.references.plan import HELD, describe, make_reference_plan, plan_reference_append
 from arcoforge.references.scan import ScanConfig, scan_input
 from arcoforge.references.store import ReferenceStore, open_references
-from arcoforge.updates import AppendError
-from arcoforge.writers import kerchunk, kerchunk_json
+from arcoforge.zarr.append import AppendError
+from arcoforge.zarr.plan import BakeState
 
 TIMES, MEMBERS = 3, 2
 MEMBER_KEYS = [10, 20]

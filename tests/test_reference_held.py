@@ -5,9 +5,9 @@ import pickle
 import numpy as np
 import pytest
 
+from arcoforge.core.statefile import StateFileError
 from arcoforge.references import held
 from arcoforge.references.manifest import ArrayRefs, Manifest, zarray
-from arcoforge.statefile import StateFileError
 
 
 def _manifest(n: int) -> Manifest:

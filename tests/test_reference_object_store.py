@@ -16,13 +16,13 @@ from test_reference_validate import break_archive
 from test_references import FORMATS, ref_recipe
 
 from arcoforge import bake
-from arcoforge.audit import checker_for
+from arcoforge.core.ledger import STAGED, Ledger
+from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.errors import TargetError
-from arcoforge.ledger import STAGED, Ledger
 from arcoforge.references.store import ReferenceStore
-from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
-from arcoforge.updates import AppendError
+from arcoforge.validate.zarr import checker_for
+from arcoforge.zarr.append import AppendError
 
 
 @pytest.fixture

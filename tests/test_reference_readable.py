@@ -24,7 +24,7 @@ from test_references import ref_recipe
 
 from arcoforge import bake, pattern_from_file_sequence
 from arcoforge.errors import ValidationError
-from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
+from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_oisst_archive
 from tests import corpus

@@ -19,7 +19,7 @@ from arcoforge import (
     pattern_from_file_sequence,
 )
 from arcoforge.errors import ArcoforgeError, RecipeError, SchemaError, SourceError
-from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
+from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import (
     oisst_dataset,
@@ -107,7 +107,7 @@ def test_parquet_records_read_in_part_as_fsspec_reads_them(tmp_path):
     records hold offsets and sizes as integers for fastparquet, the engine it reads with."""
     from fsspec.implementations.reference import LazyReferenceMapper
 
-    from arcoforge.writers.kerchunk import read_meeting
+    from arcoforge.references.formats.parquet import read_meeting
 
     paths = write_oisst_archive(tmp_path / "src", days=6, ny=18, nx=36, steps_per_file=2)
     recipe = ref_recipe(paths, "reference.parquet", record_size=2)
@@ -353,7 +353,7 @@ def test_cli_bake_dry_run_append_and_errors(tmp_path):
     import subprocess
     import sys
 
-    from arcoforge.templates import META
+    from arcoforge.cli.templates import META
     from arcoforge.testing.archives import write_corrupt_file
 
     write_oisst_archive(tmp_path / "src", days=3, ny=12, nx=20)

@@ -18,9 +18,9 @@ import pytest
 from conftest import assert_same_as_sources
 
 from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
+from arcoforge.core.ledger import LockedError
+from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.errors import ArcoforgeError, TargetError
-from arcoforge.ledger import LockedError
-from arcoforge.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
 
 SCRIPT = textwrap.dedent(

@@ -22,10 +22,9 @@ from test_cli import NAME, arcoforge, error_line, ok
 from test_sources import PASSWORD, TOKEN, USER, files_containing, urls_on
 
 from arcoforge import bake
-from arcoforge.bake import stored_bytes
-from arcoforge.errors import SourceError
-from arcoforge.progress import Reporter
-from arcoforge.runs import (
+from arcoforge.bake.run import stored_bytes
+from arcoforge.core.progress import Reporter
+from arcoforge.core.runs import (
     LIBRARIES,
     RUNS_FOLDER,
     RunContext,
@@ -34,6 +33,7 @@ from arcoforge.runs import (
     state_dir,
     versions,
 )
+from arcoforge.errors import SourceError
 from arcoforge.testing.httpserver import Faults, FileServer
 
 ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")

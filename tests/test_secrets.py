@@ -30,18 +30,12 @@ import pytest
 import xarray as xr
 from conftest import assert_same_as_sources, simple_recipe
 
-from arcoforge import (
-    OpenWithKerchunk,
-    WriteCombinedReference,
-    bake,
-    pattern_from_file_sequence,
-)
-from arcoforge.cli import friendly
+from arcoforge import OpenWithKerchunk, WriteCombinedReference, bake, pattern_from_file_sequence
+from arcoforge.cli.main import friendly
+from arcoforge.core.progress import JsonReporter, Reporter, logs_to
 from arcoforge.errors import SourceError
-from arcoforge.plan import make_plan
-from arcoforge.progress import JsonReporter, Reporter, logs_to
 from arcoforge.references.store import open_references
-from arcoforge.secrets import (
+from arcoforge.sources.secrets import (
     basic_credentials,
     hide_userinfo,
     redact,
@@ -52,6 +46,7 @@ from arcoforge.secrets import (
 )
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
+from arcoforge.zarr.plan import make_plan
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -16,9 +16,9 @@ from conftest import assert_same_as_sources, nothing_baked, simple_recipe
 
 from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
 from arcoforge.errors import SourceError
-from arcoforge.patterns import pattern_from_file_sequence
-from arcoforge.secrets import MASK, redact, secret_values, with_query_secrets
+from arcoforge.recipe.patterns import pattern_from_file_sequence
 from arcoforge.sources.cache import Cache
+from arcoforge.sources.secrets import MASK, redact, secret_values, with_query_secrets
 from arcoforge.testing.httpserver import Faults, FileServer
 
 TOKEN = "s3cr3t-XYZ"
@@ -355,7 +355,7 @@ def test_query_string_secret_is_in_no_file_or_log_line_of_a_faulty_bake(small_ar
     import io
     import os
 
-    from arcoforge.progress import JsonReporter
+    from arcoforge.core.progress import JsonReporter
 
     log = io.StringIO()
     faults = Faults(

@@ -29,18 +29,24 @@ from conftest import assert_same_as_sources, simple_recipe
 from test_references import FORMATS, assert_matches_sources, ref_recipe
 
 from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
+from arcoforge.cli.templates import write_feedstock
+from arcoforge.core.ledger import Ledger, LockedError
+from arcoforge.core.locks import BEAT_ENV, STALE_ENV, Owner
+from arcoforge.core.progress import Reporter
+from arcoforge.core.statefile import (
+    StateFileError,
+    dumps_binary,
+    dumps_json,
+    loads_binary,
+    loads_json,
+)
 from arcoforge.engines import beam as beam_engine
 from arcoforge.engines.base import Failed
 from arcoforge.errors import ArcoforgeError, SourceError, TargetError
-from arcoforge.ledger import Ledger, LockedError
-from arcoforge.locks import BEAT_ENV, STALE_ENV, Owner
-from arcoforge.plan import STATE_TYPES, BakeState, make_plan
-from arcoforge.progress import Reporter
 from arcoforge.references.plan import HELD
-from arcoforge.schema import ScanTask, SchemaCombiner, scan_input
-from arcoforge.statefile import StateFileError, dumps_binary, dumps_json, loads_binary, loads_json
-from arcoforge.templates import write_feedstock
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.zarr.plan import STATE_TYPES, BakeState, make_plan
+from arcoforge.zarr.scan import ScanTask, SchemaCombiner, scan_input
 
 PICKLE_STARTS = [b"\x80" + bytes([protocol]) for protocol in range(2, 6)]
 PICKLE_FRAMES = (b"\x80\x04\x95", b"\x80\x05\x95")

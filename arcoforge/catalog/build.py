@@ -9,14 +9,14 @@ from pathlib import Path
 
 import fsspec
 
-from ..feedstock import read_meta
-from ..runs import RUNS_FOLDER, RunRecord
-from ..secrets import redact, secret_values
-from .describe import describe_feedstock, slug
-from .manifest import Published, read_manifest
-from .record import DatasetRecord
-from .site import check_names, check_records, write_site
-from .stac import build_stac
+from arcoforge.catalog.describe import describe_feedstock, slug
+from arcoforge.catalog.manifest import Published, read_manifest
+from arcoforge.catalog.record import DatasetRecord
+from arcoforge.catalog.site import check_names, check_records, write_site
+from arcoforge.catalog.stac import build_stac
+from arcoforge.core.runs import RUNS_FOLDER, RunRecord
+from arcoforge.recipe.feedstock import read_meta
+from arcoforge.sources.secrets import redact, secret_values
 
 
 def build_catalog(

@@ -22,16 +22,10 @@ import xarray as xr
 from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
 from zarr.errors import NodeNotFoundError
 
-from ..bake import normalize_root
-from ..errors import MissingDependency, one_line, require
-from ..feedstock import Meta, load_recipes, read_meta
-from ..recipe import Recipe
-from ..references.store import ICECHUNK, open_references, store_location
-from ..runs import RUNS_FOLDER, RunRecord
-from ..secrets import redact, secret_values, without_userinfo
-from . import cf
-from .quicklook import write_quicklook
-from .record import (
+from arcoforge.bake.run import normalize_root
+from arcoforge.catalog import cf
+from arcoforge.catalog.quicklook import write_quicklook
+from arcoforge.catalog.record import (
     DatasetRecord,
     Dimension,
     Extent,
@@ -44,6 +38,12 @@ from .record import (
     TimeCoverage,
     Variable,
 )
+from arcoforge.core.runs import RUNS_FOLDER, RunRecord
+from arcoforge.errors import MissingDependency, one_line, require
+from arcoforge.recipe.feedstock import Meta, load_recipes, read_meta
+from arcoforge.recipe.steps import Recipe
+from arcoforge.references.store import ICECHUNK, open_references, store_location
+from arcoforge.sources.secrets import redact, secret_values, without_userinfo
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..errors import ArcoforgeError
+from arcoforge.errors import ArcoforgeError
 
 MANIFEST = ".arcoforge-catalog.json"
 FORMAT = "arcoforge-catalog/1"

@@ -8,7 +8,7 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..errors import ArcoforgeError
+from arcoforge.errors import ArcoforgeError
 
 HOST = "127.0.0.1"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from ..errors import require
-from . import cf
-from .record import QuickLook
+from arcoforge.catalog import cf
+from arcoforge.catalog.record import QuickLook
+from arcoforge.errors import require
 
 FIRST, LAST = "quicklook-first.png", "quicklook-last.png"
 MAX_POINTS = 1000  # per map axis: finer than the image's pixels, and a bounded read

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from ..amounts import size
-from ..errors import ArcoforgeError
-from .manifest import Published, publish, safe_path
-from .record import DatasetRecord, Run
+from arcoforge.amounts import size
+from arcoforge.catalog.manifest import Published, publish, safe_path
+from arcoforge.catalog.record import DatasetRecord, Run
+from arcoforge.errors import ArcoforgeError
 
 STATUS_LABELS = {
     "ok": "ok",

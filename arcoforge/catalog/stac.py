@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ArcoforgeError, require
-from .describe import spdx_id
-from .record import DatasetRecord, Dimension, Variable
+from arcoforge.catalog.describe import spdx_id
+from arcoforge.catalog.record import DatasetRecord, Dimension, Variable
+from arcoforge.errors import ArcoforgeError, require
 
 if TYPE_CHECKING:
     import pystac

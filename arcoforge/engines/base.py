@@ -12,12 +12,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ArcoforgeError, one_line
-from . import worklog
+from arcoforge.core import worklog
+from arcoforge.errors import ArcoforgeError, one_line
 
 if TYPE_CHECKING:
-    from ..plan import BakeState, Plan
-    from ..progress import Reporter
+    from arcoforge.core.progress import Reporter
+    from arcoforge.zarr.plan import BakeState, Plan
 
 # name -> (module of the engine, its class, a module it needs, the extra that installs it)
 ENGINES = {
@@ -43,7 +43,7 @@ class Engine(ABC):
         """Run the plan's stages one after the other: the items of each on workers, its
         reduce here. Returns the final state and each stage's seconds. Engines that build
         one job for the whole plan override this."""
-        from ..plan import BakeState
+        from arcoforge.zarr.plan import BakeState
 
         state, timings = BakeState(), {}
         for stage in plan.stages:
@@ -124,8 +124,7 @@ def ready_worker() -> str:
     tasks do not wait for it; the worker's arcoforge version."""
     import xarray as xr
 
-    from .. import __version__, plan  # noqa: F401 - the Zarr bake's readers and writers
-    from ..references import plan as references  # noqa: F401 - the scanners
+    from arcoforge import __version__
 
     xr.backends.list_engines()
     for module in ("netCDF4", "dask.array"):  # xarray's netCDF backend; Zarr writes import dask
@@ -146,7 +145,7 @@ def settle() -> None:
 
 def check_workers(engine: str, versions: dict[str, str]) -> None:
     """Fail at start-up, naming a worker, if workers run another arcoforge than this one."""
-    from .. import __version__
+    from arcoforge import __version__
 
     for worker, version in sorted(versions.items()):
         if version != __version__:

@@ -29,13 +29,13 @@ import fsspec
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from .. import ledger as ledgers
-from ..errors import ArcoforgeError
-from ..plan import BakeState, Plan
-from ..progress import Reporter
-from ..statefile import dumps_binary, loads_binary
-from .base import Engine, Failed, call, portable
-from .worklog import Logged, replay
+from arcoforge.core import ledger as ledgers
+from arcoforge.core.progress import Reporter
+from arcoforge.core.statefile import dumps_binary, loads_binary
+from arcoforge.core.worklog import Logged, replay
+from arcoforge.engines.base import Engine, Failed, call, portable
+from arcoforge.errors import ArcoforgeError
+from arcoforge.zarr.plan import BakeState, Plan
 
 OUTCOME = "beam outcome"
 LOCAL_RUNNERS = ("DirectRunner", "PrismRunner")

@@ -12,9 +12,9 @@ from typing import Any
 import dask
 from distributed import Client, LocalCluster, as_completed
 
-from ..errors import ArcoforgeError, one_line
-from ..openers import preload
-from .base import Engine, call, check_workers, ready_worker, unwrap
+from arcoforge.core.open import preload
+from arcoforge.engines.base import Engine, call, check_workers, ready_worker, unwrap
+from arcoforge.errors import ArcoforgeError, one_line
 
 
 class DaskEngine(Engine):

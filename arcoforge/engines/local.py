@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from ..errors import ArcoforgeError
-from . import worklog
-from .base import Engine, Failed, call, portable, task_label, unwrap
+from arcoforge.core import worklog
+from arcoforge.engines.base import Engine, Failed, call, portable, task_label, unwrap
+from arcoforge.errors import ArcoforgeError
 
 if TYPE_CHECKING:  # imported when a pool starts: a bake of a few inputs runs without one
     from concurrent.futures import ProcessPoolExecutor

@@ -12,9 +12,9 @@ from typing import Any
 import cloudpickle
 from pyspark.sql import SparkSession
 
-from ..errors import ArcoforgeError, one_line
-from ..openers import preload
-from .base import Engine, call, check_workers, ready_worker, settle, unwrap
+from arcoforge.core.open import preload
+from arcoforge.engines.base import Engine, call, check_workers, ready_worker, settle, unwrap
+from arcoforge.errors import ArcoforgeError, one_line
 
 # local mode: the driver is the only node; nothing listens beyond loopback, no web UI, and
 # its JVM only schedules the Python tasks: its optimizing compiler (C2) took 1.6 CPU s of

@@ -37,14 +37,14 @@ import fsspec
 import numpy as np
 import xarray as xr
 
-from ..errors import ValidationError, one_line
-from ..openers import OpenConfig, open_input
-from ..patterns import Input
-from ..sources import local_copy
-from ..validate import compare, compare_values
-from .scan import ScanConfig, input_options, reference_url
-from .store import ReferenceStore, open_references
-from .stored import Variable, stored_variables
+from arcoforge.core.compare import compare, compare_values
+from arcoforge.core.open import OpenConfig, open_input
+from arcoforge.errors import ValidationError, one_line
+from arcoforge.recipe.patterns import Input
+from arcoforge.references.read import Variable, stored_variables
+from arcoforge.references.scan import ScanConfig, input_options, reference_url
+from arcoforge.references.store import ReferenceStore, open_references
+from arcoforge.sources import local_copy
 
 # attributes by which readers scale stored values (units and calendar decode times)
 DECODING = ("scale_factor", "add_offset", "_Unsigned")

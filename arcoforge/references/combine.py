@@ -12,8 +12,8 @@ from dataclasses import replace
 import numpy as np
 import xarray as xr
 
-from ..errors import SchemaError
-from .manifest import NO_FILE, ArrayRefs, Manifest, inline_array
+from arcoforge.errors import SchemaError
+from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest, inline_array
 
 ALIGN = 64  # bytes: where each array of a joined buffer starts
 SAME_META = ("dtype", "compressor", "filters", "fill_value", "order")

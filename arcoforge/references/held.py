@@ -15,9 +15,9 @@ from typing import Any
 
 import fsspec
 
-from .. import ledger as ledgers
-from ..statefile import ALIGN, StateFileError, dumps_binary, loads_binary
-from .manifest import ArrayRefs, Manifest
+from arcoforge.core import ledger as ledgers
+from arcoforge.core.statefile import ALIGN, StateFileError, dumps_binary, loads_binary
+from arcoforge.references.manifest import ArrayRefs, Manifest
 
 __all__ = ["ALIGN", "dumps", "load", "loads"]
 

@@ -15,20 +15,33 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from .. import ledger as ledgers
-from ..errors import RecipeError
-from ..patterns import Input
-from ..plan import STAGED, BakeState, Plan, Stage, _nothing
-from ..runs import RUNS_FOLDER
-from ..secrets import secret_values
-from ..updates import AppendError, ChangedInputError, _text, check_steps, held_identities
-from ..validate import sample_positions
-from . import held as held_files
-from .check import CheckTask, check_input, decoded
-from .combine import CombineError, concat, concat_grid, merge, replace_input, with_dims
-from .manifest import ArrayRefs, Manifest
-from .scan import ScanConfig, ScanTask, reference_url, scan_input, scan_inputs
-from .store import ReferenceStore
+from arcoforge.core import ledger as ledgers
+from arcoforge.core.compare import sample_positions
+from arcoforge.core.runs import RUNS_FOLDER
+from arcoforge.errors import RecipeError
+from arcoforge.recipe.patterns import Input
+from arcoforge.references import held as held_files
+from arcoforge.references.check import CheckTask, check_input, decoded
+from arcoforge.references.combine import (
+    CombineError,
+    concat,
+    concat_grid,
+    merge,
+    replace_input,
+    with_dims,
+)
+from arcoforge.references.manifest import ArrayRefs, Manifest
+from arcoforge.references.scan import ScanConfig, ScanTask, reference_url, scan_input, scan_inputs
+from arcoforge.references.store import ReferenceStore
+from arcoforge.sources.secrets import secret_values
+from arcoforge.zarr.append import (
+    AppendError,
+    ChangedInputError,
+    _text,
+    check_steps,
+    held_identities,
+)
+from arcoforge.zarr.plan import STAGED, BakeState, Plan, Stage, _nothing
 
 HELD = "references.held"  # the manifest kept for appends; each append adds a segment
 _KEPT = (".held", ".pkl")  # names of the manifest's files, now and as arcoforge 0.1 kept them
@@ -458,7 +471,7 @@ def plan_reference_append(plan: ReferencePlan) -> ReferencePlan:
     """The plan that adds to ``plan``'s references the pattern's inputs they lack."""
     from dataclasses import fields
 
-    from ..updates import _published, new_inputs
+    from arcoforge.zarr.append import _published, new_inputs
 
     published = _published(plan, "append to")
     if published is None:
@@ -603,9 +616,9 @@ def make_reference_plan(
     storage_options: dict | None = None,
 ) -> ReferencePlan:
     """The plan of a recipe that ends in :class:`~arcoforge.recipe.WriteCombinedReference`."""
-    from ..plan import open_config
-    from ..writers.zarr import Target
-    from .store import reference_store, store_location
+    from arcoforge.references.store import reference_store, store_location
+    from arcoforge.zarr.plan import open_config
+    from arcoforge.zarr.write import Target
 
     if skip_failed:
         raise RecipeError("--skip-failed does not apply to references: every input is needed")

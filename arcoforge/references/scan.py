@@ -10,15 +10,15 @@ from typing import IO
 
 import fsspec
 
-from ..errors import ArcoforgeError, SchemaError, SourceError, one_line
-from ..patterns import Input
-from ..secrets import redact, without_userinfo
-from ..sources import FetchConfig, is_remote
-from ..sources.fetch import remote_options
-from ..sources.identity import Gone
-from ..sources.lookup import identity_now, scanned_identity
-from .coords import IncompleteCoordinate
-from .manifest import Manifest
+from arcoforge.errors import ArcoforgeError, SchemaError, SourceError, one_line
+from arcoforge.recipe.patterns import Input
+from arcoforge.references.coords import IncompleteCoordinate
+from arcoforge.references.manifest import Manifest
+from arcoforge.sources import FetchConfig, is_remote
+from arcoforge.sources.fetch import remote_options
+from arcoforge.sources.identity import Gone
+from arcoforge.sources.lookup import identity_now, scanned_identity
+from arcoforge.sources.secrets import redact, without_userinfo
 
 
 @dataclass(frozen=True)
@@ -103,22 +103,22 @@ def _scanner(file_type: str):
     if file_type in ("netcdf4", "hdf5"):
         return _scan_hdf5
     if file_type == "netcdf3":
-        from .netcdf3 import scan_netcdf3
+        from arcoforge.references.scanners.netcdf3 import scan_netcdf3
 
         return scan_netcdf3
     if file_type == "zarr":
-        from .zarr import scan_zarr
+        from arcoforge.references.scanners.zarr import scan_zarr
 
         return scan_zarr
     if file_type == "grib":
-        from .grib import scan_grib
+        from arcoforge.references.scanners.grib import scan_grib
 
         return scan_grib
     raise SourceError(f"OpenWithKerchunk: cannot scan file_type {file_type!r}")
 
 
 def _scan_hdf5(url: str, config: ScanConfig) -> Manifest:
-    from .hdf5 import scan_hdf5
+    from arcoforge.references.scanners.hdf5 import scan_hdf5
 
     with opened(url, config) as f:
         return scan_hdf5(f, url, config.concat_dims, config.inline_threshold)

@@ -26,11 +26,12 @@ from typing import Any
 import fsspec
 import xarray as xr
 
-from .. import ledger as ledgers
-from ..errors import TargetError, one_line
-from ..sources import is_remote
-from ..writers import kerchunk, kerchunk_json
-from .manifest import Manifest
+from arcoforge.core import ledger as ledgers
+from arcoforge.errors import TargetError, one_line
+from arcoforge.references.formats import json as kerchunk_json
+from arcoforge.references.formats import parquet as kerchunk
+from arcoforge.references.manifest import Manifest
+from arcoforge.sources import is_remote
 
 ICECHUNK = "icechunk://"
 
@@ -69,7 +70,7 @@ class ReferenceStore:
     def unwritable(self, manifest: Manifest) -> str | None:
         """Why ``manifest`` cannot be written in this store's kind, or None."""
         if self.kind == "icechunk":
-            from ..writers import icechunk
+            from arcoforge.references.formats import icechunk
 
             return icechunk.unwritable(manifest)
         return None
@@ -78,7 +79,7 @@ class ReferenceStore:
         """Refuse, before anything is written, inputs (as the references name them) that
         the Icechunk repository cannot point into."""
         if self.kind == "icechunk":
-            from ..writers import icechunk
+            from arcoforge.references.formats import icechunk
 
             icechunk.check_inputs(self.url, urls)
 
@@ -87,7 +88,7 @@ class ReferenceStore:
         references are staged at their ledger's staging name, which the ledger clears
         (only if its staging manifest vouches for what is there)."""
         if self.kind == "icechunk":
-            from ..writers import icechunk
+            from arcoforge.references.formats import icechunk
 
             icechunk.drop_staging(self.url)
 
@@ -96,7 +97,7 @@ class ReferenceStore:
         any others: :func:`arcoforge.ledger.seal` of the file or folder; of an Icechunk
         repository, the snapshot at the tip of ``main`` (or of the staging branch)."""
         if self.kind == "icechunk":
-            from ..writers import icechunk
+            from arcoforge.references.formats import icechunk
 
             return icechunk.tip(self.url, icechunk.STAGING if staged else icechunk.MAIN)
         return ledgers.seal(self.staging if staged else self.url, self.storage_options)
@@ -106,7 +107,7 @@ class ReferenceStore:
         Icechunk repository holding that snapshot (later commits made by others do not
         matter), else a file or folder of that seal."""
         if self.kind == "icechunk":
-            from ..writers import icechunk
+            from arcoforge.references.formats import icechunk
 
             return icechunk.holds_snapshot(self.url, seal)
         return ledgers.seal(self.url, self.storage_options) == seal
@@ -133,7 +134,7 @@ class ReferenceStore:
                 previous = kerchunk.Previous(Path(self.url), shared)
             kerchunk.write_parquet(manifest, self.staging, self.record_size, attrs, previous)
         else:
-            from ..writers import icechunk
+            from arcoforge.references.formats import icechunk
 
             icechunk.commit_staged(self.url, manifest, attrs, message, shared)
 
@@ -171,7 +172,7 @@ class ReferenceStore:
         chunks along ``dim`` that meet ``spans`` (and of the arrays without ``dim``) are
         read, which spares parsing and indexing all of them."""
         if self.kind == "icechunk":
-            from ..writers import icechunk
+            from arcoforge.references.formats import icechunk
 
             with icechunk.open_dataset(self.url, icechunk.STAGING) as ds:
                 yield ds
@@ -209,7 +210,7 @@ class ReferenceStore:
         over a file would have ext4 write the new one to disk first, 0.01-0.07 s for
         44 MB), and the one replaced is kept as :attr:`spare`."""
         if self.kind == "icechunk":
-            from ..writers import icechunk
+            from arcoforge.references.formats import icechunk
 
             icechunk.publish_staged(self.url)
         elif self.remote:
@@ -424,7 +425,7 @@ def open_references(
     if is_icechunk_repository(url):
         url = ICECHUNK + url.removeprefix("file://")
     if url.startswith(ICECHUNK):
-        from ..writers import icechunk
+        from arcoforge.references.formats import icechunk
 
         with icechunk.open_dataset(url.removeprefix(ICECHUNK), "main", **kwargs) as ds:
             yield ds

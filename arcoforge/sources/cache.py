@@ -10,7 +10,7 @@ from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..errors import SourceError
+from arcoforge.errors import SourceError
 
 
 class Cache:

@@ -16,11 +16,11 @@ from urllib.parse import unquote, urlsplit
 
 import fsspec
 
-from ..errors import SourceError
-from ..secrets import basic_credentials, redact, show_userinfo, with_query_secrets
-from .cache import Cache, file_sha256
-from .identity import from_info
-from .limits import host_slot
+from arcoforge.errors import SourceError
+from arcoforge.sources.cache import Cache, file_sha256
+from arcoforge.sources.identity import from_info
+from arcoforge.sources.limits import host_slot
+from arcoforge.sources.secrets import basic_credentials, redact, show_userinfo, with_query_secrets
 
 _LOCAL = ("", "file", "local")
 log = logging.getLogger("arcoforge")

@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 
 import fsspec
 
-from .cache import Cache
-from .fetch import FetchConfig, _fs_options, _retryable, is_remote
-from .identity import Gone, from_info
-from .limits import host_slot
+from arcoforge.sources.cache import Cache
+from arcoforge.sources.fetch import FetchConfig, _fs_options, _retryable, is_remote
+from arcoforge.sources.identity import Gone, from_info
+from arcoforge.sources.limits import host_slot
 
 THREADS = 32  # info calls in flight at once, at most (and per host, its connection limit)
 

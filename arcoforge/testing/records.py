@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ..catalog.record import (
+from arcoforge.catalog.record import (
     DatasetRecord,
     Dimension,
     Extent,

@@ -31,12 +31,7 @@ def main() -> None:
     )
     from zarr.codecs import BloscCodec
 
-    from arcoforge import (
-        OpenURLWithFSSpec,
-        OpenWithXarray,
-        StoreToZarr,
-        bake,
-    )
+    from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
     from arcoforge.engines import get_engine
 
     codec = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")

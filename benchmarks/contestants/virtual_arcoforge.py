@@ -30,7 +30,7 @@ def main() -> None:
     try:
         from arcoforge import OpenWithKerchunk, WriteCombinedReference
     except ImportError:  # a version that does not export them at the top level (yet)
-        from arcoforge.recipe import OpenWithKerchunk, WriteCombinedReference
+        from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 
     paths = [str(p) for p in args.paths]
     name = f"reference.{args.format}"

@@ -1,0 +1,5 @@
+"""The ``arcoforge`` command line."""
+
+from arcoforge.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""The formats references are written in: kerchunk JSON, kerchunk Parquet, Icechunk."""

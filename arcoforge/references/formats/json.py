@@ -1,0 +1,228 @@
+"""kerchunk version-1 JSON references, in a layout that can be appended to and read in
+part without parsing the whole file.
+
+The file is ``{"version":1,"refs":{BODY,TAIL}}``: BODY holds the chunk references of the
+arrays that only point into files, array by array, a leading row of chunks at a time in C
+order; TAIL starts at the ``.zgroup`` key and holds the metadata (consolidated in
+``.zmetadata``) and the arrays with inline chunks. An append copies the BODY of the
+published file, adds the new rows after it and writes a new TAIL; a check finds the TAIL
+and the rows it needs by their keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import mmap
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from arcoforge.references.formats.parquet import metadata, rows
+from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest
+
+HEAD = b'{"version":1,"refs":{'
+TAIL = b'".zgroup":'
+BLOCK = 1 << 16  # chunk references formatted at a time
+NEAR = 1 << 20  # bytes searched first, after the last row found and before the TAIL
+
+
+def write_json(
+    manifest: Manifest,
+    path: str | Path,
+    attrs: dict | None = None,
+    previous: str | Path | None = None,
+    shared: dict[str, int] | None = None,
+) -> None:
+    """Write ``manifest`` to ``path``. With ``previous`` (a published file in this layout)
+    and ``shared`` (per array, its leading references that file holds), the BODY of that
+    file is copied and only the references after the shared ones are formatted."""
+    quoted = [json.dumps(p) for p in manifest.paths]
+    body = {n: r for n, r in manifest.arrays.items() if r.raw is None}
+    end, old = _body_end(previous) if previous else (-1, set())
+    if not body or not old <= set(body) or not set(body) <= set(shared or {}):
+        end = -1
+    starts = {name: shared[name] if end > 0 else 0 for name in body}
+    reuse = end > 0 and os.path.isfile(path)
+    with open(path, "r+b" if reuse else "wb") as out:
+        first = end <= 0
+        if first:
+            out.write(HEAD)
+        else:
+            _copy(previous, out, end)
+        for name, refs in body.items():
+            for text in _entries(name, refs, quoted, starts[name]):
+                out.write(text if first else b"," + text)
+                first = False
+        out.write(b"" if first else b",")
+        out.write(_tail(manifest, attrs, quoted))
+        out.write(b"}}")
+        out.truncate()
+
+
+def _copy(source: str | Path, out, size: int) -> None:
+    """The first ``size`` bytes of ``source`` written at the start of ``out`` (in the
+    kernel, over the blocks of a file written before where ``out`` is one: that spares
+    allocating new ones), and ``out`` positioned after them."""
+    with open(source, "rb") as src:
+        if hasattr(os, "copy_file_range"):
+            done = 0
+            while done < size:
+                copied = os.copy_file_range(src.fileno(), out.fileno(), size - done, done, done)
+                if not copied:
+                    raise OSError(f"{source}: shorter than {size} bytes")
+                done += copied
+        else:
+            shutil.copyfileobj(src, out)
+    out.seek(size)
+
+
+def _body_end(path: str | Path) -> tuple[int, set[str]]:
+    """Where the BODY of the file at ``path`` ends and the arrays it holds (-1 if the
+    file is not in this layout)."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            end = mm.rfind(b"," + TAIL)
+            if mm[: len(HEAD)] != HEAD or end < 0:
+                return -1, set()
+            tail = json.loads(b"{" + mm[end + 1 : -1])
+    except (OSError, ValueError):
+        return -1, set()
+    return end, _arrays(tail) - _inline(tail)
+
+
+def _arrays(refs: dict) -> set[str]:
+    """The arrays of the consolidated metadata in ``refs``."""
+    meta = json.loads(refs[".zmetadata"])["metadata"]
+    return {k.removesuffix("/.zarray") for k in meta if k.endswith("/.zarray")}
+
+
+def _inline(refs: dict) -> set[str]:
+    """The arrays with chunk keys in ``refs`` (those of a TAIL: with inline chunks)."""
+    return {k.rsplit("/", 1)[0] for k in refs if not k.rsplit("/", 1)[-1].startswith(".")}
+
+
+def _tail(manifest: Manifest, attrs: dict | None, quoted: list[str]) -> bytes:
+    meta = metadata(manifest, attrs)
+    meta[".zmetadata"] = {"zarr_consolidated_format": 1, "metadata": dict(meta)}
+    entries = [
+        f"{json.dumps(k)}:{json.dumps(json.dumps(v, allow_nan=True))}" for k, v in meta.items()
+    ]
+    for name, refs in manifest.arrays.items():
+        if refs.raw is not None:
+            entries += [t.decode() for t in _entries(name, refs, quoted)]
+    return ",".join(entries).encode()
+
+
+def _entries(name: str, refs: ArrayRefs, quoted: list[str], start: int = 0) -> Iterator[bytes]:
+    """``"NAME/KEY":REFERENCE`` of the array's chunks from flat index ``start`` on, in C
+    order, joined by commas in blocks of about ``BLOCK`` chunks."""
+    grid = refs.grid
+    rows = grid[0] if grid else 1
+    suffixes = _suffixes(grid)
+    files, offsets, lengths = (a.reshape(-1) for a in (refs.files, refs.offsets, refs.lengths))
+    raw = refs.raw.reshape(-1) if refs.raw is not None else None
+    prefix = json.dumps(name)[1:-1]
+    step = max(1, BLOCK // len(suffixes))
+    for row in range(start // len(suffixes), rows, step):
+        lo = max(start, row * len(suffixes))
+        hi = min(rows, row + step) * len(suffixes)
+        keys = (f"{i}{s}" if grid else "0" for i in range(row, row + step) for s in suffixes)
+        block = _block(
+            prefix,
+            itertools.islice(keys, lo - row * len(suffixes), None),
+            files[lo:hi].tolist(),
+            offsets[lo:hi].tolist(),
+            lengths[lo:hi].tolist(),
+            raw[lo:hi].tolist() if raw is not None else itertools.repeat(None),
+            quoted,
+        )
+        if block:
+            yield block.encode()
+
+
+def _suffixes(grid: tuple[int, ...]) -> list[str]:
+    """The key suffixes of one leading row of chunks (``.0.0`` ...; one empty one for
+    arrays of one or no dimension)."""
+    if len(grid) <= 1:
+        return [""]
+    return ["." + ".".join(k) for k in itertools.product(*[map(str, range(n)) for n in grid[1:]])]
+
+
+def _block(prefix: str, keys, files, offsets, lengths, raw, quoted: list[str]) -> str:
+    lines = []
+    for key, f, o, n, r in zip(keys, files, offsets, lengths, raw, strict=False):
+        if r is not None:
+            lines.append(f'"{prefix}/{key}":"base64:{base64.b64encode(r).decode()}"')
+        elif f != NO_FILE:
+            lines.append(f'"{prefix}/{key}":[{quoted[f]},{o},{n}]')
+    return ",".join(lines)
+
+
+def read_meeting(path: str | Path, dim: str, spans) -> dict:
+    """The TAIL of the file at ``path`` and the BODY references of the chunks that meet
+    ``spans`` along ``dim`` (every chunk of arrays without ``dim`` first), found by key
+    without parsing the rest."""
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return meeting(mm, dim, spans, str(path))
+
+
+def meeting(data: bytes | mmap.mmap, dim: str, spans, where: str) -> dict:
+    """:func:`read_meeting` of a file's bytes (``where`` names the file in errors)."""
+    start = data.rfind(TAIL)
+    if data[: len(HEAD)] != HEAD or start < 0:
+        raise ValueError(f"{where}: not JSON references as arcoforge writes them")
+    refs = json.loads(b"{" + data[start:-1])
+    meta = json.loads(refs[".zmetadata"])["metadata"]
+    inline = _inline(refs)
+    at = 0
+    for key, zarray in meta.items():
+        name = key.removesuffix("/.zarray")
+        if name == key or name in inline:
+            continue  # not an array, or one with inline chunks, in the TAIL
+        dims = meta[f"{name}/.zattrs"]["_ARRAY_DIMENSIONS"]
+        for row in rows(zarray, dims, dim, spans):
+            found, at = _row_refs(data, name, row, len(dims), at)
+            refs.update(found)
+    return refs
+
+
+def _row_refs(mm: bytes | mmap.mmap, name: str, row: int, ndim: int, at: int) -> tuple[dict, int]:
+    """The references of one leading row of an array's chunks (consecutive entries from
+    the first whose key starts with ``NAME/ROW``) and where they lie. The search looks
+    near ``at``, where the previous row was found (the rows sought are in the order
+    written), then at the end of the BODY (where the last append put its rows), then
+    from ``at`` on, wrapping around."""
+    key = f"{name}/{row if ndim else 0}"
+    needle = ('"' + json.dumps(key)[1:-1] + ("." if ndim > 1 else '":')).encode()
+    size = len(mm)
+    windows = ((at, at + NEAR), (size - NEAR, size), (at, size), (0, at + len(needle)))
+    found = next((f for lo, hi in windows if (f := mm.find(needle, max(lo, 0), hi)) >= 0), -1)
+    if found < 0:
+        return {}, at
+    size = 1 << 16
+    while True:
+        text = mm[found : found + size].decode()
+        try:
+            return _parse_row(text, key), found
+        except (ValueError, IndexError):
+            if found + size >= len(mm):
+                raise
+            size *= 4
+
+
+def _parse_row(text: str, key: str) -> dict:
+    """Entries from the start of ``text`` while their keys are ``key`` or ``key.*``."""
+    decoder, found, i = json.JSONDecoder(), {}, 0
+    while True:
+        name, i = json.decoder.scanstring(text, i + 1)
+        if name != key and not name.startswith(key + "."):
+            return found
+        if text[i] != ":":
+            raise ValueError(f"':' expected after {name!r}")
+        found[name], i = decoder.raw_decode(text, i + 1)
+        if text[i] != ",":
+            return found
+        i += 1

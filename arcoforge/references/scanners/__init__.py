@@ -1,0 +1,1 @@
+"""One scanner per input format: an input's chunks as a :class:`~arcoforge.references.manifest.Manifest`."""

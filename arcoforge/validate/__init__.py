@@ -1,0 +1,2 @@
+"""``arcoforge validate``: a finished store seen from outside, checked and compared with its
+sources."""

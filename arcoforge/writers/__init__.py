@@ -1,1 +1,0 @@
-"""Writers: put the combined dataset into its output format."""
