@@ -12,8 +12,7 @@ from arcoforge.recipe.steps import (
     StoreToZarr,
     WriteCombinedReference,
 )
-
-__version__ = "0.1.0"
+from arcoforge.version import __version__
 
 __all__ = [
     "ArcoforgeError",
@@ -28,6 +27,7 @@ __all__ = [
     "Recipe",
     "StoreToZarr",
     "WriteCombinedReference",
+    "__version__",
     "bake",
     "pattern_from_file_sequence",
 ]

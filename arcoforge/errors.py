@@ -1,9 +1,14 @@
-"""Errors a user can act on: one line naming the input, the step and the cause."""
+"""Errors a user can act on: one line naming the input, the step and the cause; and the
+warnings of dependencies that tell a user nothing, silenced where arcoforge calls them."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 # optional dependencies, by top-level module, and the extra of arcoforge that installs them
@@ -25,6 +30,13 @@ EXTRAS = {
     "pystac": "catalog",
     "jsonschema": "catalog",
 }
+# warnings of dependencies about what arcoforge does on purpose, by the start of their text
+NOISE = (
+    "Consolidated metadata is currently not part",  # zarr 3 writes it all the same
+    "Numcodecs codecs are not in the Zarr version 3",  # references keep the inputs' codecs
+    "The 'fastparquet' engine is deprecated",  # fsspec reads Parquet references with it
+    "The 'future.infer_string' option is deprecated",  # and sets this pandas option
+)
 _MISSING = re.compile(r"No module named '(\w+)|\bInstall (\w+) to\b")
 
 
@@ -42,6 +54,14 @@ class SourceError(ArcoforgeError):
 
 class SchemaError(ArcoforgeError):
     """Inputs do not combine into one dataset."""
+
+
+class AppendError(SchemaError):
+    """The new inputs do not continue the store."""
+
+
+class ChangedInputError(SchemaError):
+    """An input changed since the store was baked, and no longer fits the store."""
 
 
 class FeedstockError(ArcoforgeError):
@@ -102,3 +122,23 @@ def first_field_error(exc) -> str:
     field = ".".join(str(p) for p in errors[0]["loc"]) or "(top level)"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{field}: {errors[0]['msg']}{more}"
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Within: the warnings of :data:`NOISE` are not shown; others are, as before."""
+    with warnings.catch_warnings():
+        for message in NOISE:
+            warnings.filterwarnings("ignore", message=re.escape(message))
+        yield
+
+
+def quietly(func: Callable) -> Callable:
+    """``func``, run :func:`quiet`."""
+
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        with quiet():
+            return func(*args, **kwargs)
+
+    return run

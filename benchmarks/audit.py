@@ -32,7 +32,8 @@ from arcoforge import (  # noqa: E402
     bake,
     pattern_from_file_sequence,
 )
-from arcoforge.validate.zarr import check_before_publish, validate_store  # noqa: E402
+from arcoforge.validate.zarr import validate_store  # noqa: E402
+from arcoforge.zarr.check import check_before_publish  # noqa: E402
 
 
 def timed(func) -> float:

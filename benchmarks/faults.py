@@ -337,7 +337,8 @@ def _count(folder: Path) -> int:
 
 def _tasks(urls: list[str], root: Path) -> int:
     from arcoforge import ConcatDim, FilePattern, OpenWithXarray, StoreToZarr
-    from arcoforge.zarr.plan import estimate, make_plan
+    from arcoforge.products import make_plan
+    from arcoforge.zarr.plan import estimate
 
     pattern = FilePattern(lambda time: urls[time], ConcatDim("time", list(range(len(urls))), 1))
     recipe = pattern | OpenWithXarray() | StoreToZarr("out.zarr", target_chunks={"time": 10})

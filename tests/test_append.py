@@ -13,9 +13,9 @@ from conftest import assert_same_as_sources, simple_recipe
 
 from arcoforge import bake
 from arcoforge.core.runs import RUNS_FOLDER
+from arcoforge.errors import AppendError
 from arcoforge.testing.archives import oisst_dataset, write_files, write_oisst_archive
 from arcoforge.zarr import patch
-from arcoforge.zarr.append import AppendError
 
 GRID = {"ny": 18, "nx": 36}
 

@@ -14,15 +14,11 @@ from conftest import assert_same_as_sources, simple_recipe
 from test_cli import NAME, arcoforge, error_line, ok, sources
 
 from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
+from arcoforge.core.report import StoreReport
 from arcoforge.errors import ValidationError
 from arcoforge.recipe.patterns import pattern_from_file_sequence
-from arcoforge.validate.zarr import (
-    CHECKERS,
-    StoreReport,
-    check_before_publish,
-    checker_for,
-    validate_store,
-)
+from arcoforge.validate import checker_for, validate_references, validate_store
+from arcoforge.zarr.check import check_before_publish
 
 CHECKS = ["opens", "cf-time", "coordinates", "chunks-present", "chunks-decode"]
 
@@ -237,17 +233,12 @@ def test_what_is_not_a_store_is_refused(tmp_path):
         validate_store(str(tmp_path / "folder"))
 
 
-def test_checkers_are_chosen_by_url(store):
-    def references(url, **kwargs):
-        return StoreReport(url)
-
+def test_checkers_are_chosen_by_url(store, tmp_path):
+    refs = tmp_path / "out.json"
+    refs.write_text('{"version": 1, "refs": {}}')
     assert checker_for(str(store)) is validate_store
-    CHECKERS.append((lambda url, options: url.endswith(".json"), references))
-    try:
-        assert checker_for("refs/out.json") is references
-        assert checker_for(str(store)) is validate_store
-    finally:
-        CHECKERS.pop()
+    assert checker_for(str(refs)) is validate_references
+    assert checker_for(str(tmp_path / "absent.json")) is validate_store
 
 
 # -- the command ---------------------------------------------------------------------

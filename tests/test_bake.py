@@ -318,7 +318,8 @@ def test_memory_budget_splits_static_dims(tmp_path, small_archive):
     from arcoforge.bake.run import normalize_root, run_plan
     from arcoforge.core.progress import Reporter
     from arcoforge.engines.local import LocalEngine
-    from arcoforge.zarr.plan import estimate, make_plan
+    from arcoforge.products import make_plan
+    from arcoforge.zarr.plan import estimate
 
     recipe = simple_recipe(small_archive, chunks={"time": 8, "lat": 6})
     plan = make_plan(recipe, normalize_root(tmp_path), cache=None, workers=1)

@@ -32,11 +32,10 @@ from arcoforge import (
     bake,
     pattern_from_file_sequence,
 )
-from arcoforge.errors import ArcoforgeError, SchemaError
+from arcoforge.errors import AppendError, ArcoforgeError, SchemaError
 from arcoforge.references.formats.icechunk import readonly_store
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_grib_archive
-from arcoforge.zarr.append import AppendError
 
 ROOT = Path(__file__).resolve().parent.parent
 

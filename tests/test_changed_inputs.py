@@ -33,13 +33,12 @@ from arcoforge.bake.changes import UNCHECKED, InputDeletedError
 from arcoforge.core.ledger import Ledger
 from arcoforge.core.progress import JsonReporter
 from arcoforge.core.runs import RUNS_FOLDER
-from arcoforge.errors import SourceError
+from arcoforge.errors import ChangedInputError, SourceError
 from arcoforge.references.store import open_references
 from arcoforge.sources import FetchConfig
 from arcoforge.sources.lookup import identities_now
 from arcoforge.testing.archives import write_merge_archive, write_oisst_archive
 from arcoforge.testing.httpserver import Faults, FileServer
-from arcoforge.zarr.append import ChangedInputError
 
 GRID = {"ny": 18, "nx": 36}
 

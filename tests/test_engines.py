@@ -235,7 +235,7 @@ def test_warnings_on_local_workers_are_logged_here_naming_the_task(archive, tmp_
 
 def test_workers_with_another_arcoforge_are_refused_at_start_up(dask_scheduler):
     from arcoforge import __version__
-    from arcoforge.engines.base import check_workers
+    from arcoforge.core.tasks import check_workers
 
     with get_engine("dask", scheduler=dask_scheduler) as engine:
         found = engine.client().run(lambda: __import__("arcoforge").__version__)

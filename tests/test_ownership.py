@@ -25,11 +25,11 @@ from test_references import ref_recipe
 
 from arcoforge import bake
 from arcoforge.core.ledger import STAGED, Ledger, NotOursError
+from arcoforge.core.plan import Plan
 from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.references.plan import ReferencePlan
 from arcoforge.references.store import ReferenceStore
 from arcoforge.testing.archives import write_oisst_archive
-from arcoforge.zarr.plan import Plan
 
 MOVE_IT = "move it away or choose another store name"
 FLAGS = {"plain": {}, "force": {"force": True}, "append": {"append": True}}

@@ -9,8 +9,9 @@ import pytest
 from arcoforge.bake.run import normalize_root
 from arcoforge.core.compare import sample_positions
 from arcoforge.errors import RecipeError
+from arcoforge.products import make_plan
 from arcoforge.zarr.chunking import parse_bytes, resolve_chunks
-from arcoforge.zarr.plan import estimate, make_plan
+from arcoforge.zarr.plan import estimate
 from tests.conftest import simple_recipe
 
 

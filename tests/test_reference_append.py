@@ -15,6 +15,8 @@ import xarray as xr
 from test_references import FORMATS, assert_matches_sources, ref_recipe
 
 from arcoforge import ConcatDim, FilePattern, MergeDim, bake
+from arcoforge.errors import AppendError
+from arcoforge.products import make_plan
 from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references import plan as references_plan
 from arcoforge.references import store as reference_store
@@ -28,8 +30,6 @@ from arcoforge.testing.archives import (
     write_merge_archive,
     write_oisst_archive,
 )
-from arcoforge.zarr.append import AppendError
-from arcoforge.zarr.plan import make_plan
 
 
 def digest(path: Path) -> str:

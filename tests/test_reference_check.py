@@ -18,7 +18,7 @@ from test_reference_append import digest
 from test_references import FORMATS, assert_matches_sources, ref_recipe
 
 from arcoforge import bake
-from arcoforge.errors import ValidationError
+from arcoforge.errors import AppendError, ValidationError
 from arcoforge.references import check, held
 from arcoforge.references.check import CheckTask, _check_decoded, check_input
 from arcoforge.references.formats import json as kerchunk_json
@@ -27,7 +27,6 @@ from arcoforge.references.manifest import Manifest, inline_array
 from arcoforge.references.plan import HELD, make_reference_plan
 from arcoforge.references.store import ReferenceStore
 from arcoforge.testing.archives import write_oisst_archive
-from arcoforge.zarr.append import AppendError
 
 
 def swap_days(m: Manifest) -> None:

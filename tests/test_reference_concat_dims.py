@@ -12,18 +12,19 @@ import xarray as xr
 from test_references import FORMATS
 
 from arcoforge import ConcatDim, FilePattern, MergeDim, bake
-from arcoforge.errors import ValidationError
+from arcoforge.core.plan import BakeState
+from arcoforge.errors import AppendError, ValidationError
 from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references import held
+from arcoforge.references.append import plan_reference_append
 from arcoforge.references.check import CheckTask, _check_decoded, check_input
 from arcoforge.references.combine import CombineError, concat_grid
 from arcoforge.references.formats import json as kerchunk_json
 from arcoforge.references.formats import parquet as kerchunk
-from arcoforge.references.plan import HELD, describe, make_reference_plan, plan_reference_append
-from arcoforge.references.scan import ScanConfig, scan_input
+from arcoforge.references.inputs import ScanConfig
+from arcoforge.references.plan import HELD, describe, make_reference_plan
+from arcoforge.references.scan import scan_input
 from arcoforge.references.store import ReferenceStore, open_references
-from arcoforge.zarr.append import AppendError
-from arcoforge.zarr.plan import BakeState
 
 TIMES, MEMBERS = 3, 2
 MEMBER_KEYS = [10, 20]

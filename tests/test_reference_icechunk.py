@@ -9,11 +9,11 @@ from test_reference_append import digest
 from test_references import assert_matches_sources, ref_recipe
 
 from arcoforge import bake
+from arcoforge.errors import AppendError
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 from arcoforge.validate.references import validate_references
-from arcoforge.zarr.append import AppendError
 
 icechunk = pytest.importorskip("icechunk", reason="Icechunk targets need the [icechunk] extra")
 from arcoforge.references.formats.icechunk import ContainerError, virtual_locations  # noqa: E402

@@ -18,11 +18,10 @@ from test_references import FORMATS, ref_recipe
 from arcoforge import bake
 from arcoforge.core.ledger import STAGED, Ledger
 from arcoforge.core.runs import RUNS_FOLDER
-from arcoforge.errors import TargetError
+from arcoforge.errors import AppendError, TargetError
 from arcoforge.references.store import ReferenceStore
 from arcoforge.testing.archives import write_oisst_archive
-from arcoforge.validate.zarr import checker_for
-from arcoforge.zarr.append import AppendError
+from arcoforge.validate import checker_for
 
 
 @pytest.fixture

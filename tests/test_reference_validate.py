@@ -12,7 +12,7 @@ from test_references import FORMATS, ref_recipe
 
 from arcoforge import bake
 from arcoforge.testing.archives import write_oisst_archive
-from arcoforge.validate.zarr import checker_for
+from arcoforge.validate import checker_for
 
 
 def validate(url: str, *args: str) -> subprocess.CompletedProcess:

@@ -34,6 +34,7 @@ from arcoforge import OpenWithKerchunk, WriteCombinedReference, bake, pattern_fr
 from arcoforge.cli.main import friendly
 from arcoforge.core.progress import JsonReporter, Reporter, logs_to
 from arcoforge.errors import SourceError
+from arcoforge.products import make_plan
 from arcoforge.references.store import open_references
 from arcoforge.sources.secrets import (
     basic_credentials,
@@ -46,7 +47,6 @@ from arcoforge.sources.secrets import (
 )
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
-from arcoforge.zarr.plan import make_plan
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -32,6 +32,7 @@ from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_seque
 from arcoforge.cli.templates import write_feedstock
 from arcoforge.core.ledger import Ledger, LockedError
 from arcoforge.core.locks import BEAT_ENV, STALE_ENV, Owner
+from arcoforge.core.plan import BakeState
 from arcoforge.core.progress import Reporter
 from arcoforge.core.statefile import (
     StateFileError,
@@ -40,12 +41,13 @@ from arcoforge.core.statefile import (
     loads_binary,
     loads_json,
 )
+from arcoforge.core.tasks import Failed
 from arcoforge.engines import beam as beam_engine
-from arcoforge.engines.base import Failed
 from arcoforge.errors import ArcoforgeError, SourceError, TargetError
+from arcoforge.products import make_plan
 from arcoforge.references.plan import HELD
 from arcoforge.testing.archives import write_oisst_archive
-from arcoforge.zarr.plan import STATE_TYPES, BakeState, make_plan
+from arcoforge.zarr.plan import STATE_TYPES
 from arcoforge.zarr.scan import ScanTask, SchemaCombiner, scan_input
 
 PICKLE_STARTS = [b"\x80" + bytes([protocol]) for protocol in range(2, 6)]

@@ -10,18 +10,17 @@ by an earlier version) gets them recorded, without being baked again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
+from arcoforge.core.append import held_identities
+from arcoforge.core.plan import Plan, exists
 from arcoforge.core.progress import Reporter
 from arcoforge.errors import SourceError, one_line
-from arcoforge.references.plan import plan_reference_refresh
-from arcoforge.references.scan import reference_url
-from arcoforge.sources import FetchConfig, is_remote
+from arcoforge.products import product_for
+from arcoforge.sources import is_remote
 from arcoforge.sources.cache import Cache
 from arcoforge.sources.identity import Gone, changed
 from arcoforge.sources.lookup import identities_now
-from arcoforge.zarr.append import held_identities, plan_changed
-from arcoforge.zarr.plan import Plan, exists
 
 UNCHECKED = "inputs not checked for changes (--assume-unchanged)"
 
@@ -82,7 +81,7 @@ def _compare(plan: Plan, published: dict) -> tuple[list, list[str], list[tuple[s
     wanted = {i.url for i in plan.inputs} - set(published.get("missing", {}))  # skipped: unread
     identities = held_identities(published)
     held = [(k, url) for k, url in enumerate(published["inputs"]) if url in wanted]
-    found = identities_now([_located(plan, url) for _, url in held], _fetch_config(plan))
+    found = identities_now([plan.located(url) for _, url in held], plan.fetch)
     _stop_if_gone(plan, [(url, now) for (_, url), now in zip(held, found, strict=True)])
     unknown, changes = [], []
     for (k, url), now in zip(held, found, strict=True):
@@ -110,9 +109,8 @@ def _plan_again(
         level="INFO",
         message=f"{what} changed since the store was baked: baking again what {feed}",
     )
-    if plan.recipe.virtual:
-        return plan_reference_refresh(plan, published, urls)
-    return plan_changed(plan, published, urls, [now for _, now in changes])
+    refresh = product_for(plan.recipe).refresh
+    return refresh(plan, published, urls, [now for _, now in changes])
 
 
 def _checkable(plan: Plan, append: bool) -> dict | None:
@@ -125,17 +123,6 @@ def _checkable(plan: Plan, append: bool) -> dict | None:
         append and published.get("settings") == plan.settings
     )
     return published if same and exists(plan.url, plan.target.storage_options) else None
-
-
-def _fetch_config(plan: Plan) -> FetchConfig:
-    """How ``plan``'s inputs are reached: references read them with the opener's options."""
-    if plan.recipe.virtual:
-        return replace(plan.open.fetch, open_kwargs=dict(plan.scan.storage_options or {}))
-    return plan.open.fetch
-
-
-def _located(plan: Plan, url: str) -> str:
-    return reference_url(url, plan.scan) if plan.recipe.virtual else url
 
 
 def _stop_if_gone(plan: Plan, found: list[tuple[str, dict | Exception]]) -> None:

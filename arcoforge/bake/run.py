@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fsspec
-import xarray as xr
 
 from arcoforge.bake.changes import check_inputs
-from arcoforge.core.open import preload
+from arcoforge.core.open import cache_for
+from arcoforge.core.plan import Plan
 from arcoforge.core.progress import Reporter
 from arcoforge.core.runs import RunContext, recorded_run
 from arcoforge.engines import Engine, get_engine
-from arcoforge.errors import TargetError
+from arcoforge.errors import TargetError, quietly
+from arcoforge.products import make_plan, product_for
 from arcoforge.recipe.steps import Recipe
-from arcoforge.sources import is_remote
 from arcoforge.sources.secrets import remember, secret_values
-from arcoforge.zarr.append import plan_append, plan_retry
-from arcoforge.zarr.plan import Plan, make_plan
 
 
 @dataclass
@@ -50,6 +44,7 @@ class BakeResult:
         return self.bytes_decoded / 1e6 / max(self.seconds, 1e-9)
 
 
+@quietly
 def bake(
     recipe: Recipe,
     target_root: str | os.PathLike,
@@ -116,9 +111,9 @@ def bake(
             run_on = functools.partial(run_with, engine, workers, engine_options, reporter)
             refreshed = run_on(check.plan) if check and check.plan else None
             if append:
-                plan = plan_append(plan)
+                plan = product_for(plan.recipe).append(plan)
             if retry_failed:
-                plan = plan_retry(plan)
+                plan = product_for(plan.recipe).retry(plan)
             if not force and not plan.publishing() and plan.up_to_date():
                 plan.clear_staging()  # what an interrupted --force left
                 result = refreshed
@@ -144,8 +139,8 @@ def run_with(
         if isinstance(engine, str)
         else engine
     )
-    if runner.forks and not plan.recipe.virtual:  # a reference bake's workers only scan
-        preload(plan.open.file_type)  # (engines with workers of their own: as they start)
+    if runner.forks:  # (engines with workers of their own warm them up as they start)
+        plan.warm_up()
     with runner:
         result = run_plan(plan, runner, reporter)
     if runner.worker_losses:
@@ -171,53 +166,14 @@ def run_plan(plan: Plan, engine: Engine, reporter: Reporter) -> BakeResult:
 
 def unchanged_result(plan: Plan) -> BakeResult:
     """The result of a bake that found its store up to date."""
-    options = plan.target.storage_options
-    if plan.recipe.virtual:
-        published = plan.ledger.read()
-        return BakeResult(
-            url=plan.url,
-            inputs=len(plan.inputs),
-            dims=published["dims"],
-            chunks={},
-            bytes_in=0,
-            bytes_decoded=0,
-            bytes_out=stored_bytes(plan.url, options),
-            seconds=0.0,
-            stats={"up_to_date": True},
-        )
-    with xr.open_zarr(plan.url, storage_options=options, chunks=None) as ds:
-        dims = {str(k): int(v) for k, v in ds.sizes.items()}
-        chunks = {
-            str(d): int(c)
-            for var in ds.data_vars.values()
-            for d, c in zip(var.dims, var.encoding.get("chunks", ()), strict=False)
-        }
     return BakeResult(
         url=plan.url,
         inputs=len(plan.inputs),
-        dims=dims,
-        chunks=chunks,
-        bytes_in=0,
-        bytes_decoded=0,
-        bytes_out=stored_bytes(plan.url, options),
+        **plan.published_summary(),
+        bytes_out=stored_bytes(plan.url, plan.target.storage_options),
         seconds=0.0,
         stats={"up_to_date": True},
     )
-
-
-@contextmanager
-def cache_for(recipe: Recipe, cache: str | None) -> Iterator[str | None]:
-    """The cache folder: the given one, or a temporary one while remote inputs need it."""
-    given = cache or recipe.fetch.cache
-    remote = recipe.file_type != "zarr" and any(is_remote(i.url) for i in recipe.pattern.inputs())
-    if given or not remote:
-        yield given
-        return
-    temp = tempfile.mkdtemp(prefix="arcoforge-cache-")
-    try:
-        yield temp
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def normalize_root(root: str | os.PathLike) -> str:

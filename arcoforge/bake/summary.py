@@ -4,37 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from arcoforge.amounts import count, size
 from arcoforge.bake.run import BakeResult
-from arcoforge.zarr.plan import Plan, estimate
+from arcoforge.core.plan import Plan
+from arcoforge.products import product_for
 
 
 def describe_plan(plan: Plan) -> dict[str, Any]:
     """Stages with task counts and bytes, estimated from the first input."""
-    if plan.recipe.virtual:
-        from arcoforge.references.plan import describe
-
-        return describe(plan)
-    state = estimate(plan)
-    schema = state.schema
-    decoded = sum(
-        np.dtype(v.dtype).itemsize * int(np.prod(v.shape)) for v in schema.variables.values()
-    )
-    stages = [
-        {"stage": s.name, "tasks": len(s.items(state)), "what": s.description} for s in plan.stages
-    ]
-    return {
-        "target": plan.url,
-        "inputs": len(plan.inputs),
-        "input_bytes_estimate": int(schema.nbytes),
-        "output_bytes_decoded_estimate": int(decoded),
-        "dims": schema.dims,
-        "chunks": state.chunks,
-        "variables": sorted(schema.variables),
-        "stages": stages,
-    }
+    return product_for(plan.recipe).describe(plan)
 
 
 def result_dict(result: BakeResult) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import xarray as xr
+from rich.console import Console
 
 from arcoforge.bake.run import bake
 from arcoforge.bake.summary import render_result, result_dict
@@ -15,14 +16,12 @@ from arcoforge.core.runs import RunContext, new_id
 from arcoforge.errors import ValidationError
 from arcoforge.recipe.patterns import ConcatDim, FilePattern
 from arcoforge.recipe.steps import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr
+from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.httpserver import FileServer
 
 
 def run_demo(folder: Path, days: int = 30, workers: int | None = None, as_json: bool = False):
     """Write ``days`` daily files, serve them, bake them into FOLDER/oisst.zarr, validate."""
-    from rich.console import Console
-
-    from arcoforge.testing.archives import write_oisst_archive
-    from arcoforge.testing.httpserver import FileServer
 
     console = Console(highlight=False, quiet=as_json)
     source = folder / "source"

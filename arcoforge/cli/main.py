@@ -14,14 +14,37 @@ from functools import wraps
 from pathlib import Path
 
 import click
+import fsspec
+from rich.console import Console
 
 from arcoforge.amounts import count
-from arcoforge.errors import ArcoforgeError, MissingDependency, install_hint, one_line, require
+from arcoforge.bake.run import bake as run_bake
+from arcoforge.bake.run import normalize_root
+from arcoforge.bake.summary import describe_plan, render_plan, render_result, result_dict
+from arcoforge.cli.demo import run_demo
+from arcoforge.cli.reports import render_report, render_run, render_runs
+from arcoforge.cli.templates import write_feedstock
+from arcoforge.core.open import cache_for
+from arcoforge.core.progress import JsonReporter, PlainReporter, console_reporter, logs_to
+from arcoforge.core.runs import RunContext, find_run, list_runs, new_id
+from arcoforge.errors import (
+    ArcoforgeError,
+    FeedstockError,
+    MissingDependency,
+    ValidationError,
+    install_hint,
+    one_line,
+    require,
+)
+from arcoforge.products import make_plan
+from arcoforge.recipe.config import read_config
+from arcoforge.recipe.feedstock import lint as run_lint
+from arcoforge.recipe.feedstock import load_recipes
 from arcoforge.sources.secrets import redact_remembered
+from arcoforge.validate import checker_for
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
 
     return Console(stderr=stderr, highlight=False)
 
@@ -62,8 +85,6 @@ def json_events(func: Callable) -> Callable:
 
     @wraps(func)
     def wrapper(*args, as_json: bool = False, **kwargs):
-        from arcoforge.core.progress import JsonReporter
-        from arcoforge.core.runs import new_id
 
         events = JsonReporter(run=new_id()) if as_json else None
         try:
@@ -147,7 +168,6 @@ def check_target(
 ) -> None:
     """Refuse, naming the flag, a target root of an unknown protocol and storage options
     that a local target root would not use."""
-    import fsspec
 
     protocol, sep, _ = root.partition("://")
     if sep and protocol not in (*fsspec.available_protocols(), "icechunk"):
@@ -246,14 +266,6 @@ def bake(
     An interrupted bake resumes where it stopped when run again; a store already baked
     from the same recipe and inputs is left as it is (use --force to bake it again).
     """
-    from arcoforge.bake.run import bake as run_bake
-    from arcoforge.bake.run import cache_for, normalize_root
-    from arcoforge.bake.summary import describe_plan, render_plan, render_result, result_dict
-    from arcoforge.core.progress import console_reporter, logs_to
-    from arcoforge.core.runs import RunContext, new_id
-    from arcoforge.recipe.config import read_config
-    from arcoforge.recipe.feedstock import load_recipes
-    from arcoforge.zarr.plan import make_plan
 
     config = read_config(config_file)
     engine = engine or config.engine
@@ -352,7 +364,6 @@ def _emit(events, console, record: dict, render: Callable[[], None]) -> None:
 @friendly
 def lint(feedstock):
     """Check FEEDSTOCK's meta.yaml against its schema and that every recipe builds."""
-    from arcoforge.recipe.feedstock import lint as run_lint
 
     for line in run_lint(feedstock):
         click.echo(f"ok  {line}")
@@ -364,7 +375,6 @@ def lint(feedstock):
 @friendly
 def init(name, force):
     """Write a new feedstock NAME/ (meta.yaml, recipe.py, sample data) that lints and bakes."""
-    from arcoforge.cli.templates import write_feedstock
 
     folder = write_feedstock(Path(name), force=force)
     quoted = shlex.quote(str(folder))
@@ -388,7 +398,6 @@ def init(name, force):
 @friendly
 def demo(folder, days, workers, as_json):
     """Write an OISST-like archive, serve it over HTTP on loopback, bake it and check it."""
-    from arcoforge.cli.demo import run_demo
 
     run_demo(folder, days=days, workers=workers, as_json=as_json)
 
@@ -414,10 +423,6 @@ def validate(target, feedstock, recipe_id, full, cache, as_json, storage_option)
 
     Exits with 1 when any check fails.
     """
-    from arcoforge.bake.run import normalize_root
-    from arcoforge.cli.reports import render_report
-    from arcoforge.errors import ValidationError
-    from arcoforge.validate.zarr import checker_for
 
     url = normalize_root(target)
     against = _recipe_of(feedstock, recipe_id, url) if feedstock else None
@@ -434,8 +439,6 @@ def validate(target, feedstock, recipe_id, full, cache, as_json, storage_option)
 
 def _recipe_of(feedstock: Path, recipe_id: str | None, url: str):
     """The feedstock's recipe named ``recipe_id``, else the one that writes ``url``'s store."""
-    from arcoforge.errors import FeedstockError
-    from arcoforge.recipe.feedstock import load_recipes
 
     recipes = load_recipes(feedstock, recipe_id)
     if len(recipes) == 1:
@@ -455,8 +458,6 @@ def _recipe_of(feedstock: Path, recipe_id: str | None, url: str):
 def runs(ctx, limit, as_json):
     """List the bakes run on this machine, newest first ($ARCOFORGE_STATE_DIR/runs, by
     default ~/.local/state/arcoforge/runs); `arcoforge runs show ID` shows one."""
-    from arcoforge.cli.reports import render_runs
-    from arcoforge.core.runs import list_runs
 
     if ctx.invoked_subcommand is not None:
         return
@@ -474,8 +475,6 @@ def runs(ctx, limit, as_json):
 @friendly
 def show_run(run_id, as_json):
     """Show the run RUN_ID (any unique prefix of it)."""
-    from arcoforge.cli.reports import render_run
-    from arcoforge.core.runs import find_run
 
     record = find_run(run_id)
     if as_json:
@@ -528,10 +527,8 @@ def catalog(feedstocks, target_root, out, base_url, serve, port, as_json, storag
     options = storage_options(storage_option) or None
     check_target(target_root, storage_option, options, None)
     require("jinja2", "catalog sites")
-    from arcoforge.bake.run import normalize_root
     from arcoforge.catalog.build import build_catalog
     from arcoforge.catalog.preview import serve as serve_site
-    from arcoforge.core.progress import PlainReporter, logs_to
 
     with logs_to(events or PlainReporter()):  # a skipped run record's warning, say
         records, done = build_catalog(
@@ -572,4 +569,3 @@ def _serving(events, url: str) -> None:
         events.event("serving", url=url)
     else:
         click.echo(f"serving {url} (Ctrl-C to stop)")
-

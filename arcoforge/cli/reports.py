@@ -6,8 +6,8 @@ from rich.table import Table
 
 from arcoforge.amounts import count
 from arcoforge.bake.summary import dims_text, mb
+from arcoforge.core.report import StoreReport
 from arcoforge.core.runs import RunRecord
-from arcoforge.validate.zarr import StoreReport
 
 
 def render_report(report: StoreReport, console) -> None:

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from arcoforge.errors import FeedstockError
+from arcoforge.testing.archives import write_oisst_archive
 
 META = """\
 title: {title}
@@ -62,7 +63,6 @@ recipe = (
 
 def write_feedstock(folder: Path, force: bool = False) -> Path:
     """Write ``folder`` with meta.yaml, recipe.py and four small sample files."""
-    from arcoforge.testing.archives import write_oisst_archive
 
     if folder.exists() and any(folder.iterdir()) and not force:
         raise FeedstockError(f"{folder}: already exists and is not empty (use --force)")

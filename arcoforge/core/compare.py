@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from arcoforge.core.open import OpenConfig, open_input
 from arcoforge.errors import ValidationError
-from arcoforge.recipe.patterns import Input
 
 
 def sample_positions(n: int, k: int = 2) -> list[int]:
@@ -19,32 +14,6 @@ def sample_positions(n: int, k: int = 2) -> list[int]:
     if n <= k:
         return list(range(n))
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
-
-
-@dataclass(frozen=True)
-class CheckTask:
-    """Compare ``variables`` of part of one input, opened by xarray, with the store."""
-
-    target: Any
-    open: OpenConfig
-    input: Input
-    source: tuple[tuple[str, slice], ...]
-    store: tuple[tuple[str, slice], ...]
-    variables: tuple[str, ...]
-
-
-def check_input(task: CheckTask) -> str:
-    """Raise :class:`ValidationError` unless the store holds exactly the input's values,
-    packed variables compared in the store's encoding."""
-    out = open_store(task.target)
-    try:
-        with open_input(task.input.url, task.open) as src:
-            where = task.open.redact(task.input.url)
-            own = _isel(_own(src, task), task.source)
-            compare_stored(own, _isel(out, task.store)[list(own.variables)], where)
-    finally:
-        out.close()
-    return task.input.url
 
 
 def compare_stored(source: xr.Dataset, stored: xr.Dataset, where: str) -> None:
@@ -72,38 +41,6 @@ def _encoded(var: xr.Variable, stored: xr.Variable) -> np.ndarray:
     encoding = {k: stored.attrs[k] for k in keys if k in stored.attrs}
     plain = xr.Variable(var.dims, var.values, encoding={**encoding, "dtype": stored.dtype})
     return xr.conventions.encode_cf_variable(plain).values
-
-
-def _own(src: xr.Dataset, task: CheckTask) -> xr.Dataset:
-    """The task's variables and the coordinates written before any task ran; coordinates
-    along concat dims that other tasks write are left to those tasks."""
-    ds = src[[n for n in task.variables if n in src.variables]]
-    concat = set(task.open.concat_dims)
-    others = [
-        n
-        for n, c in ds.coords.items()
-        if n not in ds.dims and n not in task.variables and concat & set(c.dims)
-    ]
-    return ds.drop_vars(others)
-
-
-def _isel(ds: xr.Dataset, sel) -> xr.Dataset:
-    return ds.isel({d: s for d, s in sel if d in ds.dims})
-
-
-def open_store(target) -> xr.Dataset:
-    """Open a store without consolidated metadata and without decoding: parts that other
-    tasks have yet to write hold NaN, which a cftime calendar cannot decode, and packed
-    variables are compared as stored."""
-    return xr.open_dataset(
-        target.url,
-        engine="zarr",
-        chunks=None,
-        consolidated=False,
-        decode_times=False,
-        mask_and_scale=False,
-        storage_options=target.storage_options,
-    )
 
 
 def compare(source: xr.Dataset, output: xr.Dataset, where: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -11,9 +13,9 @@ import numpy as np
 import xarray as xr
 
 from arcoforge.errors import ArcoforgeError, SourceError, one_line, require
-from arcoforge.recipe.steps import Preprocess
-from arcoforge.sources import FetchConfig, local_copy
-from arcoforge.sources.secrets import show_userinfo
+from arcoforge.recipe.steps import Preprocess, Recipe
+from arcoforge.sources import FetchConfig, is_remote, local_copy
+from arcoforge.sources.secrets import secret_values, show_userinfo
 
 ENGINES = {
     "netcdf4": "netcdf4",
@@ -39,6 +41,45 @@ class OpenConfig:
     def redact(self, text: str) -> str:
         """``text`` with every secret masked."""
         return self.fetch.redact(text)
+
+
+def open_config(recipe: Recipe, cache: str | None) -> OpenConfig:
+    """How a bake of ``recipe`` fetches, opens and preprocesses every input."""
+    pattern, fetch = recipe.pattern, recipe.fetch
+    open_kwargs = {**pattern.fsspec_open_kwargs, **(fetch.open_kwargs or {})}
+    query = {**pattern.query_string_secrets, **(fetch.secrets or {})}
+    return OpenConfig(
+        fetch=FetchConfig(
+            cache=cache or fetch.cache,
+            open_kwargs=open_kwargs,
+            query_secrets=query,
+            userinfo=pattern.userinfo,
+            secrets=tuple(secret_values(query, open_kwargs, pattern.userinfo)),
+            retries=fetch.retries,
+            retry_delay=fetch.retry_delay,
+            max_connections_per_host=fetch.max_connections_per_host,
+            timeout=fetch.timeout,
+        ),
+        file_type=recipe.file_type,
+        xarray_open_kwargs=dict(getattr(recipe.opener, "xarray_open_kwargs", {})),
+        preprocessors=recipe.preprocessors,
+        concat_dims=tuple(d.name for d in pattern.concat_dims),
+    )
+
+
+@contextmanager
+def cache_for(recipe: Recipe, cache: str | None) -> Iterator[str | None]:
+    """The cache folder: the given one, or a temporary one while remote inputs need it."""
+    given = cache or recipe.fetch.cache
+    remote = recipe.file_type != "zarr" and any(is_remote(i.url) for i in recipe.pattern.inputs())
+    if given or not remote:
+        yield given
+        return
+    temp = tempfile.mkdtemp(prefix="arcoforge-cache-")
+    try:
+        yield temp
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def preload(file_type: str = "netcdf4", forking: bool = True) -> None:

@@ -30,12 +30,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from arcoforge.core import ledger as ledgers
+from arcoforge.core.plan import BakeState, Plan
 from arcoforge.core.progress import Reporter
 from arcoforge.core.statefile import dumps_binary, loads_binary
+from arcoforge.core.tasks import Failed, call, portable
 from arcoforge.core.worklog import Logged, replay
-from arcoforge.engines.base import Engine, Failed, call, portable
+from arcoforge.engines.base import Engine
 from arcoforge.errors import ArcoforgeError
-from arcoforge.zarr.plan import BakeState, Plan
 
 OUTCOME = "beam outcome"
 LOCAL_RUNNERS = ("DirectRunner", "PrismRunner")

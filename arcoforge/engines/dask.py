@@ -13,7 +13,8 @@ import dask
 from distributed import Client, LocalCluster, as_completed
 
 from arcoforge.core.open import preload
-from arcoforge.engines.base import Engine, call, check_workers, ready_worker, unwrap
+from arcoforge.core.tasks import call, check_workers, ready_worker, unwrap
+from arcoforge.engines.base import Engine
 from arcoforge.errors import ArcoforgeError, one_line
 
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from arcoforge.core import worklog
-from arcoforge.engines.base import Engine, Failed, call, portable, task_label, unwrap
+from arcoforge.core.tasks import Failed, call, portable, task_label, unwrap
+from arcoforge.engines.base import Engine
 from arcoforge.errors import ArcoforgeError
 
 if TYPE_CHECKING:  # imported when a pool starts: a bake of a few inputs runs without one

@@ -13,7 +13,8 @@ import cloudpickle
 from pyspark.sql import SparkSession
 
 from arcoforge.core.open import preload
-from arcoforge.engines.base import Engine, call, check_workers, ready_worker, settle, unwrap
+from arcoforge.core.tasks import call, check_workers, ready_worker, settle, unwrap
+from arcoforge.engines.base import Engine
 from arcoforge.errors import ArcoforgeError, one_line
 
 # local mode: the driver is the only node; nothing listens beyond loopback, no web UI, and

@@ -176,11 +176,6 @@ class FilePattern:
             file_type=self.file_type,
         )
 
-    def __or__(self, step):
-        from arcoforge.recipe.steps import Recipe
-
-        return Recipe(self) | step
-
 
 def url_of(format_function: Callable[..., str], keys: tuple[tuple[str, Any], ...]) -> str:
     """What ``format_function`` gives for ``keys``; a :class:`RecipeError` naming the file

@@ -16,7 +16,12 @@ from arcoforge.recipe.patterns import FilePattern
 
 
 class Step:
-    """A step of a recipe."""
+    """A step of a recipe; ``pattern | step`` starts one."""
+
+    def __ror__(self, pattern: FilePattern) -> Recipe:
+        if not isinstance(pattern, FilePattern):
+            return NotImplemented
+        return Recipe(pattern) | self
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ from arcoforge.core.compare import compare, compare_values
 from arcoforge.core.open import OpenConfig, open_input
 from arcoforge.errors import ValidationError, one_line
 from arcoforge.recipe.patterns import Input
+from arcoforge.references.inputs import ScanConfig, input_options, reference_url
 from arcoforge.references.read import Variable, stored_variables
-from arcoforge.references.scan import ScanConfig, input_options, reference_url
 from arcoforge.references.store import ReferenceStore, open_references
 from arcoforge.sources import local_copy
 

@@ -9,39 +9,29 @@ beside the store, after checking that they continue it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import fsspec
 import numpy as np
 
 from arcoforge.core import ledger as ledgers
+from arcoforge.core.append import check_steps, held_identities, value_text
 from arcoforge.core.compare import sample_positions
+from arcoforge.core.open import open_config
+from arcoforge.core.plan import STAGED, BakeState, Plan, Stage, Target, nothing
 from arcoforge.core.runs import RUNS_FOLDER
-from arcoforge.errors import RecipeError
+from arcoforge.errors import AppendError, RecipeError
 from arcoforge.recipe.patterns import Input
 from arcoforge.references import held as held_files
 from arcoforge.references.check import CheckTask, check_input, decoded
-from arcoforge.references.combine import (
-    CombineError,
-    concat,
-    concat_grid,
-    merge,
-    replace_input,
-    with_dims,
-)
+from arcoforge.references.combine import CombineError, concat, concat_grid, merge
+from arcoforge.references.inputs import ScanConfig, reference_url
 from arcoforge.references.manifest import ArrayRefs, Manifest
-from arcoforge.references.scan import ScanConfig, ScanTask, reference_url, scan_input, scan_inputs
-from arcoforge.references.store import ReferenceStore
+from arcoforge.references.scan import ScanTask, scan_input, scan_inputs
+from arcoforge.references.store import ReferenceStore, reference_store, store_location
+from arcoforge.sources import FetchConfig
 from arcoforge.sources.secrets import secret_values
-from arcoforge.zarr.append import (
-    AppendError,
-    ChangedInputError,
-    _text,
-    check_steps,
-    held_identities,
-)
-from arcoforge.zarr.plan import STAGED, BakeState, Plan, Stage, _nothing
 
 HELD = "references.held"  # the manifest kept for appends; each append adds a segment
 _KEPT = (".held", ".pkl")  # names of the manifest's files, now and as arcoforge 0.1 kept them
@@ -51,8 +41,18 @@ FEW = 4  # inputs scanned by one task, at least, when a bake has no more than BA
 
 
 @dataclass
+class ReferenceState(BakeState):
+    """What the driver knows of a reference bake: the combined manifest, an append's own
+    manifest before it joins the store's, and each input's steps along each concat dim."""
+
+    manifest: Manifest | None = None
+    appended: Manifest | None = None
+    steps: dict[str, dict[int, int]] = field(default_factory=dict)  # per concat dim, position
+
+
+@dataclass
 class ReferencePlan(Plan):
-    """A :class:`~arcoforge.plan.Plan` whose output is references to its inputs."""
+    """A :class:`~arcoforge.core.plan.Plan` whose output is references to its inputs."""
 
     scan: ScanConfig | None = None
     store: ReferenceStore | None = None
@@ -63,17 +63,28 @@ class ReferencePlan(Plan):
     def state_types(self) -> tuple[type, ...]:
         return (Manifest, ArrayRefs)
 
+    def new_state(self) -> ReferenceState:
+        return ReferenceState()
+
+    @property
+    def fetch(self) -> FetchConfig:
+        """Inputs are read with the opener's options, not the fetch's."""
+        return replace(self.open.fetch, open_kwargs=dict(self.scan.storage_options or {}))
+
+    def located(self, url: str) -> str:
+        return reference_url(url, self.scan)
+
     @property
     def stages(self) -> list[Stage]:
         """prepare -> scan (and combine) -> write -> check -> publish."""
         return [
-            Stage("prepare", "clear what an interrupted bake left", _nothing, None, self.prepare),
+            Stage("prepare", "clear what an interrupted bake left", nothing, None, self.prepare),
             Stage(
                 "scan", "read every input's chunk index", self.scan_tasks, scan_inputs, self.combine
             ),
-            Stage("write", "write the combined references", _nothing, None, self.write),
+            Stage("write", "write the combined references", nothing, None, self.write),
             self._check_stage(),
-            Stage("publish", "move the references into place", _nothing, None, self.publish),
+            Stage("publish", "move the references into place", nothing, None, self.publish),
         ]
 
     def _check_stage(self) -> Stage:
@@ -81,17 +92,17 @@ class ReferencePlan(Plan):
         fork of a worker from a driver that has used it."""
         about = "compare sample inputs read through the references with the inputs"
         if self.store.kind == "icechunk":
-            return Stage("check", about, _nothing, None, self.check_here)
+            return Stage("check", about, nothing, None, self.check_here)
         return Stage("check", about, self.check_tasks, check_input, self.count_checked)
 
-    def check_here(self, state: BakeState, results: Iterable) -> None:
+    def check_here(self, state: ReferenceState, results: Iterable) -> None:
         self.count_checked(state, map(check_input, self.check_tasks(state)))
 
     @property
     def dim(self) -> str | None:
         return self.concat_dims[0] if self.concat_dims else None
 
-    def prepare(self, state: BakeState, results: Iterable) -> None:
+    def prepare(self, state: ReferenceState, results: Iterable) -> None:
         """Clear what an interrupted bake staged; import what the workers will use, once,
         before they are forked (no more: they inherit the driver's memory)."""
         if self.scan.file_type in ("netcdf4", "hdf5"):
@@ -129,7 +140,7 @@ class ReferencePlan(Plan):
     def seal(self, staged: bool = False) -> str | None:
         return self.store.seal(staged)
 
-    def scan_tasks(self, state: BakeState) -> list[ScanTask]:
+    def scan_tasks(self, state: ReferenceState) -> list[ScanTask]:
         """Batches of inputs: about eight tasks per worker, at most ``BATCH`` inputs each;
         ``BATCH`` inputs or fewer (an append's, say) as one task per worker, of at least
         ``FEW`` inputs (the local engine runs one in the driver, forks for the others)."""
@@ -143,7 +154,7 @@ class ReferencePlan(Plan):
             for i in range(0, len(self.inputs), size)
         ]
 
-    def combine(self, state: BakeState, results: Iterable) -> None:
+    def combine(self, state: ReferenceState, results: Iterable) -> None:
         """Join the inputs' manifests (and the held one, when appending). Once the first
         batch is in, the driver imports what writing and checking the references use,
         while the workers scan the others (rather than later, while they idle)."""
@@ -263,7 +274,7 @@ class ReferencePlan(Plan):
             error = AppendError if self.held is not None else CombineError
             raise error(
                 f"cannot {'append' if self.held is not None else 'combine'} {late}: {dim} "
-                f"{_text(values[i])} {what} ({_text(values[i - 1])} is before it); the inputs "
+                f"{value_text(values[i])} {what} ({value_text(values[i - 1])} is before it); the inputs "
                 f"are not sorted along {dim!r}"
             )
 
@@ -279,7 +290,7 @@ class ReferencePlan(Plan):
                 error = AppendError if self.held is not None else CombineError
                 raise error(
                     f"cannot {'append' if self.held is not None else 'combine'} {late}: {dim} "
-                    f"{_text(value)} is already in an earlier input; the inputs hold each "
+                    f"{value_text(value)} is already in an earlier input; the inputs hold each "
                     f"{dim} once"
                 )
             seen.add(value)
@@ -293,7 +304,7 @@ class ReferencePlan(Plan):
         steps = np.cumsum(list(_steps(self.inputs, manifests, dim).values()))
         return lambda i: items[int(np.searchsorted(steps, i, side="right"))]
 
-    def write(self, state: BakeState, results: Iterable) -> None:
+    def write(self, state: ReferenceState, results: Iterable) -> None:
         """Write the combined references under the staging name."""
         attrs = {**state.manifest.attrs, **self.recipe.writer.attrs}
         self.claim_staging(fresh=self._fresh)
@@ -302,7 +313,7 @@ class ReferencePlan(Plan):
         state.stats["references"] = state.manifest.nrefs
         state.stats["dims"] = sizes
 
-    def _shared(self, state: BakeState) -> dict[str, int]:
+    def _shared(self, state: ReferenceState) -> dict[str, int]:
         """Per array, the leading references (in C order) the held store already has:
         all of the held ones when the array grows along its first axis or is unchanged."""
         if self.held is None:
@@ -326,7 +337,7 @@ class ReferencePlan(Plan):
         span = first if first == last else f"{first} .. {last}"
         return f"arcoforge {what} of {self.recipe.writer.store_name}: {len(self.inputs)} inputs, {span}"
 
-    def check_tasks(self, state: BakeState) -> list[CheckTask]:
+    def check_tasks(self, state: ReferenceState) -> list[CheckTask]:
         """One task comparing the first and the last input, each where it lies in the
         store: the references are opened (and, as JSON, parsed) once."""
         if not self.inputs:
@@ -349,16 +360,16 @@ class ReferencePlan(Plan):
         dim = _leading(state.manifest, self.concat_dims) if state.steps else self.dim
         return [CheckTask(self.store, config, tuple(samples), dim, protocol, self.scan)]
 
-    def count_checked(self, state: BakeState, results: Iterable) -> None:
+    def count_checked(self, state: ReferenceState, results: Iterable) -> None:
         state.stats["validated_inputs"] = sum(len(urls) for urls in results)
 
-    def publish(self, state: BakeState, results: Iterable) -> None:
+    def publish(self, state: ReferenceState, results: Iterable) -> None:
         """Keep the manifest for appends, move the references into place, record them."""
         contents = self._contents(state)
         contents["held"] = self._keep(state, contents["inputs"])
-        self.ledger.write(self._manifest("complete", seal=self.seal(staged=True)), STAGED)
+        self.ledger.write(self.manifest("complete", seal=self.seal(staged=True)), STAGED)
         self.store.publish()
-        self.ledger.write(self._manifest("complete", seal=self.seal(), **contents))
+        self.ledger.write(self.manifest("complete", seal=self.seal(), **contents))
         if contents["held"] == [HELD]:
             self._drop_segments()
         self.ledger.clear_staging()
@@ -374,7 +385,7 @@ class ReferencePlan(Plan):
             if name != HELD and name.startswith("references.") and name.endswith(_KEPT):
                 fs.rm_file(path)
 
-    def _keep(self, state: BakeState, inputs: list[str]) -> list[str]:
+    def _keep(self, state: ReferenceState, inputs: list[str]) -> list[str]:
         """Write the manifest that later appends read, and return the names of its files:
         an append adds its own inputs' manifest as one more segment (so that what it
         writes does not grow with the store), up to ``SEGMENTS``; else all of it is one."""
@@ -389,7 +400,7 @@ class ReferencePlan(Plan):
         ledgers.put(f"{self.ledger.folder}/{name}", body, self.target.storage_options)
         return kept
 
-    def _contents(self, state: BakeState) -> dict:
+    def _contents(self, state: ReferenceState) -> dict:
         held = self.published.get("inputs", []) if self.held is not None else []
         counts = self.published.get("counts", []) if self.held is not None else []
         return {
@@ -403,7 +414,11 @@ class ReferencePlan(Plan):
             ],
         }
 
-    def summary(self, state: BakeState) -> dict[str, Any]:
+    def published_summary(self) -> dict[str, Any]:
+        published = self.ledger.read()
+        return {"dims": published["dims"], "chunks": {}, "bytes_in": 0, "bytes_decoded": 0}
+
+    def summary(self, state: ReferenceState) -> dict[str, Any]:
         """Sizes for the bake's result."""
         manifest = state.manifest
         return {
@@ -467,145 +482,6 @@ def _same(a: ArrayRefs, b: ArrayRefs) -> bool:
     )
 
 
-def plan_reference_append(plan: ReferencePlan) -> ReferencePlan:
-    """The plan that adds to ``plan``'s references the pattern's inputs they lack."""
-    from dataclasses import fields
-
-    from arcoforge.zarr.append import _published, new_inputs
-
-    published = _published(plan, "append to")
-    if published is None:
-        return plan
-    if len(plan.concat_dims) > 1:
-        raise AppendError(
-            f"cannot append to {plan.url}: appending references works along one concat dim, "
-            f"not {len(plan.concat_dims)} ({', '.join(plan.concat_dims)})"
-        )
-    if plan.dim is None:
-        raise AppendError("appending references works along a concat dim; this pattern has none")
-    new = new_inputs(plan, published, plan.dim)
-    if not new:
-        return plan
-    held = _held(plan, published)
-    kept = {f.name: getattr(plan, f.name) for f in fields(plan)}
-    return replace(ReferencePlan(**kept), inputs=new, held=held, published=published)
-
-
-def _held(plan: ReferencePlan, published: dict) -> Manifest:
-    """The manifest kept beside the published store: its segments joined."""
-    inputs, parts = [], []
-    for name in published.get("held", [HELD]):
-        found = held_files.load(f"{plan.ledger.folder}/{name}", plan.target.storage_options)
-        urls, manifest = found or ([None], None)
-        inputs += urls
-        parts.append((urls[0], manifest))
-    if inputs != published["inputs"]:
-        raise AppendError(
-            f"cannot append to {plan.url}: the manifest kept beside it does not match it; "
-            "bake it afresh with --force"
-        )
-    if len(parts) == 1:
-        return parts[0][1]
-    urls, manifests = zip(*parts, strict=True)
-    return concat(manifests, plan.dim, urls, plan.recipe.writer.identical_dims)
-
-
-@dataclass
-class RefreshPlan(ReferencePlan):
-    """The references of its inputs, which changed, scanned again and put in place of those
-    the published store (``held``) had for them; the store's references are written again."""
-
-    @property
-    def store_fingerprint(self) -> str:
-        """The store's as published: it holds the inputs it held (the recipe may have more,
-        to append after)."""
-        return self.published["fingerprint"]
-
-    def combine(self, state: BakeState, results: Iterable) -> None:
-        """Put each rescanned input's references in place of its old ones."""
-        offsets = np.cumsum([0, *self.published["counts"]]).tolist()
-        manifest = self.held
-        for item, part, identity in sorted(
-            (r for batch in results for r in batch), key=lambda r: r[0].pos(self.dim)
-        ):
-            url = reference_url(item.url, self.scan)
-            try:
-                if self.dim not in part.sizes():  # the store's leading dim, made at its bake
-                    identical = self.recipe.writer.identical_dims
-                    part = with_dims(part, self.concat_dims, dict(item.keys), url, identical)
-                manifest = replace_input(manifest, part, self.dim, offsets[item.pos(self.dim)], url)
-            except CombineError as exc:
-                raise _misfit(self.open.redact(item.url), str(exc)) from exc
-            state.identities[item.url] = identity
-        self.store.preload()
-        state.manifest = state.appended = manifest
-        state.open = replace(self.open, promoted=manifest.promoted)
-        state.counts = list(self.published["counts"])
-
-    def _shared(self, state: BakeState) -> dict[str, int]:
-        return {}  # the changed inputs may be anywhere: every reference is written
-
-    def _message(self) -> str:
-        return (
-            f"arcoforge re-bake of {self.recipe.writer.store_name}: {len(self.inputs)} changed "
-            f"inputs, {self.inputs[0].url} first"
-        )
-
-    def check_tasks(self, state: BakeState) -> list[CheckTask]:
-        """Compare the first and the last changed input, where they lie in the store."""
-        offsets = np.cumsum([0, *self.published["counts"]]).tolist()
-        samples = []
-        for i in sample_positions(len(self.inputs)):
-            pos = self.inputs[i].pos(self.dim)
-            samples.append((self.inputs[i], {self.dim: (offsets[pos], offsets[pos + 1])}))
-        protocol = fsspec.utils.get_protocol(reference_url(self.inputs[0].url, self.scan))
-        config = state.open or self.open
-        return [CheckTask(self.store, config, tuple(samples), self.dim, protocol, self.scan)]
-
-    def _keep(self, state: BakeState, inputs: list[str]) -> list[str]:
-        """The manifest kept for appends, whole."""
-        body = held_files.dumps((inputs, state.manifest))
-        ledgers.put(f"{self.ledger.folder}/{HELD}", body, self.target.storage_options)
-        return [HELD]
-
-    def _contents(self, state: BakeState) -> dict:
-        rescanned = {i.url: state.identities.get(i.url) for i in self.inputs}
-        held = zip(self.published["inputs"], held_identities(self.published), strict=True)
-        return {
-            **{k: self.published[k] for k in ("inputs", "counts")},
-            "dims": state.manifest.sizes(),
-            "references": state.manifest.nrefs,
-            "identities": [rescanned.get(url) or old for url, old in held],
-        }
-
-
-def _misfit(url: str, problem: str) -> ChangedInputError:
-    return ChangedInputError(
-        f"input {url} changed since the store was baked and no longer fits it: {problem}; "
-        "the published store is left as it was (bake it afresh with --force)"
-    )
-
-
-def plan_reference_refresh(
-    plan: ReferencePlan, published: dict, changed: list[str]
-) -> ReferencePlan:
-    """The plan that scans the ``changed`` inputs of ``plan``'s references again and puts
-    their references in place of the old ones; for references combined along several
-    concat dims or merged, ``plan`` itself, which scans every input again."""
-    if len(plan.concat_dims) != 1 or plan.merge_dim:
-        return plan
-    changed, held = set(changed), set(published["inputs"])
-    kept = {f.name: getattr(plan, f.name) for f in fields(plan)}
-    return RefreshPlan(
-        **{
-            **kept,
-            "inputs": [i for i in plan.inputs if i.url in changed and i.url in held],
-            "held": _held(plan, published),
-            "published": published,
-        }
-    )
-
-
 def make_reference_plan(
     recipe,
     target_root: str,
@@ -616,9 +492,6 @@ def make_reference_plan(
     storage_options: dict | None = None,
 ) -> ReferencePlan:
     """The plan of a recipe that ends in :class:`~arcoforge.recipe.WriteCombinedReference`."""
-    from arcoforge.references.store import reference_store, store_location
-    from arcoforge.zarr.plan import open_config
-    from arcoforge.zarr.write import Target
 
     if skip_failed:
         raise RecipeError("--skip-failed does not apply to references: every input is needed")

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from arcoforge.core.open import open_netcdf
 from arcoforge.errors import SourceError, ValidationError, one_line
 from arcoforge.references.manifest import json_value
 
@@ -118,8 +119,6 @@ def _hdf5_variables(h5, names: Collection[str] | None) -> list[Variable] | None:
 def _netcdf_variables(
     path: str, where: str, names: Collection[str] | None
 ) -> Iterator[list[Variable]]:
-    from arcoforge.core.open import open_netcdf
-
     with open_netcdf(path, where) as nc:
         yield [
             Variable(

@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import IO
-
-import fsspec
 
 from arcoforge.errors import ArcoforgeError, SchemaError, SourceError, one_line
 from arcoforge.recipe.patterns import Input
 from arcoforge.references.coords import IncompleteCoordinate
+from arcoforge.references.inputs import ScanConfig, opened, reference_url
 from arcoforge.references.manifest import Manifest
+from arcoforge.references.scanners.grib import scan_grib
+from arcoforge.references.scanners.hdf5 import scan_hdf5
+from arcoforge.references.scanners.netcdf3 import scan_netcdf3
+from arcoforge.references.scanners.zarr import scan_zarr
 from arcoforge.sources import FetchConfig, is_remote
-from arcoforge.sources.fetch import remote_options
 from arcoforge.sources.identity import Gone
 from arcoforge.sources.lookup import identity_now, scanned_identity
-from arcoforge.sources.secrets import redact, without_userinfo
-
-
-@dataclass(frozen=True)
-class ScanConfig:
-    """How every input of a recipe is scanned; picklable."""
-
-    file_type: str
-    concat_dims: tuple[str, ...] = ()
-    inline_threshold: int = 300
-    storage_options: dict | None = None
-    remote_protocol: str | None = None
-    secrets: tuple[str, ...] = ()
-    grib_filter: dict | None = None
-    fetch: FetchConfig | None = None  # how remote inputs are fetched, with their credentials
+from arcoforge.sources.secrets import redact
 
 
 @dataclass(frozen=True)
@@ -42,16 +27,6 @@ class ScanTask:
 
     inputs: tuple[Input, ...]
     config: ScanConfig
-
-
-def reference_url(url: str, config: ScanConfig) -> str:
-    """The URL references name an input by: absolute ``file://`` URLs for local files,
-    never a ``user:password@`` (readers give credentials in ``remote_options``)."""
-    if "://" in url:
-        return without_userinfo(url)
-    if config.remote_protocol and config.remote_protocol not in ("file", "local"):
-        return f"{config.remote_protocol}://{url}"
-    return "file://" + os.path.abspath(url)
 
 
 def scan_inputs(task: ScanTask) -> list[tuple[Input, Manifest, dict]]:
@@ -99,46 +74,22 @@ def scan_input(item: Input, config: ScanConfig) -> Manifest:
         ) from None
 
 
-def _scanner(file_type: str):
-    if file_type in ("netcdf4", "hdf5"):
-        return _scan_hdf5
-    if file_type == "netcdf3":
-        from arcoforge.references.scanners.netcdf3 import scan_netcdf3
-
-        return scan_netcdf3
-    if file_type == "zarr":
-        from arcoforge.references.scanners.zarr import scan_zarr
-
-        return scan_zarr
-    if file_type == "grib":
-        from arcoforge.references.scanners.grib import scan_grib
-
-        return scan_grib
-    raise SourceError(f"OpenWithKerchunk: cannot scan file_type {file_type!r}")
+def _scanner(file_type: str) -> Callable[[str, ScanConfig], Manifest]:
+    try:
+        return SCANNERS[file_type]
+    except KeyError:
+        raise SourceError(f"OpenWithKerchunk: cannot scan file_type {file_type!r}") from None
 
 
 def _scan_hdf5(url: str, config: ScanConfig) -> Manifest:
-    from arcoforge.references.scanners.hdf5 import scan_hdf5
-
     with opened(url, config) as f:
         return scan_hdf5(f, url, config.concat_dims, config.inline_threshold)
 
 
-@contextmanager
-def opened(url: str, config: ScanConfig) -> Iterator[IO[bytes] | str]:
-    """A local path for local inputs, else a lazily reading fsspec file."""
-    if not is_remote(url) or url.startswith("file://"):
-        path = url.removeprefix("file://")
-        if not os.path.exists(path):
-            raise FileNotFoundError(path)
-        yield path
-        return
-    with fsspec.open(url, "rb", **input_options(url, config)) as f:
-        yield f
-
-
-def input_options(url: str, config: ScanConfig) -> dict:
-    """fsspec options reading the input at ``url``: the fetch's credentials, then
-    ``OpenWithKerchunk``'s ``storage_options``."""
-    found = remote_options(url, config.fetch) if config.fetch else {}
-    return {**found, **(config.storage_options or {})}
+SCANNERS = {
+    "netcdf4": _scan_hdf5,
+    "hdf5": _scan_hdf5,
+    "netcdf3": scan_netcdf3,
+    "zarr": scan_zarr,
+    "grib": scan_grib,
+}

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,17 +26,14 @@ import fsspec
 import xarray as xr
 
 from arcoforge.core import ledger as ledgers
-from arcoforge.errors import TargetError, one_line
+from arcoforge.errors import TargetError, one_line, quiet
+from arcoforge.references.formats import icechunk
 from arcoforge.references.formats import json as kerchunk_json
 from arcoforge.references.formats import parquet as kerchunk
 from arcoforge.references.manifest import Manifest
 from arcoforge.sources import is_remote
 
 ICECHUNK = "icechunk://"
-
-# fsspec reads Parquet references with pandas' fastparquet engine, which pandas 3 deprecates
-warnings.filterwarnings("ignore", message="The 'fastparquet' engine is deprecated")
-warnings.filterwarnings("ignore", message="The 'future.infer_string' option is deprecated")
 
 
 @dataclass(frozen=True)
@@ -70,8 +66,6 @@ class ReferenceStore:
     def unwritable(self, manifest: Manifest) -> str | None:
         """Why ``manifest`` cannot be written in this store's kind, or None."""
         if self.kind == "icechunk":
-            from arcoforge.references.formats import icechunk
-
             return icechunk.unwritable(manifest)
         return None
 
@@ -79,8 +73,6 @@ class ReferenceStore:
         """Refuse, before anything is written, inputs (as the references name them) that
         the Icechunk repository cannot point into."""
         if self.kind == "icechunk":
-            from arcoforge.references.formats import icechunk
-
             icechunk.check_inputs(self.url, urls)
 
     def clear_staging(self) -> None:
@@ -88,8 +80,6 @@ class ReferenceStore:
         references are staged at their ledger's staging name, which the ledger clears
         (only if its staging manifest vouches for what is there)."""
         if self.kind == "icechunk":
-            from arcoforge.references.formats import icechunk
-
             icechunk.drop_staging(self.url)
 
     def seal(self, staged: bool = False) -> str | None:
@@ -97,8 +87,6 @@ class ReferenceStore:
         any others: :func:`arcoforge.ledger.seal` of the file or folder; of an Icechunk
         repository, the snapshot at the tip of ``main`` (or of the staging branch)."""
         if self.kind == "icechunk":
-            from arcoforge.references.formats import icechunk
-
             return icechunk.tip(self.url, icechunk.STAGING if staged else icechunk.MAIN)
         return ledgers.seal(self.staging if staged else self.url, self.storage_options)
 
@@ -107,8 +95,6 @@ class ReferenceStore:
         Icechunk repository holding that snapshot (later commits made by others do not
         matter), else a file or folder of that seal."""
         if self.kind == "icechunk":
-            from arcoforge.references.formats import icechunk
-
             return icechunk.holds_snapshot(self.url, seal)
         return ledgers.seal(self.url, self.storage_options) == seal
 
@@ -134,8 +120,6 @@ class ReferenceStore:
                 previous = kerchunk.Previous(Path(self.url), shared)
             kerchunk.write_parquet(manifest, self.staging, self.record_size, attrs, previous)
         else:
-            from arcoforge.references.formats import icechunk
-
             icechunk.commit_staged(self.url, manifest, attrs, message, shared)
 
     def _upload_staged(self, manifest: Manifest, attrs: dict, shared: dict[str, int] | None):
@@ -172,8 +156,6 @@ class ReferenceStore:
         chunks along ``dim`` that meet ``spans`` (and of the arrays without ``dim``) are
         read, which spares parsing and indexing all of them."""
         if self.kind == "icechunk":
-            from arcoforge.references.formats import icechunk
-
             with icechunk.open_dataset(self.url, icechunk.STAGING) as ds:
                 yield ds
             return
@@ -210,8 +192,6 @@ class ReferenceStore:
         over a file would have ext4 write the new one to disk first, 0.01-0.07 s for
         44 MB), and the one replaced is kept as :attr:`spare`."""
         if self.kind == "icechunk":
-            from arcoforge.references.formats import icechunk
-
             icechunk.publish_staged(self.url)
         elif self.remote:
             with _naming(self.url, f"cannot publish the references staged at {self.staging}"):
@@ -412,6 +392,12 @@ def open_references(
     store reached with ``storage_options``) or an Icechunk repository with xarray. The
     files they point into are read with ``remote_options``: the credentials of inputs
     behind one (references name them without it, see docs/credentials.md)."""
+    with quiet(), _opened(url, storage_options, remote_options, **kwargs) as ds:
+        yield ds
+
+
+@contextmanager
+def _opened(url, storage_options, remote_options, **kwargs) -> Iterator[xr.Dataset]:
     remote = {"remote_options": remote_options} if remote_options else {}
     if isinstance(url, dict):
         with _open_kerchunk(url, True, **remote, **kwargs) as ds:
@@ -425,8 +411,6 @@ def open_references(
     if is_icechunk_repository(url):
         url = ICECHUNK + url.removeprefix("file://")
     if url.startswith(ICECHUNK):
-        from arcoforge.references.formats import icechunk
-
         with icechunk.open_dataset(url.removeprefix(ICECHUNK), "main", **kwargs) as ds:
             yield ds
         return

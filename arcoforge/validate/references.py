@@ -11,15 +11,18 @@ import fsspec
 import numpy as np
 import zarr
 
-from arcoforge.errors import ValidationError, one_line
+from arcoforge.core.report import StoreReport, check_coordinates, chunk_grid, pick
+from arcoforge.errors import ValidationError, one_line, quietly
 from arcoforge.recipe.steps import Recipe
 from arcoforge.references.check import unreadable
+from arcoforge.references.formats import icechunk
 from arcoforge.references.store import ICECHUNK, is_icechunk_repository, open_references
-from arcoforge.validate.zarr import StoreReport, _check_coordinates, _check_sources, _grid, _pick
+from arcoforge.validate.sources import check_sources
 
 Ref = tuple[str, str, int, int]  # key, path, offset, length
 
 
+@quietly
 def validate_references(
     url: str,
     *,
@@ -42,10 +45,10 @@ def validate_references(
             report.add("opens", [], f"{len(ds.data_vars)} variables, {dict(ds.sizes)}")
             texts = [str(error) for error in unreadable(ds, url)]
             report.add("text-decodes", texts, "every char and string variable reads")
-            _check_coordinates(report, ds)
+            check_coordinates(report, ds)
             if against is not None:
                 group = _group(url, storage_options)
-                _check_sources(report, ds, group, against, sampled, cache)
+                check_sources(report, ds, group, recipe=against, sample=sampled, cache=cache)
     except ValidationError:
         raise
     except Exception as exc:
@@ -121,8 +124,6 @@ def _range_problems(refs: list[Ref]) -> list[str]:
 def _missing_files(path: str) -> tuple[list[str], str]:
     """The files an Icechunk repository's virtual chunks point into that are missing
     (Icechunk does not list the byte ranges: the decode check reads a sample of them)."""
-    from arcoforge.references.formats import icechunk
-
     locations = icechunk.virtual_locations(path)
     missing = [
         f"{p}: missing (virtual chunks point into it)" for p in locations if _size(p) is None
@@ -150,9 +151,9 @@ def _check_decoding(
     where = _locations(url, storage_options)
     broken, total, decoded = [], 0, 0
     for name, array in sorted(group.arrays()):
-        coords = list(_grid(array))
+        coords = list(chunk_grid(array))
         total += len(coords)
-        for c in _pick(coords, sample, seed=name):
+        for c in pick(coords, sample, seed=name):
             decoded += 1
             problem = _decode(array, c)
             if problem:
@@ -175,8 +176,6 @@ def _decode(array: zarr.Array, coords: tuple[int, ...]) -> str | None:
 
 def _group(url: str, storage_options: dict | None = None) -> zarr.Group:
     if url.startswith(ICECHUNK):
-        from arcoforge.references.formats import icechunk
-
         return zarr.open_group(icechunk.readonly_store(url.removeprefix(ICECHUNK)), mode="r")
     options = {"fo": url.removeprefix("file://"), "remote_options": {"asynchronous": True}}
     if storage_options:

@@ -17,30 +17,25 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 import zarr
 
 from arcoforge.core import ledger as ledgers
+from arcoforge.core.append import check_steps, held_identities, moved, new_inputs
 from arcoforge.core.compare import sample_positions
-from arcoforge.errors import SchemaError, SourceError, one_line
+from arcoforge.errors import AppendError, ChangedInputError, SchemaError, SourceError, one_line
 from arcoforge.recipe.patterns import Input
 from arcoforge.zarr import patch
-from arcoforge.zarr.plan import BakeState, Plan, exists, overlap
-from arcoforge.zarr.scan import DatasetSchema, Missing, SchemaCombiner, VarInfo
-from arcoforge.zarr.write import Piece, WriteTask, zarr_store
-
-
-class AppendError(SchemaError):
-    """The new inputs do not continue the store."""
+from arcoforge.zarr.plan import ZarrPlan, ZarrState, overlap
+from arcoforge.zarr.scan import DatasetSchema, Missing, SchemaCombiner, VarInfo, values_fingerprint
+from arcoforge.zarr.write import Piece, WriteTask
 
 
 @dataclass
-class PatchPlan(Plan):
-    """A :class:`Plan` whose writes go into a patch of the published store."""
+class PatchPlan(ZarrPlan):
+    """A :class:`ZarrPlan` whose writes go into a patch of the published store."""
 
     published: dict = field(default_factory=dict)
 
@@ -53,7 +48,7 @@ class PatchPlan(Plan):
         spans of steps along the dim."""
         return {}
 
-    def stage_patch(self, state: BakeState, store: xr.Dataset, new: DatasetSchema) -> None:
+    def stage_patch(self, state: ZarrState, store: xr.Dataset, new: DatasetSchema) -> None:
         """Fill ``state`` from the scan and the store, and stage the patch."""
         state.chunks = write_chunks(store)
         state.open = replace(self.open, promoted=new.promoted)
@@ -61,14 +56,14 @@ class PatchPlan(Plan):
         length = state.schema.dims[self.dim]
         patch.stage(self.url, self.target, self.dim, length, self.copied(state.schema))
 
-    def check(self, state: BakeState, url: str) -> None:
+    def check(self, state: ZarrState, url: str) -> None:
         """A patch is not a whole store: the audit runs on the store once it is applied."""
 
-    def move_into_place(self, state: BakeState) -> None:
+    def move_into_place(self, state: ZarrState) -> None:
         patch.apply(self.target, self.url)
         super().check(state, self.url)
 
-    def _rescanned(self, state: BakeState) -> list[dict | None]:
+    def _rescanned(self, state: ZarrState) -> list[dict | None]:
         """The identities of the store's inputs: as scanned now for the inputs this plan
         scanned, else as recorded."""
         urls = [i.url for i in self.inputs]
@@ -93,7 +88,7 @@ class AppendPlan(PatchPlan):
     def start(self, dim: str) -> int:
         return self.held if dim == self.dim else 0
 
-    def combine(self, state: BakeState, results: Iterable) -> None:
+    def combine(self, state: ZarrState, results: Iterable) -> None:
         """Check that the new inputs continue the store, then stage the patch."""
         if state.resumed:
             return
@@ -115,7 +110,7 @@ class AppendPlan(PatchPlan):
 
         return find
 
-    def _contents(self, state: BakeState) -> dict:
+    def _contents(self, state: ZarrState) -> dict:
         new = super()._contents(state)
         return {
             "inputs": [*self.published["inputs"], *new["inputs"]],
@@ -152,7 +147,7 @@ class RetryPlan(PatchPlan):
         keys = {self._key(i) for i in self.inputs if i.url in self.fresh}
         return {n: self.blocks for n in self._data_vars(schema) if schema.owners[n] in keys}
 
-    def write_tasks(self, state: BakeState) -> list[WriteTask]:
+    def write_tasks(self, state: ZarrState) -> list[WriteTask]:
         """Tasks that write the fresh inputs' steps only, over the patch's copies (those of
         fresh inputs that failed again as missing values)."""
         tasks = []
@@ -162,7 +157,7 @@ class RetryPlan(PatchPlan):
                 tasks.append(replace(task, pieces_only=True, blanks=blanks))
         return tasks
 
-    def _blanks(self, state: BakeState, task: WriteTask) -> tuple[Piece, ...]:
+    def _blanks(self, state: ZarrState, task: WriteTask) -> tuple[Piece, ...]:
         """The parts of ``task``'s region that fresh inputs skipped by the scan hold."""
         schema, region = state.schema, dict(task.region)
         owner = schema.owners[task.variables[0]]
@@ -183,7 +178,7 @@ class RetryPlan(PatchPlan):
         fresh = [i for i in self.inputs if i.url in self.fresh]
         return {fresh[i] for i in sample_positions(len(fresh))}
 
-    def combine(self, state: BakeState, results: Iterable) -> None:
+    def combine(self, state: ZarrState, results: Iterable) -> None:
         """Check that the inputs fit where the store expects them, then stage the patch."""
         if state.resumed:
             return
@@ -210,7 +205,7 @@ class RetryPlan(PatchPlan):
             self.stage_patch(state, store, new)
         self.keep(state)
 
-    def _combined(self, state: BakeState, results: Iterable) -> SchemaCombiner:
+    def _combined(self, state: ZarrState, results: Iterable) -> SchemaCombiner:
         """Fold the scans of the inputs read. Fresh inputs skipped are recorded as missing,
         not folded (their steps are the store's); other inputs that failed were scanned
         only to learn their merge key's variables, which the store's data still holds.
@@ -275,7 +270,7 @@ class RetryPlan(PatchPlan):
             if (r[self.dim].start, r[self.dim].stop) in self.blocks
         ]
 
-    def _contents(self, state: BakeState) -> dict:
+    def _contents(self, state: ZarrState) -> dict:
         retried = {i.url for i in self.inputs}
         kept = {u: e for u, e in self.published.get("missing", {}).items() if u not in retried}
         held = {k: self.published[k] for k in ("inputs", "counts", "dims")}
@@ -284,10 +279,6 @@ class RetryPlan(PatchPlan):
             "missing": {**kept, **state.missing},
             "identities": self._rescanned(state),
         }
-
-
-class ChangedInputError(SchemaError):
-    """An input changed since the store was baked, and no longer fits the store."""
 
 
 @dataclass
@@ -313,7 +304,7 @@ class ChangedPlan(RetryPlan):
     def fingerprint(self) -> str:
         return ledgers.fingerprint(self.store_fingerprint, "changed", self.blocks, self.now)
 
-    def combine(self, state: BakeState, results: Iterable) -> None:
+    def combine(self, state: ZarrState, results: Iterable) -> None:
         """Rescan, check that the changed inputs still fit the store, stage the patch."""
         try:
             super().combine(state, results)
@@ -341,13 +332,6 @@ class ChangedPlan(RetryPlan):
         )
 
 
-def held_identities(published: dict) -> list[dict | None]:
-    """The identity the manifest records for each input of the store, None where it has
-    none (a store baked before identities were recorded)."""
-    found = published.get("identities") or []
-    return [*found, *[None] * (len(published["inputs"]) - len(found))]
-
-
 def _store_variable(var: xr.DataArray) -> VarInfo:
     """A data variable of the store, described as a scan describes one (without values)."""
     return VarInfo(
@@ -360,7 +344,7 @@ def _store_variable(var: xr.DataArray) -> VarInfo:
     )
 
 
-def plan_changed(plan: Plan, published: dict, changed: list[str], now: list[dict]) -> Plan:
+def plan_changed(plan: ZarrPlan, published: dict, changed: list[str], now: list[dict]) -> ZarrPlan:
     """The plan that rewrites the chunks of ``plan``'s store that the ``changed`` inputs
     (of identities ``now``) feed, from every input those chunks hold; along several
     concat dims, ``plan`` itself, which bakes the store afresh."""
@@ -369,7 +353,7 @@ def plan_changed(plan: Plan, published: dict, changed: list[str], now: list[dict
     skipped = published.get("missing", {})
     scanned = [i for i in _scanned(plan, changed) if i.url not in skipped]
     return ChangedPlan(
-        **_fields(plan, inputs=scanned),
+        **plan.fields(inputs=scanned),
         published=published,
         blocks=_blocks(plan, published, changed),
         changed=tuple(changed),
@@ -377,16 +361,12 @@ def plan_changed(plan: Plan, published: dict, changed: list[str], now: list[dict
     )
 
 
-def plan_append(plan: Plan) -> Plan:
+def plan_append(plan: ZarrPlan) -> ZarrPlan:
     """The plan that adds to ``plan``'s store the pattern's inputs it lacks.
 
     With no store yet, that is ``plan`` itself; with nothing new, a plan with no inputs.
     """
-    if plan.recipe.virtual:
-        from arcoforge.references.plan import plan_reference_append
-
-        return plan_reference_append(plan)
-    published = _published(plan, "append to")
+    published = plan.published_manifest("append to")
     if published is None:
         return plan
     if len(plan.concat_dims) != 1:
@@ -397,20 +377,18 @@ def plan_append(plan: Plan) -> Plan:
         return plan
     first = min(i.pos(dim) for i in new)
     return AppendPlan(
-        **_fields(plan, inputs=[_moved(i, dim, -first) for i in new]),
+        **plan.fields(inputs=[moved(i, dim, -first) for i in new]),
         published=published,
         held=int(published["dims"][dim]),
     )
 
 
-def plan_retry(plan: Plan) -> Plan:
+def plan_retry(plan: ZarrPlan) -> ZarrPlan:
     """The plan that fills in the inputs ``plan``'s store lacks because they were skipped.
 
     With nothing skipped, that is ``plan`` itself, which finds the store up to date.
     """
-    if plan.recipe.virtual:
-        raise AppendError("references hold no skipped inputs to retry")
-    published = _published(plan, "retry the failed inputs of")
+    published = plan.published_manifest("retry the failed inputs of")
     if published is None:
         raise AppendError(f"cannot retry failed inputs: there is no store at {plan.url}")
     if published["fingerprint"] != plan.store_fingerprint:
@@ -422,13 +400,13 @@ def plan_retry(plan: Plan) -> Plan:
         return plan
     missing = published["missing"]
     return RetryPlan(
-        **_fields(plan, inputs=_scanned(plan, missing)),
+        **plan.fields(inputs=_scanned(plan, missing)),
         published=published,
         blocks=_blocks(plan, published, missing),
     )
 
 
-def _scanned(plan: Plan, urls: Iterable[str]) -> list[Input]:
+def _scanned(plan: ZarrPlan, urls: Iterable[str]) -> list[Input]:
     """The inputs at ``urls`` and, with a merge dim, those at the same steps along the
     concat dim (whose variables the store's other merge keys hold)."""
     urls = set(urls)
@@ -439,7 +417,7 @@ def _scanned(plan: Plan, urls: Iterable[str]) -> list[Input]:
     return [i for i in plan.inputs if i.pos(dim) in steps]
 
 
-def _blocks(plan: Plan, published: dict, urls) -> tuple[tuple[int, int], ...]:
+def _blocks(plan: ZarrPlan, published: dict, urls) -> tuple[tuple[int, int], ...]:
     """The blocks of chunks along the concat dim that hold the inputs at ``urls``."""
     dim = plan.concat_dims[0]
     with xr.open_zarr(plan.url, storage_options=plan.target.storage_options) as store:
@@ -454,28 +432,6 @@ def _blocks(plan: Plan, published: dict, urls) -> tuple[tuple[int, int], ...]:
         for b in range(spans[url][0] // step * step, spans[url][1], step)
     }
     return tuple(sorted(blocks))
-
-
-def _published(plan: Plan, doing: str) -> dict | None:
-    """The store's manifest, if the store was baked with ``plan``'s settings."""
-    published = plan.ledger.read()
-    if published is None:
-        if exists(plan.url, plan.target.storage_options):
-            raise AppendError(
-                f"cannot {doing} {plan.url}: it has no arcoforge manifest, so which inputs "
-                "it holds is unknown; bake it afresh with arcoforge"
-            )
-        return None
-    if published["settings"] != plan.settings:
-        raise AppendError(
-            f"cannot {doing} {plan.url}: the recipe's settings (opener, preprocessing, "
-            "StoreToZarr) differ from those it was baked with; bake it afresh with --force"
-        )
-    return published
-
-
-def _fields(plan: Plan, **changes) -> dict:
-    return {**{f: getattr(plan, f) for f in Plan.__dataclass_fields__}, **changes}
 
 
 def _differing_steps(
@@ -502,43 +458,6 @@ def _differing_steps(
     return None
 
 
-def new_inputs(plan: Plan, published: dict, dim: str) -> list[Input]:
-    """The recipe's inputs that the published store lacks, checked to follow the ones it
-    holds along ``dim``; none when the store is up to date."""
-    held = set(published["inputs"])
-    gone = held - {i.url for i in plan.inputs}
-    if gone:
-        raise AppendError(f"cannot append: {plan.url} holds {min(gone)}, which the recipe lacks")
-    new = [i for i in plan.inputs if i.url not in held]
-    if not new:
-        if published["fingerprint"] == plan.fingerprint:
-            return []
-        raise AppendError(
-            f"nothing to append to {plan.url}, but its inputs were in another order; "
-            "bake it afresh with --force"
-        )
-    _check_order(plan, new, held, dim)
-    return new
-
-
-def _check_order(plan: Plan, new: list[Input], held: set[str], dim: str) -> None:
-    old = [i for i in plan.inputs if i.url in held]
-    if not new or not old:
-        return
-    last = max(old, key=lambda i: i.pos(dim))
-    early = min(new, key=lambda i: i.pos(dim))
-    if early.pos(dim) <= last.pos(dim):
-        raise AppendError(
-            f"cannot append {early.url}: it comes before {last.url}, which {plan.url} "
-            f"already holds; appends must follow the store along {dim!r}"
-        )
-
-
-def _moved(item: Input, dim: str, by: int) -> Input:
-    position = tuple((d, p + by if d == dim else p) for d, p in item.position)
-    return replace(item, position=position)
-
-
 def check_continuation(store: xr.Dataset, new: DatasetSchema, dim: str, input_at) -> None:
     """Raise :class:`AppendError` unless ``new`` continues ``store`` along ``dim``."""
     _check_variables(store, new, dim, input_at(0).url)
@@ -546,31 +465,6 @@ def check_continuation(store: xr.Dataset, new: DatasetSchema, dim: str, input_at
     if values is None or dim not in store.coords or not len(values):
         return
     check_steps(store[dim].values, values, dim, input_at)
-
-
-def check_steps(held: np.ndarray, values: np.ndarray, dim: str, input_at) -> None:
-    """Raise :class:`AppendError` unless ``values`` continue ``held`` along ``dim``: after
-    its last value, at its regular step (if it has one). ``input_at(i)`` is the
-    input that holds ``values[i]``."""
-    first = input_at(0).url
-    last = held[-1]
-    if values[0] <= last:
-        how = "is already in" if values[0] in held else "overlaps"
-        raise AppendError(
-            f"cannot append {first}: {dim} {_text(values[0])} {how} the store, whose last "
-            f"{dim} is {_text(last)}"
-        )
-    step = _regular_step(held)
-    if step is None:
-        return
-    joined = np.concatenate([held[-1:], values])
-    gaps = np.flatnonzero(np.diff(joined) != step)
-    if len(gaps):
-        i = int(gaps[0])
-        raise AppendError(
-            f"cannot append {input_at(i).url}: {dim} {_text(joined[i + 1])} leaves a gap after "
-            f"{dim} {_text(joined[i])} (the store's steps are {_text(step)})"
-        )
 
 
 def _check_variables(store: xr.Dataset, new: DatasetSchema, dim: str, url: str) -> None:
@@ -643,27 +537,7 @@ _PACKED = {"scale_factor", "add_offset"}
 
 
 def _same(var: xr.Variable, info) -> bool:
-    from arcoforge.zarr.scan import _fingerprint
-
-    return _fingerprint(np.asarray(var.values)) == info.fingerprint
-
-
-def _regular_step(values: np.ndarray) -> Any:
-    """The constant step of ``values``, or None if they are too few or irregular."""
-    if len(values) < 2 or values.dtype == object:
-        return None
-    steps = np.diff(values)
-    return steps[0] if (steps == steps[0]).all() else None
-
-
-def _text(value: Any) -> str:
-    """A coordinate value or step as people write it: ``1981-09-07 12:00:00``, ``1 day``."""
-    if isinstance(value, np.datetime64):
-        return str(pd.Timestamp(value))
-    if isinstance(value, np.timedelta64):
-        days = pd.Timedelta(value) / pd.Timedelta(days=1)
-        return f"{days:g} day{'s' * (days != 1)}" if days == int(days) else str(pd.Timedelta(value))
-    return str(value)
+    return values_fingerprint(np.asarray(var.values)) == info.fingerprint
 
 
 def write_chunks(store: xr.Dataset) -> dict[str, int]:
@@ -692,7 +566,7 @@ def _write_coords(target, schema: DatasetSchema, dim: str, region: slice) -> Non
     """The new values of the concat coordinate, encoded as the store encodes it."""
     if dim not in schema.concat_values:
         return
-    array = zarr.open_array(zarr_store(target), path=dim, mode="r+")
+    array = zarr.open_array(target.zarr_store(), path=dim, mode="r+")
     kept = {k: array.attrs[k] for k in ("units", "calendar") if k in array.attrs}
     var = xr.Variable((dim,), schema.concat_values[dim], encoding={**kept, "dtype": array.dtype})
     array[region] = xr.conventions.encode_cf_variable(var).values

@@ -22,7 +22,8 @@ import fsspec
 import zarr
 
 from arcoforge.core.ledger import is_local
-from arcoforge.zarr.write import METADATA_FILES, Target, publish_order, zarr_store
+from arcoforge.core.plan import Target
+from arcoforge.zarr.write import METADATA_FILES, publish_order
 
 
 def stage(
@@ -43,7 +44,7 @@ def stage(
     for path in fs.find(src):
         if path.rsplit("/", 1)[-1] in METADATA_FILES:
             _copy(fs, path, dst + path.removeprefix(src))
-    group = zarr.open_group(zarr_store(patch), mode="r+", use_consolidated=False)
+    group = zarr.open_group(patch.zarr_store(), mode="r+", use_consolidated=False)
     for name, array in group.arrays():
         if dim not in _dims(array):
             for path in fs.find(f"{src}/{name}"):

@@ -1,10 +1,5 @@
-"""The plan: which tasks a bake runs, in which stage, as plain picklable data.
-
-Building a plan runs nothing. Each :class:`Stage` maps a function over items on an
-engine's workers and folds the results into the :class:`BakeState` on the driver; the
-items of a stage may depend on what earlier stages learned (the write tasks follow from
-the combined schema), so a stage gets them from the state.
-"""
+"""The Zarr product's plan: scan every input, combine their schemas, write chunk-aligned
+regions of the store (each checked against sample inputs), then publish it."""
 
 from __future__ import annotations
 
@@ -12,24 +7,24 @@ import bisect
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-import fsspec
+import numpy as np
+import xarray as xr
 
 from arcoforge.core import ledger as ledgers
 from arcoforge.core import statefile
-from arcoforge.core.compare import CheckTask, sample_positions
-from arcoforge.core.open import OpenConfig
+from arcoforge.core.compare import sample_positions
+from arcoforge.core.open import OpenConfig, open_config, preload
+from arcoforge.core.plan import STAGED, BakeState, Plan, Stage, Target, exists, nothing
 from arcoforge.errors import SchemaError
 from arcoforge.recipe.patterns import Input
 from arcoforge.recipe.steps import Recipe
-from arcoforge.sources import FetchConfig
-from arcoforge.sources.secrets import secret_values
-from arcoforge.validate import zarr as audit
 from arcoforge.zarr import write as zarr_writer
+from arcoforge.zarr.check import CheckTask, check_before_publish
 from arcoforge.zarr.chunking import resolve_chunks
 from arcoforge.zarr.scan import (
     DatasetSchema,
@@ -40,69 +35,37 @@ from arcoforge.zarr.scan import (
     VarInfo,
     scan_input,
 )
-from arcoforge.zarr.write import Piece, Target, WriteTask
+from arcoforge.zarr.write import Piece, WriteTask
 
-DEFAULT_TASK_BYTES = 1 << 27
 STATE_TYPES = (DatasetSchema, VarInfo)  # the classes a kept scan may hold
 
 
 @dataclass
-class BakeState:
-    """What the driver knows so far; each stage's ``reduce`` adds to it."""
+class ZarrState(BakeState):
+    """What the driver knows of a Zarr bake: the combined schema, the chunks chosen and
+    the encoding of every variable, the bytes written."""
 
     schema: DatasetSchema | None = None
     chunks: dict[str, int] = field(default_factory=dict)
     encoding: dict = field(default_factory=dict)
-    open: OpenConfig | None = None
     written: int = 0
-    resumed: bool = False
-    missing: dict[str, str] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
-    manifest: Any = None  # a reference bake's
-    appended: Any = None  # a reference append's own manifest, before it joins the store's
-    counts: list[int] = field(default_factory=list)
-    steps: dict[str, dict[int, int]] = field(default_factory=dict)  # per concat dim, position
-    identities: dict[str, dict | None] = field(default_factory=dict)  # by (redacted) URL
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A map of ``func`` over ``items(state)`` on workers, then ``reduce`` on the driver."""
-
-    name: str
-    description: str
-    items: Callable[[BakeState], Sequence]
-    func: Callable[[Any], Any] | None
-    reduce: Callable[[BakeState, Iterable], None]
 
 
 @dataclass
-class Plan:
-    """Everything a bake of one recipe does, stage by stage.
-
-    Tasks write to ``target``, a staging store beside the final one; publishing moves it
-    to ``url``, so a failed bake never leaves a store that looks complete there and never
-    harms the store a previous bake published.
-    """
-
-    recipe: Recipe
-    url: str
-    target: Target
-    open: OpenConfig
-    inputs: list[Input]
-    ledger: ledgers.Ledger
-    workers: int = 1
-    max_task_bytes: int = DEFAULT_TASK_BYTES
-    skip_failed: bool = False
+class ZarrPlan(Plan):
+    """A bake of a recipe that ends in :class:`~arcoforge.recipe.StoreToZarr`: its inputs
+    copied into a Zarr store, region by region."""
 
     @property
     def state_types(self) -> tuple[type, ...]:
         """The classes this plan's state files may hold (see :mod:`arcoforge.statefile`)."""
         return STATE_TYPES
 
-    @property
-    def concat_dims(self) -> tuple[str, ...]:
-        return tuple(d.name for d in self.recipe.pattern.concat_dims)
+    def new_state(self) -> ZarrState:
+        return ZarrState()
+
+    def warm_up(self) -> None:
+        preload(self.open.file_type)
 
     @property
     def stages(self) -> list[Stage]:
@@ -111,7 +74,7 @@ class Plan:
             Stage(
                 name="prepare",
                 description="resume the unfinished bake of this recipe, if there is one",
-                items=_nothing,
+                items=nothing,
                 func=None,
                 reduce=self.prepare,
             ),
@@ -132,36 +95,13 @@ class Plan:
             Stage(
                 name="publish",
                 description="consolidate metadata, move the store into place",
-                items=_nothing,
+                items=nothing,
                 func=None,
                 reduce=self.publish,
             ),
         ]
 
-    @cached_property
-    def settings(self) -> str:
-        """A digest of how inputs are opened and written, whatever they are."""
-        recipe = self.recipe
-        return ledgers.fingerprint(
-            recipe.file_type,
-            recipe.opener,
-            [p.func for p in recipe.preprocessors],
-            recipe.writer,
-            self.target.zarr_format,
-        )
-
-    @cached_property
-    def store_fingerprint(self) -> str:
-        """What makes two stores the same: all the pattern's inputs and the settings."""
-        pattern_inputs = self.recipe.pattern.inputs()
-        return ledgers.fingerprint([(i.url, i.position) for i in pattern_inputs], self.settings)
-
-    @property
-    def fingerprint(self) -> str:
-        """What makes two runs the same run, so that one resumes the other."""
-        return self.store_fingerprint
-
-    def prepare(self, state: BakeState, results: Iterable) -> None:
+    def prepare(self, state: ZarrState, results: Iterable) -> None:
         """Pick up the interrupted bake of this same recipe, if there is one; otherwise
         clear whatever is left at the staging name."""
         staged = self.ledger.read(STAGED)
@@ -175,55 +115,13 @@ class Plan:
         else:
             self.clear_staging()
 
-    def check_ours(self) -> None:
-        """Refuse, before anything is written, to bake where something arcoforge did not
-        make lies: at the store's name (unless its manifest vouches for it) or at the
-        staging name (unless its staging manifest does)."""
-        self.ledger.check_store(self.bears)
-        self.ledger.check_staging()
-
-    def bears(self, seal: str) -> bool:
-        """Whether the store at :attr:`url` is the one a manifest sealed with ``seal``."""
-        return ledgers.seal(self.url, self.target.storage_options) == seal
-
-    def seal(self, staged: bool = False) -> str | None:
-        """The seal of the published store, or with ``staged`` of the staged one."""
-        return ledgers.seal(self.target.url if staged else self.url, self.target.storage_options)
-
-    def claim_staging(self, **extra) -> None:
-        """Write the staging manifest that vouches for the staging store, before the store
-        is created: a crash between them cannot leave a staging store not known for ours."""
-        self.ledger.write(self._manifest("staging", **extra), STAGED)
-
-    def publishing(self) -> bool:
-        """Whether a bake stopped while publishing: the published store may be half
-        replaced, so it is not up to date whatever its manifest says."""
-        staged = self.ledger.read(STAGED)
-        return staged is not None and staged["status"] == "complete"
-
-    def clear_staging(self) -> None:
-        """Remove what an unfinished bake staged (only what our staging manifest vouches
-        for), as a bake that starts afresh does, or one that finds the store up to date
-        beside what an interrupted ``--force`` left."""
-        self.ledger.clear_staging()
-
-    def up_to_date(self) -> bool:
-        """Whether the published store is this recipe's and complete."""
-        published = self.ledger.read()
-        return (
-            published is not None
-            and published["fingerprint"] == self.fingerprint
-            and published["status"] == "complete"
-            and exists(self.url, self.target.storage_options)
-        )
-
-    def scan_tasks(self, state: BakeState) -> list[ScanTask]:
+    def scan_tasks(self, state: ZarrState) -> list[ScanTask]:
         """One task per input (none when resuming: the scan's result was kept)."""
         if state.resumed:
             return []
         return [ScanTask(item, self.open) for item in self.inputs]
 
-    def combine(self, state: BakeState, results: Iterable) -> None:
+    def combine(self, state: ZarrState, results: Iterable) -> None:
         """Fold input schemas into the dataset schema, choose chunks and write the template."""
         if state.resumed:
             return
@@ -245,7 +143,7 @@ class Plan:
         )
         self.keep(state)
 
-    def keep(self, state: BakeState) -> None:
+    def keep(self, state: ZarrState) -> None:
         """Record the scan's result, so that an interrupted bake resumes after it: data
         only, as the opener (which holds the recipe's functions) follows from the plan."""
         kept = {
@@ -255,9 +153,9 @@ class Plan:
             "missing": state.missing,
         }
         self.ledger.save_state(kept, STATE_TYPES)
-        self.ledger.write(self._manifest("writing", identities=state.identities), STAGED)
+        self.ledger.write(self.manifest("writing", identities=state.identities), STAGED)
 
-    def resume(self, state: BakeState, kept: Any) -> bool:
+    def resume(self, state: ZarrState, kept: Any) -> bool:
         """Take up what :meth:`keep` recorded for an interrupted bake of this plan; False
         (and a warning) if it is not what :meth:`keep` records."""
         wrong = [
@@ -278,15 +176,7 @@ class Plan:
         state.resumed = True
         return True
 
-    def _manifest(self, status: str, **extra) -> dict:
-        return {
-            "fingerprint": self.fingerprint,
-            "settings": self.settings,
-            "status": status,
-            **extra,
-        }
-
-    def _combined(self, state: BakeState, results: Iterable) -> SchemaCombiner:
+    def _combined(self, state: ZarrState, results: Iterable) -> SchemaCombiner:
         """Fold scan results; skipped inputs are recorded in ``state.missing``."""
         combiner = SchemaCombiner(self.recipe.pattern)
         for result in results:
@@ -298,12 +188,7 @@ class Plan:
                 state.identities[result.input.url] = result.identity
         return combiner
 
-    @property
-    def merge_dim(self) -> str | None:
-        merge = self.recipe.pattern.merge_dim
-        return merge.name if merge else None
-
-    def write_tasks(self, state: BakeState) -> list[WriteTask]:
+    def write_tasks(self, state: ZarrState) -> list[WriteTask]:
         """Tasks over chunk-aligned regions, each reading only the inputs it needs.
 
         The largest go first, and tasks of the same variables (alike in cost) side by side,
@@ -327,7 +212,7 @@ class Plan:
         state.stats["tasks_resumed"] = skipped
         return sorted(tasks, key=lambda task: -_decoded_bytes(task))
 
-    def publish(self, state: BakeState, results: Iterable) -> None:
+    def publish(self, state: ZarrState, results: Iterable) -> None:
         """Once everything is written and checked: consolidate, record the store as
         complete, move it into place. Each step can be repeated, so an interrupted
         publish is finished by the next bake."""
@@ -337,24 +222,24 @@ class Plan:
             if self.recipe.writer.consolidated:
                 zarr_writer.consolidate(self.target)
             seal = self.seal(staged=True)
-            staged = self._manifest("complete", seal=seal, **self._contents(state))
+            staged = self.manifest("complete", seal=seal, **self._contents(state))
             self.ledger.write(staged, STAGED)
         self.move_into_place(state)
         published = {k: v for k, v in staged.items() if k != "version"}
         self.ledger.write({**published, "fingerprint": self.store_fingerprint, "seal": self.seal()})
         self.ledger.clear_staging()
 
-    def check(self, state: BakeState, url: str) -> None:
+    def check(self, state: ZarrState, url: str) -> None:
         """The audit every bake runs before it publishes (see :mod:`arcoforge.audit`):
         the store opens, its coordinates are sound, every chunk is there and decodes."""
-        report = audit.check_before_publish(url, self.target.storage_options)
+        report = check_before_publish(url, self.target.storage_options)
         state.stats["store_check"] = report.summary()
 
-    def move_into_place(self, state: BakeState) -> None:
+    def move_into_place(self, state: ZarrState) -> None:
         """Put the staged store at the final name (repeatable)."""
         zarr_writer.publish(self.target, self.url, f"{self.ledger.folder}/{ledgers.REPLACED}")
 
-    def _contents(self, state: BakeState) -> dict:
+    def _contents(self, state: ZarrState) -> dict:
         """What the published store holds: its inputs, their steps, the skipped ones."""
         dim = self.concat_dims[0]
         firsts = {i.pos(dim): i for i in reversed(self.inputs)}
@@ -367,11 +252,7 @@ class Plan:
             "identities": self.identities(state, self.inputs),
         }
 
-    def identities(self, state: BakeState, inputs: Iterable[Input]) -> list[dict | None]:
-        """The identity of each of ``inputs`` as scanned (None: not scanned, skipped)."""
-        return [state.identities.get(self.open.redact(i.url)) for i in inputs]
-
-    def summary(self, state: BakeState) -> dict[str, Any]:
+    def summary(self, state: ZarrState) -> dict[str, Any]:
         """Sizes for the bake's result: dims, chunks, bytes read and decoded."""
         return {
             "dims": dict(state.schema.dims),
@@ -380,7 +261,18 @@ class Plan:
             "bytes_decoded": state.written,
         }
 
-    def count_written(self, state: BakeState, results: Iterable) -> None:
+    def published_summary(self) -> dict[str, Any]:
+        options = self.target.storage_options
+        with xr.open_zarr(self.url, storage_options=options, chunks=None) as ds:
+            dims = {str(k): int(v) for k, v in ds.sizes.items()}
+            chunks = {
+                str(d): int(c)
+                for var in ds.data_vars.values()
+                for d, c in zip(var.dims, var.encoding.get("chunks", ()), strict=False)
+            }
+        return {"dims": dims, "chunks": chunks, "bytes_in": 0, "bytes_decoded": 0}
+
+    def count_written(self, state: ZarrState, results: Iterable) -> None:
         """Add up what the write tasks report."""
         checked = set()
         for result in results:
@@ -405,7 +297,7 @@ class Plan:
             dict(zip(dims, combo, strict=True)) for combo in itertools.product(*blocks.values())
         ]
 
-    def check_aligned(self, state: BakeState) -> None:
+    def check_aligned(self, state: ZarrState) -> None:
         """Refuse a variable whose stored chunks or shards a boundary between write regions
         would split: two tasks filling parts of one stored object at once would each
         overwrite the other's part. Regions are ``target_chunks`` long (or whole dims)."""
@@ -498,7 +390,7 @@ class Plan:
         dims = schema.variables[name].dims
         return all(region[d].start == 0 for d in region if d not in dims)
 
-    def _write_task(self, schema, region, variables, state: BakeState) -> WriteTask:
+    def _write_task(self, schema, region, variables, state: ZarrState) -> WriteTask:
         owner = schema.owners[variables[0]]
         opener = state.open or self.open
         pieces, checks = [], []
@@ -541,7 +433,6 @@ class Plan:
         )
 
 
-STAGED = ledgers.STAGED
 _KEPT = {"schema": DatasetSchema, "chunks": dict, "promoted": tuple, "missing": dict}
 log = logging.getLogger("arcoforge")
 
@@ -561,18 +452,8 @@ def _decoded_bytes(task: WriteTask) -> int:
     )
 
 
-def exists(url: str, options: dict | None) -> bool:
-    """Whether anything is at ``url``."""
-    fs, path = fsspec.core.url_to_fs(url, **(options or {}))
-    return fs.exists(path)
-
-
 def _shift(s: slice, by: int) -> slice:
     return slice(s.start + by, s.stop + by)
-
-
-def _nothing(state: BakeState) -> list:
-    return []
 
 
 def overlap(covers: dict[str, slice], region: dict[str, slice], item: Input) -> Piece | None:
@@ -589,7 +470,7 @@ def overlap(covers: dict[str, slice], region: dict[str, slice], item: Input) -> 
     return Piece(item, tuple(source), tuple(dest))
 
 
-def make_plan(
+def make_zarr_plan(
     recipe: Recipe,
     target_root: str,
     *,
@@ -597,24 +478,13 @@ def make_plan(
     workers: int,
     storage_options: dict | None = None,
     skip_failed: bool = False,
-) -> Plan:
-    """Turn a recipe into a plan; pure, touches nothing."""
-    recipe.check()
-    if recipe.virtual:
-        from arcoforge.references.plan import make_reference_plan
-
-        return make_reference_plan(
-            recipe,
-            target_root,
-            cache=cache,
-            workers=workers,
-            skip_failed=skip_failed,
-            storage_options=storage_options,
-        )
+) -> ZarrPlan:
+    """The plan of a recipe that ends in :class:`~arcoforge.recipe.StoreToZarr`; building
+    it touches nothing."""
     writer = recipe.writer
     url = f"{target_root.rstrip('/')}/{writer.store_name}"
     ledger = ledgers.Ledger(url, storage_options)
-    return Plan(
+    return ZarrPlan(
         recipe=recipe,
         url=url,
         target=Target(ledger.staging_store, writer.zarr_format, storage_options),
@@ -626,31 +496,7 @@ def make_plan(
     )
 
 
-def open_config(recipe: Recipe, cache: str | None) -> OpenConfig:
-    """How a bake of ``recipe`` fetches, opens and preprocesses every input."""
-    pattern, fetch = recipe.pattern, recipe.fetch
-    open_kwargs = {**pattern.fsspec_open_kwargs, **(fetch.open_kwargs or {})}
-    query = {**pattern.query_string_secrets, **(fetch.secrets or {})}
-    return OpenConfig(
-        fetch=FetchConfig(
-            cache=cache or fetch.cache,
-            open_kwargs=open_kwargs,
-            query_secrets=query,
-            userinfo=pattern.userinfo,
-            secrets=tuple(secret_values(query, open_kwargs, pattern.userinfo)),
-            retries=fetch.retries,
-            retry_delay=fetch.retry_delay,
-            max_connections_per_host=fetch.max_connections_per_host,
-            timeout=fetch.timeout,
-        ),
-        file_type=recipe.file_type,
-        xarray_open_kwargs=dict(getattr(recipe.opener, "xarray_open_kwargs", {})),
-        preprocessors=recipe.preprocessors,
-        concat_dims=tuple(d.name for d in pattern.concat_dims),
-    )
-
-
-def estimate(plan: Plan) -> BakeState:
+def estimate(plan: ZarrPlan) -> ZarrState:
     """What the plan will do, from the first input of each merge key only (for --dry-run).
 
     Every other input is assumed to hold ``nitems_per_file`` steps, or as many as the
@@ -666,6 +512,28 @@ def estimate(plan: Plan) -> BakeState:
         ref = scanned[item.pos(plan.merge_dim) if plan.merge_dim else None]
         sizes = {**ref.sizes, **{d: n for d, n in nitems.items() if n}}
         combiner.add(replace(ref, input=item, sizes=sizes, concat_values={}))
-    state = BakeState(schema=combiner.result())
+    state = ZarrState(schema=combiner.result())
     state.chunks = resolve_chunks(state.schema, plan.recipe.writer.target_chunks)
     return state
+
+
+def describe(plan: ZarrPlan) -> dict[str, Any]:
+    """Stages with task counts and bytes, estimated from the first input."""
+    state = estimate(plan)
+    schema = state.schema
+    decoded = sum(
+        np.dtype(v.dtype).itemsize * int(np.prod(v.shape)) for v in schema.variables.values()
+    )
+    stages = [
+        {"stage": s.name, "tasks": len(s.items(state)), "what": s.description} for s in plan.stages
+    ]
+    return {
+        "target": plan.url,
+        "inputs": len(plan.inputs),
+        "input_bytes_estimate": int(schema.nbytes),
+        "output_bytes_decoded_estimate": int(decoded),
+        "dims": schema.dims,
+        "chunks": state.chunks,
+        "variables": sorted(schema.variables),
+        "stages": stages,
+    }

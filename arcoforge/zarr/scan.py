@@ -191,7 +191,7 @@ def _var_info(var: xr.Variable, is_coord: bool, concat: set[str], merged: bool) 
     along = bool(concat.intersection(var.dims))
     if not along or (merged and var.nbytes <= SHARED_BYTES):
         values = np.asarray(var.values)
-        fingerprint, summary = _fingerprint(values), _summarize(values)
+        fingerprint, summary = values_fingerprint(values), _summarize(values)
         kept = values if along and values.nbytes <= SHARED_VALUES else None
     return VarInfo(
         dims=tuple(str(d) for d in var.dims),
@@ -242,7 +242,7 @@ def _widest(a: str, b: str) -> str:
     return a if np.dtype(a).itemsize >= np.dtype(b).itemsize else b
 
 
-def _fingerprint(values: np.ndarray) -> str:
+def values_fingerprint(values: np.ndarray) -> str:
     plain = values.dtype != object and values.dtype.kind not in "SU"
     data = values.tobytes() if plain else repr(values.tolist()).encode()
     return hashlib.sha1(data + str(values.shape).encode()).hexdigest()

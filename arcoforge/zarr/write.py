@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,6 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from arcoforge.core.compare import check_input, open_store
 from arcoforge.core.ledger import Ledger, is_local
 from arcoforge.core.open import (
     STORED_ATTRS,
@@ -27,9 +25,10 @@ from arcoforge.core.open import (
     read_stored,
     read_variables,
 )
-from arcoforge.errors import ArcoforgeError, SchemaError, SourceError, TargetError, one_line
+from arcoforge.errors import ArcoforgeError, SchemaError, SourceError, TargetError, one_line, quiet
 from arcoforge.recipe.patterns import Input
 from arcoforge.recipe.steps import StoreToZarr
+from arcoforge.zarr.check import check_input, open_store
 from arcoforge.zarr.scan import PACKING, DatasetSchema, VarInfo
 
 _ENCODING_KEYS = {
@@ -48,8 +47,6 @@ _ENCODING_KEYS = {
     "chunks",
     "shards",
 }
-
-warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 
 
 def default_compressor(zarr_format: int):
@@ -148,7 +145,7 @@ def write_template(
     empty = [n for n, v in schema.variables.items() if _is_cftime(v) and set(v.dims) & concat]
     template = {n: _encoded_already(e) if n in empty else e for n, e in encoding.items()}
     _to_zarr(xr.Dataset(variables, attrs=dict(attrs)).set_coords(names), target, template, "w")
-    group = zarr.open_group(zarr_store(target), mode="r+", zarr_format=target.zarr_format)
+    group = zarr.open_group(target.zarr_store(), mode="r+", zarr_format=target.zarr_format)
     for name in variables:
         if set(schema.variables[name].dims) & concat:
             group[name].resize(schema.variables[name].shape)
@@ -371,7 +368,7 @@ def _write_direct(target: Target, name: str, values: np.ndarray, region: tuple[s
     cftime dates encoded with the store's units and calendar, with zarr: xarray's region
     writes refuse strings narrower than the store's (an append of ERA5's ``expver``), and
     decode the stored dates first, which they cannot while the unwritten parts hold NaN."""
-    array = zarr.open_array(zarr_store(target), path=name, mode="r+")
+    array = zarr.open_array(target.zarr_store(), path=name, mode="r+")
     if values.dtype == object and "calendar" in array.attrs:
         units, calendar = array.attrs["units"], array.attrs["calendar"]
         values, _, _ = xr.coding.times.encode_cf_datetime(values, units, calendar, array.dtype)
@@ -422,14 +419,8 @@ def _read_piece(piece: Piece, task: WriteTask, arrays, dims, region, packing) ->
 
 def consolidate(target: Target) -> None:
     """Write consolidated metadata."""
-    zarr.consolidate_metadata(zarr_store(target), zarr_format=target.zarr_format)
-
-
-def zarr_store(target: Target):
-    """What zarr opens for ``target``: a local path or an fsspec store."""
-    if "://" in target.url and not target.url.startswith("file://"):
-        return zarr.storage.FsspecStore.from_url(target.url, storage_options=target.storage_options)
-    return target.url.removeprefix("file://")
+    with quiet():
+        zarr.consolidate_metadata(target.zarr_store(), zarr_format=target.zarr_format)
 
 
 def publish(staging: Target, final_url: str, aside: str) -> None:

@@ -27,8 +27,6 @@ from arcoforge.errors import ArcoforgeError, require
 from arcoforge.references.codecs import GRIB, Grib
 from arcoforge.references.manifest import NO_FILE, VLEN_UTF8, ArrayRefs, Manifest
 
-warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
-
 STAGING = "arcoforge-staging"
 MAIN = "main"
 _DEFAULT_PORTS = {"http": 80, "https": 443}

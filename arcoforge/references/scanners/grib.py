@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from arcoforge.errors import SourceError, require
+from arcoforge.references.inputs import ScanConfig, opened
 from arcoforge.references.manifest import (
     NO_FILE,
     ArrayRefs,
@@ -21,7 +22,6 @@ from arcoforge.references.manifest import (
     json_value,
     zarray,
 )
-from arcoforge.references.scan import ScanConfig, opened
 from arcoforge.sources import FetchConfig, is_remote, local_copy
 
 SPATIAL = {"latitude", "longitude", "values", "x", "y"}

@@ -15,6 +15,7 @@ import numpy as np
 
 from arcoforge.errors import SourceError
 from arcoforge.references.coords import check_coordinate
+from arcoforge.references.inputs import ScanConfig, opened
 from arcoforge.references.manifest import (
     COORD_INLINE,
     NO_FILE,
@@ -25,7 +26,6 @@ from arcoforge.references.manifest import (
     json_value,
     zarray,
 )
-from arcoforge.references.scan import ScanConfig, opened
 
 TYPES = {1: ">i1", 2: "S1", 3: ">i2", 4: ">i4", 5: ">f4", 6: ">f8"}
 TYPES.update({7: ">u1", 8: ">u2", 9: ">u4", 10: ">i8", 11: ">u8"})

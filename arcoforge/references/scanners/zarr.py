@@ -13,6 +13,7 @@ import zarr
 
 from arcoforge.errors import SourceError
 from arcoforge.references.coords import check_coordinate
+from arcoforge.references.inputs import ScanConfig
 from arcoforge.references.manifest import (
     NO_FILE,
     ArrayRefs,
@@ -22,7 +23,6 @@ from arcoforge.references.manifest import (
     json_value,
     zarray,
 )
-from arcoforge.references.scan import ScanConfig
 
 V3_CODECS = {"gzip", "zstd", "blosc"}
 BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
