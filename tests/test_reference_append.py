@@ -20,7 +20,7 @@ from arcoforge.products import make_plan
 from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references import plan as references_plan
 from arcoforge.references import store as reference_store
-from arcoforge.references.formats.json import read_meeting, write_json
+from arcoforge.references.formats.json import read_overlapping, write_json
 from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest, zarray
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import (
@@ -199,7 +199,7 @@ def test_json_check_reads_the_references_it_needs(tmp_path, days, spans):
         row = int(chunk.split(".")[0])
         return not along or bool(steps & set(range(row * step, (row + 1) * step)))
 
-    got = read_meeting(url, "time", spans)
+    got = read_overlapping(url, "time", spans)
     assert {k for k in refs if wanted(k)} == set(got)
     assert all(got[k] == refs[k] for k in got)
 

@@ -107,12 +107,12 @@ def test_parquet_records_read_in_part_as_fsspec_reads_them(tmp_path):
     records hold offsets and sizes as integers for fastparquet, the engine it reads with."""
     from fsspec.implementations.reference import LazyReferenceMapper
 
-    from arcoforge.references.formats.parquet import read_meeting
+    from arcoforge.references.formats.parquet import read_overlapping
 
     paths = write_oisst_archive(tmp_path / "src", days=6, ny=18, nx=36, steps_per_file=2)
     recipe = ref_recipe(paths, "reference.parquet", record_size=2)
     url = bake(recipe, tmp_path / "out").url
-    part = read_meeting(url, "time", [(2, 4), (5, 6)])
+    part = read_overlapping(url, "time", [(2, 4), (5, 6)])
     lazy = LazyReferenceMapper(url)
     chunks = [k for k in part if not k.rsplit("/", 1)[-1].startswith(".")]
     assert {k.split("/")[0] for k in chunks} >= {"sst", "anom", "time", "lat", "lon"}

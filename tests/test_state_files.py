@@ -43,7 +43,7 @@ from arcoforge.core.statefile import (
 )
 from arcoforge.core.tasks import Failed
 from arcoforge.engines import beam as beam_engine
-from arcoforge.errors import ArcoforgeError, SourceError, TargetError
+from arcoforge.errors import AppendError, ArcoforgeError, SourceError, TargetError
 from arcoforge.products import make_plan
 from arcoforge.references.plan import HELD
 from arcoforge.testing.archives import write_oisst_archive
@@ -189,10 +189,18 @@ def test_errors_round_trip_as_arcoforge_or_python_errors():
     assert [str(e) for e in back] == [str(e) for e in value]
 
 
+def test_errors_of_modules_that_moved_are_read_back_as_their_class():
+    data = dumps_json([AppendError("cannot append b.nc")], "k")
+    old = data.replace(b'"arcoforge.errors.AppendError"', b'"arcoforge.updates.AppendError"')
+    assert old != data  # as arcoforge 0.1 named it
+    (back,) = loads_json(old, "f", "k")
+    assert type(back) is AppendError and str(back) == "cannot append b.nc"
+
+
 def test_a_value_of_another_type_is_not_kept():
     with pytest.raises(TypeError, match=r"^a value of type pathlib\.PosixPath$"):
         dumps_json({"a": Path("/x")}, "k")
-    with pytest.raises(TypeError, match=r"^a value of type arcoforge\.plan\.BakeState$"):
+    with pytest.raises(TypeError, match=r"^a value of type arcoforge\.core\.plan\.BakeState$"):
         dumps_json(BakeState(), "k")  # a dataclass, but not among the types allowed
 
 

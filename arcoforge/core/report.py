@@ -115,3 +115,10 @@ def pick(items: list, k: int | None, seed: str) -> list:
     ends = [0, len(items) - 1][: max(k, 0)]
     between = random.Random(seed).sample(range(1, len(items) - 1), max(k - len(ends), 0))
     return [items[i] for i in sorted(ends + between)]
+
+
+def incomplete(name: str, missing: np.ndarray, size: int) -> str:
+    """What is wrong with dimension coordinate ``name`` of ``size`` values, missing at the
+    indices ``missing``: in these words from both products (Zarr and references)."""
+    count, first = len(missing), missing[0]
+    return f"coordinate {name!r} has {count} missing value(s) of {size}, first at index {first}"

@@ -184,6 +184,16 @@ def _error_classes() -> dict[str, type[BaseException]]:
     return found
 
 
+def _error_class(name: str) -> type[BaseException] | None:
+    """The class a state file names; one of arcoforge's by its own name when the module
+    it was in has moved since the file was written."""
+    classes = _error_classes()
+    if name in classes or not name.startswith("arcoforge."):
+        return classes.get(name)
+    moved = [c for n, c in classes.items() if n.rpartition(".")[2] == name.rpartition(".")[2]]
+    return moved[0] if len(moved) == 1 else None
+
+
 class _Encoder:
     """Values to tagged JSON; arrays to ``buffers`` (or inline when it is None)."""
 
@@ -396,7 +406,7 @@ class _Decoder:
         return cls(*parts, **options)
 
     def _error(self, data: dict) -> BaseException:
-        cls = _error_classes().get(data["class"])
+        cls = _error_class(str(data["class"]))
         args = self.value(data["args"])
         if cls is None:
             return ArcoforgeError(str(data["line"]))

@@ -69,11 +69,11 @@ def ready_worker() -> str:
     for module in ("netCDF4", "dask.array"):  # xarray's netCDF backend; Zarr writes import dask
         with contextlib.suppress(ImportError):
             importlib.import_module(module)
-    settle()
+    freeze_imports()
     return __version__
 
 
-def settle() -> None:
+def freeze_imports() -> None:
     """Once in a worker process: take what it holds by now (its imported modules, mostly)
     out of the garbage collector's full collections, which Spark's Python workers run
     after every task."""

@@ -13,7 +13,7 @@ import cloudpickle
 from pyspark.sql import SparkSession
 
 from arcoforge.core.open import preload
-from arcoforge.core.tasks import call, check_workers, ready_worker, settle, unwrap
+from arcoforge.core.tasks import call, check_workers, ready_worker, freeze_imports, unwrap
 from arcoforge.engines.base import Engine
 from arcoforge.errors import ArcoforgeError, one_line
 
@@ -110,7 +110,7 @@ class SparkEngine(Engine):
 def _task(func: Callable[[Any], Any]) -> Callable[[bytes], bytes]:
     def run(payload: bytes) -> bytes:
         result = cloudpickle.dumps(call(func, cloudpickle.loads(payload)))
-        settle()  # in a worker the start-up check did not reach, after its first task
+        freeze_imports()  # in a worker the start-up check did not reach, after its first task
         return result
 
     return run

@@ -3,7 +3,7 @@ compared with the inputs read directly, before the references are published.
 
 netCDF inputs opened without preprocessing are compared as stored, through kerchunk
 JSON or Parquet references: of the references, only the metadata and those of the
-samples' chunks are read (see ``ReferenceStore.meeting``); chunks are fetched by fsspec
+samples' chunks are read (see ``ReferenceStore.overlapping``); chunks are fetched by fsspec
 from the file system the references point into, each reference read as kerchunk's
 specification defines it, and decoded with the codecs the metadata names, then compared
 value for value with the input as stored (read by h5py, or by the netCDF library for
@@ -71,7 +71,7 @@ def check_input(task: CheckTask) -> list[str]:
     """Raise :class:`~arcoforge.errors.ValidationError` unless the references give exactly
     the values of each sample input; return their URLs."""
     if _as_stored(task):
-        refs = Staged(task.store.meeting(task.dim, _spans(task)), task.protocol, _remote(task))
+        refs = Staged(task.store.overlapping(task.dim, _spans(task)), task.protocol, _remote(task))
         _check_stored(task, refs)
         _check_readable(task, refs)
     else:

@@ -20,9 +20,9 @@ import pandas as pd
 import xarray as xr
 from xarray.coding.variables import CFMaskCoder, SerializationWarning
 
+from arcoforge.core.report import incomplete
 from arcoforge.errors import SchemaError
 from arcoforge.references.manifest import ArrayRefs
-from arcoforge.zarr.scan import incomplete
 
 MASKS = ("_FillValue", "missing_value")  # the attributes xarray masks values by
 SPECIAL = {"NaN", "Infinity", "-Infinity"}  # how Zarr v2 metadata holds such fill values

@@ -169,21 +169,21 @@ class ReferenceStore:
         and the references :meth:`open_staged` reads, not the file or records whole."""
         if dim is None or self.kind not in ("json", "parquet"):
             return self.staging
-        return self.meeting(dim, spans)
+        return self.overlapping(dim, spans)
 
-    def meeting(self, dim: str | None, spans=()) -> dict:
+    def overlapping(self, dim: str | None, spans=()) -> dict:
         """The metadata of the staged JSON or Parquet references and the references of
         the chunks that meet ``spans`` along ``dim`` (all of them, without ``dim``)."""
         with _naming(self.staging, "cannot read it"):
             if self.kind == "parquet":
-                refs = kerchunk.read_meeting(
+                refs = kerchunk.read_overlapping(
                     self.staging, dim, spans, self.fs if self.remote else None
                 )
             elif self.remote:
                 data = self.fs.cat_file(self.staging)
-                refs = kerchunk_json.meeting(data, dim, spans, self.staging)
+                refs = kerchunk_json.overlapping(data, dim, spans, self.staging)
             else:
-                refs = kerchunk_json.read_meeting(self.staging, dim, spans)
+                refs = kerchunk_json.read_overlapping(self.staging, dim, spans)
         return {"version": 1, "refs": refs}
 
     def publish(self) -> None:

@@ -104,7 +104,7 @@ def _download(url: str, cache: Cache, config: FetchConfig) -> Path:
 def _get(url: str, tmp: Path, config: FetchConfig) -> tuple[str, dict]:
     """Download ``url`` to ``tmp``, checking its size; return its sha256 and the identity
     its file system gave before the download (see :mod:`arcoforge.sources.identity`)."""
-    fs, path = fsspec.core.url_to_fs(config.request_url(url), **_fs_options(url, config))
+    fs, path = fsspec.core.url_to_fs(config.request_url(url), **fs_options(url, config))
     info = fs.info(path)
     expected = info.get("size")
     fs.get_file(path, str(tmp))
@@ -118,7 +118,7 @@ def remote_options(url: str, config: FetchConfig) -> dict:
     """fsspec options that read ``url`` (named without its ``user:password@``, as
     references name it) with the credentials the fetch uses: its password as a basic
     ``Authorization`` header, query secrets as request ``params``."""
-    options = _fs_options(url, config)
+    options = fs_options(url, config)
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         return options
     found = _credentials_for_host(url, config)
@@ -139,7 +139,7 @@ def _credentials_for_host(url: str, config: FetchConfig) -> tuple[str, str] | No
     return None
 
 
-def _fs_options(url: str, config: FetchConfig) -> dict:
+def fs_options(url: str, config: FetchConfig) -> dict:
     options = dict(config.open_kwargs)
     if urlsplit(url).scheme.lower() in ("http", "https"):
         import aiohttp
@@ -169,7 +169,7 @@ def _retries_for(exc: Exception) -> int:
     """How many times a failure like ``exc`` is worth retrying: never what a retry cannot
     fix (a refusal, a missing file, a host name that does not resolve), once a refused
     connection, else as configured (``sys.maxsize`` here, capped by the caller)."""
-    if not _retryable(exc):
+    if not retryable(exc):
         return 0
     cause = _os_error(exc)
     if isinstance(cause, socket.gaierror):
@@ -192,7 +192,7 @@ def _os_error(exc: Exception) -> OSError | None:
     return None
 
 
-def _retryable(exc: Exception) -> bool:
+def retryable(exc: Exception) -> bool:
     status = getattr(exc, "status", None)
     if isinstance(status, int):
         return status >= 500 or status in (408, 429)

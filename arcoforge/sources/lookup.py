@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import fsspec
 
 from arcoforge.sources.cache import Cache
-from arcoforge.sources.fetch import FetchConfig, _fs_options, _retryable, is_remote
+from arcoforge.sources.fetch import FetchConfig, fs_options, is_remote, retryable
 from arcoforge.sources.identity import Gone, from_info
 from arcoforge.sources.limits import host_slot
 
@@ -42,7 +42,7 @@ def identity_now(url: str, config: FetchConfig) -> dict:
         if os.path.isdir(path):  # a Zarr input: its folder's entries
             return {"mtime_ns": stat.st_mtime_ns}
         return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    fs, path = fsspec.core.url_to_fs(config.request_url(url), **_fs_options(url, config))
+    fs, path = fsspec.core.url_to_fs(config.request_url(url), **fs_options(url, config))
     try:
         return from_info(fs.info(path))
     except FileNotFoundError as exc:
@@ -76,7 +76,7 @@ def _looked_up(url: str, config: FetchConfig) -> dict | Exception:
         except Gone as exc:
             return exc
         except Exception as exc:
-            if not _retryable(exc) or attempt >= config.retries:
+            if not retryable(exc) or attempt >= config.retries:
                 return exc
             attempt += 1
             time.sleep(min(config.retry_delay * 2 ** (attempt - 1), 5.0) * (0.5 + random.random()))

@@ -52,7 +52,7 @@ def stage(
             continue
         axis = _dims(array).index(dim)
         if array.shape[axis] == new_length and array.ndim > 1:
-            for key in _chunks_meeting(array, axis, (copied or {}).get(name, ())):
+            for key in _chunks_overlapping(array, axis, (copied or {}).get(name, ())):
                 if fs.exists(f"{src}/{name}/{key}"):
                     _copy(fs, f"{src}/{name}/{key}", f"{dst}/{name}/{key}")
             continue
@@ -85,7 +85,7 @@ def _rewritten_chunks(array, axis: int) -> list[str]:
     return [array.metadata.encode_chunk_key(c) for c in itertools.product(*ranges)]
 
 
-def _chunks_meeting(array, axis: int, spans: Sequence[tuple[int, int]]) -> list[str]:
+def _chunks_overlapping(array, axis: int, spans: Sequence[tuple[int, int]]) -> list[str]:
     """Keys of the chunks (shards, if sharded) that hold steps of ``spans`` along ``axis``."""
     chunks = array.shards or array.chunks
     grid = [math.ceil(n / c) for n, c in zip(array.shape, chunks, strict=True)]

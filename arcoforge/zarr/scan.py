@@ -18,6 +18,7 @@ import pandas as pd
 import xarray as xr
 
 from arcoforge.core.open import OpenConfig, open_input
+from arcoforge.core.report import incomplete
 from arcoforge.errors import SchemaError, SourceError, one_line
 from arcoforge.recipe.patterns import FilePattern, Input
 from arcoforge.sources import local_copy
@@ -167,13 +168,6 @@ def _check_complete(url: str, name: str, values: np.ndarray) -> None:
     missing = np.flatnonzero(pd.isna(values)) if values.dtype.kind in "fcmMO" else []
     if len(missing):
         raise SchemaError(f"{url}: {incomplete(name, missing, values.size)}")
-
-
-def incomplete(name: str, missing: np.ndarray, size: int) -> str:
-    """What is wrong with dimension coordinate ``name`` of ``size`` values, missing at the
-    indices ``missing``: in these words from both products (Zarr and references)."""
-    count, first = len(missing), missing[0]
-    return f"coordinate {name!r} has {count} missing value(s) of {size}, first at index {first}"
 
 
 def _var_info(var: xr.Variable, is_coord: bool, concat: set[str], merged: bool) -> VarInfo:

@@ -161,16 +161,16 @@ def _block(prefix: str, keys, files, offsets, lengths, raw, quoted: list[str]) -
     return ",".join(lines)
 
 
-def read_meeting(path: str | Path, dim: str, spans) -> dict:
+def read_overlapping(path: str | Path, dim: str, spans) -> dict:
     """The TAIL of the file at ``path`` and the BODY references of the chunks that meet
     ``spans`` along ``dim`` (every chunk of arrays without ``dim`` first), found by key
     without parsing the rest."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        return meeting(mm, dim, spans, str(path))
+        return overlapping(mm, dim, spans, str(path))
 
 
-def meeting(data: bytes | mmap.mmap, dim: str, spans, where: str) -> dict:
-    """:func:`read_meeting` of a file's bytes (``where`` names the file in errors)."""
+def overlapping(data: bytes | mmap.mmap, dim: str, spans, where: str) -> dict:
+    """:func:`read_overlapping` of a file's bytes (``where`` names the file in errors)."""
     start = data.rfind(TAIL)
     if data[: len(HEAD)] != HEAD or start < 0:
         raise ValueError(f"{where}: not JSON references as arcoforge writes them")

@@ -201,7 +201,7 @@ def preload() -> None:
     pyarrow_modules()
 
 
-def read_meeting(folder: str, dim: str, spans, fs=None) -> dict:
+def read_overlapping(folder: str, dim: str, spans, fs=None) -> dict:
     """The metadata of the Parquet references in ``folder`` (on ``fs``, else local) and
     the references of the chunks that meet ``spans`` along ``dim`` (every chunk of arrays
     without ``dim``), by key, as fsspec's ``ReferenceFileSystem`` takes them: only the
