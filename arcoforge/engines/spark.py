@@ -13,7 +13,7 @@ import cloudpickle
 from pyspark.sql import SparkSession
 
 from arcoforge.core.open import preload
-from arcoforge.core.tasks import call, check_workers, ready_worker, freeze_imports, unwrap
+from arcoforge.core.tasks import call, check_workers, freeze_imports, ready_worker, unwrap
 from arcoforge.engines.base import Engine
 from arcoforge.errors import ArcoforgeError, one_line
 
