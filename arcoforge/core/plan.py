@@ -17,10 +17,10 @@ from functools import cached_property
 from typing import Any
 
 import fsspec
-import zarr
 
 from arcoforge.core import ledger as ledgers
 from arcoforge.core.open import OpenConfig
+from arcoforge.core.targets import Target
 from arcoforge.errors import AppendError
 from arcoforge.recipe.patterns import Input
 from arcoforge.recipe.steps import Recipe
@@ -52,21 +52,6 @@ class Stage:
     items: Callable[[BakeState], Sequence]
     func: Callable[[Any], Any] | None
     reduce: Callable[[BakeState, Iterable], None]
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a bake writes before it publishes: URL, Zarr format and fsspec options."""
-
-    url: str
-    zarr_format: int = 3
-    storage_options: dict | None = None
-
-    def zarr_store(self) -> str | zarr.storage.FsspecStore:
-        """What zarr opens for this target: a local path or an fsspec store."""
-        if "://" in self.url and not self.url.startswith("file://"):
-            return zarr.storage.FsspecStore.from_url(self.url, storage_options=self.storage_options)
-        return self.url.removeprefix("file://")
 
 
 @dataclass

@@ -19,8 +19,9 @@ from arcoforge.core import ledger as ledgers
 from arcoforge.core.append import check_steps, held_identities, value_text
 from arcoforge.core.compare import sample_positions
 from arcoforge.core.open import open_config
-from arcoforge.core.plan import STAGED, BakeState, Plan, Stage, Target, nothing
+from arcoforge.core.plan import STAGED, BakeState, Plan, Stage, nothing
 from arcoforge.core.runs import RUNS_FOLDER
+from arcoforge.core.targets import target_at
 from arcoforge.errors import AppendError, RecipeError
 from arcoforge.recipe.patterns import Input
 from arcoforge.references import held as held_files
@@ -509,7 +510,7 @@ def make_reference_plan(
     return ReferencePlan(
         recipe=recipe,
         url=url,
-        target=Target(ledger.staging_store, storage_options=storage_options),
+        target=target_at(ledger.staging_store, storage_options=storage_options),
         open=config,
         inputs=list(recipe.pattern.inputs()),
         ledger=ledger,

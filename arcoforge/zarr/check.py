@@ -16,8 +16,8 @@ import zarr
 from arcoforge.amounts import count
 from arcoforge.core.compare import compare_stored
 from arcoforge.core.open import OpenConfig, open_input
-from arcoforge.core.plan import Target
 from arcoforge.core.report import StoreReport, check_coordinates, chunk_grid, pick, storage_chunks
+from arcoforge.core.targets import target_at
 from arcoforge.errors import ValidationError, one_line, quietly
 from arcoforge.recipe.patterns import Input
 
@@ -135,7 +135,7 @@ def open_group(url: str, storage_options: dict | None) -> zarr.Group:
     if not fs.exists(path):
         raise ValidationError(f"{url}: no such store")
     try:
-        store = Target(url, storage_options=storage_options).zarr_store()
+        store = target_at(url, storage_options=storage_options).zarr_store()
         return zarr.open_group(store, mode="r", use_consolidated=False)
     except Exception as exc:
         cause = type(exc).__name__

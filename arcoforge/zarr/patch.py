@@ -22,8 +22,7 @@ import fsspec
 import zarr
 
 from arcoforge.core.ledger import is_local
-from arcoforge.core.plan import Target
-from arcoforge.zarr.write import METADATA_FILES, publish_order
+from arcoforge.core.targets import METADATA_FILES, Target, publish_order
 
 
 def stage(

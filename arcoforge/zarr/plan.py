@@ -19,7 +19,8 @@ from arcoforge.core import ledger as ledgers
 from arcoforge.core import statefile
 from arcoforge.core.compare import sample_positions
 from arcoforge.core.open import OpenConfig, open_config, preload
-from arcoforge.core.plan import STAGED, BakeState, Plan, Stage, Target, exists, nothing
+from arcoforge.core.plan import STAGED, BakeState, Plan, Stage, exists, nothing
+from arcoforge.core.targets import target_at
 from arcoforge.errors import SchemaError
 from arcoforge.recipe.patterns import Input
 from arcoforge.recipe.steps import Recipe
@@ -237,7 +238,7 @@ class ZarrPlan(Plan):
 
     def move_into_place(self, state: ZarrState) -> None:
         """Put the staged store at the final name (repeatable)."""
-        zarr_writer.publish(self.target, self.url, f"{self.ledger.folder}/{ledgers.REPLACED}")
+        self.target.publish(self.url, f"{self.ledger.folder}/{ledgers.REPLACED}")
 
     def _contents(self, state: ZarrState) -> dict:
         """What the published store holds: its inputs, their steps, the skipped ones."""
@@ -487,7 +488,7 @@ def make_zarr_plan(
     return ZarrPlan(
         recipe=recipe,
         url=url,
-        target=Target(ledger.staging_store, writer.zarr_format, storage_options),
+        target=target_at(ledger.staging_store, writer.zarr_format, storage_options),
         open=open_config(recipe, cache),
         inputs=list(recipe.pattern.inputs()),
         ledger=ledger,

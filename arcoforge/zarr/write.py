@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import errno
-import os
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import cftime
-import fsspec
 import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
 
-from arcoforge.core.ledger import Ledger, is_local
+from arcoforge.core.ledger import Ledger
 from arcoforge.core.open import (
     STORED_ATTRS,
     OpenConfig,
@@ -25,6 +22,7 @@ from arcoforge.core.open import (
     read_stored,
     read_variables,
 )
+from arcoforge.core.targets import Target
 from arcoforge.errors import ArcoforgeError, SchemaError, SourceError, TargetError, one_line, quiet
 from arcoforge.recipe.patterns import Input
 from arcoforge.recipe.steps import StoreToZarr
@@ -201,15 +199,6 @@ def _to_zarr(ds: xr.Dataset, target: Target, encoding: dict, mode: str) -> None:
         storage_options=target.storage_options,
         write_empty_chunks=True,
     )
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a store goes: URL, format and fsspec options; picklable."""
-
-    url: str
-    zarr_format: int = 3
-    storage_options: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -421,48 +410,3 @@ def consolidate(target: Target) -> None:
     """Write consolidated metadata."""
     with quiet():
         zarr.consolidate_metadata(target.zarr_store(), zarr_format=target.zarr_format)
-
-
-def publish(staging: Target, final_url: str, aside: str) -> None:
-    """Move the finished store from its staging name to its final name; repeatable, so an
-    interrupted publish is finished by running it again. The caller has made sure that
-    whatever is at ``final_url`` is a store of ours.
-
-    On a local disk the old store steps aside to ``aside`` (in the store's ledger folder,
-    so a name of ours) and the new one takes its name, two renames that readers never see
-    half done. Object stores copy file by file, chunks first and the root metadata last,
-    then remove the files of the old store the new one lacks.
-    """
-    fs, src = fsspec.core.url_to_fs(staging.url, **(staging.storage_options or {}))
-    _, dst = fsspec.core.url_to_fs(final_url, **(staging.storage_options or {}))
-    if is_local(fs):
-        _rename_into_place(src, dst, aside)
-    elif fs.exists(src):
-        files = sorted(fs.find(src), key=lambda p: publish_order(p.removeprefix(src)))
-        old = {p.removeprefix(dst) for p in fs.find(dst)} if fs.exists(dst) else set()
-        for path in files:
-            fs.copy(path, dst + path.removeprefix(src))
-        for relative in sorted(old - {p.removeprefix(src) for p in files}):
-            fs.rm_file(dst + relative)
-        fs.rm(src, recursive=True)
-
-
-def publish_order(relative: str) -> tuple[int, str]:
-    """Chunks first, then array metadata, then the root metadata."""
-    name = relative.rsplit("/", 1)[-1]
-    if name not in METADATA_FILES:
-        return (0, relative)
-    return (2 if relative.count("/") == 1 else 1, relative)
-
-
-METADATA_FILES = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
-
-
-def _rename_into_place(src: str, dst: str, aside: str) -> None:
-    if os.path.exists(src):
-        if os.path.exists(dst):
-            shutil.rmtree(aside, ignore_errors=True)
-            os.makedirs(os.path.dirname(aside), exist_ok=True)
-            os.rename(dst, aside)
-        os.rename(src, dst)
-    shutil.rmtree(aside, ignore_errors=True)
