@@ -68,17 +68,17 @@ def bake(
     A bake that was interrupted resumes where it stopped; a store already baked from the
     same recipe and inputs is left as it is, unless ``force``. What lies at the store's
     name or its staging name that arcoforge did not make is never touched: the bake is
-    refused with :class:`~arcoforge.ledger.NotOursError` before it writes anything. With
+    refused with :class:`~arcoforge.core.ledger.NotOursError` before it writes anything. With
     ``append``, only the inputs the store lacks are baked, and added to it. With
     ``skip_failed``, inputs that still fail after their retries are left as fill values
     and recorded in the store's manifest; ``retry_failed`` later fills them in.
     ``storage_options`` go to fsspec for the target (an object store's endpoint and
     credentials, say). ``engine`` is "local", "dask", "spark" or "beam" (configured by
     ``engine_options``, see :mod:`arcoforge.engines`) or an :class:`Engine`. Every bake leaves a run
-    record (see :mod:`arcoforge.runs`); ``run`` adds what the caller knows to it.
+    record (see :mod:`arcoforge.core.runs`); ``run`` adds what the caller knows to it.
 
     Before a store is found up to date or appended to, its inputs are checked for changes
-    since it was baked (see :mod:`arcoforge.changes`): what changed inputs feed is baked
+    since it was baked (see :mod:`arcoforge.bake.changes`): what changed inputs feed is baked
     again, a deleted input stops the bake. ``assume_unchanged`` skips the check.
 
     >>> result = bake(recipe, target_root="out/", workers=2)  # doctest: +SKIP

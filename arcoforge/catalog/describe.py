@@ -4,7 +4,7 @@
 Stores are found as ``arcoforge bake`` names them: ``TARGET_ROOT/STORE_NAME`` for Zarr,
 ``TARGET_ROOT/STORE_NAME/OUTPUT_FILE_NAME`` for references, ``PATH/STORE_NAME`` for an
 ``icechunk://PATH`` root. Every URL and text a record holds passes through
-:func:`arcoforge.secrets.redact` with the secrets of ``storage_options``.
+:func:`arcoforge.sources.secrets.redact` with the secrets of ``storage_options``.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def describe_feedstock(
 
     Stores are read under ``target_root`` with ``storage_options``; run records beside
     each store (those of its store name), and in ``runs_folder`` (such as
-    :func:`arcoforge.runs.state_dir`, those whose target is the store). With ``quicklook_dir``, quick-looks are drawn into
+    :func:`arcoforge.core.runs.state_dir`, those whose target is the store). With ``quicklook_dir``, quick-looks are drawn into
     ``quicklook_dir/SLUG/`` (the record names them relative to that folder).
     """
     folder = Path(folder)

@@ -87,7 +87,7 @@ class Ledger:
 
     def save_state(self, state: Any, types: Iterable[type] = ()) -> None:
         """Keep what the scan learned, so that a resumed bake need not scan again: data
-        only (see :mod:`arcoforge.statefile`), of the dataclasses ``types`` at most."""
+        only (see :mod:`arcoforge.core.statefile`), of the dataclasses ``types`` at most."""
         try:
             body = statefile.dumps_json(state, STATE_KIND, types)
         except TypeError as exc:
@@ -185,7 +185,7 @@ class Ledger:
         On a local disk the lock is an ``flock`` the kernel drops when the process dies,
         so a killed bake never leaves a stale lock. Elsewhere it is a lock object taken
         atomically, naming its owner and kept alive by a heartbeat; one whose owner
-        stopped beating is taken over (see :mod:`arcoforge.locks`).
+        stopped beating is taken over (see :mod:`arcoforge.core.locks`).
         """
         with locks.held(f"{self.folder}/lock", self.store, self.storage_options, run):
             yield

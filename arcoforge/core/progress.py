@@ -36,7 +36,7 @@ class Reporter:
 
 class JsonReporter(Reporter):
     """One JSON object a line on ``stream``, each with the time (seconds since the epoch)
-    and ``run``, the id of the run it belongs to (see :mod:`arcoforge.runs`)."""
+    and ``run``, the id of the run it belongs to (see :mod:`arcoforge.core.runs`)."""
 
     def __init__(self, stream=None, run: str | None = None):
         self.stream = stream or sys.stdout

@@ -169,7 +169,7 @@ def _outcome_types(plan: Plan) -> tuple[type, ...]:
 
 def _save(carried: bytes, url: str, storage_options: dict | None, types: tuple) -> None:
     """Write the final state where the driver reads it, as data (see
-    :mod:`arcoforge.statefile`): the driver needs its results, not the opener (which holds
+    :mod:`arcoforge.core.statefile`): the driver needs its results, not the opener (which holds
     the recipe's functions) nor the Zarr encoding the template was written with."""
     state, timings, totals, _, lines = cloudpickle.loads(carried)
     if isinstance(state, BakeState):

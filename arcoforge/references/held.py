@@ -1,6 +1,6 @@
 """The files of the manifest kept beside a reference store for appends.
 
-Each is a state file (see :mod:`arcoforge.statefile`): a JSON header describing the
+Each is a state file (see :mod:`arcoforge.core.statefile`): a JSON header describing the
 manifest, then its arrays as raw buffers, each at a 64-byte boundary. A local file is
 mapped, not read, and its arrays are views of the mapping, so loading the manifest of a
 large store costs what an append touches of it. Files kept as pickles by an earlier

@@ -84,7 +84,7 @@ class ReferenceStore:
 
     def seal(self, staged: bool = False) -> str | None:
         """What tells the published references (or with ``staged`` the staged ones) from
-        any others: :func:`arcoforge.ledger.seal` of the file or folder; of an Icechunk
+        any others: :func:`arcoforge.core.ledger.seal` of the file or folder; of an Icechunk
         repository, the snapshot at the tip of ``main`` (or of the staging branch)."""
         if self.kind == "icechunk":
             return icechunk.tip(self.url, icechunk.STAGING if staged else icechunk.MAIN)

@@ -33,7 +33,7 @@ class FetchConfig:
     cache: str | None = None
     open_kwargs: dict = field(default_factory=dict)
     query_secrets: dict = field(default_factory=dict)
-    userinfo: dict = field(default_factory=dict)  # see arcoforge.secrets.hide_userinfo
+    userinfo: dict = field(default_factory=dict)  # see arcoforge.sources.secrets.hide_userinfo
     secrets: tuple[str, ...] = ()
     retries: int = 5
     retry_delay: float = 0.5

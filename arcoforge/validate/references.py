@@ -34,7 +34,7 @@ def validate_references(
     decode_budget: int | None = None,
 ) -> StoreReport:
     """Audit the kerchunk JSON, Parquet or Icechunk references at ``url`` (the keywords
-    of :func:`arcoforge.audit.validate_store`; ``storage_options`` reach JSON or Parquet
+    of :func:`arcoforge.validate.validate_store`; ``storage_options`` reach JSON or Parquet
     references on an object store)."""
     if is_icechunk_repository(url):
         url = ICECHUNK + url.removeprefix("file://")

@@ -1,7 +1,7 @@
 """Plans that change a published store: append new inputs, retry skipped ones.
 
 Both scan only the inputs they need and write only the chunks those inputs land in, into
-a patch (see :mod:`arcoforge.writers.patch`) applied once every chunk is written and
+a patch (see :mod:`arcoforge.zarr.patch`) applied once every chunk is written and
 checked, so the cost follows the new data, not the store. A retry, and a re-bake of
 changed inputs, write their inputs over the patch's copies of the store's chunks: the
 other inputs of those chunks are neither scanned nor read again.

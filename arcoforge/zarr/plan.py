@@ -59,7 +59,7 @@ class ZarrPlan(Plan):
 
     @property
     def state_types(self) -> tuple[type, ...]:
-        """The classes this plan's state files may hold (see :mod:`arcoforge.statefile`)."""
+        """The classes this plan's state files may hold (see :mod:`arcoforge.core.statefile`)."""
         return STATE_TYPES
 
     def new_state(self) -> ZarrState:
@@ -231,7 +231,7 @@ class ZarrPlan(Plan):
         self.ledger.clear_staging()
 
     def check(self, state: ZarrState, url: str) -> None:
-        """The audit every bake runs before it publishes (see :mod:`arcoforge.audit`):
+        """The audit every bake runs before it publishes (see :mod:`arcoforge.zarr.check`):
         the store opens, its coordinates are sound, every chunk is there and decodes."""
         report = check_before_publish(url, self.target.storage_options)
         state.stats["store_check"] = report.summary()
