@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.table import Table
+
 from arcoforge.amounts import count, size
 from arcoforge.bake.run import BakeResult
 from arcoforge.core.plan import Plan
@@ -44,7 +46,6 @@ def dims_text(sizes: dict[str, int]) -> str:
 
 def render_plan(info: dict[str, Any], console, recipe_id: str) -> None:
     """Print a plan description as a table."""
-    from rich.table import Table
 
     title = f"recipe {recipe_id}: {count(info['inputs'], 'input')} -> {info['target']}"
     table = Table(title=title)
@@ -63,7 +64,6 @@ def render_plan(info: dict[str, Any], console, recipe_id: str) -> None:
 def render_result(result: BakeResult, console, recipe_id: str) -> None:
     """Print a bake's summary and how to open its output; the title says whether the bake
     baked or found its store up to date."""
-    from rich.table import Table
 
     stats = result.stats
     if stats.get("up_to_date"):

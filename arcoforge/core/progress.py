@@ -13,6 +13,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from rich.console import Console
+from rich.markup import escape  # a message's [brackets] are not markup
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
 from arcoforge.sources.secrets import redact_remembered
 
 
@@ -107,13 +117,6 @@ class RichReporter(Reporter):
     table, or the one-line error, takes its place)."""
 
     def __init__(self, console=None):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
 
         self.progress = Progress(
             TextColumn("[bold]{task.description:<9}"),
@@ -136,8 +139,6 @@ class RichReporter(Reporter):
 
     def event(self, kind: str, **fields: Any) -> None:
         if kind == "log":
-            from rich.markup import escape  # a message's [brackets] are not markup
-
             style = "red" if fields["level"] in ("ERROR", "CRITICAL") else "yellow"
             level = f"[{style}]{fields['level'].lower()}[/{style}]"
             self.progress.console.print(
@@ -154,8 +155,6 @@ class RichReporter(Reporter):
 def console_reporter() -> Reporter:
     """For people: bars if stderr is a terminal, plain lines if not (a log file, say)."""
     if sys.stderr.isatty():
-        from rich.console import Console
-
         return RichReporter(Console(stderr=True, highlight=False))
     return PlainReporter()
 

@@ -34,8 +34,10 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import fsspec
+import numcodecs
 import numpy as np
 import xarray as xr
+from numcodecs.compat import ensure_ndarray_like
 
 from arcoforge.core.compare import compare, compare_values
 from arcoforge.core.open import OpenConfig, open_input
@@ -395,7 +397,6 @@ class Staged:
 def _codecs(zarray: dict) -> list:
     """The codecs that decode a chunk, in the order they apply: the compressor, then the
     filters in reverse (as Zarr v2 does)."""
-    import numcodecs
 
     configs = [zarray["compressor"], *reversed(zarray["filters"] or [])]
     return [numcodecs.get_codec(c) for c in configs if c]
@@ -403,7 +404,6 @@ def _codecs(zarray: dict) -> list:
 
 def _decode(data, codecs: list, zarray: dict, dtype: np.dtype, what: str) -> np.ndarray:
     """A chunk's bytes decoded into an array of the chunk's shape."""
-    from numcodecs.compat import ensure_ndarray_like
 
     if isinstance(data, Exception):
         raise ValidationError(f"{what} cannot be read: {data}")
@@ -446,7 +446,6 @@ def _overlap(index: tuple[int, ...], chunks, region: tuple[slice, ...]):
 
 def decoded(values: np.ndarray, attrs: dict) -> np.ndarray:
     """The values of a 1-d coordinate as xarray decodes them (times as datetimes)."""
-    import xarray as xr
 
     attrs = {k: v for k, v in attrs.items() if k != "_ARRAY_DIMENSIONS"}
     var = xr.Variable(("x",), values, attrs)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import h5py
 import numpy as np
 
 from arcoforge.core.open import open_netcdf
@@ -67,8 +68,6 @@ def stored_variables(
     except OSError as exc:
         raise SourceError(f"{where}: cannot open: {one_line(exc)}") from None
     if not classic:
-        import h5py
-
         try:
             h5 = h5py.File(path, "r")
         except OSError as exc:
@@ -84,7 +83,6 @@ def stored_variables(
 
 def _hdf5_variables(h5, names: Collection[str] | None) -> list[Variable] | None:
     """The netCDF variables of the root group, or None if one lacks dimension scales."""
-    import h5py
 
     found = []
     for name, ds in h5.items():

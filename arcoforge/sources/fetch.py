@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import aiohttp
 import fsspec
 
 from arcoforge.errors import SourceError
@@ -142,8 +143,6 @@ def _credentials_for_host(url: str, config: FetchConfig) -> tuple[str, str] | No
 def fs_options(url: str, config: FetchConfig) -> dict:
     options = dict(config.open_kwargs)
     if urlsplit(url).scheme.lower() in ("http", "https"):
-        import aiohttp
-
         user, password = options.pop("username", None), options.pop("password", None)
         client = dict(options.pop("client_kwargs", {}))
         if user is not None:
@@ -204,10 +203,6 @@ def retryable(exc: Exception) -> bool:
 
 
 def _is_aiohttp_transient(exc: Exception) -> bool:
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - aiohttp is a dependency
-        return False
     return isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError)
 
 

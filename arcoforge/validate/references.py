@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import fsspec
 import numpy as np
+import pandas as pd
 import zarr
 
 from arcoforge.core.report import StoreReport, check_coordinates, chunk_grid, pick
@@ -71,7 +72,6 @@ def _references(url: str, storage_options: dict | None = None) -> Iterator[Ref]:
             if isinstance(value, list) and len(value) == 3:
                 yield key, value[0], int(value[1]), int(value[2])
         return
-    import pandas as pd
 
     meta = json.loads(fs.cat_file(f"{path}/.zmetadata"))["metadata"]
     for name in sorted({k.rsplit("/", 1)[0] for k in meta if k.endswith("/.zarray")}):

@@ -331,7 +331,6 @@ class ZarrPlan(Plan):
         return chunks[dim] * math.ceil(nchunks / min(splits, nchunks))
 
     def _region_bytes(self, schema: DatasetSchema, name: str, chunks: dict[str, int]) -> int:
-        import numpy as np
 
         info = schema.variables[name]
         lengths = [chunks[d] if d in self.concat_dims else schema.dims[d] for d in info.dims]
@@ -444,7 +443,6 @@ def _spans(schema: DatasetSchema, name: str, region: dict[str, slice]):
 
 def _decoded_bytes(task: WriteTask) -> int:
     """The bytes of the variables a task writes, over its region."""
-    import numpy as np
 
     lengths = {dim: span.stop - span.start for dim, span in task.region}
     return sum(

@@ -22,6 +22,7 @@ import xarray as xr
 import zarr
 import zarr.codecs.numcodecs
 from zarr.abc.codec import ArrayArrayCodec, ArrayBytesCodec
+from zarr.codecs import BytesCodec
 
 from arcoforge.errors import ArcoforgeError, require
 from arcoforge.references.codecs import GRIB, Grib
@@ -332,7 +333,6 @@ def _fill(value, dtype: np.dtype):
 
 
 def _serializer(dtype: np.dtype):
-    from zarr.codecs import BytesCodec
 
     if dtype.itemsize == 1 or dtype.byteorder == "|":
         return BytesCodec(endian=None)
