@@ -1,4 +1,5 @@
-"""Validation: compare a baked store with its sources, read directly by xarray."""
+"""Value comparison: what a store holds against what its sources hold, NaN equal to NaN,
+packed variables compared as stored."""
 
 from __future__ import annotations
 

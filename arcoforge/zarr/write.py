@@ -1,4 +1,5 @@
-"""Zarr writer: a template of metadata first, then independent region writes, then publish."""
+"""The Zarr writer: a template of metadata first, then independent writes of chunk-aligned
+regions, each read from its inputs (publishing is the target's, see :mod:`arcoforge.core.targets`)."""
 
 from __future__ import annotations
 
