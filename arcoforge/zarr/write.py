@@ -1,5 +1,5 @@
 """The Zarr writer: a template of metadata first, then independent writes of chunk-aligned
-regions, each read from its inputs (publishing is the target's, see :mod:`arcoforge.core.targets`)."""
+regions, each read from its inputs; the target publishes (see :mod:`arcoforge.core.targets`)."""
 
 from __future__ import annotations
 
