@@ -1,9 +1,11 @@
 """arcoforge: bake archives of scientific files into analysis-ready, cloud-optimized stores."""
 
-from arcoforge.bake.run import BakeResult, bake
+from arcoforge.bake import BakeResult, bake
 from arcoforge.errors import ArcoforgeError
-from arcoforge.recipe.patterns import ConcatDim, FilePattern, MergeDim, pattern_from_file_sequence
-from arcoforge.recipe.steps import (
+from arcoforge.recipe import (
+    ConcatDim,
+    FilePattern,
+    MergeDim,
     OpenURLWithFSSpec,
     OpenWithKerchunk,
     OpenWithXarray,
@@ -11,6 +13,7 @@ from arcoforge.recipe.steps import (
     Recipe,
     StoreToZarr,
     WriteCombinedReference,
+    pattern_from_file_sequence,
 )
 from arcoforge.version import __version__
 
