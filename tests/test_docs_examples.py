@@ -1,4 +1,4 @@
-"""Every example in the user docs runs: the ```python blocks of README.md and docs/*.md, and
+"""Every example in the user docs runs: the ```python blocks of README.md and docs/**/*.md, and
 their ```bash blocks that call ``arcoforge``. docs/contributing.md says the same for writers.
 
 - Each block is one test, named ``FILE:LINE`` (the line of its opening fence).
@@ -68,7 +68,7 @@ from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("**/*.md"))]
 MAX_SKIPPED = 0
 SHAPE = {"days": "4", "ny": "18", "nx": "36"}
 TIMEOUT = 180
