@@ -89,7 +89,7 @@ class ReferencePlan(Plan):
         ]
 
     def _check_stage(self) -> Stage:
-        """Checks run on the workers, unless the format's run in the driver (Icechunk's:
+        """Checks run on the workers, or in the driver for a format that asks it (Icechunk:
         its runtime does not survive the fork of a worker from a driver that has used it)."""
         about = "compare sample inputs read through the references with the inputs"
         if self.store.checks_on_driver:
