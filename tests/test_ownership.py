@@ -27,8 +27,8 @@ from arcoforge import bake
 from arcoforge.core.ledger import STAGED, Ledger, NotOursError
 from arcoforge.core.plan import Plan
 from arcoforge.core.runs import RUNS_FOLDER
+from arcoforge.references.formats.base import KerchunkFormat
 from arcoforge.references.plan import ReferencePlan
-from arcoforge.references.store import ReferenceStore
 from arcoforge.testing.archives import write_oisst_archive
 
 MOVE_IT = "move it away or choose another store name"
@@ -452,7 +452,7 @@ def test_a_reference_bake_killed_while_publishing_is_finished_by_the_next(
     root = tmp_path / "out"
     bake(ref_recipe(days[:2], name), root, workers=1)
     with monkeypatch.context() as patched:
-        patched.setattr(ReferenceStore, "publish", _die)
+        patched.setattr(KerchunkFormat, "publish", _die)
         with pytest.raises(Killed):
             bake(ref_recipe(days, name), root, workers=1, force=True)
     url = root / "ref" / name

@@ -19,7 +19,7 @@ from arcoforge.errors import AppendError
 from arcoforge.products import make_plan
 from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references import plan as references_plan
-from arcoforge.references import store as reference_store
+from arcoforge.references.formats import json as kerchunk_json
 from arcoforge.references.formats.json import read_overlapping, write_json
 from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest, zarray
 from arcoforge.references.store import open_references
@@ -67,7 +67,7 @@ def test_json_appends_write_over_the_version_before_the_last(tmp_path, days, exc
     writes its references over that file (its blocks, not new ones); where the system
     cannot swap two files, the new one is renamed over the published one."""
     if not exchange:
-        monkeypatch.setattr(reference_store, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(kerchunk_json, "_exchange", lambda a, b: False)
     out = tmp_path / "out"
     url = Path(bake(ref_recipe(days[:4], FORMATS[0]), out).url)
     spare = url.parent / f".{url.name}.arcoforge" / "previous.json"

@@ -25,7 +25,6 @@ from arcoforge.references.formats import json as kerchunk_json
 from arcoforge.references.formats import parquet as kerchunk
 from arcoforge.references.manifest import Manifest, inline_array
 from arcoforge.references.plan import HELD, make_reference_plan
-from arcoforge.references.store import ReferenceStore
 from arcoforge.testing.archives import write_oisst_archive
 
 
@@ -88,7 +87,7 @@ def staged_check(tmp_path: Path, paths, name: str, tamper=None) -> CheckTask:
         kerchunk.write_parquet(manifest, staged, record_size=3)
     n = len(paths)
     samples = ((plan.inputs[0], {"time": (0, 1)}), (plan.inputs[-1], {"time": (n - 1, n)}))
-    store = ReferenceStore(str(staged), str(staged), plan.store.kind)
+    store = type(plan.store)(str(staged), str(staged))
     return CheckTask(store, plan.open, samples, "time", "file", plan.scan)
 
 

@@ -24,7 +24,7 @@ from arcoforge.references.formats import parquet as kerchunk
 from arcoforge.references.inputs import ScanConfig
 from arcoforge.references.plan import HELD, describe, make_reference_plan
 from arcoforge.references.scan import scan_input
-from arcoforge.references.store import ReferenceStore, open_references
+from arcoforge.references.store import open_references
 
 TIMES, MEMBERS = 3, 2
 MEMBER_KEYS = [10, 20]
@@ -360,7 +360,7 @@ def test_check_compares_each_sample_at_its_region(tmp_path, name, layout, swap):
         kerchunk.write_parquet(manifest, staged, record_size=5)
     region = {"time": (2, 3), "member": (1, 2)}
     samples = ((plan.inputs[0], {"time": (0, 1), "member": (0, 1)}), (plan.inputs[-1], region))
-    store = ReferenceStore(str(staged), str(staged), plan.store.kind)
+    store = type(plan.store)(str(staged), str(staged))
     task = CheckTask(store, plan.open, samples, "time", "file", plan.scan)
     if swap is None:
         assert check_input(task) == [plan.inputs[0].url, plan.inputs[-1].url]

@@ -19,7 +19,7 @@ from arcoforge import bake
 from arcoforge.core.ledger import STAGED, Ledger
 from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.errors import AppendError, TargetError
-from arcoforge.references.store import ReferenceStore
+from arcoforge.references.formats.parquet import ParquetFormat
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.validate import checker_for
 
@@ -188,7 +188,7 @@ def test_publishing_parquet_on_s3_is_repeatable_and_drops_stale_records(s3, buck
         fs.pipe_file(f"{url}/{key}", f"old {key}".encode())
     for key in ("sst/refs.0.parq", ".zmetadata"):
         fs.pipe_file(f"{staging}/{key}", f"new {key}".encode())
-    store = ReferenceStore(url, staging, "parquet", storage_options=s3)
+    store = ParquetFormat(url, staging, storage_options=s3)
     store.publish()
     store.publish()  # an interrupted bake publishes again
     root = url.removeprefix("s3://")

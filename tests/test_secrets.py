@@ -35,6 +35,7 @@ from arcoforge.cli.main import friendly
 from arcoforge.core.progress import JsonReporter, Reporter, logs_to
 from arcoforge.errors import SourceError
 from arcoforge.products import make_plan
+from arcoforge.references.formats.icechunk import IcechunkFormat
 from arcoforge.references.store import open_references
 from arcoforge.sources.secrets import (
     basic_credentials,
@@ -503,7 +504,7 @@ def test_an_icechunk_commit_message_names_inputs_masked(tmp_path):
     pattern = pattern_from_file_sequence(urls, "time", query_string_secrets={"token": QUERY})
     recipe = pattern | OpenWithKerchunk() | WriteCombinedReference("ref")
     plan = make_plan(recipe, f"icechunk://{tmp_path / 'ic'}", cache=None, workers=1)
-    assert plan.store.kind == "icechunk"
+    assert isinstance(plan.store, IcechunkFormat)
     assert plan._message() == (
         f"arcoforge bake of ref: 3 inputs, https://{USER}:***@host/a0.nc .. "
         f"https://{USER}:***@host/a2.nc"

@@ -3,8 +3,8 @@ compared with the inputs read directly, before the references are published.
 
 netCDF inputs opened without preprocessing are compared as stored, through kerchunk
 JSON or Parquet references: of the references, only the metadata and those of the
-samples' chunks are read (see ``ReferenceStore.overlapping``); chunks are fetched by fsspec
-from the file system the references point into, each reference read as kerchunk's
+samples' chunks are read (see ``ReferenceFormat.overlapping``); chunks are fetched by
+fsspec from the file system the references point into, each reference read as kerchunk's
 specification defines it, and decoded with the codecs the metadata names, then compared
 value for value with the input as stored (read by h5py, or by the netCDF library for
 netCDF-3: see :mod:`.stored`), along with the attributes that decide how readers decode
@@ -43,9 +43,10 @@ from arcoforge.core.compare import compare, compare_values
 from arcoforge.core.open import OpenConfig, open_input
 from arcoforge.errors import ValidationError, one_line
 from arcoforge.recipe.patterns import Input
+from arcoforge.references.formats.base import ReferenceFormat
 from arcoforge.references.inputs import ScanConfig, input_options, reference_url
 from arcoforge.references.read import Variable, stored_variables
-from arcoforge.references.store import ReferenceStore, open_references
+from arcoforge.references.store import open_references
 from arcoforge.sources import local_copy
 
 # attributes by which readers scale stored values (units and calendar decode times)
@@ -61,7 +62,7 @@ class CheckTask:
     along every concat dim); JSON references are read at the spans along ``dim``. The
     references point into files of ``protocol``, named as ``scan`` names them."""
 
-    store: ReferenceStore
+    store: ReferenceFormat
     open: OpenConfig
     samples: tuple[tuple[Input, dict[str, tuple[int, int]]], ...]
     dim: str | None
@@ -124,7 +125,7 @@ def _raise_first(errors: list[ValidationError]) -> None:
 def _as_stored(task: CheckTask) -> bool:
     config = task.open
     return (
-        task.store.kind in ("json", "parquet")
+        task.store.reads_in_part
         and config.file_type in ("netcdf4", "netcdf3")
         and not (config.preprocessors or config.xarray_open_kwargs or config.promoted)
     )

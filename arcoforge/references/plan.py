@@ -27,10 +27,11 @@ from arcoforge.recipe.patterns import Input
 from arcoforge.references import held as held_files
 from arcoforge.references.check import CheckTask, check_input, decoded
 from arcoforge.references.combine import CombineError, concat, concat_grid, merge
+from arcoforge.references.formats.base import ReferenceFormat
 from arcoforge.references.inputs import ScanConfig, reference_url
 from arcoforge.references.manifest import ArrayRefs, Manifest
 from arcoforge.references.scan import ScanTask, scan_input, scan_inputs
-from arcoforge.references.store import ReferenceStore, reference_store, store_location
+from arcoforge.references.store import reference_store, store_location
 from arcoforge.sources import FetchConfig
 from arcoforge.sources.secrets import secret_values
 
@@ -56,7 +57,7 @@ class ReferencePlan(Plan):
     """A :class:`~arcoforge.core.plan.Plan` whose output is references to its inputs."""
 
     scan: ScanConfig | None = None
-    store: ReferenceStore | None = None
+    store: ReferenceFormat | None = None
     held: Manifest | None = None
     published: dict = field(default_factory=dict)
 
@@ -89,10 +90,10 @@ class ReferencePlan(Plan):
         ]
 
     def _check_stage(self) -> Stage:
-        """Checks run on the workers, except Icechunk's: its runtime does not survive the
-        fork of a worker from a driver that has used it."""
+        """Checks run on the workers, or in the driver for a format that asks it (Icechunk:
+        its runtime does not survive the fork of a worker from a driver that has used it)."""
         about = "compare sample inputs read through the references with the inputs"
-        if self.store.kind == "icechunk":
+        if self.store.checks_on_driver:
             return Stage("check", about, nothing, None, self.check_here)
         return Stage("check", about, self.check_tasks, check_input, self.count_checked)
 
@@ -115,9 +116,10 @@ class ReferencePlan(Plan):
 
     @property
     def _fresh(self) -> bool:
-        """Whether this bake makes its store in place: an Icechunk repository with none
-        published yet (so one that is there was made by an interrupted bake of ours)."""
-        return self.store.kind == "icechunk" and self.ledger.read() is None
+        """Whether this bake makes its store in place: one of a format made in place (an
+        Icechunk repository) with none published yet (so one that is there was made by an
+        interrupted bake of ours)."""
+        return self.store.made_in_place and self.ledger.read() is None
 
     def clear_staging(self) -> None:
         """Remove what an unfinished bake staged: the Icechunk staging branch, the staging
@@ -130,9 +132,8 @@ class ReferencePlan(Plan):
         holds anything arcoforge did not make, and inputs an Icechunk repository cannot
         point into."""
         super().check_ours()
-        if self.store.kind != "icechunk":
-            folder = self.url.rpartition("/")[0]
-            ledgers.check_folder(folder, self.target.storage_options, ours=[RUNS_FOLDER])
+        if self.store.folder is not None:
+            ledgers.check_folder(self.store.folder, self.target.storage_options, ours=[RUNS_FOLDER])
         self.store.check_inputs([reference_url(item.url, self.scan) for item in self.inputs])
 
     def bears(self, seal: str) -> bool:

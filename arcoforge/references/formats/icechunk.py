@@ -1,5 +1,5 @@
-"""Commit references to an Icechunk repository: Zarr v3 metadata, virtual chunks pointing
-into the inputs, small arrays written as real data.
+"""References in an Icechunk repository (:class:`IcechunkFormat`): Zarr v3 metadata,
+virtual chunks pointing into the inputs, small arrays written as real data.
 
 A bake commits to the branch ``arcoforge-staging``; the check stage reads that commit;
 publishing moves ``main`` to it. So ``main`` gains one commit per bake, and only once the
@@ -12,9 +12,10 @@ import base64
 import math
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -26,6 +27,7 @@ from zarr.codecs import BytesCodec
 
 from arcoforge.errors import ArcoforgeError, require
 from arcoforge.references.codecs import GRIB, Grib
+from arcoforge.references.formats.base import ReferenceFormat
 from arcoforge.references.manifest import NO_FILE, VLEN_UTF8, ArrayRefs, Manifest
 
 STAGING = "arcoforge-staging"
@@ -113,17 +115,6 @@ def _store(prefix: str, origin: str):
     return ic.http_store(options)
 
 
-def check_inputs(path: str, paths: list[str]) -> None:
-    """Refuse, before anything is written, inputs the repository at ``path`` (made or not)
-    cannot point its virtual chunks into along with those it points into."""
-    ic = _icechunk()
-    storage = ic.local_filesystem_storage(path)
-    held = None
-    if Path(path).is_dir() and ic.Repository.exists(storage):
-        held = _held(ic.Repository.open(storage).config)
-    _containers(paths, held)
-
-
 def _repository(path: str, paths: Iterable[str] = ()):
     """Open (or create) the repository at ``path``, allowed to read chunks from the
     containers it holds and those of ``paths``."""
@@ -138,76 +129,6 @@ def _repository(path: str, paths: Iterable[str] = ()):
     if exists:
         return ic.Repository.open(storage, config, authorize_virtual_chunk_access=access)
     return ic.Repository.create(storage, config, authorize_virtual_chunk_access=access)
-
-
-def tip(path: str, branch: str = MAIN) -> str | None:
-    """The snapshot at the tip of ``branch``; None without the repository or the branch."""
-    ic = _icechunk()
-    storage = ic.local_filesystem_storage(path)
-    if not Path(path).is_dir() or not ic.Repository.exists(storage):
-        return None
-    repo = ic.Repository.open(storage)
-    return repo.lookup_branch(branch) if branch in repo.list_branches() else None
-
-
-def holds_snapshot(path: str, snapshot: str) -> bool:
-    """Whether the repository at ``path`` holds ``snapshot`` (one a bake of ours
-    committed); False for a repository without it and for anything else at ``path``."""
-    ic = _icechunk()
-    storage = ic.local_filesystem_storage(path)
-    try:
-        if not Path(path).is_dir() or not ic.Repository.exists(storage):
-            return False
-        ic.Repository.open(storage).lookup_snapshot(snapshot)
-    except ic.IcechunkError:
-        return False
-    return True
-
-
-def drop_staging(path: str) -> None:
-    """Forget the staging branch an interrupted bake left."""
-    if not Path(path).exists():
-        return
-    repo = _repository(path)
-    if STAGING in repo.list_branches():
-        repo.delete_branch(STAGING)
-
-
-def commit_staged(
-    path: str, manifest: Manifest, attrs: dict, message: str, shared: dict[str, int] | None = None
-) -> str:
-    """Write ``manifest`` on the staging branch, from ``main``'s tip, in one commit.
-
-    ``shared`` counts, per array, the leading references (in C order) ``main`` already
-    holds: such arrays are resized and given only their new references (an append).
-    """
-    repo = _repository(path, manifest.paths)
-    repo.save_config()
-    if STAGING in repo.list_branches():
-        repo.delete_branch(STAGING)
-    repo.create_branch(STAGING, repo.lookup_branch(MAIN))
-    session = repo.writable_session(STAGING)
-    store = session.store
-    if shared:
-        root = zarr.open_group(store, mode="r+")
-        root.attrs.put(attrs)
-    else:
-        root = zarr.open_group(store, mode="w", zarr_format=3, attributes=attrs)
-    for name, refs in manifest.arrays.items():
-        if shared and name in shared:
-            root[name].resize(refs.shape)
-            _set_refs(store, name, refs, manifest.paths, shared[name])
-        else:
-            _write_array(root, store, name, refs, manifest.paths)
-    return session.commit(message)
-
-
-def publish_staged(path: str) -> None:
-    """Move ``main`` to the staging commit; repeatable."""
-    repo = _repository(path)
-    if STAGING in repo.list_branches():
-        repo.reset_branch(MAIN, repo.lookup_branch(STAGING))
-        repo.delete_branch(STAGING)
 
 
 def readonly_store(path: str, branch: str = MAIN):
@@ -241,20 +162,110 @@ def open_dataset(path: str, branch: str = MAIN, **kwargs) -> Iterator[xr.Dataset
         ds.close()
 
 
-def unwritable(manifest: Manifest) -> str | None:
-    """Why the references cannot go to Icechunk so that xarray reads them, or None: a byte
-    string array with a fill value (masked chars), whose Zarr v3 fill value xarray cannot
-    decode."""
-    for name, refs in manifest.arrays.items():
-        fill = refs.meta["fill_value"]
-        if np.dtype(refs.meta["dtype"]).kind == "S" and fill is not None:
-            fill = base64.b64decode(fill) if isinstance(fill, str) else fill
-            return (
-                f"variable {name!r}: chars with a _FillValue ({fill!r}) cannot be referenced "
-                "in Icechunk so that xarray reads them (it cannot decode the Zarr v3 "
-                "_FillValue of a byte string array); write JSON or Parquet references"
-            )
-    return None
+@dataclass(frozen=True)
+class IcechunkFormat(ReferenceFormat):
+    """The local Icechunk repository at ``url`` (``staging`` is the same path: the
+    references are staged on a branch of it)."""
+
+    checks_on_driver: ClassVar[bool] = True  # its runtime does not survive a worker's fork
+    made_in_place: ClassVar[bool] = True
+
+    def unwritable(self, manifest: Manifest) -> str | None:
+        """A byte string array with a fill value (masked chars), whose Zarr v3 fill value
+        xarray cannot decode, cannot go to Icechunk so that xarray reads it."""
+        for name, refs in manifest.arrays.items():
+            fill = refs.meta["fill_value"]
+            if np.dtype(refs.meta["dtype"]).kind == "S" and fill is not None:
+                fill = base64.b64decode(fill) if isinstance(fill, str) else fill
+                return (
+                    f"variable {name!r}: chars with a _FillValue ({fill!r}) cannot be "
+                    "referenced in Icechunk so that xarray reads them (it cannot decode the "
+                    "Zarr v3 _FillValue of a byte string array); write JSON or Parquet "
+                    "references"
+                )
+        return None
+
+    def check_inputs(self, urls: list[str]) -> None:
+        """Refuse inputs the repository (made or not) cannot point its virtual chunks into
+        along with those it points into."""
+        ic = _icechunk()
+        storage = ic.local_filesystem_storage(self.url)
+        held = None
+        if Path(self.url).is_dir() and ic.Repository.exists(storage):
+            held = _held(ic.Repository.open(storage).config)
+        _containers(urls, held)
+
+    def clear_staging(self) -> None:
+        """Forget the staging branch an interrupted bake left."""
+        if not Path(self.url).exists():
+            return
+        repo = _repository(self.url)
+        if STAGING in repo.list_branches():
+            repo.delete_branch(STAGING)
+
+    def seal(self, staged: bool = False) -> str | None:
+        """The snapshot at the tip of ``main`` (or of the staging branch); None without the
+        repository or the branch."""
+        branch = STAGING if staged else MAIN
+        ic = _icechunk()
+        storage = ic.local_filesystem_storage(self.url)
+        if not Path(self.url).is_dir() or not ic.Repository.exists(storage):
+            return None
+        repo = ic.Repository.open(storage)
+        return repo.lookup_branch(branch) if branch in repo.list_branches() else None
+
+    def bears(self, seal: str) -> bool:
+        """Whether the repository holds the snapshot ``seal`` (one a bake of ours
+        committed; later commits made by others do not matter); False for a repository
+        without it and for anything else at :attr:`url`."""
+        ic = _icechunk()
+        storage = ic.local_filesystem_storage(self.url)
+        try:
+            if not Path(self.url).is_dir() or not ic.Repository.exists(storage):
+                return False
+            ic.Repository.open(storage).lookup_snapshot(seal)
+        except ic.IcechunkError:
+            return False
+        return True
+
+    def write_staged(
+        self, manifest: Manifest, attrs: dict, message: str, shared: dict[str, int] | None = None
+    ) -> None:
+        """Write ``manifest`` on the staging branch, from ``main``'s tip, in one commit of
+        ``message``. Arrays in ``shared`` (an append) are resized and given only their
+        references after the shared ones."""
+        repo = _repository(self.url, manifest.paths)
+        repo.save_config()
+        if STAGING in repo.list_branches():
+            repo.delete_branch(STAGING)
+        repo.create_branch(STAGING, repo.lookup_branch(MAIN))
+        session = repo.writable_session(STAGING)
+        store = session.store
+        if shared:
+            root = zarr.open_group(store, mode="r+")
+            root.attrs.put(attrs)
+        else:
+            root = zarr.open_group(store, mode="w", zarr_format=3, attributes=attrs)
+        for name, refs in manifest.arrays.items():
+            if shared and name in shared:
+                root[name].resize(refs.shape)
+                _set_refs(store, name, refs, manifest.paths, shared[name])
+            else:
+                _write_array(root, store, name, refs, manifest.paths)
+        session.commit(message)
+
+    def open_staged(
+        self, dim: str | None = None, spans=(), remote_options: dict | None = None
+    ) -> AbstractContextManager[xr.Dataset]:
+        """The staging branch, whole (its chunks are read where they are needed)."""
+        return open_dataset(self.url, STAGING)
+
+    def publish(self) -> None:
+        """Move ``main`` to the staging commit and drop the staging branch."""
+        repo = _repository(self.url)
+        if STAGING in repo.list_branches():
+            repo.reset_branch(MAIN, repo.lookup_branch(STAGING))
+            repo.delete_branch(STAGING)
 
 
 def _write_array(root, store, name: str, refs: ArrayRefs, paths: list[str]) -> None:
@@ -333,7 +344,6 @@ def _fill(value, dtype: np.dtype):
 
 
 def _serializer(dtype: np.dtype):
-
     if dtype.itemsize == 1 or dtype.byteorder == "|":
         return BytesCodec(endian=None)
     big = dtype.byteorder == ">" or (dtype.byteorder == "=" and np.little_endian is False)

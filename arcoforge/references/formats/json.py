@@ -7,19 +7,29 @@ order; TAIL starts at the ``.zgroup`` key and holds the metadata (consolidated i
 ``.zmetadata``) and the arrays with inline chunks. An append copies the BODY of the
 published file, adds the new rows after it and writes a new TAIL; a check finds the TAIL
 and the rows it needs by their keys.
+
+:class:`JsonFormat` stages such a file beside the published one and swaps the two (on an
+object store, uploads it and copies it into place).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
+import functools
 import itertools
 import json
 import mmap
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from arcoforge.core import ledger as ledgers
+from arcoforge.references.formats.base import KerchunkFormat
 from arcoforge.references.formats.parquet import metadata, rows
 from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest
 
@@ -226,3 +236,95 @@ def _parse_row(text: str, key: str) -> dict:
         if text[i] != ",":
             return found
         i += 1
+
+
+@dataclass(frozen=True)
+class JsonFormat(KerchunkFormat):
+    """A kerchunk JSON file in the layout above."""
+
+    def write_local(self, manifest: Manifest, attrs: dict, shared: dict[str, int] | None):
+        """Written in the spare file where there is one (an append), the BODY the published
+        file shares copied from it."""
+        previous = self.url if shared and os.path.isfile(self.url) else None
+        if previous:
+            self._reuse_spare()
+        write_json(manifest, self.staging, attrs, previous, shared)
+
+    def upload_staged(self, manifest: Manifest, attrs: dict, shared: dict[str, int] | None):
+        """Written in a local temporary folder (appended to a copy of the published file)
+        and uploaded as one object."""
+        fs = self.fs
+        with tempfile.TemporaryDirectory(prefix="arcoforge-refs-") as temp:
+            local = f"{temp}/{self.url.rsplit('/', 1)[-1]}"
+            previous = None
+            if shared and fs.isfile(self.url):
+                previous = f"{temp}/published.json"
+                fs.get_file(self.url, previous)
+            write_json(manifest, local, attrs, previous, shared)
+            fs.put_file(local, self.staging)
+
+    def read_overlapping(self, dim: str | None, spans) -> dict:
+        if self.remote:
+            return overlapping(self.fs.cat_file(self.staging), dim, spans, self.staging)
+        return read_overlapping(self.staging, dim, spans)
+
+    def publish_local(self) -> None:
+        """The staged file is swapped with the published one where the system can (a
+        rename over a file would have ext4 write the new one to disk first), and the one
+        replaced is kept as :attr:`spare`."""
+        if not os.path.exists(self.staging):
+            return
+        if os.path.isfile(self.url) and _exchange(self.staging, self.url):
+            os.replace(self.staging, self.spare)  # the version replaced
+        else:
+            if os.path.isfile(self.url):
+                _link(self.url, self.spare)
+            os.replace(self.staging, self.url)
+
+    def publish_remote(self) -> None:
+        """The staged object copied into place, then removed."""
+        fs = self.fs
+        if fs.isfile(self.staging):
+            fs.cp_file(self.staging, self.url)
+            fs.rm_file(self.staging)
+
+    @property
+    def spare(self) -> str:
+        """Where a local file's previous version is kept (in the ledger's folder beside
+        it), for the next append to write over: an append then neither allocates nor frees
+        a file the size of the references (which takes as long as writing it)."""
+        return f"{ledgers.Ledger(self.url).folder}/previous.json"
+
+    def _reuse_spare(self) -> None:
+        """Stage the references in the spare file, unless it is the published one (a
+        publish that stopped between linking and renaming leaves them one file)."""
+        if not os.path.isfile(self.spare):
+            return
+        if os.path.samefile(self.spare, self.url):
+            os.remove(self.spare)
+        else:
+            os.replace(self.spare, self.staging)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the files at ``a`` and ``b`` atomically (Linux's ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the system or the file system cannot."""
+    rename = getattr(_libc(), "renameat2", None)
+    if rename is None:
+        return False
+    here, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE
+    return rename(here, os.fsencode(a), here, os.fsencode(b), exchange) == 0
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _link(path: str, link: str) -> None:
+    """A second name ``link`` for the file at ``path`` (replacing what had that name),
+    where the file system has hard links."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(link)
+    with contextlib.suppress(OSError):
+        os.link(path, link)

@@ -1,9 +1,12 @@
-"""Write a combined manifest as kerchunk Parquet references: a folder of Parquet files
-that fsspec's ``ReferenceFileSystem`` reads lazily, one record at a time (JSON references:
-:mod:`.kerchunk_json`).
+"""kerchunk Parquet references: a folder of Parquet files that fsspec's
+``ReferenceFileSystem`` reads lazily, one record at a time, and :class:`ParquetFormat`,
+which stages such a folder beside the published one and renames it into place (on an
+object store, uploads its records, then its ``.zmetadata``, and copies them into place in
+that order).
 
-Both build their output from the manifest's arrays in bulk: chunk keys and references are
-formatted per array, not looked up per chunk in a dict.
+The records are built from the manifest's arrays in bulk: chunk keys and references are
+formatted per array, not looked up per chunk in a dict (as are JSON references,
+:mod:`.json`, which share :func:`metadata` and :func:`rows`).
 """
 
 from __future__ import annotations
@@ -13,12 +16,17 @@ import io
 import json
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from arcoforge.core import ledger as ledgers
 from arcoforge.errors import require
+from arcoforge.references.formats.base import KerchunkFormat
 from arcoforge.references.manifest import NO_FILE, ArrayRefs, Manifest, grid_of
 
 
@@ -273,3 +281,110 @@ def rows(zarray: dict, dims: list[str], dim: str, spans) -> list[int]:
         return list(range(count))
     step = zarray["chunks"][0]
     return sorted({i for a, b in spans for i in range(a // step, (b - 1) // step + 1)})
+
+
+@dataclass(frozen=True)
+class ParquetFormat(KerchunkFormat):
+    """A folder of Parquet references, ``record_size`` references a record."""
+
+    record_size: int = 100_000
+    consolidated = False  # its .zmetadata is its own, not Zarr's
+
+    @classmethod
+    def for_writer(
+        cls, writer, url: str, staging: str, storage_options: dict | None = None
+    ) -> ParquetFormat:
+        return cls(url, staging, storage_options, writer.record_size)
+
+    def preload(self) -> None:
+        preload()
+
+    def write_local(self, manifest: Manifest, attrs: dict, shared: dict[str, int] | None):
+        """Written in place, the records an append shares with the published folder
+        hard-linked from it."""
+        previous = None
+        if shared and os.path.isdir(self.url):
+            previous = Previous(Path(self.url), shared)
+        write_parquet(manifest, self.staging, self.record_size, attrs, previous)
+
+    def upload_staged(self, manifest: Manifest, attrs: dict, shared: dict[str, int] | None):
+        """Written in a local temporary folder and uploaded under the staging name: the
+        records (those it keeps copied from the published store on the server) before its
+        ``.zmetadata``."""
+        fs = self.fs
+        with tempfile.TemporaryDirectory(prefix="arcoforge-refs-") as temp:
+            local = f"{temp}/{self.url.rsplit('/', 1)[-1]}"
+            previous = None
+            if shared and fs.isfile(f"{self.url}/.zmetadata"):
+                previous = CopiedPrevious(self.url, shared, fs, self.staging)
+            write_parquet(manifest, local, self.record_size, attrs, previous)
+            records = sorted(str(p) for p in Path(local).rglob("*.parq"))
+            if records:
+                fs.put(records, [self.staging + r.removeprefix(local) for r in records])
+            fs.put_file(f"{local}/.zmetadata", f"{self.staging}/.zmetadata")
+
+    def read_overlapping(self, dim: str | None, spans) -> dict:
+        return read_overlapping(self.staging, dim, spans, self.fs if self.remote else None)
+
+    def publish_local(self) -> None:
+        """The published folder renamed aside, the staged one renamed into its place, then
+        the one aside removed."""
+        if not os.path.isdir(self.staging):
+            return
+        old = f"{ledgers.Ledger(self.url).folder}/{ledgers.REPLACED}"
+        if os.path.exists(self.url):
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(self.url, old)
+        os.rename(self.staging, self.url)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def publish_remote(self) -> None:
+        """The staged records that differ copied into place first, then ``.zmetadata``,
+        then the records the store no longer has removed. Objects are named one by one:
+        fsspec would take ``[`` in a name for a glob."""
+        fs = self.fs
+        staged = _listing(fs, self.staging)
+        if not staged:
+            return  # published already
+        published = _listing(fs, self.url)
+        for key, tag in staged.items():
+            if key != ".zmetadata" and published.get(key) != tag:
+                fs.cp_file(f"{self.staging}/{key}", f"{self.url}/{key}")
+        fs.cp_file(f"{self.staging}/.zmetadata", f"{self.url}/.zmetadata")
+        for key in published.keys() - staged.keys():
+            fs.rm_file(f"{self.url}/{key}")
+        _remove(fs, self.staging)
+
+
+@dataclass(frozen=True)
+class CopiedPrevious(Previous):
+    """A published Parquet store on an object store, whose kept records are copied on the
+    server into the staged store at ``staging`` (rather than hard-linked)."""
+
+    fs: Any = None
+    staging: str = ""
+
+    def _zmetadata(self) -> bytes:
+        return self.fs.cat_file(f"{self.folder}/.zmetadata")
+
+    def keep(self, name: str, target: Path) -> None:
+        self.fs.cp_file(
+            f"{self.folder}/{name}/{target.name}", f"{self.staging}/{name}/{target.name}"
+        )
+
+
+def _remove(fs, url: str) -> None:
+    """Remove the object or the objects under ``url``, if any."""
+    path = fs._strip_protocol(url).rstrip("/")
+    if fs.exists(path):
+        ledgers.remove(fs, path)
+
+
+def _listing(fs, folder: str) -> dict[str, tuple]:
+    """The files under ``folder``, by relative path, with their size and ETag."""
+    root = fs._strip_protocol(folder).rstrip("/")
+    found = fs.find(root, detail=True)
+    return {
+        path.removeprefix(root + "/"): (info.get("size"), info.get("ETag"))
+        for path, info in found.items()
+    }
