@@ -25,11 +25,11 @@ from test_references import ref_recipe
 
 from arcoforge import bake
 from arcoforge.core.ledger import STAGED, Ledger, NotOursError
-from arcoforge.core.plan import Plan
 from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.references.formats.base import KerchunkFormat
 from arcoforge.references.plan import ReferencePlan
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.zarr.plan import ZarrPlan
 
 MOVE_IT = "move it away or choose another store name"
 FLAGS = {"plain": {}, "force": {"force": True}, "append": {"append": True}}
@@ -492,7 +492,7 @@ def test_an_interrupted_bake_is_not_resumed_as_another_kind(
     root = tmp_path / "out"
     bake(simple_recipe(days[:2], "sst.zarr"), root, workers=1)
     with monkeypatch.context() as patched:
-        patched.setattr(Plan, "count_written", _die)  # once the write tasks are done
+        patched.setattr(ZarrPlan, "count_written", _die)  # once the write tasks are done
         with pytest.raises(Killed):
             bake(simple_recipe(days, "sst.zarr"), root, workers=1, **{first: True})
     assert (root / ".sst.zarr.partial").exists()
@@ -508,7 +508,7 @@ def test_an_interrupted_force_on_s3_leaves_no_staged_objects(days, s3, bucket, m
     root = bucket.removeprefix("s3://")
     published = objects(s3, url)
     with monkeypatch.context() as patched:
-        patched.setattr(Plan, "count_written", _die)
+        patched.setattr(ZarrPlan, "count_written", _die)
         with pytest.raises(Killed):
             bake(recipe, bucket, workers=1, storage_options=s3, force=True)
     assert [k for k in objects(s3, bucket) if k.startswith(f"{root}/.sst.zarr.partial/")]

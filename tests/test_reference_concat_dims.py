@@ -12,7 +12,6 @@ import xarray as xr
 from test_references import FORMATS
 
 from arcoforge import ConcatDim, FilePattern, MergeDim, bake
-from arcoforge.core.plan import BakeState
 from arcoforge.errors import AppendError, ValidationError
 from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references import held
@@ -22,7 +21,7 @@ from arcoforge.references.combine import CombineError, concat_grid
 from arcoforge.references.formats import json as kerchunk_json
 from arcoforge.references.formats import parquet as kerchunk
 from arcoforge.references.inputs import ScanConfig
-from arcoforge.references.plan import HELD, describe, make_reference_plan
+from arcoforge.references.plan import HELD, ReferenceState, describe, make_reference_plan
 from arcoforge.references.scan import scan_input
 from arcoforge.references.store import open_references
 
@@ -384,7 +383,7 @@ def test_check_task_reads_the_rows_along_the_leading_dim(tmp_path, layout, leadi
     bake(plan.recipe, tmp_path / "out", workers=1)
     _, manifest = held.loads(bytearray(Path(plan.ledger.folder, HELD).read_bytes()))
     steps = {"time": {0: 1, 1: 1, 2: 1}, "member": {0: 1, 1: 1}}
-    (task,) = plan.check_tasks(BakeState(manifest=manifest, steps=steps))
+    (task,) = plan.check_tasks(ReferenceState(manifest=manifest, steps=steps))
     assert task.dim == leading
     first, last = {"time": (0, 1), "member": (0, 1)}, {"time": (2, 3), "member": (1, 2)}
     assert task.samples == ((plan.inputs[0], first), (plan.inputs[-1], last))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -41,6 +41,11 @@ class BakeState:
     stats: dict[str, Any] = field(default_factory=dict)
     counts: list[int] = field(default_factory=list)
     identities: dict[str, dict | None] = field(default_factory=dict)  # by (redacted) URL
+
+    def outcome(self) -> BakeState:
+        """What the driver needs of this state once a run elsewhere is done: its results,
+        not the opener (which holds the recipe's functions)."""
+        return replace(self, open=None)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
@@ -140,7 +139,9 @@ def _quiet_worker_threads() -> Iterator[None]:
 def build(pipeline: beam.Pipeline, plan: Plan, address: tuple | None, outcome: str) -> None:
     """Add the steps of every stage of ``plan`` to ``pipeline``."""
     payload = cloudpickle.dumps(plan)
-    carried = pipeline | "start" >> beam.Create([cloudpickle.dumps((BakeState(), {}, {}, 0.0, []))])
+    carried = pipeline | "start" >> beam.Create(
+        [cloudpickle.dumps((plan.new_state(), {}, {}, 0.0, []))]
+    )
     for index, stage in enumerate(plan.stages):
         step = dict(payload=payload, index=index, address=address)
         out = carried | f"{stage.name}: items" >> beam.ParDo(Items(**step)).with_outputs(
@@ -164,7 +165,7 @@ def build(pipeline: beam.Pipeline, plan: Plan, address: tuple | None, outcome: s
 
 def _outcome_types(plan: Plan) -> tuple[type, ...]:
     """The classes the final state of ``plan`` may hold."""
-    return (BakeState, Failed, *plan.state_types)
+    return (type(plan.new_state()), Failed, *plan.state_types)
 
 
 def _save(carried: bytes, url: str, storage_options: dict | None, types: tuple) -> None:
@@ -173,7 +174,7 @@ def _save(carried: bytes, url: str, storage_options: dict | None, types: tuple) 
     the recipe's functions) nor the Zarr encoding the template was written with."""
     state, timings, totals, _, lines = cloudpickle.loads(carried)
     if isinstance(state, BakeState):
-        state = replace(state, open=None, encoding={})
+        state = state.outcome()
     try:
         body = dumps_binary((state, timings, totals, lines), OUTCOME, types)
     except TypeError as exc:

@@ -51,6 +51,10 @@ class ZarrState(BakeState):
     encoding: dict = field(default_factory=dict)
     written: int = 0
 
+    def outcome(self) -> ZarrState:
+        """Also without the encoding the template was written with."""
+        return replace(super().outcome(), encoding={})
+
 
 @dataclass
 class ZarrPlan(Plan):
