@@ -484,7 +484,7 @@ def _snippets(url: str, kind: StoreType, options: dict) -> dict[str, str]:
 
 def _arcoforge_snippet(url: str, extra: str) -> str:
     return (
-        "from arcoforge.references.store import open_references\n\n"
+        "from arcoforge.references import open_references\n\n"
         f'with open_references("{url}"{extra}) as ds:\n'
         "    print(ds)\n"
     )

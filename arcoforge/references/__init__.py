@@ -7,3 +7,7 @@ chunk grid (file index, byte offset, byte length). :mod:`.combine` joins manifes
 numpy concatenation, never key by key, and :mod:`.formats` writes the result as kerchunk
 JSON, Parquet or into an Icechunk repository.
 """
+
+from arcoforge.references.store import open_references
+
+__all__ = ["open_references"]
