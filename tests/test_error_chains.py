@@ -10,14 +10,17 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
+from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, pattern_from_file_sequence
+from arcoforge import bake as run_bake
 from arcoforge.core.statefile import dumps_binary, loads_binary
 from arcoforge.core.tasks import Failed, call, unwrap
-from arcoforge.errors import SourceError, Traced, format_chain
+from arcoforge.errors import ArcoforgeError, SourceError, Traced, format_chain
 from arcoforge.sources.secrets import remember
 from arcoforge.testing.archives import write_corrupt_file, write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
@@ -146,6 +149,28 @@ def test_debug_shows_the_chain_down_to_the_netcdf_error(archive, tmp_path, worke
     assert failures(tmp_path) == [f"during scan: {line.removeprefix('error: ')}"] * 2
 
 
+@pytest.mark.parametrize("engine", ["dask", "spark", "beam"])
+def test_other_engines_bring_back_the_chain_of_a_task_error(archive, tmp_path, engine):
+    """The scan of a corrupt input fails on a worker of the engine: the error raised here
+    is caused by the worker's traceback, as text, down to the netCDF library's error."""
+    bad = write_corrupt_file(tmp_path / "bad" / "oisst-avhrr-v02r01.19810906.nc")
+    recipe = (
+        pattern_from_file_sequence([str(p) for p in [*archive, bad]], "time", nitems_per_file=1)
+        | OpenWithXarray()
+        | StoreToZarr("out.zarr", target_chunks={"time": 2})
+    )
+    with pytest.raises(ArcoforgeError) as raised:
+        run_bake(recipe, tmp_path / "out", workers=2, engine=engine)
+    assert str(bad) in str(raised.value) and "NetCDF: HDF error" in str(raised.value)
+    cause = raised.value.__cause__
+    assert type(cause) is Traced and not cause.text.startswith(f"In process {os.getpid()}:")
+    library = cause.text.index(f"\nOSError: [Errno -101] NetCDF: HDF error: '{bad}'\n")
+    assert "in netCDF4._netCDF4.Dataset.__init__" in cause.text[:library]
+    assert CAUSED in cause.text[library:]
+    chain = format_chain(raised.value)
+    assert chain.index(cause.text) < chain.index(CAUSED, library + 1)
+
+
 # -- secrets in a chained cause: masked wherever the chain is shown ----------------------
 
 
@@ -196,6 +221,25 @@ def test_a_chained_http_error_shows_its_type_and_no_secret(archive, tmp_path, fo
         assert not [data for data in written if needle.encode() in data], needle
     given = (tmp_path / "feed" / "recipe.py").read_text()
     assert any(needle in given for needle in forms(WRONG))  # the search finds it where it is
+
+
+def test_the_python_api_s_chain_holds_no_secret(archive, tmp_path):
+    """``bake()`` raises an error whose cause is the library's, as text with the secret
+    masked: Python's own traceback printing shows the chain, not the secret."""
+    with FileServer(archive[0].parent, token=TOKEN) as server:
+        urls = [f"{server.url}/{p.name}" for p in archive]
+        recipe = (
+            pattern_from_file_sequence(urls, "time", 1, query_string_secrets={"token": WRONG})
+            | OpenURLWithFSSpec(retry_delay=0.01, retries=1)
+            | OpenWithXarray()
+            | StoreToZarr("out.zarr", target_chunks={"time": 2})
+        )
+        with pytest.raises(SourceError) as raised:
+            run_bake(recipe, tmp_path / "out", cache=str(tmp_path / "cache"), workers=1)
+    printed = "".join(traceback.format_exception(raised.value))
+    assert "aiohttp.client_exceptions.ClientResponseError: 403, " in printed
+    assert "?token=***'" in printed and CAUSED in printed
+    assert not [needle for needle in forms(WRONG) if needle in printed]
 
 
 # -- the chain across processes ---------------------------------------------------------
