@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import importlib
 import re
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +39,8 @@ NOISE = (
     "The 'future.infer_string' option is deprecated",  # and sets this pandas option
 )
 _MISSING = re.compile(r"No module named '(\w+)|\bInstall (\w+) to\b")
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
 
 class ArcoforgeError(Exception):
@@ -80,6 +83,22 @@ class MissingDependency(ArcoforgeError):
     """An optional dependency is not installed."""
 
 
+class Traced(ArcoforgeError):
+    """Another error as text, where that error cannot go itself: into another process (its
+    traceback and chain do not pickle, nor do some errors) or out of arcoforge while its
+    message may hold a secret. ``str`` is the other's one line; ``text``, its traceback and
+    chain as Python prints them, with the secrets its maker knew masked (see
+    :func:`traced`)."""
+
+    def __init__(self, line: str, text: str):
+        super().__init__(line, text)
+        self.line, self.text = line, text
+        self.add_note(text)  # what Python's own traceback printing shows of it
+
+    def __str__(self) -> str:
+        return self.line
+
+
 def one_line(exc: BaseException) -> str:
     """Return ``exc`` as a single line: its message, or its type and message; a missing
     optional dependency it names comes with the extra that installs it."""
@@ -87,6 +106,35 @@ def one_line(exc: BaseException) -> str:
     if not isinstance(exc, ArcoforgeError) and type(exc).__name__ not in text:
         text = f"{type(exc).__name__}: {text}"
     return " ".join(text.split()) + install_hint(text)
+
+
+def format_chain(exc: BaseException) -> str:
+    """The traceback of ``exc`` and of the errors that led to it (``__cause__``, else the
+    ``__context__`` not suppressed), oldest first, as Python prints them; a
+    :class:`Traced` among them as the text it holds."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    joint = ""
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if isinstance(link, Traced):
+            parts.append(link.text.rstrip("\n") + "\n" + joint)
+            break
+        parts.append("".join(traceback.format_exception(link, chain=False)) + joint)
+        if link.__cause__ is not None:
+            link, joint = link.__cause__, _CAUSE
+        elif not link.__suppress_context__:
+            link, joint = link.__context__, _CONTEXT
+        else:
+            link = None
+    return "".join(reversed(parts))
+
+
+def traced(exc: BaseException, redact: Callable[[str], str] = str) -> Traced:
+    """``exc`` and its chain as a :class:`Traced`, its line and text passed through
+    ``redact`` (which masks the secrets they may hold)."""
+    return Traced(redact(one_line(exc)), redact(format_chain(exc)))
 
 
 def install_hint(text: str) -> str:

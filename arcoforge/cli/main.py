@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import sys
-import traceback
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -32,6 +31,7 @@ from arcoforge.errors import (
     FeedstockError,
     MissingDependency,
     ValidationError,
+    format_chain,
     install_hint,
     one_line,
     require,
@@ -70,13 +70,13 @@ def friendly(func: Callable) -> Callable:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as exc:
-            if debug:
-                trace = "".join(traceback.format_exception(exc))
-                click.echo(redact_remembered(trace), err=True, nl=False)
-            click.echo(f"error: {redact_remembered(one_line(exc))}", err=True)
+            if debug:  # every error of the chain, from workers too, each secret masked
+                click.echo(redact_remembered(format_chain(exc)), err=True, nl=False)
+            click.echo(f"error: {_error_text(exc)}", err=True)
             sys.exit(1)
 
-    return click.option("--debug", is_flag=True, help="Show tracebacks of errors.")(wrapper)
+    shows = "Show the traceback of an error and of the errors that caused it."
+    return click.option("--debug", is_flag=True, help=shows)(wrapper)
 
 
 def json_events(func: Callable) -> Callable:
@@ -98,12 +98,13 @@ def json_events(func: Callable) -> Callable:
 
 
 def _error_text(exc: BaseException) -> str:
-    """The one line ``friendly`` prints for ``exc``, without its ``error:``."""
+    """The one line ``friendly`` prints for ``exc``, without its ``error:``, every secret
+    of the bake masked."""
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     if isinstance(exc, click.ClickException):
         return exc.format_message()
-    return one_line(exc)
+    return redact_remembered(one_line(exc))
 
 
 class _Commands(click.Group):

@@ -67,8 +67,8 @@ class Ledger:
             return None
         try:
             manifest = json.loads(data)
-        except ValueError:
-            raise ArcoforgeError(f"{self.folder}/{name}: not valid JSON") from None
+        except ValueError as exc:
+            raise ArcoforgeError(f"{self.folder}/{name}: not valid JSON") from exc
         if manifest.get("version") != VERSION:
             raise ArcoforgeError(
                 f"{self.folder}/{name}: unknown version {manifest.get('version')!r}"

@@ -132,7 +132,7 @@ def _flock(path: str, store: str, owner: Owner) -> Iterator[None]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError:  # flock's "held by another", which the message says
             holder = _holder(Path(path).read_bytes())
             raise LockedError(
                 f"{store} is being baked by another process{holder}; wait for it to finish "

@@ -15,7 +15,7 @@ import xarray as xr
 from arcoforge.errors import ArcoforgeError, SourceError, one_line, require
 from arcoforge.recipe.steps import Preprocess, Recipe
 from arcoforge.sources import FetchConfig, is_remote, local_copy
-from arcoforge.sources.secrets import secret_values, show_userinfo
+from arcoforge.sources.secrets import masked_cause, secret_values, show_userinfo
 
 ENGINES = {
     "netcdf4": "netcdf4",
@@ -138,8 +138,8 @@ def _open(target: str, where: str, config: OpenConfig) -> xr.Dataset:
     except ImportError as exc:  # one_line names the extra, if one installs what is missing
         raise SourceError(f"{where}: cannot open {config.file_type}: {one_line(exc)}") from exc
     except Exception as exc:
-        cause = config.redact(one_line(exc))
-        raise SourceError(f"{where}: cannot open as {config.file_type}: {cause}") from None
+        cause, masked = config.redact(one_line(exc)), masked_cause(exc, config.fetch.secrets)
+        raise SourceError(f"{where}: cannot open as {config.file_type}: {cause}") from masked
 
 
 def _promote_scalars(ds: xr.Dataset, config: OpenConfig) -> xr.Dataset:
@@ -165,7 +165,7 @@ def _preprocess(ds: xr.Dataset, where: str, steps: Sequence[Preprocess]) -> xr.D
         except Exception as exc:
             raise SourceError(
                 f"{where}: preprocessing {step.name} failed: {one_line(exc)}"
-            ) from None
+            ) from exc
         if not isinstance(ds, xr.Dataset):
             raise SourceError(f"{where}: preprocessing {step.name} returned {type(ds).__name__}")
     return ds
@@ -260,7 +260,7 @@ def _read_raw(var, name: str, sel: dict[str, slice], where: str) -> np.ndarray:
         raw = np.asarray(var[tuple(sel[d] for d in dims)])
         return xr.Variable(dims, raw).transpose(*sel).values
     except Exception as exc:
-        raise SourceError(f"{where}: reading {name!r} failed: {one_line(exc)}") from None
+        raise SourceError(f"{where}: reading {name!r} failed: {one_line(exc)}") from exc
 
 
 def direct(config: OpenConfig) -> bool:
@@ -281,7 +281,7 @@ def open_netcdf(path: str, where: str) -> Iterator:
     try:
         nc = netCDF4.Dataset(path)
     except Exception as exc:
-        raise SourceError(f"{where}: cannot open: {one_line(exc)}") from None
+        raise SourceError(f"{where}: cannot open: {one_line(exc)}") from exc
     try:
         nc.set_auto_maskandscale(False)
         nc.set_auto_chartostring(False)
@@ -318,7 +318,7 @@ def _read(var, name: str, sel: dict[str, slice], where: str, inherited=None) -> 
     except ArcoforgeError:
         raise
     except Exception as exc:
-        raise SourceError(f"{where}: reading {name!r} failed: {one_line(exc)}") from None
+        raise SourceError(f"{where}: reading {name!r} failed: {one_line(exc)}") from exc
 
 
 def _decode_netcdf(var, name: str, sel: dict[str, slice], inherited: dict) -> np.ndarray:

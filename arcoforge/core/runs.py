@@ -329,7 +329,7 @@ def read_run(path: Path) -> RunRecord:
     try:
         return RunRecord.model_validate_json(path.read_bytes())
     except (OSError, ValueError) as exc:
-        raise ArcoforgeError(f"{path}: not a run record ({one_line(exc)})") from None
+        raise ArcoforgeError(f"{path}: not a run record ({one_line(exc)})") from exc
 
 
 def find_run(prefix: str, folder: Path | None = None) -> RunRecord:

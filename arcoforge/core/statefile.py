@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import contextlib
 import datetime
 import json
 import math
@@ -289,7 +290,10 @@ class _Encoder:
             args = self.encode(list(exc.args))
         except TypeError:
             args = [one_line(exc)]
-        return {"~": "error", "class": name, "args": args, "line": one_line(exc)}
+        found = {"~": "error", "class": name, "args": args, "line": one_line(exc)}
+        if exc.__cause__ is not None:  # a task's, as text (see arcoforge.core.tasks.portable)
+            found["cause"] = self._error(exc.__cause__)
+        return found
 
 
 class _Decoder:
@@ -408,12 +412,13 @@ class _Decoder:
     def _error(self, data: dict) -> BaseException:
         cls = _error_class(str(data["class"]))
         args = self.value(data["args"])
-        if cls is None:
-            return ArcoforgeError(str(data["line"]))
-        try:
-            return cls(*args)
-        except Exception:
-            return ArcoforgeError(str(data["line"]))
+        error = ArcoforgeError(str(data["line"]))
+        if cls is not None:
+            with contextlib.suppress(Exception):
+                error = cls(*args)
+        if isinstance(data.get("cause"), dict):
+            error.__cause__ = self._error(data["cause"])
+        return error
 
 
 _PLAIN = {str, int, bool, type(None)}  # what JSON holds as it is (floats may be NaN)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from typing import Any
 import xarray as xr
 
 from arcoforge.core import worklog
-from arcoforge.errors import ArcoforgeError, one_line, quiet
+from arcoforge.errors import ArcoforgeError, Traced, format_chain, one_line, quiet
+from arcoforge.sources.secrets import redact_remembered
 from arcoforge.version import __version__
 
 
@@ -29,6 +31,15 @@ class Failed:
     not tasks that failed (inputs have their own retries), and the driver raises it."""
 
     error: Exception
+
+    def __reduce__(self):
+        """Pickled with its error's cause, which pickling an exception drops."""
+        return (_failed, (self.error, self.error.__cause__))
+
+
+def _failed(error: Exception, cause: BaseException | None) -> Failed:
+    error.__cause__ = cause
+    return Failed(error)
 
 
 def call(func: Callable[[Any], Any], item: Any, relay: int | None = None) -> Any:
@@ -53,12 +64,17 @@ def unwrap(result: Any) -> Any:
 
 
 def portable(exc: Exception) -> Exception:
-    """``exc`` without its chain, or as a one-line error if it cannot cross processes."""
-    exc.__context__ = exc.__cause__ = None
+    """``exc`` fit to cross processes in a :class:`Failed`: its cause becomes a
+    :class:`.Traced` holding its own traceback and chain as text (which pickles, and which
+    the driver's ``--debug`` prints), with the secrets this process knows masked; an error
+    that does not pickle becomes that :class:`.Traced` itself."""
+    text = redact_remembered(f"In process {os.getpid()}:\n{format_chain(exc)}")
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception:
-        return ArcoforgeError(one_line(exc))
+        return Traced(redact_remembered(one_line(exc)), text)
+    exc.__context__ = None
+    exc.__cause__ = Traced(redact_remembered(one_line(exc)), text)
     return exc
 
 

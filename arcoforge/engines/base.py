@@ -85,9 +85,9 @@ def get_engine(name: str = "local", **options: Any) -> Engine:
     if needs is not None:
         try:
             importlib.import_module(needs)
-        except ImportError:
+        except ImportError as exc:
             raise ArcoforgeError(
                 f'engine {name!r} is not installed: pip install "arcoforge[{extra}]"'
-            ) from None
+            ) from exc
     engine = getattr(importlib.import_module(f"{__package__}.{module}"), cls)
     return engine(**options)

@@ -85,7 +85,7 @@ class BeamEngine(Engine):
                     if attempt == self.attempts or why == previous:
                         raise ArcoforgeError(
                             f"beam pipeline failed {attempt} times: {why}"
-                        ) from None
+                        ) from exc
                     reporter.event("pipeline_retry", engine=self.name, attempt=attempt, error=why)
                     previous = why
                     continue
@@ -103,7 +103,7 @@ class BeamEngine(Engine):
             pipeline = beam.Pipeline(options=options)
             build(pipeline, plan, address, outcome)
         except Exception as exc:
-            raise ArcoforgeError(f"beam pipeline could not be built: {_last_line(exc)}") from None
+            raise ArcoforgeError(f"beam pipeline could not be built: {_last_line(exc)}") from exc
         return pipeline
 
 

@@ -105,7 +105,7 @@ def _on_workers(client: Client) -> dict[str, str]:
     try:
         return client.run(ready_worker)
     except Exception as exc:
-        raise ArcoforgeError(f"dask workers cannot run arcoforge: {one_line(exc)}") from None
+        raise ArcoforgeError(f"dask workers cannot run arcoforge: {one_line(exc)}") from exc
 
 
 @contextlib.contextmanager

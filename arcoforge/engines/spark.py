@@ -124,7 +124,7 @@ def _on_workers(sc) -> dict[str, str]:
         found = sc.parallelize(range(slots), slots).map(_ready).collect()
     except Exception as exc:
         why = one_line(exc).splitlines()[0][:300]
-        raise ArcoforgeError(f"spark workers cannot run arcoforge: {why}") from None
+        raise ArcoforgeError(f"spark workers cannot run arcoforge: {why}") from exc
     return dict(found)
 
 

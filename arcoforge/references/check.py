@@ -414,7 +414,7 @@ def _decode(data, codecs: list, zarray: dict, dtype: np.dtype, what: str) -> np.
         flat = ensure_ndarray_like(data).view(dtype).reshape(-1, order="A")
         return flat.reshape(zarray["chunks"], order=zarray["order"])
     except Exception as exc:
-        raise ValidationError(f"{what} does not decode: {exc}") from None
+        raise ValidationError(f"{what} does not decode: {exc}") from exc
 
 
 def _fill_value(zarray: dict):

@@ -53,7 +53,7 @@ class Variable:
         try:
             return np.asarray(self.data[region or ...])
         except (RuntimeError, OSError, ValueError) as exc:
-            raise ValidationError(f"{where}: cannot read {self.name!r}: {one_line(exc)}") from None
+            raise ValidationError(f"{where}: cannot read {self.name!r}: {one_line(exc)}") from exc
 
 
 @contextmanager
@@ -66,12 +66,12 @@ def stored_variables(
         with open(path, "rb") as f:
             classic = f.read(3) == b"CDF"
     except OSError as exc:
-        raise SourceError(f"{where}: cannot open: {one_line(exc)}") from None
+        raise SourceError(f"{where}: cannot open: {one_line(exc)}") from exc
     if not classic:
         try:
             h5 = h5py.File(path, "r")
         except OSError as exc:
-            raise SourceError(f"{where}: cannot open: {one_line(exc)}") from None
+            raise SourceError(f"{where}: cannot open: {one_line(exc)}") from exc
         with h5:
             variables = _hdf5_variables(h5, attrs)
             if variables is not None:

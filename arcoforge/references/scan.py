@@ -17,7 +17,7 @@ from arcoforge.references.scanners.zarr import scan_zarr
 from arcoforge.sources import FetchConfig, is_remote
 from arcoforge.sources.identity import Gone
 from arcoforge.sources.lookup import identity_now, scanned_identity
-from arcoforge.sources.secrets import redact
+from arcoforge.sources.secrets import masked_cause, redact
 
 
 @dataclass(frozen=True)
@@ -65,19 +65,21 @@ def scan_input(item: Input, config: ScanConfig) -> Manifest:
         raise SchemaError(f"{redact(item.url, config.secrets)}: {exc}") from exc
     except ArcoforgeError:
         raise
-    except FileNotFoundError:
-        raise SourceError(f"{redact(url, config.secrets)}: file not found") from None
+    except FileNotFoundError as exc:
+        where = redact(url, config.secrets)
+        raise SourceError(f"{where}: file not found") from masked_cause(exc, config.secrets)
     except Exception as exc:
         cause = redact(one_line(exc), config.secrets)
         raise SourceError(
             f"{redact(url, config.secrets)}: cannot scan as {config.file_type}: {cause}"
-        ) from None
+        ) from masked_cause(exc, config.secrets)
 
 
 def _scanner(file_type: str) -> Callable[[str, ScanConfig], Manifest]:
     try:
         return SCANNERS[file_type]
     except KeyError:
+        # the KeyError is this lookup: the message says all it would
         raise SourceError(f"OpenWithKerchunk: cannot scan file_type {file_type!r}") from None
 
 

@@ -21,7 +21,13 @@ from arcoforge.errors import SourceError
 from arcoforge.sources.cache import Cache, file_sha256
 from arcoforge.sources.identity import from_info
 from arcoforge.sources.limits import host_slot
-from arcoforge.sources.secrets import basic_credentials, redact, show_userinfo, with_query_secrets
+from arcoforge.sources.secrets import (
+    basic_credentials,
+    masked_cause,
+    redact,
+    show_userinfo,
+    with_query_secrets,
+)
 
 _LOCAL = ("", "file", "local")
 log = logging.getLogger("arcoforge")
@@ -86,15 +92,17 @@ def _download(url: str, cache: Cache, config: FetchConfig) -> Path:
             with host_slot(host, config.max_connections_per_host):
                 sha, source = _get(url, tmp, config)
             return cache.store(url, tmp, sha, attempts=attempt + 1, source=source)
-        except Exception as exc:
+        except Exception as caught:
             tmp.unlink(missing_ok=True)
+            exc = caught
             # fsspec's HTTP size lookup raises FileNotFoundError(url) from any failure (401, 503...)
             if isinstance(exc, FileNotFoundError) and isinstance(exc.__cause__, Exception):
                 exc = exc.__cause__
             retries = min(_retries_for(exc), config.retries)
             if attempt >= retries:
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                raise SourceError(config.redact(f"{url}: {_describe(exc, host)}{tries}")) from None
+                why = config.redact(f"{url}: {_describe(exc, host)}{tries}")
+                raise SourceError(why) from masked_cause(caught, config.secrets)
             attempt += 1
             delay = min(config.retry_delay * 2 ** (attempt - 1), 30.0) * (0.5 + random.random())
             why = config.redact(f"{url}: {_describe(exc, host)}")

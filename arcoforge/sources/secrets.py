@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
+from arcoforge.errors import Traced, traced
+
 MASK = "***"
 _SECRET_KEYS = re.compile(
     r"pass|secret|token|key|auth|credential|signature|cookie|connection", re.IGNORECASE
@@ -33,6 +35,14 @@ def redact_remembered(text: str) -> str:
     """``text`` with every remembered secret masked: what the command line prints of an
     error (a ``--debug`` traceback's chained causes too) passes through it."""
     return redact(text, _REMEMBERED)
+
+
+def masked_cause(exc: BaseException, secrets: Iterable[str] = ()) -> Traced:
+    """``exc`` as the cause to chain an arcoforge error to (``raise ... from``) when its
+    messages may hold a secret (a library's error naming the URL it requested): its type,
+    messages and traceback as text, with ``secrets``, the remembered ones and any
+    ``user:password@`` masked."""
+    return traced(exc, lambda text: redact(text, (*secrets, *_REMEMBERED)))
 
 
 def hide_userinfo(url: str) -> tuple[str, dict[str, str]]:

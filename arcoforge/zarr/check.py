@@ -20,6 +20,7 @@ from arcoforge.core.report import StoreReport, check_coordinates, chunk_grid, pi
 from arcoforge.core.targets import target_at
 from arcoforge.errors import ValidationError, one_line, quietly
 from arcoforge.recipe.patterns import Input
+from arcoforge.sources.secrets import masked_cause, secret_values
 
 PUBLISH_DECODE_BUDGET = 16 * 2**20
 
@@ -139,7 +140,10 @@ def open_group(url: str, storage_options: dict | None) -> zarr.Group:
         return zarr.open_group(store, mode="r", use_consolidated=False)
     except Exception as exc:
         cause = type(exc).__name__
-        raise ValidationError(f"{url}: not a Zarr store (no group metadata: {cause})") from None
+        secrets = secret_values(open_kwargs=storage_options)
+        raise ValidationError(
+            f"{url}: not a Zarr store (no group metadata: {cause})"
+        ) from masked_cause(exc, secrets)
 
 
 def open_checked(report: StoreReport, url: str, options: dict | None) -> xr.Dataset | None:
