@@ -47,7 +47,7 @@ from arcoforge.errors import AppendError, ArcoforgeError, SourceError, TargetErr
 from arcoforge.products import make_plan
 from arcoforge.references.plan import HELD
 from arcoforge.testing.archives import write_oisst_archive
-from arcoforge.zarr.plan import STATE_TYPES
+from arcoforge.zarr.plan import STATE_TYPES, ZarrState
 from arcoforge.zarr.scan import ScanTask, SchemaCombiner, scan_input
 
 PICKLE_STARTS = [b"\x80" + bytes([protocol]) for protocol in range(2, 6)]
@@ -240,9 +240,8 @@ def test_the_beam_engine_keeps_its_final_state_as_data(tmp_path):
     """What the last step of the pipeline writes beside the store, and the driver reads."""
     paths = write_oisst_archive(tmp_path / "src", days=2, ny=4, nx=8, calendar="noleap")
     plan = make_plan(simple_recipe(paths), str(tmp_path / "out"), cache=None, workers=1)
-    state = BakeState(schema=scanned_schema(paths), chunks={"time": 1}, open=plan.open)
-    state.stats = {"store_check": "healthy", "dims": {"time": 2}}
-    state.steps = {"time": {0: 1, 1: 1}}
+    state = ZarrState(schema=scanned_schema(paths), chunks={"time": 1}, open=plan.open)
+    state.stats = {"store_check": "healthy", "dims": {"time": 2}, "steps": {"time": {0: 1, 1: 1}}}
     lines = [(logging.WARNING, "scan of a.nc: slow")]
     url = str(tmp_path / "outcome")
     types = beam_engine._outcome_types(plan)
@@ -267,7 +266,7 @@ def test_no_pickle_after_a_resumed_zarr_bake_and_an_append(tmp_path, small_archi
     out = tmp_path / "out"
     recipe = simple_recipe(small_archive[:5])
     plan = make_plan(recipe, str(out), cache=None, workers=1)
-    state = BakeState()
+    state = plan.new_state()
     with plan.ledger.lock():  # a bake interrupted once its scan is kept
         for stage in plan.stages[:2]:
             stage.reduce(state, map(stage.func, stage.items(state)) if stage.func else [])
@@ -316,7 +315,7 @@ def test_no_pickle_in_an_icechunk_repository_and_beside_it(tmp_path):
 def interrupted_after_scan(recipe, out: Path) -> Path:
     """Run a bake's prepare and scan only; the path of the state it kept."""
     plan = make_plan(recipe, str(out), cache=None, workers=1)
-    state = BakeState()
+    state = plan.new_state()
     for stage in plan.stages[:2]:
         stage.reduce(state, map(stage.func, stage.items(state)) if stage.func else [])
     return Path(plan.ledger.state_url)
