@@ -69,12 +69,13 @@ def portable(exc: Exception) -> Exception:
     the driver's ``--debug`` prints), with the secrets this process knows masked; an error
     that does not pickle becomes that :class:`.Traced` itself."""
     text = redact_remembered(f"In process {os.getpid()}:\n{format_chain(exc)}")
+    cause = Traced(redact_remembered(one_line(exc)), text)
+    exc.__context__ = exc.__cause__ = None  # what pickles with it (with tblib's pickling)
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception:
-        return Traced(redact_remembered(one_line(exc)), text)
-    exc.__context__ = None
-    exc.__cause__ = Traced(redact_remembered(one_line(exc)), text)
+        return cause
+    exc.__cause__ = cause
     return exc
 
 

@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from arcoforge.errors import RecipeError, one_line
+from arcoforge.recipe.steps import Recipe
 from arcoforge.sources.secrets import hide_userinfo
 
 FILE_TYPES = ("netcdf3", "netcdf4", "hdf5", "zarr", "grib", "unknown")
@@ -159,6 +160,10 @@ class FilePattern:
         """Yield ``(position, url)`` pairs, as pangeo-forge's ``FilePattern.items`` does."""
         for item in self.inputs():
             yield item.position, item.url
+
+    def __or__(self, step) -> Recipe:
+        """``pattern | step``: a recipe of this pattern and ``step``."""
+        return Recipe(self) | step
 
     def prune(self, nkeep: int = 2) -> FilePattern:
         """Keep the first ``nkeep`` keys of every concat dim (for quick test bakes)."""

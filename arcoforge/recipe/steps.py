@@ -7,21 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xarray as xr
 
 from arcoforge.errors import RecipeError
-from arcoforge.recipe.patterns import FilePattern
+
+if TYPE_CHECKING:  # a recipe holds a pattern, which starts recipes: see FilePattern.__or__
+    from arcoforge.recipe.patterns import FilePattern
 
 
 class Step:
-    """A step of a recipe; ``pattern | step`` starts one."""
-
-    def __ror__(self, pattern: FilePattern) -> Recipe:
-        if not isinstance(pattern, FilePattern):
-            return NotImplemented
-        return Recipe(pattern) | self
+    """A step of a recipe."""
 
 
 @dataclass(frozen=True)
