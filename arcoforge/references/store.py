@@ -205,7 +205,7 @@ class ReferenceStore:
             shutil.rmtree(old, ignore_errors=True)
         elif not os.path.exists(self.staging):
             return
-        elif os.path.isfile(self.url) and _exchange(self.staging, self.url):
+        elif os.path.isfile(self.url) and exchange(self.staging, self.url):
             os.replace(self.staging, self.spare)  # the version replaced
         else:
             if os.path.isfile(self.url):
@@ -247,9 +247,10 @@ class CopiedPrevious(kerchunk.Previous):
         )
 
 
-def _exchange(a: str, b: str) -> bool:
+def exchange(a: str, b: str) -> bool:
     """Swap the files at ``a`` and ``b`` atomically (Linux's ``renameat2`` with
-    ``RENAME_EXCHANGE``); False where the system or the file system cannot."""
+    ``RENAME_EXCHANGE``); False where the system or the file system cannot, and then
+    publishing renames the new file over the old one instead."""
     rename = getattr(_libc(), "renameat2", None)
     if rename is None:
         return False
