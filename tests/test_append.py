@@ -3,18 +3,17 @@ changes nothing, a broken continuation is refused and leaves the store as it was
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
 import xarray as xr
-from conftest import assert_same_as_sources, simple_recipe
 
 from arcoforge import bake
-from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.errors import AppendError
 from arcoforge.testing.archives import oisst_dataset, write_files, write_oisst_archive
+from arcoforge.testing.compare import assert_same_as_sources, file_digests
+from arcoforge.testing.recipes import simple_recipe
 from arcoforge.zarr import patch
 
 GRID = {"ny": 18, "nx": 36}
@@ -23,17 +22,6 @@ GRID = {"ny": 18, "nx": 36}
 @pytest.fixture
 def archive(tmp_path) -> list[Path]:
     return write_oisst_archive(tmp_path / "src", days=12, **GRID)
-
-
-def digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder``, the store's records beside it included (but
-    not the run records, which every bake adds to)."""
-    files = [
-        p
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "lock" and RUNS_FOLDER not in p.parts
-    ]
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def baked(files, target: Path, **kwargs):
@@ -53,9 +41,9 @@ def test_append_adds_only_the_new_inputs(archive, tmp_path):
 
 def test_append_keeps_the_chunks_it_does_not_touch(archive, tmp_path):
     store = Path(baked(archive[:7], tmp_path / "out").url)
-    before = digest(store / "sst")
+    before = file_digests(store / "sst")
     baked(archive, tmp_path / "out", append=True)
-    after = digest(store / "sst")
+    after = file_digests(store / "sst")
     untouched = {k: v for k, v in before.items() if k.startswith("c/0/") or k.startswith("c/1/")}
     assert untouched and all(after[k] == v for k, v in untouched.items())
     assert before["c/2/0/0"] != after["c/2/0/0"], "the partial last chunk was completed"
@@ -64,10 +52,10 @@ def test_append_keeps_the_chunks_it_does_not_touch(archive, tmp_path):
 def test_repeating_an_append_changes_nothing(archive, tmp_path):
     baked(archive[:7], tmp_path / "out")
     baked(archive, tmp_path / "out", append=True)
-    before = digest(tmp_path / "out")
+    before = file_digests(tmp_path / "out")
     again = baked(archive, tmp_path / "out", append=True)
     assert again.stats == {"up_to_date": True}
-    assert digest(tmp_path / "out") == before
+    assert file_digests(tmp_path / "out") == before
 
 
 def test_append_to_nothing_is_a_first_bake(archive, tmp_path):
@@ -76,14 +64,14 @@ def test_append_to_nothing_is_a_first_bake(archive, tmp_path):
 
 
 def refused(files, target: Path, *needles: str) -> None:
-    before = digest(target)
+    before = file_digests(target)
     with pytest.raises(AppendError) as info:
         baked(files, target, append=True)
     text = str(info.value)
     for needle in needles:
         assert needle in text, text
     assert "\n" not in text
-    assert digest(target) == before, "a refused append leaves the store byte for byte"
+    assert file_digests(target) == before, "a refused append leaves the store byte for byte"
     assert not any(p.name.endswith(".partial") for p in target.iterdir())
 
 
@@ -120,7 +108,7 @@ def test_interrupted_append_is_finished_by_the_next(archive, tmp_path, monkeypat
     baked(archive[:7], tmp_path / "out")
     old = xr.open_zarr(tmp_path / "out" / "out.zarr").load()
     moves = []
-    real_move = patch._move
+    real_move = patch.move
 
     class Killed(BaseException):
         pass
@@ -131,10 +119,10 @@ def test_interrupted_append_is_finished_by_the_next(archive, tmp_path, monkeypat
         moves.append(dst)
         real_move(fs, src, dst)
 
-    monkeypatch.setattr(patch, "_move", move_then_die)
+    monkeypatch.setattr(patch, "move", move_then_die)
     with pytest.raises(Killed):
         baked(archive, tmp_path / "out", append=True)
-    monkeypatch.setattr(patch, "_move", real_move)
+    monkeypatch.setattr(patch, "move", real_move)
     assert all("zarr.json" not in m for m in moves), "chunks move before any metadata"
     xr.testing.assert_identical(xr.open_zarr(tmp_path / "out" / "out.zarr").load(), old)
     result = baked(archive, tmp_path / "out", append=True)

@@ -10,13 +10,14 @@ import netCDF4
 import numpy as np
 import pytest
 import zarr
-from conftest import assert_same_as_sources, simple_recipe
-from test_cli import NAME, arcoforge, error_line, ok, sources
 
 from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
 from arcoforge.core.report import StoreReport
 from arcoforge.errors import ValidationError
 from arcoforge.recipe.patterns import pattern_from_file_sequence
+from arcoforge.testing.cli import NAME, arcoforge, error_line, ok, sample_sources
+from arcoforge.testing.compare import assert_same_as_sources
+from arcoforge.testing.recipes import simple_recipe
 from arcoforge.validate import checker_for, validate_references, validate_store
 from arcoforge.zarr.check import check_before_publish
 
@@ -254,7 +255,7 @@ def baked_feedstock(tmp_path) -> tuple[Path, Path]:
 
 def test_validate_command_on_a_healthy_store(baked_feedstock, tmp_path):
     feedstock, store = baked_feedstock
-    assert_same_as_sources(str(store), sources(feedstock))
+    assert_same_as_sources(str(store), sample_sources(feedstock))
     table = ok(arcoforge("validate", store, "--against", NAME, cwd=tmp_path)).stdout
     for check in [*CHECKS, "sources"]:
         assert f"│ {check}" in table
@@ -270,7 +271,7 @@ def test_validate_command_on_a_healthy_store(baked_feedstock, tmp_path):
 def test_validate_command_on_a_damaged_store(baked_feedstock, tmp_path):
     feedstock, store = baked_feedstock
     (store / "sst/c/1/0/0").unlink()
-    with netCDF4.Dataset(sources(feedstock)[0], "a") as nc:
+    with netCDF4.Dataset(sample_sources(feedstock)[0], "a") as nc:
         values = nc["anom"][0]
         j, i = np.argwhere(~np.ma.getmaskarray(values))[0]  # the first ocean point
         nc["anom"][0, j, i] = values[j, i] - 1.0
@@ -278,12 +279,12 @@ def test_validate_command_on_a_damaged_store(baked_feedstock, tmp_path):
     line = error_line(proc, rc=1)
     assert line == f"error: {store}: 2 of 6 checks failed; first: sst: chunk c/1/0/0 is missing"
     # the lost chunk is also seen from the inputs that it held
-    for path in sources(feedstock)[2:]:
+    for path in sample_sources(feedstock)[2:]:
         assert f"file://{path}: 'sst' differs at " in proc.stdout
     report = json.loads(proc.stdout)
     assert report["ok"] is False
     assert report["findings"][0] == "sst: chunk c/1/0/0 is missing"
-    changed = f"file://{sources(feedstock)[0]}: 'anom' differs at "
+    changed = f"file://{sample_sources(feedstock)[0]}: 'anom' differs at "
     assert any(f.startswith(changed) for f in report["findings"]), report["findings"]
     table = arcoforge("validate", store, cwd=tmp_path)
     assert table.returncode == 1 and "FAILED" in table.stdout

@@ -27,8 +27,9 @@ from arcoforge.testing.archives import (
     write_merge_archive,
     write_oisst_archive,
 )
+from arcoforge.testing.compare import assert_same_as_sources, xarray_to_zarr
+from arcoforge.testing.recipes import simple_recipe
 from arcoforge.zarr.append import write_chunks
-from tests.conftest import assert_same_as_sources, simple_recipe, xarray_to_zarr
 
 
 @pytest.mark.parametrize("workers", [1, 2])

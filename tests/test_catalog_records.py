@@ -25,9 +25,6 @@ import pystac
 import pytest
 import xarray as xr
 import xpystac.core
-from corpus import iris
-from test_cli import arcoforge as arcoforge_cli
-from test_cli import ok
 
 import arcoforge
 from arcoforge import ArcoforgeError
@@ -44,6 +41,9 @@ from arcoforge.catalog.record import DatasetRecord
 from arcoforge.core.runs import RUNS_FOLDER, Inputs, RunRecord, runner
 from arcoforge.sources.secrets import secret_values
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.cli import HIDE_MODULES, ok
+from arcoforge.testing.cli import arcoforge as arcoforge_cli
+from arcoforge.testing.corpus import iris
 from arcoforge.testing.httpserver import FileServer
 
 TIMEOUT = 180
@@ -760,23 +760,6 @@ def test_a_missing_quicklook_is_one_line_naming_it(zarr_records, tmp_path):
 
 # -- missing extras ---------------------------------------------------------------------
 
-HIDE = """\
-import importlib.machinery, os, sys
-
-MISSING = set(os.environ["ARCOFORGE_TEST_WITHOUT"].split(","))
-
-
-class Without(importlib.machinery.PathFinder):
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        if name.partition(".")[0] in MISSING:
-            return None
-        return super().find_spec(name, path, target)
-
-
-sys.meta_path[:] = [Without if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
-"""
-
 
 @pytest.mark.parametrize(
     ("module", "code", "line"),
@@ -800,7 +783,7 @@ sys.meta_path[:] = [Without if f is importlib.machinery.PathFinder else f for f 
 )
 def test_a_missing_extra_is_one_line_naming_it(baked, tmp_path, module, code, line):
     (tmp_path / "hide").mkdir()
-    (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE)
+    (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE_MODULES)
     script = (
         "from arcoforge.catalog.describe import describe_feedstock\n"
         "from arcoforge.catalog.stac import build_stac, validate\n"

@@ -26,12 +26,11 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from test_catalog_records import HIDE
-from test_cli import arcoforge, error_line, json_lines, ok
 
 from arcoforge.catalog.manifest import MANIFEST, CatalogFolderError
 from arcoforge.catalog.site import SiteError, render_site, write_site
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.cli import HIDE_MODULES, arcoforge, error_line, json_lines, ok
 from arcoforge.testing.records import generated_record
 
 HOSTILE = "<script>window.pwned=1</script>\"quoted\" & 'single' <img src=x onerror=window.pwned=2>"
@@ -878,7 +877,7 @@ def test_two_feedstocks_of_one_page_name_are_refused_before_any_store_is_read(ba
 
 def test_without_jinja2_the_command_names_the_extra(baked, tmp_path):
     (tmp_path / "hide").mkdir()
-    (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE)
+    (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE_MODULES)
     env = {**os.environ, "ARCOFORGE_TEST_WITHOUT": "jinja2"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), str(tmp_path / "hide")])
     proc = subprocess.run(

@@ -19,9 +19,6 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from test_errors import bake_fails
-from test_reference_concat_dims import CHAR_MEMBERS, char_members, members_pattern
-from test_references import assert_matches_sources, ref_recipe
 
 from arcoforge import (
     ConcatDim,
@@ -36,6 +33,9 @@ from arcoforge.errors import AppendError, ArcoforgeError, SchemaError
 from arcoforge.references.formats.icechunk import readonly_store
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_grib_archive
+from arcoforge.testing.compare import assert_matches_sources, bake_fails
+from arcoforge.testing.ensembles import CHAR_MEMBERS, char_members, members_pattern
+from arcoforge.testing.recipes import ref_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 

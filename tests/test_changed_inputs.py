@@ -16,9 +16,6 @@ import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import assert_same_as_sources, simple_recipe, xarray_to_zarr
-from test_append import digest
-from test_references import assert_matches_sources, ref_recipe
 
 from arcoforge import (
     ConcatDim,
@@ -38,7 +35,15 @@ from arcoforge.references.store import open_references
 from arcoforge.sources import FetchConfig
 from arcoforge.sources.lookup import identities_now
 from arcoforge.testing.archives import write_merge_archive, write_oisst_archive
+from arcoforge.testing.compare import (
+    assert_matches_sources,
+    assert_same_as_sources,
+    file_digests,
+    xarray_to_zarr,
+)
+from arcoforge.testing.ensembles import members_combined, one_member_per_file
 from arcoforge.testing.httpserver import Faults, FileServer
+from arcoforge.testing.recipes import ref_recipe, references_recipe, simple_recipe
 
 GRID = {"ny": 18, "nx": 36}
 
@@ -77,12 +82,12 @@ def test_a_rewritten_input_has_only_the_chunks_it_feeds_baked_again(
     archive, other_values, tmp_path
 ):
     store = Path(baked(archive, tmp_path / "out").url)
-    before, times = digest(store / "sst"), mtimes(store / "sst")
+    before, times = file_digests(store / "sst"), mtimes(store / "sst")
     rewrite(archive[4], other_values[4])  # time 4: in the chunk of steps 3..5
     result = baked(archive, tmp_path / "out")
     assert result.stats["changed_inputs"] == [str(archive[4])]
     assert_same_as_sources(result.url, archive)
-    after, later = digest(store / "sst"), mtimes(store / "sst")
+    after, later = file_digests(store / "sst"), mtimes(store / "sst")
     for key in ("c/0/0/0", "c/2/0/0"):
         assert after[key] == before[key] and later[key] == times[key], key
     assert after["c/1/0/0"] != before["c/1/0/0"]
@@ -94,12 +99,12 @@ def test_a_rewritten_input_has_only_the_chunks_it_feeds_baked_again(
 
 def test_a_touched_input_is_baked_again_into_the_same_bytes(archive, tmp_path):
     store = Path(baked(archive, tmp_path / "out").url)
-    before = digest(store)
+    before = file_digests(store)
     stat = archive[0].stat()
     os.utime(archive[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
     result = baked(archive, tmp_path / "out")
     assert result.stats["changed_inputs"] == [str(archive[0])]
-    after = digest(store)
+    after = file_digests(store)
     assert {k: v for k, v in after.items() if "sst" in k} == {
         k: v for k, v in before.items() if "sst" in k
     }
@@ -153,7 +158,7 @@ def test_a_deleted_input_stops_the_bake_and_leaves_the_store(archive, tmp_path):
     stock = feedstock(tmp_path / "stock", [str(p) for p in archive])
     target = tmp_path / "out"
     assert cli("bake", str(stock), "--target-root", str(target), "--workers", "2").returncode == 0
-    before = digest(target)
+    before = file_digests(target)
     archive[5].unlink()
     done = cli("bake", str(stock), "--target-root", str(target), "--workers", "2")
     assert done.returncode == 1
@@ -162,14 +167,14 @@ def test_a_deleted_input_stops_the_bake_and_leaves_the_store(archive, tmp_path):
         "the published store is left as it was"
     )
     assert "Traceback" not in done.stderr
-    assert digest(target) == before
+    assert file_digests(target) == before
 
 
 def test_assume_unchanged_skips_the_check_and_says_so(archive, other_values, tmp_path):
     stock = feedstock(tmp_path / "stock", [str(p) for p in archive])
     target = tmp_path / "out"
     assert cli("bake", str(stock), "--target-root", str(target), "--workers", "2").returncode == 0
-    before = digest(target)
+    before = file_digests(target)
     rewrite(archive[2], other_values[2])
     archive[3].unlink()  # not even looked up
     args = ("bake", str(stock), "--target-root", str(target), "--assume-unchanged")
@@ -180,7 +185,7 @@ def test_assume_unchanged_skips_the_check_and_says_so(archive, other_values, tmp
     events = [json.loads(line) for line in cli(*args, "--json").stdout.splitlines()]
     assert {"event": "log", "level": "INFO", "message": UNCHECKED}.items() <= events[0].items()
     assert events[-1]["inputs_unchecked"] is True
-    assert digest(target) == before
+    assert file_digests(target) == before
 
 
 def test_assume_unchanged_in_the_config_file(archive, other_values, tmp_path):
@@ -196,7 +201,7 @@ def test_assume_unchanged_in_the_config_file(archive, other_values, tmp_path):
 
 def test_an_input_that_no_longer_fits_is_refused(archive, tmp_path):
     baked(archive, tmp_path / "out")
-    before = digest(tmp_path / "out")
+    before = file_digests(tmp_path / "out")
     wider = write_oisst_archive(tmp_path / "wide", days=8, ny=20, nx=36)
     rewrite(archive[1], wider[1])
     with pytest.raises(ChangedInputError) as info:
@@ -206,12 +211,12 @@ def test_an_input_that_no_longer_fits_is_refused(archive, tmp_path):
         "different grid: 'lat' has 20 points, not 18; the published store is left as it was "
         "(bake it afresh with --force)"
     )
-    assert digest(tmp_path / "out") == before
+    assert file_digests(tmp_path / "out") == before
 
 
 def test_an_input_with_other_times_is_refused(archive, tmp_path):
     baked(archive, tmp_path / "out")
-    before = digest(tmp_path / "out")
+    before = file_digests(tmp_path / "out")
     later = write_oisst_archive(tmp_path / "late", days=8, start="1990-01-01", **GRID)
     rewrite(archive[7], later[7])
     with pytest.raises(ChangedInputError) as info:
@@ -221,7 +226,7 @@ def test_an_input_with_other_times_is_refused(archive, tmp_path):
         "time values differ from the store's; the published store is left as it was (bake "
         "it afresh with --force)"
     )
-    assert digest(tmp_path / "out") == before
+    assert file_digests(tmp_path / "out") == before
 
 
 def test_a_store_without_identities_gets_them_recorded_not_baked_again(
@@ -299,7 +304,7 @@ def test_an_unreachable_input_stops_the_bake_and_names_it(archive, tmp_path):
     with FileServer(archive[0].parent) as server:
         urls = [f"{server.url}/{p.name}" for p in archive]
         baked(urls, tmp_path / "out", cache=str(tmp_path / "cache"))
-    before = digest(tmp_path / "out")
+    before = file_digests(tmp_path / "out")
     with pytest.raises(SourceError) as info:
         baked(urls, tmp_path / "out", cache=str(tmp_path / "cache"))
     message = str(info.value)
@@ -308,7 +313,7 @@ def test_an_unreachable_input_stops_the_bake_and_names_it(archive, tmp_path):
         "; the published store is left as it was (--assume-unchanged skips the check)"
     )
     assert "\n" not in message
-    assert digest(tmp_path / "out") == before
+    assert file_digests(tmp_path / "out") == before
 
 
 def test_s3_inputs_are_checked_by_their_etag(archive, other_values, s3, bucket, tmp_path):
@@ -337,17 +342,15 @@ def test_s3_inputs_are_checked_by_their_etag(archive, other_values, s3, bucket, 
 
 @pytest.mark.parametrize("name", ["reference.json", "reference.parquet"])
 def test_references_along_a_dim_the_inputs_lack(tmp_path, name):
-    from test_reference_concat_dims import members_combined, one_member_per_file
-    from test_reference_concat_dims import recipe as member_recipe
 
     pattern = one_member_per_file(tmp_path / "src", "absent", [10, 20, 30])
-    bake(member_recipe(pattern, name), tmp_path / "out", workers=1)
+    bake(references_recipe(pattern, name), tmp_path / "out", workers=1)
     path = Path(pattern.format_function(member=20))
     shutil.copyfile(path, tmp_path / "warmer.nc")
     with netCDF4.Dataset(tmp_path / "warmer.nc", "a") as nc:  # other values, same layout
         nc["tas"][:] = nc["tas"][:] + 1.5
     rewrite(path, tmp_path / "warmer.nc")
-    result = bake(member_recipe(pattern, name), tmp_path / "out", workers=1)
+    result = bake(references_recipe(pattern, name), tmp_path / "out", workers=1)
     assert result.stats["changed_inputs"] == [str(path)]
     assert result.stats["validated_inputs"] == 1
     src = members_combined(pattern, "absent")
@@ -358,7 +361,7 @@ def test_references_along_a_dim_the_inputs_lack(tmp_path, name):
 
 def test_references_of_an_input_that_no_longer_fits_are_kept(archive, tmp_path):
     bake(ref_recipe(archive), tmp_path / "out", workers=2)
-    before = digest(tmp_path / "out")
+    before = file_digests(tmp_path / "out")
     wider = write_oisst_archive(tmp_path / "wide", days=8, ny=20, nx=36)
     rewrite(archive[3], wider[3])
     with pytest.raises(ChangedInputError) as info:
@@ -369,7 +372,7 @@ def test_references_of_an_input_that_no_longer_fits_are_kept(archive, tmp_path):
         "shape [1, 18, 36] in chunks [1, 18, 36]; the published store is left as it was "
         "(bake it afresh with --force)"
     )
-    assert digest(tmp_path / "out") == before
+    assert file_digests(tmp_path / "out") == before
 
 
 def test_lookups_keep_within_the_per_host_connection_limit(archive):
@@ -492,7 +495,7 @@ def test_a_rebake_over_http_fetches_the_changed_input_only(days, tmp_path, cache
             kwargs = {"cache": str(tmp_path / "cache")} if cache != "none" else {}
             bake_once = api_baker(urls, target, **kwargs)
         bake_once()
-        before, times = digest(store / "sst"), mtimes(store / "sst")
+        before, times = file_digests(store / "sst"), mtimes(store / "sst")
         calls = rebaked(server, bake_once, src, alt)
     changed = f"/{src[CHANGED].name}"
     heads, gets = heads_and_gets(calls)
@@ -503,7 +506,7 @@ def test_a_rebake_over_http_fetches_the_changed_input_only(days, tmp_path, cache
     assert gets == [changed]
     assert manifest(str(store))["identities"][CHANGED]["etag"].startswith('"')
     assert_same_as_sources(str(store), src)
-    after, later = digest(store / "sst"), mtimes(store / "sst")
+    after, later = file_digests(store / "sst"), mtimes(store / "sst")
     chunks = [k for k in before if k.startswith("c/")]
     assert len(chunks) == DAYS // 3
     for key in chunks:
@@ -566,7 +569,7 @@ def shifted_lat(ds):
 def test_a_changed_input_is_compared_with_the_store(archive, tmp_path, change, problem):
     """The changed input alone is scanned: its misfit is told against the store."""
     baked(archive, tmp_path / "out")
-    before = digest(tmp_path / "out")
+    before = file_digests(tmp_path / "out")
     with xr.open_dataset(archive[4]) as ds:
         change(ds.load()).to_netcdf(tmp_path / "changed.nc")
     rewrite(archive[4], tmp_path / "changed.nc")
@@ -576,7 +579,7 @@ def test_a_changed_input_is_compared_with_the_store(archive, tmp_path, change, p
         f"input {archive[4]} changed since the store was baked and no longer fits it: "
         f"{problem}; the published store is left as it was (bake it afresh with --force)"
     )
-    assert digest(tmp_path / "out") == before
+    assert file_digests(tmp_path / "out") == before
 
 
 def test_a_changed_input_that_cannot_be_read_is_skipped_with_skip_failed(
@@ -652,7 +655,7 @@ def test_a_rebake_that_fails_while_writing_leaves_the_store(archive, other_value
     )
     store = tmp_path / "out" / "out.zarr"
     bake(recipe, tmp_path / "out", workers=2)
-    before, times = digest(store), mtimes(store)
+    before, times = file_digests(store), mtimes(store)
     for day in (1, 7):
         rewrite(archive[day], other_values[day])
     (marks / "armed").touch()
@@ -662,7 +665,7 @@ def test_a_rebake_that_fails_while_writing_leaves_the_store(archive, other_value
     assert len(list(marks.glob("opened-*"))) == 3  # scanned, written, then the check failed
     patch = tmp_path / "out" / ".out.zarr.partial"
     assert (patch / "sst/c/2/0/0").read_bytes() != (store / "sst/c/2/0/0").read_bytes()
-    assert digest(store) == before and mtimes(store) == times
+    assert file_digests(store) == before and mtimes(store) == times
     (marks / "armed").unlink()
     result = bake(recipe, tmp_path / "out", workers=2)
     assert_same_as_sources(result.url, archive)

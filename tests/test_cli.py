@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,74 +12,18 @@ import fsspec
 import pytest
 import xarray as xr
 import yaml
-from conftest import assert_same_as_sources
 
 from arcoforge.core.runs import RUNS_FOLDER
+from arcoforge.testing.cli import NAME, arcoforge, error_line, json_lines, ok, sample_sources
+from arcoforge.testing.compare import assert_same_as_sources
 from arcoforge.testing.httpserver import Faults, FileServer
-
-TIMEOUT = 120
-NAME = "sst-feed"
-
-
-def arcoforge(*args, cwd: Path, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ``python -m arcoforge.cli ARGS`` in ``cwd``; wide, colourless output."""
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
-    return subprocess.run(
-        [sys.executable, "-m", "arcoforge.cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-def error_line(proc: subprocess.CompletedProcess, rc: int | None = None) -> str:
-    """The one ``error:`` line of a failed run (and no traceback)."""
-    assert proc.returncode != 0, proc.stdout
-    if rc is not None:
-        assert proc.returncode == rc, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    assert proc.stderr.rstrip().splitlines()[-1] == errors[0]
-    return errors[0]
-
-
-def json_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def sources(feedstock: Path) -> list[Path]:
-    return sorted((feedstock / "sample-data").glob("*.nc"))
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    """A feedstock written by ``arcoforge init`` (copy it before changing it)."""
-    root = tmp_path_factory.mktemp("init")
-    proc = ok(arcoforge("init", NAME, cwd=root))
-    assert f"arcoforge lint {NAME}" in proc.stdout
-    return root / NAME
-
-
-@pytest.fixture
-def feedstock(template, tmp_path) -> Path:
-    """A private copy of the template feedstock under ``tmp_path``."""
-    return Path(shutil.copytree(template, tmp_path / NAME))
-
 
 # -- init, lint, bake ----------------------------------------------------------------
 
 
 def test_init_writes_a_feedstock_that_lints_and_bakes(feedstock, tmp_path):
     assert {p.name for p in feedstock.iterdir()} >= {"meta.yaml", "recipe.py", "sample-data"}
-    assert len(sources(feedstock)) == 4
+    assert len(sample_sources(feedstock)) == 4
 
     lint = ok(arcoforge("lint", NAME, cwd=tmp_path))
     assert "ok  meta.yaml" in lint.stdout and f"recipe {NAME}: 4 inputs" in lint.stdout
@@ -89,7 +31,7 @@ def test_init_writes_a_feedstock_that_lints_and_bakes(feedstock, tmp_path):
     baked = ok(arcoforge("bake", NAME, "--target-root", "out", "--workers", "2", cwd=tmp_path))
     store = tmp_path / "out" / f"{NAME}.zarr"
     assert str(store) in baked.stdout
-    out, _ = assert_same_as_sources(str(store), sources(feedstock))
+    out, _ = assert_same_as_sources(str(store), sample_sources(feedstock))
     assert dict(out.sizes) == {"time": 4, "lat": 36, "lon": 72}
     # only the published store is left under the target root
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
@@ -122,7 +64,7 @@ def test_bake_prune_with_json_lines(feedstock, tmp_path):
     events = json_lines(proc.stdout)
     summary = events[-1]
     assert summary["event"] == "summary" and summary["recipe"] == NAME
-    kept = sources(feedstock)[:2]
+    kept = sample_sources(feedstock)[:2]
     store = tmp_path / "out" / f"{NAME}.zarr"
     out, _ = assert_same_as_sources(str(store), kept)
     assert summary["url"] == str(store)
@@ -155,7 +97,7 @@ def test_worker_log_lines_are_shown_naming_the_task(feedstock, tmp_path, as_json
         serve_inputs(feedstock, server)
         args = ("bake", NAME, "--target-root", "out", "--prune", "3", "--workers", "2")
         proc = ok(arcoforge(*args, *["--json"] * as_json, cwd=tmp_path))
-        urls = [f"{server.url}/{p.name}" for p in sources(feedstock)[:3]]
+        urls = [f"{server.url}/{p.name}" for p in sample_sources(feedstock)[:3]]
     if as_json:
         logs = [e for e in json_lines(proc.stdout) if e["event"] == "log"]
         assert {e["level"] for e in logs} == {"WARNING"}
@@ -164,7 +106,7 @@ def test_worker_log_lines_are_shown_naming_the_task(feedstock, tmp_path, as_json
         lines = [line.removeprefix("warning: ") for line in proc.stderr.splitlines()]
     for url in urls:  # logged by a worker, shown here with the task that logged it
         assert sum(line.startswith(f"scan of {url}: HTTP 50") for line in lines) == 1
-    assert_same_as_sources(str(tmp_path / "out" / f"{NAME}.zarr"), sources(feedstock)[:3])
+    assert_same_as_sources(str(tmp_path / "out" / f"{NAME}.zarr"), sample_sources(feedstock)[:3])
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(feedstock, tmp_path):
@@ -206,7 +148,7 @@ def test_config_file_sets_target_root_workers_and_prune(feedstock, tmp_path):
     summary = json_lines(proc.stdout)[-1]
     store = tmp_path / "cfg-out" / f"{NAME}.zarr"
     assert summary["url"] == str(store) and summary["inputs"] == 3
-    assert_same_as_sources(str(store), sources(feedstock)[:3])
+    assert_same_as_sources(str(store), sample_sources(feedstock)[:3])
 
 
 def test_bake_and_validate_on_an_object_store_given_storage_options(
@@ -234,7 +176,7 @@ def test_bake_and_validate_on_an_object_store_given_storage_options(
     )
     url = f"{bucket}/{NAME}.zarr"
     assert json_lines(proc.stdout)[-1]["url"] == url
-    assert_same_as_sources(xr.open_zarr(url, storage_options=s3), sources(feedstock))
+    assert_same_as_sources(xr.open_zarr(url, storage_options=s3), sample_sources(feedstock))
     fs = fsspec.filesystem("s3", **s3)
     (record,) = fs.glob(f"{bucket}/{RUNS_FOLDER}/*.json")
     args = json.loads(fs.cat_file(record))["args"]
@@ -401,7 +343,7 @@ def test_rebake_is_a_no_op_and_append_adds_the_rest(feedstock, tmp_path):
     summary = json_lines(grown.stdout)[-1]
     assert summary["inputs"] == 2 and summary["dims"]["time"] == 4
     store = tmp_path / "out" / f"{NAME}.zarr"
-    assert_same_as_sources(str(store), sources(feedstock))
+    assert_same_as_sources(str(store), sample_sources(feedstock))
     assert "up to date" in ok(arcoforge(*args, "--append", cwd=tmp_path)).stdout
     refused = error_line(arcoforge(*args, "--prune", "3", "--append", cwd=tmp_path), rc=1)
     assert "cannot append" in refused and "lacks" in refused

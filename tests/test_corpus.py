@@ -24,11 +24,19 @@ from arcoforge import pattern_from_file_sequence as sequence
 from arcoforge.errors import ArcoforgeError, SchemaError
 from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.store import open_references
+from arcoforge.testing import corpus
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
-from tests import corpus
 
 pytest.importorskip("iris_sample_data", reason="the corpus needs the test extra")
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def data(name: str) -> Path:
+    """A file copied into ``tests/data`` (from cfgrib's sdist, Apache-2.0)."""
+    return DATA / name
+
+
 GRIB = {"engine": "cfgrib", "backend_kwargs": {"indexpath": ""}, "decode_timedelta": True}
 PRODUCTS = ("zarr", "json", "parquet", "icechunk")
 CHAR_FILL_REFUSED = (
@@ -139,32 +147,32 @@ CASES = {
         "grib",
     ),
     "era5-grib1-members-levels-series": Case(
-        _grib_series(lambda: corpus.data("era5-levels-members.grib")),
+        _grib_series(lambda: data("era5-levels-members.grib")),
         "time",
         "grib",
     ),
     "era5-grib1-scalar-time": Case(
-        _one(lambda: corpus.data("era5-single-level-scalar-time.grib")),
+        _one(lambda: data("era5-single-level-scalar-time.grib")),
         "time",
         "grib",
     ),
     "grib1-missing-values-series": Case(
-        _grib_series(lambda: corpus.data("fields_with_missing_values.grib")),
+        _grib_series(lambda: data("fields_with_missing_values.grib")),
         "time",
         "grib",
     ),
     "grib1-regular-ll-surface": Case(
-        _one(lambda: corpus.data("regular_ll_sfc.grib")),
+        _one(lambda: data("regular_ll_sfc.grib")),
         "time",
         "grib",
     ),
     "grib1-isobaric-analysis": Case(
-        _one(lambda: corpus.data("t_analysis_and_fc_0.grib")),
+        _one(lambda: data("t_analysis_and_fc_0.grib")),
         "time",
         "grib",
     ),
     "cams-grib1-monthly": Case(
-        _one(lambda: corpus.data("cams-egg4-monthly.grib")),
+        _one(lambda: data("cams-egg4-monthly.grib")),
         "time",
         "grib",
     ),
@@ -456,7 +464,7 @@ def test_every_input_s_coordinates_are_compared_not_only_the_first_and_last(tmp_
 @pytest.mark.parametrize("name", ["reference.json", "reference.parquet"])
 def test_grib_references_over_http_fetch_each_file_once_through_the_cache(tmp_path, name):
     # issue 16 item 9: "GRIB inputs are scanned from local files only"
-    paths = corpus.split_grib(corpus.data("era5-levels-members.grib"), tmp_path / "src")
+    paths = corpus.split_grib(data("era5-levels-members.grib"), tmp_path / "src")
     with FileServer(paths[0].parent) as server:
         urls = [f"{server.url}/{p.name}" for p in paths]
         recipe = (

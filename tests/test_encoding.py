@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from conftest import assert_same_as_sources, xarray_to_zarr
 
 from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
 from arcoforge.core.compare import compare_stored
 from arcoforge.core.ledger import fingerprint
 from arcoforge.errors import ValidationError
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.compare import assert_same_as_sources, xarray_to_zarr
 
 
 def _recipe(paths, store="out.zarr", **writer):

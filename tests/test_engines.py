@@ -22,9 +22,10 @@ from arcoforge.engines import get_engine
 from arcoforge.errors import ArcoforgeError, SourceError
 from arcoforge.recipe.config import read_config
 from arcoforge.testing.archives import write_corrupt_file, write_oisst_archive
+from arcoforge.testing.compare import assert_same_as_sources
 from arcoforge.testing.engines import KillWorker, SparkStandalone
 from arcoforge.testing.httpserver import Faults, FileServer
-from tests.conftest import assert_same_as_sources, simple_recipe
+from arcoforge.testing.recipes import simple_recipe
 
 pytestmark = pytest.mark.timeout(600)
 

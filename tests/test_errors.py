@@ -4,13 +4,11 @@ looks complete (published with consolidated metadata) is left behind.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import assert_same_as_sources, nothing_baked, simple_recipe, xarray_to_zarr
 
 from arcoforge import (
     OpenURLWithFSSpec,
@@ -19,13 +17,21 @@ from arcoforge import (
     bake,
     pattern_from_file_sequence,
 )
-from arcoforge.errors import ArcoforgeError, RecipeError, SchemaError, SourceError
+from arcoforge.errors import RecipeError, SchemaError, SourceError
 from arcoforge.testing.archives import (
     oisst_dataset,
     write_corrupt_file,
     write_files,
     write_oisst_archive,
 )
+from arcoforge.testing.compare import (
+    assert_same_as_sources,
+    bake_fails,
+    looks_complete,
+    nothing_baked,
+    xarray_to_zarr,
+)
+from arcoforge.testing.recipes import simple_recipe
 
 GRID = {"ny": 18, "nx": 36}
 
@@ -34,47 +40,6 @@ GRID = {"ny": 18, "nx": 36}
 def archive(tmp_path: Path) -> list[Path]:
     """Four daily OISST-like files, 1981-09-01 to 1981-09-04."""
     return write_oisst_archive(tmp_path / "src", days=4, **GRID)
-
-
-def looks_complete(store: Path) -> bool:
-    """Whether ``store`` carries consolidated metadata, which readers take as published."""
-    if (store / ".zmetadata").exists():
-        return True
-    root = store / "zarr.json"
-    if not root.exists():
-        return False
-    consolidated = json.loads(root.read_text()).get("consolidated_metadata") or {}
-    return bool(consolidated.get("metadata"))
-
-
-def complete_stores(target: Path) -> list[str]:
-    """Names of the stores under ``target`` (staging ones included) that look complete."""
-    if not target.exists():
-        return []
-    return sorted(p.name for p in target.iterdir() if p.is_dir() and looks_complete(p))
-
-
-def bake_fails(
-    recipe,
-    target: Path,
-    kind: type[ArcoforgeError],
-    *needles: str,
-    workers: int = 1,
-    published: tuple[str, ...] = (),
-) -> str:
-    """Bake ``recipe``; check it raises ``kind`` as one line holding every needle.
-
-    Afterwards only the stores in ``published`` (baked earlier) may look complete.
-    """
-    with pytest.raises(ArcoforgeError) as info:
-        bake(recipe, target, workers=workers)
-    assert type(info.value) is kind, f"{type(info.value).__name__}: {info.value}"
-    text = str(info.value)
-    assert "\n" not in text and text == " ".join(text.split()), text
-    for needle in needles:
-        assert needle in text, f"{needle!r} not in {text!r}"
-    assert complete_stores(target) == sorted(published)
-    return text
 
 
 def preprocessed_recipe(paths, func, store="out.zarr", zarr_format=3):

@@ -10,11 +10,12 @@ import shutil
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import assert_same_as_sources, simple_recipe, xarray_to_zarr
 
 from arcoforge import bake
 from arcoforge.errors import SchemaError, SourceError
+from arcoforge.testing.compare import assert_same_as_sources, xarray_to_zarr
 from arcoforge.testing.httpserver import FileServer
+from arcoforge.testing.recipes import simple_recipe
 
 
 @pytest.fixture

@@ -19,8 +19,6 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-from conftest import nothing_baked
-from test_cli import NAME, arcoforge, error_line, json_lines, ok, sources
 
 from arcoforge import ConcatDim, FilePattern, OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
 from arcoforge.amounts import count, size
@@ -32,6 +30,8 @@ from arcoforge.recipe.patterns import pattern_from_file_sequence
 from arcoforge.recipe.steps import OpenWithKerchunk, Recipe, WriteCombinedReference
 from arcoforge.references.plan import describe, make_reference_plan
 from arcoforge.testing.archives import oisst_dataset, write_oisst_archive
+from arcoforge.testing.cli import NAME, arcoforge, error_line, json_lines, ok, sample_sources
+from arcoforge.testing.compare import nothing_baked
 from arcoforge.testing.httpserver import Faults, FileServer
 
 DNS_HOST = "no-such-host.invalid"  # .invalid never resolves (RFC 6761)
@@ -132,7 +132,7 @@ def test_skip_failed_when_every_input_fails_on_the_command_line(tmp_path):
     recipe = feedstock / "recipe.py"
     recipe.write_text(recipe.read_text().replace('"sample-data"', '"no-such-folder"'))
     proc = arcoforge("bake", NAME, "--target-root", "out", "--skip-failed", cwd=tmp_path)
-    urls = [(feedstock / "no-such-folder" / p.name).as_uri() for p in sources(feedstock)]
+    urls = [(feedstock / "no-such-folder" / p.name).as_uri() for p in sample_sources(feedstock)]
     causes = "; ".join(f"{url}: file not found" for url in urls[:3])
     assert error_line(proc, rc=1) == f"error: every input failed (4 of 4): {causes}; and 1 more"
 
@@ -209,7 +209,7 @@ def test_summary_of_one_input_and_of_an_up_to_date_bake(tmp_path):
     baked = ok(arcoforge(*args, cwd=tmp_path)).stdout
     assert baked.splitlines()[0].strip() == f"baked {NAME}"
     rows = table_rows(baked)
-    nbytes = sources(feedstock)[0].stat().st_size
+    nbytes = sample_sources(feedstock)[0].stat().st_size
     assert nbytes < 1e6
     assert rows["inputs"] == f"1 file, {nbytes / 1e3:.1f} KB"
     assert rows["validated"] == "1 input compared value for value"
@@ -247,7 +247,7 @@ def test_validate_against_names_a_chunk_that_does_not_decode(baked_feedstock, tm
 
 def test_validate_against_names_an_input_that_lacks_a_variable(baked_feedstock, tmp_path):
     feedstock, store = baked_feedstock
-    second = sources(feedstock)[1]
+    second = sample_sources(feedstock)[1]
     with xr.open_dataset(second) as ds:
         lacking = ds.drop_vars("anom").load()
     lacking.to_netcdf(second)
@@ -279,7 +279,7 @@ def served_feedstock(tmp_path: Path, server_url: str) -> Path:
     after 1 to 3 s."""
     feedstock = write_feedstock(tmp_path / NAME)
     (tmp_path / LONG).mkdir()
-    for path in sources(feedstock):
+    for path in sample_sources(feedstock):
         shutil.copy(path, tmp_path / LONG / path.name)
     recipe = feedstock / "recipe.py"
     local = '(HERE / "sample-data" / f"oisst-avhrr-v02r01.{time:%Y%m%d}.nc").as_uri()'
@@ -295,7 +295,7 @@ def test_retry_warnings_show_as_they_happen_one_line_each(tmp_path, prune):
     faults = Faults(error_rate=1.0, max_faults_per_path=2)
     with FileServer(tmp_path, faults=faults) as server:
         feedstock = served_feedstock(tmp_path, server.url)
-        urls = [f"{server.url}/{LONG}/{p.name}" for p in sources(feedstock)[:prune]]
+        urls = [f"{server.url}/{LONG}/{p.name}" for p in sample_sources(feedstock)[:prune]]
 
         def requests(url: str) -> int:
             return sum(r == url.removeprefix(server.url) for r in list(server.requests))
@@ -371,13 +371,14 @@ def test_json_events_carry_the_run_and_the_time_and_end_with_an_error(tmp_path):
         "summary",
     ]
     # a bake that fails: its last event is the error, with the line printed on stderr
-    (sources(feedstock)[2]).unlink()
+    (sample_sources(feedstock)[2]).unlink()
     proc = arcoforge(*args, cwd=tmp_path)
     line = error_line(proc, rc=1)
     failed = json_lines(proc.stdout)
     assert failed[-1]["event"] == "error" and f"error: {failed[-1]['message']}" == line
     assert (
-        line == f"error: {sources(feedstock)[1].as_uri().replace('0902', '0903')}: file not found"
+        line
+        == f"error: {sample_sources(feedstock)[1].as_uri().replace('0902', '0903')}: file not found"
     )
     assert len({e["run"] for e in failed}) == 1 and failed[-1]["run"] != run
     record = json.loads((tmp_path / "out" / RUNS_FOLDER / f"{failed[-1]['run']}.json").read_text())

@@ -8,11 +8,12 @@ import json
 import pytest
 import s3fs
 import xarray as xr
-from conftest import assert_same_as_sources, simple_recipe
 
 from arcoforge import bake
 from arcoforge.core.ledger import LockedError
 from arcoforge.core.runs import RUNS_FOLDER
+from arcoforge.testing.compare import assert_same_as_sources
+from arcoforge.testing.recipes import simple_recipe
 from arcoforge.validate.zarr import validate_store
 
 

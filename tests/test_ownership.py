@@ -19,9 +19,6 @@ import numpy as np
 import pytest
 import s3fs
 import xarray as xr
-from conftest import assert_same_as_sources, simple_recipe
-from test_cli import NAME, arcoforge, error_line, feedstock, template  # noqa: F401
-from test_references import ref_recipe
 
 from arcoforge import bake
 from arcoforge.core.ledger import STAGED, Ledger, NotOursError
@@ -30,6 +27,9 @@ from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.references.plan import ReferencePlan
 from arcoforge.references.store import ReferenceStore
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.cli import NAME, arcoforge, error_line
+from arcoforge.testing.compare import assert_same_as_sources
+from arcoforge.testing.recipes import ref_recipe, simple_recipe
 
 MOVE_IT = "move it away or choose another store name"
 FLAGS = {"plain": {}, "force": {"force": True}, "append": {"append": True}}
@@ -197,7 +197,7 @@ def test_reference_bake_on_s3_refuses_a_foreign_zarr_store_as_its_folder(days, s
     assert objects(s3, bucket) == before
 
 
-def test_cli_refuses_a_foreign_store_in_one_line(feedstock, tmp_path):  # noqa: F811
+def test_cli_refuses_a_foreign_store_in_one_line(feedstock, tmp_path):
     out = tmp_path / "out"
     put_foreign(out / f"{NAME}.zarr", "zarr store")
     before = files(out)

@@ -10,9 +10,9 @@ from arcoforge.bake.run import normalize_root
 from arcoforge.core.compare import sample_positions
 from arcoforge.errors import RecipeError
 from arcoforge.products import make_plan
+from arcoforge.testing.recipes import simple_recipe
 from arcoforge.zarr.chunking import parse_bytes, resolve_chunks
 from arcoforge.zarr.plan import estimate
-from tests.conftest import simple_recipe
 
 
 def plan_for(tmp_path, paths, chunks, workers=2):

@@ -3,7 +3,6 @@ byte for byte as it was."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from test_references import FORMATS, assert_matches_sources, ref_recipe
 
 from arcoforge import ConcatDim, FilePattern, MergeDim, bake
 from arcoforge.errors import AppendError
@@ -30,16 +28,8 @@ from arcoforge.testing.archives import (
     write_merge_archive,
     write_oisst_archive,
 )
-
-
-def digest(path: Path) -> str:
-    """A hash of a reference file, or of every file of a reference folder."""
-    files = sorted(p for p in [path, *path.rglob("*")] if p.is_file())
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(path.parent)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+from arcoforge.testing.compare import assert_matches_sources, digest
+from arcoforge.testing.recipes import FORMATS, ref_recipe
 
 
 @pytest.fixture
@@ -67,7 +57,7 @@ def test_json_appends_write_over_the_version_before_the_last(tmp_path, days, exc
     writes its references over that file (its blocks, not new ones); where the system
     cannot swap two files, the new one is renamed over the published one."""
     if not exchange:
-        monkeypatch.setattr(reference_store, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(reference_store, "exchange", lambda a, b: False)
     out = tmp_path / "out"
     url = Path(bake(ref_recipe(days[:4], FORMATS[0]), out).url)
     spare = url.parent / f".{url.name}.arcoforge" / "previous.json"

@@ -14,19 +14,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from test_reference_append import digest
-from test_references import FORMATS, assert_matches_sources, ref_recipe
 
 from arcoforge import bake
 from arcoforge.errors import AppendError, ValidationError
 from arcoforge.references import check, held
-from arcoforge.references.check import CheckTask, _check_decoded, check_input
+from arcoforge.references.check import CheckTask, check_decoded, check_input
 from arcoforge.references.formats import json as kerchunk_json
 from arcoforge.references.formats import parquet as kerchunk
 from arcoforge.references.manifest import Manifest, inline_array
 from arcoforge.references.plan import HELD, make_reference_plan
 from arcoforge.references.store import ReferenceStore
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.compare import assert_matches_sources, digest
+from arcoforge.testing.recipes import FORMATS, ref_recipe
 
 
 def swap_days(m: Manifest) -> None:
@@ -101,7 +101,7 @@ def days(tmp_path):
 def test_check_passes_references_that_hold_the_inputs(tmp_path, days, name):
     task = staged_check(tmp_path, days, name)
     assert check_input(task) == [str(days[0]), str(days[-1])]
-    _check_decoded(task)
+    check_decoded(task)
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -112,7 +112,7 @@ def test_check_refuses_wrong_references_as_xarray_does(tmp_path, days, name, tam
         check_input(task)
     assert str(days[0]) in str(info.value)
     with pytest.raises(Exception):  # noqa: B017 - xarray's errors vary with the fault
-        _check_decoded(task)
+        check_decoded(task)
 
 
 def quartered_files(root: Path, days: int = 3) -> list[Path]:
@@ -159,8 +159,8 @@ def test_chunks_where_hdf5_finds_the_inputs_are_decoded_once(tmp_path, name, mon
         decoded.append(what)
         return real(data, codecs, zarray, dtype, what)
 
-    real = check._decode
-    monkeypatch.setattr(check, "_decode", counted)
+    real = check.decode_chunk
+    monkeypatch.setattr(check, "decode_chunk", counted)
     assert check_input(task) == [str(paths[0]), str(paths[-1])]
     chunks = [w.split(": ")[-1] for w in decoded]
     assert [c for c in chunks if c.startswith("chunk t2m/")] == [
@@ -250,7 +250,8 @@ def test_an_append_imports_no_dask(tmp_path, days):
     of a few files more than the rest of it."""
     bake(ref_recipe(days[:2]), tmp_path / "out")
     code = (
-        "import sys; from test_references import ref_recipe; from arcoforge import bake; "
+        "import sys; from arcoforge.testing.recipes import ref_recipe; "
+        "from arcoforge import bake; "
         f"bake(ref_recipe({[str(p) for p in days]!r}), {str(tmp_path / 'out')!r}, append=True); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dask'))"
     )
@@ -258,7 +259,7 @@ def test_an_append_imports_no_dask(tmp_path, days):
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).parent,
+        cwd=tmp_path,
         timeout=120,
         check=True,
     )

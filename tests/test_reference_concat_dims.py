@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
-from test_references import FORMATS
 
 from arcoforge import ConcatDim, FilePattern, MergeDim, bake
 from arcoforge.core.plan import BakeState
@@ -17,7 +15,7 @@ from arcoforge.errors import AppendError, ValidationError
 from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references import held
 from arcoforge.references.append import plan_reference_append
-from arcoforge.references.check import CheckTask, _check_decoded, check_input
+from arcoforge.references.check import CheckTask, check_decoded, check_input
 from arcoforge.references.combine import CombineError, concat_grid
 from arcoforge.references.formats import json as kerchunk_json
 from arcoforge.references.formats import parquet as kerchunk
@@ -25,35 +23,18 @@ from arcoforge.references.inputs import ScanConfig
 from arcoforge.references.plan import HELD, describe, make_reference_plan
 from arcoforge.references.scan import scan_input
 from arcoforge.references.store import ReferenceStore, open_references
+from arcoforge.testing.ensembles import (
+    CHAR_MEMBERS,
+    char_members,
+    member_file,
+    members_combined,
+    members_pattern,
+    one_member_per_file,
+)
+from arcoforge.testing.recipes import FORMATS, references_recipe
 
 TIMES, MEMBERS = 3, 2
 MEMBER_KEYS = [10, 20]
-
-
-def member_file(root: Path, time: int, member: int, layout: str, steps: int = 1) -> Path:
-    """File ``time`` of one member (a key, 10, 20, ...), ``steps`` days from day
-    ``10 * time``: ``member`` a length-1 dim, a scalar coordinate, or absent (then only
-    the file name tells it)."""
-    rng = np.random.default_rng(100 * time + member)
-    tas = rng.normal(280, 5, (steps, 24, 32)).astype("float32")
-    ds = xr.Dataset(
-        {"tas": (("time", "lat", "lon"), tas, {"units": "K"})},
-        coords={
-            "time": ("time", 10 * time + np.arange(steps), {"units": "days since 2000-01-01"}),
-            "lat": np.linspace(-50, 50, 24),
-            "lon": np.linspace(0, 348.75, 32),
-        },
-        attrs={"title": "ensemble"},
-    )
-    if layout == "dim":
-        ds = ds.expand_dims(member=[member], axis=1)
-    elif layout == "scalar":
-        ds = ds.assign_coords(member=member)
-    path = root / f"tas_t{time}_m{member}.nc"
-    chunks = (1, 1, 12, 16) if layout == "dim" else (1, 12, 16)
-    encoding = {"tas": {"zlib": True, "chunksizes": chunks}, "time": {"dtype": "int32"}}
-    ds.to_netcdf(path, engine="netcdf4", encoding=encoding)
-    return path
 
 
 def ensemble(root: Path, layout: str, times=TIMES) -> FilePattern:
@@ -66,10 +47,6 @@ def ensemble(root: Path, layout: str, times=TIMES) -> FilePattern:
         ConcatDim("time", list(range(times))),
         ConcatDim("member", MEMBER_KEYS),
     )
-
-
-def recipe(pattern, name: str):
-    return pattern | OpenWithKerchunk() | WriteCombinedReference("ref", output_file_name=name)
 
 
 def combined_sources(pattern: FilePattern, layout: str) -> xr.Dataset:
@@ -103,30 +80,13 @@ def assert_equals(url, src: xr.Dataset) -> None:
 @pytest.mark.parametrize("name", FORMATS)
 def test_time_and_member_combine_as_xarray_does(tmp_path, name, layout):
     pattern = ensemble(tmp_path / "src", layout)
-    result = bake(recipe(pattern, name), tmp_path / "out", workers=1)
+    result = bake(references_recipe(pattern, name), tmp_path / "out", workers=1)
     assert result.dims == {"time": 3, "member": 2, "lat": 24, "lon": 32}
     assert result.stats["validated_inputs"] == 2
     src = combined_sources(pattern, layout)
     dims = ("time", "member") if layout == "dim" else ("member", "time")
     assert src.tas.dims == (*dims, "lat", "lon")
     assert_equals(tmp_path / "out" / "ref" / name, src)
-
-
-def one_member_per_file(root: Path, layout: str, keys) -> FilePattern:
-    root.mkdir(parents=True, exist_ok=True)
-    for m in keys:
-        member_file(root, 0, m, layout)
-    return FilePattern(lambda member: str(root / f"tas_t0_m{member}.nc"), ConcatDim("member", keys))
-
-
-def members_combined(pattern: FilePattern, layout: str) -> xr.Dataset:
-    members = []
-    for k in pattern.concat_dims[0].keys:
-        ds = xr.open_dataset(pattern.format_function(member=k)).load()
-        members.append(
-            ds.expand_dims(member=[k]) if layout == "absent" else ds.expand_dims("member")
-        )
-    return xr.concat(members, "member", data_vars="minimal", coords="minimal")
 
 
 def test_files_of_unequal_steps_along_time(tmp_path):
@@ -142,7 +102,7 @@ def test_files_of_unequal_steps_along_time(tmp_path):
         ConcatDim("member", MEMBER_KEYS),
     )
     for name in FORMATS:
-        result = bake(recipe(pattern, name), tmp_path / name, workers=1)
+        result = bake(references_recipe(pattern, name), tmp_path / name, workers=1)
         assert result.dims == {"time": 5, "member": 2, "lat": 24, "lon": 32}
         assert result.stats["validated_inputs"] == 2
         assert_equals(result.url, combined_sources(pattern, "dim"))
@@ -155,11 +115,11 @@ def test_one_concat_dim_the_files_lack(tmp_path, name, layout):
     the leading dim; then appending a member adds it."""
     pattern = one_member_per_file(tmp_path / "src", layout, [10, 20, 30])
     first = FilePattern(pattern.format_function, ConcatDim("member", [10, 20]))
-    result = bake(recipe(first, name), tmp_path / "out", workers=1)
+    result = bake(references_recipe(first, name), tmp_path / "out", workers=1)
     assert result.dims == {"member": 2, "time": 1, "lat": 24, "lon": 32}
     url = tmp_path / "out" / "ref" / name
     assert_equals(url, members_combined(first, layout))
-    result = bake(recipe(pattern, name), tmp_path / "out", workers=1, append=True)
+    result = bake(references_recipe(pattern, name), tmp_path / "out", workers=1, append=True)
     assert result.stats["validated_inputs"] == 1
     assert_equals(url, members_combined(pattern, layout))
 
@@ -184,7 +144,9 @@ def test_members_as_string_labels_of_different_widths(tmp_path, target):
     )
     url = f"icechunk://{tmp_path / 'ic'}" if target == "icechunk" else tmp_path / "out"
     result = bake(
-        recipe(pattern, "reference.json" if target == "icechunk" else target), url, workers=1
+        references_recipe(pattern, "reference.json" if target == "icechunk" else target),
+        url,
+        workers=1,
     )
     assert result.dims == {"member": 3, "time": 2, "lat": 24, "lon": 32}
     src = xr.combine_nested(
@@ -238,7 +200,7 @@ def test_appending_a_member_labelled_by_a_string(tmp_path):
         def path(member: str) -> str:
             return pattern.format_function(member=numbers[member])
 
-        return recipe(FilePattern(path, ConcatDim("member", keys)), "reference.json")
+        return references_recipe(FilePattern(path, ConcatDim("member", keys)), "reference.json")
 
     bake(members(labels[:2]), tmp_path / "out", workers=1)
     result = bake(members(labels), tmp_path / "out", workers=1, append=True)
@@ -253,7 +215,9 @@ def test_icechunk_along_time_and_member_equals_sources(tmp_path):
     """Checked through xarray, as Icechunk stores are."""
     pytest.importorskip("icechunk", reason="Icechunk targets need the [icechunk] extra")
     pattern = ensemble(tmp_path / "src", "absent")
-    result = bake(recipe(pattern, "reference.json"), f"icechunk://{tmp_path / 'ic'}", workers=1)
+    result = bake(
+        references_recipe(pattern, "reference.json"), f"icechunk://{tmp_path / 'ic'}", workers=1
+    )
     assert result.stats["validated_inputs"] == 2
     assert_equals(result.url, combined_sources(pattern, "absent"))
 
@@ -261,7 +225,7 @@ def test_icechunk_along_time_and_member_equals_sources(tmp_path):
 def test_dry_run_counts_every_concat_dim(tmp_path):
     pattern = ensemble(tmp_path / "src", "absent")
     plan = make_reference_plan(
-        recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
+        references_recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
     )
     about = describe(plan)
     assert about["dims"] == {"member": 2, "time": 3, "lat": 24, "lon": 32}
@@ -282,7 +246,7 @@ def test_member_and_variable_merge(tmp_path):
         ConcatDim("time", [0, 1]),
         ConcatDim("member", MEMBER_KEYS),
     )
-    bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+    bake(references_recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
     with open_references(str(tmp_path / "out" / "ref" / "reference.json")) as out:
         for variable in ("tas", "pr"):
             for t in range(2):
@@ -302,7 +266,7 @@ def test_unsorted_keys_are_refused(tmp_path):
         ConcatDim("member", MEMBER_KEYS[::-1]),
     )
     with pytest.raises(CombineError, match=r"tas_t0_m10\.nc: member 10 comes after it \(20 is "):
-        bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+        bake(references_recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
 
 
 def test_duplicate_keys_are_refused(tmp_path):
@@ -311,7 +275,7 @@ def test_duplicate_keys_are_refused(tmp_path):
         pattern.format_function, ConcatDim("time", [0, 1, 2]), ConcatDim("member", [10, 10])
     )
     with pytest.raises(CombineError, match=r"member 10 is already in an earlier input"):
-        bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+        bake(references_recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
 
 
 def test_duplicate_and_missing_positions_are_refused(tmp_path):
@@ -347,7 +311,9 @@ def test_check_compares_each_sample_at_its_region(tmp_path, name, layout, swap):
     """The first and last inputs, at their steps along both dims, checked against
     references written again with two steps along ``swap`` swapped."""
     pattern = ensemble(tmp_path / "src", layout)
-    plan = make_reference_plan(recipe(pattern, name), str(tmp_path / "out"), cache=None, workers=1)
+    plan = make_reference_plan(
+        references_recipe(pattern, name), str(tmp_path / "out"), cache=None, workers=1
+    )
     bake(plan.recipe, tmp_path / "out", workers=1)
     _, manifest = held.loads(bytearray(Path(plan.ledger.folder, HELD).read_bytes()))
     assert manifest.arrays["tas"].nrefs == TIMES * MEMBERS * 4  # none inline
@@ -364,13 +330,13 @@ def test_check_compares_each_sample_at_its_region(tmp_path, name, layout, swap):
     task = CheckTask(store, plan.open, samples, "time", "file", plan.scan)
     if swap is None:
         assert check_input(task) == [plan.inputs[0].url, plan.inputs[-1].url]
-        _check_decoded(task)  # and as xarray reads both
+        check_decoded(task)  # and as xarray reads both
         return
     differs = r"tas_t0_m10\.nc: 'tas' differs at \{'time': 0, "
     with pytest.raises(ValidationError, match=differs):
         check_input(task)
     with pytest.raises(ValidationError, match=differs):
-        _check_decoded(task)
+        check_decoded(task)
 
 
 @pytest.mark.parametrize(("layout", "leading"), [("dim", "time"), ("absent", "member")])
@@ -379,7 +345,7 @@ def test_check_task_reads_the_rows_along_the_leading_dim(tmp_path, layout, leadi
     references are read along the dim that leads the store's arrays."""
     pattern = ensemble(tmp_path / "src", layout)
     plan = make_reference_plan(
-        recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
+        references_recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
     )
     bake(plan.recipe, tmp_path / "out", workers=1)
     _, manifest = held.loads(bytearray(Path(plan.ledger.folder, HELD).read_bytes()))
@@ -392,9 +358,9 @@ def test_check_task_reads_the_rows_along_the_leading_dim(tmp_path, layout, leadi
 
 def test_append_along_several_dims_is_refused(tmp_path):
     pattern = ensemble(tmp_path / "src", "dim")
-    bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+    bake(references_recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
     plan = make_reference_plan(
-        recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
+        references_recipe(pattern, "reference.json"), str(tmp_path / "out"), cache=None, workers=1
     )
     with pytest.raises(AppendError, match=r"one concat dim, not 2 \(time, member\)$"):
         plan_reference_append(plan)
@@ -431,7 +397,7 @@ def test_grib_one_time_and_member_per_file(tmp_path):
         ConcatDim("number", list(range(MEMBERS))),
         file_type="grib",
     )
-    result = bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
+    result = bake(references_recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
     assert result.stats["validated_inputs"] == 2
     with open_references(result.url) as out:
         assert out.t2m.dims == ("number", "time", "latitude", "longitude")
@@ -455,37 +421,7 @@ def test_scalar_coordinates_differing_along_a_later_dim_are_refused(tmp_path):
             ds = src.load()
         ds.assign_coords(seed=item.pos("member")).to_netcdf(item.url)
     with pytest.raises(CombineError, match=r"seed differ along 'member', not only along 'time'$"):
-        bake(recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
-
-
-CHAR_MEMBERS = ["r1i1p1", "r10i1p1f1", "r2i1p1"]
-
-
-def char_members(root: Path, file_format: str = "NETCDF4") -> dict[str, Path]:
-    """One file a member, each naming it in a 0-d char array ``char realization(strlen)``
-    (a coordinate of ``tas``), ``strlen`` as long as the label: the widest is not first."""
-    root.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for k, label in enumerate(CHAR_MEMBERS):
-        path = paths[label] = root / f"tas_{label}.nc"
-        with netCDF4.Dataset(path, "w", format=file_format) as nc:
-            nc.createDimension("time", 3)
-            nc.createDimension("strlen", len(label))
-            time = nc.createVariable("time", "f8", ("time",))
-            time.units = "days since 2000-01-01"
-            time[:] = np.arange(3)
-            tas = nc.createVariable("tas", "f4", ("time",))
-            tas.coordinates = "realization"
-            tas[:] = np.arange(3.0) + 10 * k
-            realization = nc.createVariable("realization", "S1", ("strlen",))
-            realization[:] = netCDF4.stringtochar(np.array([label], f"S{len(label)}"))
-    return paths
-
-
-def members_pattern(paths: dict[str, Path]) -> FilePattern:
-    return FilePattern(
-        lambda realization: str(paths[realization]), ConcatDim("realization", list(paths))
-    )
+        bake(references_recipe(pattern, "reference.json"), tmp_path / "out", workers=1)
 
 
 @pytest.mark.parametrize("file_format", ["NETCDF4", "NETCDF3_CLASSIC"])

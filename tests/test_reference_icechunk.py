@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import xarray as xr
-from test_cli import arcoforge, error_line
-from test_reference_append import digest
-from test_references import assert_matches_sources, ref_recipe
 
 from arcoforge import bake
 from arcoforge.errors import AppendError
 from arcoforge.references.store import open_references
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.cli import arcoforge, error_line
+from arcoforge.testing.compare import assert_matches_sources, digest
 from arcoforge.testing.httpserver import FileServer
+from arcoforge.testing.recipes import ref_recipe
 from arcoforge.validate.references import validate_references
 
 icechunk = pytest.importorskip("icechunk", reason="Icechunk targets need the [icechunk] extra")

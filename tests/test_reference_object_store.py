@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 import s3fs
 import xarray as xr
-from test_reference_validate import break_archive
-from test_references import FORMATS, ref_recipe
 
 from arcoforge import bake
 from arcoforge.core.ledger import STAGED, Ledger
 from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.errors import AppendError, TargetError
 from arcoforge.references.store import ReferenceStore
-from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.archives import break_archive, write_oisst_archive
+from arcoforge.testing.recipes import FORMATS, ref_recipe
 from arcoforge.validate import checker_for
 
 

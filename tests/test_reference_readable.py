@@ -20,14 +20,14 @@ import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
-from test_references import ref_recipe
 
 from arcoforge import bake, pattern_from_file_sequence
 from arcoforge.errors import ValidationError
 from arcoforge.recipe.steps import OpenWithKerchunk, WriteCombinedReference
 from arcoforge.references.store import open_references
+from arcoforge.testing import corpus
 from arcoforge.testing.archives import write_oisst_archive
-from tests import corpus
+from arcoforge.testing.recipes import ref_recipe
 
 UTF8_ERROR = (
     "variable 'flag': xarray cannot read it: UnicodeDecodeError: 'utf-8' codec can't decode "

@@ -6,35 +6,17 @@ import json
 import subprocess
 import sys
 
-import h5py
 import pytest
-from test_references import FORMATS, ref_recipe
 
 from arcoforge import bake
-from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.archives import break_archive, write_oisst_archive
+from arcoforge.testing.recipes import FORMATS, ref_recipe
 from arcoforge.validate import checker_for
 
 
 def validate(url: str, *args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "arcoforge.cli", "validate", url, *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
-
-
-def first_chunk(path) -> tuple[int, int]:
-    with h5py.File(path) as f:
-        info = f["sst"].id.get_chunk_info(0)
-        return info.byte_offset, info.size
-
-
-def break_archive(paths) -> tuple[int, int]:
-    """Corrupt the first chunk of sst in the first file (its byte range returned) and
-    delete the last file."""
-    offset, size = first_chunk(paths[0])
-    data = bytearray(paths[0].read_bytes())
-    data[offset : offset + size] = bytes(b ^ 0xFF for b in data[offset : offset + size])
-    paths[0].write_bytes(bytes(data))
-    paths[-1].unlink()
-    return offset, size
 
 
 @pytest.mark.parametrize("name", FORMATS)

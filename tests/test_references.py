@@ -28,42 +28,8 @@ from arcoforge.testing.archives import (
     write_merge_archive,
     write_oisst_archive,
 )
-
-FORMATS = ["reference.json", "reference.parquet"]
-
-
-def ref_recipe(paths, name="reference.json", file_type="netcdf4", **writer):
-    pattern = pattern_from_file_sequence([str(p) for p in paths], "time", file_type=file_type)
-    return (
-        pattern
-        | OpenWithKerchunk()
-        | WriteCombinedReference("ref", output_file_name=name, **writer)
-    )
-
-
-def assert_matches_sources(url, paths, concat_dim="time", coords="minimal", **open_kwargs):
-    """Every variable of the references equals the sources read directly by xarray."""
-    src = xr.concat(
-        [xr.open_dataset(p, **open_kwargs).load() for p in paths],
-        dim=concat_dim,
-        data_vars="minimal",
-        coords=coords,
-        compat="override" if coords == "minimal" else "equals",
-    )
-    with open_references(str(url)) as out:
-        assert set(out.variables) == set(src.variables)
-        for name, var in src.variables.items():
-            got = out[name].transpose(*var.dims).values
-            assert got.shape == var.shape, name
-            np.testing.assert_array_equal(got.astype(var.dtype), var.values, err_msg=name)
-        # cfgrib stamps the minute of each open into ``history``
-        assert _stable(out.attrs) == _stable(src.attrs)
-        return out.load()
-
-
-def _stable(attrs: dict) -> dict:
-    """``attrs`` less what a reader writes at open time."""
-    return {k: v for k, v in attrs.items() if k != "history" or "cfgrib" not in str(v)}
+from arcoforge.testing.compare import assert_matches_sources
+from arcoforge.testing.recipes import FORMATS, ref_recipe
 
 
 @pytest.mark.parametrize("name", FORMATS)

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_same_as_sources
 
 from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
 from arcoforge.core.ledger import LockedError
 from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.errors import ArcoforgeError, TargetError
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.compare import assert_same_as_sources
 
 SCRIPT = textwrap.dedent(
     """
@@ -165,8 +165,8 @@ def test_local_engine_recovers_from_a_worker_that_died_while_idle():
 
     with LocalEngine(workers=2) as engine:
         assert sorted(engine.map(abs, [-1, -2, -3])) == [1, 2, 3]
-        for process in engine._pool._processes.values():
-            os.kill(process.pid, signal.SIGKILL)
+        for pid in engine.pool_pids:
+            os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)  # the pool notices and refuses new tasks
         assert sorted(engine.map(abs, [-4, -5, -6])) == [4, 5, 6]
         assert engine.worker_losses == 1
@@ -207,7 +207,7 @@ def test_local_engine_runs_a_few_items_here_and_one_child_each_for_the_others():
 
     with LocalEngine(workers=3) as engine:
         results = list(engine.map(_pid_and, ["a", "b", "c"]))
-        assert engine._pool is None, "no pool for no more items than workers"
+        assert engine.pool_pids is None, "no pool for no more items than workers"
     assert [v for _, v in results] == ["a", "b", "c"]
     pids = [pid for pid, _ in results]
     assert pids[0] == os.getpid() and len({*pids[1:]} - {os.getpid()}) == 2
@@ -249,7 +249,7 @@ def test_local_engine_freezes_the_collector_before_forking_and_thaws_it_on_close
     try:
         with LocalEngine(workers=2) as engine:
             list(engine.map(_frozen_count, [1, 2]))
-            assert not engine._frozen, "another's freeze: not added to"
+            assert not engine.froze_collector, "another's freeze: not added to"
         assert gc.get_freeze_count() > 0, "another's freeze: not thawed"
     finally:
         gc.unfreeze()

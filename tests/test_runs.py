@@ -17,9 +17,6 @@ from pathlib import Path
 
 import pytest
 import xarray as xr
-from conftest import assert_same_as_sources, simple_recipe
-from test_cli import NAME, arcoforge, error_line, ok
-from test_sources import PASSWORD, TOKEN, USER, files_containing, urls_on
 
 from arcoforge import bake
 from arcoforge.bake.run import stored_bytes
@@ -34,7 +31,11 @@ from arcoforge.core.runs import (
     versions,
 )
 from arcoforge.errors import SourceError
-from arcoforge.testing.httpserver import Faults, FileServer
+from arcoforge.testing.cli import NAME, arcoforge, error_line, ok
+from arcoforge.testing.compare import assert_same_as_sources, files_containing
+from arcoforge.testing.credentials import PASSWORD, TOKEN, USER
+from arcoforge.testing.httpserver import Faults, FileServer, urls_on
+from arcoforge.testing.recipes import simple_recipe
 
 ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
@@ -236,7 +237,7 @@ def test_download_retries_are_counted(small_archive, tmp_path, state):
     faults = Faults(error_rate=0.5, max_faults_per_path=2, seed=1)
     with FileServer(small_archive[0].parent, faults=faults) as server:
         result = bake(simple_recipe(urls_on(server, small_archive)), tmp_path / "out", workers=2)
-        injected = sum(server._faults_by_path.values())
+        injected = sum(server.faults_by_path().values())
     assert_same_as_sources(result.url, small_archive)
     [record] = records(tmp_path / "out", state)
     # one retry per failed attempt; an attempt may meet two faults (fsspec asks for the size

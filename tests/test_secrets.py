@@ -28,7 +28,6 @@ import fsspec
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import assert_same_as_sources, simple_recipe
 
 from arcoforge import OpenWithKerchunk, WriteCombinedReference, bake, pattern_from_file_sequence
 from arcoforge.cli.main import friendly
@@ -46,7 +45,9 @@ from arcoforge.sources.secrets import (
     without_userinfo,
 )
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.compare import assert_same_as_sources
 from arcoforge.testing.httpserver import FileServer
+from arcoforge.testing.recipes import simple_recipe
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -504,7 +505,7 @@ def test_an_icechunk_commit_message_names_inputs_masked(tmp_path):
     recipe = pattern | OpenWithKerchunk() | WriteCombinedReference("ref")
     plan = make_plan(recipe, f"icechunk://{tmp_path / 'ic'}", cache=None, workers=1)
     assert plan.store.kind == "icechunk"
-    assert plan._message() == (
+    assert plan.commit_message() == (
         f"arcoforge bake of ref: 3 inputs, https://{USER}:***@host/a0.nc .. "
         f"https://{USER}:***@host/a2.nc"
     )

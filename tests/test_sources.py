@@ -12,22 +12,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import assert_same_as_sources, nothing_baked, simple_recipe
 
 from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, bake
 from arcoforge.errors import SourceError
 from arcoforge.recipe.patterns import pattern_from_file_sequence
 from arcoforge.sources.cache import Cache
 from arcoforge.sources.secrets import MASK, redact, secret_values, with_query_secrets
-from arcoforge.testing.httpserver import Faults, FileServer
-
-TOKEN = "s3cr3t-XYZ"
-USER, PASSWORD = "alice", "pa55-w0rd-Q"
-
-
-def urls_on(server: FileServer, paths) -> list[str]:
-    """The URL of each source file on ``server``."""
-    return [f"{server.url}/{Path(p).name}" for p in paths]
+from arcoforge.testing.compare import assert_same_as_sources, files_containing, nothing_baked
+from arcoforge.testing.credentials import PASSWORD, TOKEN, USER
+from arcoforge.testing.httpserver import Faults, FileServer, urls_on
+from arcoforge.testing.recipes import simple_recipe
 
 
 def fetch_recipe(urls, store="out.zarr", pattern_kwargs=None, **fetch_kwargs):
@@ -46,11 +40,6 @@ def body_requests(server: FileServer, paths) -> int:
     """How many requests (HEAD or GET) the server received for the source files."""
     names = {f"/{Path(p).name}" for p in paths}
     return sum(r.split("?")[0] in names for r in server.requests)
-
-
-def files_containing(root: Path, needle: bytes) -> list[Path]:
-    """Every file under ``root`` whose bytes contain ``needle``."""
-    return [f for f in sorted(root.rglob("*")) if f.is_file() and needle in f.read_bytes()]
 
 
 def assert_one_line(exc: BaseException) -> str:

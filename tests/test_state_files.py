@@ -25,8 +25,6 @@ import numpy as np
 import pytest
 import s3fs
 import xarray as xr
-from conftest import assert_same_as_sources, simple_recipe
-from test_references import FORMATS, assert_matches_sources, ref_recipe
 
 from arcoforge import OpenWithXarray, StoreToZarr, bake, pattern_from_file_sequence
 from arcoforge.cli.templates import write_feedstock
@@ -47,6 +45,8 @@ from arcoforge.errors import AppendError, ArcoforgeError, SourceError, TargetErr
 from arcoforge.products import make_plan
 from arcoforge.references.plan import HELD
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.compare import assert_matches_sources, assert_same_as_sources
+from arcoforge.testing.recipes import FORMATS, ref_recipe, simple_recipe
 from arcoforge.zarr.plan import STATE_TYPES
 from arcoforge.zarr.scan import ScanTask, SchemaCombiner, scan_input
 
@@ -245,10 +245,10 @@ def test_the_beam_engine_keeps_its_final_state_as_data(tmp_path):
     state.steps = {"time": {0: 1, 1: 1}}
     lines = [(logging.WARNING, "scan of a.nc: slow")]
     url = str(tmp_path / "outcome")
-    types = beam_engine._outcome_types(plan)
+    types = beam_engine.outcome_types(plan)
     for final in (state, Failed(SourceError("a.nc: gone"))):
         carried = cloudpickle.dumps((final, {"scan": 1.5}, {"scan": 2}, 0.0, lines))
-        beam_engine._save(carried, url, None, types)
+        beam_engine.save_outcome(carried, url, None, types)
         data = Path(url).read_bytes()
         assert data[:2] not in PICKLE_STARTS and b"cloudpickle" not in data
         back, timings, totals, got_lines = loads_binary(data, url, beam_engine.OUTCOME, types)

@@ -1,5 +1,6 @@
-"""The real-file corpus: files nobody here wrote, found in installed packages or copied
-into ``tests/data`` (origins and licenses in ``tests/data/SOURCES.md`` and ``docs/corpus.md``).
+"""The real-file corpus: files nobody here wrote, found in installed packages (origins and
+licenses in ``docs/corpus.md``; the files copied into the repository's ``tests/data`` are
+listed in ``tests/data/SOURCES.md``).
 
 Series are made from single files by :func:`split`, which copies each variable's raw stored
 values (no masking, scaling or decoding), its attributes, its dtype and its file format, so
@@ -14,8 +15,6 @@ from pathlib import Path
 
 import netCDF4
 import numpy as np
-
-DATA = Path(__file__).parent / "data"
 
 
 def package_file(package: str, *parts: str) -> Path:
@@ -48,11 +47,6 @@ def scipy_nc(name: str) -> Path:
 def xarray_data(name: str) -> Path:
     """A file of xarray's tests (Apache-2.0)."""
     return package_file("xarray", "tests", "data", name)
-
-
-def data(name: str) -> Path:
-    """A file copied into ``tests/data`` (from cfgrib's sdist, Apache-2.0)."""
-    return DATA / name
 
 
 def split(
