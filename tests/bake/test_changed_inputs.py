@@ -125,7 +125,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "arcoforge.cli", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
         timeout=120,
     )
 

@@ -37,7 +37,7 @@ from arcoforge.testing.compare import assert_matches_sources, bake_fails
 from arcoforge.testing.ensembles import CHAR_MEMBERS, char_members, members_pattern
 from arcoforge.testing.recipes import ref_recipe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_cmip(folder: Path, calendar: str, files: int = 3, months: int = 4) -> list[Path]:

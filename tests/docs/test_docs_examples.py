@@ -67,7 +67,7 @@ from arcoforge.recipe.feedstock import load_recipes
 from arcoforge.testing.archives import write_oisst_archive
 from arcoforge.testing.httpserver import FileServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 MAX_SKIPPED = 0
 SHAPE = {"days": "4", "ny": "18", "nx": "36"}

@@ -209,7 +209,7 @@ def test_a_real_packed_file_reads_as_xarray_reads_the_file(tmp_path):
     """scipy's ``example_2.nc`` packs int32 with a float32 ``scale_factor`` and an int32
     ``add_offset``: xarray decodes the file to float64 (an integer offset), and so the
     references, value for value; kerchunk's too. Its dimension coordinate misses its value
-    at index 3 (9999, the fill value), which both products refuse (tests/test_corpus.py):
+    at index 3 (9999, the fill value), which both products refuse (tests/corpus/test_corpus.py):
     this copy holds 214 there, between its neighbours, its other bytes as they are."""
     raw = bytearray(corpus.scipy_nc("example_2.nc").read_bytes())
     assert struct.unpack(">5i", raw[212:232]) == (0, 71, 143, 9999, 286)

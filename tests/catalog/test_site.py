@@ -35,7 +35,7 @@ from arcoforge.testing.records import generated_record
 
 HOSTILE = "<script>window.pwned=1</script>\"quoted\" & 'single' <img src=x onerror=window.pwned=2>"
 WAIT = 10  # seconds any browser wait may take at most
-ARTIFACTS = Path(__file__).parents[1] / "test-artifacts"  # screenshots CI keeps (git-ignored)
+ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"  # screenshots CI keeps (git-ignored)
 
 
 def hostile_record(i: int = 0):
@@ -879,7 +879,7 @@ def test_without_jinja2_the_command_names_the_extra(baked, tmp_path):
     (tmp_path / "hide").mkdir()
     (tmp_path / "hide" / "sitecustomize.py").write_text(HIDE_MODULES)
     env = {**os.environ, "ARCOFORGE_TEST_WITHOUT": "jinja2"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), str(tmp_path / "hide")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[2]), str(tmp_path / "hide")])
     proc = subprocess.run(
         [sys.executable, "-m", "arcoforge.cli", "catalog", "sst-zarr", "--target-root", "out",
          "--out", str(tmp_path / "site")],

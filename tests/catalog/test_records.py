@@ -795,7 +795,7 @@ def test_a_missing_extra_is_one_line_naming_it(baked, tmp_path, module, code, li
     )
     env = {**os.environ, "ARCOFORGE_TEST_WITHOUT": module}
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), str(tmp_path / "hide")]
+        [str(Path(__file__).resolve().parents[2]), str(tmp_path / "hide")]
     )
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=TIMEOUT

@@ -1,4 +1,4 @@
-"""Real files nobody here wrote (``tests/corpus.py``, ``docs/corpus.md``) bake to Zarr and to
+"""Real files nobody here wrote (``arcoforge/testing/corpus.py``, ``docs/corpus.md``) bake to Zarr and to
 JSON, Parquet and Icechunk references that equal xarray's reading of the sources (values,
 dims, dtypes, attributes, calendars, bounds), or are refused in one line naming the file
 and the cause. Cases that fail today are strict xfails naming the cause, so that they flip
