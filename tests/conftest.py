@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
+import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import xarray as xr
 
-from arcoforge import OpenURLWithFSSpec, OpenWithXarray, StoreToZarr, pattern_from_file_sequence
-from arcoforge.core.runs import RUNS_FOLDER
 from arcoforge.testing.archives import write_oisst_archive
+from arcoforge.testing.cli import NAME, arcoforge, ok
 from arcoforge.testing.httpserver import FileServer
 
 
@@ -64,58 +61,16 @@ def bucket(s3, request):
     return f"s3://bakery/{request.module.__name__}/{request.node.name}"
 
 
-def simple_recipe(urls, store="out.zarr", chunks=None, **pattern_kwargs):
-    """``urls`` concatenated along time, one step each, into ``store``."""
-    pattern = pattern_from_file_sequence(
-        [str(u) for u in urls], "time", nitems_per_file=1, **pattern_kwargs
-    )
-    return (
-        pattern
-        | OpenURLWithFSSpec(retry_delay=0.01)
-        | OpenWithXarray()
-        | StoreToZarr(store, target_chunks=chunks or {"time": 3})
-    )
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A feedstock written by ``arcoforge init`` (copy it before changing it)."""
+    root = tmp_path_factory.mktemp("init")
+    proc = ok(arcoforge("init", NAME, cwd=root))
+    assert f"arcoforge lint {NAME}" in proc.stdout
+    return root / NAME
 
 
-def assert_same_as_sources(
-    store, paths, concat_dim: str = "time", decoded: bool = False, **open_kwargs
-):
-    """Every variable and coordinate of the store (a URL or an opened dataset) equals the
-    sources read directly by xarray, as xarray's own ``to_zarr`` of them reads back (the
-    source encoding kept: a float32 ``scale_factor`` becomes a JSON number, so packed
-    variables read back as float64); with ``decoded``, as xarray decodes the sources."""
-    out = store if isinstance(store, xr.Dataset) else xr.open_zarr(store)
-    src = xr.concat(
-        [xr.open_dataset(p, **open_kwargs).load() for p in paths],
-        dim=concat_dim,
-        data_vars="minimal",
-        coords="minimal",
-        compat="override",
-    )
-    if not decoded:
-        src = xarray_to_zarr(src)
-    assert set(out.variables) == set(src.variables)
-    for name, var in src.variables.items():
-        got = out[name].transpose(*var.dims).values
-        want = var.values
-        assert got.dtype == want.dtype, name
-        if want.dtype.kind == "f":
-            np.testing.assert_array_equal(got, want, err_msg=name)
-        else:
-            assert (got == want).all(), name
-    return out, src
-
-
-def xarray_to_zarr(ds: xr.Dataset) -> xr.Dataset:
-    """``ds`` written by ``xarray.Dataset.to_zarr`` with its defaults and read back."""
-    with tempfile.TemporaryDirectory() as folder:
-        ds.to_zarr(f"{folder}/xarray.zarr", consolidated=False)
-        return xr.open_zarr(f"{folder}/xarray.zarr", consolidated=False).load()
-
-
-def nothing_baked(target: Path) -> bool:
-    """No store, staged or published, under ``target``: at most the records beside one,
-    and the run records."""
-    return not target.exists() or all(
-        p.name.endswith(".arcoforge") or p.name == RUNS_FOLDER for p in target.iterdir()
-    )
+@pytest.fixture
+def feedstock(template, tmp_path) -> Path:
+    """A private copy of the template feedstock under ``tmp_path``."""
+    return Path(shutil.copytree(template, tmp_path / NAME))

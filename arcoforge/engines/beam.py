@@ -117,7 +117,7 @@ def _run(pipeline: beam.Pipeline, outcome: str, plan: Plan) -> tuple:
         raise ArcoforgeError(f"the pipeline ended in state {result.state} without a result")
     fs, path = fsspec.core.url_to_fs(outcome, **(options or {}))
     fs.rm(path)
-    return loads_binary(data, outcome, OUTCOME, _outcome_types(plan))
+    return loads_binary(data, outcome, OUTCOME, outcome_types(plan))
 
 
 @contextmanager
@@ -160,15 +160,15 @@ def build(pipeline: beam.Pipeline, plan: Plan, address: tuple | None, outcome: s
             Reduce(**step), beam.pvalue.AsSingleton(results)
         )
     options = plan.target.storage_options
-    _ = carried | "outcome" >> beam.Map(_save, outcome, options, _outcome_types(plan))
+    _ = carried | "outcome" >> beam.Map(save_outcome, outcome, options, outcome_types(plan))
 
 
-def _outcome_types(plan: Plan) -> tuple[type, ...]:
+def outcome_types(plan: Plan) -> tuple[type, ...]:
     """The classes the final state of ``plan`` may hold."""
     return (type(plan.new_state()), Failed, *plan.state_types)
 
 
-def _save(carried: bytes, url: str, storage_options: dict | None, types: tuple) -> None:
+def save_outcome(carried: bytes, url: str, storage_options: dict | None, types: tuple) -> None:
     """Write the final state where the driver reads it, as data (see
     :mod:`arcoforge.core.statefile`): the driver needs its results, not the opener (which holds
     the recipe's functions) nor the Zarr encoding the template was written with."""

@@ -49,6 +49,20 @@ class LocalEngine(Engine):
         self._frozen = False  # whether this engine froze the garbage collector's objects
         self._relay: worklog.Relay | None = None  # forked workers' log lines, as they log them
 
+    @property
+    def pool_pids(self) -> list[int] | None:
+        """The pids of the worker processes of the engine's pool; None while it has no
+        pool (a map of no more items than workers runs in forked children instead)."""
+        if self._pool is None:
+            return None
+        return [process.pid for process in (self._pool._processes or {}).values()]
+
+    @property
+    def froze_collector(self) -> bool:
+        """Whether this engine froze the garbage collector's objects (it thaws them on
+        close); False when something else had frozen objects first."""
+        return self._frozen
+
     def map(self, func: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[Any]:
         if self.workers == 1 or len(items) <= 1:
             self.release()

@@ -96,7 +96,7 @@ class RefreshPlan(ReferencePlan):
     def _shared(self, state: ReferenceState) -> dict[str, int]:
         return {}  # the changed inputs may be anywhere: every reference is written
 
-    def _message(self) -> str:
+    def commit_message(self) -> str:
         return (
             f"arcoforge re-bake of {self.recipe.writer.store_name}: {len(self.inputs)} changed "
             f"inputs, {self.inputs[0].url} first"

@@ -78,7 +78,7 @@ def check_input(task: CheckTask) -> list[str]:
         _check_stored(task, refs)
         _check_readable(task, refs)
     else:
-        _check_decoded(task)
+        check_decoded(task)
     return [item.url for item, _ in task.samples]
 
 
@@ -131,8 +131,10 @@ def _as_stored(task: CheckTask) -> bool:
     )
 
 
-def _check_decoded(task: CheckTask) -> None:
-    """Each sample opened by xarray, compared with the references opened by xarray."""
+def check_decoded(task: CheckTask) -> None:
+    """Each sample opened by xarray, compared with the references opened by xarray: the
+    check of inputs that cannot be compared as stored (other file types, preprocessors,
+    open options), and the reference that the check as stored must agree with."""
     with task.store.open_staged(task.dim, _spans(task), _remote(task)) as out:
         for item, region in task.samples:
             with open_input(item.url, task.open) as src:
@@ -359,7 +361,7 @@ class Staged:
             data = found.get(key)
             if data is None:
                 continue  # no chunk: fill values, as readers see it
-            chunk = _decode(data, codecs, zarray, dtype, f"{where}: chunk {key}")
+            chunk = decode_chunk(data, codecs, zarray, dtype, f"{where}: chunk {key}")
             inner, outer = _overlap(index, zarray["chunks"], region)
             out[outer] = chunk[inner]
         return out
@@ -403,8 +405,10 @@ def _codecs(zarray: dict) -> list:
     return [numcodecs.get_codec(c) for c in configs if c]
 
 
-def _decode(data, codecs: list, zarray: dict, dtype: np.dtype, what: str) -> np.ndarray:
-    """A chunk's bytes decoded into an array of the chunk's shape."""
+def decode_chunk(data, codecs: list, zarray: dict, dtype: np.dtype, what: str) -> np.ndarray:
+    """A chunk's bytes decoded into an array of the chunk's shape (``what`` names it in
+    the error if they do not decode); the check as stored decodes every chunk it reads
+    through this function."""
 
     if isinstance(data, Exception):
         raise ValidationError(f"{what} cannot be read: {data}")

@@ -310,7 +310,7 @@ class ReferencePlan(Plan):
         """Write the combined references under the staging name."""
         attrs = {**state.manifest.attrs, **self.recipe.writer.attrs}
         self.claim_staging(fresh=self._fresh)
-        self.store.write_staged(state.manifest, attrs, self._message(), self._shared(state))
+        self.store.write_staged(state.manifest, attrs, self.commit_message(), self._shared(state))
         sizes = state.manifest.sizes()
         state.stats["references"] = state.manifest.nrefs
         state.stats["dims"] = sizes
@@ -333,7 +333,9 @@ class ReferencePlan(Plan):
                 shared[name] = int(old.files.size)
         return shared
 
-    def _message(self) -> str:
+    def commit_message(self) -> str:
+        """What this write of the references is, as an Icechunk commit records it: the
+        inputs' URLs as the plan holds them (their secrets masked)."""
         first, last = self.inputs[0].url, self.inputs[-1].url
         what = "append" if self.held is not None else "bake"
         span = first if first == last else f"{first} .. {last}"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import cftime
+import h5py
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -341,6 +342,20 @@ def write_corrupt_file(path: str | Path, size: int = 4096, intact: int = 512) ->
     garbage = np.random.default_rng(0).integers(0, 256, size - len(head), dtype=np.uint8)
     path.write_bytes(head + garbage.tobytes())
     return path
+
+
+def break_archive(paths: list[Path]) -> tuple[int, int]:
+    """Damage an archive of OISST files as a disk or a mirror might: the bytes of the first
+    chunk of ``sst`` in the first file inverted (its byte range returned), and the last
+    file deleted."""
+    with h5py.File(paths[0]) as f:
+        info = f["sst"].id.get_chunk_info(0)
+        offset, size = info.byte_offset, info.size
+    data = bytearray(paths[0].read_bytes())
+    data[offset : offset + size] = bytes(b ^ 0xFF for b in data[offset : offset + size])
+    paths[0].write_bytes(bytes(data))
+    paths[-1].unlink()
+    return offset, size
 
 
 def write_grib_archive(

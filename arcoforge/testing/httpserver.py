@@ -168,6 +168,11 @@ class FileServer:
         with self._lock:
             return self._max_active
 
+    def faults_by_path(self) -> dict[str, int]:
+        """How many faults (or stalls) each path has been served so far."""
+        with self._lock:
+            return dict(self._faults_by_path)
+
     def _connected(self, connection: socket.socket) -> None:
         with self._lock:
             self._connections.add(connection)
@@ -371,3 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.rfile.close()  # the socket closes for real only once its files are closed
         self.connection.close()
+
+
+def urls_on(server: FileServer, paths) -> list[str]:
+    """The URL of each file of ``paths`` (by its name) on ``server``."""
+    return [f"{server.url}/{Path(p).name}" for p in paths]

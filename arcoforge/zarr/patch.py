@@ -107,13 +107,14 @@ def apply(patch: Target, store: str) -> None:
     if not fs.exists(src):
         return
     for path in sorted(fs.find(src), key=lambda p: publish_order(p.removeprefix(src))):
-        _move(fs, path, dst + path.removeprefix(src))
+        move(fs, path, dst + path.removeprefix(src))
     fs.rm(src, recursive=True)
 
 
-def _move(fs, src: str, dst: str) -> None:
+def move(fs, src: str, dst: str) -> None:
     """Replace ``dst`` by ``src`` whole: a rename on local disks, a copy on object stores
-    (where ``src`` stays until the patch is removed)."""
+    (where ``src`` stays until the patch is removed). :func:`apply` moves each file of a
+    patch through this one function, where tests stop an append half-way."""
     if is_local(fs):
         Path(dst).parent.mkdir(parents=True, exist_ok=True)
         os.replace(src, dst)

@@ -274,7 +274,7 @@ class JsonFormat(KerchunkFormat):
         replaced is kept as :attr:`spare`."""
         if not os.path.exists(self.staging):
             return
-        if os.path.isfile(self.url) and _exchange(self.staging, self.url):
+        if os.path.isfile(self.url) and exchange(self.staging, self.url):
             os.replace(self.staging, self.spare)  # the version replaced
         else:
             if os.path.isfile(self.url):
@@ -306,7 +306,7 @@ class JsonFormat(KerchunkFormat):
             os.replace(self.spare, self.staging)
 
 
-def _exchange(a: str, b: str) -> bool:
+def exchange(a: str, b: str) -> bool:
     """Swap the files at ``a`` and ``b`` atomically (Linux's ``renameat2`` with
     ``RENAME_EXCHANGE``); False where the system or the file system cannot."""
     rename = getattr(_libc(), "renameat2", None)
