@@ -88,7 +88,7 @@ def bake(feedstock: Path, tmp: Path, *flags) -> tuple[int, str, str, int]:
     """``arcoforge bake`` in a subprocess: its exit code, stdout, stderr and pid."""
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
     env["ARCOFORGE_STATE_DIR"] = str(tmp / "state")
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])  # the repository
     args = ("bake", feedstock, "--target-root", tmp / "out", "--cache", tmp / "cache", *flags)
     with subprocess.Popen(
         [sys.executable, "-m", "arcoforge.cli", *map(str, args)],
